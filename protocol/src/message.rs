@@ -1,0 +1,421 @@
+//! Control messages. Client → relay messages carry a `request_id` chosen by the client; the
+//! relay echoes it in the reply (`AllocationCreated`, `Joined`, `Done` or `Refused`) so replies
+//! can be matched to requests. Relay → client events carry no request id.
+//!
+//! All integers are big-endian. A join code is `len: u8` followed by `len` ASCII characters.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::frame::LEN_PREFIX;
+use crate::join_code::{self, JoinCode};
+use crate::wire::Reader;
+use crate::{AllocationId, DecodeError, DropReason, ErrorCode, LeaveReason, PeerId, MAX_PEERS_LIMIT};
+
+/// Messages a client sends to the relay on its control stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientMessage {
+    /// `0x01`: open an allocation with the sender as host (peer id 0).
+    CreateAllocation {
+        /// Echoed in the reply.
+        request_id: u32,
+        /// Maximum members including the host; 0 asks for the relay's default.
+        max_peers: u16,
+        /// Join code time to live in seconds; 0 asks for the relay's default.
+        code_ttl_secs: u32,
+    },
+    /// `0x02`: join the allocation a join code names.
+    Join {
+        /// Echoed in the reply.
+        request_id: u32,
+        /// The code the host shared.
+        code: JoinCode,
+    },
+    /// `0x03`: (host only) remove a peer from the allocation.
+    Kick {
+        /// Echoed in the reply.
+        request_id: u32,
+        /// The peer to remove.
+        peer: PeerId,
+    },
+    /// `0x04`: (host only) revoke the allocation's join code; later joins get `revoked`.
+    RevokeCode {
+        /// Echoed in the reply.
+        request_id: u32,
+    },
+}
+
+/// Messages the relay sends to a client on its control stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServerMessage {
+    /// `0x81`: reply to `CreateAllocation`.
+    AllocationCreated {
+        /// The request this answers.
+        request_id: u32,
+        /// The new allocation.
+        allocation: AllocationId,
+        /// The code peers join with.
+        code: JoinCode,
+        /// Seconds until the join code expires.
+        code_ttl_secs: u32,
+        /// Maximum members including the host.
+        max_peers: u16,
+        /// Largest datagram payload the relay carries, in bytes.
+        max_payload: u16,
+    },
+    /// `0x82`: reply to `Join`.
+    Joined {
+        /// The request this answers.
+        request_id: u32,
+        /// The allocation joined.
+        allocation: AllocationId,
+        /// The caller's peer id.
+        peer: PeerId,
+        /// Largest datagram payload the relay carries, in bytes.
+        max_payload: u16,
+        /// The other members present at the time of joining, host included.
+        members: Vec<PeerId>,
+    },
+    /// `0x83`: a request was refused.
+    Refused {
+        /// The request this answers.
+        request_id: u32,
+        /// Why.
+        code: ErrorCode,
+        /// Code-specific detail, see [`ErrorCode`].
+        value: u32,
+    },
+    /// `0x84`: a request without other reply data (`Kick`, `RevokeCode`) succeeded.
+    Done {
+        /// The request this answers.
+        request_id: u32,
+    },
+    /// `0x85`: a peer joined the caller's allocation.
+    PeerJoined {
+        /// The new member.
+        peer: PeerId,
+    },
+    /// `0x86`: a peer left the caller's allocation.
+    PeerLeft {
+        /// The member that left.
+        peer: PeerId,
+        /// Why it left.
+        reason: LeaveReason,
+    },
+    /// `0x87`: the allocation's join code was revoked by an operator (sent to the host).
+    CodeRevoked {
+        /// The revoked code.
+        code: JoinCode,
+    },
+    /// `0x88`: the relay dropped datagrams the caller sent. Sent at most once a second per
+    /// reason, with the count since the last report.
+    DatagramsDropped {
+        /// Why.
+        reason: DropReason,
+        /// Datagrams dropped since the last report for this reason.
+        count: u32,
+        /// Reason-specific detail, see [`DropReason`].
+        value: u32,
+    },
+}
+
+fn code_len(code: &JoinCode) -> usize {
+    1 + code.len()
+}
+
+fn put_code(buf: &mut impl BufMut, code: &JoinCode) {
+    buf.put_u8(code.len() as u8);
+    buf.put_slice(code.as_bytes());
+}
+
+fn read_code(r: &mut Reader<'_>) -> Result<JoinCode, DecodeError> {
+    let len = usize::from(r.u8()?);
+    if !(join_code::MIN_LEN..=join_code::MAX_LEN).contains(&len) {
+        return Err(DecodeError::InvalidField {
+            field: "code",
+            reason: "length out of range",
+        });
+    }
+    JoinCode::from_bytes(r.bytes(len)?).map_err(|_| DecodeError::InvalidField {
+        field: "code",
+        reason: "character outside the join-code alphabet",
+    })
+}
+
+fn write_frame(out: &mut BytesMut, len: usize, write: impl FnOnce(&mut BytesMut)) {
+    out.reserve(LEN_PREFIX + len);
+    out.put_u32(len as u32);
+    let start = out.len();
+    write(out);
+    debug_assert_eq!(out.len() - start, len, "encoded_len disagrees with write_to");
+}
+
+impl ClientMessage {
+    /// The message type byte.
+    pub fn type_byte(&self) -> u8 {
+        match self {
+            ClientMessage::CreateAllocation { .. } => 0x01,
+            ClientMessage::Join { .. } => 0x02,
+            ClientMessage::Kick { .. } => 0x03,
+            ClientMessage::RevokeCode { .. } => 0x04,
+        }
+    }
+
+    /// The request id the message carries.
+    pub fn request_id(&self) -> u32 {
+        match self {
+            ClientMessage::CreateAllocation { request_id, .. }
+            | ClientMessage::Join { request_id, .. }
+            | ClientMessage::Kick { request_id, .. }
+            | ClientMessage::RevokeCode { request_id } => *request_id,
+        }
+    }
+
+    /// Length of type byte + body.
+    pub fn encoded_len(&self) -> usize {
+        1 + match self {
+            ClientMessage::CreateAllocation { .. } => 4 + 2 + 4,
+            ClientMessage::Join { code, .. } => 4 + code_len(code),
+            ClientMessage::Kick { .. } => 4 + 2,
+            ClientMessage::RevokeCode { .. } => 4,
+        }
+    }
+
+    /// Writes type byte + body (no length prefix).
+    pub fn write_to(&self, buf: &mut impl BufMut) {
+        buf.put_u8(self.type_byte());
+        buf.put_u32(self.request_id());
+        match self {
+            ClientMessage::CreateAllocation {
+                max_peers,
+                code_ttl_secs,
+                ..
+            } => {
+                buf.put_u16(*max_peers);
+                buf.put_u32(*code_ttl_secs);
+            }
+            ClientMessage::Join { code, .. } => put_code(buf, code),
+            ClientMessage::Kick { peer, .. } => buf.put_u16(peer.0),
+            ClientMessage::RevokeCode { .. } => {}
+        }
+    }
+
+    /// Appends the complete frame (length prefix + type + body) to `out`.
+    pub fn encode_frame(&self, out: &mut BytesMut) {
+        write_frame(out, self.encoded_len(), |b| self.write_to(b));
+    }
+
+    /// The complete frame as bytes.
+    pub fn to_frame(&self) -> Bytes {
+        let mut out = BytesMut::new();
+        self.encode_frame(&mut out);
+        out.freeze()
+    }
+
+    /// Decodes a frame body (type byte + body, without the length prefix).
+    pub fn decode(frame: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(frame);
+        let ty = r.u8().map_err(|_| DecodeError::Empty)?;
+        if !(0x01..=0x04).contains(&ty) {
+            return Err(DecodeError::UnknownType(ty));
+        }
+        let request_id = r.u32()?;
+        let msg = match ty {
+            0x01 => ClientMessage::CreateAllocation {
+                request_id,
+                max_peers: r.u16()?,
+                code_ttl_secs: r.u32()?,
+            },
+            0x02 => ClientMessage::Join {
+                request_id,
+                code: read_code(&mut r)?,
+            },
+            0x03 => ClientMessage::Kick {
+                request_id,
+                peer: PeerId(r.u16()?),
+            },
+            _ => ClientMessage::RevokeCode { request_id },
+        };
+        r.finish()?;
+        Ok(msg)
+    }
+}
+
+impl ServerMessage {
+    /// The message type byte.
+    pub fn type_byte(&self) -> u8 {
+        match self {
+            ServerMessage::AllocationCreated { .. } => 0x81,
+            ServerMessage::Joined { .. } => 0x82,
+            ServerMessage::Refused { .. } => 0x83,
+            ServerMessage::Done { .. } => 0x84,
+            ServerMessage::PeerJoined { .. } => 0x85,
+            ServerMessage::PeerLeft { .. } => 0x86,
+            ServerMessage::CodeRevoked { .. } => 0x87,
+            ServerMessage::DatagramsDropped { .. } => 0x88,
+        }
+    }
+
+    /// Length of type byte + body.
+    pub fn encoded_len(&self) -> usize {
+        1 + match self {
+            ServerMessage::AllocationCreated { code, .. } => 4 + 8 + code_len(code) + 4 + 2 + 2,
+            ServerMessage::Joined { members, .. } => 4 + 8 + 2 + 2 + 2 + 2 * members.len(),
+            ServerMessage::Refused { .. } => 4 + 1 + 4,
+            ServerMessage::Done { .. } => 4,
+            ServerMessage::PeerJoined { .. } => 2,
+            ServerMessage::PeerLeft { .. } => 2 + 1,
+            ServerMessage::CodeRevoked { code } => code_len(code),
+            ServerMessage::DatagramsDropped { .. } => 1 + 4 + 4,
+        }
+    }
+
+    /// Writes type byte + body (no length prefix).
+    pub fn write_to(&self, buf: &mut impl BufMut) {
+        buf.put_u8(self.type_byte());
+        match self {
+            ServerMessage::AllocationCreated {
+                request_id,
+                allocation,
+                code,
+                code_ttl_secs,
+                max_peers,
+                max_payload,
+            } => {
+                buf.put_u32(*request_id);
+                buf.put_u64(allocation.0);
+                put_code(buf, code);
+                buf.put_u32(*code_ttl_secs);
+                buf.put_u16(*max_peers);
+                buf.put_u16(*max_payload);
+            }
+            ServerMessage::Joined {
+                request_id,
+                allocation,
+                peer,
+                max_payload,
+                members,
+            } => {
+                buf.put_u32(*request_id);
+                buf.put_u64(allocation.0);
+                buf.put_u16(peer.0);
+                buf.put_u16(*max_payload);
+                buf.put_u16(members.len() as u16);
+                for m in members {
+                    buf.put_u16(m.0);
+                }
+            }
+            ServerMessage::Refused {
+                request_id,
+                code,
+                value,
+            } => {
+                buf.put_u32(*request_id);
+                buf.put_u8(code.to_u8());
+                buf.put_u32(*value);
+            }
+            ServerMessage::Done { request_id } => buf.put_u32(*request_id),
+            ServerMessage::PeerJoined { peer } => buf.put_u16(peer.0),
+            ServerMessage::PeerLeft { peer, reason } => {
+                buf.put_u16(peer.0);
+                buf.put_u8(reason.to_u8());
+            }
+            ServerMessage::CodeRevoked { code } => put_code(buf, code),
+            ServerMessage::DatagramsDropped {
+                reason,
+                count,
+                value,
+            } => {
+                buf.put_u8(reason.to_u8());
+                buf.put_u32(*count);
+                buf.put_u32(*value);
+            }
+        }
+    }
+
+    /// Appends the complete frame (length prefix + type + body) to `out`.
+    pub fn encode_frame(&self, out: &mut BytesMut) {
+        write_frame(out, self.encoded_len(), |b| self.write_to(b));
+    }
+
+    /// The complete frame as bytes.
+    pub fn to_frame(&self) -> Bytes {
+        let mut out = BytesMut::new();
+        self.encode_frame(&mut out);
+        out.freeze()
+    }
+
+    /// Decodes a frame body (type byte + body, without the length prefix).
+    pub fn decode(frame: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(frame);
+        let ty = r.u8().map_err(|_| DecodeError::Empty)?;
+        let msg = match ty {
+            0x81 => ServerMessage::AllocationCreated {
+                request_id: r.u32()?,
+                allocation: AllocationId(r.u64()?),
+                code: read_code(&mut r)?,
+                code_ttl_secs: r.u32()?,
+                max_peers: r.u16()?,
+                max_payload: r.u16()?,
+            },
+            0x82 => {
+                let request_id = r.u32()?;
+                let allocation = AllocationId(r.u64()?);
+                let peer = PeerId(r.u16()?);
+                let max_payload = r.u16()?;
+                let count = r.u16()?;
+                if count > MAX_PEERS_LIMIT {
+                    return Err(DecodeError::InvalidField {
+                        field: "members",
+                        reason: "more members than an allocation can hold",
+                    });
+                }
+                let count = usize::from(count);
+                // Check the bytes are there before allocating for them.
+                if r.remaining() < 2 * count {
+                    return Err(DecodeError::Truncated {
+                        needed: 2 * count - r.remaining(),
+                    });
+                }
+                let mut members = Vec::with_capacity(count);
+                for _ in 0..count {
+                    members.push(PeerId(r.u16()?));
+                }
+                ServerMessage::Joined {
+                    request_id,
+                    allocation,
+                    peer,
+                    max_payload,
+                    members,
+                }
+            }
+            0x83 => ServerMessage::Refused {
+                request_id: r.u32()?,
+                code: ErrorCode::from_u8(r.u8()?),
+                value: r.u32()?,
+            },
+            0x84 => ServerMessage::Done {
+                request_id: r.u32()?,
+            },
+            0x85 => ServerMessage::PeerJoined {
+                peer: PeerId(r.u16()?),
+            },
+            0x86 => ServerMessage::PeerLeft {
+                peer: PeerId(r.u16()?),
+                reason: LeaveReason::from_u8(r.u8()?),
+            },
+            0x87 => ServerMessage::CodeRevoked {
+                code: read_code(&mut r)?,
+            },
+            0x88 => ServerMessage::DatagramsDropped {
+                reason: DropReason::from_u8(r.u8()?),
+                count: r.u32()?,
+                value: r.u32()?,
+            },
+            other => return Err(DecodeError::UnknownType(other)),
+        };
+        r.finish()?;
+        Ok(msg)
+    }
+}
