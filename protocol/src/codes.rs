@@ -92,6 +92,8 @@ wire_enum! {
         ShuttingDown = 13 => "shutting_down",
         /// The request needs an allocation and this connection has none. `value` = 0.
         NotBound = 14 => "not_bound",
+        /// The allocation this join code belonged to has closed (its host left). `value` = 0.
+        Closed = 15 => "closed",
     }
 }
 

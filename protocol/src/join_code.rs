@@ -27,7 +27,7 @@ pub enum JoinCodeError {
 
 /// A validated, upper-case join code. Parsing normalises case, so `"bcdf78"` and `"BCDF78"`
 /// are the same code.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct JoinCode {
     bytes: [u8; MAX_LEN],
     len: u8,

@@ -43,6 +43,16 @@ pub enum ClientMessage {
         /// Echoed in the reply.
         request_id: u32,
     },
+    /// `0x05`: become the host of an allocation a lobby reserved through the relay's admin API,
+    /// proving it with the reservation's host token. Replied to with `AllocationCreated`.
+    ClaimHost {
+        /// Echoed in the reply.
+        request_id: u32,
+        /// The reserved allocation.
+        allocation: AllocationId,
+        /// The 16-byte secret the admin API returned with the reservation.
+        host_token: [u8; 16],
+    },
 }
 
 /// Messages the relay sends to a client on its control stream.
@@ -159,6 +169,7 @@ impl ClientMessage {
             ClientMessage::Join { .. } => 0x02,
             ClientMessage::Kick { .. } => 0x03,
             ClientMessage::RevokeCode { .. } => 0x04,
+            ClientMessage::ClaimHost { .. } => 0x05,
         }
     }
 
@@ -168,7 +179,8 @@ impl ClientMessage {
             ClientMessage::CreateAllocation { request_id, .. }
             | ClientMessage::Join { request_id, .. }
             | ClientMessage::Kick { request_id, .. }
-            | ClientMessage::RevokeCode { request_id } => *request_id,
+            | ClientMessage::RevokeCode { request_id }
+            | ClientMessage::ClaimHost { request_id, .. } => *request_id,
         }
     }
 
@@ -179,6 +191,7 @@ impl ClientMessage {
             ClientMessage::Join { code, .. } => 4 + code_len(code),
             ClientMessage::Kick { .. } => 4 + 2,
             ClientMessage::RevokeCode { .. } => 4,
+            ClientMessage::ClaimHost { .. } => 4 + 8 + 16,
         }
     }
 
@@ -198,6 +211,14 @@ impl ClientMessage {
             ClientMessage::Join { code, .. } => put_code(buf, code),
             ClientMessage::Kick { peer, .. } => buf.put_u16(peer.0),
             ClientMessage::RevokeCode { .. } => {}
+            ClientMessage::ClaimHost {
+                allocation,
+                host_token,
+                ..
+            } => {
+                buf.put_u64(allocation.0);
+                buf.put_slice(host_token);
+            }
         }
     }
 
@@ -217,7 +238,7 @@ impl ClientMessage {
     pub fn decode(frame: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(frame);
         let ty = r.u8().map_err(|_| DecodeError::Empty)?;
-        if !(0x01..=0x04).contains(&ty) {
+        if !(0x01..=0x05).contains(&ty) {
             return Err(DecodeError::UnknownType(ty));
         }
         let request_id = r.u32()?;
@@ -235,7 +256,12 @@ impl ClientMessage {
                 request_id,
                 peer: PeerId(r.u16()?),
             },
-            _ => ClientMessage::RevokeCode { request_id },
+            0x04 => ClientMessage::RevokeCode { request_id },
+            _ => ClientMessage::ClaimHost {
+                request_id,
+                allocation: AllocationId(r.u64()?),
+                host_token: r.array()?,
+            },
         };
         r.finish()?;
         Ok(msg)

@@ -1,0 +1,73 @@
+//! Default settings, each with the reason for its value. Everything here can be changed through
+//! [`crate::RelayConfig`], the command line or the config file.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+/// UDP address the QUIC endpoint listens on: every IPv4 interface, port 7700.
+pub const LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::UNSPECIFIED), 7700);
+
+/// Admin HTTP address: loopback only, so metrics and the allocation API are not exposed to the
+/// internet unless an operator chooses to.
+pub const ADMIN_LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 7701);
+
+/// A client silent this long is gone: the keepalive rule game developers know from Unity Relay.
+/// It is QUIC's idle timeout; the SDK pings well inside it.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connection must create or join an allocation this soon after its handshake, so idle
+/// handshakes cannot hold relay resources.
+pub const BIND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A lobby-reserved allocation whose host has not bound by then expires (Unity Relay's
+/// allocation bind window is 60 s too).
+pub const HOST_BIND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Members per allocation, host included: Unity Relay's maximum, which covers most
+/// client-hosted games.
+pub const MAX_PEERS_PER_ALLOCATION: u16 = 150;
+
+/// Allocations one relay holds at once; at 2–8 players each this is about the number of
+/// connections one 2-core machine can serve.
+pub const MAX_ALLOCATIONS: usize = 10_000;
+
+/// Concurrent QUIC connections. Each idle connection costs tens of KiB, so 20,000 stay well
+/// under a gigabyte.
+pub const MAX_CONNECTIONS: usize = 20_000;
+
+/// Longest control frame accepted from a client. Client messages are tiny; this only bounds
+/// what a broken or hostile client can make the relay buffer.
+pub const MAX_CONTROL_FRAME: usize = baton_protocol::frame::DEFAULT_MAX_FRAME_LEN;
+
+/// Largest datagram payload carried: the protocol's promise at QUIC's minimum MTU.
+pub const MAX_DATAGRAM_PAYLOAD: usize = baton_protocol::MAX_DATAGRAM_PAYLOAD;
+
+/// Join-code length: 20^6 = 64 million codes, typed in a few seconds.
+pub const JOIN_CODE_LEN: usize = baton_protocol::join_code::DEFAULT_LEN;
+
+/// Join codes live a day unless the host asks for less; a session running longer keeps its
+/// members, only new joins need a fresh code.
+pub const JOIN_CODE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// How long an expired or revoked code keeps answering `expired`/`revoked` instead of
+/// `not_found`, so a late player gets the precise reason.
+pub const CODE_TOMBSTONE_TTL: Duration = Duration::from_secs(60 * 60);
+
+/// Failed join attempts allowed per client IP address in a burst...
+pub const JOIN_FAILURE_BURST: u32 = 10;
+/// ...refilled at this rate: guessing one code in 64 million at one per second is hopeless.
+pub const JOIN_FAILURE_REFILL: Duration = Duration::from_secs(1);
+
+/// Control messages queued for one client before the relay gives up on it as not reading its
+/// control stream. Control traffic is a few messages per membership change.
+pub const CONTROL_QUEUE: usize = 256;
+
+/// Bytes of outgoing datagrams quinn may buffer per connection before Baton drops new ones as
+/// congested (about 50 full-size datagrams; a game tick's worth for a busy host).
+pub const DATAGRAM_SEND_BUFFER: usize = 64 * 1024;
+
+/// Bytes of incoming datagrams quinn buffers per connection before dropping.
+pub const DATAGRAM_RECV_BUFFER: usize = 64 * 1024;
+
+/// How long graceful shutdown waits for clients to acknowledge their close.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);

@@ -1,0 +1,221 @@
+//! TLS material: the development self-signed certificate (generated once, kept in the data
+//! directory, so its fingerprint stays stable for clients that pin it) or PEM files for
+//! production, and the rustls server configuration built from either.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use sha2::{Digest, Sha256};
+
+use crate::config::TlsSource;
+
+/// File name of the development certificate inside the data directory.
+pub const DEV_CERT_FILE: &str = "dev-cert.pem";
+/// File name of the development private key inside the data directory.
+pub const DEV_KEY_FILE: &str = "dev-key.pem";
+
+/// Why TLS material could not be loaded or made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A PEM file held no certificate or no private key.
+    #[error("{path}: {what}")]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What was missing or malformed.
+        what: String,
+    },
+    /// Certificate generation failed.
+    #[error("generating the development certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// rustls rejected the certificate or key.
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// A certificate chain with its key.
+#[derive(Debug)]
+pub struct TlsMaterial {
+    /// Certificate chain, leaf first.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// Private key of the leaf.
+    pub key: PrivateKeyDer<'static>,
+    /// Whether the development certificate was generated on this start.
+    pub generated: bool,
+    /// Where the certificate came from (the PEM file clients can trust).
+    pub cert_path: PathBuf,
+}
+
+impl TlsMaterial {
+    /// SHA-256 of the leaf certificate's DER encoding: what the SDK pins.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        self.chain
+            .first()
+            .map(|leaf| fingerprint(leaf.as_ref()))
+            .unwrap_or_default()
+    }
+}
+
+/// SHA-256 of a DER certificate.
+pub fn fingerprint(der: &[u8]) -> [u8; 32] {
+    Sha256::digest(der).into()
+}
+
+/// Formats a fingerprint as colon-separated upper-case hex, as `openssl x509 -fingerprint`
+/// prints it.
+pub fn fingerprint_hex(fp: &[u8; 32]) -> String {
+    fp.iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
+    move |source| TlsError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Loads (or, for the development default, generates on first use) the TLS material.
+pub fn load(source: &TlsSource) -> Result<TlsMaterial, TlsError> {
+    match source {
+        TlsSource::Pem { cert, key } => Ok(TlsMaterial {
+            chain: read_certs(cert)?,
+            key: read_key(key)?,
+            generated: false,
+            cert_path: cert.clone(),
+        }),
+        TlsSource::SelfSigned {
+            data_dir,
+            extra_names,
+        } => {
+            let cert_path = data_dir.join(DEV_CERT_FILE);
+            let key_path = data_dir.join(DEV_KEY_FILE);
+            if cert_path.exists() && key_path.exists() {
+                return Ok(TlsMaterial {
+                    chain: read_certs(&cert_path)?,
+                    key: read_key(&key_path)?,
+                    generated: false,
+                    cert_path,
+                });
+            }
+            let mut names = vec![
+                "localhost".to_owned(),
+                "127.0.0.1".to_owned(),
+                "::1".to_owned(),
+            ];
+            names.extend(extra_names.iter().cloned());
+            let certified = rcgen::generate_simple_self_signed(names)?;
+            std::fs::create_dir_all(data_dir).map_err(io_err(data_dir))?;
+            write_private(&key_path, certified.key_pair.serialize_pem().as_bytes())?;
+            std::fs::write(&cert_path, certified.cert.pem()).map_err(io_err(&cert_path))?;
+            Ok(TlsMaterial {
+                chain: vec![certified.cert.der().clone()],
+                key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+                    certified.key_pair.serialize_der(),
+                )),
+                generated: true,
+                cert_path,
+            })
+        }
+    }
+}
+
+/// Writes a file readable by its owner only (the private key).
+fn write_private(path: &Path, data: &[u8]) -> Result<(), TlsError> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path).map_err(io_err(path))?;
+    file.write_all(data).map_err(io_err(path))
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = std::fs::read(path).map_err(io_err(path))?;
+    let certs = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(io_err(path))?;
+    if certs.is_empty() {
+        return Err(TlsError::Pem {
+            path: path.to_owned(),
+            what: "no certificate found".into(),
+        });
+    }
+    Ok(certs)
+}
+
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let pem = std::fs::read(path).map_err(io_err(path))?;
+    rustls_pemfile::private_key(&mut pem.as_slice())
+        .map_err(io_err(path))?
+        .ok_or_else(|| TlsError::Pem {
+            path: path.to_owned(),
+            what: "no private key found".into(),
+        })
+}
+
+/// A TLS 1.3-only rustls server configuration speaking Baton's ALPN.
+pub fn server_crypto(material: &TlsMaterial) -> Result<rustls::ServerConfig, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(material.chain.clone(), material.key.clone_key())?;
+    config.alpn_protocols = vec![baton_protocol::ALPN.to_vec()];
+    config.max_early_data_size = 0;
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dev_certificate_is_generated_once_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = TlsSource::SelfSigned {
+            data_dir: dir.path().join("data"),
+            extra_names: vec!["relay.example".into()],
+        };
+        let first = load(&source).unwrap();
+        assert!(first.generated);
+        let second = load(&source).unwrap();
+        assert!(!second.generated);
+        assert_eq!(first.fingerprint(), second.fingerprint());
+        server_crypto(&second).unwrap();
+        assert_eq!(fingerprint_hex(&first.fingerprint()).len(), 32 * 3 - 1);
+    }
+
+    #[test]
+    fn pem_source_reports_missing_files_and_empty_pem() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = TlsSource::Pem {
+            cert: dir.path().join("nope.pem"),
+            key: dir.path().join("nope.key"),
+        };
+        assert!(matches!(load(&missing), Err(TlsError::Io { .. })));
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        let source = TlsSource::Pem {
+            cert: empty.clone(),
+            key: empty,
+        };
+        assert!(matches!(load(&source), Err(TlsError::Pem { .. })));
+    }
+}
