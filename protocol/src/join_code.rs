@@ -128,15 +128,27 @@ mod tests {
 
     #[test]
     fn rejects_vowels_lookalikes_and_bad_lengths() {
-        assert_eq!(JoinCode::parse("BCDFA8"), Err(JoinCodeError::Character('A')));
-        assert_eq!(JoinCode::parse("BCDF08"), Err(JoinCodeError::Character('0')));
-        assert_eq!(JoinCode::parse("bcdf1l"), Err(JoinCodeError::Character('1')));
+        assert_eq!(
+            JoinCode::parse("BCDFA8"),
+            Err(JoinCodeError::Character('A'))
+        );
+        assert_eq!(
+            JoinCode::parse("BCDF08"),
+            Err(JoinCodeError::Character('0'))
+        );
+        assert_eq!(
+            JoinCode::parse("bcdf1l"),
+            Err(JoinCodeError::Character('1'))
+        );
         assert_eq!(JoinCode::parse("BCD"), Err(JoinCodeError::Length(3)));
         assert_eq!(
             JoinCode::parse("BCDFGHJKLMNPQ"),
             Err(JoinCodeError::Length(13))
         );
-        assert_eq!(JoinCode::parse("BCDF7é"), Err(JoinCodeError::Character('Ã')));
+        assert_eq!(
+            JoinCode::parse("BCDF7é"),
+            Err(JoinCodeError::Character('Ã'))
+        );
     }
 
     #[test]

@@ -20,7 +20,10 @@
 //!
 //! Every decoder checks sizes before it allocates and returns a typed [`DecodeError`] on bad
 //! input; no input makes it panic.
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 pub mod codes;
 pub mod datagram;

@@ -9,7 +9,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use crate::frame::LEN_PREFIX;
 use crate::join_code::{self, JoinCode};
 use crate::wire::Reader;
-use crate::{AllocationId, DecodeError, DropReason, ErrorCode, LeaveReason, PeerId, MAX_PEERS_LIMIT};
+use crate::{
+    AllocationId, DecodeError, DropReason, ErrorCode, LeaveReason, PeerId, MAX_PEERS_LIMIT,
+};
 
 /// Messages a client sends to the relay on its control stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,7 +160,11 @@ fn write_frame(out: &mut BytesMut, len: usize, write: impl FnOnce(&mut BytesMut)
     out.put_u32(len as u32);
     let start = out.len();
     write(out);
-    debug_assert_eq!(out.len() - start, len, "encoded_len disagrees with write_to");
+    debug_assert_eq!(
+        out.len() - start,
+        len,
+        "encoded_len disagrees with write_to"
+    );
 }
 
 impl ClientMessage {

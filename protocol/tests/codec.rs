@@ -1,0 +1,973 @@
+//! Integration tests that pin Baton's wire format.
+//!
+//! * Hex snapshots: one fixed example of every control message, with the expected bytes worked
+//!   out by hand from the layouts in `protocol/SPEC.md` (not produced by the encoder), so any
+//!   change to the format fails here. The spaced hex strings also appear verbatim in SPEC.md,
+//!   which a test checks, so the spec's examples cannot drift from the code.
+//! * Property tests: round trip, `encoded_len` equals what `write_to` writes, framing, and
+//!   random / truncated / bit-flipped input never panics.
+
+use std::collections::BTreeSet;
+
+use baton_protocol::datagram::{self, Destination, BROADCAST};
+use baton_protocol::frame::{
+    self, FrameError, DEFAULT_MAX_FRAME_LEN, LEN_PREFIX, MIN_MAX_FRAME_LEN,
+};
+use baton_protocol::join_code::{self, JoinCode, ALPHABET};
+use baton_protocol::{
+    AllocationId, ClientMessage, CloseCode, DecodeError, DropReason, ErrorCode, LeaveReason,
+    PeerId, ServerMessage, ALPN, MAX_DATAGRAM_PAYLOAD, MAX_PEERS_LIMIT,
+};
+use bytes::Bytes;
+use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
+
+const SPEC: &str = include_str!("../SPEC.md");
+
+fn code(s: &str) -> JoinCode {
+    JoinCode::parse(s).expect("valid join code in test")
+}
+
+/// Removes the spaces used to group fields in the expected hex.
+fn unspaced(spaced: &str) -> String {
+    spaced.split_whitespace().collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hex snapshots
+// ---------------------------------------------------------------------------------------------
+
+/// One example of every client message and its frame, fields separated by spaces:
+/// `len:u32 type:u8 fields...`.
+fn client_snapshots() -> Vec<(ClientMessage, &'static str)> {
+    vec![
+        (
+            // len = 1 type + 4 request_id + 2 max_peers + 4 code_ttl_secs = 11
+            // 150 = 0x0096, 86400 = 0x00015180
+            ClientMessage::CreateAllocation {
+                request_id: 0x0102_0304,
+                max_peers: 150,
+                code_ttl_secs: 86_400,
+            },
+            "0000000b 01 01020304 0096 00015180",
+        ),
+        (
+            // len = 1 + 4 + (1 + 6) = 12; "BCDF78" = 42 43 44 46 37 38
+            ClientMessage::Join {
+                request_id: 7,
+                code: code("BCDF78"),
+            },
+            "0000000c 02 00000007 06 424344463738",
+        ),
+        (
+            // len = 1 + 4 + 2 = 7
+            ClientMessage::Kick {
+                request_id: 0xDEAD_BEEF,
+                peer: PeerId(3),
+            },
+            "00000007 03 deadbeef 0003",
+        ),
+        (
+            // len = 1 + 4 = 5
+            ClientMessage::RevokeCode {
+                request_id: u32::MAX,
+            },
+            "00000005 04 ffffffff",
+        ),
+        (
+            // len = 1 + 4 + 8 + 16 = 29 = 0x1d
+            ClientMessage::ClaimHost {
+                request_id: 9,
+                allocation: AllocationId(0x0123_4567_89AB_CDEF),
+                host_token: std::array::from_fn(|i| i as u8), // 00 01 .. 0f
+            },
+            "0000001d 05 00000009 0123456789abcdef 000102030405060708090a0b0c0d0e0f",
+        ),
+    ]
+}
+
+/// One example of every relay message (two where a variable-length part matters).
+fn server_snapshots() -> Vec<(ServerMessage, &'static str)> {
+    vec![
+        (
+            // len = 1 + 4 + 8 + (1 + 12) + 4 + 2 + 2 = 34 = 0x22
+            // "6789BCDFGHJK" = 36 37 38 39 42 43 44 46 47 48 4a 4b; 3600 = 0x0e10; 1150 = 0x047e
+            ServerMessage::AllocationCreated {
+                request_id: 1,
+                allocation: AllocationId(0x0011_2233_4455_6677),
+                code: code("6789BCDFGHJK"),
+                code_ttl_secs: 3600,
+                max_peers: 150,
+                max_payload: 1150,
+            },
+            "00000022 81 00000001 0011223344556677 0c 363738394243444647484a4b 00000e10 0096 047e",
+        ),
+        (
+            // len = 1 + 4 + 8 + 2 + 2 + 2 + 3 * 2 = 25 = 0x19
+            ServerMessage::Joined {
+                request_id: 2,
+                allocation: AllocationId(0x0011_2233_4455_6677),
+                peer: PeerId(5),
+                max_payload: 1150,
+                members: vec![PeerId(0), PeerId(1), PeerId(4)],
+            },
+            "00000019 82 00000002 0011223344556677 0005 047e 0003 0000 0001 0004",
+        ),
+        (
+            // No other members: len = 1 + 4 + 8 + 2 + 2 + 2 = 19 = 0x13
+            ServerMessage::Joined {
+                request_id: 3,
+                allocation: AllocationId(1),
+                peer: PeerId(1),
+                max_payload: 1150,
+                members: vec![],
+            },
+            "00000013 82 00000003 0000000000000001 0001 047e 0000",
+        ),
+        (
+            // len = 1 + 4 + 1 + 4 = 10; full = 4, value = max peers 150
+            ServerMessage::Refused {
+                request_id: 4,
+                code: ErrorCode::Full,
+                value: 150,
+            },
+            "0000000a 83 00000004 04 00000096",
+        ),
+        (
+            // An error code this version does not know is carried as is (200 = 0xc8).
+            ServerMessage::Refused {
+                request_id: 5,
+                code: ErrorCode::Unknown(200),
+                value: 0,
+            },
+            "0000000a 83 00000005 c8 00000000",
+        ),
+        (
+            ServerMessage::Done { request_id: 0x10 },
+            "00000005 84 00000010",
+        ),
+        (
+            ServerMessage::PeerJoined {
+                peer: PeerId(0x0102),
+            },
+            "00000003 85 0102",
+        ),
+        (
+            // timed_out = 2
+            ServerMessage::PeerLeft {
+                peer: PeerId(7),
+                reason: LeaveReason::TimedOut,
+            },
+            "00000004 86 0007 02",
+        ),
+        (
+            // len = 1 + (1 + 4) = 6; "MNPQ" = 4d 4e 50 51
+            ServerMessage::CodeRevoked { code: code("mnpq") },
+            "00000006 87 04 4d4e5051",
+        ),
+        (
+            // len = 1 + 1 + 4 + 4 = 10; congested = 3
+            ServerMessage::DatagramsDropped {
+                reason: DropReason::Congested,
+                count: 12,
+                value: 3,
+            },
+            "0000000a 88 03 0000000c 00000003",
+        ),
+    ]
+}
+
+#[test]
+fn client_message_snapshots() {
+    for (msg, spaced) in client_snapshots() {
+        let frame = msg.to_frame();
+        assert_eq!(hex::encode(&frame), unspaced(spaced), "encoding {msg:?}");
+        let decoded = ClientMessage::decode(&frame[LEN_PREFIX..]).expect("snapshot decodes");
+        assert_eq!(decoded, msg, "decoding {spaced}");
+    }
+}
+
+#[test]
+fn server_message_snapshots() {
+    for (msg, spaced) in server_snapshots() {
+        let frame = msg.to_frame();
+        assert_eq!(hex::encode(&frame), unspaced(spaced), "encoding {msg:?}");
+        let decoded = ServerMessage::decode(&frame[LEN_PREFIX..]).expect("snapshot decodes");
+        assert_eq!(decoded, msg, "decoding {spaced}");
+    }
+}
+
+/// A type byte is "known" if decoding it alone fails for a reason other than `UnknownType`.
+fn known_types(decode: impl Fn(&[u8]) -> Result<(), DecodeError>) -> BTreeSet<u8> {
+    (0..=u8::MAX)
+        .filter(|&ty| decode(&[ty]) != Err(DecodeError::UnknownType(ty)))
+        .collect()
+}
+
+/// Fails when a message type is added without a snapshot (the enums are `#[non_exhaustive]`,
+/// so a `match` here cannot catch it).
+#[test]
+fn every_message_type_has_a_snapshot() {
+    let client_known = known_types(|b| ClientMessage::decode(b).map(drop));
+    let client_snap: BTreeSet<u8> = client_snapshots()
+        .iter()
+        .map(|(m, _)| m.type_byte())
+        .collect();
+    assert_eq!(client_known, client_snap);
+    assert_eq!(client_known, (0x01..=0x05).collect());
+
+    let server_known = known_types(|b| ServerMessage::decode(b).map(drop));
+    let server_snap: BTreeSet<u8> = server_snapshots()
+        .iter()
+        .map(|(m, _)| m.type_byte())
+        .collect();
+    assert_eq!(server_known, server_snap);
+    assert_eq!(server_known, (0x81..=0x88).collect());
+}
+
+#[test]
+fn join_codes_on_the_wire_are_case_insensitive() {
+    // "bcdf78" in lower case: 62 63 64 66 37 38.
+    let body = hex::decode(unspaced("02 00000007 06 626364663738")).expect("hex");
+    assert_eq!(
+        ClientMessage::decode(&body),
+        Ok(ClientMessage::Join {
+            request_id: 7,
+            code: code("BCDF78"),
+        })
+    );
+}
+
+#[test]
+fn wire_code_values_are_pinned() {
+    let errors: Vec<(u8, &str)> = ErrorCode::ALL
+        .iter()
+        .map(|c| (c.to_u8(), c.as_str()))
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            (1, "not_found"),
+            (2, "expired"),
+            (3, "revoked"),
+            (4, "full"),
+            (5, "unauthorized"),
+            (6, "rate_limited"),
+            (7, "payload_too_large"),
+            (8, "unknown_peer"),
+            (9, "not_host"),
+            (10, "already_bound"),
+            (11, "relay_full"),
+            (12, "invalid_request"),
+            (13, "shutting_down"),
+            (14, "not_bound"),
+            (15, "closed"),
+        ]
+    );
+    let leaves: Vec<(u8, &str)> = LeaveReason::ALL
+        .iter()
+        .map(|c| (c.to_u8(), c.as_str()))
+        .collect();
+    assert_eq!(
+        leaves,
+        [
+            (1, "closed"),
+            (2, "timed_out"),
+            (3, "kicked"),
+            (4, "connection_lost"),
+            (5, "protocol_violation"),
+            (6, "relay_shutting_down"),
+        ]
+    );
+    let drops: Vec<(u8, &str)> = DropReason::ALL
+        .iter()
+        .map(|c| (c.to_u8(), c.as_str()))
+        .collect();
+    assert_eq!(
+        drops,
+        [
+            (1, "too_large"),
+            (2, "unknown_peer"),
+            (3, "congested"),
+            (4, "not_bound"),
+            (5, "malformed"),
+        ]
+    );
+    // 0 is reserved in every byte enum and decodes as unknown.
+    assert_eq!(ErrorCode::from_u8(0), ErrorCode::Unknown(0));
+    assert_eq!(LeaveReason::from_u8(0), LeaveReason::Unknown(0));
+    assert_eq!(DropReason::from_u8(0), DropReason::Unknown(0));
+}
+
+#[test]
+fn close_codes_are_pinned() {
+    let fixed = [
+        (CloseCode::Normal, 0),
+        (CloseCode::Kicked, 1),
+        (CloseCode::RelayShuttingDown, 2),
+        (CloseCode::ProtocolViolation, 3),
+        (CloseCode::BindTimeout, 4),
+        (CloseCode::AllocationClosed, 5),
+        (CloseCode::ControlBacklog, 6),
+        (CloseCode::HostLost(LeaveReason::Closed), 0x101),
+        (CloseCode::HostLost(LeaveReason::TimedOut), 0x102),
+        (CloseCode::HostLost(LeaveReason::Kicked), 0x103),
+        (CloseCode::HostLost(LeaveReason::ConnectionLost), 0x104),
+        (CloseCode::HostLost(LeaveReason::ProtocolViolation), 0x105),
+        (CloseCode::HostLost(LeaveReason::RelayShuttingDown), 0x106),
+        (CloseCode::HostLost(LeaveReason::Unknown(0x42)), 0x142),
+    ];
+    for (code, value) in fixed {
+        assert_eq!(code.to_u32(), value, "{code:?}");
+        assert_eq!(CloseCode::from_u64(u64::from(value)), code);
+    }
+    assert_eq!(CloseCode::from_u64(7), CloseCode::Unknown(7));
+    assert_eq!(CloseCode::from_u64(0x200), CloseCode::Unknown(0x200));
+    assert_eq!(CloseCode::from_u64(u64::MAX), CloseCode::Unknown(u32::MAX));
+}
+
+#[test]
+fn datagram_header_snapshots() {
+    // Client → relay: destination 0 (the host), payload "hi".
+    assert_eq!(hex::encode(datagram::encode(0, b"hi")), "00006869");
+    // Broadcast.
+    assert_eq!(
+        hex::encode(datagram::encode(Destination::Broadcast.to_u16(), b"ok")),
+        "ffff6f6b"
+    );
+    assert_eq!(BROADCAST, 0xFFFF);
+    // Relay → client: the relay overwrites the destination with the sender's id in place.
+    let mut d = datagram::encode(0, b"hi");
+    assert!(datagram::write_header(&mut d, 0x0102));
+    assert_eq!(hex::encode(&d), "01026869");
+    assert_eq!(datagram::split(&d), Ok((0x0102, &b"hi"[..])));
+    assert_eq!(
+        datagram::split(&[]),
+        Err(DecodeError::Truncated { needed: 2 })
+    );
+    assert_eq!(
+        datagram::split(&[7]),
+        Err(DecodeError::Truncated { needed: 1 })
+    );
+}
+
+#[test]
+fn constants_are_pinned() {
+    assert_eq!(ALPN, b"baton/1");
+    assert_eq!(MAX_DATAGRAM_PAYLOAD, 1150);
+    assert_eq!(DEFAULT_MAX_FRAME_LEN, 16_384);
+    assert_eq!(MIN_MAX_FRAME_LEN, 9_216);
+    assert_eq!(LEN_PREFIX, 4);
+    assert_eq!(datagram::HEADER_LEN, 2);
+    assert_eq!(ALPHABET, b"6789BCDFGHJKLMNPQRTW");
+    assert_eq!(
+        (
+            join_code::MIN_LEN,
+            join_code::DEFAULT_LEN,
+            join_code::MAX_LEN
+        ),
+        (4, 6, 12)
+    );
+    assert_eq!(MAX_PEERS_LIMIT, 4096);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The spec stays in step with the code
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn spec_shows_every_snapshot() {
+    for (msg, spaced) in client_snapshots() {
+        assert!(
+            SPEC.contains(spaced),
+            "SPEC.md lacks the example for {msg:?}: `{spaced}`"
+        );
+    }
+    for (msg, spaced) in server_snapshots() {
+        assert!(
+            SPEC.contains(spaced),
+            "SPEC.md lacks the example for {msg:?}: `{spaced}`"
+        );
+    }
+}
+
+#[test]
+fn spec_documents_every_message_type_and_code() {
+    let variant = |debug: String| -> String {
+        debug
+            .split(|c: char| !c.is_alphanumeric())
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    for (msg, _) in client_snapshots() {
+        let heading = format!(
+            "### `0x{:02x}` {}",
+            msg.type_byte(),
+            variant(format!("{msg:?}"))
+        );
+        assert!(SPEC.contains(&heading), "SPEC.md lacks heading {heading:?}");
+    }
+    for (msg, _) in server_snapshots() {
+        let heading = format!(
+            "### `0x{:02x}` {}",
+            msg.type_byte(),
+            variant(format!("{msg:?}"))
+        );
+        assert!(SPEC.contains(&heading), "SPEC.md lacks heading {heading:?}");
+    }
+    for c in ErrorCode::ALL {
+        let row = format!("| {} | `{}` |", c.to_u8(), c.as_str());
+        assert!(SPEC.contains(&row), "SPEC.md lacks error code row {row:?}");
+    }
+    for c in LeaveReason::ALL {
+        let row = format!("| {} | `{}` |", c.to_u8(), c.as_str());
+        assert!(
+            SPEC.contains(&row),
+            "SPEC.md lacks leave reason row {row:?}"
+        );
+    }
+    for c in DropReason::ALL {
+        let row = format!("| {} | `{}` |", c.to_u8(), c.as_str());
+        assert!(SPEC.contains(&row), "SPEC.md lacks drop reason row {row:?}");
+    }
+    for needle in [
+        "`baton/1`",
+        "`6789BCDFGHJKLMNPQRTW`",
+        "1150",
+        "16384",
+        "9216",
+    ] {
+        assert!(SPEC.contains(needle), "SPEC.md lacks {needle}");
+    }
+}
+
+/// The sequence example in SPEC.md, checked byte for byte.
+#[test]
+fn spec_sequence_example() {
+    let alloc = AllocationId(0x1F2E_3D4C_5B6A_7988);
+    let client: [(ClientMessage, &str); 2] = [
+        (
+            ClientMessage::CreateAllocation {
+                request_id: 1,
+                max_peers: 0,
+                code_ttl_secs: 0,
+            },
+            "0000000b 01 00000001 0000 00000000",
+        ),
+        (
+            ClientMessage::Join {
+                request_id: 1,
+                code: code("BCDF78"),
+            },
+            "0000000c 02 00000001 06 424344463738",
+        ),
+    ];
+    let server: [(ServerMessage, &str); 4] = [
+        (
+            ServerMessage::AllocationCreated {
+                request_id: 1,
+                allocation: alloc,
+                code: code("BCDF78"),
+                code_ttl_secs: 86_400,
+                max_peers: 150,
+                max_payload: 1150,
+            },
+            "0000001c 81 00000001 1f2e3d4c5b6a7988 06 424344463738 00015180 0096 047e",
+        ),
+        (
+            ServerMessage::Joined {
+                request_id: 1,
+                allocation: alloc,
+                peer: PeerId(1),
+                max_payload: 1150,
+                members: vec![PeerId::HOST],
+            },
+            "00000015 82 00000001 1f2e3d4c5b6a7988 0001 047e 0001 0000",
+        ),
+        (
+            ServerMessage::PeerJoined { peer: PeerId(1) },
+            "00000003 85 0001",
+        ),
+        (
+            ServerMessage::PeerLeft {
+                peer: PeerId(1),
+                reason: LeaveReason::Closed,
+            },
+            "00000004 86 0001 01",
+        ),
+    ];
+    for (msg, spaced) in client {
+        assert_eq!(hex::encode(msg.to_frame()), unspaced(spaced), "{msg:?}");
+        assert!(SPEC.contains(spaced), "SPEC.md lacks `{spaced}`");
+    }
+    for (msg, spaced) in server {
+        assert_eq!(hex::encode(msg.to_frame()), unspaced(spaced), "{msg:?}");
+        assert!(SPEC.contains(spaced), "SPEC.md lacks `{spaced}`");
+    }
+    let datagrams = [
+        (datagram::encode(0, b"hi"), "0000 6869"),
+        (datagram::encode(1, b"hi"), "0001 6869"),
+        (datagram::encode(BROADCAST, b"ok"), "ffff 6f6b"),
+        (datagram::encode(0, b"ok"), "0000 6f6b"),
+    ];
+    for (bytes, spaced) in datagrams {
+        assert_eq!(hex::encode(&bytes), unspaced(spaced));
+        assert!(SPEC.contains(spaced), "SPEC.md lacks `{spaced}`");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hand-written edge cases
+// ---------------------------------------------------------------------------------------------
+
+fn joined_header(count: u16) -> Vec<u8> {
+    let mut body = vec![0x82];
+    body.extend_from_slice(&1u32.to_be_bytes()); // request_id
+    body.extend_from_slice(&2u64.to_be_bytes()); // allocation
+    body.extend_from_slice(&3u16.to_be_bytes()); // peer
+    body.extend_from_slice(&1150u16.to_be_bytes()); // max_payload
+    body.extend_from_slice(&count.to_be_bytes());
+    body
+}
+
+#[test]
+fn huge_member_count_is_refused_before_allocating() {
+    let mut body = joined_header(u16::MAX);
+    body.extend_from_slice(&[0, 1]);
+    assert!(matches!(
+        ServerMessage::decode(&body),
+        Err(DecodeError::InvalidField {
+            field: "members",
+            ..
+        })
+    ));
+    let body = joined_header(MAX_PEERS_LIMIT + 1);
+    assert!(matches!(
+        ServerMessage::decode(&body),
+        Err(DecodeError::InvalidField { .. })
+    ));
+    // A plausible count without the bytes to back it: truncated, with the exact shortfall.
+    let mut body = joined_header(MAX_PEERS_LIMIT);
+    body.extend_from_slice(&[0, 1, 0, 2]);
+    assert_eq!(
+        ServerMessage::decode(&body),
+        Err(DecodeError::Truncated {
+            needed: 2 * usize::from(MAX_PEERS_LIMIT) - 4
+        })
+    );
+}
+
+#[test]
+fn largest_message_fits_the_minimum_frame_limit() {
+    let msg = ServerMessage::Joined {
+        request_id: u32::MAX,
+        allocation: AllocationId(u64::MAX),
+        peer: PeerId(MAX_PEERS_LIMIT - 1),
+        max_payload: 1150,
+        members: (0..MAX_PEERS_LIMIT).map(PeerId).collect(),
+    };
+    assert_eq!(msg.encoded_len(), 8211);
+    assert!(msg.encoded_len() <= MIN_MAX_FRAME_LEN);
+    let frame = msg.to_frame();
+    let len = frame::check_len(
+        frame[..LEN_PREFIX].try_into().expect("4 bytes"),
+        MIN_MAX_FRAME_LEN,
+    );
+    assert_eq!(len, Ok(8211));
+    assert_eq!(ServerMessage::decode(&frame[LEN_PREFIX..]), Ok(msg));
+}
+
+#[test]
+fn frame_length_violations() {
+    assert_eq!(
+        frame::check_len([0, 0, 0, 0], DEFAULT_MAX_FRAME_LEN),
+        Err(FrameError::Empty)
+    );
+    assert_eq!(
+        frame::check_len([0, 0, 0x40, 0x00], DEFAULT_MAX_FRAME_LEN),
+        Ok(DEFAULT_MAX_FRAME_LEN)
+    );
+    assert_eq!(
+        frame::check_len([0, 0, 0x40, 0x01], DEFAULT_MAX_FRAME_LEN),
+        Err(FrameError::TooLong {
+            len: DEFAULT_MAX_FRAME_LEN + 1,
+            max: DEFAULT_MAX_FRAME_LEN
+        })
+    );
+}
+
+#[test]
+fn malformed_bodies_give_typed_errors() {
+    let decode_c = |h: &str| ClientMessage::decode(&hex::decode(unspaced(h)).expect("hex"));
+    let decode_s = |h: &str| ServerMessage::decode(&hex::decode(unspaced(h)).expect("hex"));
+    assert_eq!(ClientMessage::decode(&[]), Err(DecodeError::Empty));
+    assert_eq!(ServerMessage::decode(&[]), Err(DecodeError::Empty));
+    assert_eq!(decode_c("00"), Err(DecodeError::UnknownType(0)));
+    assert_eq!(decode_c("81 00000001"), Err(DecodeError::UnknownType(0x81)));
+    assert_eq!(decode_s("01 00000001"), Err(DecodeError::UnknownType(0x01)));
+    assert_eq!(decode_s("ff"), Err(DecodeError::UnknownType(0xff)));
+    // Trailing bytes after a complete message.
+    assert_eq!(
+        decode_c("04 00000001 00"),
+        Err(DecodeError::TrailingBytes(1))
+    );
+    assert_eq!(decode_s("85 0001 0000"), Err(DecodeError::TrailingBytes(2)));
+    // Join code length outside 4..=12, and a character outside the alphabet ('A' = 0x41).
+    assert!(matches!(
+        decode_c("02 00000001 03 424344"),
+        Err(DecodeError::InvalidField { field: "code", .. })
+    ));
+    assert!(matches!(
+        decode_c("02 00000001 0d 42434446474849"),
+        Err(DecodeError::InvalidField { field: "code", .. })
+    ));
+    assert!(matches!(
+        decode_c("02 00000001 04 41424344"),
+        Err(DecodeError::InvalidField { field: "code", .. })
+    ));
+    // Unknown codes in reasons decode instead of failing.
+    assert_eq!(
+        decode_s("86 0002 ee"),
+        Ok(ServerMessage::PeerLeft {
+            peer: PeerId(2),
+            reason: LeaveReason::Unknown(0xee),
+        })
+    );
+    assert_eq!(
+        decode_s("88 00 00000001 00000000"),
+        Ok(ServerMessage::DatagramsDropped {
+            reason: DropReason::Unknown(0),
+            count: 1,
+            value: 0,
+        })
+    );
+}
+
+#[test]
+fn a_stream_of_frames_decodes_in_order() {
+    let msgs: Vec<ServerMessage> = server_snapshots().into_iter().map(|(m, _)| m).collect();
+    let mut stream = bytes::BytesMut::new();
+    for m in &msgs {
+        m.encode_frame(&mut stream);
+    }
+    let mut stream: Bytes = stream.freeze();
+    let mut decoded = Vec::new();
+    while !stream.is_empty() {
+        let prefix: [u8; LEN_PREFIX] = stream[..LEN_PREFIX].try_into().expect("prefix");
+        let len = frame::check_len(prefix, DEFAULT_MAX_FRAME_LEN).expect("valid length");
+        let body = stream.slice(LEN_PREFIX..LEN_PREFIX + len);
+        decoded.push(ServerMessage::decode(&body).expect("valid body"));
+        stream = stream.slice(LEN_PREFIX + len..);
+    }
+    assert_eq!(decoded, msgs);
+}
+
+#[test]
+fn every_snapshot_truncated_or_extended_is_an_error() {
+    for (msg, _) in client_snapshots() {
+        let frame = msg.to_frame();
+        let body = &frame[LEN_PREFIX..];
+        for cut in 0..body.len() {
+            assert!(
+                ClientMessage::decode(&body[..cut]).is_err(),
+                "{msg:?} cut at {cut}"
+            );
+        }
+        let mut longer = body.to_vec();
+        longer.push(0);
+        assert_eq!(
+            ClientMessage::decode(&longer),
+            Err(DecodeError::TrailingBytes(1))
+        );
+    }
+    for (msg, _) in server_snapshots() {
+        let frame = msg.to_frame();
+        let body = &frame[LEN_PREFIX..];
+        for cut in 0..body.len() {
+            assert!(
+                ServerMessage::decode(&body[..cut]).is_err(),
+                "{msg:?} cut at {cut}"
+            );
+        }
+        let mut longer = body.to_vec();
+        longer.push(0);
+        assert_eq!(
+            ServerMessage::decode(&longer),
+            Err(DecodeError::TrailingBytes(1))
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Property tests
+// ---------------------------------------------------------------------------------------------
+
+fn join_code_strategy() -> impl Strategy<Value = JoinCode> {
+    (
+        prop::collection::vec(
+            prop::sample::select(ALPHABET.to_vec()),
+            join_code::MIN_LEN..=join_code::MAX_LEN,
+        ),
+        any::<bool>(),
+    )
+        .prop_map(|(mut chars, lower)| {
+            if lower {
+                chars.make_ascii_lowercase();
+            }
+            JoinCode::from_bytes(&chars).expect("alphabet characters make a valid code")
+        })
+}
+
+fn peer() -> impl Strategy<Value = PeerId> {
+    any::<u16>().prop_map(PeerId)
+}
+
+fn allocation() -> impl Strategy<Value = AllocationId> {
+    any::<u64>().prop_map(AllocationId)
+}
+
+fn client_message() -> impl Strategy<Value = ClientMessage> {
+    prop_oneof![
+        (any::<u32>(), any::<u16>(), any::<u32>()).prop_map(
+            |(request_id, max_peers, code_ttl_secs)| ClientMessage::CreateAllocation {
+                request_id,
+                max_peers,
+                code_ttl_secs,
+            }
+        ),
+        (any::<u32>(), join_code_strategy())
+            .prop_map(|(request_id, code)| ClientMessage::Join { request_id, code }),
+        (any::<u32>(), peer())
+            .prop_map(|(request_id, peer)| ClientMessage::Kick { request_id, peer }),
+        any::<u32>().prop_map(|request_id| ClientMessage::RevokeCode { request_id }),
+        (any::<u32>(), allocation(), any::<[u8; 16]>()).prop_map(
+            |(request_id, allocation, host_token)| ClientMessage::ClaimHost {
+                request_id,
+                allocation,
+                host_token,
+            }
+        ),
+    ]
+}
+
+fn server_message() -> impl Strategy<Value = ServerMessage> {
+    prop_oneof![
+        (
+            any::<u32>(),
+            allocation(),
+            join_code_strategy(),
+            any::<u32>(),
+            any::<u16>(),
+            any::<u16>()
+        )
+            .prop_map(
+                |(request_id, allocation, code, code_ttl_secs, max_peers, max_payload)| {
+                    ServerMessage::AllocationCreated {
+                        request_id,
+                        allocation,
+                        code,
+                        code_ttl_secs,
+                        max_peers,
+                        max_payload,
+                    }
+                }
+            ),
+        (
+            any::<u32>(),
+            allocation(),
+            peer(),
+            any::<u16>(),
+            prop::collection::vec(peer(), 0..300)
+        )
+            .prop_map(|(request_id, allocation, peer, max_payload, members)| {
+                ServerMessage::Joined {
+                    request_id,
+                    allocation,
+                    peer,
+                    max_payload,
+                    members,
+                }
+            }),
+        (any::<u32>(), any::<u8>(), any::<u32>()).prop_map(|(request_id, code, value)| {
+            ServerMessage::Refused {
+                request_id,
+                code: ErrorCode::from_u8(code),
+                value,
+            }
+        }),
+        any::<u32>().prop_map(|request_id| ServerMessage::Done { request_id }),
+        peer().prop_map(|peer| ServerMessage::PeerJoined { peer }),
+        (peer(), any::<u8>()).prop_map(|(peer, reason)| ServerMessage::PeerLeft {
+            peer,
+            reason: LeaveReason::from_u8(reason),
+        }),
+        join_code_strategy().prop_map(|code| ServerMessage::CodeRevoked { code }),
+        (any::<u8>(), any::<u32>(), any::<u32>()).prop_map(|(reason, count, value)| {
+            ServerMessage::DatagramsDropped {
+                reason: DropReason::from_u8(reason),
+                count,
+                value,
+            }
+        }),
+    ]
+}
+
+/// Checks the framing invariants of one encoded message and returns its body.
+fn check_frame(frame: &Bytes, encoded_len: usize, written: &[u8]) -> Result<(), TestCaseError> {
+    prop_assert_eq!(
+        written.len(),
+        encoded_len,
+        "encoded_len disagrees with write_to"
+    );
+    prop_assert_eq!(frame.len(), LEN_PREFIX + encoded_len);
+    let prefix: [u8; LEN_PREFIX] = frame[..LEN_PREFIX].try_into().expect("prefix");
+    prop_assert_eq!(u32::from_be_bytes(prefix) as usize, encoded_len);
+    prop_assert_eq!(&frame[LEN_PREFIX..], written);
+    Ok(())
+}
+
+/// Random bytes, or random bytes behind a type byte the decoder knows, so that the fuzzing
+/// reaches past the type check.
+fn noise() -> impl Strategy<Value = Vec<u8>> {
+    let known: Vec<u8> = (0x01..=0x05).chain(0x81..=0x88).collect();
+    prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..64),
+        (
+            prop::sample::select(known),
+            prop::collection::vec(any::<u8>(), 0..48)
+        )
+            .prop_map(|(ty, mut rest)| {
+                rest.insert(0, ty);
+                rest
+            }),
+    ]
+}
+
+/// 512 cases per property; failures are saved to `protocol/proptest-regressions/codec.txt`
+/// (cargo runs integration tests from the package root), which is committed so every later run
+/// replays them first.
+fn config() -> ProptestConfig {
+    ProptestConfig {
+        cases: 512,
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
+            "proptest-regressions/codec.txt",
+        ))),
+        ..ProptestConfig::default()
+    }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn client_messages_round_trip(msg in client_message()) {
+        let frame = msg.to_frame();
+        let mut written = Vec::new();
+        msg.write_to(&mut written);
+        check_frame(&frame, msg.encoded_len(), &written)?;
+        prop_assert_eq!(frame::check_len(frame[..LEN_PREFIX].try_into().expect("prefix"), DEFAULT_MAX_FRAME_LEN), Ok(msg.encoded_len()));
+        prop_assert_eq!(ClientMessage::decode(&frame[LEN_PREFIX..]), Ok(msg));
+    }
+
+    #[test]
+    fn server_messages_round_trip(msg in server_message()) {
+        let frame = msg.to_frame();
+        let mut written = Vec::new();
+        msg.write_to(&mut written);
+        check_frame(&frame, msg.encoded_len(), &written)?;
+        prop_assert_eq!(frame::check_len(frame[..LEN_PREFIX].try_into().expect("prefix"), DEFAULT_MAX_FRAME_LEN), Ok(msg.encoded_len()));
+        prop_assert_eq!(ServerMessage::decode(&frame[LEN_PREFIX..]), Ok(msg));
+    }
+
+    #[test]
+    fn truncated_client_messages_are_errors(msg in client_message()) {
+        let frame = msg.to_frame();
+        let body = &frame[LEN_PREFIX..];
+        for cut in 0..body.len() {
+            prop_assert!(ClientMessage::decode(&body[..cut]).is_err(), "cut at {}", cut);
+        }
+        let mut longer = body.to_vec();
+        longer.push(0);
+        prop_assert_eq!(ClientMessage::decode(&longer), Err(DecodeError::TrailingBytes(1)));
+    }
+
+    #[test]
+    fn truncated_server_messages_are_errors(msg in server_message()) {
+        let frame = msg.to_frame();
+        let body = &frame[LEN_PREFIX..];
+        for cut in 0..body.len() {
+            prop_assert!(ServerMessage::decode(&body[..cut]).is_err(), "cut at {}", cut);
+        }
+        let mut longer = body.to_vec();
+        longer.push(0);
+        prop_assert_eq!(ServerMessage::decode(&longer), Err(DecodeError::TrailingBytes(1)));
+    }
+
+    #[test]
+    fn bit_flipped_client_messages_never_panic(
+        msg in client_message(),
+        at in any::<prop::sample::Index>(),
+        bit in 0u8..8,
+    ) {
+        let mut body = msg.to_frame()[LEN_PREFIX..].to_vec();
+        let i = at.index(body.len());
+        body[i] ^= 1 << bit;
+        // Whatever it decodes to must survive its own round trip.
+        if let Ok(other) = ClientMessage::decode(&body) {
+            prop_assert_eq!(ClientMessage::decode(&other.to_frame()[LEN_PREFIX..]), Ok(other));
+        }
+    }
+
+    #[test]
+    fn bit_flipped_server_messages_never_panic(
+        msg in server_message(),
+        at in any::<prop::sample::Index>(),
+        bit in 0u8..8,
+    ) {
+        let mut body = msg.to_frame()[LEN_PREFIX..].to_vec();
+        let i = at.index(body.len());
+        body[i] ^= 1 << bit;
+        if let Ok(other) = ServerMessage::decode(&body) {
+            prop_assert_eq!(ServerMessage::decode(&other.to_frame()[LEN_PREFIX..]), Ok(other));
+        }
+    }
+
+    #[test]
+    fn random_bytes_never_panic(bytes in noise()) {
+        if let Ok(msg) = ClientMessage::decode(&bytes) {
+            prop_assert_eq!(ClientMessage::decode(&msg.to_frame()[LEN_PREFIX..]), Ok(msg));
+        }
+        if let Ok(msg) = ServerMessage::decode(&bytes) {
+            prop_assert_eq!(ServerMessage::decode(&msg.to_frame()[LEN_PREFIX..]), Ok(msg));
+        }
+        match datagram::split(&bytes) {
+            Ok((header, payload)) => {
+                prop_assert_eq!(datagram::encode(header, payload), bytes.clone());
+            }
+            Err(e) => prop_assert!(bytes.len() < datagram::HEADER_LEN, "{}", e),
+        }
+        match JoinCode::from_bytes(&bytes) {
+            Ok(c) => {
+                let upper = bytes.to_ascii_uppercase();
+                prop_assert_eq!(c.as_bytes(), upper.as_slice());
+                prop_assert!(c.as_bytes().iter().all(|b| ALPHABET.contains(b)));
+            }
+            Err(_) => prop_assert!(
+                !(join_code::MIN_LEN..=join_code::MAX_LEN).contains(&bytes.len())
+                    || bytes.iter().any(|b| !ALPHABET.contains(&b.to_ascii_uppercase()))
+            ),
+        }
+    }
+
+    #[test]
+    fn length_prefixes_are_checked(prefix in any::<[u8; 4]>(), max in 0usize..100_000) {
+        let len = u32::from_be_bytes(prefix) as usize;
+        match frame::check_len(prefix, max) {
+            Ok(n) => prop_assert!(n == len && n > 0 && n <= max),
+            Err(FrameError::Empty) => prop_assert_eq!(len, 0),
+            Err(FrameError::TooLong { len: l, max: m }) => prop_assert!(l == len && m == max && l > max),
+            Err(e) => prop_assert!(false, "unexpected {:?}", e),
+        }
+    }
+}
