@@ -118,7 +118,10 @@ impl RelayConfig {
     /// Sets the keepalive timeout (100 ms to 10 min).
     pub fn set_keepalive_timeout(&mut self, v: Duration) -> Result<&mut Self, ConfigError> {
         if v < Duration::from_millis(100) || v > Duration::from_secs(600) {
-            return Err(invalid("keepalive_timeout", "must be between 100 ms and 10 min"));
+            return Err(invalid(
+                "keepalive_timeout",
+                "must be between 100 ms and 10 min",
+            ));
         }
         self.keepalive_timeout = v;
         Ok(self)
@@ -136,7 +139,10 @@ impl RelayConfig {
     /// Sets the host bind timeout of lobby-reserved allocations (100 ms to 1 h).
     pub fn set_host_bind_timeout(&mut self, v: Duration) -> Result<&mut Self, ConfigError> {
         if v < Duration::from_millis(100) || v > Duration::from_secs(3600) {
-            return Err(invalid("host_bind_timeout", "must be between 100 ms and 1 h"));
+            return Err(invalid(
+                "host_bind_timeout",
+                "must be between 100 ms and 1 h",
+            ));
         }
         self.host_bind_timeout = v;
         Ok(self)
@@ -176,7 +182,10 @@ impl RelayConfig {
     pub fn set_max_control_frame(&mut self, v: usize) -> Result<&mut Self, ConfigError> {
         let min = baton_protocol::frame::MIN_MAX_FRAME_LEN;
         if !(min..=1 << 20).contains(&v) {
-            return Err(invalid("max_control_frame", format!("must be between {min} and 1048576")));
+            return Err(invalid(
+                "max_control_frame",
+                format!("must be between {min} and 1048576"),
+            ));
         }
         self.max_control_frame = v;
         Ok(self)
@@ -187,7 +196,10 @@ impl RelayConfig {
     pub fn set_max_datagram_payload(&mut self, v: usize) -> Result<&mut Self, ConfigError> {
         let max = baton_protocol::MAX_DATAGRAM_PAYLOAD;
         if !(1..=max).contains(&v) {
-            return Err(invalid("max_datagram_payload", format!("must be between 1 and {max}")));
+            return Err(invalid(
+                "max_datagram_payload",
+                format!("must be between 1 and {max}"),
+            ));
         }
         self.max_datagram_payload = v;
         Ok(self)
@@ -197,7 +209,10 @@ impl RelayConfig {
     pub fn set_join_code_len(&mut self, v: usize) -> Result<&mut Self, ConfigError> {
         use baton_protocol::join_code::{MAX_LEN, MIN_LEN};
         if !(MIN_LEN..=MAX_LEN).contains(&v) {
-            return Err(invalid("join_code_len", format!("must be between {MIN_LEN} and {MAX_LEN}")));
+            return Err(invalid(
+                "join_code_len",
+                format!("must be between {MIN_LEN} and {MAX_LEN}"),
+            ));
         }
         self.join_code_len = v;
         Ok(self)
@@ -233,7 +248,10 @@ mod tests {
         assert!(c.set_keepalive_timeout(Duration::from_millis(10)).is_err());
         assert!(c.set_max_control_frame(10).is_err());
         assert!(c.set_join_code_len(3).is_err());
-        c.set_max_datagram_payload(500).unwrap().set_join_code_len(8).unwrap();
+        c.set_max_datagram_payload(500)
+            .unwrap()
+            .set_join_code_len(8)
+            .unwrap();
         assert_eq!(c.max_datagram_payload(), 500);
         assert_eq!(c.join_code_len(), 8);
     }

@@ -26,8 +26,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use baton_protocol::{
-    AllocationId, ClientMessage, CloseCode, ErrorCode, JoinCode, LeaveReason, PeerId,
-    ServerMessage,
+    AllocationId, ClientMessage, CloseCode, ErrorCode, JoinCode, LeaveReason, PeerId, ServerMessage,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -270,10 +269,7 @@ enum HostSlot {
     Bound,
     /// A lobby reserved the allocation; the host must claim it with the token before the
     /// deadline.
-    Awaiting {
-        token: [u8; 16],
-        deadline: Instant,
-    },
+    Awaiting { token: [u8; 16], deadline: Instant },
 }
 
 #[derive(Debug)]
@@ -327,7 +323,10 @@ impl Allocation {
 enum CodeEntry {
     Live(AllocationId),
     /// Kept for a while after expiry, revocation or closing so joins get the precise reason.
-    Tombstone { code: ErrorCode, until: Instant },
+    Tombstone {
+        code: ErrorCode,
+        until: Instant,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -559,10 +558,7 @@ impl ControlPlane {
 
     /// Revokes an allocation's join code on an operator's behalf and tells the host.
     pub fn revoke_code(&mut self, now: Instant, id: AllocationId) -> Result<JoinCode, AdminError> {
-        let alloc = self
-            .allocations
-            .get(&id)
-            .ok_or(AdminError::NotFound(id))?;
+        let alloc = self.allocations.get(&id).ok_or(AdminError::NotFound(id))?;
         let code = alloc.code;
         let host = alloc.members.get(&PeerId::HOST).map(|m| m.conn);
         self.revoke(now, id);
@@ -647,7 +643,8 @@ impl ControlPlane {
                 value,
             },
         );
-        self.outputs.push_back(Output::Event(Event::Refused { code }));
+        self.outputs
+            .push_back(Output::Event(Event::Refused { code }));
     }
 
     fn handle_request(&mut self, now: Instant, conn: ConnId, msg: ClientMessage) {
@@ -748,13 +745,17 @@ impl ControlPlane {
         let Some(alloc) = self.allocations.get_mut(&id) else {
             return;
         };
-        alloc.members.insert(PeerId::HOST, Member { conn, joined: now });
+        alloc
+            .members
+            .insert(PeerId::HOST, Member { conn, joined: now });
         let reply = ServerMessage::AllocationCreated {
             request_id,
             allocation: id,
             code: alloc.code,
-            code_ttl_secs: u32::try_from(alloc.code_expires.saturating_duration_since(now).as_secs())
-                .unwrap_or(u32::MAX),
+            code_ttl_secs: u32::try_from(
+                alloc.code_expires.saturating_duration_since(now).as_secs(),
+            )
+            .unwrap_or(u32::MAX),
             max_peers: alloc.max_peers,
             max_payload,
         };
@@ -847,7 +848,10 @@ impl ControlPlane {
         self.codes.insert(code, CodeEntry::Live(id));
         self.schedule(code_expires, Timer::CodeExpiry(id));
         self.outputs
-            .push_back(Output::Event(Event::AllocationCreated { allocation: id, code }));
+            .push_back(Output::Event(Event::AllocationCreated {
+                allocation: id,
+                code,
+            }));
         (id, code)
     }
 
@@ -932,8 +936,10 @@ impl ControlPlane {
         for (_, other) in others {
             self.send(other, ServerMessage::PeerJoined { peer });
         }
-        self.outputs
-            .push_back(Output::Event(Event::PeerJoined { allocation: id, peer }));
+        self.outputs.push_back(Output::Event(Event::PeerJoined {
+            allocation: id,
+            peer,
+        }));
     }
 
     fn kick(
@@ -959,7 +965,12 @@ impl ControlPlane {
             .and_then(|a| a.members.get(&target))
             .map(|m| m.conn)
         else {
-            self.refuse(conn, request_id, ErrorCode::UnknownPeer, u32::from(target.0));
+            self.refuse(
+                conn,
+                request_id,
+                ErrorCode::UnknownPeer,
+                u32::from(target.0),
+            );
             return;
         };
         self.conns.remove(&target_conn);
@@ -984,7 +995,13 @@ impl ControlPlane {
 
     fn tombstone(&mut self, now: Instant, code: JoinCode, reason: ErrorCode) {
         let until = now + self.tombstone_ttl;
-        self.codes.insert(code, CodeEntry::Tombstone { code: reason, until });
+        self.codes.insert(
+            code,
+            CodeEntry::Tombstone {
+                code: reason,
+                until,
+            },
+        );
         self.schedule(until, Timer::Tombstone(code));
     }
 
@@ -994,10 +1011,11 @@ impl ControlPlane {
         };
         if let ConnState::Member { allocation, peer } = c.state {
             if peer.is_host() {
-                self.outputs.push_back(Output::Event(Event::HostDisconnected {
-                    allocation,
-                    reason,
-                }));
+                self.outputs
+                    .push_back(Output::Event(Event::HostDisconnected {
+                        allocation,
+                        reason,
+                    }));
                 self.remove_member(now, allocation, peer, reason);
                 self.close_allocation(now, allocation, CloseReason::HostLost(reason));
             } else {
@@ -1007,7 +1025,13 @@ impl ControlPlane {
     }
 
     /// Removes a member that is already gone from `conns` and tells the others.
-    fn remove_member(&mut self, _now: Instant, id: AllocationId, peer: PeerId, reason: LeaveReason) {
+    fn remove_member(
+        &mut self,
+        _now: Instant,
+        id: AllocationId,
+        peer: PeerId,
+        reason: LeaveReason,
+    ) {
         let Some(alloc) = self.allocations.get_mut(&id) else {
             return;
         };
@@ -1067,10 +1091,11 @@ impl ControlPlane {
             allocation: id,
             members: Vec::new(),
         });
-        self.outputs.push_back(Output::Event(Event::AllocationClosed {
-            allocation: id,
-            reason,
-        }));
+        self.outputs
+            .push_back(Output::Event(Event::AllocationClosed {
+                allocation: id,
+                reason,
+            }));
     }
 }
 

@@ -9,7 +9,8 @@ pub const LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::UN
 
 /// Admin HTTP address: loopback only, so metrics and the allocation API are not exposed to the
 /// internet unless an operator chooses to.
-pub const ADMIN_LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 7701);
+pub const ADMIN_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 7701);
 
 /// A client silent this long is gone: the keepalive rule game developers know from Unity Relay.
 /// It is QUIC's idle timeout; the SDK pings well inside it.

@@ -35,7 +35,10 @@ impl RelayHandle {
         let call: AdminCall = Box::new(move |cp, now| {
             let _ = tx.send(f(cp, now));
         });
-        self.admin.send(call).await.map_err(|_| AdminError::Stopped)?;
+        self.admin
+            .send(call)
+            .await
+            .map_err(|_| AdminError::Stopped)?;
         rx.await.map_err(|_| AdminError::Stopped)
     }
 
@@ -55,8 +58,12 @@ impl RelayHandle {
     }
 
     /// Reserves an allocation for a lobby (see [`ControlPlane::reserve_allocation`]).
-    pub async fn reserve_allocation(&self, max_peers: Option<u16>) -> Result<Reservation, AdminError> {
-        self.call(move |cp, now| cp.reserve_allocation(now, max_peers)).await?
+    pub async fn reserve_allocation(
+        &self,
+        max_peers: Option<u16>,
+    ) -> Result<Reservation, AdminError> {
+        self.call(move |cp, now| cp.reserve_allocation(now, max_peers))
+            .await?
     }
 
     /// Revokes an allocation's join code and tells its host.
@@ -71,6 +78,7 @@ impl RelayHandle {
 
     /// Live allocations and connections as the control plane counts them.
     pub async fn counts(&self) -> Result<(usize, usize), AdminError> {
-        self.call(|cp, _| (cp.allocation_count(), cp.connection_count())).await
+        self.call(|cp, _| (cp.allocation_count(), cp.connection_count()))
+            .await
     }
 }

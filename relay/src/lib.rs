@@ -1,1 +1,31 @@
-//! Baton relay server.
+//! # Baton relay
+//!
+//! A QUIC relay for client-hosted multiplayer games: a host opens an *allocation* and gets a
+//! short join code, peers join by code, and the relay forwards datagrams between members. A
+//! client silent for the keepalive timeout (10 s) is removed and the others are told why.
+//!
+//! ## Concurrency model
+//! - [`control::ControlPlane`] is a sans-IO state machine (allocations, membership, join codes,
+//!   deadlines, rate limits). One task owns it; connection tasks send it inputs over a bounded
+//!   channel and it answers with outputs the driver carries out.
+//! - The data plane never goes through the control plane or any global lock: each connection's
+//!   task reads datagrams, looks up its allocation's routing table (an `Arc` swapped by the
+//!   control task on membership change) and sends to the destination connection. Queues are
+//!   bounded; what cannot be queued is dropped and counted by reason.
+//! - The admin HTTP server reads metrics directly and asks the control task for allocation
+//!   views through [`RelayHandle`].
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod defaults;
+mod handle;
+pub mod metrics;
+mod server;
+pub mod tls;
+
+pub use config::{ConfigError, RelayConfig, TlsSource};
+pub use handle::RelayHandle;
+pub use server::{transport_config, Relay, RelayError};

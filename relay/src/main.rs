@@ -1,1 +1,159 @@
-fn main() {}
+//! `baton-relay`: parses the command line and config file, sets up logging and runs the relay
+//! library until SIGINT or SIGTERM, then shuts down gracefully. Everything else lives in the
+//! library (see `baton_relay::cli` for the settings and their precedence).
+
+use std::io::IsTerminal;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use baton_relay::cli::{self, Cli, LogFormat};
+use baton_relay::tls::fingerprint_hex;
+use baton_relay::Relay;
+use clap::Parser;
+use tracing::level_filters::LevelFilter;
+use tracing::{info, warn};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {}", report(&err));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
+    let settings = cli::settings(&Cli::parse())?;
+    init_tracing(settings.log_format, settings.log_level)?;
+
+    // Listen for signals before binding, so a stop request during start-up is not lost.
+    let mut signals = Signals::new().context("installing signal handlers")?;
+
+    let admin_exposed = settings
+        .relay
+        .admin_listen
+        .is_some_and(|a| !a.ip().is_loopback());
+    if admin_exposed && settings.relay.admin_token.is_none() {
+        warn!(
+            admin = ?settings.relay.admin_listen,
+            "admin API listens beyond loopback without a token; set --admin-token"
+        );
+    }
+
+    let relay = Relay::bind(settings.relay)
+        .await
+        .map_err(|e| anyhow::anyhow!("starting the relay: {e}"))?;
+
+    let quic = relay.local_addr();
+    let fingerprint = fingerprint_hex(&relay.fingerprint());
+    info!(
+        quic = %quic,
+        admin = %relay.admin_addr().map_or_else(|| "disabled".to_owned(), |a| a.to_string()),
+        cert = %relay.cert_path().display(),
+        fingerprint = %fingerprint,
+        "relay running"
+    );
+    info!(
+        "try it: cargo run -p baton-client --example host -- --relay {} --fingerprint {}",
+        reachable(quic),
+        fingerprint
+    );
+
+    let signal = signals.next().await;
+    info!(signal, "shutting down");
+    tokio::select! {
+        () = relay.shutdown() => {}
+        signal = signals.next() => {
+            warn!(signal, "second signal during shutdown; exiting now");
+            std::process::exit(130);
+        }
+    }
+    info!("relay stopped");
+    Ok(())
+}
+
+/// Logs to stdout as text or JSON. `level` is the default; `RUST_LOG` directives refine it.
+fn init_tracing(format: LogFormat, level: LevelFilter) -> anyhow::Result<()> {
+    let filter = EnvFilter::builder()
+        .with_default_directive(level.into())
+        .from_env()
+        .context("invalid RUST_LOG")?;
+    // Colour only on a terminal: journald and container logs would keep the escape codes.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal());
+    match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    }
+    .map_err(|e| anyhow::anyhow!("setting up logging: {e}"))
+}
+
+/// The error and its causes on one line, skipping causes the message already includes.
+fn report(err: &anyhow::Error) -> String {
+    let mut out = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !out.contains(&cause) {
+            out.push_str(": ");
+            out.push_str(&cause);
+        }
+    }
+    out
+}
+
+/// An address a client on this machine can use for `addr` (the wildcard is not one).
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
+        }
+        _ => addr,
+    }
+}
+
+/// SIGINT and SIGTERM (Ctrl-C elsewhere).
+struct Signals {
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Signals {
+                interrupt: signal(SignalKind::interrupt())?,
+                terminate: signal(SignalKind::terminate())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Signals {})
+    }
+
+    /// Waits for the next signal and names it.
+    async fn next(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.interrupt.recv() => "SIGINT",
+                _ = self.terminate.recv() => "SIGTERM",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "ctrl-c"
+        }
+    }
+}

@@ -24,11 +24,21 @@ pub struct ByReason {
 }
 
 impl ByReason {
-    fn new(family: &Family<ReasonLabel, Counter>, all: impl Iterator<Item = (u8, &'static str)>) -> Self {
+    fn new(
+        family: &Family<ReasonLabel, Counter>,
+        all: impl Iterator<Item = (u8, &'static str)>,
+    ) -> Self {
         let counters = all
-            .map(|(v, name)| (v, family.get_or_create(&ReasonLabel { reason: name }).clone()))
+            .map(|(v, name)| {
+                (
+                    v,
+                    family.get_or_create(&ReasonLabel { reason: name }).clone(),
+                )
+            })
             .collect();
-        let other = family.get_or_create(&ReasonLabel { reason: "unknown" }).clone();
+        let other = family
+            .get_or_create(&ReasonLabel { reason: "unknown" })
+            .clone();
         ByReason { counters, other }
     }
 
@@ -113,7 +123,10 @@ impl Metrics {
             "Datagrams dropped by the relay, by reason",
             family.clone(),
         );
-        let dropped = ByReason::new(&family, DropReason::ALL.iter().map(|r| (r.to_u8(), r.as_str())));
+        let dropped = ByReason::new(
+            &family,
+            DropReason::ALL.iter().map(|r| (r.to_u8(), r.as_str())),
+        );
 
         let family = Family::<ReasonLabel, Counter>::default();
         registry.register(
@@ -121,7 +134,10 @@ impl Metrics {
             "Create, join, kick and revoke requests refused, by reason",
             family.clone(),
         );
-        let refused = ByReason::new(&family, ErrorCode::ALL.iter().map(|r| (r.to_u8(), r.as_str())));
+        let refused = ByReason::new(
+            &family,
+            ErrorCode::ALL.iter().map(|r| (r.to_u8(), r.as_str())),
+        );
 
         let family = Family::<ReasonLabel, Counter>::default();
         registry.register(
@@ -129,7 +145,10 @@ impl Metrics {
             "Members that left an allocation, by reason",
             family.clone(),
         );
-        let left = ByReason::new(&family, LeaveReason::ALL.iter().map(|r| (r.to_u8(), r.as_str())));
+        let left = ByReason::new(
+            &family,
+            LeaveReason::ALL.iter().map(|r| (r.to_u8(), r.as_str())),
+        );
 
         Metrics {
             registry,
@@ -189,9 +208,18 @@ mod tests {
         m.left(LeaveReason::TimedOut).inc();
         m.connections.set(3);
         let text = m.encode();
-        assert!(text.contains("baton_datagrams_dropped_total{reason=\"too_large\"} 1"), "{text}");
-        assert!(text.contains("baton_requests_refused_total{reason=\"full\"} 2"), "{text}");
-        assert!(text.contains("baton_members_left_total{reason=\"timed_out\"} 1"), "{text}");
+        assert!(
+            text.contains("baton_datagrams_dropped_total{reason=\"too_large\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("baton_requests_refused_total{reason=\"full\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("baton_members_left_total{reason=\"timed_out\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("baton_connections 3"), "{text}");
     }
 }

@@ -69,7 +69,8 @@ impl Harness {
     }
 
     fn disconnect(&mut self, conn: ConnId, reason: LeaveReason) -> Vec<Output> {
-        self.cp.handle(self.now, Input::Disconnected { conn, reason });
+        self.cp
+            .handle(self.now, Input::Disconnected { conn, reason });
         self.drain()
     }
 
@@ -187,12 +188,23 @@ fn create_then_join_routes_both_and_tells_the_host() {
         replies_to(&out, HOST),
         vec![ServerMessage::PeerJoined { peer: PeerId(1) }]
     );
-    assert_eq!(last_route(&out), Some(vec![(PeerId(0), HOST), (PeerId(1), 2)]));
+    assert_eq!(
+        last_route(&out),
+        Some(vec![(PeerId(0), HOST), (PeerId(1), 2)])
+    );
     // Routing is installed before the joiner hears it joined.
-    let bound = out.iter().position(|o| matches!(o, Output::Bound { conn: 2, .. }));
-    let joined = out
+    let bound = out
         .iter()
-        .position(|o| matches!(o, Output::Send { conn: 2, msg: ServerMessage::Joined { .. } }));
+        .position(|o| matches!(o, Output::Bound { conn: 2, .. }));
+    let joined = out.iter().position(|o| {
+        matches!(
+            o,
+            Output::Send {
+                conn: 2,
+                msg: ServerMessage::Joined { .. }
+            }
+        )
+    });
     assert!(bound < joined);
     assert_eq!(h.join_ok(3, code), PeerId(2));
     assert_eq!(h.cp.allocations(h.now)[0].members.len(), 3);
@@ -202,7 +214,10 @@ fn create_then_join_routes_both_and_tells_the_host() {
 fn every_refusal_names_its_cause() {
     let mut h = Harness::new();
     let (_, code) = h.create_with(HOST, 2, 0);
-    assert_eq!(h.refusal(10, JoinCode::parse("BCDFGH").unwrap()).0, ErrorCode::NotFound);
+    assert_eq!(
+        h.refusal(10, JoinCode::parse("BCDFGH").unwrap()).0,
+        ErrorCode::NotFound
+    );
     h.join_ok(2, code);
     assert_eq!(h.refusal(3, code), (ErrorCode::Full, 2));
 
@@ -210,7 +225,10 @@ fn every_refusal_names_its_cause() {
     let (_, code2) = h.create_with(20, 0, 0);
     let request_id = h.rid();
     let out = h.request(20, ClientMessage::RevokeCode { request_id });
-    assert_eq!(replies_to(&out, 20), vec![ServerMessage::Done { request_id }]);
+    assert_eq!(
+        replies_to(&out, 20),
+        vec![ServerMessage::Done { request_id }]
+    );
     assert_eq!(h.refusal(21, code2).0, ErrorCode::Revoked);
 
     // A peer may not revoke or kick; an unbound connection may not either.
@@ -218,21 +236,36 @@ fn every_refusal_names_its_cause() {
     let out = h.request(2, ClientMessage::RevokeCode { request_id });
     assert!(matches!(
         replies_to(&out, 2)[..],
-        [ServerMessage::Refused { code: ErrorCode::NotHost, .. }]
+        [ServerMessage::Refused {
+            code: ErrorCode::NotHost,
+            ..
+        }]
     ));
     h.connect(30);
     let request_id = h.rid();
-    let out = h.request(30, ClientMessage::Kick { request_id, peer: PeerId(1) });
+    let out = h.request(
+        30,
+        ClientMessage::Kick {
+            request_id,
+            peer: PeerId(1),
+        },
+    );
     assert!(matches!(
         replies_to(&out, 30)[..],
-        [ServerMessage::Refused { code: ErrorCode::NotBound, .. }]
+        [ServerMessage::Refused {
+            code: ErrorCode::NotBound,
+            ..
+        }]
     ));
     // A member cannot create or join again on the same connection.
     let request_id = h.rid();
     let out = h.request(2, ClientMessage::Join { request_id, code });
     assert!(matches!(
         replies_to(&out, 2)[..],
-        [ServerMessage::Refused { code: ErrorCode::AlreadyBound, .. }]
+        [ServerMessage::Refused {
+            code: ErrorCode::AlreadyBound,
+            ..
+        }]
     ));
 }
 
@@ -267,7 +300,11 @@ fn requested_limits_are_clamped_and_reported() {
     );
     assert!(matches!(
         replies_to(&out, HOST)[..],
-        [ServerMessage::AllocationCreated { max_peers: 150, code_ttl_secs: 60, .. }]
+        [ServerMessage::AllocationCreated {
+            max_peers: 150,
+            code_ttl_secs: 60,
+            ..
+        }]
     ));
 }
 
@@ -304,7 +341,11 @@ fn host_loss_closes_the_allocation_once_with_its_reason() {
     assert!(h.disconnect(2, LeaveReason::Closed).is_empty());
     assert!(h.disconnect(HOST, LeaveReason::Closed).is_empty());
     assert_eq!(h.refusal(4, code).0, ErrorCode::Closed);
-    assert_eq!(h.cp.connection_count(), 1, "only the refused joiner is left");
+    assert_eq!(
+        h.cp.connection_count(),
+        1,
+        "only the refused joiner is left"
+    );
 }
 
 #[test]
@@ -320,7 +361,10 @@ fn a_silent_peer_is_reported_to_the_others_as_timed_out() {
     };
     assert_eq!(replies_to(&out, HOST), vec![left.clone()]);
     assert_eq!(replies_to(&out, 3), vec![left]);
-    assert_eq!(last_route(&out), Some(vec![(PeerId(0), HOST), (PeerId(2), 3)]));
+    assert_eq!(
+        last_route(&out),
+        Some(vec![(PeerId(0), HOST), (PeerId(2), 3)])
+    );
     assert!(closes(&out).is_empty());
 }
 
@@ -337,7 +381,10 @@ fn a_connection_that_never_binds_is_closed_at_the_bind_deadline() {
     let mut h = Harness::new();
     h.connect(5);
     assert!(closes(&h.advance(Duration::from_millis(9_999))).is_empty());
-    assert_eq!(closes(&h.advance(Duration::from_millis(1))), vec![(5, CloseCode::BindTimeout)]);
+    assert_eq!(
+        closes(&h.advance(Duration::from_millis(1))),
+        vec![(5, CloseCode::BindTimeout)]
+    );
     assert_eq!(h.cp.connection_count(), 0);
     // A bound connection is not affected by its old bind deadline.
     let (_, _) = h.create();
@@ -392,7 +439,10 @@ fn a_reserved_allocation_is_claimed_with_its_token_only() {
     );
     assert!(matches!(
         replies_to(&out, HOST)[..],
-        [ServerMessage::Refused { code: ErrorCode::Unauthorized, .. }]
+        [ServerMessage::Refused {
+            code: ErrorCode::Unauthorized,
+            ..
+        }]
     ));
     let out = h.request(
         HOST,
@@ -423,7 +473,10 @@ fn a_reserved_allocation_is_claimed_with_its_token_only() {
     );
     assert!(matches!(
         replies_to(&out, 9)[..],
-        [ServerMessage::Refused { code: ErrorCode::Unauthorized, .. }]
+        [ServerMessage::Refused {
+            code: ErrorCode::Unauthorized,
+            ..
+        }]
     ));
 }
 
@@ -452,7 +505,13 @@ fn kick_removes_the_peer_with_its_reason() {
     let p1 = h.join_ok(2, code);
     h.join_ok(3, code);
     let request_id = h.rid();
-    let out = h.request(HOST, ClientMessage::Kick { request_id, peer: p1 });
+    let out = h.request(
+        HOST,
+        ClientMessage::Kick {
+            request_id,
+            peer: p1,
+        },
+    );
     assert_eq!(closes(&out), vec![(2, CloseCode::Kicked)]);
     assert!(replies_to(&out, HOST).contains(&ServerMessage::Done { request_id }));
     assert_eq!(
@@ -463,20 +522,48 @@ fn kick_removes_the_peer_with_its_reason() {
         }]
     );
     // Kicking again, kicking the host, or a peer kicking: each refused precisely.
-    let out = h.request(HOST, ClientMessage::Kick { request_id: 50, peer: p1 });
+    let out = h.request(
+        HOST,
+        ClientMessage::Kick {
+            request_id: 50,
+            peer: p1,
+        },
+    );
     assert!(matches!(
         replies_to(&out, HOST)[..],
-        [ServerMessage::Refused { code: ErrorCode::UnknownPeer, value: 1, .. }]
+        [ServerMessage::Refused {
+            code: ErrorCode::UnknownPeer,
+            value: 1,
+            ..
+        }]
     ));
-    let out = h.request(HOST, ClientMessage::Kick { request_id: 51, peer: PeerId::HOST });
+    let out = h.request(
+        HOST,
+        ClientMessage::Kick {
+            request_id: 51,
+            peer: PeerId::HOST,
+        },
+    );
     assert!(matches!(
         replies_to(&out, HOST)[..],
-        [ServerMessage::Refused { code: ErrorCode::InvalidRequest, .. }]
+        [ServerMessage::Refused {
+            code: ErrorCode::InvalidRequest,
+            ..
+        }]
     ));
-    let out = h.request(3, ClientMessage::Kick { request_id: 52, peer: PeerId::HOST });
+    let out = h.request(
+        3,
+        ClientMessage::Kick {
+            request_id: 52,
+            peer: PeerId::HOST,
+        },
+    );
     assert!(matches!(
         replies_to(&out, 3)[..],
-        [ServerMessage::Refused { code: ErrorCode::NotHost, .. }]
+        [ServerMessage::Refused {
+            code: ErrorCode::NotHost,
+            ..
+        }]
     ));
     // The kicked peer's transport disconnect is not reported twice.
     assert!(h.disconnect(2, LeaveReason::Closed).is_empty());
@@ -499,16 +586,25 @@ fn admin_revocation_tells_the_host_and_admin_close_closes_everyone() {
     h.join_ok(2, code);
     assert_eq!(h.cp.revoke_code(h.now, id), Ok(code));
     let out = h.drain();
-    assert_eq!(replies_to(&out, HOST), vec![ServerMessage::CodeRevoked { code }]);
+    assert_eq!(
+        replies_to(&out, HOST),
+        vec![ServerMessage::CodeRevoked { code }]
+    );
     assert_eq!(h.refusal(3, code).0, ErrorCode::Revoked);
     h.cp.close_by_admin(h.now, id).unwrap();
     let mut c = closes(&h.drain());
     c.sort_by_key(|(conn, _)| *conn);
     assert_eq!(
         c,
-        vec![(HOST, CloseCode::AllocationClosed), (2, CloseCode::AllocationClosed)]
+        vec![
+            (HOST, CloseCode::AllocationClosed),
+            (2, CloseCode::AllocationClosed)
+        ]
     );
-    assert_eq!(h.cp.close_by_admin(h.now, id), Err(AdminError::NotFound(id)));
+    assert_eq!(
+        h.cp.close_by_admin(h.now, id),
+        Err(AdminError::NotFound(id))
+    );
 }
 
 #[test]
@@ -528,14 +624,21 @@ fn relay_full_and_shutdown() {
     );
     assert!(matches!(
         replies_to(&out, 2)[..],
-        [ServerMessage::Refused { code: ErrorCode::RelayFull, value: 1, .. }]
+        [ServerMessage::Refused {
+            code: ErrorCode::RelayFull,
+            value: 1,
+            ..
+        }]
     ));
     h.cp.shutdown(h.now);
     let mut c = closes(&h.drain());
     c.sort_by_key(|(conn, _)| *conn);
     assert_eq!(
         c,
-        vec![(HOST, CloseCode::RelayShuttingDown), (2, CloseCode::RelayShuttingDown)]
+        vec![
+            (HOST, CloseCode::RelayShuttingDown),
+            (2, CloseCode::RelayShuttingDown)
+        ]
     );
     assert_eq!((h.cp.allocation_count(), h.cp.connection_count()), (0, 0));
     h.connect(3);

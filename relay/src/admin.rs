@@ -1,0 +1,643 @@
+//! The admin HTTP server: health, readiness, Prometheus metrics and the allocation API a lobby
+//! or an operator uses.
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /healthz` | 200 `ok` while the process runs |
+//! | `GET /readyz` | 200 `ready` while the control plane answers, 503 otherwise |
+//! | `GET /metrics` | Prometheus/OpenMetrics text |
+//! | `GET /v1/allocations` | `{"allocations": [AllocationInfo, ..]}` |
+//! | `GET /v1/allocations/{id}` | `AllocationInfo` |
+//! | `POST /v1/allocations` | 201 `Reservation`; optional body `{"max_peers": n}` (n ≥ 2, capped at the relay's maximum) |
+//! | `POST /v1/allocations/{id}/revoke-code` | `{"revoked": "CODE"}` |
+//! | `DELETE /v1/allocations/{id}` | 204; members are closed with `AllocationClosed` |
+//!
+//! Errors are JSON, `{"error": "<message>", "code": "<machine-readable code>"}`, built in one
+//! place ([`ApiError`]). When an admin token is configured every `/v1/` route requires
+//! `Authorization: Bearer <token>`; the probes and `/metrics` stay open for orchestrators and
+//! scrapers.
+//!
+//! Concurrency: handlers read metrics directly and reach the control plane only through
+//! [`RelayHandle`], so a slow HTTP client never holds control-plane state. The server task is
+//! owned by whoever calls [`spawn`] and stops when its cancellation token fires.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use baton_protocol::AllocationId;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, info_span, warn, Instrument};
+
+use crate::control::AdminError;
+use crate::RelayHandle;
+
+/// Largest request body accepted. The only body is `{"max_peers": n}`; this just bounds what a
+/// client can make the relay buffer.
+pub const MAX_BODY: usize = 16 * 1024;
+
+/// How long `/readyz` waits for the control plane before calling the relay not ready. The
+/// control task answers in microseconds; a second means it is stuck or overloaded.
+const READY_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Content type of `/metrics`: prometheus-client's text encoder writes OpenMetrics.
+const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Binds the admin server on `listen` and serves it until `shutdown` is cancelled, then lets
+/// in-flight requests finish. Returns the bound address (useful with port 0) and the server
+/// task.
+pub(crate) async fn spawn(
+    listen: SocketAddr,
+    handle: RelayHandle,
+    token: Option<String>,
+    shutdown: CancellationToken,
+) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
+    let listener = TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let app = router(handle, token);
+    let task = tokio::spawn(
+        async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await;
+            if let Err(err) = served {
+                warn!(cause = %err, "admin server stopped");
+            }
+        }
+        .instrument(info_span!("admin", %addr)),
+    );
+    Ok((addr, task))
+}
+
+#[derive(Clone)]
+struct AdminState {
+    handle: RelayHandle,
+    /// SHA-256 of the admin token. Comparing digests keeps the comparison constant-time and
+    /// independent of the token's length.
+    token_digest: Option<Arc<[u8; 32]>>,
+}
+
+/// The admin API's routes, with auth and the body limit applied.
+fn router(handle: RelayHandle, token: Option<String>) -> Router {
+    let state = AdminState {
+        handle,
+        token_digest: token.map(|t| Arc::new(Sha256::digest(t.as_bytes()).into())),
+    };
+    let api = Router::new()
+        .route(
+            "/v1/allocations",
+            get(list_allocations).post(reserve_allocation),
+        )
+        .route(
+            "/v1/allocations/{id}",
+            get(allocation).delete(close_allocation),
+        )
+        .route("/v1/allocations/{id}/revoke-code", post(revoke_code))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .merge(api)
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+/// An admin API error, rendered as `{"error": .., "code": ..}`.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+}
+
+/// The one place control-plane errors become HTTP answers.
+impl From<AdminError> for ApiError {
+    fn from(err: AdminError) -> Self {
+        let (status, code) = match &err {
+            AdminError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            AdminError::RelayFull(_) => (StatusCode::SERVICE_UNAVAILABLE, "relay_full"),
+            AdminError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            AdminError::Stopped => (StatusCode::SERVICE_UNAVAILABLE, "stopped"),
+        };
+        ApiError::new(status, code, err.to_string())
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(rejection: BytesRejection) -> Self {
+        let code = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            "payload_too_large"
+        } else {
+            "invalid_request"
+        };
+        ApiError::new(rejection.status(), code, rejection.body_text())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Json(serde_json::json!({ "error": self.message, "code": self.code }));
+        let mut response = (self.status, body).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// Rejects `/v1/` requests without the right bearer token, when one is configured.
+async fn require_token(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    if let Some(expected) = &state.token_digest {
+        if !bearer_matches(request.headers(), expected) {
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing or wrong bearer token",
+            )
+            .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+fn bearer_matches(headers: &HeaderMap, expected: &[u8; 32]) -> bool {
+    let Some((scheme, token)) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+    else {
+        return false;
+    };
+    let presented: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
+    // Evaluate both sides so the scheme check does not short-circuit the comparison.
+    let scheme_ok = scheme.eq_ignore_ascii_case("bearer");
+    let token_ok = presented
+        .iter()
+        .zip(expected)
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+        == 0;
+    scheme_ok & token_ok
+}
+
+/// Parses an allocation id: exactly 16 hex digits, as the API prints them.
+fn parse_id(raw: &str) -> Result<AllocationId, ApiError> {
+    if raw.len() != 16 || !raw.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::bad_request(format!(
+            "allocation id must be 16 hex digits, got {raw:?}"
+        )));
+    }
+    raw.parse()
+        .map_err(|_| ApiError::bad_request(format!("invalid allocation id {raw:?}")))
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(state): State<AdminState>) -> Response {
+    match tokio::time::timeout(READY_TIMEOUT, state.handle.counts()).await {
+        Ok(Ok(_)) => (StatusCode::OK, "ready").into_response(),
+        Ok(Err(err)) => {
+            (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {err}")).into_response()
+        }
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: control plane did not answer",
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(state): State<AdminState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
+        state.handle.metrics().encode(),
+    )
+        .into_response()
+}
+
+async fn list_allocations(State(state): State<AdminState>) -> Result<Response, ApiError> {
+    let allocations = state.handle.allocations().await?;
+    Ok(Json(serde_json::json!({ "allocations": allocations })).into_response())
+}
+
+async fn allocation(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    match state.handle.allocation(id).await? {
+        Some(info) => Ok(Json(info).into_response()),
+        None => Err(AdminError::NotFound(id).into()),
+    }
+}
+
+/// Body of `POST /v1/allocations`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReserveRequest {
+    /// Members including the host; the relay's maximum when absent.
+    max_peers: Option<u16>,
+}
+
+async fn reserve_allocation(
+    State(state): State<AdminState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body?;
+    let request: ReserveRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        ReserveRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("body: {e}")))?
+    };
+    if matches!(request.max_peers, Some(n) if n < 2) {
+        return Err(ApiError::bad_request(
+            "max_peers must be at least 2 (omit it for the relay's maximum)",
+        ));
+    }
+    let reservation = state.handle.reserve_allocation(request.max_peers).await?;
+    info!(alloc = %reservation.allocation_id, "allocation reserved by admin API");
+    let location = format!("/v1/allocations/{}", reservation.allocation_id);
+    let mut response = (StatusCode::CREATED, Json(reservation)).into_response();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    Ok(response)
+}
+
+async fn revoke_code(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let code = state.handle.revoke_code(id).await?;
+    info!(alloc = %id, "join code revoked by admin API");
+    Ok(Json(serde_json::json!({ "revoked": code.to_string() })).into_response())
+}
+
+async fn close_allocation(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = parse_id(&id)?;
+    state.handle.close_allocation(id).await?;
+    info!(alloc = %id, "allocation closed by admin API");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use reqwest::Method;
+    use serde_json::Value;
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::control::ControlPlane;
+    use crate::handle::AdminCall;
+    use crate::metrics::Metrics;
+    use crate::RelayConfig;
+
+    /// A control task like the relay's, minus connections: it runs admin calls and discards
+    /// the outputs. Dropping the returned task handle does not stop it; aborting it does.
+    fn control_task(config: RelayConfig) -> (RelayHandle, JoinHandle<()>) {
+        let (tx, mut rx) = mpsc::channel::<AdminCall>(16);
+        let task = tokio::spawn(async move {
+            let mut cp = ControlPlane::new(&config, 1, Instant::now());
+            while let Some(call) = rx.recv().await {
+                call(&mut cp, Instant::now());
+                while cp.poll_output().is_some() {}
+            }
+        });
+        let handle = RelayHandle {
+            admin: tx,
+            metrics: Arc::new(Metrics::new()),
+        };
+        (handle, task)
+    }
+
+    struct Admin {
+        base: String,
+        http: reqwest::Client,
+        shutdown: CancellationToken,
+        server: JoinHandle<()>,
+        control: JoinHandle<()>,
+    }
+
+    async fn start(config: RelayConfig, token: Option<&str>) -> Admin {
+        let (handle, control) = control_task(config);
+        let shutdown = CancellationToken::new();
+        let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let (addr, server) = spawn(listen, handle, token.map(str::to_owned), shutdown.clone())
+            .await
+            .unwrap();
+        assert_ne!(addr.port(), 0);
+        Admin {
+            base: format!("http://{addr}"),
+            http: reqwest::Client::new(),
+            shutdown,
+            server,
+            control,
+        }
+    }
+
+    impl Admin {
+        fn url(&self, path: &str) -> String {
+            format!("{}{path}", self.base)
+        }
+
+        async fn json(&self, method: reqwest::Method, path: &str) -> (StatusCode, Value) {
+            let response = self
+                .http
+                .request(method, self.url(path))
+                .send()
+                .await
+                .unwrap();
+            let status = StatusCode::from_u16(response.status().as_u16()).unwrap();
+            let body = response.text().await.unwrap();
+            let value = if body.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
+            };
+            (status, value)
+        }
+
+        async fn stop(self) {
+            self.shutdown.cancel();
+            tokio::time::timeout(Duration::from_secs(5), self.server)
+                .await
+                .expect("admin server stops on cancel")
+                .unwrap();
+            self.control.abort();
+        }
+    }
+
+    #[tokio::test]
+    async fn probes_and_metrics() {
+        let admin = start(RelayConfig::default(), Some("secret")).await;
+
+        let r = admin.http.get(admin.url("/healthz")).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        assert_eq!(r.text().await.unwrap(), "ok");
+
+        let r = admin.http.get(admin.url("/readyz")).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        assert_eq!(r.text().await.unwrap(), "ready");
+
+        // Probes and metrics stay open even with a token configured.
+        let r = admin.http.get(admin.url("/metrics")).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        let content_type = r.headers()[reqwest::header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            content_type.starts_with("application/openmetrics-text"),
+            "{content_type}"
+        );
+        let text = r.text().await.unwrap();
+        assert!(text.contains("baton_connections"), "{text}");
+
+        let (status, body) = admin.json(Method::GET, "/nope").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(body["code"], "not_found");
+
+        admin.stop().await;
+    }
+
+    #[tokio::test]
+    async fn allocation_lifecycle() {
+        let admin = start(RelayConfig::default(), None).await;
+
+        let (status, body) = admin.json(Method::GET, "/v1/allocations").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["allocations"].as_array().unwrap().len(), 0);
+
+        let r = admin
+            .http
+            .post(admin.url("/v1/allocations"))
+            .json(&serde_json::json!({ "max_peers": 4 }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 201);
+        let location = r.headers()[reqwest::header::LOCATION]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let reservation: Value = r.json().await.unwrap();
+        let id = reservation["allocation_id"].as_str().unwrap().to_owned();
+        let code = reservation["join_code"].as_str().unwrap().to_owned();
+        assert_eq!(id.len(), 16);
+        assert_eq!(location, format!("/v1/allocations/{id}"));
+        assert_eq!(reservation["host_token"].as_str().unwrap().len(), 32);
+        assert_eq!(reservation["host_bind_secs"], 60);
+
+        let (status, body) = admin.json(Method::GET, "/v1/allocations").await;
+        assert_eq!(status, StatusCode::OK);
+        let list = body["allocations"].as_array().unwrap();
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0]["id"], id.as_str());
+        assert_eq!(list[0]["host_bound"], false);
+        assert_eq!(list[0]["max_peers"], 4);
+
+        let path = format!("/v1/allocations/{id}");
+        let (status, body) = admin.json(Method::GET, &path).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["join_code"], code.as_str());
+        assert_eq!(body["code_state"], "active");
+
+        let (status, body) = admin
+            .json(Method::POST, &format!("{path}/revoke-code"))
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["revoked"], code.as_str());
+        let (_, body) = admin.json(Method::GET, &path).await;
+        assert_eq!(body["code_state"], "revoked");
+        assert_eq!(body["code_expires_in_secs"], 0);
+
+        let (status, body) = admin.json(Method::DELETE, &path).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        assert_eq!(body, Value::Null);
+
+        for (method, p) in [
+            (Method::GET, path.clone()),
+            (Method::DELETE, path.clone()),
+            (Method::POST, format!("{path}/revoke-code")),
+        ] {
+            let (status, body) = admin.json(method.clone(), &p).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{method} {p}");
+            assert_eq!(body["code"], "not_found");
+            assert!(body["error"].as_str().unwrap().contains(&id), "{body}");
+        }
+
+        admin.stop().await;
+    }
+
+    #[tokio::test]
+    async fn bad_requests_are_refused_with_json() {
+        let admin = start(RelayConfig::default(), None).await;
+
+        for bad in [
+            "xyz",
+            "0123456789abcdeg",
+            "0123456789abcdef0",
+            "+123456789abcdef",
+        ] {
+            let (status, body) = admin
+                .json(Method::GET, &format!("/v1/allocations/{bad}"))
+                .await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+            assert_eq!(body["code"], "invalid_request");
+        }
+
+        let post = |body: Vec<u8>| {
+            admin
+                .http
+                .post(admin.url("/v1/allocations"))
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body)
+                .send()
+        };
+        for bad in [
+            &b"{"[..],
+            b"{\"max_peers\": 1}",
+            b"{\"max_peers\": 4, \"extra\": 1}",
+        ] {
+            let r = post(bad.to_vec()).await.unwrap();
+            assert_eq!(r.status().as_u16(), 400, "{}", String::from_utf8_lossy(bad));
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(body["code"], "invalid_request");
+        }
+        let r = post(vec![b' '; MAX_BODY + 1]).await.unwrap();
+        assert_eq!(r.status().as_u16(), 413);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["code"], "payload_too_large");
+
+        // No body at all reserves with the relay's defaults.
+        let r = admin
+            .http
+            .post(admin.url("/v1/allocations"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 201);
+
+        admin.stop().await;
+    }
+
+    #[tokio::test]
+    async fn full_relay_and_stopped_control_plane_answer_503() {
+        let mut config = RelayConfig::default();
+        config.set_max_allocations(1).unwrap();
+        let admin = start(config, None).await;
+
+        let (status, _) = admin.json(Method::POST, "/v1/allocations").await;
+        assert_eq!(status, StatusCode::CREATED);
+        let (status, body) = admin.json(Method::POST, "/v1/allocations").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["code"], "relay_full");
+
+        let (readyz, healthz, list) = (
+            admin.url("/readyz"),
+            admin.url("/healthz"),
+            admin.url("/v1/allocations"),
+        );
+        let control = admin.control;
+        control.abort();
+        assert!(control.await.unwrap_err().is_cancelled());
+        let r = admin.http.get(readyz).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 503);
+        let r = admin.http.get(healthz).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        let r = admin.http.get(list).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 503);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["code"], "stopped");
+
+        admin.shutdown.cancel();
+        admin.server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn token_guards_the_api() {
+        let admin = start(RelayConfig::default(), Some("s3cret-token")).await;
+        let url = admin.url("/v1/allocations");
+
+        let r = admin.http.get(&url).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 401);
+        assert_eq!(r.headers()[reqwest::header::WWW_AUTHENTICATE], "Bearer");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["code"], "unauthorized");
+
+        for wrong in [
+            "Bearer nope",
+            "Bearer s3cret-toke",
+            "Basic s3cret-token",
+            "s3cret-token",
+        ] {
+            let r = admin
+                .http
+                .get(&url)
+                .header(reqwest::header::AUTHORIZATION, wrong)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 401, "{wrong}");
+        }
+        // A rejected mutation must not have happened.
+        let r = admin
+            .http
+            .post(&url)
+            .bearer_auth("wrong")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 401);
+
+        let r = admin
+            .http
+            .get(&url)
+            .bearer_auth("s3cret-token")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["allocations"].as_array().unwrap().len(), 0);
+
+        admin.stop().await;
+    }
+}

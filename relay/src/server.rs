@@ -1,0 +1,820 @@
+//! The async driver: the QUIC endpoint, one task per connection, the control task that owns the
+//! [`ControlPlane`], and the datagram forwarding path.
+//!
+//! Per connection, one task runs three things at once, with a `biased` select:
+//! 1. datagrams (the hot path): read, look up the allocation's routing table, send;
+//! 2. the control stream reader: frames in, bounded and decoded, to the control task;
+//! 3. the control stream writer: messages from the control task out.
+//!
+//! The control task is the only owner of the control plane and of the routing tables'
+//! write side. Datagram forwarding only reads an [`ArcSwap`]ed table.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use baton_protocol::datagram::{self, Destination};
+use baton_protocol::{
+    frame, AllocationId, ClientMessage, CloseCode, DropReason, LeaveReason, PeerId, ServerMessage,
+};
+use bytes::{Bytes, BytesMut};
+use dashmap::DashMap;
+use quinn::{ConnectionError, VarInt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::control::{ConnId, ControlPlane, Event, Input, Output};
+use crate::handle::{AdminCall, RelayHandle};
+use crate::metrics::Metrics;
+use crate::{defaults, tls, RelayConfig};
+
+/// Why a relay could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RelayError {
+    /// TLS material could not be loaded or generated.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The QUIC or admin socket could not be bound.
+    #[error("binding {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The transport configuration was rejected.
+    #[error("QUIC configuration: {0}")]
+    Quic(String),
+}
+
+/// One member's datagram destination.
+struct Member {
+    peer: PeerId,
+    conn: quinn::Connection,
+}
+
+/// An allocation's routing table: its members sorted by peer id.
+#[derive(Default)]
+struct Table {
+    members: Vec<Member>,
+}
+
+impl Table {
+    fn get(&self, peer: PeerId) -> Option<&quinn::Connection> {
+        self.members
+            .binary_search_by_key(&peer, |m| m.peer)
+            .ok()
+            .and_then(|i| self.members.get(i))
+            .map(|m| &m.conn)
+    }
+}
+
+/// Where a bound connection's datagrams go: its own peer id and its allocation's table.
+struct Route {
+    me: PeerId,
+    table: Arc<ArcSwap<Table>>,
+}
+
+/// What every part of the relay knows about one connection.
+struct ConnShared {
+    conn: quinn::Connection,
+    control_tx: mpsc::Sender<ServerMessage>,
+    route: ArcSwapOption<Route>,
+}
+
+/// State shared by all tasks.
+struct Shared {
+    metrics: Arc<Metrics>,
+    conns: DashMap<ConnId, Arc<ConnShared>>,
+    inputs: mpsc::Sender<Input>,
+    max_payload: usize,
+    max_control_frame: usize,
+    max_connections: usize,
+    open: AtomicUsize,
+    next_conn: AtomicU64,
+}
+
+/// A running relay. Dropping it without [`Relay::shutdown`] aborts nothing: tasks run until the
+/// runtime ends; call `shutdown` for a graceful stop.
+pub struct Relay {
+    endpoint: quinn::Endpoint,
+    handle: RelayHandle,
+    admin_addr: Option<SocketAddr>,
+    fingerprint: [u8; 32],
+    cert_path: PathBuf,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    control_done: tokio::task::JoinHandle<()>,
+    admin_calls: mpsc::Sender<AdminCall>,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("local_addr", &self.local_addr())
+            .field("admin_addr", &self.admin_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The relay's QUIC transport settings. The idle timeout *is* the keepalive rule: a client
+/// silent for `keepalive_timeout` is gone.
+pub fn transport_config(config: &RelayConfig) -> Result<quinn::TransportConfig, RelayError> {
+    let mut t = quinn::TransportConfig::default();
+    let idle = quinn::IdleTimeout::try_from(config.keepalive_timeout())
+        .map_err(|e| RelayError::Quic(e.to_string()))?;
+    t.max_idle_timeout(Some(idle))
+        // Clients must prove they are alive; the relay does not keep them alive.
+        .keep_alive_interval(None)
+        // One control stream per client, nothing else (bounds what a client can open).
+        .max_concurrent_bidi_streams(VarInt::from_u32(1))
+        .max_concurrent_uni_streams(VarInt::from_u32(0))
+        .stream_receive_window(VarInt::from_u32(64 * 1024))
+        .receive_window(VarInt::from_u32(256 * 1024))
+        .datagram_receive_buffer_size(Some(defaults::DATAGRAM_RECV_BUFFER))
+        .datagram_send_buffer_size(defaults::DATAGRAM_SEND_BUFFER);
+    Ok(t)
+}
+
+impl Relay {
+    /// Loads TLS material, binds the QUIC endpoint and the admin server, and starts serving.
+    pub async fn bind(config: RelayConfig) -> Result<Relay, RelayError> {
+        let material = tls::load(&config.tls)?;
+        let fingerprint = material.fingerprint();
+        let crypto = tls::server_crypto(&material)?;
+        let quic_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(crypto)
+            .map_err(|e| RelayError::Quic(e.to_string()))?;
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic_crypto));
+        server_config.transport_config(Arc::new(transport_config(&config)?));
+        let endpoint = quinn::Endpoint::server(server_config, config.listen).map_err(|source| {
+            RelayError::Bind {
+                addr: config.listen,
+                source,
+            }
+        })?;
+
+        let metrics = Arc::new(Metrics::new());
+        let (input_tx, input_rx) = mpsc::channel(4096);
+        let (admin_tx, admin_rx) = mpsc::channel(64);
+        let shared = Arc::new(Shared {
+            metrics: metrics.clone(),
+            conns: DashMap::new(),
+            inputs: input_tx,
+            max_payload: config.max_datagram_payload(),
+            max_control_frame: config.max_control_frame(),
+            max_connections: config.max_connections(),
+            open: AtomicUsize::new(0),
+            next_conn: AtomicU64::new(1),
+        });
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+
+        let seed = rand::random();
+        let cp = ControlPlane::new(&config, seed, Instant::now());
+        let control_done = tokio::spawn(
+            control_task(cp, input_rx, admin_rx, shared.clone()).instrument(info_span!("control")),
+        );
+
+        let handle = RelayHandle {
+            admin: admin_tx.clone(),
+            metrics,
+        };
+        let admin_addr = match config.admin_listen {
+            Some(addr) => {
+                let (bound, task) = crate::admin::spawn(
+                    addr,
+                    handle.clone(),
+                    config.admin_token.clone(),
+                    shutdown.clone(),
+                )
+                .await
+                .map_err(|source| RelayError::Bind { addr, source })?;
+                tasks.spawn(async move {
+                    let _ = task.await;
+                });
+                Some(bound)
+            }
+            None => None,
+        };
+
+        tasks.spawn(accept_loop(
+            endpoint.clone(),
+            shared,
+            tasks.clone(),
+            shutdown.clone(),
+        ));
+        info!(
+            listen = %endpoint.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            admin = %admin_addr.map(|a| a.to_string()).unwrap_or_else(|| "disabled".into()),
+            "relay started"
+        );
+        Ok(Relay {
+            endpoint,
+            handle,
+            admin_addr,
+            fingerprint,
+            cert_path: material.cert_path,
+            shutdown,
+            tasks,
+            control_done,
+            admin_calls: admin_tx,
+        })
+    }
+
+    /// The QUIC endpoint's address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.endpoint
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// The admin server's address, if it runs.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// SHA-256 of the relay's leaf certificate, what clients pin.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        self.fingerprint
+    }
+
+    /// The PEM file holding the relay's certificate.
+    pub fn cert_path(&self) -> &Path {
+        &self.cert_path
+    }
+
+    /// A handle for admin queries and metrics.
+    pub fn handle(&self) -> RelayHandle {
+        self.handle.clone()
+    }
+
+    /// Graceful shutdown: stops accepting, closes every connection with
+    /// [`CloseCode::RelayShuttingDown`], waits up to [`defaults::SHUTDOWN_GRACE`] for clients
+    /// to acknowledge, and stops every task.
+    pub async fn shutdown(self) {
+        info!("relay shutting down");
+        self.endpoint.set_server_config(None);
+        self.shutdown.cancel();
+        let call: AdminCall = Box::new(|cp, now| cp.shutdown(now));
+        let _ = self.admin_calls.send(call).await;
+        // Let the control task send its closes, then give clients a moment to acknowledge.
+        let _ = tokio::time::timeout(defaults::SHUTDOWN_GRACE, async {
+            while self
+                .handle
+                .counts()
+                .await
+                .map(|(_, c)| c > 0)
+                .unwrap_or(false)
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            self.endpoint.wait_idle().await;
+        })
+        .await;
+        self.endpoint.close(
+            VarInt::from_u32(CloseCode::RelayShuttingDown.to_u32()),
+            CloseCode::RelayShuttingDown.description().as_bytes(),
+        );
+        self.tasks.close();
+        let _ = tokio::time::timeout(defaults::SHUTDOWN_GRACE, self.tasks.wait()).await;
+        drop(self.admin_calls);
+        drop(self.handle);
+        self.control_done.abort();
+        info!("relay stopped");
+    }
+}
+
+async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let incoming = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => incoming,
+                None => break,
+            },
+        };
+        if shared.open.load(Ordering::Relaxed) >= shared.max_connections {
+            shared.metrics.connections_refused.inc();
+            incoming.refuse();
+            continue;
+        }
+        shared.open.fetch_add(1, Ordering::Relaxed);
+        let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+        let span = info_span!("conn", id, remote = %incoming.remote_address());
+        let shared = shared.clone();
+        tasks.spawn(
+            async move {
+                let _open = OpenGuard(&shared.open);
+                match incoming.await {
+                    Ok(conn) => serve_connection(id, conn, &shared).await,
+                    Err(e) => debug!(cause = %e, "handshake failed"),
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// Decrements the open-connection count however the connection task ends.
+struct OpenGuard<'a>(&'a AtomicUsize);
+
+impl Drop for OpenGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Reports a connection's end to the control plane exactly once, whichever way its task ends
+/// (normal return, early error, panic).
+struct DisconnectGuard {
+    id: ConnId,
+    shared: Arc<Shared>,
+    reason: LeaveReason,
+}
+
+impl Drop for DisconnectGuard {
+    fn drop(&mut self) {
+        self.shared.conns.remove(&self.id);
+        self.shared.metrics.connections.dec();
+        let input = Input::Disconnected {
+            conn: self.id,
+            reason: self.reason,
+        };
+        if let Err(mpsc::error::TrySendError::Full(input)) = self.shared.inputs.try_send(input) {
+            let inputs = self.shared.inputs.clone();
+            tokio::spawn(async move {
+                let _ = inputs.send(input).await;
+            });
+        }
+    }
+}
+
+/// Maps how a connection ended to the reason the others are told.
+fn leave_reason(err: &ConnectionError) -> LeaveReason {
+    match err {
+        ConnectionError::TimedOut => LeaveReason::TimedOut,
+        ConnectionError::ApplicationClosed(close) => {
+            match CloseCode::from_u64(close.error_code.into_inner()) {
+                CloseCode::ProtocolViolation => LeaveReason::ProtocolViolation,
+                _ => LeaveReason::Closed,
+            }
+        }
+        ConnectionError::LocallyClosed => LeaveReason::Closed,
+        _ => LeaveReason::ConnectionLost,
+    }
+}
+
+async fn serve_connection(id: ConnId, conn: quinn::Connection, shared: &Arc<Shared>) {
+    let (control_tx, control_rx) = mpsc::channel(defaults::CONTROL_QUEUE);
+    let conn_shared = Arc::new(ConnShared {
+        conn: conn.clone(),
+        control_tx,
+        route: ArcSwapOption::empty(),
+    });
+    shared.conns.insert(id, conn_shared.clone());
+    shared.metrics.connections.inc();
+    shared.metrics.connections_accepted.inc();
+    let mut guard = DisconnectGuard {
+        id,
+        shared: shared.clone(),
+        reason: LeaveReason::ConnectionLost,
+    };
+    if shared
+        .inputs
+        .send(Input::Connected {
+            conn: id,
+            addr: conn.remote_address(),
+        })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    debug!("connected");
+
+    let control = control_stream(&conn, shared, id, control_rx);
+    let datagrams = forward_datagrams(&conn_shared, shared);
+    tokio::pin!(control, datagrams);
+    let err = tokio::select! {
+        biased;
+        err = &mut datagrams => err,
+        err = &mut control => err,
+    };
+    if let Some(code) = err {
+        close(&conn, code);
+    }
+    let reason = conn.closed().await;
+    guard.reason = leave_reason(&reason);
+    debug!(cause = %reason, reason = %guard.reason, "disconnected");
+}
+
+fn close(conn: &quinn::Connection, code: CloseCode) {
+    conn.close(
+        VarInt::from_u32(code.to_u32()),
+        code.description().as_bytes(),
+    );
+}
+
+/// Serves the control stream until the connection ends. Returns a close code if the client
+/// broke the protocol.
+async fn control_stream(
+    conn: &quinn::Connection,
+    shared: &Shared,
+    id: ConnId,
+    mut outgoing: mpsc::Receiver<ServerMessage>,
+) -> Option<CloseCode> {
+    let (mut send, mut recv) = match conn.accept_bi().await {
+        Ok(streams) => streams,
+        Err(_) => return None,
+    };
+    let reader = async {
+        // A client has little to say; a token bucket keeps a chatty one from monopolising
+        // the control task (it is slowed down, not cut off).
+        let mut budget = RequestBudget::new();
+        loop {
+            let mut prefix = [0u8; frame::LEN_PREFIX];
+            match recv.read_exact(&mut prefix).await {
+                Ok(()) => {}
+                Err(quinn::ReadExactError::FinishedEarly(0)) => return Some(CloseCode::Normal),
+                Err(quinn::ReadExactError::FinishedEarly(_)) => {
+                    return Some(CloseCode::ProtocolViolation)
+                }
+                Err(quinn::ReadExactError::ReadError(_)) => return None,
+            }
+            let len = match frame::check_len(prefix, shared.max_control_frame) {
+                Ok(len) => len,
+                Err(e) => {
+                    warn!(cause = %e, "bad control frame");
+                    return Some(CloseCode::ProtocolViolation);
+                }
+            };
+            let mut body = vec![0u8; len];
+            if recv.read_exact(&mut body).await.is_err() {
+                return Some(CloseCode::ProtocolViolation);
+            }
+            let msg = match ClientMessage::decode(&body) {
+                Ok(msg) => msg,
+                Err(e) => {
+                    warn!(cause = %e, "undecodable control message");
+                    return Some(CloseCode::ProtocolViolation);
+                }
+            };
+            budget.take().await;
+            if shared
+                .inputs
+                .send(Input::Request { conn: id, msg })
+                .await
+                .is_err()
+            {
+                return None;
+            }
+        }
+    };
+    let writer = async {
+        let mut buf = BytesMut::new();
+        while let Some(msg) = outgoing.recv().await {
+            buf.clear();
+            msg.encode_frame(&mut buf);
+            // Batch whatever else is queued into the same write.
+            while let Ok(more) = outgoing.try_recv() {
+                more.encode_frame(&mut buf);
+            }
+            if send.write_all(&buf).await.is_err() {
+                break;
+            }
+        }
+        None
+    };
+    tokio::select! {
+        r = reader => r,
+        r = writer => r,
+    }
+}
+
+/// Control requests a connection may make in a burst, and their refill interval.
+const REQUEST_BURST: u32 = 32;
+const REQUEST_REFILL: Duration = Duration::from_millis(50);
+
+struct RequestBudget {
+    tokens: u32,
+    last: tokio::time::Instant,
+}
+
+impl RequestBudget {
+    fn new() -> Self {
+        RequestBudget {
+            tokens: REQUEST_BURST,
+            last: tokio::time::Instant::now(),
+        }
+    }
+
+    async fn take(&mut self) {
+        let now = tokio::time::Instant::now();
+        let earned =
+            (now.duration_since(self.last).as_millis() / REQUEST_REFILL.as_millis()) as u32;
+        if earned > 0 {
+            self.tokens = (self.tokens + earned).min(REQUEST_BURST);
+            self.last = now;
+        }
+        if self.tokens == 0 {
+            tokio::time::sleep(REQUEST_REFILL).await;
+            self.last = tokio::time::Instant::now();
+            self.tokens = 1;
+        }
+        self.tokens -= 1;
+    }
+}
+
+/// Drops a client caused, reported back to it at most once a second per reason.
+#[derive(Default)]
+struct DropReport {
+    counts: [u32; 5],
+    values: [u32; 5],
+}
+
+impl DropReport {
+    const REASONS: [DropReason; 5] = [
+        DropReason::TooLarge,
+        DropReason::UnknownPeer,
+        DropReason::Congested,
+        DropReason::NotBound,
+        DropReason::Malformed,
+    ];
+
+    fn add(&mut self, reason: DropReason, value: u32) {
+        if let Some(i) = Self::REASONS.iter().position(|r| *r == reason) {
+            self.counts[i] = self.counts[i].saturating_add(1);
+            self.values[i] = value;
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.counts.iter().all(|c| *c == 0)
+    }
+
+    fn flush(&mut self, tx: &mpsc::Sender<ServerMessage>) {
+        for (i, reason) in Self::REASONS.iter().enumerate() {
+            if self.counts[i] > 0 {
+                // Best effort: a full control queue means the client is not listening anyway.
+                let _ = tx.try_send(ServerMessage::DatagramsDropped {
+                    reason: *reason,
+                    count: self.counts[i],
+                    value: self.values[i],
+                });
+                self.counts[i] = 0;
+            }
+        }
+    }
+}
+
+const DROP_REPORT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The data plane for one connection: runs until the connection ends.
+async fn forward_datagrams(me: &ConnShared, shared: &Shared) -> Option<CloseCode> {
+    let mut report = DropReport::default();
+    let mut report_at: Option<tokio::time::Instant> = None;
+    loop {
+        let datagram = tokio::select! {
+            biased;
+            d = me.conn.read_datagram() => match d {
+                Ok(d) => d,
+                Err(_) => return None,
+            },
+            _ = sleep_until_opt(report_at) => {
+                report.flush(&me.control_tx);
+                report_at = None;
+                continue;
+            }
+        };
+        if let Err((reason, value)) = forward(me, shared, datagram) {
+            shared.metrics.dropped(reason).inc();
+            report.add(reason, value);
+            if report_at.is_none() {
+                report_at = Some(tokio::time::Instant::now() + DROP_REPORT_INTERVAL);
+            }
+        }
+        debug_assert!(report_at.is_some() || report.is_empty());
+    }
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Forwards one datagram. On a drop, returns the reason and its detail value.
+fn forward(me: &ConnShared, shared: &Shared, datagram: Bytes) -> Result<(), (DropReason, u32)> {
+    let (dest, payload) = datagram::split(&datagram).map_err(|_| (DropReason::Malformed, 0))?;
+    let payload_len = payload.len();
+    if payload_len > shared.max_payload {
+        return Err((DropReason::TooLarge, shared.max_payload as u32));
+    }
+    let route = me.route.load();
+    let Some(route) = route.as_ref() else {
+        return Err((DropReason::NotBound, 0));
+    };
+    let table = route.table.load();
+    // Turn the destination header into a source header. quinn hands out datagrams that share
+    // their packet's buffer, so this is usually one small copy.
+    let mut buf = match datagram.try_into_mut() {
+        Ok(buf) => buf,
+        Err(shared_buf) => BytesMut::from(&shared_buf[..]),
+    };
+    datagram::write_header(&mut buf, route.me.0);
+    let out = buf.freeze();
+    match Destination::from_u16(dest) {
+        Destination::Peer(peer) => {
+            let target = (peer != route.me).then(|| table.get(peer)).flatten();
+            let Some(target) = target else {
+                return Err((DropReason::UnknownPeer, u32::from(peer.0)));
+            };
+            send(shared, peer, target, out, payload_len)
+        }
+        Destination::Broadcast => {
+            let mut result = Ok(());
+            for m in table.members.iter().filter(|m| m.peer != route.me) {
+                if let Err(drop) = send(shared, m.peer, &m.conn, out.clone(), payload_len) {
+                    result = Err(drop);
+                }
+            }
+            result
+        }
+    }
+}
+
+/// Sends one datagram to `target` (peer `peer`). On a drop, returns the reason and its value.
+fn send(
+    shared: &Shared,
+    peer: PeerId,
+    target: &quinn::Connection,
+    datagram: Bytes,
+    payload_len: usize,
+) -> Result<(), (DropReason, u32)> {
+    // Drop the newest rather than let quinn silently discard the oldest queued datagrams.
+    if target.datagram_send_buffer_space() < datagram.len() {
+        return Err((DropReason::Congested, u32::from(peer.0)));
+    }
+    match target.send_datagram(datagram) {
+        Ok(()) => {
+            shared.metrics.datagrams_forwarded.inc();
+            shared.metrics.bytes_forwarded.inc_by(payload_len as u64);
+            Ok(())
+        }
+        // The receiver is leaving; its departure is reported through the control plane.
+        Err(quinn::SendDatagramError::ConnectionLost(_)) => {
+            Err((DropReason::UnknownPeer, u32::from(peer.0)))
+        }
+        // The receiver's transport takes less than Baton promises (a non-conforming client):
+        // report the limit that applies to it.
+        Err(_) => {
+            let limit = target
+                .max_datagram_size()
+                .map_or(0, |max| max.saturating_sub(datagram::HEADER_LEN));
+            Err((
+                DropReason::TooLarge,
+                u32::try_from(limit).unwrap_or(u32::MAX),
+            ))
+        }
+    }
+}
+
+/// Owns the control plane: feeds it inputs, admin calls and timeouts, and carries out its
+/// outputs.
+async fn control_task(
+    mut cp: ControlPlane,
+    mut inputs: mpsc::Receiver<Input>,
+    mut admin: mpsc::Receiver<AdminCall>,
+    shared: Arc<Shared>,
+) {
+    let mut tables: std::collections::HashMap<AllocationId, Arc<ArcSwap<Table>>> =
+        std::collections::HashMap::new();
+    loop {
+        let deadline = cp.poll_timeout().map(tokio::time::Instant::from_std);
+        tokio::select! {
+            biased;
+            input = inputs.recv() => match input {
+                Some(input) => cp.handle(Instant::now(), input),
+                None => break,
+            },
+            call = admin.recv() => match call {
+                Some(call) => call(&mut cp, Instant::now()),
+                None => break,
+            },
+            _ = sleep_until_opt(deadline) => cp.handle_timeout(Instant::now()),
+        }
+        while let Some(output) = cp.poll_output() {
+            apply(output, &shared, &mut tables);
+        }
+        shared.metrics.allocations.set(cp.allocation_count() as i64);
+    }
+}
+
+fn apply(
+    output: Output,
+    shared: &Shared,
+    tables: &mut std::collections::HashMap<AllocationId, Arc<ArcSwap<Table>>>,
+) {
+    match output {
+        Output::Send { conn, msg } => {
+            let Some(c) = shared.conns.get(&conn).map(|c| c.clone()) else {
+                return;
+            };
+            match c.control_tx.try_send(msg) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    warn!(conn, "control queue full; closing");
+                    close(&c.conn, CloseCode::ControlBacklog);
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        Output::Close { conn, code } => {
+            if let Some(c) = shared.conns.get(&conn).map(|c| c.clone()) {
+                c.route.store(None);
+                close(&c.conn, code);
+            }
+        }
+        Output::Bound {
+            conn,
+            allocation,
+            peer,
+        } => {
+            let table = tables.entry(allocation).or_default().clone();
+            if let Some(c) = shared.conns.get(&conn).map(|c| c.clone()) {
+                c.route.store(Some(Arc::new(Route { me: peer, table })));
+            }
+        }
+        Output::Route {
+            allocation,
+            members,
+        } => {
+            if members.is_empty() {
+                if let Some(table) = tables.remove(&allocation) {
+                    table.store(Arc::new(Table::default()));
+                }
+                return;
+            }
+            let members = members
+                .into_iter()
+                .filter_map(|(peer, conn)| {
+                    shared.conns.get(&conn).map(|c| Member {
+                        peer,
+                        conn: c.conn.clone(),
+                    })
+                })
+                .collect();
+            tables
+                .entry(allocation)
+                .or_default()
+                .store(Arc::new(Table { members }));
+        }
+        Output::Event(event) => record(event, &shared.metrics),
+    }
+}
+
+/// Logs a lifecycle event and counts it.
+fn record(event: Event, metrics: &Metrics) {
+    match event {
+        Event::AllocationCreated { allocation, code } => {
+            metrics.allocations_created.inc();
+            info!(%allocation, %code, "allocation created");
+        }
+        Event::PeerJoined { allocation, peer } => {
+            if !peer.is_host() {
+                metrics.joins.inc();
+            }
+            info!(%allocation, %peer, "peer joined");
+        }
+        Event::PeerLeft {
+            allocation,
+            peer,
+            reason,
+        } => {
+            metrics.left(reason).inc();
+            info!(%allocation, %peer, %reason, "peer left");
+        }
+        Event::HostDisconnected { allocation, reason } => {
+            info!(%allocation, %reason, "host disconnected");
+        }
+        Event::AllocationClosed { allocation, reason } => {
+            info!(%allocation, reason = reason.as_str(), "allocation closed");
+        }
+        Event::Refused { code } => {
+            metrics.refused(code).inc();
+            debug!(%code, "request refused");
+        }
+    }
+}
