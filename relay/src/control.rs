@@ -759,11 +759,11 @@ impl ControlPlane {
             max_peers: alloc.max_peers,
             max_payload,
         };
-        let others: Vec<ConnId> = alloc
+        let others: Vec<(PeerId, ConnId)> = alloc
             .members
             .iter()
             .filter(|(p, _)| !p.is_host())
-            .map(|(_, m)| m.conn)
+            .map(|(p, m)| (*p, m.conn))
             .collect();
         let route = alloc.route();
         if let Some(c) = self.conns.get_mut(&conn) {
@@ -783,7 +783,9 @@ impl ControlPlane {
             members: route,
         });
         self.send(conn, reply);
-        for other in others {
+        for (peer, other) in others {
+            // A host claiming a reservation learns who is already there.
+            self.send(conn, ServerMessage::PeerJoined { peer });
             self.send(other, ServerMessage::PeerJoined { peer: PeerId::HOST });
         }
         self.outputs.push_back(Output::Event(Event::PeerJoined {

@@ -1,1 +1,178 @@
-//! Shared fixtures for Baton end-to-end tests.
+//! Shared fixtures for Baton's end-to-end tests: a real relay on loopback with a throw-away
+//! data directory, SDK configurations that trust it, and bounded waits.
+//!
+//! Every test binary in `tests/tests/` uses these, so a relay is started the same way
+//! everywhere: QUIC and admin on `127.0.0.1:0`, dev certificate pinned by fingerprint.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use baton_client::{ClientConfig, Event, PeerId, Session, Trust};
+use baton_relay::{Relay, RelayConfig, TlsSource};
+use bytes::Bytes;
+
+/// How long any single wait in a test may take before the test fails instead of hanging.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A relay running in this process on loopback, with its own data directory.
+pub struct TestRelay {
+    relay: Option<Relay>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestRelay {
+    /// A relay with the default settings (10 s keepalive) on loopback.
+    pub async fn start() -> TestRelay {
+        Self::start_with(|_| {}).await
+    }
+
+    /// A relay on loopback whose configuration `tweak` may change.
+    pub async fn start_with(tweak: impl FnOnce(&mut RelayConfig)) -> TestRelay {
+        init_tracing();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = RelayConfig::default();
+        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.admin_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        config.tls = TlsSource::SelfSigned {
+            data_dir: dir.path().to_owned(),
+            extra_names: Vec::new(),
+        };
+        tweak(&mut config);
+        let relay = Relay::bind(config).await.expect("relay starts");
+        TestRelay {
+            relay: Some(relay),
+            _dir: dir,
+        }
+    }
+
+    /// The running relay.
+    pub fn relay(&self) -> &Relay {
+        self.relay.as_ref().expect("relay running")
+    }
+
+    /// The relay's QUIC address.
+    pub fn addr(&self) -> SocketAddr {
+        self.relay().local_addr()
+    }
+
+    /// Base URL of the admin server, e.g. `http://127.0.0.1:40123`.
+    pub fn admin_url(&self) -> String {
+        format!(
+            "http://{}",
+            self.relay().admin_addr().expect("admin server enabled")
+        )
+    }
+
+    /// An SDK configuration that pins this relay's certificate.
+    pub fn client(&self) -> ClientConfig {
+        ClientConfig::new(self.addr(), Trust::Fingerprint(self.relay().fingerprint()))
+    }
+
+    /// Stops the relay gracefully.
+    pub async fn shutdown(&mut self) {
+        if let Some(relay) = self.relay.take() {
+            relay.shutdown().await;
+        }
+    }
+}
+
+/// Logs to the test output when `RUST_LOG` is set.
+pub fn init_tracing() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+/// The next datagram a session receives, or a panic after [`WAIT`].
+pub async fn recv(session: &Session) -> (PeerId, Bytes) {
+    tokio::time::timeout(WAIT, session.recv())
+        .await
+        .expect("datagram within the wait")
+        .expect("session open")
+}
+
+/// Whether a datagram arrives within `within` (for asserting that one does not).
+pub async fn try_recv(session: &Session, within: Duration) -> Option<(PeerId, Bytes)> {
+    tokio::time::timeout(within, session.recv())
+        .await
+        .ok()
+        .and_then(Result::ok)
+}
+
+/// The next event matching `pred`, skipping others, or a panic after `within`.
+pub async fn event_matching(
+    session: &Session,
+    within: Duration,
+    mut pred: impl FnMut(&Event) -> bool,
+) -> Event {
+    tokio::time::timeout(within, async {
+        loop {
+            match session.next_event().await {
+                Some(e) if pred(&e) => return e,
+                Some(_) => continue,
+                None => panic!("event stream ended"),
+            }
+        }
+    })
+    .await
+    .expect("expected event within the wait")
+}
+
+/// A raw QUIC connection to the relay, bypassing the SDK (for sending what the SDK never
+/// would). `transport` may adjust the client's transport settings (e.g. pin the MTU).
+pub async fn raw_connection(
+    relay: &TestRelay,
+    transport: impl FnOnce(&mut quinn::TransportConfig),
+) -> quinn::Connection {
+    let pem = std::fs::read(relay.relay().cert_path()).expect("relay certificate");
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots.add(cert.expect("PEM")).expect("root");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut crypto = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    crypto.alpn_protocols = vec![baton_protocol::ALPN.to_vec()];
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(Duration::from_secs(1)));
+    transport(&mut t);
+    let mut config = quinn::ClientConfig::new(std::sync::Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(crypto).expect("QUIC TLS"),
+    ));
+    config.transport_config(std::sync::Arc::new(t));
+    let endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
+    endpoint
+        .connect_with(config, relay.addr(), "localhost")
+        .expect("connect")
+        .await
+        .expect("handshake")
+}
+
+/// Sends a control message on a raw connection's control stream and reads the reply.
+pub async fn raw_request(
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    msg: &baton_protocol::ClientMessage,
+) -> baton_protocol::ServerMessage {
+    send.write_all(&msg.to_frame()).await.expect("write");
+    raw_read(recv).await
+}
+
+/// Reads one control message from a raw connection's control stream.
+pub async fn raw_read(recv: &mut quinn::RecvStream) -> baton_protocol::ServerMessage {
+    let mut prefix = [0u8; 4];
+    tokio::time::timeout(WAIT, recv.read_exact(&mut prefix))
+        .await
+        .expect("reply in time")
+        .expect("read");
+    let len = baton_protocol::frame::check_len(prefix, 1 << 16).expect("frame length");
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await.expect("read body");
+    baton_protocol::ServerMessage::decode(&body).expect("decodable reply")
+}

@@ -454,7 +454,10 @@ fn a_reserved_allocation_is_claimed_with_its_token_only() {
     );
     assert!(matches!(
         replies_to(&out, HOST)[..],
-        [ServerMessage::AllocationCreated { request_id: 2, .. }]
+        [
+            ServerMessage::AllocationCreated { request_id: 2, .. },
+            ServerMessage::PeerJoined { peer: PeerId(1) }
+        ]
     ));
     assert_eq!(
         replies_to(&out, 2),

@@ -1,0 +1,364 @@
+//! Client configuration: where the relay is, how to trust it, and connection timings.
+
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::{CertificateDer, ServerName};
+
+use crate::{defaults, tls, Error};
+
+/// How the SDK decides that it is talking to the real relay.
+#[derive(Clone)]
+#[non_exhaustive]
+pub enum Trust {
+    /// Trust exactly the certificate whose DER encoding has this SHA-256 digest (the relay
+    /// prints it at start-up). Good for the relay's self-signed development certificate: no file
+    /// to ship, and the relay must still prove it holds the certificate's private key.
+    Fingerprint([u8; 32]),
+    /// Trust the certificate(s) in this PEM file as roots (for example the relay's
+    /// self-signed development certificate). The relay's certificate must be valid for
+    /// [`ClientConfig::server_name`]. The file is read on every connect.
+    CertificateFile(PathBuf),
+    /// Trust these DER certificates as roots, as [`Trust::CertificateFile`] does.
+    Certificates(Vec<CertificateDer<'static>>),
+    /// Trust the Mozilla root programme (`webpki-roots`), for relays with real certificates.
+    WebPki,
+}
+
+impl Trust {
+    /// [`Trust::Fingerprint`] from hex text, with or without colons between byte pairs
+    /// (`3fa1…` or `3F:A1:…`).
+    ///
+    /// # Errors
+    /// [`Error::Config`] if the text is not 32 bytes of hex.
+    pub fn fingerprint_hex(text: &str) -> Result<Self, Error> {
+        tls::parse_fingerprint(text).map(Trust::Fingerprint)
+    }
+
+    /// [`Trust::Fingerprint`] of a DER certificate.
+    pub fn fingerprint_of(cert_der: &[u8]) -> Self {
+        Trust::Fingerprint(tls::fingerprint(cert_der))
+    }
+}
+
+impl fmt::Debug for Trust {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Trust::Fingerprint(fp) => f
+                .debug_tuple("Fingerprint")
+                .field(&tls::format_fingerprint(fp))
+                .finish(),
+            Trust::CertificateFile(path) => f.debug_tuple("CertificateFile").field(path).finish(),
+            Trust::Certificates(certs) => write!(f, "Certificates([{} certificates])", certs.len()),
+            Trust::WebPki => f.write_str("WebPki"),
+        }
+    }
+}
+
+/// Everything needed to reach a relay. Built with [`ClientConfig::new`] and by-value setters;
+/// one config can be used for any number of connections.
+///
+/// Setters do not fail; [`ClientConfig::validate`] (which every connect calls first) reports a
+/// bad combination as [`Error::Config`].
+///
+/// ```
+/// use std::time::Duration;
+/// use baton_client::{ClientConfig, Trust};
+///
+/// let config = ClientConfig::new("127.0.0.1:7700".parse().unwrap(), Trust::WebPki)
+///     .server_name("relay.example.com")
+///     .connect_timeout(Duration::from_secs(3));
+/// assert!(config.validate().is_ok());
+/// ```
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub(crate) relay: SocketAddr,
+    pub(crate) trust: Trust,
+    pub(crate) server_name: String,
+    pub(crate) keep_alive_interval: Duration,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) request_timeout: Duration,
+    pub(crate) alpn: Vec<u8>,
+    pub(crate) bind_addr: Option<SocketAddr>,
+}
+
+impl ClientConfig {
+    /// A configuration for the relay at `relay`, trusted as `trust`, with default settings.
+    pub fn new(relay: SocketAddr, trust: Trust) -> Self {
+        Self {
+            relay,
+            trust,
+            server_name: defaults::SERVER_NAME.to_owned(),
+            keep_alive_interval: defaults::KEEP_ALIVE_INTERVAL,
+            idle_timeout: defaults::IDLE_TIMEOUT,
+            connect_timeout: defaults::CONNECT_TIMEOUT,
+            request_timeout: defaults::REQUEST_TIMEOUT,
+            alpn: baton_protocol::ALPN.to_vec(),
+            bind_addr: None,
+        }
+    }
+
+    /// The relay's address.
+    pub fn relay(&self) -> SocketAddr {
+        self.relay
+    }
+
+    /// The TLS server name (SNI) to present and to check the certificate against (default
+    /// [`defaults::SERVER_NAME`]). Must be a DNS name or an IP address. Not checked with
+    /// [`Trust::Fingerprint`].
+    pub fn server_name(mut self, name: impl Into<String>) -> Self {
+        self.server_name = name.into();
+        self
+    }
+
+    /// How often to ping the relay when idle (default [`defaults::KEEP_ALIVE_INTERVAL`]). Must be
+    /// non-zero and shorter than the idle timeout, or the relay forgets the client.
+    pub fn keep_alive_interval(mut self, interval: Duration) -> Self {
+        self.keep_alive_interval = interval;
+        self
+    }
+
+    /// How long the relay may stay silent before the connection counts as lost (default
+    /// [`defaults::IDLE_TIMEOUT`]). Must be non-zero; the relay's own 10 s still applies if
+    /// smaller.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// How long to wait for the QUIC handshake (default [`defaults::CONNECT_TIMEOUT`]); after it
+    /// a connect fails with [`Error::RelayUnreachable`]. Must be non-zero.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long to wait for the relay's answer to a control request (default
+    /// [`defaults::REQUEST_TIMEOUT`]); after it the request fails with
+    /// [`Error::RequestTimedOut`]. Must be non-zero.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Local UDP address to bind (default: port 0 on the unspecified address of the relay's
+    /// address family). Must be of the same family as the relay's address.
+    pub fn bind_addr(mut self, addr: SocketAddr) -> Self {
+        self.bind_addr = Some(addr);
+        self
+    }
+
+    /// ALPN protocol to offer instead of [`baton_protocol::ALPN`]. **For testing only**: a
+    /// relay rejects any other value, which is how a protocol-version mismatch looks
+    /// ([`Error::ProtocolVersionMismatch`]). Must be 1 to 255 bytes.
+    pub fn alpn(mut self, alpn: impl Into<Vec<u8>>) -> Self {
+        self.alpn = alpn.into();
+        self
+    }
+
+    /// The local address connections bind to.
+    pub(crate) fn local_addr(&self) -> SocketAddr {
+        self.bind_addr.unwrap_or(match self.relay {
+            SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+            SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
+        })
+    }
+
+    /// Checks that the settings make sense together. Every connect calls this first.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the first bad setting.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |msg: String| Err(Error::Config(msg));
+        if ServerName::try_from(self.server_name.as_str()).is_err() {
+            return bad(format!(
+                "server name {:?} is neither a DNS name nor an IP address",
+                self.server_name
+            ));
+        }
+        if self.idle_timeout.is_zero() {
+            return bad("idle timeout must be non-zero".into());
+        }
+        if quinn::IdleTimeout::try_from(self.idle_timeout).is_err() {
+            return bad(format!("idle timeout {:?} is too large", self.idle_timeout));
+        }
+        if self.keep_alive_interval.is_zero() || self.keep_alive_interval >= self.idle_timeout {
+            return bad(format!(
+                "keep-alive interval {:?} must be non-zero and shorter than the idle timeout {:?}",
+                self.keep_alive_interval, self.idle_timeout
+            ));
+        }
+        if self.connect_timeout.is_zero() {
+            return bad("connect timeout must be non-zero".into());
+        }
+        if self.request_timeout.is_zero() {
+            return bad("request timeout must be non-zero".into());
+        }
+        if self.alpn.is_empty() || self.alpn.len() > 255 {
+            return bad(format!(
+                "ALPN must be 1 to 255 bytes, got {}",
+                self.alpn.len()
+            ));
+        }
+        if let Some(bind) = self.bind_addr {
+            if bind.is_ipv4() != self.relay.is_ipv4() {
+                return bad(format!(
+                    "bind address {bind} and relay address {} are of different families",
+                    self.relay
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The quinn client configuration, and the log its certificate verifier writes to.
+    pub(crate) fn quinn_config(&self) -> Result<(quinn::ClientConfig, Arc<tls::VerifyLog>), Error> {
+        self.validate()?;
+        let setup = tls::client_config(&self.trust, &self.alpn)?;
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(setup.config)
+            .map_err(|e| Error::Config(format!("TLS configuration unusable for QUIC: {e}")))?;
+        let idle = quinn::IdleTimeout::try_from(self.idle_timeout).map_err(|_| {
+            Error::Config(format!("idle timeout {:?} is too large", self.idle_timeout))
+        })?;
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .keep_alive_interval(Some(self.keep_alive_interval))
+            .max_idle_timeout(Some(idle))
+            // The relay never opens streams towards a client: refuse them outright.
+            .max_concurrent_bidi_streams(0u32.into())
+            .max_concurrent_uni_streams(0u32.into());
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        config.transport_config(Arc::new(transport));
+        Ok((config, setup.log))
+    }
+}
+
+/// What a host asks for when it creates an allocation. `None` leaves the choice to the relay.
+///
+/// ```
+/// use std::time::Duration;
+/// use baton_client::AllocationOptions;
+///
+/// let options = AllocationOptions::default()
+///     .max_peers(8)
+///     .code_ttl(Duration::from_secs(600));
+/// assert_eq!(options.max_peers, Some(8));
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AllocationOptions {
+    /// Maximum members including the host: 1 to [`baton_protocol::MAX_PEERS_LIMIT`]. The relay
+    /// may lower it; [`Host::max_peers`](crate::Host::max_peers) tells what was granted.
+    pub max_peers: Option<u16>,
+    /// How long the join code stays valid: at least one second, counted in whole seconds. The
+    /// relay may shorten it; [`Host::code_ttl`](crate::Host::code_ttl) tells what was granted.
+    pub code_ttl: Option<Duration>,
+}
+
+impl AllocationOptions {
+    /// Sets [`AllocationOptions::max_peers`].
+    pub fn max_peers(mut self, max_peers: u16) -> Self {
+        self.max_peers = Some(max_peers);
+        self
+    }
+
+    /// Sets [`AllocationOptions::code_ttl`].
+    pub fn code_ttl(mut self, ttl: Duration) -> Self {
+        self.code_ttl = Some(ttl);
+        self
+    }
+
+    /// The wire values of `CreateAllocation` (0 = relay default).
+    pub(crate) fn wire_values(&self) -> Result<(u16, u32), Error> {
+        let max_peers = match self.max_peers {
+            None => 0,
+            Some(n) if (1..=baton_protocol::MAX_PEERS_LIMIT).contains(&n) => n,
+            Some(n) => {
+                return Err(Error::Config(format!(
+                    "max_peers must be 1 to {}, got {n}",
+                    baton_protocol::MAX_PEERS_LIMIT
+                )))
+            }
+        };
+        let code_ttl_secs = match self.code_ttl {
+            None => 0,
+            Some(ttl) => match u32::try_from(ttl.as_secs()) {
+                Ok(secs) if secs >= 1 => secs,
+                _ => {
+                    return Err(Error::Config(format!(
+                        "code_ttl must be 1 s to {} s, got {ttl:?}",
+                        u32::MAX
+                    )))
+                }
+            },
+        };
+        Ok((max_peers, code_ttl_secs))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> ClientConfig {
+        ClientConfig::new(
+            "127.0.0.1:7700".parse().unwrap(),
+            Trust::Fingerprint([7; 32]),
+        )
+    }
+
+    #[test]
+    fn defaults_are_valid_and_match_the_relay() {
+        let c = config();
+        c.validate().unwrap();
+        assert_eq!(c.idle_timeout, Duration::from_secs(10));
+        assert_eq!(c.keep_alive_interval, Duration::from_secs(2));
+        assert_eq!(c.alpn, b"baton/1");
+        assert_eq!(c.local_addr(), "0.0.0.0:0".parse().unwrap());
+        let v6 = ClientConfig::new("[::1]:7700".parse().unwrap(), Trust::WebPki);
+        assert_eq!(v6.local_addr(), "[::]:0".parse().unwrap());
+        c.quinn_config().unwrap();
+    }
+
+    #[test]
+    fn bad_settings_are_config_errors() {
+        let bad = [
+            config().server_name("not a name!"),
+            config().keep_alive_interval(Duration::ZERO),
+            config().keep_alive_interval(Duration::from_secs(10)),
+            config().idle_timeout(Duration::ZERO),
+            config().connect_timeout(Duration::ZERO),
+            config().request_timeout(Duration::ZERO),
+            config().alpn(Vec::new()),
+            config().bind_addr("[::]:0".parse().unwrap()),
+        ];
+        for c in bad {
+            assert!(matches!(c.validate(), Err(Error::Config(_))), "{c:?}");
+            assert!(matches!(c.quinn_config(), Err(Error::Config(_))), "{c:?}");
+        }
+    }
+
+    #[test]
+    fn allocation_options_map_to_wire_values() {
+        let opts = AllocationOptions::default();
+        assert_eq!(opts.wire_values().unwrap(), (0, 0));
+        let opts = AllocationOptions::default()
+            .max_peers(8)
+            .code_ttl(Duration::from_millis(90_500));
+        assert_eq!(opts.wire_values().unwrap(), (8, 90));
+        for bad in [
+            AllocationOptions::default().max_peers(0),
+            AllocationOptions::default().max_peers(baton_protocol::MAX_PEERS_LIMIT + 1),
+            AllocationOptions::default().code_ttl(Duration::from_millis(999)),
+            AllocationOptions::default().code_ttl(Duration::from_secs(u64::from(u32::MAX) + 1)),
+        ] {
+            assert!(
+                matches!(bad.wire_values(), Err(Error::Config(_))),
+                "{bad:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! Bad input from one client never harms another: garbage on the control stream, malformed and
+//! oversize datagrams, and the payload promise at QUIC's minimum MTU.
+
+use std::time::Duration;
+
+use baton_client::{AllocationOptions, Event, Host, Peer, PeerId};
+use baton_protocol::{ClientMessage, CloseCode, DropReason, ServerMessage};
+use baton_tests::{event_matching, raw_connection, raw_read, raw_request, recv, TestRelay, WAIT};
+
+/// An allocation whose traffic must carry on undisturbed while others misbehave.
+async fn bystanders(relay: &TestRelay) -> (Host, Peer) {
+    let host = Host::create(&relay.client(), AllocationOptions::default())
+        .await
+        .unwrap();
+    let peer = Peer::join(&relay.client(), host.join_code()).await.unwrap();
+    (host, peer)
+}
+
+async fn still_fine(host: &Host, peer: &Peer, round: u8) {
+    peer.send_to_host(&[round; 32]).unwrap();
+    assert_eq!(recv(host).await, (PeerId(1), vec![round; 32].into()));
+    host.broadcast(&[round; 8]).unwrap();
+    assert_eq!(recv(peer).await, (PeerId::HOST, vec![round; 8].into()));
+}
+
+async fn closed_with(conn: &quinn::Connection) -> CloseCode {
+    match tokio::time::timeout(WAIT, conn.closed())
+        .await
+        .expect("closed in time")
+    {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            CloseCode::from_u64(close.error_code.into_inner())
+        }
+        other => panic!("closed otherwise: {other}"),
+    }
+}
+
+#[tokio::test]
+async fn garbage_on_the_control_stream_closes_only_that_client() {
+    let relay = TestRelay::start().await;
+    let (host, peer) = bystanders(&relay).await;
+    still_fine(&host, &peer, 1).await;
+
+    let cases: Vec<Vec<u8>> = vec![
+        // A length prefix far beyond the maximum frame: refused before buffering.
+        vec![0xFF, 0xFF, 0xFF, 0xFF, 1, 2, 3],
+        // An empty frame.
+        vec![0, 0, 0, 0],
+        // An unknown message type.
+        vec![0, 0, 0, 5, 0x7E, 0, 0, 0, 1],
+        // A known type with a truncated body.
+        vec![0, 0, 0, 3, 0x02, 0, 0],
+        // A join code with characters outside the alphabet.
+        vec![
+            0, 0, 0, 12, 0x02, 0, 0, 0, 1, 6, b'A', b'E', b'I', b'O', b'U', b'0',
+        ],
+    ];
+    for (i, bytes) in cases.into_iter().enumerate() {
+        let conn = raw_connection(&relay, |_| {}).await;
+        let (mut send, _recv) = conn.open_bi().await.unwrap();
+        send.write_all(&bytes).await.unwrap();
+        assert_eq!(
+            closed_with(&conn).await,
+            CloseCode::ProtocolViolation,
+            "case {i}"
+        );
+        still_fine(&host, &peer, i as u8 + 2).await;
+    }
+    let metrics = reqwest::get(format!("{}/metrics", relay.admin_url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("baton_connections 2"), "{metrics}");
+}
+
+#[tokio::test]
+async fn malformed_and_oversize_datagrams_are_dropped_counted_and_reported() {
+    let relay = TestRelay::start().await;
+    let (host, peer) = bystanders(&relay).await;
+
+    // A raw host: create an allocation by hand, then send what the SDK refuses to.
+    let conn = raw_connection(&relay, |_| {}).await;
+    let (mut send, mut recv_stream) = conn.open_bi().await.unwrap();
+    let created = raw_request(
+        &mut send,
+        &mut recv_stream,
+        &ClientMessage::CreateAllocation {
+            request_id: 1,
+            max_peers: 0,
+            code_ttl_secs: 0,
+        },
+    )
+    .await;
+    let ServerMessage::AllocationCreated {
+        code, max_payload, ..
+    } = created
+    else {
+        panic!("not created: {created:?}");
+    };
+    assert_eq!(max_payload, 1150);
+    let victim = Peer::join(&relay.client(), code).await.unwrap();
+
+    // Oversize: 1151 bytes of payload. The relay drops it and reports the limit.
+    let mut big = vec![0u8, 1];
+    big.extend(std::iter::repeat_n(0xAB, 1151));
+    conn.send_datagram(big.into()).unwrap();
+    // Malformed: shorter than the header.
+    conn.send_datagram(vec![0u8].into()).unwrap();
+    let mut reports = Vec::new();
+    while reports.len() < 2 {
+        match raw_read(&mut recv_stream).await {
+            ServerMessage::DatagramsDropped {
+                reason,
+                count,
+                value,
+            } => reports.push((reason, count, value)),
+            ServerMessage::PeerJoined { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    reports.sort_by_key(|r| r.0.to_u8());
+    assert_eq!(
+        reports,
+        vec![
+            (DropReason::TooLarge, 1, 1150),
+            (DropReason::Malformed, 1, 0)
+        ]
+    );
+    // The legitimate peer of that allocation got neither.
+    assert!(baton_tests::try_recv(&victim, Duration::from_millis(200))
+        .await
+        .is_none());
+    // And a well-formed datagram from the same client still goes through.
+    conn.send_datagram(vec![0u8, 1, 42].into()).unwrap();
+    assert_eq!(recv(&victim).await, (PeerId::HOST, vec![42].into()));
+    still_fine(&host, &peer, 9).await;
+
+    let metrics = reqwest::get(format!("{}/metrics", relay.admin_url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("baton_datagrams_dropped_total{reason=\"too_large\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("baton_datagrams_dropped_total{reason=\"malformed\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn the_payload_limit_holds_at_the_minimum_quic_mtu() {
+    let relay = TestRelay::start().await;
+    // Both clients pinned to QUIC's minimum MTU, no path-MTU discovery.
+    let pin = |t: &mut quinn::TransportConfig| {
+        t.initial_mtu(1200).mtu_discovery_config(None);
+    };
+    let host = raw_connection(&relay, pin).await;
+    let (mut hs, mut hr) = host.open_bi().await.unwrap();
+    let ServerMessage::AllocationCreated { code, .. } = raw_request(
+        &mut hs,
+        &mut hr,
+        &ClientMessage::CreateAllocation {
+            request_id: 1,
+            max_peers: 0,
+            code_ttl_secs: 0,
+        },
+    )
+    .await
+    else {
+        panic!("create failed");
+    };
+    let peer = raw_connection(&relay, pin).await;
+    let (mut ps, mut pr) = peer.open_bi().await.unwrap();
+    let joined = raw_request(
+        &mut ps,
+        &mut pr,
+        &ClientMessage::Join {
+            request_id: 1,
+            code,
+        },
+    )
+    .await;
+    assert!(matches!(
+        joined,
+        ServerMessage::Joined {
+            max_payload: 1150,
+            ..
+        }
+    ));
+    assert!(
+        host.max_datagram_size().unwrap() >= 1150 + 2,
+        "quinn allows {:?} at MTU 1200",
+        host.max_datagram_size()
+    );
+    let payload: Vec<u8> = (0..1150u32).map(|i| (i % 251) as u8).collect();
+    let mut datagram = vec![0u8, 1];
+    datagram.extend_from_slice(&payload);
+    host.send_datagram(datagram.into()).unwrap();
+    let got = tokio::time::timeout(WAIT, peer.read_datagram())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&got[..2], &[0, 0], "source stamped as the host");
+    assert_eq!(&got[2..], &payload[..]);
+}
+
+#[tokio::test]
+async fn a_client_that_never_creates_or_joins_is_closed_at_the_bind_deadline() {
+    let relay = TestRelay::start_with(|c| {
+        c.set_bind_timeout(Duration::from_millis(300)).unwrap();
+    })
+    .await;
+    let conn = raw_connection(&relay, |_| {}).await;
+    assert_eq!(closed_with(&conn).await, CloseCode::BindTimeout);
+}
+
+#[tokio::test]
+async fn a_lobby_reserved_allocation_is_claimed_by_its_host() {
+    let relay = TestRelay::start().await;
+    let http = reqwest::Client::new();
+    let reservation: serde_json::Value = http
+        .post(format!("{}/v1/allocations", relay.admin_url()))
+        .json(&serde_json::json!({ "max_peers": 4 }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let code = reservation["join_code"].as_str().unwrap().to_owned();
+    // A peer may join before the host has bound.
+    let early = Peer::join(&relay.client(), code.as_str()).await.unwrap();
+    assert_eq!(early.local_peer(), PeerId(1));
+    let host = Host::claim(
+        &relay.client(),
+        reservation["allocation_id"].as_str().unwrap(),
+        reservation["host_token"].as_str().unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(host.join_code().as_str(), code);
+    let joined = event_matching(&early, WAIT, |e| matches!(e, Event::PeerJoined { .. })).await;
+    assert_eq!(joined, Event::PeerJoined { peer: PeerId::HOST });
+    early.send_to_host(b"you made it").unwrap();
+    assert_eq!(recv(&host).await, (PeerId(1), b"you made it"[..].into()));
+}
