@@ -250,3 +250,36 @@ async fn a_lobby_reserved_allocation_is_claimed_by_its_host() {
     early.send_to_host(b"you made it").unwrap();
     assert_eq!(recv(&host).await, (PeerId(1), b"you made it"[..].into()));
 }
+
+#[tokio::test]
+async fn connections_beyond_the_limit_are_refused_and_counted() {
+    let relay = TestRelay::start_with(|c| {
+        c.set_max_connections(2).unwrap();
+    })
+    .await;
+    let (host, peer) = bystanders(&relay).await;
+    let third = Peer::join(
+        &relay.client().connect_timeout(Duration::from_secs(2)),
+        host.join_code(),
+    )
+    .await;
+    assert!(
+        matches!(third, Err(baton_client::Error::RelayUnreachable { .. })),
+        "{third:?}"
+    );
+    still_fine(&host, &peer, 1).await;
+    let metrics = reqwest::get(format!("{}/metrics", relay.admin_url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("baton_connections_refused_total 1"),
+        "{metrics}"
+    );
+    // A slot frees when a member leaves.
+    peer.close().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    Peer::join(&relay.client(), host.join_code()).await.unwrap();
+}
