@@ -76,6 +76,13 @@ pub enum Error {
         /// How long to wait before retrying.
         retry_after: Duration,
     },
+    /// The allocation is migrating to a new host; the same request succeeds once it has
+    /// (the join code moves to the successor allocation).
+    #[error("the allocation is migrating to a new host; retry after {retry_after:?}")]
+    Migrating {
+        /// At most this long until the migration completes or the next host is elected.
+        retry_after: Duration,
+    },
     /// The request lacked a valid credential.
     #[error("the relay requires a valid credential for this request")]
     Unauthorized,
@@ -219,6 +226,9 @@ pub(crate) fn refusal(code: ErrorCode, value: u32) -> Error {
         },
         ErrorCode::Unauthorized => Error::Unauthorized,
         ErrorCode::RateLimited => Error::RateLimited {
+            retry_after: Duration::from_millis(u64::from(value)),
+        },
+        ErrorCode::Migrating => Error::Migrating {
             retry_after: Duration::from_millis(u64::from(value)),
         },
         ErrorCode::PayloadTooLarge => Error::PayloadTooLarge {

@@ -152,6 +152,7 @@ async fn bound_host(relay: &FakeRelay, config: &ClientConfig) -> (Host, RelayCon
             code_ttl_secs: 300,
             max_peers: 4,
             max_payload: 1150,
+            reconnect_token: [7; 16],
         })
         .await;
         conn
@@ -178,6 +179,8 @@ async fn bound_peer(relay: &FakeRelay) -> (Peer, RelayConn) {
             allocation: ALLOCATION,
             peer: PeerId(2),
             max_payload: 1000,
+            host: PeerId::HOST,
+            reconnect_token: [9; 16],
             members: vec![PeerId(0), PeerId(1)],
         })
         .await;

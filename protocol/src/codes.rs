@@ -94,6 +94,9 @@ wire_enum! {
         NotBound = 14 => "not_bound",
         /// The allocation this join code belonged to has closed (its host left). `value` = 0.
         Closed = 15 => "closed",
+        /// The allocation is migrating to a new host; retry shortly. `value` = milliseconds
+        /// until the migration deadline.
+        Migrating = 16 => "migrating",
     }
 }
 

@@ -33,6 +33,13 @@ pub mod join_code;
 pub mod message;
 mod wire;
 
+/// The first byte of every unidirectional stream, saying what it carries.
+pub mod stream_kind {
+    /// A migration snapshot: the rest of the stream is the snapshot's bytes. Host → relay to
+    /// upload (each replaces the last), relay → new host after a migration.
+    pub const SNAPSHOT: u8 = 0x01;
+}
+
 pub use codes::{CloseCode, DropReason, ErrorCode, LeaveReason};
 pub use datagram::Destination;
 pub use frame::FrameError;

@@ -55,6 +55,29 @@ pub enum ClientMessage {
         /// The 16-byte secret the admin API returned with the reservation.
         host_token: [u8; 16],
     },
+    /// `0x06`: (the elected peer, after `Promote`) open the successor of a migrating
+    /// allocation as its new host. Replied to with `AllocationCreated` for the new allocation.
+    MigrateAllocation {
+        /// Echoed in the reply.
+        request_id: u32,
+        /// The allocation being migrated (the one named in `Promote`).
+        allocation: AllocationId,
+        /// The ticket from `Promote`.
+        ticket: [u8; 16],
+    },
+    /// `0x07`: rejoin an allocation (or its successor after a migration) under a peer id held
+    /// before, proving it with the reconnect token issued with that id. Replied to with
+    /// `Joined`.
+    Rejoin {
+        /// Echoed in the reply.
+        request_id: u32,
+        /// The allocation last known to the client; the relay follows migrations from it.
+        allocation: AllocationId,
+        /// The peer id to take back.
+        peer: PeerId,
+        /// The reconnect token from `AllocationCreated` or `Joined`.
+        reconnect_token: [u8; 16],
+    },
 }
 
 /// Messages the relay sends to a client on its control stream.
@@ -75,8 +98,11 @@ pub enum ServerMessage {
         max_peers: u16,
         /// Largest datagram payload the relay carries, in bytes.
         max_payload: u16,
+        /// Token to take this peer id back with `Rejoin` (e.g. as an ordinary peer after the
+        /// allocation migrated away from this host).
+        reconnect_token: [u8; 16],
     },
-    /// `0x82`: reply to `Join`.
+    /// `0x82`: reply to `Join` or `Rejoin`.
     Joined {
         /// The request this answers.
         request_id: u32,
@@ -86,6 +112,10 @@ pub enum ServerMessage {
         peer: PeerId,
         /// Largest datagram payload the relay carries, in bytes.
         max_payload: u16,
+        /// The current host's peer id (0 unless the allocation has migrated).
+        host: PeerId,
+        /// Token to take this peer id back with `Rejoin` after a lost connection.
+        reconnect_token: [u8; 16],
         /// The other members present at the time of joining, host included.
         members: Vec<PeerId>,
     },
@@ -128,6 +158,53 @@ pub enum ServerMessage {
         /// Datagrams dropped since the last report for this reason.
         count: u32,
         /// Reason-specific detail, see [`DropReason`].
+        value: u32,
+    },
+    /// `0x89`: the host was lost; the allocation is migrating to `elected`. Sent to every
+    /// remaining member, again if the choice changes (a lobby override or a timed-out
+    /// candidate).
+    HostLost {
+        /// The lost host.
+        host: PeerId,
+        /// Why it was lost.
+        reason: LeaveReason,
+        /// The member chosen to host next.
+        elected: PeerId,
+    },
+    /// `0x8A`: (to the elected member only) open the successor allocation with
+    /// `MigrateAllocation` and this ticket within `deadline_ms`.
+    Promote {
+        /// The migrating allocation.
+        allocation: AllocationId,
+        /// Proof of election; valid for this allocation, this member and this election only.
+        ticket: [u8; 16],
+        /// Milliseconds left before the relay elects someone else.
+        deadline_ms: u32,
+    },
+    /// `0x8B`: (to every other member) the allocation migrated: the caller is now a member of
+    /// `allocation`, hosted by `host`, with its peer id unchanged.
+    Migrated {
+        /// The successor allocation.
+        allocation: AllocationId,
+        /// The new host.
+        host: PeerId,
+    },
+    /// `0x8C`: (to the new host) a member of the old allocation arrived in the new one.
+    PeerRejoined {
+        /// The member, with its old peer id.
+        peer: PeerId,
+    },
+    /// `0x8D`: (to the host) the migration snapshot it uploaded is stored.
+    SnapshotStored {
+        /// Its size in bytes.
+        len: u32,
+    },
+    /// `0x8E`: (to the host) the snapshot it uploaded was not stored.
+    SnapshotRejected {
+        /// Why: `payload_too_large` (value = the limit in bytes), `not_host`, `relay_full`
+        /// (the relay's snapshot memory budget is spent; value = 0).
+        code: ErrorCode,
+        /// Code-specific detail.
         value: u32,
     },
 }
@@ -176,6 +253,8 @@ impl ClientMessage {
             ClientMessage::Kick { .. } => 0x03,
             ClientMessage::RevokeCode { .. } => 0x04,
             ClientMessage::ClaimHost { .. } => 0x05,
+            ClientMessage::MigrateAllocation { .. } => 0x06,
+            ClientMessage::Rejoin { .. } => 0x07,
         }
     }
 
@@ -186,7 +265,9 @@ impl ClientMessage {
             | ClientMessage::Join { request_id, .. }
             | ClientMessage::Kick { request_id, .. }
             | ClientMessage::RevokeCode { request_id }
-            | ClientMessage::ClaimHost { request_id, .. } => *request_id,
+            | ClientMessage::ClaimHost { request_id, .. }
+            | ClientMessage::MigrateAllocation { request_id, .. }
+            | ClientMessage::Rejoin { request_id, .. } => *request_id,
         }
     }
 
@@ -198,6 +279,8 @@ impl ClientMessage {
             ClientMessage::Kick { .. } => 4 + 2,
             ClientMessage::RevokeCode { .. } => 4,
             ClientMessage::ClaimHost { .. } => 4 + 8 + 16,
+            ClientMessage::MigrateAllocation { .. } => 4 + 8 + 16,
+            ClientMessage::Rejoin { .. } => 4 + 8 + 2 + 16,
         }
     }
 
@@ -225,6 +308,22 @@ impl ClientMessage {
                 buf.put_u64(allocation.0);
                 buf.put_slice(host_token);
             }
+            ClientMessage::MigrateAllocation {
+                allocation, ticket, ..
+            } => {
+                buf.put_u64(allocation.0);
+                buf.put_slice(ticket);
+            }
+            ClientMessage::Rejoin {
+                allocation,
+                peer,
+                reconnect_token,
+                ..
+            } => {
+                buf.put_u64(allocation.0);
+                buf.put_u16(peer.0);
+                buf.put_slice(reconnect_token);
+            }
         }
     }
 
@@ -244,7 +343,7 @@ impl ClientMessage {
     pub fn decode(frame: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(frame);
         let ty = r.u8().map_err(|_| DecodeError::Empty)?;
-        if !(0x01..=0x05).contains(&ty) {
+        if !(0x01..=0x07).contains(&ty) {
             return Err(DecodeError::UnknownType(ty));
         }
         let request_id = r.u32()?;
@@ -263,10 +362,21 @@ impl ClientMessage {
                 peer: PeerId(r.u16()?),
             },
             0x04 => ClientMessage::RevokeCode { request_id },
-            _ => ClientMessage::ClaimHost {
+            0x05 => ClientMessage::ClaimHost {
                 request_id,
                 allocation: AllocationId(r.u64()?),
                 host_token: r.array()?,
+            },
+            0x06 => ClientMessage::MigrateAllocation {
+                request_id,
+                allocation: AllocationId(r.u64()?),
+                ticket: r.array()?,
+            },
+            _ => ClientMessage::Rejoin {
+                request_id,
+                allocation: AllocationId(r.u64()?),
+                peer: PeerId(r.u16()?),
+                reconnect_token: r.array()?,
             },
         };
         r.finish()?;
@@ -286,20 +396,34 @@ impl ServerMessage {
             ServerMessage::PeerLeft { .. } => 0x86,
             ServerMessage::CodeRevoked { .. } => 0x87,
             ServerMessage::DatagramsDropped { .. } => 0x88,
+            ServerMessage::HostLost { .. } => 0x89,
+            ServerMessage::Promote { .. } => 0x8A,
+            ServerMessage::Migrated { .. } => 0x8B,
+            ServerMessage::PeerRejoined { .. } => 0x8C,
+            ServerMessage::SnapshotStored { .. } => 0x8D,
+            ServerMessage::SnapshotRejected { .. } => 0x8E,
         }
     }
 
     /// Length of type byte + body.
     pub fn encoded_len(&self) -> usize {
         1 + match self {
-            ServerMessage::AllocationCreated { code, .. } => 4 + 8 + code_len(code) + 4 + 2 + 2,
-            ServerMessage::Joined { members, .. } => 4 + 8 + 2 + 2 + 2 + 2 * members.len(),
+            ServerMessage::AllocationCreated { code, .. } => {
+                4 + 8 + code_len(code) + 4 + 2 + 2 + 16
+            }
+            ServerMessage::Joined { members, .. } => 4 + 8 + 2 + 2 + 2 + 16 + 2 + 2 * members.len(),
             ServerMessage::Refused { .. } => 4 + 1 + 4,
             ServerMessage::Done { .. } => 4,
             ServerMessage::PeerJoined { .. } => 2,
             ServerMessage::PeerLeft { .. } => 2 + 1,
             ServerMessage::CodeRevoked { code } => code_len(code),
             ServerMessage::DatagramsDropped { .. } => 1 + 4 + 4,
+            ServerMessage::HostLost { .. } => 2 + 1 + 2,
+            ServerMessage::Promote { .. } => 8 + 16 + 4,
+            ServerMessage::Migrated { .. } => 8 + 2,
+            ServerMessage::PeerRejoined { .. } => 2,
+            ServerMessage::SnapshotStored { .. } => 4,
+            ServerMessage::SnapshotRejected { .. } => 1 + 4,
         }
     }
 
@@ -314,6 +438,7 @@ impl ServerMessage {
                 code_ttl_secs,
                 max_peers,
                 max_payload,
+                reconnect_token,
             } => {
                 buf.put_u32(*request_id);
                 buf.put_u64(allocation.0);
@@ -321,18 +446,23 @@ impl ServerMessage {
                 buf.put_u32(*code_ttl_secs);
                 buf.put_u16(*max_peers);
                 buf.put_u16(*max_payload);
+                buf.put_slice(reconnect_token);
             }
             ServerMessage::Joined {
                 request_id,
                 allocation,
                 peer,
                 max_payload,
+                host,
+                reconnect_token,
                 members,
             } => {
                 buf.put_u32(*request_id);
                 buf.put_u64(allocation.0);
                 buf.put_u16(peer.0);
                 buf.put_u16(*max_payload);
+                buf.put_u16(host.0);
+                buf.put_slice(reconnect_token);
                 buf.put_u16(members.len() as u16);
                 for m in members {
                     buf.put_u16(m.0);
@@ -363,6 +493,34 @@ impl ServerMessage {
                 buf.put_u32(*count);
                 buf.put_u32(*value);
             }
+            ServerMessage::HostLost {
+                host,
+                reason,
+                elected,
+            } => {
+                buf.put_u16(host.0);
+                buf.put_u8(reason.to_u8());
+                buf.put_u16(elected.0);
+            }
+            ServerMessage::Promote {
+                allocation,
+                ticket,
+                deadline_ms,
+            } => {
+                buf.put_u64(allocation.0);
+                buf.put_slice(ticket);
+                buf.put_u32(*deadline_ms);
+            }
+            ServerMessage::Migrated { allocation, host } => {
+                buf.put_u64(allocation.0);
+                buf.put_u16(host.0);
+            }
+            ServerMessage::PeerRejoined { peer } => buf.put_u16(peer.0),
+            ServerMessage::SnapshotStored { len } => buf.put_u32(*len),
+            ServerMessage::SnapshotRejected { code, value } => {
+                buf.put_u8(code.to_u8());
+                buf.put_u32(*value);
+            }
         }
     }
 
@@ -390,12 +548,15 @@ impl ServerMessage {
                 code_ttl_secs: r.u32()?,
                 max_peers: r.u16()?,
                 max_payload: r.u16()?,
+                reconnect_token: r.array()?,
             },
             0x82 => {
                 let request_id = r.u32()?;
                 let allocation = AllocationId(r.u64()?);
                 let peer = PeerId(r.u16()?);
                 let max_payload = r.u16()?;
+                let host = PeerId(r.u16()?);
+                let reconnect_token = r.array()?;
                 let count = r.u16()?;
                 if count > MAX_PEERS_LIMIT {
                     return Err(DecodeError::InvalidField {
@@ -419,6 +580,8 @@ impl ServerMessage {
                     allocation,
                     peer,
                     max_payload,
+                    host,
+                    reconnect_token,
                     members,
                 }
             }
@@ -443,6 +606,28 @@ impl ServerMessage {
             0x88 => ServerMessage::DatagramsDropped {
                 reason: DropReason::from_u8(r.u8()?),
                 count: r.u32()?,
+                value: r.u32()?,
+            },
+            0x89 => ServerMessage::HostLost {
+                host: PeerId(r.u16()?),
+                reason: LeaveReason::from_u8(r.u8()?),
+                elected: PeerId(r.u16()?),
+            },
+            0x8A => ServerMessage::Promote {
+                allocation: AllocationId(r.u64()?),
+                ticket: r.array()?,
+                deadline_ms: r.u32()?,
+            },
+            0x8B => ServerMessage::Migrated {
+                allocation: AllocationId(r.u64()?),
+                host: PeerId(r.u16()?),
+            },
+            0x8C => ServerMessage::PeerRejoined {
+                peer: PeerId(r.u16()?),
+            },
+            0x8D => ServerMessage::SnapshotStored { len: r.u32()? },
+            0x8E => ServerMessage::SnapshotRejected {
+                code: ErrorCode::from_u8(r.u8()?),
                 value: r.u32()?,
             },
             other => return Err(DecodeError::UnknownType(other)),

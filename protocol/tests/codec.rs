@@ -15,8 +15,8 @@ use baton_protocol::frame::{
 };
 use baton_protocol::join_code::{self, JoinCode, ALPHABET};
 use baton_protocol::{
-    AllocationId, ClientMessage, CloseCode, DecodeError, DropReason, ErrorCode, LeaveReason,
-    PeerId, ServerMessage, ALPN, MAX_DATAGRAM_PAYLOAD, MAX_PEERS_LIMIT,
+    stream_kind, AllocationId, ClientMessage, CloseCode, DecodeError, DropReason, ErrorCode,
+    LeaveReason, PeerId, ServerMessage, ALPN, MAX_DATAGRAM_PAYLOAD, MAX_PEERS_LIMIT,
 };
 use bytes::Bytes;
 use proptest::prelude::*;
@@ -83,6 +83,25 @@ fn client_snapshots() -> Vec<(ClientMessage, &'static str)> {
             },
             "0000001d 05 00000009 0123456789abcdef 000102030405060708090a0b0c0d0e0f",
         ),
+        (
+            // len = 1 + 4 + 8 + 16 = 29 = 0x1d; request_id 10 = 0x0a
+            ClientMessage::MigrateAllocation {
+                request_id: 10,
+                allocation: AllocationId(0xFEDC_BA98_7654_3210),
+                ticket: std::array::from_fn(|i| 0xF0 + i as u8), // f0 f1 .. ff
+            },
+            "0000001d 06 0000000a fedcba9876543210 f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff",
+        ),
+        (
+            // len = 1 + 4 + 8 + 2 + 16 = 31 = 0x1f; request_id 11 = 0x0b
+            ClientMessage::Rejoin {
+                request_id: 11,
+                allocation: AllocationId(0x0011_2233_4455_6677),
+                peer: PeerId(5),
+                reconnect_token: [0xAB; 16],
+            },
+            "0000001f 07 0000000b 0011223344556677 0005 abababababababababababababababab",
+        ),
     ]
 }
 
@@ -90,7 +109,7 @@ fn client_snapshots() -> Vec<(ClientMessage, &'static str)> {
 fn server_snapshots() -> Vec<(ServerMessage, &'static str)> {
     vec![
         (
-            // len = 1 + 4 + 8 + (1 + 12) + 4 + 2 + 2 = 34 = 0x22
+            // len = 1 + 4 + 8 + (1 + 12) + 4 + 2 + 2 + 16 = 50 = 0x32
             // "6789BCDFGHJK" = 36 37 38 39 42 43 44 46 47 48 4a 4b; 3600 = 0x0e10; 1150 = 0x047e
             ServerMessage::AllocationCreated {
                 request_id: 1,
@@ -99,30 +118,53 @@ fn server_snapshots() -> Vec<(ServerMessage, &'static str)> {
                 code_ttl_secs: 3600,
                 max_peers: 150,
                 max_payload: 1150,
+                reconnect_token: std::array::from_fn(|i| 0x10 + i as u8), // 10 11 .. 1f
             },
-            "00000022 81 00000001 0011223344556677 0c 363738394243444647484a4b 00000e10 0096 047e",
+            "00000032 81 00000001 0011223344556677 0c 363738394243444647484a4b 00000e10 0096 047e \
+             101112131415161718191a1b1c1d1e1f",
         ),
         (
-            // len = 1 + 4 + 8 + 2 + 2 + 2 + 3 * 2 = 25 = 0x19
+            // len = 1 + 4 + 8 + 2 + 2 + 2 + 16 + 2 + 3 * 2 = 43 = 0x2b
             ServerMessage::Joined {
                 request_id: 2,
                 allocation: AllocationId(0x0011_2233_4455_6677),
                 peer: PeerId(5),
                 max_payload: 1150,
+                host: PeerId::HOST,
+                reconnect_token: std::array::from_fn(|i| 0x20 + i as u8), // 20 21 .. 2f
                 members: vec![PeerId(0), PeerId(1), PeerId(4)],
             },
-            "00000019 82 00000002 0011223344556677 0005 047e 0003 0000 0001 0004",
+            "0000002b 82 00000002 0011223344556677 0005 047e 0000 \
+             202122232425262728292a2b2c2d2e2f 0003 0000 0001 0004",
         ),
         (
-            // No other members: len = 1 + 4 + 8 + 2 + 2 + 2 = 19 = 0x13
+            // No other members: len = 1 + 4 + 8 + 2 + 2 + 2 + 16 + 2 = 37 = 0x25
             ServerMessage::Joined {
                 request_id: 3,
                 allocation: AllocationId(1),
                 peer: PeerId(1),
                 max_payload: 1150,
+                host: PeerId::HOST,
+                reconnect_token: std::array::from_fn(|i| 0x30 + i as u8), // 30 31 .. 3f
                 members: vec![],
             },
-            "00000013 82 00000003 0000000000000001 0001 047e 0000",
+            "00000025 82 00000003 0000000000000001 0001 047e 0000 \
+             303132333435363738393a3b3c3d3e3f 0000",
+        ),
+        (
+            // A `Rejoin` reply after a migration: peer 5 back in the successor allocation, hosted
+            // by peer 3. len = 1 + 4 + 8 + 2 + 2 + 2 + 16 + 2 + 2 * 2 = 41 = 0x29
+            ServerMessage::Joined {
+                request_id: 11,
+                allocation: AllocationId(0x8877_6655_4433_2211),
+                peer: PeerId(5),
+                max_payload: 1150,
+                host: PeerId(3),
+                reconnect_token: [0xAB; 16],
+                members: vec![PeerId(1), PeerId(3)],
+            },
+            "00000029 82 0000000b 8877665544332211 0005 047e 0003 \
+             abababababababababababababababab 0002 0001 0003",
         ),
         (
             // len = 1 + 4 + 1 + 4 = 10; full = 4, value = max peers 150
@@ -141,6 +183,15 @@ fn server_snapshots() -> Vec<(ServerMessage, &'static str)> {
                 value: 0,
             },
             "0000000a 83 00000005 c8 00000000",
+        ),
+        (
+            // migrating = 16 = 0x10, retry in 4000 ms = 0x0fa0
+            ServerMessage::Refused {
+                request_id: 12,
+                code: ErrorCode::Migrating,
+                value: 4000,
+            },
+            "0000000a 83 0000000c 10 00000fa0",
         ),
         (
             ServerMessage::Done { request_id: 0x10 },
@@ -173,6 +224,50 @@ fn server_snapshots() -> Vec<(ServerMessage, &'static str)> {
                 value: 3,
             },
             "0000000a 88 03 0000000c 00000003",
+        ),
+        (
+            // len = 1 + 2 + 1 + 2 = 6; timed_out = 2
+            ServerMessage::HostLost {
+                host: PeerId::HOST,
+                reason: LeaveReason::TimedOut,
+                elected: PeerId(3),
+            },
+            "00000006 89 0000 02 0003",
+        ),
+        (
+            // len = 1 + 8 + 16 + 4 = 29 = 0x1d; 5000 = 0x1388
+            ServerMessage::Promote {
+                allocation: AllocationId(0x0011_2233_4455_6677),
+                ticket: std::array::from_fn(|i| 0xC0 + i as u8), // c0 c1 .. cf
+                deadline_ms: 5000,
+            },
+            "0000001d 8a 0011223344556677 c0c1c2c3c4c5c6c7c8c9cacbcccdcecf 00001388",
+        ),
+        (
+            // len = 1 + 8 + 2 = 11 = 0x0b
+            ServerMessage::Migrated {
+                allocation: AllocationId(0x8877_6655_4433_2211),
+                host: PeerId(3),
+            },
+            "0000000b 8b 8877665544332211 0003",
+        ),
+        (
+            // len = 1 + 2 = 3
+            ServerMessage::PeerRejoined { peer: PeerId(1) },
+            "00000003 8c 0001",
+        ),
+        (
+            // len = 1 + 4 = 5; 65536 = 0x00010000
+            ServerMessage::SnapshotStored { len: 65_536 },
+            "00000005 8d 00010000",
+        ),
+        (
+            // len = 1 + 1 + 4 = 6; payload_too_large = 7, limit 10 MiB = 10485760 = 0x00a00000
+            ServerMessage::SnapshotRejected {
+                code: ErrorCode::PayloadTooLarge,
+                value: 10 * 1024 * 1024,
+            },
+            "00000006 8e 07 00a00000",
         ),
     ]
 }
@@ -214,7 +309,7 @@ fn every_message_type_has_a_snapshot() {
         .map(|(m, _)| m.type_byte())
         .collect();
     assert_eq!(client_known, client_snap);
-    assert_eq!(client_known, (0x01..=0x05).collect());
+    assert_eq!(client_known, (0x01..=0x07).collect());
 
     let server_known = known_types(|b| ServerMessage::decode(b).map(drop));
     let server_snap: BTreeSet<u8> = server_snapshots()
@@ -222,7 +317,7 @@ fn every_message_type_has_a_snapshot() {
         .map(|(m, _)| m.type_byte())
         .collect();
     assert_eq!(server_known, server_snap);
-    assert_eq!(server_known, (0x81..=0x88).collect());
+    assert_eq!(server_known, (0x81..=0x8E).collect());
 }
 
 #[test]
@@ -262,6 +357,7 @@ fn wire_code_values_are_pinned() {
             (13, "shutting_down"),
             (14, "not_bound"),
             (15, "closed"),
+            (16, "migrating"),
         ]
     );
     let leaves: Vec<(u8, &str)> = LeaveReason::ALL
@@ -369,6 +465,7 @@ fn constants_are_pinned() {
         (4, 6, 12)
     );
     assert_eq!(MAX_PEERS_LIMIT, 4096);
+    assert_eq!(stream_kind::SNAPSHOT, 0x01);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -437,6 +534,10 @@ fn spec_documents_every_message_type_and_code() {
         "1150",
         "16384",
         "9216",
+        "8229",
+        "| `0x01` | snapshot |",
+        "10485760",
+        "## 14. Host migration",
     ] {
         assert!(SPEC.contains(needle), "SPEC.md lacks {needle}");
     }
@@ -472,8 +573,11 @@ fn spec_sequence_example() {
                 code_ttl_secs: 86_400,
                 max_peers: 150,
                 max_payload: 1150,
+                reconnect_token: std::array::from_fn(|i| 0xA0 + i as u8),
             },
-            "0000001c 81 00000001 1f2e3d4c5b6a7988 06 424344463738 00015180 0096 047e",
+            // len = 1 + 4 + 8 + (1 + 6) + 4 + 2 + 2 + 16 = 44 = 0x2c
+            "0000002c 81 00000001 1f2e3d4c5b6a7988 06 424344463738 00015180 0096 047e \
+             a0a1a2a3a4a5a6a7a8a9aaabacadaeaf",
         ),
         (
             ServerMessage::Joined {
@@ -481,9 +585,13 @@ fn spec_sequence_example() {
                 allocation: alloc,
                 peer: PeerId(1),
                 max_payload: 1150,
+                host: PeerId::HOST,
+                reconnect_token: std::array::from_fn(|i| 0xB0 + i as u8),
                 members: vec![PeerId::HOST],
             },
-            "00000015 82 00000001 1f2e3d4c5b6a7988 0001 047e 0001 0000",
+            // len = 1 + 4 + 8 + 2 + 2 + 2 + 16 + 2 + 2 = 39 = 0x27
+            "00000027 82 00000001 1f2e3d4c5b6a7988 0001 047e 0000 \
+             b0b1b2b3b4b5b6b7b8b9babbbcbdbebf 0001 0000",
         ),
         (
             ServerMessage::PeerJoined { peer: PeerId(1) },
@@ -517,6 +625,111 @@ fn spec_sequence_example() {
     }
 }
 
+/// The host-migration example in SPEC.md, checked byte for byte: host 0 of allocation
+/// `1f2e3d4c5b6a7988` times out, peer 2 is elected, opens successor `5566778899aabbcc`, peer 1
+/// is moved, and the old host comes back with its reconnect token.
+#[test]
+fn spec_migration_example() {
+    let old = AllocationId(0x1F2E_3D4C_5B6A_7988);
+    let new = AllocationId(0x5566_7788_99AA_BBCC);
+    let ticket: [u8; 16] = std::array::from_fn(|i| 0xD0 + i as u8);
+    let host_token: [u8; 16] = std::array::from_fn(|i| 0xA0 + i as u8);
+    let client: [(ClientMessage, &str); 2] = [
+        (
+            // len = 1 + 4 + 8 + 16 = 29 = 0x1d
+            ClientMessage::MigrateAllocation {
+                request_id: 2,
+                allocation: old,
+                ticket,
+            },
+            "0000001d 06 00000002 1f2e3d4c5b6a7988 d0d1d2d3d4d5d6d7d8d9dadbdcdddedf",
+        ),
+        (
+            // len = 1 + 4 + 8 + 2 + 16 = 31 = 0x1f
+            ClientMessage::Rejoin {
+                request_id: 1,
+                allocation: old,
+                peer: PeerId::HOST,
+                reconnect_token: host_token,
+            },
+            "0000001f 07 00000001 1f2e3d4c5b6a7988 0000 a0a1a2a3a4a5a6a7a8a9aaabacadaeaf",
+        ),
+    ];
+    let server: [(ServerMessage, &str); 6] = [
+        (
+            ServerMessage::HostLost {
+                host: PeerId::HOST,
+                reason: LeaveReason::TimedOut,
+                elected: PeerId(2),
+            },
+            "00000006 89 0000 02 0002",
+        ),
+        (
+            ServerMessage::Promote {
+                allocation: old,
+                ticket,
+                deadline_ms: 5000,
+            },
+            "0000001d 8a 1f2e3d4c5b6a7988 d0d1d2d3d4d5d6d7d8d9dadbdcdddedf 00001388",
+        ),
+        (
+            // 86000 = 0x00014ff0; len = 1 + 4 + 8 + 7 + 4 + 2 + 2 + 16 = 44 = 0x2c
+            ServerMessage::AllocationCreated {
+                request_id: 2,
+                allocation: new,
+                code: code("BCDF78"),
+                code_ttl_secs: 86_000,
+                max_peers: 150,
+                max_payload: 1150,
+                reconnect_token: std::array::from_fn(|i| 0xE0 + i as u8),
+            },
+            "0000002c 81 00000002 5566778899aabbcc 06 424344463738 00014ff0 0096 047e \
+             e0e1e2e3e4e5e6e7e8e9eaebecedeeef",
+        ),
+        (
+            ServerMessage::Migrated {
+                allocation: new,
+                host: PeerId(2),
+            },
+            "0000000b 8b 5566778899aabbcc 0002",
+        ),
+        (
+            ServerMessage::PeerRejoined { peer: PeerId(1) },
+            "00000003 8c 0001",
+        ),
+        (
+            // len = 1 + 4 + 8 + 2 + 2 + 2 + 16 + 2 + 2 * 2 = 41 = 0x29
+            ServerMessage::Joined {
+                request_id: 1,
+                allocation: new,
+                peer: PeerId::HOST,
+                max_payload: 1150,
+                host: PeerId(2),
+                reconnect_token: host_token,
+                members: vec![PeerId(1), PeerId(2)],
+            },
+            "00000029 82 00000001 5566778899aabbcc 0000 047e 0002 \
+             a0a1a2a3a4a5a6a7a8a9aaabacadaeaf 0002 0001 0002",
+        ),
+    ];
+    for (msg, spaced) in client {
+        assert_eq!(hex::encode(msg.to_frame()), unspaced(spaced), "{msg:?}");
+        assert!(SPEC.contains(spaced), "SPEC.md lacks `{spaced}`");
+    }
+    for (msg, spaced) in server {
+        assert_eq!(hex::encode(msg.to_frame()), unspaced(spaced), "{msg:?}");
+        assert!(SPEC.contains(spaced), "SPEC.md lacks `{spaced}`");
+    }
+    // The snapshot stream: kind 0x01, then the snapshot's bytes ("save" = 73 61 76 65).
+    let mut stream = vec![stream_kind::SNAPSHOT];
+    stream.extend_from_slice(b"save");
+    assert_eq!(hex::encode(&stream), unspaced("01 73617665"));
+    assert!(
+        SPEC.contains("01 73617665"),
+        "SPEC.md lacks the snapshot stream"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Hand-written edge cases
 // ---------------------------------------------------------------------------------------------
@@ -527,6 +740,8 @@ fn joined_header(count: u16) -> Vec<u8> {
     body.extend_from_slice(&2u64.to_be_bytes()); // allocation
     body.extend_from_slice(&3u16.to_be_bytes()); // peer
     body.extend_from_slice(&1150u16.to_be_bytes()); // max_payload
+    body.extend_from_slice(&0u16.to_be_bytes()); // host
+    body.extend_from_slice(&[0x5A; 16]); // reconnect_token
     body.extend_from_slice(&count.to_be_bytes());
     body
 }
@@ -565,16 +780,19 @@ fn largest_message_fits_the_minimum_frame_limit() {
         allocation: AllocationId(u64::MAX),
         peer: PeerId(MAX_PEERS_LIMIT - 1),
         max_payload: 1150,
+        host: PeerId(MAX_PEERS_LIMIT - 2),
+        reconnect_token: [0xFF; 16],
         members: (0..MAX_PEERS_LIMIT).map(PeerId).collect(),
     };
-    assert_eq!(msg.encoded_len(), 8211);
+    // 1 type + 4 + 8 + 2 + 2 + 2 + 16 + 2 count + 2 * 4096 = 8229
+    assert_eq!(msg.encoded_len(), 8229);
     assert!(msg.encoded_len() <= MIN_MAX_FRAME_LEN);
     let frame = msg.to_frame();
     let len = frame::check_len(
         frame[..LEN_PREFIX].try_into().expect("4 bytes"),
         MIN_MAX_FRAME_LEN,
     );
-    assert_eq!(len, Ok(8211));
+    assert_eq!(len, Ok(8229));
     assert_eq!(ServerMessage::decode(&frame[LEN_PREFIX..]), Ok(msg));
 }
 
@@ -642,6 +860,32 @@ fn malformed_bodies_give_typed_errors() {
             value: 0,
         })
     );
+    assert_eq!(
+        decode_s("89 0000 ee 0001"),
+        Ok(ServerMessage::HostLost {
+            host: PeerId(0),
+            reason: LeaveReason::Unknown(0xee),
+            elected: PeerId(1),
+        })
+    );
+    assert_eq!(
+        decode_s("8e c8 00000000"),
+        Ok(ServerMessage::SnapshotRejected {
+            code: ErrorCode::Unknown(200),
+            value: 0,
+        })
+    );
+    // Fixed-size 16-byte secrets: one byte short is truncated, one extra is trailing.
+    assert_eq!(
+        decode_c("06 00000001 0000000000000001 000102030405060708090a0b0c0d0e"),
+        Err(DecodeError::Truncated { needed: 1 })
+    );
+    assert_eq!(
+        decode_c("07 00000001 0000000000000001 0002 000102030405060708090a0b0c0d0e0f 00"),
+        Err(DecodeError::TrailingBytes(1))
+    );
+    assert_eq!(decode_s("8c 0001 00"), Err(DecodeError::TrailingBytes(1)));
+    assert!(decode_s("8a 0000000000000001").is_err());
 }
 
 #[test]
@@ -748,6 +992,21 @@ fn client_message() -> impl Strategy<Value = ClientMessage> {
                 host_token,
             }
         ),
+        (any::<u32>(), allocation(), any::<[u8; 16]>()).prop_map(
+            |(request_id, allocation, ticket)| ClientMessage::MigrateAllocation {
+                request_id,
+                allocation,
+                ticket,
+            }
+        ),
+        (any::<u32>(), allocation(), peer(), any::<[u8; 16]>()).prop_map(
+            |(request_id, allocation, peer, reconnect_token)| ClientMessage::Rejoin {
+                request_id,
+                allocation,
+                peer,
+                reconnect_token,
+            }
+        ),
     ]
 }
 
@@ -759,10 +1018,19 @@ fn server_message() -> impl Strategy<Value = ServerMessage> {
             join_code_strategy(),
             any::<u32>(),
             any::<u16>(),
-            any::<u16>()
+            any::<u16>(),
+            any::<[u8; 16]>()
         )
             .prop_map(
-                |(request_id, allocation, code, code_ttl_secs, max_peers, max_payload)| {
+                |(
+                    request_id,
+                    allocation,
+                    code,
+                    code_ttl_secs,
+                    max_peers,
+                    max_payload,
+                    reconnect_token,
+                )| {
                     ServerMessage::AllocationCreated {
                         request_id,
                         allocation,
@@ -770,6 +1038,7 @@ fn server_message() -> impl Strategy<Value = ServerMessage> {
                         code_ttl_secs,
                         max_peers,
                         max_payload,
+                        reconnect_token,
                     }
                 }
             ),
@@ -778,17 +1047,23 @@ fn server_message() -> impl Strategy<Value = ServerMessage> {
             allocation(),
             peer(),
             any::<u16>(),
+            peer(),
+            any::<[u8; 16]>(),
             prop::collection::vec(peer(), 0..300)
         )
-            .prop_map(|(request_id, allocation, peer, max_payload, members)| {
-                ServerMessage::Joined {
-                    request_id,
-                    allocation,
-                    peer,
-                    max_payload,
-                    members,
+            .prop_map(
+                |(request_id, allocation, peer, max_payload, host, reconnect_token, members)| {
+                    ServerMessage::Joined {
+                        request_id,
+                        allocation,
+                        peer,
+                        max_payload,
+                        host,
+                        reconnect_token,
+                        members,
+                    }
                 }
-            }),
+            ),
         (any::<u32>(), any::<u8>(), any::<u32>()).prop_map(|(request_id, code, value)| {
             ServerMessage::Refused {
                 request_id,
@@ -810,6 +1085,28 @@ fn server_message() -> impl Strategy<Value = ServerMessage> {
                 value,
             }
         }),
+        (peer(), any::<u8>(), peer()).prop_map(|(host, reason, elected)| {
+            ServerMessage::HostLost {
+                host,
+                reason: LeaveReason::from_u8(reason),
+                elected,
+            }
+        }),
+        (allocation(), any::<[u8; 16]>(), any::<u32>()).prop_map(
+            |(allocation, ticket, deadline_ms)| ServerMessage::Promote {
+                allocation,
+                ticket,
+                deadline_ms,
+            }
+        ),
+        (allocation(), peer())
+            .prop_map(|(allocation, host)| ServerMessage::Migrated { allocation, host }),
+        peer().prop_map(|peer| ServerMessage::PeerRejoined { peer }),
+        any::<u32>().prop_map(|len| ServerMessage::SnapshotStored { len }),
+        (any::<u8>(), any::<u32>()).prop_map(|(code, value)| ServerMessage::SnapshotRejected {
+            code: ErrorCode::from_u8(code),
+            value,
+        }),
     ]
 }
 
@@ -830,7 +1127,7 @@ fn check_frame(frame: &Bytes, encoded_len: usize, written: &[u8]) -> Result<(), 
 /// Random bytes, or random bytes behind a type byte the decoder knows, so that the fuzzing
 /// reaches past the type check.
 fn noise() -> impl Strategy<Value = Vec<u8>> {
-    let known: Vec<u8> = (0x01..=0x05).chain(0x81..=0x88).collect();
+    let known: Vec<u8> = (0x01..=0x07).chain(0x81..=0x8E).collect();
     prop_oneof![
         prop::collection::vec(any::<u8>(), 0..64),
         (

@@ -11,25 +11,34 @@
 //! | `POST /v1/allocations` | 201 `Reservation`; optional body `{"max_peers": n}` (n ≥ 2, capped at the relay's maximum) |
 //! | `POST /v1/allocations/{id}/revoke-code` | `{"revoked": "CODE"}` |
 //! | `DELETE /v1/allocations/{id}` | 204; members are closed with `AllocationClosed` |
+//! | `GET /v1/events` | `text/event-stream` of lifecycle events (see [`crate::hooks`]); resumes after `Last-Event-ID` (header) or `?last_event_id=` |
 //!
 //! Errors are JSON, `{"error": "<message>", "code": "<machine-readable code>"}`, built in one
 //! place ([`ApiError`]). When an admin token is configured every `/v1/` route requires
 //! `Authorization: Bearer <token>`; the probes and `/metrics` stay open for orchestrators and
-//! scrapers.
+//! scrapers. `/v1/events` requires the event stream's own token instead when one is configured
+//! (so a lobby can read events without being able to close allocations).
+//!
+//! Each stream event is `id: <id>`, `event: <type>`, `data: <LobbyEvent JSON>`; a
+//! `replay.gap` event (no `id`) says some events were missed; a comment every 15 s keeps idle
+//! streams open. Streams end [`crate::hooks::SHUTDOWN_FLUSH`] after shutdown begins, so the
+//! server's graceful stop is bounded.
 //!
 //! Concurrency: handlers read metrics directly and reach the control plane only through
 //! [`RelayHandle`], so a slow HTTP client never holds control-plane state. The server task is
 //! owned by whoever calls [`spawn`] and stops when its cancellation token fires.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
+use axum::response::sse::{self, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -42,6 +51,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::control::AdminError;
+use crate::hooks::{self, HookSender, StreamItem};
 use crate::RelayHandle;
 
 /// Largest request body accepted. The only body is `{"max_peers": n}`; this just bounds what a
@@ -56,17 +66,18 @@ const READY_TIMEOUT: Duration = Duration::from_secs(1);
 const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Binds the admin server on `listen` and serves it until `shutdown` is cancelled, then lets
-/// in-flight requests finish. Returns the bound address (useful with port 0) and the server
-/// task.
+/// in-flight requests finish (event streams end [`hooks::SHUTDOWN_FLUSH`] later). `hooks`
+/// feeds `GET /v1/events`. Returns the bound address (useful with port 0) and the server task.
 pub(crate) async fn spawn(
     listen: SocketAddr,
     handle: RelayHandle,
     token: Option<String>,
+    hooks: HookSender,
     shutdown: CancellationToken,
 ) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
-    let app = router(handle, token);
+    let app = router(handle, token, hooks);
     let task = tokio::spawn(
         async move {
             let served = axum::serve(listener, app)
@@ -87,14 +98,35 @@ struct AdminState {
     /// SHA-256 of the admin token. Comparing digests keeps the comparison constant-time and
     /// independent of the token's length.
     token_digest: Option<Arc<[u8; 32]>>,
+    hooks: HookSender,
+    /// SHA-256 of the token `/v1/events` requires: its own when set, else the admin token.
+    stream_token_digest: Option<Arc<[u8; 32]>>,
+}
+
+fn digest(token: &str) -> Arc<[u8; 32]> {
+    Arc::new(Sha256::digest(token.as_bytes()).into())
 }
 
 /// The admin API's routes, with auth and the body limit applied.
-fn router(handle: RelayHandle, token: Option<String>) -> Router {
+fn router(handle: RelayHandle, token: Option<String>, hooks: HookSender) -> Router {
+    let token_digest = token.as_deref().map(digest);
+    let stream_token_digest = match hooks.stream_token() {
+        Some(t) => Some(digest(t)),
+        None => token_digest.clone(),
+    };
     let state = AdminState {
         handle,
-        token_digest: token.map(|t| Arc::new(Sha256::digest(t.as_bytes()).into())),
+        token_digest,
+        hooks,
+        stream_token_digest,
     };
+    let stream =
+        Router::new()
+            .route("/v1/events", get(events))
+            .route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                require_stream_token,
+            ));
     let api = Router::new()
         .route(
             "/v1/allocations",
@@ -111,6 +143,7 @@ fn router(handle: RelayHandle, token: Option<String>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(api)
+        .merge(stream)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
@@ -146,6 +179,8 @@ impl From<AdminError> for ApiError {
             AdminError::RelayFull(_) => (StatusCode::SERVICE_UNAVAILABLE, "relay_full"),
             AdminError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             AdminError::Stopped => (StatusCode::SERVICE_UNAVAILABLE, "stopped"),
+            AdminError::NotMigrating(_) => (StatusCode::CONFLICT, "not_migrating"),
+            AdminError::UnknownPeer(_) => (StatusCode::NOT_FOUND, "unknown_peer"),
         };
         ApiError::new(status, code, err.to_string())
     }
@@ -177,7 +212,20 @@ impl IntoResponse for ApiError {
 
 /// Rejects `/v1/` requests without the right bearer token, when one is configured.
 async fn require_token(State(state): State<AdminState>, request: Request, next: Next) -> Response {
-    if let Some(expected) = &state.token_digest {
+    check_token(state.token_digest.as_deref(), request, next).await
+}
+
+/// Rejects `/v1/events` requests without the event stream's token, when there is one.
+async fn require_stream_token(
+    State(state): State<AdminState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    check_token(state.stream_token_digest.as_deref(), request, next).await
+}
+
+async fn check_token(expected: Option<&[u8; 32]>, request: Request, next: Next) -> Response {
+    if let Some(expected) = expected {
         if !bearer_matches(request.headers(), expected) {
             return ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -315,6 +363,73 @@ async fn close_allocation(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Query of `GET /v1/events`.
+#[derive(Debug, Default, Deserialize)]
+struct EventsQuery {
+    /// Resume after this id, like the `Last-Event-ID` header (which wins when both are given:
+    /// browsers' `EventSource` sends the header on reconnect but keeps the original URL).
+    last_event_id: Option<String>,
+}
+
+fn parse_event_id(raw: &str) -> Result<Option<u64>, ApiError> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    raw.parse().map(Some).map_err(|_| {
+        ApiError::bad_request(format!(
+            "last event id must be a decimal event id, got {raw:?}"
+        ))
+    })
+}
+
+/// `GET /v1/events`: the lifecycle event stream. The subscription is taken before the answer's
+/// headers are sent, so every event published after a client sees them reaches it.
+async fn events(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    query: Result<Query<EventsQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let query = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let last = match headers.get("last-event-id") {
+        Some(value) => parse_event_id(
+            value
+                .to_str()
+                .map_err(|_| ApiError::bad_request("Last-Event-ID is not text"))?,
+        )?,
+        None => match &query.last_event_id {
+            Some(raw) => parse_event_id(raw)?,
+            None => None,
+        },
+    };
+    let subscription = state.hooks.subscribe(last);
+    let stream = futures_util::stream::unfold(subscription, |mut subscription| async move {
+        let item = subscription.next().await?;
+        Some((Ok::<_, Infallible>(sse_event(&item)), subscription))
+    });
+    let mut response = Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(hooks::STREAM_KEEPALIVE))
+        .into_response();
+    // Reverse proxies (nginx) must not buffer the stream.
+    response
+        .headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+fn sse_event(item: &StreamItem) -> sse::Event {
+    match item {
+        StreamItem::Event(published) => sse::Event::default()
+            .id(published.id().to_string())
+            .event(published.event().kind.name())
+            // Compact JSON has no raw newlines or carriage returns.
+            .data(String::from_utf8_lossy(published.json())),
+        StreamItem::Gap(gap) => sse::Event::default()
+            .event(hooks::Gap::NAME)
+            .data(gap.json()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Instant;
@@ -353,15 +468,31 @@ mod tests {
         shutdown: CancellationToken,
         server: JoinHandle<()>,
         control: JoinHandle<()>,
+        hooks: HookSender,
+        metrics: Arc<Metrics>,
     }
 
     async fn start(config: RelayConfig, token: Option<&str>) -> Admin {
+        let hooks_config = config.hooks.clone();
         let (handle, control) = control_task(config);
+        let metrics = handle.metrics.clone();
         let shutdown = CancellationToken::new();
+        let hooks = crate::hooks::spawn(
+            &hooks_config,
+            handle.metrics.clone(),
+            shutdown.clone(),
+            &tokio_util::task::TaskTracker::new(),
+        );
         let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let (addr, server) = spawn(listen, handle, token.map(str::to_owned), shutdown.clone())
-            .await
-            .unwrap();
+        let (addr, server) = spawn(
+            listen,
+            handle,
+            token.map(str::to_owned),
+            hooks.clone(),
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
         assert_ne!(addr.port(), 0);
         Admin {
             base: format!("http://{addr}"),
@@ -369,6 +500,8 @@ mod tests {
             shutdown,
             server,
             control,
+            hooks,
+            metrics,
         }
     }
 
@@ -638,6 +771,282 @@ mod tests {
         let body: Value = r.json().await.unwrap();
         assert_eq!(body["allocations"].as_array().unwrap().len(), 0);
 
+        admin.stop().await;
+    }
+
+    /// Bound on waits for something that should happen within milliseconds.
+    const WAIT: Duration = Duration::from_secs(10);
+
+    /// One parsed SSE event.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    struct SseEvent {
+        id: Option<String>,
+        event: Option<String>,
+        data: String,
+    }
+
+    impl SseEvent {
+        fn lobby_event(&self) -> crate::hooks::LobbyEvent {
+            serde_json::from_str(&self.data).unwrap_or_else(|e| panic!("{e}: {}", self.data))
+        }
+
+        fn id(&self) -> u64 {
+            self.id
+                .as_deref()
+                .expect("event has an id")
+                .parse()
+                .unwrap()
+        }
+    }
+
+    /// A minimal SSE client over a streaming reqwest response.
+    struct EventStream {
+        response: reqwest::Response,
+        buf: String,
+    }
+
+    impl EventStream {
+        async fn open(admin: &Admin, query: &str, headers: &[(&str, &str)]) -> EventStream {
+            let mut request = admin.http.get(admin.url(&format!("/v1/events{query}")));
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status().as_u16(), 200);
+            assert_eq!(
+                response.headers()[reqwest::header::CONTENT_TYPE],
+                "text/event-stream"
+            );
+            EventStream {
+                response,
+                buf: String::new(),
+            }
+        }
+
+        /// The next event (comments skipped), or `None` when the stream ends.
+        async fn next(&mut self) -> Option<SseEvent> {
+            loop {
+                if let Some(end) = self.buf.find("\n\n") {
+                    let block: String = self.buf.drain(..end + 2).collect();
+                    let mut event = SseEvent {
+                        id: None,
+                        event: None,
+                        data: String::new(),
+                    };
+                    let mut any = false;
+                    for line in block.lines() {
+                        let Some((field, value)) = line.split_once(':') else {
+                            continue;
+                        };
+                        let value = value.strip_prefix(' ').unwrap_or(value).to_owned();
+                        match field {
+                            "" => {} // a comment: keep-alive
+                            "id" => event.id = Some(value),
+                            "event" => event.event = Some(value),
+                            "data" => event.data.push_str(&value),
+                            other => panic!("unexpected SSE field {other:?}"),
+                        }
+                        any |= !field.is_empty();
+                    }
+                    if any {
+                        return Some(event);
+                    }
+                    continue;
+                }
+                let chunk = tokio::time::timeout(WAIT, self.response.chunk())
+                    .await
+                    .expect("an SSE event in time")
+                    .unwrap()?;
+                self.buf.push_str(std::str::from_utf8(&chunk).unwrap());
+            }
+        }
+
+        async fn expect_event(&mut self) -> SseEvent {
+            self.next().await.expect("the stream is open")
+        }
+
+        /// Asserts nothing arrives for a little while.
+        async fn expect_quiet(&mut self) {
+            let next = tokio::time::timeout(Duration::from_millis(150), self.next()).await;
+            assert!(next.is_err(), "unexpected {next:?}");
+        }
+    }
+
+    fn publish(admin: &Admin, peer: u16) -> u64 {
+        admin.hooks.publish(
+            crate::hooks::LobbyEventKind::peer_joined(baton_protocol::PeerId(peer)),
+            AllocationId(0xab),
+            "BCDF78".parse().unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn event_stream_delivers_live_events_and_resumes() {
+        let admin = start(RelayConfig::default(), None).await;
+
+        let mut stream = EventStream::open(&admin, "", &[]).await;
+        let ids: Vec<u64> = (1..=3).map(|p| publish(&admin, p)).collect();
+        for (i, id) in ids.iter().enumerate() {
+            let event = stream.expect_event().await;
+            assert_eq!(event.id(), *id);
+            assert_eq!(event.event.as_deref(), Some("peer.joined"));
+            let lobby = event.lobby_event();
+            assert_eq!(lobby.id, *id);
+            assert_eq!(lobby.allocation, "00000000000000ab");
+            assert_eq!(lobby.join_code, "BCDF78");
+            assert_eq!(
+                lobby.kind,
+                crate::hooks::LobbyEventKind::PeerJoined { peer: i as u16 + 1 }
+            );
+        }
+        stream.expect_quiet().await;
+        drop(stream);
+
+        // Missed while disconnected; a reconnect with Last-Event-ID gets exactly those.
+        let missed: Vec<u64> = (4..=5).map(|p| publish(&admin, p)).collect();
+        let last = ids[2].to_string();
+        let mut stream = EventStream::open(&admin, "", &[("last-event-id", &last)]).await;
+        assert_eq!(stream.expect_event().await.id(), missed[0]);
+        assert_eq!(stream.expect_event().await.id(), missed[1]);
+        stream.expect_quiet().await;
+        let live = publish(&admin, 6);
+        assert_eq!(stream.expect_event().await.id(), live);
+
+        // The query parameter works too; the header wins over it (EventSource reconnects).
+        let mut by_query =
+            EventStream::open(&admin, &format!("?last_event_id={}", missed[1]), &[]).await;
+        assert_eq!(by_query.expect_event().await.id(), live);
+        let header = missed[0].to_string();
+        let mut both = EventStream::open(
+            &admin,
+            &format!("?last_event_id={}", ids[0]),
+            &[("last-event-id", &header)],
+        )
+        .await;
+        assert_eq!(both.expect_event().await.id(), missed[1]);
+
+        for bad in ["?last_event_id=abc", "?last_event_id=-1"] {
+            let (status, body) = admin.json(Method::GET, &format!("/v1/events{bad}")).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+            assert_eq!(body["code"], "invalid_request");
+        }
+        let r = admin
+            .http
+            .get(admin.url("/v1/events"))
+            .header("last-event-id", "12x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 400);
+
+        let metrics = admin.hooks_metrics();
+        assert!(
+            metrics.contains("baton_hook_stream_subscribers 3"),
+            "{metrics}"
+        );
+
+        // Shutdown ends open streams (after the flush window), so the server stops.
+        let shutdown = admin.shutdown.clone();
+        let stopping = tokio::spawn(admin.stop());
+        shutdown.cancelled().await;
+        assert_eq!(
+            tokio::time::timeout(WAIT, stream.next()).await.unwrap(),
+            None
+        );
+        tokio::time::timeout(WAIT, stopping).await.unwrap().unwrap();
+    }
+
+    impl Admin {
+        fn hooks_metrics(&self) -> String {
+            let text = self.metrics.encode();
+            text.lines()
+                .filter(|l| l.starts_with("baton_hook"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
+    }
+
+    #[tokio::test]
+    async fn event_stream_signals_a_gap_past_the_replay_buffer() {
+        let mut config = RelayConfig::default();
+        config.hooks.set_replay(2).unwrap();
+        let admin = start(config, None).await;
+        let ids: Vec<u64> = (1..=5).map(|p| publish(&admin, p)).collect();
+
+        let first = ids[0].to_string();
+        let mut stream = EventStream::open(&admin, "", &[("last-event-id", &first)]).await;
+        let gap = stream.expect_event().await;
+        assert_eq!(
+            gap.id, None,
+            "a gap must not move the client's last event id"
+        );
+        assert_eq!(gap.event.as_deref(), Some("replay.gap"));
+        let data: Value = serde_json::from_str(&gap.data).unwrap();
+        assert_eq!(
+            data,
+            serde_json::json!({ "type": "replay.gap", "after": ids[0], "next": ids[3] })
+        );
+        assert_eq!(stream.expect_event().await.id(), ids[3]);
+        assert_eq!(stream.expect_event().await.id(), ids[4]);
+        stream.expect_quiet().await;
+        drop(stream);
+        admin.stop().await;
+    }
+
+    #[tokio::test]
+    async fn event_stream_token_rules() {
+        let status = |admin: &Admin, path: &str, token: Option<&str>| {
+            let mut request = admin.http.get(admin.url(path));
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            async move { request.send().await.unwrap().status().as_u16() }
+        };
+
+        // Only the admin token: it guards the stream too.
+        let admin = start(RelayConfig::default(), Some("admin-t")).await;
+        assert_eq!(status(&admin, "/v1/events", None).await, 401);
+        assert_eq!(status(&admin, "/v1/events", Some("wrong")).await, 401);
+        assert_eq!(status(&admin, "/v1/events", Some("admin-t")).await, 200);
+        admin.stop().await;
+
+        // A stream token: the stream takes it (and only it), the API does not.
+        let mut config = RelayConfig::default();
+        config
+            .hooks
+            .set_stream_token(Some("stream-t".into()))
+            .unwrap();
+        let admin = start(config, Some("admin-t")).await;
+        assert_eq!(status(&admin, "/v1/events", None).await, 401);
+        assert_eq!(status(&admin, "/v1/events", Some("admin-t")).await, 401);
+        assert_eq!(status(&admin, "/v1/events", Some("stream-t")).await, 200);
+        assert_eq!(
+            status(&admin, "/v1/allocations", Some("stream-t")).await,
+            401
+        );
+        assert_eq!(
+            status(&admin, "/v1/allocations", Some("admin-t")).await,
+            200
+        );
+        let r = admin
+            .http
+            .get(admin.url("/v1/events"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.headers()[reqwest::header::WWW_AUTHENTICATE], "Bearer");
+        admin.stop().await;
+
+        // A stream token without an admin token: the stream is guarded, the API open.
+        let mut config = RelayConfig::default();
+        config
+            .hooks
+            .set_stream_token(Some("stream-t".into()))
+            .unwrap();
+        let admin = start(config, None).await;
+        assert_eq!(status(&admin, "/v1/events", None).await, 401);
+        assert_eq!(status(&admin, "/v1/events", Some("stream-t")).await, 200);
+        assert_eq!(status(&admin, "/v1/allocations", None).await, 200);
         admin.stop().await;
     }
 }

@@ -21,8 +21,9 @@ use clap::{ArgAction, Parser, ValueEnum};
 use serde::Deserialize;
 use tracing::level_filters::LevelFilter;
 
-use crate::config::{ConfigError, RelayConfig, TlsSource};
+use crate::config::{ConfigError, HooksConfig, RelayConfig, TlsSource};
 use crate::defaults;
+use crate::hooks::Url;
 
 /// Where the development certificate is kept when no `data_dir` is given.
 pub const DEFAULT_DATA_DIR: &str = "baton-data";
@@ -190,6 +191,61 @@ pub struct Cli {
     #[arg(long, env = "BATON_JOIN_CODE_TTL", value_name = "DURATION", value_parser = parse_duration)]
     join_code_ttl: Option<Duration>,
 
+    /// Lobby webhook: every lifecycle event is POSTed to this http or https URL as signed JSON.
+    /// Repeatable (at most 16); comma-separated in the environment. Requires --webhook-secret.
+    #[arg(
+        long = "webhook",
+        env = "BATON_WEBHOOKS",
+        value_name = "URL",
+        value_delimiter = ',',
+        value_parser = parse_webhook_url
+    )]
+    webhooks: Vec<Url>,
+
+    /// Secret that signs webhook requests (HMAC-SHA256, Baton-Signature header); at least 16
+    /// characters. Prefer the environment variable: command lines are visible to other users.
+    #[arg(
+        long,
+        env = "BATON_WEBHOOK_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    webhook_secret: Option<String>,
+
+    /// Events queued per webhook while its lobby is slow or down; further events are dropped
+    /// and counted (1 to 1000000) [default: 10000].
+    #[arg(long, env = "BATON_HOOK_QUEUE", value_name = "N")]
+    hook_queue: Option<usize>,
+
+    /// First delay before retrying a failed webhook request, doubled (with jitter) after each
+    /// failure (10ms to 1m) [default: 100ms].
+    #[arg(long, env = "BATON_WEBHOOK_BACKOFF_INITIAL", value_name = "DURATION", value_parser = parse_duration)]
+    webhook_backoff_initial: Option<Duration>,
+
+    /// Longest delay between webhook retries (webhook-backoff-initial to 1h) [default: 30s].
+    #[arg(long, env = "BATON_WEBHOOK_BACKOFF_MAX", value_name = "DURATION", value_parser = parse_duration)]
+    webhook_backoff_max: Option<Duration>,
+
+    /// Time one webhook request may take, connecting included; longer is a failure and is
+    /// retried (100ms to 5m) [default: 5s].
+    #[arg(long, env = "BATON_WEBHOOK_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    webhook_timeout: Option<Duration>,
+
+    /// Events kept for event stream (GET /v1/events) subscribers that resume with
+    /// Last-Event-ID (1 to 1000000) [default: 10000].
+    #[arg(long, env = "BATON_EVENT_REPLAY", value_name = "N")]
+    event_replay: Option<usize>,
+
+    /// Bearer token of the event stream (GET /v1/events), so a lobby can read events without
+    /// the admin token [default: none, the admin token guards it].
+    #[arg(
+        long,
+        env = "BATON_EVENT_STREAM_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    event_stream_token: Option<String>,
+
     /// Log output format [default: text].
     #[arg(long, env = "BATON_LOG_FORMAT", value_name = "FORMAT")]
     log_format: Option<LogFormat>,
@@ -239,6 +295,22 @@ pub struct FileConfig {
     pub join_code_len: Option<usize>,
     /// See `--join-code-ttl`.
     pub join_code_ttl: Option<HumanDuration>,
+    /// See `--webhook`.
+    pub webhooks: Option<Vec<String>>,
+    /// See `--webhook-secret`.
+    pub webhook_secret: Option<String>,
+    /// See `--hook-queue`.
+    pub hook_queue: Option<usize>,
+    /// See `--webhook-backoff-initial`.
+    pub webhook_backoff_initial: Option<HumanDuration>,
+    /// See `--webhook-backoff-max`.
+    pub webhook_backoff_max: Option<HumanDuration>,
+    /// See `--webhook-timeout`.
+    pub webhook_timeout: Option<HumanDuration>,
+    /// See `--event-replay`.
+    pub event_replay: Option<usize>,
+    /// See `--event-stream-token`.
+    pub event_stream_token: Option<String>,
     /// See `--log-format`.
     pub log_format: Option<LogFormat>,
     /// See `--log-level`.
@@ -305,6 +377,7 @@ pub fn load_file(path: &Path) -> Result<FileConfig, CliError> {
 /// command line wins over the file, the file over the defaults.
 pub fn resolve(cli: &Cli, file: FileConfig) -> Result<Settings, CliError> {
     let mut relay = RelayConfig::default();
+    let hooks = resolve_hooks(cli, &file)?;
 
     if let Some(listen) = cli.listen.or(file.listen) {
         relay.listen = listen;
@@ -407,6 +480,14 @@ pub fn resolve(cli: &Cli, file: FileConfig) -> Result<Settings, CliError> {
         relay.set_join_code_ttl(v)?;
     }
 
+    relay.hooks = hooks;
+    if relay.hooks.stream_token().is_some() && relay.admin_listen.is_none() {
+        return Err(invalid(
+            "event_stream_token",
+            "is set but the admin server, which serves the stream, is disabled (no_admin)",
+        ));
+    }
+
     let log_level = match (cli.log_level, file.log_level) {
         (Some(level), _) => level,
         (None, Some(s)) => parse_level(&s).map_err(|reason| invalid("log_level", reason))?,
@@ -417,6 +498,81 @@ pub fn resolve(cli: &Cli, file: FileConfig) -> Result<Settings, CliError> {
         log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
         log_level,
     })
+}
+
+/// The lobby hook settings; webhooks and their secret come as a pair.
+fn resolve_hooks(cli: &Cli, file: &FileConfig) -> Result<HooksConfig, CliError> {
+    let mut hooks = HooksConfig::default();
+    let webhooks = if cli.webhooks.is_empty() {
+        file.webhooks
+            .iter()
+            .flatten()
+            .map(|raw| parse_webhook_url(raw).map_err(|reason| invalid("webhooks", reason)))
+            .collect::<Result<Vec<_>, _>>()?
+    } else {
+        cli.webhooks.clone()
+    };
+    let secret = cli
+        .webhook_secret
+        .clone()
+        .or_else(|| file.webhook_secret.clone());
+    match (webhooks.is_empty(), secret) {
+        (true, None) => {}
+        (false, None) => {
+            return Err(invalid(
+                "webhook_secret",
+                "is required when a webhook is set (it signs the requests)",
+            ))
+        }
+        (_, Some(secret)) => {
+            hooks.set_webhooks(webhooks, secret)?;
+        }
+    }
+    if let Some(v) = cli.hook_queue.or(file.hook_queue) {
+        hooks.set_queue(v)?;
+    }
+    let initial = cli
+        .webhook_backoff_initial
+        .or(file.webhook_backoff_initial.map(|d| d.0));
+    let max = cli
+        .webhook_backoff_max
+        .or(file.webhook_backoff_max.map(|d| d.0));
+    if initial.is_some() || max.is_some() {
+        let initial = initial.unwrap_or(hooks.backoff_initial());
+        let max = max.unwrap_or(hooks.backoff_max());
+        hooks.set_backoff(initial, max)?;
+    }
+    if let Some(v) = cli.webhook_timeout.or(file.webhook_timeout.map(|d| d.0)) {
+        hooks.set_request_timeout(v)?;
+    }
+    if let Some(v) = cli.event_replay.or(file.event_replay) {
+        hooks.set_replay(v)?;
+    }
+    let token = cli
+        .event_stream_token
+        .clone()
+        .or_else(|| file.event_stream_token.clone());
+    hooks.set_stream_token(token)?;
+    Ok(hooks)
+}
+
+/// Parses a webhook URL: absolute, http or https, with a host.
+pub fn parse_webhook_url(s: &str) -> Result<Url, String> {
+    // The raw text is not echoed: a URL may carry a token.
+    let url = Url::parse(s.trim()).map_err(|e| format!("invalid webhook URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!(
+            "webhook URL {} must use http or https",
+            crate::hooks::redact(&url)
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!(
+            "webhook URL {} has no host",
+            crate::hooks::redact(&url)
+        ));
+    }
+    Ok(url)
 }
 
 /// Parses a duration with units: `500ms`, `10s`, `2m`, `1h`, `1d`, or a sum such as `1m30s`.
@@ -536,6 +692,11 @@ mod tests {
             format!("[default: {}]", c.max_datagram_payload()),
             format!("[default: {}]", c.join_code_len()),
             format!("[default: {}d]", c.join_code_ttl().as_secs() / 86_400),
+            format!("[default: {}]", c.hooks.queue()),
+            format!("[default: {}]", c.hooks.replay()),
+            format!("[default: {}ms]", c.hooks.backoff_initial().as_millis()),
+            format!("[default: {}s]", c.hooks.backoff_max().as_secs()),
+            format!("[default: {}s]", c.hooks.request_timeout().as_secs()),
         ] {
             assert!(help.contains(&expected), "help lacks {expected:?}:\n{help}");
         }
@@ -788,6 +949,166 @@ mod tests {
                 "{args:?}: {err}"
             );
         }
+    }
+
+    const SECRET: &str = "0123456789abcdef-secret";
+
+    #[test]
+    fn hook_settings_from_the_file() {
+        let f = file(&format!(
+            r#"
+            webhooks = ["https://lobby.example/hooks/baton", "http://127.0.0.1:8080/h"]
+            webhook_secret = "{SECRET}"
+            hook_queue = 50
+            webhook_backoff_initial = "250ms"
+            webhook_backoff_max = "1m"
+            webhook_timeout = "2s"
+            event_replay = 77
+            event_stream_token = "stream-t0ken"
+            "#
+        ));
+        let s = resolve(&cli(&[]), f).unwrap();
+        let h = &s.relay.hooks;
+        let urls: Vec<_> = h.webhooks().iter().map(|u| u.as_str()).collect();
+        assert_eq!(
+            urls,
+            [
+                "https://lobby.example/hooks/baton",
+                "http://127.0.0.1:8080/h"
+            ]
+        );
+        assert_eq!(h.webhook_secret(), Some(SECRET));
+        assert_eq!(h.queue(), 50);
+        assert_eq!(h.backoff_initial(), Duration::from_millis(250));
+        assert_eq!(h.backoff_max(), Duration::from_secs(60));
+        assert_eq!(h.request_timeout(), Duration::from_secs(2));
+        assert_eq!(h.replay(), 77);
+        assert_eq!(h.stream_token(), Some("stream-t0ken"));
+        // Secrets stay out of debug output.
+        let debug = format!("{h:?}");
+        assert!(
+            !debug.contains(SECRET) && !debug.contains("stream-t0ken"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn hook_flags_override_the_file_and_default_sensibly() {
+        let s = resolve(&cli(&[]), FileConfig::default()).unwrap();
+        let d = crate::config::HooksConfig::default();
+        assert_eq!(s.relay.hooks, d);
+        assert!(d.webhooks().is_empty());
+        assert_eq!(d.queue(), 10_000);
+        assert_eq!(d.replay(), 10_000);
+        assert_eq!(d.backoff_initial(), Duration::from_millis(100));
+        assert_eq!(d.backoff_max(), Duration::from_secs(30));
+        assert_eq!(d.request_timeout(), Duration::from_secs(5));
+        assert_eq!(d.stream_token(), None);
+
+        let f = file(&format!(
+            "webhooks = [\"http://file.example/h\"]\nwebhook_secret = \"{SECRET}\"\n\
+             hook_queue = 5\nevent_replay = 6\nwebhook_backoff_max = \"10s\"\n"
+        ));
+        // The environment form, BATON_WEBHOOKS=a,b, goes through the same delimiter.
+        let c = cli(&[
+            "--webhook",
+            "http://127.0.0.1:9/a,https://lobby.example/b",
+            "--webhook",
+            "http://[::1]:9/c",
+            "--hook-queue",
+            "7",
+            "--event-replay",
+            "8",
+            "--webhook-backoff-initial",
+            "20ms",
+            "--webhook-timeout",
+            "300ms",
+            "--event-stream-token",
+            "s",
+        ]);
+        let s = resolve(&c, f).unwrap();
+        let h = &s.relay.hooks;
+        let urls: Vec<_> = h.webhooks().iter().map(|u| u.as_str()).collect();
+        assert_eq!(
+            urls,
+            [
+                "http://127.0.0.1:9/a",
+                "https://lobby.example/b",
+                "http://[::1]:9/c"
+            ]
+        );
+        // The secret comes from the file, the rest from the command line.
+        assert_eq!(h.webhook_secret(), Some(SECRET));
+        assert_eq!(h.queue(), 7);
+        assert_eq!(h.replay(), 8);
+        assert_eq!(h.backoff_initial(), Duration::from_millis(20));
+        assert_eq!(h.backoff_max(), Duration::from_secs(10));
+        assert_eq!(h.request_timeout(), Duration::from_millis(300));
+        assert_eq!(h.stream_token(), Some("s"));
+    }
+
+    #[test]
+    fn invalid_hook_settings_name_the_setting() {
+        let secret = format!("--webhook-secret={SECRET}");
+        let cases: &[(&[&str], &str)] = &[
+            (&["--webhook", "http://127.0.0.1:9/h"], "webhook_secret"),
+            (&[&secret], "webhook_secret"),
+            (
+                &[
+                    "--webhook",
+                    "http://127.0.0.1:9/h",
+                    "--webhook-secret",
+                    "short",
+                ],
+                "webhook_secret",
+            ),
+            (
+                &[
+                    "--webhook",
+                    "http://a.example/h,http://a.example/h",
+                    &secret,
+                ],
+                "webhooks",
+            ),
+            (&["--hook-queue", "0"], "hook_queue"),
+            (&["--event-replay", "0"], "event_replay"),
+            (
+                &["--webhook-backoff-initial", "1ms"],
+                "webhook_backoff_initial",
+            ),
+            (&["--webhook-backoff-max", "50ms"], "webhook_backoff_max"),
+            (&["--webhook-backoff-max", "2h"], "webhook_backoff_max"),
+            (&["--webhook-timeout", "10m"], "webhook_timeout"),
+            (&["--event-stream-token", " "], "event_stream_token"),
+            (
+                &["--event-stream-token", "t", "--no-admin"],
+                "event_stream_token",
+            ),
+        ];
+        for (args, setting) in cases {
+            let err = resolve(&cli(args), FileConfig::default()).unwrap_err();
+            assert_eq!(setting_of(err), *setting, "{args:?}");
+        }
+        let many: Vec<String> = (0..17).map(|i| format!("http://h{i}.example/")).collect();
+        let err = resolve(
+            &cli(&["--webhook", &many.join(","), &secret]),
+            FileConfig::default(),
+        )
+        .unwrap_err();
+        assert_eq!(setting_of(err), "webhooks");
+        for bad in ["ftp://lobby.example/h", "not a url", "/relative"] {
+            let f = file(&format!(
+                "webhooks = [{bad:?}]\nwebhook_secret = \"{SECRET}\"\n"
+            ));
+            let err = resolve(&cli(&[]), f).unwrap_err();
+            assert_eq!(setting_of(err), "webhooks", "{bad}");
+        }
+        // On the command line a bad URL is a syntax error naming the flag.
+        let err = Cli::try_parse_from(["baton-relay", "--webhook", "ftp://x.example/"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--webhook"), "{err}");
+        assert!(parse_webhook_url("https://lobby.example/h?token=x").is_ok());
     }
 
     #[test]

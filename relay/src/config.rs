@@ -58,6 +58,8 @@ pub struct RelayConfig {
     /// Bearer token for the admin API's mutating endpoints; `None` leaves them open (fine when
     /// the admin server listens on loopback only).
     pub admin_token: Option<String>,
+    /// Lobby hooks: webhooks and the event stream.
+    pub hooks: HooksConfig,
     keepalive_timeout: Duration,
     bind_timeout: Duration,
     host_bind_timeout: Duration,
@@ -68,6 +70,9 @@ pub struct RelayConfig {
     max_datagram_payload: usize,
     join_code_len: usize,
     join_code_ttl: Duration,
+    migration_timeout: Duration,
+    max_snapshot: usize,
+    snapshot_budget: usize,
 }
 
 impl Default for RelayConfig {
@@ -80,6 +85,7 @@ impl Default for RelayConfig {
                 extra_names: Vec::new(),
             },
             admin_token: None,
+            hooks: HooksConfig::default(),
             keepalive_timeout: defaults::KEEPALIVE_TIMEOUT,
             bind_timeout: defaults::BIND_TIMEOUT,
             host_bind_timeout: defaults::HOST_BIND_TIMEOUT,
@@ -90,6 +96,9 @@ impl Default for RelayConfig {
             max_datagram_payload: defaults::MAX_DATAGRAM_PAYLOAD,
             join_code_len: defaults::JOIN_CODE_LEN,
             join_code_ttl: defaults::JOIN_CODE_TTL,
+            migration_timeout: defaults::MIGRATION_TIMEOUT,
+            max_snapshot: defaults::MAX_SNAPSHOT,
+            snapshot_budget: defaults::SNAPSHOT_BUDGET,
         }
     }
 }
@@ -114,6 +123,42 @@ impl RelayConfig {
     getter!(max_datagram_payload: usize, "Largest datagram payload carried, in bytes.");
     getter!(join_code_len: usize, "Characters in issued join codes.");
     getter!(join_code_ttl: Duration, "Join-code time to live (default and cap).");
+    getter!(migration_timeout: Duration, "Time an elected member has to open the successor allocation.");
+    getter!(max_snapshot: usize, "Largest migration snapshot a host may upload, in bytes.");
+    getter!(snapshot_budget: usize, "Bytes all stored snapshots may take together.");
+
+    /// Sets the migration timeout (100 ms to 10 min).
+    pub fn set_migration_timeout(&mut self, v: Duration) -> Result<&mut Self, ConfigError> {
+        if v < Duration::from_millis(100) || v > Duration::from_secs(600) {
+            return Err(invalid(
+                "migration_timeout",
+                "must be between 100 ms and 10 min",
+            ));
+        }
+        self.migration_timeout = v;
+        Ok(self)
+    }
+
+    /// Sets the snapshot size limit (1 KiB to 256 MiB).
+    pub fn set_max_snapshot(&mut self, v: usize) -> Result<&mut Self, ConfigError> {
+        if !(1024..=256 << 20).contains(&v) {
+            return Err(invalid("max_snapshot", "must be between 1 KiB and 256 MiB"));
+        }
+        self.max_snapshot = v;
+        Ok(self)
+    }
+
+    /// Sets the total snapshot memory budget (at least one maximum-size snapshot).
+    pub fn set_snapshot_budget(&mut self, v: usize) -> Result<&mut Self, ConfigError> {
+        if v < self.max_snapshot {
+            return Err(invalid(
+                "snapshot_budget",
+                "must hold at least one max_snapshot",
+            ));
+        }
+        self.snapshot_budget = v;
+        Ok(self)
+    }
 
     /// Sets the keepalive timeout (100 ms to 10 min).
     pub fn set_keepalive_timeout(&mut self, v: Duration) -> Result<&mut Self, ConfigError> {
@@ -224,6 +269,194 @@ impl RelayConfig {
             return Err(invalid("join_code_ttl", "must be between 1 s and 30 days"));
         }
         self.join_code_ttl = v;
+        Ok(self)
+    }
+}
+
+/// Most webhook URLs a relay sends to; each has its own task and queue.
+pub const MAX_WEBHOOKS: usize = 16;
+
+/// Shortest accepted webhook secret: HMAC signatures made with a shorter one could be brute
+/// forced offline from a captured request.
+pub const MIN_WEBHOOK_SECRET: usize = 16;
+
+/// Lobby hooks (see [`crate::hooks`]): where webhooks go and how they are signed and retried,
+/// and the event stream's replay buffer and token. `HooksConfig::default()` sends no webhooks
+/// and keeps the last 10,000 events for the stream.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HooksConfig {
+    webhooks: Vec<reqwest::Url>,
+    webhook_secret: Option<String>,
+    stream_token: Option<String>,
+    queue: usize,
+    replay: usize,
+    backoff_initial: Duration,
+    backoff_max: Duration,
+    request_timeout: Duration,
+}
+
+impl Default for HooksConfig {
+    fn default() -> Self {
+        HooksConfig {
+            webhooks: Vec::new(),
+            webhook_secret: None,
+            stream_token: None,
+            queue: defaults::HOOK_QUEUE,
+            replay: defaults::EVENT_REPLAY,
+            backoff_initial: defaults::WEBHOOK_BACKOFF_INITIAL,
+            backoff_max: defaults::WEBHOOK_BACKOFF_MAX,
+            request_timeout: defaults::WEBHOOK_TIMEOUT,
+        }
+    }
+}
+
+/// Secrets and URL credentials stay out of logs.
+impl std::fmt::Debug for HooksConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |s: &Option<String>| s.as_ref().map(|_| "<redacted>");
+        f.debug_struct("HooksConfig")
+            .field(
+                "webhooks",
+                &self
+                    .webhooks
+                    .iter()
+                    .map(crate::hooks::redact)
+                    .collect::<Vec<_>>(),
+            )
+            .field("webhook_secret", &redacted(&self.webhook_secret))
+            .field("stream_token", &redacted(&self.stream_token))
+            .field("queue", &self.queue)
+            .field("replay", &self.replay)
+            .field("backoff_initial", &self.backoff_initial)
+            .field("backoff_max", &self.backoff_max)
+            .field("request_timeout", &self.request_timeout)
+            .finish()
+    }
+}
+
+impl HooksConfig {
+    getter!(queue: usize, "Events queued per webhook before new ones are dropped.");
+    getter!(replay: usize, "Events the event stream keeps for subscribers that resume.");
+    getter!(backoff_initial: Duration, "Delay before the first retry of a failed webhook request.");
+    getter!(backoff_max: Duration, "Longest delay between webhook retries.");
+    getter!(request_timeout: Duration, "Time one webhook request may take, connecting included.");
+
+    /// Webhook URLs, each sent every event.
+    pub fn webhooks(&self) -> &[reqwest::Url] {
+        &self.webhooks
+    }
+
+    /// The HMAC-SHA256 key webhook requests are signed with (set with the webhooks).
+    pub fn webhook_secret(&self) -> Option<&str> {
+        self.webhook_secret.as_deref()
+    }
+
+    /// The bearer token of `GET /v1/events`; when `None` the admin token guards it, and when
+    /// that is `None` too the stream is open like the rest of the admin API.
+    pub fn stream_token(&self) -> Option<&str> {
+        self.stream_token.as_deref()
+    }
+
+    /// Sets the webhook URLs (http or https, at most [`MAX_WEBHOOKS`], no duplicates) and the
+    /// secret their requests are signed with (at least [`MIN_WEBHOOK_SECRET`] characters).
+    pub fn set_webhooks(
+        &mut self,
+        urls: Vec<reqwest::Url>,
+        secret: impl Into<String>,
+    ) -> Result<&mut Self, ConfigError> {
+        let secret = secret.into();
+        if urls.is_empty() {
+            return Err(invalid("webhook_secret", "is set but no webhook is"));
+        }
+        if urls.len() > MAX_WEBHOOKS {
+            return Err(invalid("webhooks", format!("at most {MAX_WEBHOOKS} URLs")));
+        }
+        for (i, url) in urls.iter().enumerate() {
+            let shown = crate::hooks::redact(url);
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(invalid(
+                    "webhooks",
+                    format!("{shown}: scheme must be http or https"),
+                ));
+            }
+            if url.host_str().is_none_or(str::is_empty) {
+                return Err(invalid("webhooks", format!("{shown}: no host")));
+            }
+            if urls[..i].contains(url) {
+                return Err(invalid("webhooks", format!("{shown} is listed twice")));
+            }
+        }
+        if secret.trim().chars().count() < MIN_WEBHOOK_SECRET {
+            return Err(invalid(
+                "webhook_secret",
+                format!("must be at least {MIN_WEBHOOK_SECRET} characters"),
+            ));
+        }
+        self.webhooks = urls;
+        self.webhook_secret = Some(secret);
+        Ok(self)
+    }
+
+    /// Sets (or clears) the event stream's own bearer token; it must not be blank.
+    pub fn set_stream_token(&mut self, token: Option<String>) -> Result<&mut Self, ConfigError> {
+        if token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            return Err(invalid("event_stream_token", "must not be empty"));
+        }
+        self.stream_token = token;
+        Ok(self)
+    }
+
+    /// Sets the per-webhook queue length (1 to 1,000,000 events).
+    pub fn set_queue(&mut self, v: usize) -> Result<&mut Self, ConfigError> {
+        if !(1..=1_000_000).contains(&v) {
+            return Err(invalid("hook_queue", "must be between 1 and 1000000"));
+        }
+        self.queue = v;
+        Ok(self)
+    }
+
+    /// Sets the event stream's replay buffer (1 to 1,000,000 events).
+    pub fn set_replay(&mut self, v: usize) -> Result<&mut Self, ConfigError> {
+        if !(1..=1_000_000).contains(&v) {
+            return Err(invalid("event_replay", "must be between 1 and 1000000"));
+        }
+        self.replay = v;
+        Ok(self)
+    }
+
+    /// Sets the retry backoff: the first delay (10 ms to 1 min), doubled after each failure up
+    /// to `max` (at least `initial`, at most 1 h).
+    pub fn set_backoff(
+        &mut self,
+        initial: Duration,
+        max: Duration,
+    ) -> Result<&mut Self, ConfigError> {
+        if initial < Duration::from_millis(10) || initial > Duration::from_secs(60) {
+            return Err(invalid(
+                "webhook_backoff_initial",
+                "must be between 10 ms and 1 min",
+            ));
+        }
+        if max < initial || max > Duration::from_secs(3600) {
+            return Err(invalid(
+                "webhook_backoff_max",
+                "must be between webhook_backoff_initial and 1 h",
+            ));
+        }
+        self.backoff_initial = initial;
+        self.backoff_max = max;
+        Ok(self)
+    }
+
+    /// Sets the webhook request timeout (100 ms to 5 min).
+    pub fn set_request_timeout(&mut self, v: Duration) -> Result<&mut Self, ConfigError> {
+        if v < Duration::from_millis(100) || v > Duration::from_secs(300) {
+            return Err(invalid(
+                "webhook_timeout",
+                "must be between 100 ms and 5 min",
+            ));
+        }
+        self.request_timeout = v;
         Ok(self)
     }
 }

@@ -28,9 +28,12 @@ use std::time::{Duration, Instant};
 use baton_protocol::{
     AllocationId, ClientMessage, CloseCode, ErrorCode, JoinCode, LeaveReason, PeerId, ServerMessage,
 };
+use bytes::Bytes;
+use hmac::{Hmac, Mac};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
+use sha2::Sha256;
 
 use crate::{defaults, RelayConfig};
 
@@ -53,6 +56,21 @@ pub enum Input {
         conn: ConnId,
         /// The message.
         msg: ClientMessage,
+    },
+    /// A round-trip-time sample for a connection (used to elect the best-placed next host).
+    Rtt {
+        /// The connection.
+        conn: ConnId,
+        /// Its smoothed RTT to the relay.
+        rtt: Duration,
+    },
+    /// A host uploaded a migration snapshot (already bounded to the size limit by the
+    /// driver).
+    Snapshot {
+        /// The uploader.
+        conn: ConnId,
+        /// The snapshot's bytes.
+        data: Bytes,
     },
     /// A connection ended. Reported once per connection; a connection the control plane has
     /// already let go (kicked, closed with its allocation) is ignored.
@@ -99,6 +117,14 @@ pub enum Output {
         /// Every member with its connection, sorted by peer id.
         members: Vec<(PeerId, ConnId)>,
     },
+    /// Send the allocation's latest migration snapshot to its new host (on a stream of its
+    /// own, so it does not hold up datagrams or control messages).
+    DeliverSnapshot {
+        /// The new host.
+        conn: ConnId,
+        /// The snapshot.
+        data: Bytes,
+    },
     /// A lifecycle event, for logs, metrics and lobby hooks.
     Event(Event),
 }
@@ -129,12 +155,33 @@ pub enum Event {
         /// Why.
         reason: LeaveReason,
     },
-    /// The host of an allocation was lost.
+    /// The host of an allocation was lost. Emitted exactly once per loss: only
+    /// `lose_host` emits it.
     HostDisconnected {
         /// The allocation.
         allocation: AllocationId,
+        /// The lost host.
+        host: PeerId,
         /// Why.
         reason: LeaveReason,
+    },
+    /// A member was elected to host a migrating allocation.
+    HostElected {
+        /// The migrating allocation.
+        allocation: AllocationId,
+        /// The elected member.
+        host: PeerId,
+        /// Who chose it.
+        by: ElectedBy,
+    },
+    /// A migrating allocation moved to its successor with a new host.
+    AllocationMigrated {
+        /// The old allocation.
+        from: AllocationId,
+        /// The successor.
+        to: AllocationId,
+        /// The new host.
+        host: PeerId,
     },
     /// An allocation closed and released everything it held.
     AllocationClosed {
@@ -150,6 +197,25 @@ pub enum Event {
     },
 }
 
+/// Who elected a migrating allocation's next host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ElectedBy {
+    /// The relay: best measured RTT, then join order.
+    Relay,
+    /// A lobby, through the admin API.
+    Lobby,
+}
+
+impl ElectedBy {
+    /// Stable lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ElectedBy::Relay => "relay",
+            ElectedBy::Lobby => "lobby",
+        }
+    }
+}
+
 /// Why an allocation closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseReason {
@@ -157,6 +223,9 @@ pub enum CloseReason {
     HostLost(LeaveReason),
     /// Its lobby-reserved host never bound before the deadline.
     HostNeverBound,
+    /// Its host was lost and no member completed the migration (none left, or every elected
+    /// member missed its deadline).
+    MigrationFailed,
     /// An operator closed it.
     Admin,
     /// The relay shut down.
@@ -169,6 +238,7 @@ impl CloseReason {
         match self {
             CloseReason::HostLost(_) => "host_lost",
             CloseReason::HostNeverBound => "host_never_bound",
+            CloseReason::MigrationFailed => "migration_failed",
             CloseReason::Admin => "admin",
             CloseReason::Shutdown => "shutdown",
         }
@@ -191,6 +261,12 @@ pub enum AdminError {
     /// The relay has stopped; nothing answers any more.
     #[error("relay has stopped")]
     Stopped,
+    /// The allocation is not migrating, so there is no election to override.
+    #[error("allocation {0} is not migrating")]
+    NotMigrating(AllocationId),
+    /// The peer is not a member of the allocation.
+    #[error("peer {0} is not a member")]
+    UnknownPeer(PeerId),
 }
 
 /// A lobby's reservation: the allocation exists, peers may join by code, and the host binds
@@ -218,8 +294,13 @@ pub struct AllocationInfo {
     pub code_state: &'static str,
     /// Seconds until the code expires (0 once expired or revoked).
     pub code_expires_in_secs: u64,
-    /// Whether the host is connected (false while a lobby reservation awaits its host).
+    /// Whether the host is connected (false while a lobby reservation awaits its host or
+    /// while migrating).
     pub host_bound: bool,
+    /// The host's peer id (the elected member while migrating), if any.
+    pub host: Option<u16>,
+    /// `active`, `awaiting_host` or `migrating`.
+    pub state: &'static str,
     /// Maximum members, host included.
     pub max_peers: u16,
     /// Current members.
@@ -265,21 +346,44 @@ enum CodeState {
 
 #[derive(Debug)]
 enum HostSlot {
-    /// The host is this member's connection.
-    Bound,
+    /// This member hosts.
+    Bound(PeerId),
     /// A lobby reserved the allocation; the host must claim it with the token before the
     /// deadline.
     Awaiting { token: [u8; 16], deadline: Instant },
+    /// The host was lost; `elected` must open the successor allocation before `deadline`.
+    Migrating(Migration),
+}
+
+#[derive(Debug)]
+struct Migration {
+    lost: PeerId,
+    reason: LeaveReason,
+    elected: PeerId,
+    /// Bumped on every election, so an older ticket or timer is recognisably stale.
+    epoch: u32,
+    deadline: Instant,
+    /// Members elected before who missed their deadline.
+    passed_over: Vec<PeerId>,
 }
 
 #[derive(Debug)]
 struct Member {
     conn: ConnId,
     joined: Instant,
+    /// Join order across the relay, the election's tie-breaker.
+    seq: u64,
+    /// Latest RTT sample, the election's first criterion.
+    rtt: Option<Duration>,
 }
 
 #[derive(Debug)]
 struct Allocation {
+    /// The first allocation of a migration chain; reconnect tokens are bound to it, so they
+    /// survive migrations.
+    lineage: AllocationId,
+    /// The latest migration snapshot the host uploaded.
+    snapshot: Option<Bytes>,
     code: JoinCode,
     code_state: CodeState,
     code_expires: Instant,
@@ -291,6 +395,14 @@ struct Allocation {
 }
 
 impl Allocation {
+    /// The hosting member, if one is bound.
+    fn host_peer(&self) -> Option<PeerId> {
+        match self.host {
+            HostSlot::Bound(peer) => Some(peer),
+            _ => None,
+        }
+    }
+
     /// Seats taken, counting a reserved host seat.
     fn seats_taken(&self) -> usize {
         self.members.len() + usize::from(matches!(self.host, HostSlot::Awaiting { .. }))
@@ -332,6 +444,8 @@ enum CodeEntry {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
     Bind(ConnId),
+    Migration(AllocationId, u32),
+    Successor(AllocationId),
     CodeExpiry(AllocationId),
     HostBind(AllocationId),
     Tombstone(JoinCode),
@@ -359,6 +473,15 @@ pub struct ControlPlane {
     tombstone_ttl: Duration,
     join_burst: u32,
     join_refill: Duration,
+    migration_timeout: Duration,
+    max_snapshot: usize,
+    snapshot_budget: usize,
+    snapshot_bytes: usize,
+    /// Key for reconnect tokens and migration tickets.
+    secret: [u8; 32],
+    next_seq: u64,
+    /// Migrated allocations' successors, kept for a while so `Rejoin` can follow them.
+    successors: HashMap<AllocationId, AllocationId>,
 
     rng: StdRng,
     conns: HashMap<ConnId, Conn>,
@@ -389,6 +512,13 @@ impl ControlPlane {
             tombstone_ttl: defaults::CODE_TOMBSTONE_TTL,
             join_burst: defaults::JOIN_FAILURE_BURST,
             join_refill: defaults::JOIN_FAILURE_REFILL,
+            migration_timeout: config.migration_timeout(),
+            max_snapshot: config.max_snapshot(),
+            snapshot_budget: config.snapshot_budget(),
+            snapshot_bytes: 0,
+            secret: [0; 32],
+            next_seq: 0,
+            successors: HashMap::new(),
             rng: StdRng::seed_from_u64(seed),
             conns: HashMap::new(),
             allocations: HashMap::new(),
@@ -398,6 +528,7 @@ impl ControlPlane {
             outputs: VecDeque::new(),
             shutting_down: false,
         };
+        cp.secret = cp.rng.gen();
         cp.schedule(now + SWEEP_INTERVAL, Timer::SweepRateLimits);
         cp
     }
@@ -451,6 +582,20 @@ impl ControlPlane {
                 self.schedule(deadline, Timer::Bind(conn));
             }
             Input::Request { conn, msg } => self.handle_request(now, conn, msg),
+            Input::Rtt { conn, rtt } => {
+                if let Some(ConnState::Member { allocation, peer }) =
+                    self.conns.get(&conn).map(|c| &c.state)
+                {
+                    let member = self
+                        .allocations
+                        .get_mut(allocation)
+                        .and_then(|a| a.members.get_mut(peer));
+                    if let Some(member) = member {
+                        member.rtt = Some(rtt);
+                    }
+                }
+            }
+            Input::Snapshot { conn, data } => self.store_snapshot(conn, data),
             Input::Disconnected { conn, reason } => self.handle_disconnect(now, conn, reason),
         }
     }
@@ -463,6 +608,23 @@ impl ControlPlane {
             }
             self.timers.pop();
             match key {
+                Timer::Migration(id, epoch) => {
+                    let due = matches!(
+                        self.allocations.get(&id).map(|a| &a.host),
+                        Some(HostSlot::Migrating(m)) if m.epoch == epoch && m.deadline <= now
+                    );
+                    if due {
+                        if let Some(HostSlot::Migrating(m)) =
+                            self.allocations.get_mut(&id).map(|a| &mut a.host)
+                        {
+                            m.passed_over.push(m.elected);
+                        }
+                        self.elect(now, id, None);
+                    }
+                }
+                Timer::Successor(id) => {
+                    self.successors.remove(&id);
+                }
                 Timer::Bind(conn) => {
                     let due = matches!(
                         self.conns.get(&conn),
@@ -607,7 +769,17 @@ impl ControlPlane {
                 CodeState::Active => a.code_expires.saturating_duration_since(now).as_secs(),
                 _ => 0,
             },
-            host_bound: matches!(a.host, HostSlot::Bound),
+            host_bound: matches!(a.host, HostSlot::Bound(_)),
+            host: match &a.host {
+                HostSlot::Bound(p) => Some(p.0),
+                HostSlot::Migrating(m) => Some(m.elected.0),
+                HostSlot::Awaiting { .. } => None,
+            },
+            state: match a.host {
+                HostSlot::Bound(_) => "active",
+                HostSlot::Awaiting { .. } => "awaiting_host",
+                HostSlot::Migrating(_) => "migrating",
+            },
             max_peers: a.max_peers,
             members: a
                 .members
@@ -687,11 +859,32 @@ impl ControlPlane {
                 },
                 None,
             ) => self.claim_host(now, conn, request_id, allocation, host_token),
+            (
+                ClientMessage::MigrateAllocation {
+                    allocation, ticket, ..
+                },
+                Some(bound),
+            ) => self.migrate(now, conn, request_id, bound, allocation, ticket),
+            (ClientMessage::MigrateAllocation { .. }, None) => {
+                self.refuse(conn, request_id, ErrorCode::NotBound, 0);
+            }
+            (
+                ClientMessage::Rejoin {
+                    allocation,
+                    peer,
+                    reconnect_token,
+                    ..
+                },
+                None,
+            ) => self.rejoin(now, conn, request_id, allocation, peer, reconnect_token),
+            (ClientMessage::Rejoin { .. }, Some(_)) => {
+                self.refuse(conn, request_id, ErrorCode::AlreadyBound, 0);
+            }
             (ClientMessage::Kick { peer, .. }, Some((id, me))) => {
                 self.kick(now, conn, request_id, id, me, peer)
             }
             (ClientMessage::RevokeCode { .. }, Some((id, me))) => {
-                if me.is_host() {
+                if self.is_host(id, me) {
                     self.revoke(now, id);
                     self.send(conn, ServerMessage::Done { request_id });
                 } else {
@@ -703,13 +896,20 @@ impl ControlPlane {
         }
     }
 
+    /// Whether `peer` hosts allocation `id`.
+    fn is_host(&self, id: AllocationId, peer: PeerId) -> bool {
+        self.allocations
+            .get(&id)
+            .is_some_and(|a| a.host_peer() == Some(peer))
+    }
+
     fn create(&mut self, now: Instant, conn: ConnId, request_id: u32, max_peers: u16, ttl: u32) {
         if self.allocations.len() >= self.max_allocations {
             let max = u32::try_from(self.max_allocations).unwrap_or(u32::MAX);
             self.refuse(conn, request_id, ErrorCode::RelayFull, max);
             return;
         }
-        let (id, _) = self.open_allocation(now, max_peers, ttl, HostSlot::Bound);
+        let (id, _) = self.open_allocation(now, max_peers, ttl, HostSlot::Bound(PeerId::HOST));
         self.bind_host(now, conn, request_id, id);
     }
 
@@ -733,21 +933,23 @@ impl ControlPlane {
             self.refuse(conn, request_id, ErrorCode::Unauthorized, 0);
             return;
         }
-        if let Some(alloc) = self.allocations.get_mut(&id) {
-            alloc.host = HostSlot::Bound;
-        }
         self.bind_host(now, conn, request_id, id);
     }
 
     /// Makes `conn` the host (peer 0) of `id` and tells everyone.
     fn bind_host(&mut self, now: Instant, conn: ConnId, request_id: u32, id: AllocationId) {
-        let max_payload = self.max_payload;
-        let Some(alloc) = self.allocations.get_mut(&id) else {
+        let others: Vec<(PeerId, ConnId)> = match self.allocations.get_mut(&id) {
+            Some(alloc) => {
+                alloc.host = HostSlot::Bound(PeerId::HOST);
+                alloc.route()
+            }
+            None => return,
+        };
+        // Routing first: a member told about the host may send to it at once.
+        self.add_member(now, conn, id, PeerId::HOST);
+        let Some(alloc) = self.allocations.get(&id) else {
             return;
         };
-        alloc
-            .members
-            .insert(PeerId::HOST, Member { conn, joined: now });
         let reply = ServerMessage::AllocationCreated {
             request_id,
             allocation: id,
@@ -757,43 +959,16 @@ impl ControlPlane {
             )
             .unwrap_or(u32::MAX),
             max_peers: alloc.max_peers,
-            max_payload,
+            max_payload: self.max_payload,
+            reconnect_token: self.reconnect_token(alloc.lineage, PeerId::HOST),
         };
-        let others: Vec<(PeerId, ConnId)> = alloc
-            .members
-            .iter()
-            .filter(|(p, _)| !p.is_host())
-            .map(|(p, m)| (*p, m.conn))
-            .collect();
-        let route = alloc.route();
-        if let Some(c) = self.conns.get_mut(&conn) {
-            c.state = ConnState::Member {
-                allocation: id,
-                peer: PeerId::HOST,
-            };
-        }
-        // Routing first: a member told about the host may send to it at once.
-        self.outputs.push_back(Output::Bound {
-            conn,
-            allocation: id,
-            peer: PeerId::HOST,
-        });
-        self.outputs.push_back(Output::Route {
-            allocation: id,
-            members: route,
-        });
         self.send(conn, reply);
         for (peer, other) in others {
             // A host claiming a reservation learns who is already there.
             self.send(conn, ServerMessage::PeerJoined { peer });
             self.send(other, ServerMessage::PeerJoined { peer: PeerId::HOST });
         }
-        self.outputs.push_back(Output::Event(Event::PeerJoined {
-            allocation: id,
-            peer: PeerId::HOST,
-        }));
     }
-
     /// Creates an allocation with a fresh id and code and schedules its code expiry.
     fn open_allocation(
         &mut self,
@@ -837,6 +1012,8 @@ impl ControlPlane {
         self.allocations.insert(
             id,
             Allocation {
+                lineage: id,
+                snapshot: None,
                 code,
                 code_state: CodeState::Active,
                 code_expires,
@@ -896,6 +1073,13 @@ impl ControlPlane {
         let Some(alloc) = self.allocations.get_mut(&id) else {
             return;
         };
+        if let HostSlot::Migrating(m) = &alloc.host {
+            // The code moves to the successor in a moment; a retry lands there.
+            let ms = m.deadline.saturating_duration_since(now).as_millis();
+            let ms = u32::try_from(ms).unwrap_or(u32::MAX).max(1);
+            self.refuse(conn, request_id, ErrorCode::Migrating, ms);
+            return;
+        }
         if alloc.seats_taken() >= usize::from(alloc.max_peers) {
             let max = u32::from(alloc.max_peers);
             self.refuse(conn, request_id, ErrorCode::Full, max);
@@ -907,24 +1091,11 @@ impl ControlPlane {
             return;
         };
         let others: Vec<(PeerId, ConnId)> = alloc.route();
-        alloc.members.insert(peer, Member { conn, joined: now });
-        let route = alloc.route();
-        if let Some(c) = self.conns.get_mut(&conn) {
-            c.state = ConnState::Member {
-                allocation: id,
-                peer,
-            };
-        }
+        let host = alloc.host_peer().unwrap_or(PeerId::HOST);
+        let lineage = alloc.lineage;
+        let reconnect_token = self.reconnect_token(lineage, peer);
         // Routing first: the joiner and the others may send to each other as soon as told.
-        self.outputs.push_back(Output::Bound {
-            conn,
-            allocation: id,
-            peer,
-        });
-        self.outputs.push_back(Output::Route {
-            allocation: id,
-            members: route,
-        });
+        self.add_member(now, conn, id, peer);
         self.send(
             conn,
             ServerMessage::Joined {
@@ -932,16 +1103,14 @@ impl ControlPlane {
                 allocation: id,
                 peer,
                 max_payload,
+                host,
+                reconnect_token,
                 members: others.iter().map(|(p, _)| *p).collect(),
             },
         );
         for (_, other) in others {
             self.send(other, ServerMessage::PeerJoined { peer });
         }
-        self.outputs.push_back(Output::Event(Event::PeerJoined {
-            allocation: id,
-            peer,
-        }));
     }
 
     fn kick(
@@ -953,11 +1122,11 @@ impl ControlPlane {
         me: PeerId,
         target: PeerId,
     ) {
-        if !me.is_host() {
+        if !self.is_host(id, me) {
             self.refuse(conn, request_id, ErrorCode::NotHost, 0);
             return;
         }
-        if target.is_host() {
+        if target == me {
             self.refuse(conn, request_id, ErrorCode::InvalidRequest, 0);
             return;
         }
@@ -1012,18 +1181,423 @@ impl ControlPlane {
             return;
         };
         if let ConnState::Member { allocation, peer } = c.state {
-            if peer.is_host() {
-                self.outputs
-                    .push_back(Output::Event(Event::HostDisconnected {
-                        allocation,
-                        reason,
-                    }));
-                self.remove_member(now, allocation, peer, reason);
-                self.close_allocation(now, allocation, CloseReason::HostLost(reason));
+            let is_host = self
+                .allocations
+                .get(&allocation)
+                .is_some_and(|a| a.host_peer() == Some(peer));
+            self.remove_member(now, allocation, peer, reason);
+            if is_host {
+                self.lose_host(now, allocation, peer, reason);
             } else {
-                self.remove_member(now, allocation, peer, reason);
+                self.after_departure(now, allocation, peer);
             }
         }
+    }
+
+    /// The host of `id` is gone: the one place a host loss is reported (so it is reported
+    /// exactly once), then the migration starts, or the allocation closes if no one is left.
+    fn lose_host(&mut self, now: Instant, id: AllocationId, host: PeerId, reason: LeaveReason) {
+        self.outputs
+            .push_back(Output::Event(Event::HostDisconnected {
+                allocation: id,
+                host,
+                reason,
+            }));
+        let Some(alloc) = self.allocations.get_mut(&id) else {
+            return;
+        };
+        if alloc.members.is_empty() {
+            self.close_allocation(now, id, CloseReason::HostLost(reason));
+            return;
+        }
+        alloc.host = HostSlot::Migrating(Migration {
+            lost: host,
+            reason,
+            elected: host,
+            epoch: 0,
+            deadline: now,
+            passed_over: Vec::new(),
+        });
+        self.elect(now, id, None);
+    }
+
+    /// A member left a migrating allocation: re-elect if it was the elected one, close if no
+    /// one is left.
+    fn after_departure(&mut self, now: Instant, id: AllocationId, peer: PeerId) {
+        let Some(alloc) = self.allocations.get(&id) else {
+            return;
+        };
+        let HostSlot::Migrating(m) = &alloc.host else {
+            return;
+        };
+        if alloc.members.is_empty() {
+            self.close_allocation(now, id, CloseReason::MigrationFailed);
+        } else if m.elected == peer {
+            self.elect(now, id, None);
+        }
+    }
+
+    /// Elects the next host of a migrating allocation: `choice` if a lobby named one, else the
+    /// member with the best measured RTT, then the earliest joined, among those not passed
+    /// over. Tells every member, and the elected one how to take over.
+    fn elect(&mut self, now: Instant, id: AllocationId, choice: Option<PeerId>) {
+        let timeout = self.migration_timeout;
+        let Some(alloc) = self.allocations.get_mut(&id) else {
+            return;
+        };
+        let HostSlot::Migrating(m) = &mut alloc.host else {
+            return;
+        };
+        let by = if choice.is_some() {
+            ElectedBy::Lobby
+        } else {
+            ElectedBy::Relay
+        };
+        let elected = choice.or_else(|| {
+            alloc
+                .members
+                .iter()
+                .filter(|(p, _)| !m.passed_over.contains(p))
+                .min_by_key(|(_, member)| (member.rtt.unwrap_or(Duration::MAX), member.seq))
+                .map(|(p, _)| *p)
+        });
+        let Some(elected) = elected else {
+            self.close_allocation(now, id, CloseReason::MigrationFailed);
+            return;
+        };
+        m.elected = elected;
+        m.epoch += 1;
+        m.deadline = now + timeout;
+        let (lost, reason, epoch, deadline) = (m.lost, m.reason, m.epoch, m.deadline);
+        let members: Vec<(PeerId, ConnId)> = alloc.route();
+        let ticket = self.ticket(id, elected, epoch);
+        for (peer, conn) in members {
+            self.send(
+                conn,
+                ServerMessage::HostLost {
+                    host: lost,
+                    reason,
+                    elected,
+                },
+            );
+            if peer == elected {
+                self.send(
+                    conn,
+                    ServerMessage::Promote {
+                        allocation: id,
+                        ticket,
+                        deadline_ms: u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX),
+                    },
+                );
+            }
+        }
+        self.schedule(deadline, Timer::Migration(id, epoch));
+        self.outputs.push_back(Output::Event(Event::HostElected {
+            allocation: id,
+            host: elected,
+            by,
+        }));
+    }
+
+    /// Lets a lobby choose a migrating allocation's next host.
+    pub fn elect_host(
+        &mut self,
+        now: Instant,
+        id: AllocationId,
+        peer: PeerId,
+    ) -> Result<(), AdminError> {
+        let alloc = self.allocations.get(&id).ok_or(AdminError::NotFound(id))?;
+        if !matches!(alloc.host, HostSlot::Migrating(_)) {
+            return Err(AdminError::NotMigrating(id));
+        }
+        if !alloc.members.contains_key(&peer) {
+            return Err(AdminError::UnknownPeer(peer));
+        }
+        self.elect(now, id, Some(peer));
+        Ok(())
+    }
+
+    /// HMAC-SHA256 of `parts` under the relay's secret, truncated to 128 bits.
+    fn mac(&self, parts: &[&[u8]]) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        // HMAC accepts keys of any length.
+        if let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.secret) {
+            for part in parts {
+                mac.update(part);
+            }
+            out.copy_from_slice(&mac.finalize().into_bytes()[..16]);
+        }
+        out
+    }
+
+    /// The ticket that lets `elected` open the successor of `id` in election `epoch`.
+    fn ticket(&self, id: AllocationId, elected: PeerId, epoch: u32) -> [u8; 16] {
+        self.mac(&[
+            b"baton migrate",
+            &id.0.to_be_bytes(),
+            &elected.0.to_be_bytes(),
+            &epoch.to_be_bytes(),
+        ])
+    }
+
+    /// The token that lets `peer` take its id back in any allocation of `lineage`.
+    fn reconnect_token(&self, lineage: AllocationId, peer: PeerId) -> [u8; 16] {
+        self.mac(&[
+            b"baton rejoin",
+            &lineage.0.to_be_bytes(),
+            &peer.0.to_be_bytes(),
+        ])
+    }
+
+    /// The elected member opens the successor allocation: the roster, the join code and the
+    /// snapshot move over, and only then are the other members told to move.
+    fn migrate(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        request_id: u32,
+        (from, me): (AllocationId, PeerId),
+        old: AllocationId,
+        ticket: [u8; 16],
+    ) {
+        let valid = old == from
+            && match self.allocations.get(&from).map(|a| &a.host) {
+                Some(HostSlot::Migrating(m)) => {
+                    m.elected == me && constant_time_eq(&self.ticket(from, me, m.epoch), &ticket)
+                }
+                _ => false,
+            };
+        if !valid {
+            self.refuse(conn, request_id, ErrorCode::Unauthorized, 0);
+            return;
+        }
+        let Some(mut alloc) = self.allocations.remove(&from) else {
+            return;
+        };
+        let to = loop {
+            let id = AllocationId::random(&mut self.rng);
+            if !self.allocations.contains_key(&id) && id != from {
+                break id;
+            }
+        };
+        alloc.host = HostSlot::Bound(me);
+        alloc.created = now;
+        if matches!(self.codes.get(&alloc.code), Some(CodeEntry::Live(live)) if *live == from) {
+            self.codes.insert(alloc.code, CodeEntry::Live(to));
+        }
+        self.schedule(alloc.code_expires, Timer::CodeExpiry(to));
+        self.successors.insert(from, to);
+        self.schedule(now + self.tombstone_ttl, Timer::Successor(from));
+        let route = alloc.route();
+        let snapshot = alloc.snapshot.clone();
+        let reply = ServerMessage::AllocationCreated {
+            request_id,
+            allocation: to,
+            code: alloc.code,
+            code_ttl_secs: u32::try_from(
+                alloc.code_expires.saturating_duration_since(now).as_secs(),
+            )
+            .unwrap_or(u32::MAX),
+            max_peers: alloc.max_peers,
+            max_payload: self.max_payload,
+            reconnect_token: self.reconnect_token(alloc.lineage, me),
+        };
+        self.allocations.insert(to, alloc);
+        // Routing first, for everyone, then the new host hears it is bound, then the others
+        // are told to move: no one can race into a missing allocation.
+        for (peer, c) in &route {
+            if let Some(state) = self.conns.get_mut(c) {
+                state.state = ConnState::Member {
+                    allocation: to,
+                    peer: *peer,
+                };
+            }
+            self.outputs.push_back(Output::Bound {
+                conn: *c,
+                allocation: to,
+                peer: *peer,
+            });
+        }
+        self.outputs.push_back(Output::Route {
+            allocation: to,
+            members: route.clone(),
+        });
+        self.outputs.push_back(Output::Route {
+            allocation: from,
+            members: Vec::new(),
+        });
+        self.send(conn, reply);
+        if let Some(data) = snapshot {
+            self.outputs
+                .push_back(Output::DeliverSnapshot { conn, data });
+        }
+        for (peer, c) in &route {
+            if *peer != me {
+                self.send(
+                    *c,
+                    ServerMessage::Migrated {
+                        allocation: to,
+                        host: me,
+                    },
+                );
+                self.send(conn, ServerMessage::PeerRejoined { peer: *peer });
+            }
+        }
+        self.outputs
+            .push_back(Output::Event(Event::AllocationMigrated {
+                from,
+                to,
+                host: me,
+            }));
+    }
+
+    /// A client takes back a peer id it held, with its reconnect token, in the allocation it
+    /// names or that allocation's successor.
+    fn rejoin(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        request_id: u32,
+        named: AllocationId,
+        peer: PeerId,
+        token: [u8; 16],
+    ) {
+        let mut id = named;
+        for _ in 0..64 {
+            match self.successors.get(&id) {
+                Some(next) => id = *next,
+                None => break,
+            }
+        }
+        let Some(alloc) = self.allocations.get(&id) else {
+            self.refuse(conn, request_id, ErrorCode::NotFound, 0);
+            return;
+        };
+        if !constant_time_eq(&self.reconnect_token(alloc.lineage, peer), &token) {
+            self.refuse(conn, request_id, ErrorCode::Unauthorized, 0);
+            return;
+        }
+        let host = match &alloc.host {
+            HostSlot::Bound(host) => *host,
+            HostSlot::Migrating(m) => {
+                let ms = m.deadline.saturating_duration_since(now).as_millis();
+                let ms = u32::try_from(ms).unwrap_or(u32::MAX).max(1);
+                self.refuse(conn, request_id, ErrorCode::Migrating, ms);
+                return;
+            }
+            HostSlot::Awaiting { .. } => PeerId::HOST,
+        };
+        if alloc.members.contains_key(&peer) {
+            // Its old connection has not timed out yet; the client retries after it has.
+            self.refuse(conn, request_id, ErrorCode::AlreadyBound, 0);
+            return;
+        }
+        if alloc.seats_taken() >= usize::from(alloc.max_peers) {
+            let max = u32::from(alloc.max_peers);
+            self.refuse(conn, request_id, ErrorCode::Full, max);
+            return;
+        }
+        let reconnect_token = token;
+        self.add_member(now, conn, id, peer);
+        let Some(alloc) = self.allocations.get(&id) else {
+            return;
+        };
+        let others: Vec<(PeerId, ConnId)> = alloc
+            .route()
+            .into_iter()
+            .filter(|(p, _)| *p != peer)
+            .collect();
+        self.send(
+            conn,
+            ServerMessage::Joined {
+                request_id,
+                allocation: id,
+                peer,
+                max_payload: self.max_payload,
+                host,
+                reconnect_token,
+                members: others.iter().map(|(p, _)| *p).collect(),
+            },
+        );
+        for (_, other) in others {
+            self.send(other, ServerMessage::PeerRejoined { peer });
+        }
+    }
+
+    /// Adds `conn` as `peer` of `id`, installs routing and reports the join. The caller sends
+    /// the replies afterwards, so routing is in place before anyone hears of the member.
+    fn add_member(&mut self, now: Instant, conn: ConnId, id: AllocationId, peer: PeerId) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let Some(alloc) = self.allocations.get_mut(&id) else {
+            return;
+        };
+        alloc.members.insert(
+            peer,
+            Member {
+                conn,
+                joined: now,
+                seq,
+                rtt: None,
+            },
+        );
+        let route = alloc.route();
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.state = ConnState::Member {
+                allocation: id,
+                peer,
+            };
+        }
+        self.outputs.push_back(Output::Bound {
+            conn,
+            allocation: id,
+            peer,
+        });
+        self.outputs.push_back(Output::Route {
+            allocation: id,
+            members: route,
+        });
+        self.outputs.push_back(Output::Event(Event::PeerJoined {
+            allocation: id,
+            peer,
+        }));
+    }
+
+    /// Stores a host's migration snapshot, replacing the previous one, within the size limit
+    /// and the relay-wide budget.
+    fn store_snapshot(&mut self, conn: ConnId, data: Bytes) {
+        let Some(ConnState::Member { allocation, peer }) = self.conns.get(&conn).map(|c| &c.state)
+        else {
+            return;
+        };
+        let (allocation, peer) = (*allocation, *peer);
+        let Some(alloc) = self.allocations.get_mut(&allocation) else {
+            return;
+        };
+        let rejected = |code, value| ServerMessage::SnapshotRejected { code, value };
+        if alloc.host_peer() != Some(peer) {
+            self.send(conn, rejected(ErrorCode::NotHost, 0));
+            return;
+        }
+        if data.len() > self.max_snapshot {
+            let limit = u32::try_from(self.max_snapshot).unwrap_or(u32::MAX);
+            self.send(conn, rejected(ErrorCode::PayloadTooLarge, limit));
+            return;
+        }
+        let old = alloc.snapshot.as_ref().map_or(0, Bytes::len);
+        if self.snapshot_bytes - old + data.len() > self.snapshot_budget {
+            self.send(conn, rejected(ErrorCode::RelayFull, 0));
+            return;
+        }
+        self.snapshot_bytes = self.snapshot_bytes - old + data.len();
+        let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+        alloc.snapshot = Some(data);
+        self.send(conn, ServerMessage::SnapshotStored { len });
+    }
+
+    /// Bytes of snapshots held.
+    pub fn snapshot_bytes(&self) -> usize {
+        self.snapshot_bytes
     }
 
     /// Removes a member that is already gone from `conns` and tells the others.
@@ -1041,13 +1615,18 @@ impl ControlPlane {
             return;
         }
         let route = alloc.route();
+        let was_host = alloc.host_peer() == Some(peer);
         self.outputs.push_back(Output::Event(Event::PeerLeft {
             allocation: id,
             peer,
             reason,
         }));
-        if peer.is_host() {
-            // Closing the allocation follows; the others hear about it through their close code.
+        if was_host {
+            // `lose_host` follows and tells the others.
+            self.outputs.push_back(Output::Route {
+                allocation: id,
+                members: route,
+            });
             return;
         }
         for (_, other) in &route {
@@ -1065,10 +1644,12 @@ impl ControlPlane {
         let Some(alloc) = self.allocations.remove(&id) else {
             return;
         };
-        let code = match reason {
-            CloseReason::HostLost(r) => CloseCode::HostLost(r),
-            CloseReason::Shutdown => CloseCode::RelayShuttingDown,
-            CloseReason::HostNeverBound | CloseReason::Admin => CloseCode::AllocationClosed,
+        self.snapshot_bytes -= alloc.snapshot.as_ref().map_or(0, Bytes::len);
+        let code = match (reason, &alloc.host) {
+            (CloseReason::HostLost(r), _) => CloseCode::HostLost(r),
+            (CloseReason::MigrationFailed, HostSlot::Migrating(m)) => CloseCode::HostLost(m.reason),
+            (CloseReason::Shutdown, _) => CloseCode::RelayShuttingDown,
+            _ => CloseCode::AllocationClosed,
         };
         let leave = match reason {
             CloseReason::Shutdown => LeaveReason::RelayShuttingDown,

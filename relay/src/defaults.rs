@@ -72,3 +72,35 @@ pub const DATAGRAM_RECV_BUFFER: usize = 64 * 1024;
 
 /// How long graceful shutdown waits for clients to acknowledge their close.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Time the elected member has to open the successor allocation before the next candidate is
+/// elected. A live SDK does it in one round trip; this only bounds a candidate that vanished
+/// at the same time as the host.
+pub const MIGRATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Largest migration snapshot a host may upload: Unity Lobby's 10 MiB limit.
+pub const MAX_SNAPSHOT: usize = 10 * 1024 * 1024;
+
+/// Memory all stored snapshots may take together; an upload beyond it is refused with
+/// `relay_full`, so snapshots cannot exhaust the machine.
+pub const SNAPSHOT_BUDGET: usize = 1024 * 1024 * 1024;
+
+/// Events queued per webhook while its lobby is slow or down. Events are shared, not copied,
+/// between webhooks and the replay buffer: at a few hundred bytes each a full queue holds a few
+/// MiB, and 10,000 is minutes of churn on a busy relay, enough to ride out a lobby restart.
+pub const HOOK_QUEUE: usize = 10_000;
+
+/// Events the event stream keeps for subscribers that resume with `Last-Event-ID`: at a few
+/// hundred bytes each, a few MiB.
+pub const EVENT_REPLAY: usize = 10_000;
+
+/// First retry delay of a failed webhook request: a lobby's brief hiccup costs little latency.
+pub const WEBHOOK_BACKOFF_INITIAL: Duration = Duration::from_millis(100);
+
+/// Longest delay between webhook retries: a lobby that comes back gets its events within
+/// 30 s, and a dead one costs one request per 30 s.
+pub const WEBHOOK_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Time one webhook request may take, connecting included. A lobby should acknowledge at once
+/// and process later; one that takes longer is treated as failed and retried.
+pub const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);

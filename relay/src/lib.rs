@@ -14,6 +14,9 @@
 //!   bounded; what cannot be queued is dropped and counted by reason.
 //! - The admin HTTP server reads metrics directly and asks the control task for allocation
 //!   views through [`RelayHandle`].
+//! - [`hooks`] tells lobbies about lifecycle events: publishing never blocks the control task;
+//!   one task per webhook delivers from a bounded queue, and the admin server's event stream
+//!   reads a bounded replay buffer.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod admin;
@@ -22,6 +25,7 @@ pub mod config;
 pub mod control;
 pub mod defaults;
 mod handle;
+pub mod hooks;
 pub mod metrics;
 mod server;
 pub mod tls;

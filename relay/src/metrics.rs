@@ -74,6 +74,8 @@ pub struct Metrics {
     dropped: ByReason,
     refused: ByReason,
     left: ByReason,
+    /// Lobby hook counters (see [`crate::hooks`]).
+    pub hooks: HookMetrics,
 }
 
 impl Metrics {
@@ -150,6 +152,8 @@ impl Metrics {
             LeaveReason::ALL.iter().map(|r| (r.to_u8(), r.as_str())),
         );
 
+        let hooks = HookMetrics::register(&mut registry);
+
         Metrics {
             registry,
             connections,
@@ -163,6 +167,7 @@ impl Metrics {
             dropped,
             refused,
             left,
+            hooks,
         }
     }
 
@@ -193,6 +198,85 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SinkLabel {
+    sink: &'static str,
+}
+
+/// Lobby hook metrics: what was published, delivered, retried and dropped, per sink
+/// (`webhook` or `stream`).
+#[derive(Debug)]
+pub struct HookMetrics {
+    /// Lifecycle events published to the hooks.
+    pub published: Counter,
+    /// Events a webhook's lobby acknowledged with a 2xx answer.
+    pub webhook_delivered: Counter,
+    /// Webhook requests that failed (non-2xx answer, timeout, connection error) and will be
+    /// retried.
+    pub webhook_failed_attempts: Counter,
+    /// Events waiting in webhook queues, all webhooks together.
+    pub webhook_queued: Gauge,
+    /// Events a webhook never got: its queue was full, or the relay stopped first.
+    pub webhook_dropped: Counter,
+    /// Events an event-stream subscriber skipped because it fell further behind than the replay
+    /// buffer holds (it is sent a `replay.gap` signal).
+    pub stream_dropped: Counter,
+    /// Open event-stream (`GET /v1/events`) subscriptions.
+    pub stream_subscribers: Gauge,
+}
+
+impl HookMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let published = Counter::default();
+        registry.register(
+            "hook_events_published",
+            "Lifecycle events published to lobby hooks",
+            published.clone(),
+        );
+        let webhook_delivered = Counter::default();
+        registry.register(
+            "hook_webhook_delivered",
+            "Events acknowledged by a webhook with a 2xx answer",
+            webhook_delivered.clone(),
+        );
+        let webhook_failed_attempts = Counter::default();
+        registry.register(
+            "hook_webhook_failed_attempts",
+            "Webhook requests that failed (non-2xx, timeout, connection error) and are retried",
+            webhook_failed_attempts.clone(),
+        );
+        let webhook_queued = Gauge::default();
+        registry.register(
+            "hook_webhook_queued",
+            "Events waiting in webhook queues",
+            webhook_queued.clone(),
+        );
+        let family = Family::<SinkLabel, Counter>::default();
+        registry.register(
+            "hook_events_dropped",
+            "Lifecycle events a sink never got: webhook queue full or relay stopped; stream subscriber behind the replay buffer",
+            family.clone(),
+        );
+        let webhook_dropped = family.get_or_create(&SinkLabel { sink: "webhook" }).clone();
+        let stream_dropped = family.get_or_create(&SinkLabel { sink: "stream" }).clone();
+        let stream_subscribers = Gauge::default();
+        registry.register(
+            "hook_stream_subscribers",
+            "Open event stream subscriptions",
+            stream_subscribers.clone(),
+        );
+        HookMetrics {
+            published,
+            webhook_delivered,
+            webhook_failed_attempts,
+            webhook_queued,
+            webhook_dropped,
+            stream_dropped,
+            stream_subscribers,
+        }
     }
 }
 

@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use baton_protocol::datagram::{self, Destination};
 use baton_protocol::{
-    frame, AllocationId, ClientMessage, CloseCode, DropReason, LeaveReason, PeerId, ServerMessage,
+    frame, stream_kind, AllocationId, ClientMessage, CloseCode, DropReason, LeaveReason, PeerId,
+    ServerMessage,
 };
 use bytes::{Bytes, BytesMut};
 use dashmap::DashMap;
@@ -30,6 +31,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::control::{ConnId, ControlPlane, Event, Input, Output};
 use crate::handle::{AdminCall, RelayHandle};
+use crate::hooks::HookSender;
 use crate::metrics::Metrics;
 use crate::{defaults, tls, RelayConfig};
 
@@ -96,6 +98,10 @@ struct Shared {
     max_payload: usize,
     max_control_frame: usize,
     max_connections: usize,
+    max_snapshot: usize,
+    /// Bytes of snapshot uploads being read, across all connections; a reader waits for
+    /// permits chunk by chunk, so uploads cannot exhaust memory before they are stored.
+    snapshot_inflight: Arc<tokio::sync::Semaphore>,
     open: AtomicUsize,
     next_conn: AtomicU64,
 }
@@ -134,7 +140,8 @@ pub fn transport_config(config: &RelayConfig) -> Result<quinn::TransportConfig, 
         .keep_alive_interval(None)
         // One control stream per client, nothing else (bounds what a client can open).
         .max_concurrent_bidi_streams(VarInt::from_u32(1))
-        .max_concurrent_uni_streams(VarInt::from_u32(0))
+        // One migration-snapshot upload at a time.
+        .max_concurrent_uni_streams(VarInt::from_u32(1))
         .stream_receive_window(VarInt::from_u32(64 * 1024))
         .receive_window(VarInt::from_u32(256 * 1024))
         .datagram_receive_buffer_size(Some(defaults::DATAGRAM_RECV_BUFFER))
@@ -169,16 +176,22 @@ impl Relay {
             max_payload: config.max_datagram_payload(),
             max_control_frame: config.max_control_frame(),
             max_connections: config.max_connections(),
+            max_snapshot: config.max_snapshot(),
+            snapshot_inflight: Arc::new(tokio::sync::Semaphore::new(
+                config.snapshot_budget().min(SNAPSHOT_INFLIGHT),
+            )),
             open: AtomicUsize::new(0),
             next_conn: AtomicU64::new(1),
         });
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
 
+        let hooks = crate::hooks::spawn(&config.hooks, metrics.clone(), shutdown.clone(), &tasks);
         let seed = rand::random();
         let cp = ControlPlane::new(&config, seed, Instant::now());
         let control_done = tokio::spawn(
-            control_task(cp, input_rx, admin_rx, shared.clone()).instrument(info_span!("control")),
+            control_task(cp, input_rx, admin_rx, shared.clone(), hooks.clone())
+                .instrument(info_span!("control")),
         );
 
         let handle = RelayHandle {
@@ -191,6 +204,7 @@ impl Relay {
                     addr,
                     handle.clone(),
                     config.admin_token.clone(),
+                    hooks,
                     shutdown.clone(),
                 )
                 .await
@@ -405,11 +419,16 @@ async fn serve_connection(id: ConnId, conn: quinn::Connection, shared: &Arc<Shar
 
     let control = control_stream(&conn, shared, id, control_rx);
     let datagrams = forward_datagrams(&conn_shared, shared);
-    tokio::pin!(control, datagrams);
+    let snapshots = receive_snapshots(&conn, &conn_shared, shared, id);
+    let rtt = report_rtt(&conn, shared, id);
+    tokio::pin!(control, datagrams, snapshots, rtt);
     let err = tokio::select! {
+        // Game traffic first, then control messages; snapshots and RTT samples can wait.
         biased;
         err = &mut datagrams => err,
         err = &mut control => err,
+        () = &mut snapshots => None,
+        () = &mut rtt => None,
     };
     if let Some(code) = err {
         close(&conn, code);
@@ -499,6 +518,92 @@ async fn control_stream(
     tokio::select! {
         r = reader => r,
         r = writer => r,
+    }
+}
+
+/// Bytes of snapshot uploads read concurrently across the relay, at most.
+const SNAPSHOT_INFLIGHT: usize = 256 * 1024 * 1024;
+
+/// How often a connection's RTT is reported to the control plane for host election.
+const RTT_REPORT_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Reads migration snapshots the client uploads on unidirectional streams, one at a time:
+/// `0x01` then the snapshot bytes until the stream ends.
+async fn receive_snapshots(conn: &quinn::Connection, me: &ConnShared, shared: &Shared, id: ConnId) {
+    while let Ok(mut stream) = conn.accept_uni().await {
+        let mut kind = [0u8; 1];
+        match stream.read_exact(&mut kind).await {
+            Ok(()) if kind[0] == stream_kind::SNAPSHOT => {}
+            Ok(()) => {
+                close(conn, CloseCode::ProtocolViolation);
+                return;
+            }
+            // Reset or ended before saying what it carries: discard it.
+            Err(_) => continue,
+        }
+        let mut data = BytesMut::new();
+        let mut too_large = false;
+        let mut reset = false;
+        loop {
+            let chunk = match stream.read_chunk(64 * 1024, true).await {
+                Ok(Some(chunk)) => chunk.bytes,
+                Ok(None) => break,
+                Err(_) => {
+                    // A reset upload is discarded without a reply; later uploads still work.
+                    reset = true;
+                    break;
+                }
+            };
+            if data.len() + chunk.len() > shared.max_snapshot {
+                too_large = true;
+                let _ = stream.stop(VarInt::from_u32(0));
+                break;
+            }
+            let Ok(permits) = shared
+                .snapshot_inflight
+                .acquire_many(u32::try_from(chunk.len()).unwrap_or(u32::MAX))
+                .await
+            else {
+                return;
+            };
+            // Held only while reading: once stored, the control plane's budget applies.
+            permits.forget();
+            data.extend_from_slice(&chunk);
+        }
+        shared.snapshot_inflight.add_permits(data.len());
+        if reset {
+            continue;
+        }
+        if too_large {
+            let limit = u32::try_from(shared.max_snapshot).unwrap_or(u32::MAX);
+            let _ = me.control_tx.try_send(ServerMessage::SnapshotRejected {
+                code: baton_protocol::ErrorCode::PayloadTooLarge,
+                value: limit,
+            });
+            continue;
+        }
+        let input = Input::Snapshot {
+            conn: id,
+            data: data.freeze(),
+        };
+        if shared.inputs.send(input).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Reports the connection's RTT to the control plane now and then.
+async fn report_rtt(conn: &quinn::Connection, shared: &Shared, id: ConnId) {
+    let mut tick = tokio::time::interval(RTT_REPORT_INTERVAL);
+    loop {
+        tick.tick().await;
+        let input = Input::Rtt {
+            conn: id,
+            rtt: conn.rtt(),
+        };
+        if shared.inputs.send(input).await.is_err() {
+            return;
+        }
     }
 }
 
@@ -698,7 +803,12 @@ async fn control_task(
     mut inputs: mpsc::Receiver<Input>,
     mut admin: mpsc::Receiver<AdminCall>,
     shared: Arc<Shared>,
+    hooks: HookSender,
 ) {
+    let mut lobby = Lobby {
+        hooks,
+        codes: std::collections::HashMap::new(),
+    };
     let mut tables: std::collections::HashMap<AllocationId, Arc<ArcSwap<Table>>> =
         std::collections::HashMap::new();
     loop {
@@ -716,7 +826,7 @@ async fn control_task(
             _ = sleep_until_opt(deadline) => cp.handle_timeout(Instant::now()),
         }
         while let Some(output) = cp.poll_output() {
-            apply(output, &shared, &mut tables);
+            apply(output, &shared, &mut tables, &mut lobby);
         }
         shared.metrics.allocations.set(cp.allocation_count() as i64);
     }
@@ -726,6 +836,7 @@ fn apply(
     output: Output,
     shared: &Shared,
     tables: &mut std::collections::HashMap<AllocationId, Arc<ArcSwap<Table>>>,
+    lobby: &mut Lobby,
 ) {
     match output {
         Output::Send { conn, msg } => {
@@ -781,12 +892,117 @@ fn apply(
                 .or_default()
                 .store(Arc::new(Table { members }));
         }
-        Output::Event(event) => record(event, &shared.metrics),
+        Output::DeliverSnapshot { conn, data } => {
+            let Some(c) = shared.conns.get(&conn).map(|c| c.conn.clone()) else {
+                return;
+            };
+            // Its own stream and task: a large snapshot never holds up the control task,
+            // datagrams or control messages. The task ends with the connection.
+            tokio::spawn(async move {
+                let result = async {
+                    let mut stream = c.open_uni().await?;
+                    stream.write_all(&[stream_kind::SNAPSHOT]).await?;
+                    stream.write_all(&data).await?;
+                    stream.finish()?;
+                    stream.stopped().await?;
+                    anyhow::Ok(())
+                }
+                .await;
+                if let Err(e) = result {
+                    debug!(conn, cause = %e, "snapshot delivery failed");
+                }
+            });
+        }
+        Output::Event(event) => {
+            record(&event, &shared.metrics);
+            lobby.publish(event);
+        }
+    }
+}
+
+/// Turns lifecycle events into lobby events, remembering each allocation's join code (lobby
+/// events carry it; the control plane's events name only the allocation).
+struct Lobby {
+    hooks: HookSender,
+    codes: std::collections::HashMap<AllocationId, baton_protocol::JoinCode>,
+}
+
+impl Lobby {
+    fn publish(&mut self, event: Event) {
+        use crate::hooks::LobbyEventKind as Kind;
+        let (allocation, kind) = match event {
+            Event::AllocationCreated { allocation, code } => {
+                self.codes.insert(allocation, code);
+                (allocation, Kind::AllocationCreated {})
+            }
+            Event::PeerJoined { allocation, peer } => {
+                (allocation, Kind::PeerJoined { peer: peer.0 })
+            }
+            Event::PeerLeft {
+                allocation,
+                peer,
+                reason,
+            } => (
+                allocation,
+                Kind::PeerLeft {
+                    peer: peer.0,
+                    reason: reason.as_str().to_owned(),
+                },
+            ),
+            Event::HostDisconnected {
+                allocation,
+                host,
+                reason,
+            } => (
+                allocation,
+                Kind::HostDisconnected {
+                    host: host.0,
+                    reason: reason.as_str().to_owned(),
+                },
+            ),
+            Event::HostElected {
+                allocation,
+                host,
+                by,
+            } => (
+                allocation,
+                Kind::HostElected {
+                    host: host.0,
+                    by: by.as_str().to_owned(),
+                },
+            ),
+            Event::AllocationMigrated { from, to, host } => {
+                if let Some(code) = self.codes.remove(&from) {
+                    self.codes.insert(to, code);
+                }
+                (
+                    to,
+                    Kind::AllocationMigrated {
+                        from: from.to_string(),
+                        to: to.to_string(),
+                        host: host.0,
+                    },
+                )
+            }
+            Event::AllocationClosed { allocation, reason } => {
+                let kind = Kind::AllocationClosed {
+                    reason: reason.as_str().to_owned(),
+                };
+                if let Some(code) = self.codes.remove(&allocation) {
+                    self.hooks.publish(kind, allocation, code);
+                }
+                return;
+            }
+            Event::Refused { .. } => return,
+        };
+        if let Some(code) = self.codes.get(&allocation) {
+            self.hooks.publish(kind, allocation, *code);
+        }
     }
 }
 
 /// Logs a lifecycle event and counts it.
-fn record(event: Event, metrics: &Metrics) {
+fn record(event: &Event, metrics: &Metrics) {
     match event {
         Event::AllocationCreated { allocation, code } => {
             metrics.allocations_created.inc();
@@ -803,17 +1019,31 @@ fn record(event: Event, metrics: &Metrics) {
             peer,
             reason,
         } => {
-            metrics.left(reason).inc();
+            metrics.left(*reason).inc();
             info!(%allocation, %peer, %reason, "peer left");
         }
-        Event::HostDisconnected { allocation, reason } => {
-            info!(%allocation, %reason, "host disconnected");
+        Event::HostDisconnected {
+            allocation,
+            host,
+            reason,
+        } => {
+            info!(%allocation, %host, %reason, "host disconnected");
+        }
+        Event::HostElected {
+            allocation,
+            host,
+            by,
+        } => {
+            info!(%allocation, %host, by = by.as_str(), "host elected");
+        }
+        Event::AllocationMigrated { from, to, host } => {
+            info!(%from, %to, %host, "allocation migrated");
         }
         Event::AllocationClosed { allocation, reason } => {
             info!(%allocation, reason = reason.as_str(), "allocation closed");
         }
         Event::Refused { code } => {
-            metrics.refused(code).inc();
+            metrics.refused(*code).inc();
             debug!(%code, "request refused");
         }
     }

@@ -223,7 +223,12 @@ async fn a_silent_peer_is_removed_after_the_keepalive_timeout() {
 
 #[tokio::test]
 async fn host_leaving_closes_the_allocation_and_peers_hear_why() {
-    let relay = TestRelay::start().await;
+    // The SDK does not act on `Promote` yet, so every elected peer misses its migration
+    // deadline and the allocation closes with the host's reason.
+    let relay = TestRelay::start_with(|c| {
+        c.set_migration_timeout(Duration::from_millis(300)).unwrap();
+    })
+    .await;
     let (host, peers) = host_and_peers(&relay, 2).await;
     host.close().await;
     for peer in &peers {

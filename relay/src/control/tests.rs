@@ -174,16 +174,30 @@ fn create_then_join_routes_both_and_tells_the_host() {
     assert_eq!(code.len(), 6);
     let lower = JoinCode::parse(&code.as_str().to_lowercase()).unwrap();
     let (reply, out) = h.join(2, lower);
+    let ServerMessage::Joined {
+        request_id,
+        allocation,
+        peer,
+        max_payload,
+        host,
+        reconnect_token,
+        members,
+    } = reply
+    else {
+        panic!("not joined: {reply:?}");
+    };
     assert_eq!(
-        reply,
-        ServerMessage::Joined {
-            request_id: h.next_request,
-            allocation: id,
-            peer: PeerId(1),
-            max_payload: 1150,
-            members: vec![PeerId::HOST],
-        }
+        (request_id, allocation, peer, max_payload, host, members),
+        (
+            h.next_request,
+            id,
+            PeerId(1),
+            1150,
+            PeerId::HOST,
+            vec![PeerId::HOST]
+        )
     );
+    assert_ne!(reconnect_token, [0; 16]);
     assert_eq!(
         replies_to(&out, HOST),
         vec![ServerMessage::PeerJoined { peer: PeerId(1) }]
@@ -309,21 +323,10 @@ fn requested_limits_are_clamped_and_reported() {
 }
 
 #[test]
-fn host_loss_closes_the_allocation_once_with_its_reason() {
+fn host_loss_with_no_one_left_closes_the_allocation_once() {
     let mut h = Harness::new();
     let (id, code) = h.create();
-    h.join_ok(2, code);
-    h.join_ok(3, code);
     let out = h.disconnect(HOST, LeaveReason::TimedOut);
-    let mut c = closes(&out);
-    c.sort_by_key(|(conn, _)| *conn);
-    assert_eq!(
-        c,
-        vec![
-            (2, CloseCode::HostLost(LeaveReason::TimedOut)),
-            (3, CloseCode::HostLost(LeaveReason::TimedOut))
-        ]
-    );
     let ev = events(&out);
     assert_eq!(
         ev.iter()
@@ -337,14 +340,478 @@ fn host_loss_closes_the_allocation_once_with_its_reason() {
     }));
     assert_eq!(last_route(&out), Some(vec![]));
     assert_eq!(h.cp.allocation_count(), 0);
-    // The peers' own disconnects, arriving later, change nothing.
-    assert!(h.disconnect(2, LeaveReason::Closed).is_empty());
     assert!(h.disconnect(HOST, LeaveReason::Closed).is_empty());
     assert_eq!(h.refusal(4, code).0, ErrorCode::Closed);
+}
+
+/// Host `HOST` with peers on connections 2, 3, 4 (peer ids 1, 2, 3).
+fn game_of_four() -> (Harness, AllocationId, JoinCode) {
+    let mut h = Harness::new();
+    let (id, code) = h.create();
+    for conn in 2..=4 {
+        h.join_ok(conn, code);
+    }
+    (h, id, code)
+}
+
+fn promote_of(out: &[Output], conn: ConnId) -> Option<(AllocationId, [u8; 16])> {
+    replies_to(out, conn).into_iter().find_map(|m| match m {
+        ServerMessage::Promote {
+            allocation, ticket, ..
+        } => Some((allocation, ticket)),
+        _ => None,
+    })
+}
+
+#[test]
+fn host_loss_elects_by_rtt_then_join_order_and_tells_everyone_once() {
+    let (mut h, id, _) = game_of_four();
+    // Peer 3 (conn 4) measured the best RTT; peer 1 has none yet.
+    for (conn, ms) in [(3, 40), (4, 12)] {
+        h.cp.handle(
+            h.now,
+            Input::Rtt {
+                conn,
+                rtt: Duration::from_millis(ms),
+            },
+        );
+    }
+    let out = h.disconnect(HOST, LeaveReason::Closed);
+    let lost = ServerMessage::HostLost {
+        host: PeerId::HOST,
+        reason: LeaveReason::Closed,
+        elected: PeerId(3),
+    };
+    for conn in 2..=4 {
+        assert!(replies_to(&out, conn).contains(&lost), "conn {conn}");
+    }
+    assert!(promote_of(&out, 4).is_some());
+    assert!(promote_of(&out, 2).is_none() && promote_of(&out, 3).is_none());
+    let ev = events(&out);
     assert_eq!(
-        h.cp.connection_count(),
-        1,
-        "only the refused joiner is left"
+        ev.iter()
+            .filter(|e| matches!(e, Event::HostDisconnected { .. }))
+            .count(),
+        1
+    );
+    assert!(ev.contains(&Event::HostElected {
+        allocation: id,
+        host: PeerId(3),
+        by: ElectedBy::Relay
+    }));
+    assert!(closes(&out).is_empty(), "no one is disconnected");
+    assert_eq!(h.cp.allocation(h.now, id).unwrap().state, "migrating");
+}
+
+#[test]
+fn without_rtt_samples_the_earliest_joined_is_elected() {
+    let (mut h, _, code) = game_of_four();
+    let out = h.disconnect(HOST, LeaveReason::TimedOut);
+    assert!(promote_of(&out, 2).is_some());
+    // A join while migrating is told to retry, with the time left.
+    let (code, retry_ms) = h.refusal(9, code);
+    assert_eq!(code, ErrorCode::Migrating);
+    assert!(retry_ms > 0 && retry_ms <= 5000, "{retry_ms}");
+}
+
+#[test]
+fn migration_moves_roster_code_and_snapshot_keeping_peer_ids() {
+    let (mut h, old, code) = game_of_four();
+    h.cp.handle(
+        h.now,
+        Input::Snapshot {
+            conn: HOST,
+            data: Bytes::from_static(b"world state v7"),
+        },
+    );
+    assert_eq!(
+        replies_to(&h.drain(), HOST),
+        vec![ServerMessage::SnapshotStored { len: 14 }]
+    );
+    let out = h.disconnect(HOST, LeaveReason::Closed);
+    let (alloc, ticket) = promote_of(&out, 2).unwrap();
+    assert_eq!(alloc, old);
+
+    // A forged ticket and a non-elected member are refused.
+    let out = h.request(
+        3,
+        ClientMessage::MigrateAllocation {
+            request_id: 5,
+            allocation: old,
+            ticket,
+        },
+    );
+    assert!(matches!(
+        replies_to(&out, 3)[..],
+        [ServerMessage::Refused {
+            code: ErrorCode::Unauthorized,
+            ..
+        }]
+    ));
+    let mut forged = ticket;
+    forged[3] ^= 0x40;
+    let out = h.request(
+        2,
+        ClientMessage::MigrateAllocation {
+            request_id: 6,
+            allocation: old,
+            ticket: forged,
+        },
+    );
+    assert!(matches!(
+        replies_to(&out, 2)[..],
+        [ServerMessage::Refused {
+            code: ErrorCode::Unauthorized,
+            ..
+        }]
+    ));
+
+    let out = h.request(
+        2,
+        ClientMessage::MigrateAllocation {
+            request_id: 7,
+            allocation: old,
+            ticket,
+        },
+    );
+    let replies = replies_to(&out, 2);
+    let ServerMessage::AllocationCreated {
+        request_id: 7,
+        allocation: new,
+        code: same_code,
+        ..
+    } = replies[0]
+    else {
+        panic!("not created: {replies:?}");
+    };
+    assert_ne!(new, old);
+    assert_eq!(same_code, code);
+    assert_eq!(
+        replies[1..],
+        [
+            ServerMessage::PeerRejoined { peer: PeerId(2) },
+            ServerMessage::PeerRejoined { peer: PeerId(3) }
+        ]
+    );
+    assert!(out.contains(&Output::DeliverSnapshot {
+        conn: 2,
+        data: Bytes::from_static(b"world state v7")
+    }));
+    for conn in [3, 4] {
+        assert_eq!(
+            replies_to(&out, conn),
+            vec![ServerMessage::Migrated {
+                allocation: new,
+                host: PeerId(1)
+            }]
+        );
+    }
+    // Peer ids are unchanged, and routing is in place before anyone is told.
+    let route_of = |alloc: AllocationId| {
+        out.iter().rev().find_map(|o| match o {
+            Output::Route {
+                allocation,
+                members,
+            } if *allocation == alloc => Some(members.clone()),
+            _ => None,
+        })
+    };
+    assert_eq!(
+        route_of(new),
+        Some(vec![(PeerId(1), 2), (PeerId(2), 3), (PeerId(3), 4)])
+    );
+    assert_eq!(route_of(old), Some(vec![]));
+    let routed = out
+        .iter()
+        .position(|o| matches!(o, Output::Route { allocation, .. } if *allocation == new));
+    let told = out.iter().position(|o| {
+        matches!(
+            o,
+            Output::Send {
+                msg: ServerMessage::Migrated { .. },
+                ..
+            }
+        )
+    });
+    assert!(routed < told);
+    assert!(events(&out).contains(&Event::AllocationMigrated {
+        from: old,
+        to: new,
+        host: PeerId(1)
+    }));
+    let info = h.cp.allocation(h.now, new).unwrap();
+    assert_eq!((info.state, info.host), ("active", Some(1)));
+    assert!(h.cp.allocation(h.now, old).is_none());
+
+    // The old code lets a late joiner into the new allocation with a fresh id.
+    let (reply, _) = h.join(9, code);
+    assert!(matches!(
+        reply,
+        ServerMessage::Joined { allocation, peer: PeerId(4), host: PeerId(1), .. } if allocation == new
+    ));
+    // The new host may kick; the old rules follow the role, not id 0.
+    let out = h.request(
+        2,
+        ClientMessage::Kick {
+            request_id: 8,
+            peer: PeerId(4),
+        },
+    );
+    assert!(replies_to(&out, 2).contains(&ServerMessage::Done { request_id: 8 }));
+}
+
+#[test]
+fn the_old_host_rejoins_as_an_ordinary_peer_with_its_token() {
+    let mut h = Harness::new();
+    h.connect(HOST);
+    let out = h.request(
+        HOST,
+        ClientMessage::CreateAllocation {
+            request_id: 1,
+            max_peers: 0,
+            code_ttl_secs: 0,
+        },
+    );
+    let Some(ServerMessage::AllocationCreated {
+        allocation: old,
+        code,
+        reconnect_token,
+        ..
+    }) = replies_to(&out, HOST).into_iter().next()
+    else {
+        panic!("not created");
+    };
+    h.join_ok(2, code);
+    h.join_ok(3, code);
+    let out = h.disconnect(HOST, LeaveReason::TimedOut);
+    let (_, ticket) = promote_of(&out, 2).unwrap();
+
+    // While migrating, a rejoin is told to retry.
+    h.connect(10);
+    let rejoin = |request_id| ClientMessage::Rejoin {
+        request_id,
+        allocation: old,
+        peer: PeerId::HOST,
+        reconnect_token,
+    };
+    let out = h.request(10, rejoin(1));
+    assert!(matches!(
+        replies_to(&out, 10)[..],
+        [ServerMessage::Refused { code: ErrorCode::Migrating, value, .. }] if value > 0
+    ));
+    let out = h.request(
+        2,
+        ClientMessage::MigrateAllocation {
+            request_id: 2,
+            allocation: old,
+            ticket,
+        },
+    );
+    let new = replies_to(&out, 2)
+        .into_iter()
+        .find_map(|m| match m {
+            ServerMessage::AllocationCreated { allocation, .. } => Some(allocation),
+            _ => None,
+        })
+        .unwrap();
+
+    // A wrong token is refused; the right one, naming the OLD allocation, lands in the new one.
+    let mut wrong = reconnect_token;
+    wrong[0] ^= 1;
+    let out = h.request(
+        10,
+        ClientMessage::Rejoin {
+            request_id: 3,
+            allocation: old,
+            peer: PeerId::HOST,
+            reconnect_token: wrong,
+        },
+    );
+    assert!(matches!(
+        replies_to(&out, 10)[..],
+        [ServerMessage::Refused {
+            code: ErrorCode::Unauthorized,
+            ..
+        }]
+    ));
+    let out = h.request(10, rejoin(4));
+    assert!(matches!(
+        &replies_to(&out, 10)[..],
+        [ServerMessage::Joined { allocation, peer: PeerId(0), host: PeerId(1), .. }] if *allocation == new
+    ));
+    assert!(replies_to(&out, 2).contains(&ServerMessage::PeerRejoined { peer: PeerId(0) }));
+    assert_eq!(h.cp.allocation(h.now, new).unwrap().members.len(), 3);
+    // The old host is an ordinary peer now: it may not kick.
+    let out = h.request(
+        10,
+        ClientMessage::Kick {
+            request_id: 5,
+            peer: PeerId(2),
+        },
+    );
+    assert!(matches!(
+        replies_to(&out, 10)[..],
+        [ServerMessage::Refused {
+            code: ErrorCode::NotHost,
+            ..
+        }]
+    ));
+}
+
+#[test]
+fn a_silent_candidate_is_passed_over_and_then_the_allocation_closes() {
+    let mut config = RelayConfig::default();
+    config
+        .set_migration_timeout(Duration::from_secs(5))
+        .unwrap();
+    let mut h = Harness::with(config);
+    let (id, code) = h.create();
+    h.join_ok(2, code);
+    h.join_ok(3, code);
+    let out = h.disconnect(HOST, LeaveReason::Closed);
+    assert!(promote_of(&out, 2).is_some());
+    assert!(h.advance(Duration::from_millis(4_999)).is_empty());
+    let out = h.advance(Duration::from_millis(1));
+    assert!(
+        promote_of(&out, 3).is_some(),
+        "the next candidate is elected"
+    );
+    assert!(replies_to(&out, 2).contains(&ServerMessage::HostLost {
+        host: PeerId::HOST,
+        reason: LeaveReason::Closed,
+        elected: PeerId(2)
+    }));
+    let out = h.advance(Duration::from_secs(5));
+    let mut c = closes(&out);
+    c.sort_by_key(|(conn, _)| *conn);
+    assert_eq!(
+        c,
+        vec![
+            (2, CloseCode::HostLost(LeaveReason::Closed)),
+            (3, CloseCode::HostLost(LeaveReason::Closed))
+        ]
+    );
+    assert!(events(&out).contains(&Event::AllocationClosed {
+        allocation: id,
+        reason: CloseReason::MigrationFailed
+    }));
+    assert_eq!(h.cp.allocation_count(), 0);
+}
+
+#[test]
+fn the_elected_member_leaving_triggers_a_new_election_and_the_last_one_closes_it() {
+    let (mut h, id, _) = game_of_four();
+    h.disconnect(HOST, LeaveReason::Closed);
+    let out = h.disconnect(2, LeaveReason::Closed);
+    assert!(promote_of(&out, 3).is_some());
+    h.disconnect(3, LeaveReason::Closed);
+    let out = h.disconnect(4, LeaveReason::Closed);
+    assert!(events(&out).contains(&Event::AllocationClosed {
+        allocation: id,
+        reason: CloseReason::MigrationFailed
+    }));
+    assert_eq!(h.cp.allocation_count(), 0);
+}
+
+#[test]
+fn a_lobby_can_override_the_election_and_stale_tickets_stop_working() {
+    let (mut h, id, _) = game_of_four();
+    let out = h.disconnect(HOST, LeaveReason::Kicked);
+    let (_, first_ticket) = promote_of(&out, 2).unwrap();
+    assert_eq!(
+        h.cp.elect_host(h.now, id, PeerId(9)),
+        Err(AdminError::UnknownPeer(PeerId(9)))
+    );
+    h.cp.elect_host(h.now, id, PeerId(3)).unwrap();
+    let out = h.drain();
+    assert!(promote_of(&out, 4).is_some());
+    assert!(events(&out).contains(&Event::HostElected {
+        allocation: id,
+        host: PeerId(3),
+        by: ElectedBy::Lobby
+    }));
+    let out = h.request(
+        2,
+        ClientMessage::MigrateAllocation {
+            request_id: 1,
+            allocation: id,
+            ticket: first_ticket,
+        },
+    );
+    assert!(matches!(
+        replies_to(&out, 2)[..],
+        [ServerMessage::Refused {
+            code: ErrorCode::Unauthorized,
+            ..
+        }]
+    ));
+    let (_, live) = h.create_with(50, 0, 0);
+    let _ = live;
+    let other = h.cp.allocations(h.now)[1].id.parse().unwrap();
+    assert_eq!(
+        h.cp.elect_host(h.now, other, PeerId(0)),
+        Err(AdminError::NotMigrating(other))
+    );
+}
+
+#[test]
+fn snapshots_are_bounded_by_size_budget_and_role() {
+    let mut config = RelayConfig::default();
+    config.set_max_snapshot(2048).unwrap();
+    config.set_snapshot_budget(3000).unwrap();
+    let mut h = Harness::with(config);
+    let (_, code) = h.create();
+    h.join_ok(2, code);
+    let snap = |h: &mut Harness, conn, len| {
+        h.cp.handle(
+            h.now,
+            Input::Snapshot {
+                conn,
+                data: Bytes::from(vec![1u8; len]),
+            },
+        );
+        replies_to(&h.drain(), conn)
+    };
+    assert_eq!(
+        snap(&mut h, 2, 10),
+        vec![ServerMessage::SnapshotRejected {
+            code: ErrorCode::NotHost,
+            value: 0
+        }]
+    );
+    assert_eq!(
+        snap(&mut h, HOST, 2049),
+        vec![ServerMessage::SnapshotRejected {
+            code: ErrorCode::PayloadTooLarge,
+            value: 2048
+        }]
+    );
+    assert_eq!(
+        snap(&mut h, HOST, 2000),
+        vec![ServerMessage::SnapshotStored { len: 2000 }]
+    );
+    // Replacing counts only the difference.
+    assert_eq!(
+        snap(&mut h, HOST, 2048),
+        vec![ServerMessage::SnapshotStored { len: 2048 }]
+    );
+    let (_, code2) = h.create_with(20, 0, 0);
+    let _ = code2;
+    assert_eq!(
+        snap(&mut h, 20, 1000),
+        vec![ServerMessage::SnapshotRejected {
+            code: ErrorCode::RelayFull,
+            value: 0
+        }]
+    );
+    assert_eq!(h.cp.snapshot_bytes(), 2048);
+    // Closing the allocation releases its snapshot.
+    h.disconnect(2, LeaveReason::Closed);
+    h.disconnect(HOST, LeaveReason::Closed);
+    assert_eq!(h.cp.snapshot_bytes(), 0);
+    assert_eq!(
+        snap(&mut h, 20, 1000),
+        vec![ServerMessage::SnapshotStored { len: 1000 }]
     );
 }
 
