@@ -10,6 +10,7 @@
 //! | `GET /v1/allocations/{id}` | `AllocationInfo` |
 //! | `POST /v1/allocations` | 201 `Reservation`; optional body `{"max_peers": n}` (n ≥ 2, capped at the relay's maximum) |
 //! | `POST /v1/allocations/{id}/revoke-code` | `{"revoked": "CODE"}` |
+//! | `POST /v1/allocations/{id}/elect` `{"peer": n}` | `{"elected": n}`; 409 unless migrating |
 //! | `DELETE /v1/allocations/{id}` | 204; members are closed with `AllocationClosed` |
 //! | `GET /v1/events` | `text/event-stream` of lifecycle events (see [`crate::hooks`]); resumes after `Last-Event-ID` (header) or `?last_event_id=` |
 //!
@@ -137,6 +138,7 @@ fn router(handle: RelayHandle, token: Option<String>, hooks: HookSender) -> Rout
             get(allocation).delete(close_allocation),
         )
         .route("/v1/allocations/{id}/revoke-code", post(revoke_code))
+        .route("/v1/allocations/{id}/elect", post(elect_host))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(healthz))
@@ -341,6 +343,32 @@ async fn reserve_allocation(
         response.headers_mut().insert(header::LOCATION, value);
     }
     Ok(response)
+}
+
+/// Body of `POST /v1/allocations/{id}/elect`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ElectRequest {
+    /// The member to host next.
+    peer: u16,
+}
+
+/// A lobby overrides the relay's choice of a migrating allocation's next host.
+async fn elect_host(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let body = body?;
+    let request: ElectRequest =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("body: {e}")))?;
+    state
+        .handle
+        .elect_host(id, baton_protocol::PeerId(request.peer))
+        .await?;
+    info!(alloc = %id, peer = request.peer, "next host elected by admin API");
+    Ok(Json(serde_json::json!({ "elected": request.peer })).into_response())
 }
 
 async fn revoke_code(
@@ -568,6 +596,42 @@ mod tests {
         assert_eq!(body["code"], "not_found");
 
         admin.stop().await;
+    }
+
+    #[tokio::test]
+    async fn election_override_needs_a_migrating_allocation() {
+        let admin = start(RelayConfig::default(), None).await;
+        let reservation: Value = admin
+            .http
+            .post(admin.url("/v1/allocations"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let id = reservation["allocation_id"].as_str().unwrap();
+        let elect = |body: Value| {
+            admin
+                .http
+                .post(admin.url(&format!("/v1/allocations/{id}/elect")))
+                .json(&body)
+                .send()
+        };
+        let r = elect(serde_json::json!({ "peer": 1 })).await.unwrap();
+        assert_eq!(r.status().as_u16(), 409);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["code"], "not_migrating");
+        let r = elect(serde_json::json!({ "who": 1 })).await.unwrap();
+        assert_eq!(r.status().as_u16(), 400);
+        let r = admin
+            .http
+            .post(admin.url("/v1/allocations/00000000000000ff/elect"))
+            .json(&serde_json::json!({ "peer": 1 }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 404);
     }
 
     #[tokio::test]

@@ -191,6 +191,21 @@ pub struct Cli {
     #[arg(long, env = "BATON_JOIN_CODE_TTL", value_name = "DURATION", value_parser = parse_duration)]
     join_code_ttl: Option<Duration>,
 
+    /// Time an elected member has to take over a migrating allocation before the next is
+    /// elected (100ms to 10m) [default: 5s].
+    #[arg(long, env = "BATON_MIGRATION_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    migration_timeout: Option<Duration>,
+
+    /// Largest migration snapshot a host may upload, in bytes (1024 to 268435456)
+    /// [default: 10485760].
+    #[arg(long, env = "BATON_MAX_SNAPSHOT", value_name = "BYTES")]
+    max_snapshot: Option<usize>,
+
+    /// Bytes all stored migration snapshots may take together; uploads beyond it are refused
+    /// with relay_full (at least --max-snapshot) [default: 1073741824].
+    #[arg(long, env = "BATON_SNAPSHOT_BUDGET", value_name = "BYTES")]
+    snapshot_budget: Option<usize>,
+
     /// Lobby webhook: every lifecycle event is POSTed to this http or https URL as signed JSON.
     /// Repeatable (at most 16); comma-separated in the environment. Requires --webhook-secret.
     #[arg(
@@ -293,6 +308,12 @@ pub struct FileConfig {
     pub max_datagram_payload: Option<usize>,
     /// See `--join-code-len`.
     pub join_code_len: Option<usize>,
+    /// See `--migration-timeout`.
+    pub migration_timeout: Option<HumanDuration>,
+    /// See `--max-snapshot`.
+    pub max_snapshot: Option<usize>,
+    /// See `--snapshot-budget`.
+    pub snapshot_budget: Option<usize>,
     /// See `--join-code-ttl`.
     pub join_code_ttl: Option<HumanDuration>,
     /// See `--webhook`.
@@ -478,6 +499,16 @@ pub fn resolve(cli: &Cli, file: FileConfig) -> Result<Settings, CliError> {
     }
     if let Some(v) = cli.join_code_ttl.or(secs(file.join_code_ttl)) {
         relay.set_join_code_ttl(v)?;
+    }
+    if let Some(v) = cli.migration_timeout.or(secs(file.migration_timeout)) {
+        relay.set_migration_timeout(v)?;
+    }
+    // The budget is checked against the snapshot limit, so the limit goes first.
+    if let Some(v) = cli.max_snapshot.or(file.max_snapshot) {
+        relay.set_max_snapshot(v)?;
+    }
+    if let Some(v) = cli.snapshot_budget.or(file.snapshot_budget) {
+        relay.set_snapshot_budget(v)?;
     }
 
     relay.hooks = hooks;
@@ -692,6 +723,9 @@ mod tests {
             format!("[default: {}]", c.max_datagram_payload()),
             format!("[default: {}]", c.join_code_len()),
             format!("[default: {}d]", c.join_code_ttl().as_secs() / 86_400),
+            format!("[default: {}s]", c.migration_timeout().as_secs()),
+            format!("[default: {}]", c.max_snapshot()),
+            format!("[default: {}]", c.snapshot_budget()),
             format!("[default: {}]", c.hooks.queue()),
             format!("[default: {}]", c.hooks.replay()),
             format!("[default: {}ms]", c.hooks.backoff_initial().as_millis()),
@@ -738,6 +772,9 @@ mod tests {
             max_datagram_payload = 1000
             join_code_len = 8
             join_code_ttl = "1h"
+            migration_timeout = "750ms"
+            max_snapshot = 4096
+            snapshot_budget = 8192
             log_format = "json"
             log_level = "debug"
             "#,
@@ -764,6 +801,8 @@ mod tests {
         assert_eq!(r.max_datagram_payload(), 1000);
         assert_eq!(r.join_code_len(), 8);
         assert_eq!(r.join_code_ttl(), Duration::from_secs(3600));
+        assert_eq!(r.migration_timeout(), Duration::from_millis(750));
+        assert_eq!((r.max_snapshot(), r.snapshot_budget()), (4096, 8192));
         assert_eq!(s.log_format, LogFormat::Json);
         assert_eq!(s.log_level, LevelFilter::DEBUG);
     }
@@ -889,6 +928,9 @@ mod tests {
             (&["--keepalive-timeout", "10ms"], "keepalive_timeout"),
             (&["--bind-timeout", "11m"], "bind_timeout"),
             (&["--host-bind-timeout", "2h"], "host_bind_timeout"),
+            (&["--migration-timeout", "1h"], "migration_timeout"),
+            (&["--max-snapshot", "10"], "max_snapshot"),
+            (&["--snapshot-budget", "10"], "snapshot_budget"),
             (
                 &["--max-peers-per-allocation", "1"],
                 "max_peers_per_allocation",

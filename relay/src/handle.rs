@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use baton_protocol::{AllocationId, JoinCode};
+use baton_protocol::{AllocationId, JoinCode, PeerId};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::control::{AdminError, AllocationInfo, ControlPlane, Reservation};
@@ -74,6 +74,13 @@ impl RelayHandle {
     /// Closes an allocation; its members are disconnected with `AllocationClosed`.
     pub async fn close_allocation(&self, id: AllocationId) -> Result<(), AdminError> {
         self.call(move |cp, now| cp.close_by_admin(now, id)).await?
+    }
+
+    /// Overrides the election of a migrating allocation's next host (see
+    /// [`ControlPlane::elect_host`]).
+    pub async fn elect_host(&self, id: AllocationId, peer: PeerId) -> Result<(), AdminError> {
+        self.call(move |cp, now| cp.elect_host(now, id, peer))
+            .await?
     }
 
     /// Live allocations and connections as the control plane counts them.
