@@ -936,6 +936,27 @@ impl ControlPlane {
         self.bind_host(now, conn, request_id, id);
     }
 
+    /// The `AllocationCreated` reply telling `host` it now hosts allocation `id`.
+    fn created_reply(
+        &self,
+        now: Instant,
+        request_id: u32,
+        id: AllocationId,
+        alloc: &Allocation,
+        host: PeerId,
+    ) -> ServerMessage {
+        let ttl = alloc.code_expires.saturating_duration_since(now).as_secs();
+        ServerMessage::AllocationCreated {
+            request_id,
+            allocation: id,
+            code: alloc.code,
+            code_ttl_secs: u32::try_from(ttl).unwrap_or(u32::MAX),
+            max_peers: alloc.max_peers,
+            max_payload: self.max_payload,
+            reconnect_token: self.reconnect_token(alloc.lineage, host),
+        }
+    }
+
     /// Makes `conn` the host (peer 0) of `id` and tells everyone.
     fn bind_host(&mut self, now: Instant, conn: ConnId, request_id: u32, id: AllocationId) {
         let others: Vec<(PeerId, ConnId)> = match self.allocations.get_mut(&id) {
@@ -950,18 +971,7 @@ impl ControlPlane {
         let Some(alloc) = self.allocations.get(&id) else {
             return;
         };
-        let reply = ServerMessage::AllocationCreated {
-            request_id,
-            allocation: id,
-            code: alloc.code,
-            code_ttl_secs: u32::try_from(
-                alloc.code_expires.saturating_duration_since(now).as_secs(),
-            )
-            .unwrap_or(u32::MAX),
-            max_peers: alloc.max_peers,
-            max_payload: self.max_payload,
-            reconnect_token: self.reconnect_token(alloc.lineage, PeerId::HOST),
-        };
+        let reply = self.created_reply(now, request_id, id, alloc, PeerId::HOST);
         self.send(conn, reply);
         for (peer, other) in others {
             // A host claiming a reservation learns who is already there.
@@ -1390,18 +1400,7 @@ impl ControlPlane {
         self.schedule(now + self.tombstone_ttl, Timer::Successor(from));
         let route = alloc.route();
         let snapshot = alloc.snapshot.clone();
-        let reply = ServerMessage::AllocationCreated {
-            request_id,
-            allocation: to,
-            code: alloc.code,
-            code_ttl_secs: u32::try_from(
-                alloc.code_expires.saturating_duration_since(now).as_secs(),
-            )
-            .unwrap_or(u32::MAX),
-            max_peers: alloc.max_peers,
-            max_payload: self.max_payload,
-            reconnect_token: self.reconnect_token(alloc.lineage, me),
-        };
+        let reply = self.created_reply(now, request_id, to, &alloc, me);
         self.allocations.insert(to, alloc);
         // Routing first, for everyone, then the new host hears it is bound, then the others
         // are told to move: no one can race into a missing allocation.
