@@ -180,24 +180,7 @@ pub enum LobbyEventKind {
     },
 }
 
-/// Who elected a host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ElectedBy {
-    /// The relay's deterministic election.
-    Relay,
-    /// A lobby, through the admin API.
-    Lobby,
-}
-
-impl ElectedBy {
-    /// `relay` or `lobby`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ElectedBy::Relay => "relay",
-            ElectedBy::Lobby => "lobby",
-        }
-    }
-}
+pub use crate::control::ElectedBy;
 
 impl LobbyEventKind {
     /// `peer.joined` for `peer`.
