@@ -84,6 +84,9 @@ pub struct ClientConfig {
     pub(crate) request_timeout: Duration,
     pub(crate) alpn: Vec<u8>,
     pub(crate) bind_addr: Option<SocketAddr>,
+    pub(crate) max_snapshot: usize,
+    pub(crate) snapshot_interval: Duration,
+    pub(crate) migration_retry: Duration,
 }
 
 impl ClientConfig {
@@ -99,6 +102,9 @@ impl ClientConfig {
             request_timeout: defaults::REQUEST_TIMEOUT,
             alpn: baton_protocol::ALPN.to_vec(),
             bind_addr: None,
+            max_snapshot: defaults::MAX_SNAPSHOT,
+            snapshot_interval: defaults::SNAPSHOT_INTERVAL,
+            migration_retry: defaults::MIGRATION_RETRY,
         }
     }
 
@@ -152,6 +158,30 @@ impl ClientConfig {
         self
     }
 
+    /// Largest migration snapshot to accept from the relay on becoming host (default
+    /// [`defaults::MAX_SNAPSHOT`]). A larger one is discarded and the migration completes
+    /// without it. Must be non-zero.
+    pub fn max_snapshot(mut self, bytes: usize) -> Self {
+        self.max_snapshot = bytes;
+        self
+    }
+
+    /// How often at most a snapshot staged with
+    /// [`Session::stage_snapshot`](crate::Session::stage_snapshot) is uploaded (default
+    /// [`defaults::SNAPSHOT_INTERVAL`]). Must be non-zero.
+    pub fn snapshot_interval(mut self, interval: Duration) -> Self {
+        self.snapshot_interval = interval;
+        self
+    }
+
+    /// How long [`Peer::join`](crate::Peer::join) and [`Peer::rejoin`](crate::Peer::rejoin)
+    /// keep retrying while the allocation is migrating (default [`defaults::MIGRATION_RETRY`]);
+    /// zero does not retry.
+    pub fn migration_retry(mut self, window: Duration) -> Self {
+        self.migration_retry = window;
+        self
+    }
+
     /// ALPN protocol to offer instead of [`baton_protocol::ALPN`]. **For testing only**: a
     /// relay rejects any other value, which is how a protocol-version mismatch looks
     /// ([`Error::ProtocolVersionMismatch`]). Must be 1 to 255 bytes.
@@ -198,6 +228,12 @@ impl ClientConfig {
         if self.request_timeout.is_zero() {
             return bad("request timeout must be non-zero".into());
         }
+        if self.max_snapshot == 0 {
+            return bad("snapshot limit must be non-zero".into());
+        }
+        if self.snapshot_interval.is_zero() {
+            return bad("snapshot interval must be non-zero".into());
+        }
         if self.alpn.is_empty() || self.alpn.len() > 255 {
             return bad(format!(
                 "ALPN must be 1 to 255 bytes, got {}",
@@ -228,9 +264,10 @@ impl ClientConfig {
         transport
             .keep_alive_interval(Some(self.keep_alive_interval))
             .max_idle_timeout(Some(idle))
-            // The relay never opens streams towards a client: refuse them outright.
+            // The relay opens no bidirectional streams towards a client, and one unidirectional
+            // stream at a time: the migration snapshot, when this client becomes host.
             .max_concurrent_bidi_streams(0u32.into())
-            .max_concurrent_uni_streams(0u32.into());
+            .max_concurrent_uni_streams(1u32.into());
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         config.transport_config(Arc::new(transport));
         Ok((config, setup.log))

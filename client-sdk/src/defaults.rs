@@ -59,3 +59,29 @@ pub const CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// The relay ends the control stream only when it closes the connection; the two can arrive in
 /// either order, and the connection close carries the reason we want to report.
 pub const STREAM_END_GRACE: Duration = Duration::from_secs(1);
+
+/// Largest migration snapshot the SDK accepts from the relay when it becomes host.
+///
+/// The relay's own limit is 10 MiB by default and an operator may raise it; 64 MiB leaves room
+/// for that while bounding what a relay can make a client buffer.
+pub const MAX_SNAPSHOT: usize = 64 * 1024 * 1024;
+
+/// How often at most the SDK uploads a snapshot staged with `Session::stage_snapshot`.
+///
+/// Once a second keeps the state a new host resumes from at most a second old (games tick 20
+/// to 60 times a second, so this is at most a few dozen ticks), while a game that stages every
+/// tick uploads once a second rather than sixty times.
+pub const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long a join or rejoin keeps retrying while the allocation is migrating.
+///
+/// A migration completes in well under a second when the elected member is responsive; the
+/// relay passes over one that is not after its 5 s deadline. 10 s covers one pass-over.
+pub const MIGRATION_RETRY: Duration = Duration::from_secs(10);
+
+/// Shortest wait between join retries while an allocation migrates, whatever the relay says.
+pub const MIGRATION_POLL_MIN: Duration = Duration::from_millis(20);
+
+/// Longest wait between join retries while an allocation migrates: the relay's hint is the
+/// elected member's whole deadline, but a responsive one takes over in milliseconds.
+pub const MIGRATION_POLL_MAX: Duration = Duration::from_millis(250);

@@ -127,6 +127,10 @@ pub enum Error {
         /// The largest payload the relay carries.
         limit: usize,
     },
+    /// The host was lost and no member has taken over yet, so there is no host to send to.
+    /// Wait for [`Event::HostMigrated`](crate::Event::HostMigrated).
+    #[error("the host was lost and a new host is taking over")]
+    HostMigrating,
     /// The relay did not answer a control request in time (see
     /// [`ClientConfig::request_timeout`](crate::ClientConfig::request_timeout)).
     #[error("the relay did not answer within {timeout:?}")]

@@ -2,13 +2,19 @@
 
 use std::fmt;
 
-use baton_protocol::{DropReason, JoinCode, LeaveReason, PeerId};
+use baton_protocol::{AllocationId, DropReason, ErrorCode, JoinCode, LeaveReason, PeerId};
+use bytes::Bytes;
 
 use crate::DisconnectReason;
 
 /// Something that happened to a session, from [`Session::next_event`](crate::Session::next_event).
 ///
 /// [`Event::Disconnected`] is always the last event of a session, and comes exactly once.
+///
+/// A host migration reads as: [`Event::HostLost`] (on every remaining member, possibly again
+/// with another `elected` member if the first one does not take over in time), then
+/// [`Event::HostMigrated`], then, on the new host only, one [`Event::PeerRejoined`] per member
+/// that moved with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Event {
@@ -24,11 +30,43 @@ pub enum Event {
         /// Why it left.
         reason: LeaveReason,
     },
-    /// The allocation's host was lost and the allocation closed. Followed by
-    /// [`Event::Disconnected`] with [`DisconnectReason::HostLost`].
+    /// The allocation's host was lost. The game goes on: the relay elected `elected` to take
+    /// over (the SDK of that member does so by itself) and [`Event::HostMigrated`] follows.
+    /// Until then datagrams between the remaining members keep flowing, and sending to the
+    /// host fails with [`Error::HostMigrating`](crate::Error::HostMigrating).
+    ///
+    /// If the migration fails (no member took over in time) the allocation closes and
+    /// [`Event::Disconnected`] with [`DisconnectReason::HostLost`] follows instead. A session
+    /// whose connection ends that way without having heard of the loss first gets this event
+    /// with `elected: None` just before [`Event::Disconnected`].
     HostLost {
+        /// The lost host's peer id.
+        host: PeerId,
         /// Why the host left.
         reason: LeaveReason,
+        /// The member elected to take over, if one was.
+        elected: Option<PeerId>,
+    },
+    /// The host migration completed: the session now belongs to `allocation`, hosted by
+    /// `new_host`. Every peer id is unchanged and the join code still works.
+    HostMigrated {
+        /// The successor allocation.
+        allocation: AllocationId,
+        /// The new host's peer id.
+        new_host: PeerId,
+        /// Whether the new host is this client. Host operations
+        /// ([`Session::kick`](crate::Session::kick),
+        /// [`Session::upload_snapshot`](crate::Session::upload_snapshot), ...) work from now on.
+        you_are_host: bool,
+        /// On the new host, the last migration snapshot the old host uploaded (`None` if it
+        /// uploaded none); always `None` on the other members.
+        snapshot: Option<Bytes>,
+    },
+    /// (On the host) a member came back: moved here by a host migration, or reconnected with
+    /// its reconnect token ([`Peer::rejoin`](crate::Peer::rejoin)). It keeps its old peer id.
+    PeerRejoined {
+        /// Its id.
+        peer: PeerId,
     },
     /// The allocation's join code was revoked by an operator (sent to the host); new joins with
     /// it are refused.
@@ -45,6 +83,16 @@ pub enum Event {
         /// Reason-specific detail (see [`DropReason`]): the size limit, or the destination id.
         value: u32,
     },
+    /// The relay refused a snapshot the SDK uploaded in the background
+    /// ([`Session::stage_snapshot`](crate::Session::stage_snapshot)); the previous one stays
+    /// stored.
+    SnapshotRejected {
+        /// Why: `payload_too_large` (`value` = the relay's limit in bytes), `not_host` or
+        /// `relay_full`.
+        code: ErrorCode,
+        /// Code-specific detail.
+        value: u32,
+    },
     /// The connection to the relay ended. Always the last event.
     Disconnected {
         /// Why.
@@ -57,7 +105,30 @@ impl fmt::Display for Event {
         match self {
             Event::PeerJoined { peer } => write!(f, "peer {peer} joined"),
             Event::PeerLeft { peer, reason } => write!(f, "peer {peer} left ({reason})"),
-            Event::HostLost { reason } => write!(f, "host lost ({reason})"),
+            Event::HostLost {
+                host,
+                reason,
+                elected: Some(elected),
+            } => write!(f, "host {host} lost ({reason}); peer {elected} elected"),
+            Event::HostLost {
+                host,
+                reason,
+                elected: None,
+            } => write!(f, "host {host} lost ({reason})"),
+            Event::HostMigrated {
+                allocation,
+                new_host,
+                you_are_host,
+                snapshot,
+            } => {
+                write!(f, "migrated to allocation {allocation}, host {new_host}")?;
+                if *you_are_host {
+                    let len = snapshot.as_ref().map_or(0, Bytes::len);
+                    write!(f, " (this client, snapshot of {len} bytes)")?;
+                }
+                Ok(())
+            }
+            Event::PeerRejoined { peer } => write!(f, "peer {peer} rejoined"),
             Event::JoinCodeRevoked { code } => write!(f, "join code {code} revoked"),
             Event::DatagramsDropped {
                 reason,
@@ -67,6 +138,9 @@ impl fmt::Display for Event {
                 f,
                 "relay dropped {count} datagrams ({reason}, value {value})"
             ),
+            Event::SnapshotRejected { code, value } => {
+                write!(f, "snapshot rejected ({code}, value {value})")
+            }
             Event::Disconnected { reason } => write!(f, "disconnected: {reason}"),
         }
     }

@@ -3,16 +3,21 @@
 use std::ops::Deref;
 use std::time::Duration;
 
-use baton_protocol::{ClientMessage, JoinCode, PeerId};
+use baton_protocol::{ClientMessage, JoinCode};
 
 use crate::session::{self, Bound, Session, BIND_REQUEST_ID};
 use crate::{AllocationOptions, ClientConfig, Error};
 
-/// The host of an allocation (peer id 0): shares a join code, receives peers, and may kick them
-/// or revoke the code. Dereferences to [`Session`] for datagrams, events and membership.
+/// The client that created an allocation (peer id 0): shares a join code and receives peers.
+/// Dereferences to [`Session`] for datagrams, events, membership and the host operations
+/// ([`Session::kick`], [`Session::revoke_join_code`], [`Session::upload_snapshot`],
+/// [`Session::stage_snapshot`]).
 ///
-/// When the host leaves (close, drop, or 10 s of silence) the relay closes the allocation and
-/// its peers see [`Event::HostLost`](crate::Event::HostLost).
+/// When the host leaves (close, drop, or 10 s of silence) the game goes on: the relay elects
+/// another member, which takes over with the last uploaded snapshot, and every peer keeps its
+/// id ([`Event::HostLost`](crate::Event::HostLost), then
+/// [`Event::HostMigrated`](crate::Event::HostMigrated)). With no other member left, the
+/// allocation closes.
 #[derive(Debug)]
 pub struct Host {
     session: Session,
@@ -95,15 +100,9 @@ impl Host {
     }
 
     /// The code peers join with, as issued when the allocation was created. It stops working
-    /// when it expires ([`Host::code_ttl`]) or is revoked ([`Host::join_code_revoked`]).
+    /// when it expires ([`Host::code_ttl`]) or is revoked ([`Session::join_code_revoked`]).
     pub fn join_code(&self) -> JoinCode {
         self.join_code
-    }
-
-    /// Whether the join code was revoked, by [`Host::revoke_join_code`] or by an operator
-    /// ([`Event::JoinCodeRevoked`](crate::Event::JoinCodeRevoked)).
-    pub fn join_code_revoked(&self) -> bool {
-        self.session.code_revoked()
     }
 
     /// How long the join code was valid for when the allocation was created.
@@ -116,38 +115,12 @@ impl Host {
         self.max_peers
     }
 
-    /// Removes `peer` from the allocation; its connection is closed with
-    /// [`DisconnectReason::Kicked`](crate::DisconnectReason::Kicked) and the others see
-    /// [`Event::PeerLeft`](crate::Event::PeerLeft).
-    ///
-    /// # Errors
-    /// [`Error::UnknownPeer`] if `peer` is not a member, [`Error::RequestTimedOut`],
-    /// [`Error::Disconnected`].
-    pub async fn kick(&self, peer: PeerId) -> Result<(), Error> {
-        self.session
-            .request(|request_id| ClientMessage::Kick { request_id, peer })
-            .await
-    }
-
-    /// Revokes the join code: later joins with it fail with [`Error::CodeRevoked`]. Members
-    /// already in stay.
-    ///
-    /// # Errors
-    /// [`Error::RequestTimedOut`], [`Error::Disconnected`].
-    pub async fn revoke_join_code(&self) -> Result<(), Error> {
-        self.session
-            .request(|request_id| ClientMessage::RevokeCode { request_id })
-            .await?;
-        self.session.mark_code_revoked();
-        Ok(())
-    }
-
     /// The underlying session.
     pub fn session(&self) -> &Session {
         &self.session
     }
 
-    /// Gives up the host-only operations and keeps the session.
+    /// Gives up the wrapper and keeps the session.
     pub fn into_session(self) -> Session {
         self.session
     }

@@ -70,13 +70,14 @@ mod event;
 mod host;
 mod peer;
 mod session;
+mod snapshot;
 mod tls;
 
 pub use config::{AllocationOptions, ClientConfig, Trust};
 pub use error::{DisconnectReason, Error};
 pub use event::Event;
 pub use host::Host;
-pub use peer::{IntoJoinCode, Peer};
+pub use peer::{IntoJoinCode, Peer, ReconnectToken};
 pub use session::Session;
 pub use tls::{fingerprint, format_fingerprint, parse_fingerprint};
 

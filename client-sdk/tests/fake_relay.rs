@@ -442,7 +442,9 @@ async fn peer_joins_and_learns_that_the_host_was_lost() {
     assert_eq!(
         within(peer.next_event()).await,
         Some(Event::HostLost {
-            reason: LeaveReason::TimedOut
+            host: PeerId(0),
+            reason: LeaveReason::TimedOut,
+            elected: None,
         })
     );
     let lost = DisconnectReason::HostLost(LeaveReason::TimedOut);

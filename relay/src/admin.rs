@@ -10,7 +10,7 @@
 //! | `GET /v1/allocations/{id}` | `AllocationInfo` |
 //! | `POST /v1/allocations` | 201 `Reservation`; optional body `{"max_peers": n}` (n ≥ 2, capped at the relay's maximum) |
 //! | `POST /v1/allocations/{id}/revoke-code` | `{"revoked": "CODE"}` |
-//! | `POST /v1/allocations/{id}/elect` `{"peer": n}` | `{"elected": n}`; 409 unless migrating |
+//! | `POST /v1/allocations/{id}/elect` `{"peer": n}` | `{"elected": n, "allocation_id", "ticket", "deadline_ms"}` (the member is sent `Promote` too; a lobby may hand it the ticket itself); 409 unless migrating |
 //! | `DELETE /v1/allocations/{id}` | 204; members are closed with `AllocationClosed` |
 //! | `GET /v1/events` | `text/event-stream` of lifecycle events (see [`crate::hooks`]); resumes after `Last-Event-ID` (header) or `?last_event_id=` |
 //!
@@ -363,12 +363,18 @@ async fn elect_host(
     let body = body?;
     let request: ElectRequest =
         serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("body: {e}")))?;
-    state
+    let promotion = state
         .handle
         .elect_host(id, baton_protocol::PeerId(request.peer))
         .await?;
     info!(alloc = %id, peer = request.peer, "next host elected by admin API");
-    Ok(Json(serde_json::json!({ "elected": request.peer })).into_response())
+    Ok(Json(serde_json::json!({
+        "elected": request.peer,
+        "allocation_id": promotion.allocation.to_string(),
+        "ticket": hex::encode(promotion.ticket),
+        "deadline_ms": u64::try_from(promotion.deadline.as_millis()).unwrap_or(u64::MAX),
+    }))
+    .into_response())
 }
 
 async fn revoke_code(

@@ -245,6 +245,20 @@ impl CloseReason {
     }
 }
 
+/// An election a lobby made through [`ControlPlane::elect_host`]: what the elected member
+/// presents in `MigrateAllocation`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Promotion {
+    /// The migrating allocation.
+    pub allocation: AllocationId,
+    /// The elected member.
+    pub peer: PeerId,
+    /// The migration ticket for this member and this election round.
+    pub ticket: [u8; 16],
+    /// How long the member has to present it.
+    pub deadline: Duration,
+}
+
 /// Why an admin call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -1309,13 +1323,15 @@ impl ControlPlane {
         }));
     }
 
-    /// Lets a lobby choose a migrating allocation's next host.
+    /// Lets a lobby choose a migrating allocation's next host. The member is sent `Promote`
+    /// as with the relay's own choice; the returned ticket is the same one, for a lobby that
+    /// hands it to the member itself (the SDK's `Session::take_over`).
     pub fn elect_host(
         &mut self,
         now: Instant,
         id: AllocationId,
         peer: PeerId,
-    ) -> Result<(), AdminError> {
+    ) -> Result<Promotion, AdminError> {
         let alloc = self.allocations.get(&id).ok_or(AdminError::NotFound(id))?;
         if !matches!(alloc.host, HostSlot::Migrating(_)) {
             return Err(AdminError::NotMigrating(id));
@@ -1324,7 +1340,16 @@ impl ControlPlane {
             return Err(AdminError::UnknownPeer(peer));
         }
         self.elect(now, id, Some(peer));
-        Ok(())
+        let epoch = match self.allocations.get(&id).map(|a| &a.host) {
+            Some(HostSlot::Migrating(m)) => m.epoch,
+            _ => return Err(AdminError::NotMigrating(id)),
+        };
+        Ok(Promotion {
+            allocation: id,
+            peer,
+            ticket: self.ticket(id, peer, epoch),
+            deadline: self.migration_timeout,
+        })
     }
 
     /// HMAC-SHA256 of `parts` under the relay's secret, truncated to 128 bits.
@@ -1426,10 +1451,11 @@ impl ControlPlane {
             members: Vec::new(),
         });
         self.send(conn, reply);
-        if let Some(data) = snapshot {
-            self.outputs
-                .push_back(Output::DeliverSnapshot { conn, data });
-        }
+        // Always delivered (empty when none is stored), so the new host knows when it has it.
+        self.outputs.push_back(Output::DeliverSnapshot {
+            conn,
+            data: snapshot.unwrap_or_default(),
+        });
         for (peer, c) in &route {
             if *peer != me {
                 self.send(
@@ -1590,7 +1616,8 @@ impl ControlPlane {
         }
         self.snapshot_bytes = self.snapshot_bytes - old + data.len();
         let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
-        alloc.snapshot = Some(data);
+        // An empty upload clears the stored snapshot.
+        alloc.snapshot = (!data.is_empty()).then_some(data);
         self.send(conn, ServerMessage::SnapshotStored { len });
     }
 

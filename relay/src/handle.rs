@@ -6,7 +6,7 @@ use std::time::Instant;
 use baton_protocol::{AllocationId, JoinCode, PeerId};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::control::{AdminError, AllocationInfo, ControlPlane, Reservation};
+use crate::control::{AdminError, AllocationInfo, ControlPlane, Promotion, Reservation};
 use crate::metrics::Metrics;
 
 /// A boxed admin request, run on the control task against the control plane with `now`.
@@ -77,8 +77,12 @@ impl RelayHandle {
     }
 
     /// Overrides the election of a migrating allocation's next host (see
-    /// [`ControlPlane::elect_host`]).
-    pub async fn elect_host(&self, id: AllocationId, peer: PeerId) -> Result<(), AdminError> {
+    /// [`ControlPlane::elect_host`]), returning the elected member's ticket.
+    pub async fn elect_host(
+        &self,
+        id: AllocationId,
+        peer: PeerId,
+    ) -> Result<Promotion, AdminError> {
         self.call(move |cp, now| cp.elect_host(now, id, peer))
             .await?
     }

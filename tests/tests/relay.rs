@@ -222,35 +222,100 @@ async fn a_silent_peer_is_removed_after_the_keepalive_timeout() {
 }
 
 #[tokio::test]
-async fn host_leaving_closes_the_allocation_and_peers_hear_why() {
-    // The SDK does not act on `Promote` yet, so every elected peer misses its migration
-    // deadline and the allocation closes with the host's reason.
-    let relay = TestRelay::start_with(|c| {
-        c.set_migration_timeout(Duration::from_millis(300)).unwrap();
-    })
-    .await;
+async fn host_leaving_hands_the_game_to_a_peer_with_the_snapshot() {
+    let relay = TestRelay::start().await;
     let (host, peers) = host_and_peers(&relay, 2).await;
+    let old = host.allocation();
+    let code = host.join_code();
+    let snapshot = vec![7u8; 200_000];
+    assert_eq!(host.upload_snapshot(snapshot.clone()).await.unwrap(), 200_000);
+    // Peers can neither upload nor kick.
+    assert!(matches!(
+        peers[0].upload_snapshot(&b"mine"[..]).await,
+        Err(Error::NotHost)
+    ));
     host.close().await;
+
+    // Everyone hears who was lost and who takes over; one of them does.
+    let mut elected = None;
     for peer in &peers {
-        let lost = event_matching(peer, WAIT, |e| matches!(e, Event::HostLost { .. })).await;
-        assert_eq!(
-            lost,
+        match event_matching(peer, WAIT, |e| matches!(e, Event::HostLost { .. })).await {
             Event::HostLost {
-                reason: LeaveReason::Closed
+                host: PeerId::HOST,
+                reason: LeaveReason::Closed,
+                elected: Some(e),
+            } => {
+                assert!(elected.is_none() || elected == Some(e));
+                elected = Some(e);
             }
-        );
-        let gone = event_matching(peer, WAIT, |e| matches!(e, Event::Disconnected { .. })).await;
-        assert_eq!(
-            gone,
-            Event::Disconnected {
-                reason: DisconnectReason::HostLost(LeaveReason::Closed)
-            }
-        );
-        assert!(matches!(
-            peer.send_to_host(b"anyone?"),
-            Err(Error::Disconnected(_))
-        ));
+            other => panic!("unexpected {other:?}"),
+        }
     }
+    let elected = elected.expect("a member was elected");
+    for peer in &peers {
+        let migrated =
+            event_matching(peer, WAIT, |e| matches!(e, Event::HostMigrated { .. })).await;
+        let Event::HostMigrated {
+            allocation,
+            new_host,
+            you_are_host,
+            snapshot: got,
+        } = migrated
+        else {
+            unreachable!()
+        };
+        assert_ne!(allocation, old);
+        assert_eq!(new_host, elected);
+        assert_eq!(you_are_host, peer.local_peer() == elected);
+        assert_eq!(peer.is_host(), you_are_host);
+        assert_eq!(peer.host(), Some(elected));
+        assert_eq!(peer.allocation(), allocation);
+        assert_eq!(peer.join_code(), Some(code));
+        if you_are_host {
+            assert_eq!(got.as_deref(), Some(&snapshot[..]), "snapshot byte for byte");
+        } else {
+            assert_eq!(got, None);
+        }
+    }
+    let (new_host, other) = if peers[0].local_peer() == elected {
+        (&peers[0], &peers[1])
+    } else {
+        (&peers[1], &peers[0])
+    };
+    assert_eq!(
+        event_matching(new_host, WAIT, |e| matches!(e, Event::PeerRejoined { .. })).await,
+        Event::PeerRejoined {
+            peer: other.local_peer()
+        }
+    );
+    // Datagrams flow both ways with the new host; ids are unchanged.
+    other.send_to_host(b"to the new host").unwrap();
+    assert_eq!(
+        recv(new_host).await,
+        (other.local_peer(), bytes::Bytes::from_static(b"to the new host"))
+    );
+    new_host.send_to(other.local_peer(), b"welcome").unwrap();
+    assert_eq!(recv(other).await.0, elected);
+    // The new host holds the role: host operations work, and the old code admits newcomers.
+    assert_eq!(new_host.upload_snapshot(&b"v2"[..]).await.unwrap(), 2);
+    let late = Peer::join(&relay.client(), code).await.unwrap();
+    assert_eq!(late.allocation(), new_host.allocation());
+    assert_eq!(late.host(), Some(elected));
+    assert_eq!(late.local_peer(), PeerId(3));
+}
+
+#[tokio::test]
+async fn host_leaving_alone_closes_the_allocation() {
+    let relay = TestRelay::start().await;
+    let host = Host::create(&relay.client(), AllocationOptions::default())
+        .await
+        .unwrap();
+    let code = host.join_code();
+    host.close().await;
+    assert!(matches!(
+        Peer::join(&relay.client(), code).await,
+        Err(Error::AllocationClosed)
+    ));
 }
 
 #[tokio::test]

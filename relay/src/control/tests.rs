@@ -722,9 +722,11 @@ fn a_lobby_can_override_the_election_and_stale_tickets_stop_working() {
         h.cp.elect_host(h.now, id, PeerId(9)),
         Err(AdminError::UnknownPeer(PeerId(9)))
     );
-    h.cp.elect_host(h.now, id, PeerId(3)).unwrap();
+    let promotion = h.cp.elect_host(h.now, id, PeerId(3)).unwrap();
     let out = h.drain();
-    assert!(promote_of(&out, 4).is_some());
+    // The lobby gets the very ticket the member is sent.
+    assert_eq!(promote_of(&out, 4), Some((id, promotion.ticket)));
+    assert_eq!((promotion.allocation, promotion.peer), (id, PeerId(3)));
     assert!(events(&out).contains(&Event::HostElected {
         allocation: id,
         host: PeerId(3),
@@ -805,6 +807,16 @@ fn snapshots_are_bounded_by_size_budget_and_role() {
         }]
     );
     assert_eq!(h.cp.snapshot_bytes(), 2048);
+    // An empty upload clears the snapshot and frees its bytes.
+    assert_eq!(
+        snap(&mut h, HOST, 0),
+        vec![ServerMessage::SnapshotStored { len: 0 }]
+    );
+    assert_eq!(h.cp.snapshot_bytes(), 0);
+    assert_eq!(
+        snap(&mut h, HOST, 2048),
+        vec![ServerMessage::SnapshotStored { len: 2048 }]
+    );
     // Closing the allocation releases its snapshot.
     h.disconnect(2, LeaveReason::Closed);
     h.disconnect(HOST, LeaveReason::Closed);
@@ -1137,4 +1149,24 @@ fn stale_timers_do_not_accumulate_state() {
     assert!(h.cp.codes.is_empty(), "tombstones are forgotten");
     assert!(h.cp.join_buckets.is_empty(), "rate-limit buckets are swept");
     assert!(h.cp.timers.len() <= 1, "only the periodic sweep remains");
+}
+
+#[test]
+fn a_migration_without_a_snapshot_delivers_an_empty_one() {
+    let (mut h, old, _) = game_of_four();
+    let out = h.disconnect(HOST, LeaveReason::TimedOut);
+    let (_, ticket) = promote_of(&out, 2).unwrap();
+    let out = h.request(
+        2,
+        ClientMessage::MigrateAllocation {
+            request_id: 3,
+            allocation: old,
+            ticket,
+        },
+    );
+    // The new host always gets a snapshot stream, so it knows when it has everything.
+    assert!(out.contains(&Output::DeliverSnapshot {
+        conn: 2,
+        data: Bytes::new()
+    }));
 }
