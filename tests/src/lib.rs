@@ -4,6 +4,8 @@
 //! Every test binary in `tests/tests/` uses these, so a relay is started the same way
 //! everywhere: QUIC and admin on `127.0.0.1:0`, dev certificate pinned by fingerprint.
 
+pub mod player;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -175,4 +177,10 @@ pub async fn raw_read(recv: &mut quinn::RecvStream) -> baton_protocol::ServerMes
     let mut body = vec![0u8; len];
     recv.read_exact(&mut body).await.expect("read body");
     baton_protocol::ServerMessage::decode(&body).expect("decodable reply")
+}
+
+/// The migration snapshot test hosts upload: `len` bytes of a fixed pattern, so whoever
+/// receives it can check it byte for byte.
+pub fn snapshot_bytes(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i.wrapping_mul(31) % 251) as u8).collect()
 }
