@@ -44,7 +44,8 @@ pub enum Event {
         host: PeerId,
         /// Why the host left.
         reason: LeaveReason,
-        /// The member elected to take over, if one was.
+        /// The member elected to take over; `None` while the relay waits for a lobby to name
+        /// one (a second `HostLost` then names it), or when the allocation closed.
         elected: Option<PeerId>,
     },
     /// The host migration completed: the session now belongs to `allocation`, hosted by

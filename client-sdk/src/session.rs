@@ -1137,7 +1137,11 @@ impl Shared {
                 host,
                 reason,
                 elected,
-            } => self.host_lost(host, reason, elected, &io.events),
+            } => {
+                // 0xFFFF: the relay waits for a lobby to name the next host.
+                let elected = (elected.0 != datagram::BROADCAST).then_some(elected);
+                self.host_lost(host, reason, elected, &io.events);
+            }
             ServerMessage::Promote {
                 allocation,
                 ticket,
@@ -1231,7 +1235,7 @@ impl Shared {
         &self,
         host: PeerId,
         reason: LeaveReason,
-        elected: PeerId,
+        elected: Option<PeerId>,
         events: &mpsc::Sender<Event>,
     ) {
         {
@@ -1241,13 +1245,13 @@ impl Shared {
             role.heard_host_lost = true;
         }
         lock(&self.members).remove(&host);
-        tracing::info!(%host, %reason, %elected, "host lost");
+        tracing::info!(%host, %reason, ?elected, "host lost");
         self.emit(
             events,
             Event::HostLost {
                 host,
                 reason,
-                elected: Some(elected),
+                elected,
             },
         );
     }

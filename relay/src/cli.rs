@@ -196,6 +196,12 @@ pub struct Cli {
     #[arg(long, env = "BATON_MIGRATION_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
     migration_timeout: Option<Duration>,
 
+    /// After losing a host, time a lobby has to name the next one (POST
+    /// /v1/allocations/{id}/elect) before the relay elects one itself (0 to 1m; 0 = elect at
+    /// once) [default: 0s].
+    #[arg(long, env = "BATON_LOBBY_ELECTION_WINDOW", value_name = "DURATION", value_parser = parse_duration)]
+    lobby_election_window: Option<Duration>,
+
     /// Largest migration snapshot a host may upload, in bytes (1024 to 268435456)
     /// [default: 10485760].
     #[arg(long, env = "BATON_MAX_SNAPSHOT", value_name = "BYTES")]
@@ -310,6 +316,8 @@ pub struct FileConfig {
     pub join_code_len: Option<usize>,
     /// See `--migration-timeout`.
     pub migration_timeout: Option<HumanDuration>,
+    /// See `--lobby-election-window`.
+    pub lobby_election_window: Option<HumanDuration>,
     /// See `--max-snapshot`.
     pub max_snapshot: Option<usize>,
     /// See `--snapshot-budget`.
@@ -502,6 +510,12 @@ pub fn resolve(cli: &Cli, file: FileConfig) -> Result<Settings, CliError> {
     }
     if let Some(v) = cli.migration_timeout.or(secs(file.migration_timeout)) {
         relay.set_migration_timeout(v)?;
+    }
+    if let Some(v) = cli
+        .lobby_election_window
+        .or(secs(file.lobby_election_window))
+    {
+        relay.set_lobby_election_window(v)?;
     }
     // The budget is checked against the snapshot limit, so the limit goes first.
     if let Some(v) = cli.max_snapshot.or(file.max_snapshot) {
@@ -724,6 +738,7 @@ mod tests {
             format!("[default: {}]", c.join_code_len()),
             format!("[default: {}d]", c.join_code_ttl().as_secs() / 86_400),
             format!("[default: {}s]", c.migration_timeout().as_secs()),
+            format!("[default: {}s]", c.lobby_election_window().as_secs()),
             format!("[default: {}]", c.max_snapshot()),
             format!("[default: {}]", c.snapshot_budget()),
             format!("[default: {}]", c.hooks.queue()),
@@ -773,6 +788,7 @@ mod tests {
             join_code_len = 8
             join_code_ttl = "1h"
             migration_timeout = "750ms"
+            lobby_election_window = "2s"
             max_snapshot = 4096
             snapshot_budget = 8192
             log_format = "json"
@@ -802,6 +818,7 @@ mod tests {
         assert_eq!(r.join_code_len(), 8);
         assert_eq!(r.join_code_ttl(), Duration::from_secs(3600));
         assert_eq!(r.migration_timeout(), Duration::from_millis(750));
+        assert_eq!(r.lobby_election_window(), Duration::from_secs(2));
         assert_eq!((r.max_snapshot(), r.snapshot_budget()), (4096, 8192));
         assert_eq!(s.log_format, LogFormat::Json);
         assert_eq!(s.log_level, LevelFilter::DEBUG);
@@ -929,6 +946,7 @@ mod tests {
             (&["--bind-timeout", "11m"], "bind_timeout"),
             (&["--host-bind-timeout", "2h"], "host_bind_timeout"),
             (&["--migration-timeout", "1h"], "migration_timeout"),
+            (&["--lobby-election-window", "2m"], "lobby_election_window"),
             (&["--max-snapshot", "10"], "max_snapshot"),
             (&["--snapshot-budget", "10"], "snapshot_budget"),
             (

@@ -71,6 +71,7 @@ pub struct RelayConfig {
     join_code_len: usize,
     join_code_ttl: Duration,
     migration_timeout: Duration,
+    lobby_election_window: Duration,
     max_snapshot: usize,
     snapshot_budget: usize,
 }
@@ -97,6 +98,7 @@ impl Default for RelayConfig {
             join_code_len: defaults::JOIN_CODE_LEN,
             join_code_ttl: defaults::JOIN_CODE_TTL,
             migration_timeout: defaults::MIGRATION_TIMEOUT,
+            lobby_election_window: defaults::LOBBY_ELECTION_WINDOW,
             max_snapshot: defaults::MAX_SNAPSHOT,
             snapshot_budget: defaults::SNAPSHOT_BUDGET,
         }
@@ -124,6 +126,7 @@ impl RelayConfig {
     getter!(join_code_len: usize, "Characters in issued join codes.");
     getter!(join_code_ttl: Duration, "Join-code time to live (default and cap).");
     getter!(migration_timeout: Duration, "Time an elected member has to open the successor allocation.");
+    getter!(lobby_election_window: Duration, "Time a lobby has to name the next host before the relay elects one.");
     getter!(max_snapshot: usize, "Largest migration snapshot a host may upload, in bytes.");
     getter!(snapshot_budget: usize, "Bytes all stored snapshots may take together.");
 
@@ -136,6 +139,15 @@ impl RelayConfig {
             ));
         }
         self.migration_timeout = v;
+        Ok(self)
+    }
+
+    /// Sets the lobby election window (0 to 1 min; 0 = the relay elects at once).
+    pub fn set_lobby_election_window(&mut self, v: Duration) -> Result<&mut Self, ConfigError> {
+        if v > Duration::from_secs(60) {
+            return Err(invalid("lobby_election_window", "must be at most 1 min"));
+        }
+        self.lobby_election_window = v;
         Ok(self)
     }
 

@@ -488,6 +488,7 @@ pub struct ControlPlane {
     join_burst: u32,
     join_refill: Duration,
     migration_timeout: Duration,
+    lobby_election_window: Duration,
     max_snapshot: usize,
     snapshot_budget: usize,
     snapshot_bytes: usize,
@@ -527,6 +528,7 @@ impl ControlPlane {
             join_burst: defaults::JOIN_FAILURE_BURST,
             join_refill: defaults::JOIN_FAILURE_REFILL,
             migration_timeout: config.migration_timeout(),
+            lobby_election_window: config.lobby_election_window(),
             max_snapshot: config.max_snapshot(),
             snapshot_budget: config.snapshot_budget(),
             snapshot_bytes: 0,
@@ -628,10 +630,13 @@ impl ControlPlane {
                         Some(HostSlot::Migrating(m)) if m.epoch == epoch && m.deadline <= now
                     );
                     if due {
+                        // Epoch 0 is the lobby's window: no one was elected to pass over.
                         if let Some(HostSlot::Migrating(m)) =
                             self.allocations.get_mut(&id).map(|a| &mut a.host)
                         {
-                            m.passed_over.push(m.elected);
+                            if epoch > 0 {
+                                m.passed_over.push(m.elected);
+                            }
                         }
                         self.elect(now, id, None);
                     }
@@ -1234,15 +1239,33 @@ impl ControlPlane {
             self.close_allocation(now, id, CloseReason::HostLost(reason));
             return;
         }
+        let window = self.lobby_election_window;
         alloc.host = HostSlot::Migrating(Migration {
             lost: host,
             reason,
             elected: host,
             epoch: 0,
-            deadline: now,
+            deadline: now + window,
             passed_over: Vec::new(),
         });
-        self.elect(now, id, None);
+        if window.is_zero() {
+            self.elect(now, id, None);
+            return;
+        }
+        // A lobby may name the next host within the window; members hear of the loss now,
+        // with no one elected yet, and again once someone is.
+        let members = alloc.route();
+        for (_, conn) in members {
+            self.send(
+                conn,
+                ServerMessage::HostLost {
+                    host,
+                    reason,
+                    elected: PeerId(baton_protocol::datagram::BROADCAST),
+                },
+            );
+        }
+        self.schedule(now + window, Timer::Migration(id, 0));
     }
 
     /// A member left a migrating allocation: re-elect if it was the elected one, close if no

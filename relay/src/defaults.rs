@@ -78,6 +78,11 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// at the same time as the host.
 pub const MIGRATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// How long the relay waits, after losing a host, for a lobby to name the next one through
+/// the admin API before electing one itself. Zero: the relay elects at once, which is the
+/// fastest migration; a lobby that runs its own election configures a window.
+pub const LOBBY_ELECTION_WINDOW: Duration = Duration::ZERO;
+
 /// Largest migration snapshot a host may upload: Unity Lobby's 10 MiB limit.
 pub const MAX_SNAPSHOT: usize = 10 * 1024 * 1024;
 

@@ -346,7 +346,12 @@ fn host_loss_with_no_one_left_closes_the_allocation_once() {
 
 /// Host `HOST` with peers on connections 2, 3, 4 (peer ids 1, 2, 3).
 fn game_of_four() -> (Harness, AllocationId, JoinCode) {
-    let mut h = Harness::new();
+    game_of_four_with(RelayConfig::default())
+}
+
+/// As [`game_of_four`], on a relay configured with `config`.
+fn game_of_four_with(config: RelayConfig) -> (Harness, AllocationId, JoinCode) {
+    let mut h = Harness::with(config);
     let (id, code) = h.create();
     for conn in 2..=4 {
         h.join_ok(conn, code);
@@ -1168,5 +1173,57 @@ fn a_migration_without_a_snapshot_delivers_an_empty_one() {
     assert!(out.contains(&Output::DeliverSnapshot {
         conn: 2,
         data: Bytes::new()
+    }));
+}
+
+#[test]
+fn with_a_lobby_window_the_relay_waits_for_the_lobby_then_elects_itself() {
+    let mut config = RelayConfig::default();
+    config
+        .set_lobby_election_window(Duration::from_millis(800))
+        .unwrap();
+    let (mut h, id, _) = game_of_four_with(config.clone());
+    let out = h.disconnect(HOST, LeaveReason::Closed);
+    // Everyone hears of the loss at once, with no one elected, and no one is promoted.
+    for conn in [2, 3, 4] {
+        assert_eq!(
+            replies_to(&out, conn),
+            vec![ServerMessage::HostLost {
+                host: PeerId::HOST,
+                reason: LeaveReason::Closed,
+                elected: PeerId(0xFFFF)
+            }]
+        );
+    }
+    assert!(events(&out).contains(&Event::HostDisconnected {
+        allocation: id,
+        host: PeerId::HOST,
+        reason: LeaveReason::Closed
+    }));
+    // The lobby names peer 3 within the window; the window's end then changes nothing.
+    h.advance(Duration::from_millis(300));
+    let promotion = h.cp.elect_host(h.now, id, PeerId(3)).unwrap();
+    assert_eq!(promote_of(&h.drain(), 4), Some((id, promotion.ticket)));
+    assert!(h
+        .advance(Duration::from_millis(600))
+        .iter()
+        .all(|o| !matches!(
+            o,
+            Output::Send {
+                msg: ServerMessage::Promote { .. },
+                ..
+            }
+        )));
+
+    // Without the lobby, the relay elects by itself when the window ends.
+    let (mut h, id, _) = game_of_four_with(config);
+    h.disconnect(HOST, LeaveReason::TimedOut);
+    assert!(promote_of(&h.advance(Duration::from_millis(799)), 2).is_none());
+    let out = h.advance(Duration::from_millis(1));
+    assert!(promote_of(&out, 2).is_some());
+    assert!(events(&out).contains(&Event::HostElected {
+        allocation: id,
+        host: PeerId(1),
+        by: ElectedBy::Relay
     }));
 }
