@@ -10,7 +10,7 @@
 //! | `GET /v1/allocations/{id}` | `AllocationInfo` |
 //! | `POST /v1/allocations` | 201 `Reservation`; optional body `{"max_peers": n}` (n ≥ 2, capped at the relay's maximum) |
 //! | `POST /v1/allocations/{id}/revoke-code` | `{"revoked": "CODE"}` |
-//! | `POST /v1/allocations/{id}/elect` `{"peer": n}` | `{"elected": n, "allocation_id", "ticket", "deadline_ms"}` (the member is sent `Promote` too; a lobby may hand it the ticket itself); 409 unless migrating |
+//! | `POST /v1/allocations/{id}/elect` `{"peer": n, "notify": true}` | `{"elected": n, "allocation_id", "ticket", "deadline_ms"}`: the member is sent `Promote` unless `notify` is false, when the lobby hands it the ticket itself; 409 unless migrating |
 //! | `DELETE /v1/allocations/{id}` | 204; members are closed with `AllocationClosed` |
 //! | `GET /v1/events` | `text/event-stream` of lifecycle events (see [`crate::hooks`]); resumes after `Last-Event-ID` (header) or `?last_event_id=` |
 //!
@@ -351,6 +351,14 @@ async fn reserve_allocation(
 struct ElectRequest {
     /// The member to host next.
     peer: u16,
+    /// Whether the relay tells the member (`Promote`); false when the lobby hands it the
+    /// ticket itself.
+    #[serde(default = "yes")]
+    notify: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A lobby overrides the relay's choice of a migrating allocation's next host.
@@ -365,7 +373,7 @@ async fn elect_host(
         serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("body: {e}")))?;
     let promotion = state
         .handle
-        .elect_host(id, baton_protocol::PeerId(request.peer))
+        .elect_host(id, baton_protocol::PeerId(request.peer), request.notify)
         .await?;
     info!(alloc = %id, peer = request.peer, "next host elected by admin API");
     Ok(Json(serde_json::json!({

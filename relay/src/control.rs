@@ -1286,8 +1286,20 @@ impl ControlPlane {
 
     /// Elects the next host of a migrating allocation: `choice` if a lobby named one, else the
     /// member with the best measured RTT, then the earliest joined, among those not passed
-    /// over. Tells every member, and the elected one how to take over.
+    /// over. Tells every member, and the elected one how to take over (unless the lobby hands
+    /// out the ticket itself: `promote` false).
     fn elect(&mut self, now: Instant, id: AllocationId, choice: Option<PeerId>) {
+        self.elect_and_promote(now, id, choice, true);
+    }
+
+    /// [`Self::elect`], sending `Promote` to the elected member only if `promote`.
+    fn elect_and_promote(
+        &mut self,
+        now: Instant,
+        id: AllocationId,
+        choice: Option<PeerId>,
+        promote: bool,
+    ) {
         let timeout = self.migration_timeout;
         let Some(alloc) = self.allocations.get_mut(&id) else {
             return;
@@ -1327,7 +1339,7 @@ impl ControlPlane {
                     elected,
                 },
             );
-            if peer == elected {
+            if peer == elected && promote {
                 self.send(
                     conn,
                     ServerMessage::Promote {
@@ -1346,14 +1358,16 @@ impl ControlPlane {
         }));
     }
 
-    /// Lets a lobby choose a migrating allocation's next host. The member is sent `Promote`
-    /// as with the relay's own choice; the returned ticket is the same one, for a lobby that
-    /// hands it to the member itself (the SDK's `Session::take_over`).
+    /// Lets a lobby choose a migrating allocation's next host. With `promote` the member is
+    /// sent `Promote` as with the relay's own choice; without, the lobby hands the returned
+    /// ticket to the member itself (the SDK's `Session::take_over`). Either way it has the
+    /// migration timeout to take over.
     pub fn elect_host(
         &mut self,
         now: Instant,
         id: AllocationId,
         peer: PeerId,
+        promote: bool,
     ) -> Result<Promotion, AdminError> {
         let alloc = self.allocations.get(&id).ok_or(AdminError::NotFound(id))?;
         if !matches!(alloc.host, HostSlot::Migrating(_)) {
@@ -1362,7 +1376,7 @@ impl ControlPlane {
         if !alloc.members.contains_key(&peer) {
             return Err(AdminError::UnknownPeer(peer));
         }
-        self.elect(now, id, Some(peer));
+        self.elect_and_promote(now, id, Some(peer), promote);
         let epoch = match self.allocations.get(&id).map(|a| &a.host) {
             Some(HostSlot::Migrating(m)) => m.epoch,
             _ => return Err(AdminError::NotMigrating(id)),

@@ -82,8 +82,9 @@ impl RelayHandle {
         &self,
         id: AllocationId,
         peer: PeerId,
+        promote: bool,
     ) -> Result<Promotion, AdminError> {
-        self.call(move |cp, now| cp.elect_host(now, id, peer))
+        self.call(move |cp, now| cp.elect_host(now, id, peer, promote))
             .await?
     }
 

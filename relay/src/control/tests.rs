@@ -724,10 +724,10 @@ fn a_lobby_can_override_the_election_and_stale_tickets_stop_working() {
     let out = h.disconnect(HOST, LeaveReason::Kicked);
     let (_, first_ticket) = promote_of(&out, 2).unwrap();
     assert_eq!(
-        h.cp.elect_host(h.now, id, PeerId(9)),
+        h.cp.elect_host(h.now, id, PeerId(9), true),
         Err(AdminError::UnknownPeer(PeerId(9)))
     );
-    let promotion = h.cp.elect_host(h.now, id, PeerId(3)).unwrap();
+    let promotion = h.cp.elect_host(h.now, id, PeerId(3), true).unwrap();
     let out = h.drain();
     // The lobby gets the very ticket the member is sent.
     assert_eq!(promote_of(&out, 4), Some((id, promotion.ticket)));
@@ -756,7 +756,7 @@ fn a_lobby_can_override_the_election_and_stale_tickets_stop_working() {
     let _ = live;
     let other = h.cp.allocations(h.now)[1].id.parse().unwrap();
     assert_eq!(
-        h.cp.elect_host(h.now, other, PeerId(0)),
+        h.cp.elect_host(h.now, other, PeerId(0), true),
         Err(AdminError::NotMigrating(other))
     );
 }
@@ -1202,7 +1202,7 @@ fn with_a_lobby_window_the_relay_waits_for_the_lobby_then_elects_itself() {
     }));
     // The lobby names peer 3 within the window; the window's end then changes nothing.
     h.advance(Duration::from_millis(300));
-    let promotion = h.cp.elect_host(h.now, id, PeerId(3)).unwrap();
+    let promotion = h.cp.elect_host(h.now, id, PeerId(3), true).unwrap();
     assert_eq!(promote_of(&h.drain(), 4), Some((id, promotion.ticket)));
     assert!(h
         .advance(Duration::from_millis(600))
@@ -1226,4 +1226,32 @@ fn with_a_lobby_window_the_relay_waits_for_the_lobby_then_elects_itself() {
         host: PeerId(1),
         by: ElectedBy::Relay
     }));
+}
+
+#[test]
+fn a_lobby_may_hand_out_the_ticket_itself() {
+    let (mut h, id, _) = game_of_four();
+    h.disconnect(HOST, LeaveReason::Closed);
+    let promotion = h.cp.elect_host(h.now, id, PeerId(2), false).unwrap();
+    let out = h.drain();
+    // Everyone hears who is elected, but the relay does not promote it.
+    assert!(promote_of(&out, 3).is_none());
+    assert!(replies_to(&out, 3).contains(&ServerMessage::HostLost {
+        host: PeerId::HOST,
+        reason: LeaveReason::Closed,
+        elected: PeerId(2)
+    }));
+    // The ticket the lobby got works.
+    let out = h.request(
+        3,
+        ClientMessage::MigrateAllocation {
+            request_id: 9,
+            allocation: id,
+            ticket: promotion.ticket,
+        },
+    );
+    assert!(matches!(
+        replies_to(&out, 3)[0],
+        ServerMessage::AllocationCreated { request_id: 9, .. }
+    ));
 }
