@@ -273,11 +273,12 @@ struct Room {
 impl Rooms {
     /// Updates membership with `event`; returns the election to make, if any.
     ///
-    /// The relay elects a host in the same step as it reports `host.disconnected`, so the
-    /// lobby acts on the `host.elected` that follows (`by: relay`): if the relay's choice is
-    /// not the lowest remaining peer id, the lobby overrides it while the allocation is still
-    /// migrating. Its own override comes back as `host.elected` with `by: lobby`, which is
-    /// ignored.
+    /// On `host.disconnected` the lobby names the lowest remaining peer id at once: with a
+    /// lobby election window configured on the relay (`--lobby-election-window`) the relay
+    /// waits for exactly this. Without one the relay has already elected in the same step;
+    /// then the lobby also checks the `host.elected` that follows (`by: relay`) and overrides
+    /// a choice that is not the lowest while the allocation is still migrating. Its own
+    /// choice comes back as `host.elected` with `by: lobby`, which is ignored.
     fn observe(&mut self, event: &LobbyEvent) -> Option<Election> {
         let alloc = &event.allocation;
         if !self.rooms.contains_key(alloc) && self.rooms.len() >= MAX_TRACKED {
@@ -303,9 +304,18 @@ impl Rooms {
                 }
             }
             LobbyEventKind::HostDisconnected { host, .. } => {
-                if let Some(room) = self.rooms.get_mut(alloc) {
-                    room.members.remove(host);
-                }
+                let room = self.rooms.get_mut(alloc)?;
+                room.members.remove(host);
+                let lowest = room
+                    .members
+                    .iter()
+                    .copied()
+                    .find(|p| !room.tried.contains(p))?;
+                room.tried.insert(lowest);
+                return Some(Election {
+                    allocation: alloc.clone(),
+                    peer: lowest,
+                });
             }
             LobbyEventKind::HostElected { host, by } => {
                 let room = self.rooms.get_mut(alloc)?;
@@ -391,12 +401,11 @@ mod tests {
             peer: 0,
             reason: "closed".into(),
         }));
-        rooms.observe(&event(LobbyEventKind::HostDisconnected {
+        // The lowest remaining is 2: named as soon as the host is lost.
+        let election = rooms.observe(&event(LobbyEventKind::HostDisconnected {
             host: 0,
             reason: "closed".into(),
         }));
-        // The relay picked 3; the lowest remaining is 2.
-        let election = rooms.observe(&elected(3, "relay"));
         assert_eq!(
             election,
             Some(Election {
@@ -404,6 +413,8 @@ mod tests {
                 peer: 2
             })
         );
+        // The relay had already picked 3 (no window): 2 is named already, not again.
+        assert_eq!(rooms.observe(&elected(3, "relay")), None);
         // Our own choice coming back is not acted on.
         assert_eq!(rooms.observe(&elected(2, "lobby")), None);
         // 2 missed its deadline and the relay moved on to 3: 2 is not chosen again.
@@ -411,15 +422,21 @@ mod tests {
     }
 
     #[test]
-    fn leaves_the_relays_choice_when_it_is_already_the_lowest() {
+    fn names_the_lowest_when_the_host_is_lost_and_forgets_closed_rooms() {
         let mut rooms = Rooms::default();
         for peer in 0..3 {
             rooms.observe(&event(LobbyEventKind::PeerJoined { peer }));
         }
-        rooms.observe(&event(LobbyEventKind::HostDisconnected {
-            host: 0,
-            reason: "timed_out".into(),
-        }));
+        assert_eq!(
+            rooms.observe(&event(LobbyEventKind::HostDisconnected {
+                host: 0,
+                reason: "timed_out".into(),
+            })),
+            Some(Election {
+                allocation: "00000000000000aa".into(),
+                peer: 1
+            })
+        );
         assert_eq!(rooms.observe(&elected(1, "relay")), None);
         rooms.observe(&event(LobbyEventKind::AllocationClosed {
             reason: "migration_failed".into(),
