@@ -130,8 +130,10 @@ struct Cli {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     exit_after: Option<u64>,
 
-    /// When the relay elects a new host, override it with the lowest remaining peer id
-    /// (POST /v1/allocations/{id}/elect; needs the admin token).
+    /// When a host is lost, name the lowest remaining peer id as the next host (POST
+    /// /v1/allocations/{id}/elect; needs the admin token). Pair with the relay's
+    /// --lobby-election-window so the relay waits for it; without a window, a relay choice
+    /// that is not the lowest is overridden while the allocation still migrates.
     #[arg(long)]
     elect_lowest_id: bool,
 
