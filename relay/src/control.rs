@@ -145,6 +145,8 @@ pub enum Event {
         allocation: AllocationId,
         /// The member.
         peer: PeerId,
+        /// How it came in.
+        via: JoinedVia,
     },
     /// A member left.
     PeerLeft {
@@ -243,6 +245,17 @@ impl CloseReason {
             CloseReason::Shutdown => "shutdown",
         }
     }
+}
+
+/// How a member came into an allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinedVia {
+    /// The host bound the allocation it created or claimed.
+    Host,
+    /// A join by code.
+    Code,
+    /// A rejoin with a reconnect token.
+    Rejoin,
 }
 
 /// An election a lobby made through [`ControlPlane::elect_host`]: what the elected member
@@ -986,7 +999,7 @@ impl ControlPlane {
             None => return,
         };
         // Routing first: a member told about the host may send to it at once.
-        self.add_member(now, conn, id, PeerId::HOST);
+        self.add_member(now, conn, id, PeerId::HOST, JoinedVia::Host);
         let Some(alloc) = self.allocations.get(&id) else {
             return;
         };
@@ -1124,7 +1137,7 @@ impl ControlPlane {
         let lineage = alloc.lineage;
         let reconnect_token = self.reconnect_token(lineage, peer);
         // Routing first: the joiner and the others may send to each other as soon as told.
-        self.add_member(now, conn, id, peer);
+        self.add_member(now, conn, id, peer, JoinedVia::Code);
         self.send(
             conn,
             ServerMessage::Joined {
@@ -1560,7 +1573,7 @@ impl ControlPlane {
             return;
         }
         let reconnect_token = token;
-        self.add_member(now, conn, id, peer);
+        self.add_member(now, conn, id, peer, JoinedVia::Rejoin);
         let Some(alloc) = self.allocations.get(&id) else {
             return;
         };
@@ -1588,7 +1601,14 @@ impl ControlPlane {
 
     /// Adds `conn` as `peer` of `id`, installs routing and reports the join. The caller sends
     /// the replies afterwards, so routing is in place before anyone hears of the member.
-    fn add_member(&mut self, now: Instant, conn: ConnId, id: AllocationId, peer: PeerId) {
+    fn add_member(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        id: AllocationId,
+        peer: PeerId,
+        via: JoinedVia,
+    ) {
         let seq = self.next_seq;
         self.next_seq += 1;
         let Some(alloc) = self.allocations.get_mut(&id) else {
@@ -1622,6 +1642,7 @@ impl ControlPlane {
         self.outputs.push_back(Output::Event(Event::PeerJoined {
             allocation: id,
             peer,
+            via,
         }));
     }
 

@@ -65,8 +65,10 @@ pub struct Metrics {
     pub allocations: Gauge,
     /// Allocations created since start.
     pub allocations_created: Counter,
-    /// Successful joins since start.
+    /// Successful joins by code since start.
     pub joins: Counter,
+    /// Members that came back with a reconnect token since start.
+    pub rejoins: Counter,
     /// Datagrams delivered to a member (a broadcast counts once per receiver).
     pub datagrams_forwarded: Counter,
     /// Payload bytes delivered to members.
@@ -106,6 +108,12 @@ impl Metrics {
         );
         let joins = Counter::default();
         registry.register("joins", "Successful joins by code", joins.clone());
+        let rejoins = Counter::default();
+        registry.register(
+            "rejoins",
+            "Members that came back with a reconnect token",
+            rejoins.clone(),
+        );
         let datagrams_forwarded = Counter::default();
         registry.register(
             "datagrams_forwarded",
@@ -162,6 +170,7 @@ impl Metrics {
             allocations,
             allocations_created,
             joins,
+            rejoins,
             datagrams_forwarded,
             bytes_forwarded,
             dropped,

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::control::{ConnId, ControlPlane, Event, Input, Output};
+use crate::control::{ConnId, ControlPlane, Event, Input, JoinedVia, Output};
 use crate::handle::{AdminCall, RelayHandle};
 use crate::hooks::HookSender;
 use crate::metrics::Metrics;
@@ -935,9 +935,9 @@ impl Lobby {
                 self.codes.insert(allocation, code);
                 (allocation, Kind::AllocationCreated {})
             }
-            Event::PeerJoined { allocation, peer } => {
-                (allocation, Kind::PeerJoined { peer: peer.0 })
-            }
+            Event::PeerJoined {
+                allocation, peer, ..
+            } => (allocation, Kind::PeerJoined { peer: peer.0 }),
             Event::PeerLeft {
                 allocation,
                 peer,
@@ -1008,11 +1008,21 @@ fn record(event: &Event, metrics: &Metrics) {
             metrics.allocations_created.inc();
             info!(%allocation, %code, "allocation created");
         }
-        Event::PeerJoined { allocation, peer } => {
-            if !peer.is_host() {
-                metrics.joins.inc();
+        Event::PeerJoined {
+            allocation,
+            peer,
+            via,
+        } => {
+            match via {
+                JoinedVia::Code => {
+                    metrics.joins.inc();
+                }
+                JoinedVia::Rejoin => {
+                    metrics.rejoins.inc();
+                }
+                JoinedVia::Host => {}
             }
-            info!(%allocation, %peer, "peer joined");
+            info!(%allocation, %peer, ?via, "peer joined");
         }
         Event::PeerLeft {
             allocation,

@@ -408,6 +408,15 @@ async fn a_killed_host_process_is_replaced_after_the_keepalive_timeout_and_rejoi
     let lost = lobby.of_type("host.disconnected");
     assert_eq!(lost.len(), 1, "{lost:?}");
     assert_eq!(lost[0].0["reason"], "timed_out");
+    // Metrics tell joins by code from comebacks.
+    let metrics = reqwest::get(format!("{}/metrics", relay.admin_url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("baton_joins_total 3\n"), "{metrics}");
+    assert!(metrics.contains("baton_rejoins_total 1\n"), "{metrics}");
 }
 
 #[tokio::test]
