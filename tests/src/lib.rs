@@ -4,6 +4,7 @@
 //! Every test binary in `tests/tests/` uses these, so a relay is started the same way
 //! everywhere: QUIC and admin on `127.0.0.1:0`, dev certificate pinned by fingerprint.
 
+pub mod migration_run;
 pub mod player;
 
 use std::net::SocketAddr;

@@ -5,6 +5,9 @@
 //! microseconds since the Unix epoch (`t_us`), so a parent process on the same machine can
 //! time a migration across processes.
 //!
+//! Other reports: `peer_joined`, `peer_rejoined` and `peer_left` (`peer`, and `reason`),
+//! `snapshot_stored`, `closing`, `disconnected` (`reason`), and `event` (`what`) for the rest.
+//!
 //! Traffic: the host broadcasts a tick every `1/rate` s; every other member sends one to the
 //! host. A member records the first datagram from the new host after a migration
 //! (`first_from_host`), and a new host the first from each member (`first_from_peer`).
@@ -197,6 +200,12 @@ async fn play(session: &Session, args: &PlayerArgs, snapshot: &[u8]) -> anyhow::
                         awaiting_host = true;
                     }
                 }
+                Some(Event::PeerJoined { peer }) => report("peer_joined", json!({ "peer": peer.0 })),
+                Some(Event::PeerRejoined { peer }) => report("peer_rejoined", json!({ "peer": peer.0 })),
+                Some(Event::PeerLeft { peer, reason }) => report(
+                    "peer_left",
+                    json!({ "peer": peer.0, "reason": reason.to_string() }),
+                ),
                 Some(Event::Disconnected { reason }) => {
                     report("disconnected", json!({ "reason": reason.to_string() }));
                     return Ok(());
