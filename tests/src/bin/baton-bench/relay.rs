@@ -1,0 +1,395 @@
+//! The relay under test: a `baton-relay` child process started from this workspace's build
+//! (next to the bench's own executable), or a relay already running somewhere named on the
+//! command line. Also reads the relay's Prometheus metrics from its admin server.
+//!
+//! A child relay gets a throw-away data directory (its self-signed development certificate is
+//! generated there and trusted by the bench), QUIC and admin ports chosen by the kernel on
+//! loopback, JSON logs written to a file in that directory (never a pipe, which would stall the
+//! relay when full), and limits raised to fit the run. The bench learns the ports from the
+//! relay's `relay running` log line.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::procstat;
+use crate::Global;
+
+/// Limits a run needs from the relay; a child relay gets at least these (and never less than
+/// its own defaults).
+#[derive(Debug, Clone, Copy)]
+pub struct Needs {
+    /// Concurrent QUIC connections.
+    pub connections: usize,
+    /// Allocations held at once.
+    pub allocations: usize,
+    /// Members of one allocation, host included.
+    pub members: usize,
+}
+
+/// The relay's default `--max-connections`; a child relay keeps each default unless a run
+/// needs more.
+const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
+/// The relay's default `--max-allocations`.
+const DEFAULT_MAX_ALLOCATIONS: usize = 10_000;
+/// The relay's default `--max-peers-per-allocation`.
+const DEFAULT_MAX_PEERS: usize = 150;
+
+/// How long a child relay may take to print its `relay running` line.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long a child relay has to stop after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(6);
+
+/// A relay the bench talks to.
+pub struct Relay {
+    /// QUIC address.
+    pub addr: SocketAddr,
+    /// TLS server name to ask for (the dev certificate holds `localhost`).
+    pub server_name: String,
+    /// PEM certificate the bench trusts.
+    pub cert: PathBuf,
+    /// Base URL of the admin server, e.g. `http://127.0.0.1:7701`.
+    pub admin: Option<String>,
+    /// Process id, when the relay runs on this machine and it is known.
+    pub pid: Option<u32>,
+    /// How the relay was started, for the report.
+    pub description: String,
+    child: Option<tokio::process::Child>,
+    dir: Option<tempfile::TempDir>,
+    http: reqwest::Client,
+}
+
+impl Relay {
+    /// Starts a child relay, or connects the bench to the one named by `--relay`.
+    pub async fn start(global: &Global, needs: Needs) -> anyhow::Result<Relay> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .context("HTTP client")?;
+        if let Some(addr) = global.relay {
+            let Some(cert) = global.cert.clone() else {
+                bail!("--relay needs --cert (the relay's certificate, PEM)");
+            };
+            if !addr.ip().is_loopback() {
+                bail!("--relay must be a loopback address: the bench sends traffic only to 127.0.0.0/8 and ::1");
+            }
+            if let Some(admin) = &global.admin {
+                check_loopback_url(admin)?;
+            }
+            return Ok(Relay {
+                addr,
+                server_name: global.server_name.clone(),
+                cert,
+                admin: global.admin.clone(),
+                pid: global.relay_pid,
+                description: format!("external relay at {addr}"),
+                child: None,
+                dir: None,
+                http,
+            });
+        }
+        Self::spawn(global, needs, http).await
+    }
+
+    async fn spawn(global: &Global, needs: Needs, http: reqwest::Client) -> anyhow::Result<Relay> {
+        let bin = match &global.relay_bin {
+            Some(bin) => bin.clone(),
+            None => default_relay_bin()?,
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("baton-bench-")
+            .tempdir()
+            .context("creating the relay's data directory")?;
+        let log_path = dir.path().join("relay.log");
+        let err_path = dir.path().join("relay.err");
+        let stdout = std::fs::File::create(&log_path).context("relay log file")?;
+        let stderr = std::fs::File::create(&err_path).context("relay stderr file")?;
+        let connections = needs.connections.max(DEFAULT_MAX_CONNECTIONS);
+        let allocations = needs.allocations.max(DEFAULT_MAX_ALLOCATIONS);
+        let members = needs.members.max(DEFAULT_MAX_PEERS);
+        let level = &global.relay_log_level;
+        let mut cmd = tokio::process::Command::new(&bin);
+        cmd.arg("--data-dir")
+            .arg(dir.path())
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(["--log-format", "json", "--log-level", level])
+            .arg("--max-connections")
+            .arg(connections.to_string())
+            .arg("--max-allocations")
+            .arg(allocations.to_string())
+            .arg("--max-peers-per-allocation")
+            .arg(members.to_string())
+            // The binary's own target still logs `relay running` (the bench reads its ports
+            // from it) whatever the level; every module of the library keeps `level`.
+            .env(
+                "RUST_LOG",
+                format!("{level},baton_relay=info,baton_relay::={level}"),
+            )
+            .stdin(std::process::Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let pid = child.id();
+        let started = Instant::now();
+        let running = loop {
+            if let Some(line) = find_running_line(&log_path) {
+                break line;
+            }
+            if let Some(status) = child.try_wait().context("waiting for the relay")? {
+                bail!(
+                    "{} exited with {status} before it was ready: {}",
+                    bin.display(),
+                    tail(&err_path)
+                );
+            }
+            if started.elapsed() > START_TIMEOUT {
+                bail!(
+                    "{} printed no `relay running` line within {START_TIMEOUT:?}: {}",
+                    bin.display(),
+                    tail(&err_path)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let fields = running
+            .get("fields")
+            .context("relay log line without fields")?;
+        let field = |name: &str| {
+            fields
+                .get(name)
+                .and_then(|v| v.as_str())
+                .with_context(|| format!("relay log line without {name}"))
+        };
+        let addr: SocketAddr = field("quic")?.parse().context("relay QUIC address")?;
+        let admin = field("admin")?;
+        let cert = PathBuf::from(field("cert")?);
+        Ok(Relay {
+            addr,
+            server_name: "localhost".to_owned(),
+            cert,
+            admin: admin
+                .parse::<SocketAddr>()
+                .ok()
+                .map(|a| format!("http://{a}")),
+            pid,
+            description: format!(
+                "child {} (pid {}, --max-connections {connections} --max-allocations {allocations} \
+                 --max-peers-per-allocation {members} --log-level {level})",
+                bin.display(),
+                pid.map_or_else(|| "?".to_owned(), |p| p.to_string())
+            ),
+            child: Some(child),
+            dir: Some(dir),
+            http,
+        })
+    }
+
+    /// The relay as `/proc` sees it: its process (when known) and its UDP port.
+    pub fn server(&self) -> crate::probe::Server {
+        crate::probe::Server {
+            pid: self.pid,
+            port: Some(self.addr.port()),
+        }
+    }
+
+    /// The relay's process counters, when it runs on this machine.
+    pub fn proc_sample(&self) -> Option<procstat::ProcSample> {
+        procstat::process(Some(self.pid?))
+    }
+
+    /// Fails if a child relay has exited (its `/proc` entry is gone or a zombie's).
+    pub fn check_alive(&self) -> anyhow::Result<()> {
+        if self.child.is_some() && self.proc_sample().is_none() {
+            let err = self
+                .dir
+                .as_ref()
+                .map(|d| tail(&d.path().join("relay.err")))
+                .unwrap_or_default();
+            bail!("the relay exited during the run: {err}");
+        }
+        Ok(())
+    }
+
+    /// The relay's metrics, or `None` without an admin server or when it does not answer.
+    pub async fn metrics(&self) -> Option<Metrics> {
+        let url = format!("{}/metrics", self.admin.as_ref()?);
+        let text = self.http.get(url).send().await.ok()?.text().await.ok()?;
+        Some(Metrics::parse(&text))
+    }
+
+    /// Waits (at most `within`) until the relay reports no connections and no allocations.
+    /// Returns how long that took, or `None` if it did not happen or cannot be known.
+    pub async fn wait_empty(&self, within: Duration) -> Option<Duration> {
+        let start = Instant::now();
+        while start.elapsed() < within {
+            let m = self.metrics().await?;
+            if m.get("baton_connections") == 0.0 && m.get("baton_allocations") == 0.0 {
+                return Some(start.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+
+    /// Stops a child relay gracefully (SIGTERM, then SIGKILL after a grace period). An
+    /// external relay is left alone.
+    pub async fn stop(mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Some(pid) = child.id() {
+            // No signal crate in this package: `kill` is everywhere the relay runs.
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        if tokio::time::timeout(STOP_TIMEOUT, child.wait())
+            .await
+            .is_err()
+        {
+            let _ = child.kill().await;
+        }
+    }
+}
+
+/// Fails unless `url` is an http(s) URL on a loopback host.
+fn check_loopback_url(url: &str) -> anyhow::Result<()> {
+    let parsed = reqwest::Url::parse(url).with_context(|| format!("--admin {url:?}"))?;
+    let host = parsed.host_str().unwrap_or_default();
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if !loopback {
+        bail!("--admin must be on loopback (127.0.0.0/8, ::1 or localhost), got {url:?}");
+    }
+    Ok(())
+}
+
+/// `baton-relay` next to this executable (both are built into the same `target/<profile>`).
+fn default_relay_bin() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating baton-bench")?;
+    let bin = exe
+        .parent()
+        .context("baton-bench has no parent directory")?
+        .join(format!("baton-relay{}", std::env::consts::EXE_SUFFIX));
+    if !bin.is_file() {
+        bail!(
+            "{} not found; build it with `cargo build --release -p baton-relay -p baton-tests` \
+             or name one with --relay-bin",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// The relay's `relay running` JSON log line, once written.
+fn find_running_line(log: &Path) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines()
+        .filter(|l| l.contains("relay running"))
+        .find_map(|l| serde_json::from_str(l).ok())
+}
+
+/// The last few hundred bytes of a file, for error messages.
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let start = text.len().saturating_sub(600);
+    let start = (start..text.len())
+        .find(|i| text.is_char_boundary(*i))
+        .unwrap_or(text.len());
+    text[start..].trim().to_owned()
+}
+
+/// Parsed Prometheus text: each sample's name with labels (`baton_datagrams_dropped_total{reason="congested"}`)
+/// and its value.
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    samples: BTreeMap<String, f64>,
+}
+
+impl Metrics {
+    /// Parses the Prometheus/OpenMetrics text format, skipping comments and anything
+    /// unreadable.
+    pub fn parse(text: &str) -> Metrics {
+        let samples = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (name, value) = l.trim().rsplit_once(' ')?;
+                Some((name.to_owned(), value.parse().ok()?))
+            })
+            .collect();
+        Metrics { samples }
+    }
+
+    /// A sample's value, 0 if absent.
+    pub fn get(&self, name: &str) -> f64 {
+        self.samples.get(name).copied().unwrap_or(0.0)
+    }
+
+    /// `self - earlier` for every sample of the family `family` with label `label`, keyed by
+    /// that label's value, keeping only those that changed.
+    pub fn delta_by_label(
+        &self,
+        earlier: &Metrics,
+        family: &str,
+        label: &str,
+    ) -> BTreeMap<String, u64> {
+        let prefix = format!("{family}{{{label}=\"");
+        self.samples
+            .iter()
+            .filter_map(|(name, value)| {
+                let rest = name.strip_prefix(&prefix)?;
+                let key = rest.split('"').next()?.to_owned();
+                let delta = value - earlier.samples.get(name).copied().unwrap_or(0.0);
+                (delta > 0.0).then_some((key, delta as u64))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admin_urls_must_be_loopback() {
+        for ok in [
+            "http://127.0.0.1:7701",
+            "http://127.9.0.1:1",
+            "http://[::1]:7701",
+            "http://localhost:7701",
+        ] {
+            assert!(check_loopback_url(ok).is_ok(), "{ok}");
+        }
+        for bad in ["http://10.0.0.1:7701", "http://example.com", "not a url"] {
+            assert!(check_loopback_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn parses_prometheus_text() {
+        let before = Metrics::parse(
+            "# HELP x\nbaton_connections 3\nbaton_datagrams_dropped_total{reason=\"congested\"} 1\n",
+        );
+        let after = Metrics::parse(
+            "baton_connections 5\nbaton_datagrams_dropped_total{reason=\"congested\"} 4\n\
+             baton_datagrams_dropped_total{reason=\"too_large\"} 0\n# EOF\n",
+        );
+        assert_eq!(after.get("baton_connections"), 5.0);
+        assert_eq!(after.get("missing"), 0.0);
+        let delta = after.delta_by_label(&before, "baton_datagrams_dropped_total", "reason");
+        assert_eq!(delta.len(), 1);
+        assert_eq!(delta.get("congested"), Some(&3));
+    }
+}
