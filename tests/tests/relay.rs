@@ -228,7 +228,10 @@ async fn host_leaving_hands_the_game_to_a_peer_with_the_snapshot() {
     let old = host.allocation();
     let code = host.join_code();
     let snapshot = vec![7u8; 200_000];
-    assert_eq!(host.upload_snapshot(snapshot.clone()).await.unwrap(), 200_000);
+    assert_eq!(
+        host.upload_snapshot(snapshot.clone()).await.unwrap(),
+        200_000
+    );
     // Peers can neither upload nor kick.
     assert!(matches!(
         peers[0].upload_snapshot(&b"mine"[..]).await,
@@ -272,7 +275,11 @@ async fn host_leaving_hands_the_game_to_a_peer_with_the_snapshot() {
         assert_eq!(peer.allocation(), allocation);
         assert_eq!(peer.join_code(), Some(code));
         if you_are_host {
-            assert_eq!(got.as_deref(), Some(&snapshot[..]), "snapshot byte for byte");
+            assert_eq!(
+                got.as_deref(),
+                Some(&snapshot[..]),
+                "snapshot byte for byte"
+            );
         } else {
             assert_eq!(got, None);
         }
@@ -292,7 +299,10 @@ async fn host_leaving_hands_the_game_to_a_peer_with_the_snapshot() {
     other.send_to_host(b"to the new host").unwrap();
     assert_eq!(
         recv(new_host).await,
-        (other.local_peer(), bytes::Bytes::from_static(b"to the new host"))
+        (
+            other.local_peer(),
+            bytes::Bytes::from_static(b"to the new host")
+        )
     );
     new_host.send_to(other.local_peer(), b"welcome").unwrap();
     assert_eq!(recv(other).await.0, elected);
