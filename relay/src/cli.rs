@@ -202,6 +202,17 @@ pub struct Cli {
     #[arg(long, env = "BATON_LOBBY_ELECTION_WINDOW", value_name = "DURATION", value_parser = parse_duration)]
     lobby_election_window: Option<Duration>,
 
+    /// Requested kernel receive and send buffer of each QUIC socket, in bytes (65536 to
+    /// 1073741824; the kernel caps it at net.core.rmem_max/wmem_max) [default: 8388608].
+    #[arg(long, env = "BATON_UDP_BUFFER", value_name = "BYTES")]
+    udp_buffer: Option<usize>,
+
+    /// QUIC endpoints sharing the listen port with SO_REUSEPORT, to spread packet processing
+    /// over cores (1 to 64). With more than one, a client whose address changes mid-session
+    /// (NAT rebinding) loses its connection and must rejoin [default: 1].
+    #[arg(long, env = "BATON_ENDPOINTS", value_name = "N")]
+    endpoints: Option<usize>,
+
     /// Largest migration snapshot a host may upload, in bytes (1024 to 268435456)
     /// [default: 10485760].
     #[arg(long, env = "BATON_MAX_SNAPSHOT", value_name = "BYTES")]
@@ -318,6 +329,10 @@ pub struct FileConfig {
     pub migration_timeout: Option<HumanDuration>,
     /// See `--lobby-election-window`.
     pub lobby_election_window: Option<HumanDuration>,
+    /// See `--udp-buffer`.
+    pub udp_buffer: Option<usize>,
+    /// See `--endpoints`.
+    pub endpoints: Option<usize>,
     /// See `--max-snapshot`.
     pub max_snapshot: Option<usize>,
     /// See `--snapshot-budget`.
@@ -516,6 +531,12 @@ pub fn resolve(cli: &Cli, file: FileConfig) -> Result<Settings, CliError> {
         .or(secs(file.lobby_election_window))
     {
         relay.set_lobby_election_window(v)?;
+    }
+    if let Some(v) = cli.udp_buffer.or(file.udp_buffer) {
+        relay.set_udp_buffer(v)?;
+    }
+    if let Some(v) = cli.endpoints.or(file.endpoints) {
+        relay.set_endpoints(v)?;
     }
     // The budget is checked against the snapshot limit, so the limit goes first.
     if let Some(v) = cli.max_snapshot.or(file.max_snapshot) {
@@ -740,6 +761,8 @@ mod tests {
             format!("[default: {}s]", c.migration_timeout().as_secs()),
             format!("[default: {}s]", c.lobby_election_window().as_secs()),
             format!("[default: {}]", c.max_snapshot()),
+            format!("[default: {}]", c.udp_buffer()),
+            format!("[default: {}]", c.endpoints()),
             format!("[default: {}]", c.snapshot_budget()),
             format!("[default: {}]", c.hooks.queue()),
             format!("[default: {}]", c.hooks.replay()),
@@ -791,6 +814,8 @@ mod tests {
             lobby_election_window = "2s"
             max_snapshot = 4096
             snapshot_budget = 8192
+            udp_buffer = 1048576
+            endpoints = 2
             log_format = "json"
             log_level = "debug"
             "#,
@@ -819,6 +844,8 @@ mod tests {
         assert_eq!(r.join_code_ttl(), Duration::from_secs(3600));
         assert_eq!(r.migration_timeout(), Duration::from_millis(750));
         assert_eq!(r.lobby_election_window(), Duration::from_secs(2));
+        assert_eq!(r.udp_buffer(), 1 << 20);
+        assert_eq!(r.endpoints(), 2);
         assert_eq!((r.max_snapshot(), r.snapshot_budget()), (4096, 8192));
         assert_eq!(s.log_format, LogFormat::Json);
         assert_eq!(s.log_level, LevelFilter::DEBUG);
@@ -948,6 +975,8 @@ mod tests {
             (&["--migration-timeout", "1h"], "migration_timeout"),
             (&["--lobby-election-window", "2m"], "lobby_election_window"),
             (&["--max-snapshot", "10"], "max_snapshot"),
+            (&["--udp-buffer", "10"], "udp_buffer"),
+            (&["--endpoints", "0"], "endpoints"),
             (&["--snapshot-budget", "10"], "snapshot_budget"),
             (
                 &["--max-peers-per-allocation", "1"],

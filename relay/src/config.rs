@@ -74,6 +74,8 @@ pub struct RelayConfig {
     lobby_election_window: Duration,
     max_snapshot: usize,
     snapshot_budget: usize,
+    udp_buffer: usize,
+    endpoints: usize,
 }
 
 impl Default for RelayConfig {
@@ -101,6 +103,8 @@ impl Default for RelayConfig {
             lobby_election_window: defaults::LOBBY_ELECTION_WINDOW,
             max_snapshot: defaults::MAX_SNAPSHOT,
             snapshot_budget: defaults::SNAPSHOT_BUDGET,
+            udp_buffer: defaults::UDP_BUFFER,
+            endpoints: defaults::ENDPOINTS,
         }
     }
 }
@@ -129,6 +133,26 @@ impl RelayConfig {
     getter!(lobby_election_window: Duration, "Time a lobby has to name the next host before the relay elects one.");
     getter!(max_snapshot: usize, "Largest migration snapshot a host may upload, in bytes.");
     getter!(snapshot_budget: usize, "Bytes all stored snapshots may take together.");
+    getter!(udp_buffer: usize, "Requested kernel receive and send buffer of each QUIC socket, in bytes.");
+    getter!(endpoints: usize, "QUIC endpoints sharing the listen port (SO_REUSEPORT when more than one).");
+
+    /// Sets the requested socket buffer size (64 KiB to 1 GiB).
+    pub fn set_udp_buffer(&mut self, v: usize) -> Result<&mut Self, ConfigError> {
+        if !(64 << 10..=1 << 30).contains(&v) {
+            return Err(invalid("udp_buffer", "must be between 64 KiB and 1 GiB"));
+        }
+        self.udp_buffer = v;
+        Ok(self)
+    }
+
+    /// Sets the number of QUIC endpoints (1 to 64).
+    pub fn set_endpoints(&mut self, v: usize) -> Result<&mut Self, ConfigError> {
+        if !(1..=64).contains(&v) {
+            return Err(invalid("endpoints", "must be between 1 and 64"));
+        }
+        self.endpoints = v;
+        Ok(self)
+    }
 
     /// Sets the migration timeout (100 ms to 10 min).
     pub fn set_migration_timeout(&mut self, v: Duration) -> Result<&mut Self, ConfigError> {

@@ -83,6 +83,22 @@ pub const MIGRATION_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 /// fastest migration; a lobby that runs its own election configures a window.
 pub const LOBBY_ELECTION_WINDOW: Duration = Duration::ZERO;
 
+/// Requested size of the QUIC socket's kernel receive and send buffers.
+///
+/// The kernel default (about 200 KiB) overflows in a few milliseconds at 100k packets/s, and
+/// every overflow is a lost datagram (`RcvbufErrors`). 8 MiB holds tens of milliseconds of
+/// burst; the kernel caps the request at `net.core.rmem_max`/`wmem_max`, and the relay logs
+/// what it got.
+pub const UDP_BUFFER: usize = 8 * 1024 * 1024;
+
+/// QUIC endpoints sharing the listen port.
+///
+/// One: every client keeps working through NAT rebinding (a client whose address changes
+/// stays on the same socket). More than one spreads packet processing over cores with
+/// `SO_REUSEPORT`, at the price that a client whose address changes mid-session lands on
+/// another endpoint and loses its connection (it then rejoins with its reconnect token).
+pub const ENDPOINTS: usize = 1;
+
 /// Largest migration snapshot a host may upload: Unity Lobby's 10 MiB limit.
 pub const MAX_SNAPSHOT: usize = 10 * 1024 * 1024;
 

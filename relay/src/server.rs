@@ -109,7 +109,8 @@ struct Shared {
 /// A running relay. Dropping it without [`Relay::shutdown`] aborts nothing: tasks run until the
 /// runtime ends; call `shutdown` for a graceful stop.
 pub struct Relay {
-    endpoint: quinn::Endpoint,
+    /// The QUIC endpoints, all on the same port (one unless `endpoints` is set higher).
+    endpoints: Vec<quinn::Endpoint>,
     handle: RelayHandle,
     admin_addr: Option<SocketAddr>,
     fingerprint: [u8; 32],
@@ -159,12 +160,23 @@ impl Relay {
             .map_err(|e| RelayError::Quic(e.to_string()))?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic_crypto));
         server_config.transport_config(Arc::new(transport_config(&config)?));
-        let endpoint = quinn::Endpoint::server(server_config, config.listen).map_err(|source| {
-            RelayError::Bind {
-                addr: config.listen,
-                source,
-            }
-        })?;
+        let bind_error = |source| RelayError::Bind {
+            addr: config.listen,
+            source,
+        };
+        let sockets =
+            bind_udp(config.listen, config.endpoints(), config.udp_buffer()).map_err(bind_error)?;
+        let mut endpoints = Vec::with_capacity(sockets.len());
+        for socket in sockets {
+            let endpoint = quinn::Endpoint::new(
+                quinn::EndpointConfig::default(),
+                Some(server_config.clone()),
+                socket,
+                Arc::new(quinn::TokioRuntime),
+            )
+            .map_err(bind_error)?;
+            endpoints.push(endpoint);
+        }
 
         let metrics = Arc::new(Metrics::new());
         let (input_tx, input_rx) = mpsc::channel(4096);
@@ -217,19 +229,22 @@ impl Relay {
             None => None,
         };
 
-        tasks.spawn(accept_loop(
-            endpoint.clone(),
-            shared,
-            tasks.clone(),
-            shutdown.clone(),
-        ));
+        for endpoint in &endpoints {
+            tasks.spawn(accept_loop(
+                endpoint.clone(),
+                shared.clone(),
+                tasks.clone(),
+                shutdown.clone(),
+            ));
+        }
         info!(
-            listen = %endpoint.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            listen = %endpoints[0].local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            endpoints = endpoints.len(),
             admin = %admin_addr.map(|a| a.to_string()).unwrap_or_else(|| "disabled".into()),
             "relay started"
         );
         Ok(Relay {
-            endpoint,
+            endpoints,
             handle,
             admin_addr,
             fingerprint,
@@ -243,9 +258,10 @@ impl Relay {
 
     /// The QUIC endpoint's address.
     pub fn local_addr(&self) -> SocketAddr {
-        self.endpoint
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+        self.endpoints
+            .first()
+            .and_then(|e| e.local_addr().ok())
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
     /// The admin server's address, if it runs.
@@ -273,7 +289,9 @@ impl Relay {
     /// to acknowledge, and stops every task.
     pub async fn shutdown(self) {
         info!("relay shutting down");
-        self.endpoint.set_server_config(None);
+        for endpoint in &self.endpoints {
+            endpoint.set_server_config(None);
+        }
         self.shutdown.cancel();
         let call: AdminCall = Box::new(|cp, now| cp.shutdown(now));
         let _ = self.admin_calls.send(call).await;
@@ -288,13 +306,17 @@ impl Relay {
             {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            self.endpoint.wait_idle().await;
+            for endpoint in &self.endpoints {
+                endpoint.wait_idle().await;
+            }
         })
         .await;
-        self.endpoint.close(
-            VarInt::from_u32(CloseCode::RelayShuttingDown.to_u32()),
-            CloseCode::RelayShuttingDown.description().as_bytes(),
-        );
+        for endpoint in &self.endpoints {
+            endpoint.close(
+                VarInt::from_u32(CloseCode::RelayShuttingDown.to_u32()),
+                CloseCode::RelayShuttingDown.description().as_bytes(),
+            );
+        }
         self.tasks.close();
         let _ = tokio::time::timeout(defaults::SHUTDOWN_GRACE, self.tasks.wait()).await;
         drop(self.admin_calls);
@@ -302,6 +324,43 @@ impl Relay {
         self.control_done.abort();
         info!("relay stopped");
     }
+}
+
+/// Binds `count` UDP sockets to `listen` (the first picks the port if `listen` has port 0, the
+/// others share it with `SO_REUSEPORT`), each with kernel buffers of `buffer` bytes requested.
+fn bind_udp(
+    listen: SocketAddr,
+    count: usize,
+    buffer: usize,
+) -> std::io::Result<Vec<std::net::UdpSocket>> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let mut addr = listen;
+    let mut sockets = Vec::with_capacity(count);
+    for _ in 0..count.max(1) {
+        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        if addr.is_ipv6() {
+            // Accept IPv4 too on the unspecified address, as the kernel default usually does.
+            let _ = socket.set_only_v6(false);
+        }
+        if count > 1 {
+            socket.set_reuse_port(true)?;
+        }
+        // Best effort: the kernel caps the request; what it granted is logged.
+        let _ = socket.set_recv_buffer_size(buffer);
+        let _ = socket.set_send_buffer_size(buffer);
+        socket.bind(&addr.into())?;
+        if let Some(bound) = socket.local_addr()?.as_socket() {
+            addr = bound;
+        }
+        info!(
+            %addr,
+            recv_buffer = socket.recv_buffer_size().unwrap_or(0),
+            send_buffer = socket.send_buffer_size().unwrap_or(0),
+            "QUIC socket bound"
+        );
+        sockets.push(socket.into());
+    }
+    Ok(sockets)
 }
 
 async fn accept_loop(

@@ -418,3 +418,31 @@ async fn graceful_shutdown_tells_every_client() {
         );
     }
 }
+
+#[tokio::test]
+async fn several_endpoints_on_one_port_forward_between_each_other() {
+    let relay = TestRelay::start_with(|c| {
+        c.set_endpoints(4).unwrap();
+    })
+    .await;
+    // Eight clients on four sockets: the kernel spreads them by address, so members of one
+    // allocation sit on different endpoints and datagrams cross between them.
+    let (host, peers) = host_and_peers(&relay, 7).await;
+    for peer in &peers {
+        peer.send_to_host(&[peer.local_peer().0 as u8]).unwrap();
+    }
+    let mut from: Vec<PeerId> = Vec::new();
+    for _ in &peers {
+        from.push(recv(&host).await.0);
+    }
+    from.sort();
+    let ids: Vec<PeerId> = peers.iter().map(|p| p.local_peer()).collect();
+    assert_eq!(from, ids);
+    host.broadcast(b"tick").unwrap();
+    for peer in &peers {
+        assert_eq!(
+            recv(peer).await,
+            (PeerId::HOST, bytes::Bytes::from_static(b"tick"))
+        );
+    }
+}
