@@ -56,8 +56,7 @@ pub fn run_forwarder(threads: usize, max_seconds: u64) -> anyhow::Result<()> {
         .context("forwarder runtime")?;
     runtime.block_on(async {
         let socket = Arc::new(
-            UdpSocket::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-                .await
+            UdpSocket::from_std(crate::sockets::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?)
                 .context("binding the forwarder socket")?,
         );
         let mut stdout = std::io::stdout().lock();
@@ -246,8 +245,7 @@ async fn register_client(
     alloc: u32,
     peer: u16,
 ) -> anyhow::Result<UdpSocket> {
-    let socket = UdpSocket::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .await
+    let socket = UdpSocket::from_std(crate::sockets::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?)
         .context("binding a UDP client socket")?;
     socket
         .connect(forwarder)

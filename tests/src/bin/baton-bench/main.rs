@@ -32,6 +32,7 @@ mod procstat;
 mod quic;
 mod relay;
 mod report;
+mod sockets;
 mod traffic;
 
 use std::net::SocketAddr;

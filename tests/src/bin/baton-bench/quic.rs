@@ -45,8 +45,14 @@ impl Clients {
         let config = client_config(&relay.cert)?;
         let endpoints = (0..endpoints.max(1))
             .map(|_| {
-                Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))
-                    .context("binding a client endpoint")
+                let socket = crate::sockets::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+                Endpoint::new(
+                    quinn::EndpointConfig::default(),
+                    None,
+                    socket,
+                    std::sync::Arc::new(quinn::TokioRuntime),
+                )
+                .context("binding a client endpoint")
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Clients {
