@@ -83,6 +83,16 @@ pub const MIGRATION_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 /// fastest migration; a lobby that runs its own election configures a window.
 pub const LOBBY_ELECTION_WINDOW: Duration = Duration::ZERO;
 
+/// Packets a client may receive before it must acknowledge (QUIC ACK frequency extension;
+/// quinn clients support it). Datagrams need no retransmission, so ACKs only feed congestion
+/// control and RTT: one per ten packets instead of one per two removes most of the packets a
+/// busy client sends back, and the relay's work per ACK.
+pub const ACK_ELICITING_THRESHOLD: u32 = 9;
+
+/// Longest a client may delay an acknowledgement (quinn caps it at the larger of the RTT and
+/// 25 ms).
+pub const MAX_ACK_DELAY: Duration = Duration::from_millis(25);
+
 /// Requested size of the QUIC socket's kernel receive and send buffers.
 ///
 /// The kernel default (about 200 KiB) overflows in a few milliseconds at 100k packets/s, and

@@ -147,6 +147,10 @@ pub fn transport_config(config: &RelayConfig) -> Result<quinn::TransportConfig, 
         .receive_window(VarInt::from_u32(256 * 1024))
         .datagram_receive_buffer_size(Some(defaults::DATAGRAM_RECV_BUFFER))
         .datagram_send_buffer_size(defaults::DATAGRAM_SEND_BUFFER);
+    let mut ack = quinn::AckFrequencyConfig::default();
+    ack.ack_eliciting_threshold(VarInt::from_u32(defaults::ACK_ELICITING_THRESHOLD))
+        .max_ack_delay(Some(defaults::MAX_ACK_DELAY));
+    t.ack_frequency_config(Some(ack));
     Ok(t)
 }
 
