@@ -133,7 +133,6 @@ async fn run_phase(
             latency.saturating_record(now.saturating_sub(u64::from_be_bytes(stamp)).max(1));
         }
     }
-    drop(uploader);
     Ok(Phase {
         latency,
         sent,
