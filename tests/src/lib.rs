@@ -6,6 +6,7 @@
 
 pub mod migration_run;
 pub mod player;
+pub mod relay_process;
 
 use std::net::SocketAddr;
 use std::time::Duration;

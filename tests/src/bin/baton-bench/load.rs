@@ -224,8 +224,8 @@ impl Target<'_> {
         }
         let server_metrics = match (metrics_before, metrics_after) {
             (Some(a), Some(b)) => Some(ServerMetrics {
-                forwarded: (b.get("baton_datagrams_forwarded_total")
-                    - a.get("baton_datagrams_forwarded_total"))
+                forwarded: (b.value("baton_datagrams_forwarded_total")
+                    - a.value("baton_datagrams_forwarded_total"))
                 .max(0.0) as u64,
                 dropped: b.delta_by_label(&a, "baton_datagrams_dropped_total", "reason"),
             }),
@@ -250,7 +250,7 @@ impl Target<'_> {
         }))
     }
 
-    async fn metrics(&self) -> Option<crate::relay::Metrics> {
+    async fn metrics(&self) -> Option<baton_tests::relay_process::Metrics> {
         self.relay?.metrics().await
     }
 

@@ -8,15 +8,15 @@
 //! relay when full), and limits raised to fit the run. The bench learns the ports from the
 //! relay's `relay running` log line.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
 use crate::procstat;
 use crate::Global;
+use baton_tests::relay_process::{find_running_line, tail, Metrics};
 
 /// Limits a run needs from the relay; a child relay gets at least these (and never less than
 /// its own defaults).
@@ -98,7 +98,7 @@ impl Relay {
     async fn spawn(global: &Global, needs: Needs, http: reqwest::Client) -> anyhow::Result<Relay> {
         let bin = match &global.relay_bin {
             Some(bin) => bin.clone(),
-            None => default_relay_bin()?,
+            None => baton_tests::relay_process::relay_bin_beside_this_exe("baton-bench")?,
         };
         let dir = tempfile::Builder::new()
             .prefix("baton-bench-")
@@ -230,7 +230,7 @@ impl Relay {
         let start = Instant::now();
         while start.elapsed() < within {
             let m = self.metrics().await?;
-            if m.get("baton_connections") == 0.0 && m.get("baton_allocations") == 0.0 {
+            if m.value("baton_connections") == 0.0 && m.value("baton_allocations") == 0.0 {
                 return Some(start.elapsed());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -275,89 +275,6 @@ fn check_loopback_url(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `baton-relay` next to this executable (both are built into the same `target/<profile>`).
-fn default_relay_bin() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe().context("locating baton-bench")?;
-    let bin = exe
-        .parent()
-        .context("baton-bench has no parent directory")?
-        .join(format!("baton-relay{}", std::env::consts::EXE_SUFFIX));
-    if !bin.is_file() {
-        bail!(
-            "{} not found; build it with `cargo build --release -p baton-relay -p baton-tests` \
-             or name one with --relay-bin",
-            bin.display()
-        );
-    }
-    Ok(bin)
-}
-
-/// The relay's `relay running` JSON log line, once written.
-fn find_running_line(log: &Path) -> Option<serde_json::Value> {
-    let text = std::fs::read_to_string(log).ok()?;
-    text.lines()
-        .filter(|l| l.contains("relay running"))
-        .find_map(|l| serde_json::from_str(l).ok())
-}
-
-/// The last few hundred bytes of a file, for error messages.
-fn tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let start = text.len().saturating_sub(600);
-    let start = (start..text.len())
-        .find(|i| text.is_char_boundary(*i))
-        .unwrap_or(text.len());
-    text[start..].trim().to_owned()
-}
-
-/// Parsed Prometheus text: each sample's name with labels (`baton_datagrams_dropped_total{reason="congested"}`)
-/// and its value.
-#[derive(Debug, Clone, Default)]
-pub struct Metrics {
-    samples: BTreeMap<String, f64>,
-}
-
-impl Metrics {
-    /// Parses the Prometheus/OpenMetrics text format, skipping comments and anything
-    /// unreadable.
-    pub fn parse(text: &str) -> Metrics {
-        let samples = text
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| {
-                let (name, value) = l.trim().rsplit_once(' ')?;
-                Some((name.to_owned(), value.parse().ok()?))
-            })
-            .collect();
-        Metrics { samples }
-    }
-
-    /// A sample's value, 0 if absent.
-    pub fn get(&self, name: &str) -> f64 {
-        self.samples.get(name).copied().unwrap_or(0.0)
-    }
-
-    /// `self - earlier` for every sample of the family `family` with label `label`, keyed by
-    /// that label's value, keeping only those that changed.
-    pub fn delta_by_label(
-        &self,
-        earlier: &Metrics,
-        family: &str,
-        label: &str,
-    ) -> BTreeMap<String, u64> {
-        let prefix = format!("{family}{{{label}=\"");
-        self.samples
-            .iter()
-            .filter_map(|(name, value)| {
-                let rest = name.strip_prefix(&prefix)?;
-                let key = rest.split('"').next()?.to_owned();
-                let delta = value - earlier.samples.get(name).copied().unwrap_or(0.0);
-                (delta > 0.0).then_some((key, delta as u64))
-            })
-            .collect()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -375,21 +292,5 @@ mod tests {
         for bad in ["http://10.0.0.1:7701", "http://example.com", "not a url"] {
             assert!(check_loopback_url(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn parses_prometheus_text() {
-        let before = Metrics::parse(
-            "# HELP x\nbaton_connections 3\nbaton_datagrams_dropped_total{reason=\"congested\"} 1\n",
-        );
-        let after = Metrics::parse(
-            "baton_connections 5\nbaton_datagrams_dropped_total{reason=\"congested\"} 4\n\
-             baton_datagrams_dropped_total{reason=\"too_large\"} 0\n# EOF\n",
-        );
-        assert_eq!(after.get("baton_connections"), 5.0);
-        assert_eq!(after.get("missing"), 0.0);
-        let delta = after.delta_by_label(&before, "baton_datagrams_dropped_total", "reason");
-        assert_eq!(delta.len(), 1);
-        assert_eq!(delta.get("congested"), Some(&3));
     }
 }

@@ -285,20 +285,7 @@ async fn soak(args: SoakArgs) -> anyhow::Result<bool> {
     let exe = std::env::current_exe().context("locating baton-soak")?;
     let relay_bin = match &args.relay_bin {
         Some(bin) => bin.clone(),
-        None => {
-            let bin = exe
-                .parent()
-                .context("baton-soak has no parent directory")?
-                .join(format!("baton-relay{}", std::env::consts::EXE_SUFFIX));
-            if !bin.is_file() {
-                bail!(
-                    "{} not found; build it with `cargo build --release -p baton-relay -p baton-tests` \
-                     or name one with --relay-bin",
-                    bin.display()
-                );
-            }
-            bin
-        }
+        None => baton_tests::relay_process::relay_bin_beside_this_exe("baton-soak")?,
     };
     let settings = RelaySettings {
         bin: relay_bin,

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use baton_tests::relay_process::{find_running_line, tail, Metrics};
 use serde_json::Value;
 
 /// How long the relay may take to print its `relay running` line.
@@ -288,64 +289,6 @@ impl RelayApi {
     }
 }
 
-/// The relay's `relay running` JSON log line, once written.
-fn find_running_line(log: &Path) -> Option<Value> {
-    let text = std::fs::read_to_string(log).ok()?;
-    text.lines()
-        .filter(|l| l.contains("relay running"))
-        .find_map(|l| serde_json::from_str(l).ok())
-}
-
-/// The last few hundred bytes of a file, for error messages.
-fn tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let start = text.len().saturating_sub(600);
-    let start = (start..text.len())
-        .find(|i| text.is_char_boundary(*i))
-        .unwrap_or(text.len());
-    text[start..].trim().to_owned()
-}
-
-/// Parsed Prometheus text: each sample's name with labels and its value.
-#[derive(Debug, Clone, Default)]
-pub struct Metrics {
-    samples: BTreeMap<String, f64>,
-}
-
-impl Metrics {
-    /// Parses the Prometheus/OpenMetrics text format, skipping comments and anything
-    /// unreadable.
-    pub fn parse(text: &str) -> Metrics {
-        let samples = text
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| {
-                let (name, value) = l.trim().rsplit_once(' ')?;
-                Some((name.to_owned(), value.parse().ok()?))
-            })
-            .collect();
-        Metrics { samples }
-    }
-
-    /// A sample's value, if present.
-    pub fn get(&self, name: &str) -> Option<f64> {
-        self.samples.get(name).copied()
-    }
-
-    /// Every sample of family `family` with label `label`, keyed by the label's value,
-    /// leaving out zeros.
-    pub fn by_label(&self, family: &str, label: &str) -> BTreeMap<String, u64> {
-        let prefix = format!("{family}{{{label}=\"");
-        self.samples
-            .iter()
-            .filter_map(|(name, value)| {
-                let key = name.strip_prefix(&prefix)?.split('"').next()?.to_owned();
-                (*value > 0.0).then_some((key, *value as u64))
-            })
-            .collect()
-    }
-}
-
 /// Error-level log lines the soak expects from the relay and does not count as failures.
 /// (None so far: every error the relay logs is a problem in this setting.)
 const EXPECTED_ERRORS: &[&str] = &[];
@@ -438,22 +381,4 @@ fn read_from(path: &Path, offset: &mut u64) -> String {
     let _ = file.take(16 << 20).read_to_end(&mut buf);
     *offset += buf.len() as u64;
     String::from_utf8_lossy(&buf).into_owned()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_prometheus_text() {
-        let m = Metrics::parse(
-            "# HELP x\nbaton_connections 3\nbaton_datagrams_dropped_total{reason=\"congested\"} 4\n\
-             baton_datagrams_dropped_total{reason=\"too_large\"} 0\n# EOF\n",
-        );
-        assert_eq!(m.get("baton_connections"), Some(3.0));
-        assert_eq!(m.get("missing"), None);
-        let drops = m.by_label("baton_datagrams_dropped_total", "reason");
-        assert_eq!(drops.len(), 1);
-        assert_eq!(drops.get("congested"), Some(&4));
-    }
 }

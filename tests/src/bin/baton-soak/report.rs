@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::relay::{LogScan, Metrics, Relay};
+use crate::relay::{LogScan, Relay};
 use crate::state::{lock, Check, Ctx};
 use crate::util::median;
+use baton_tests::relay_process::Metrics;
 
 /// RSS samples kept at most (one a second: more than a day).
 const MAX_RSS_SAMPLES: usize = 100_000;

@@ -1,0 +1,130 @@
+//! Helpers for programs that run `baton-relay` as a child process (`baton-bench`,
+//! `baton-soak`): finding the binary, reading its start-up line and its logs, and parsing its
+//! `/metrics`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+
+/// `baton-relay` next to the running executable (cargo builds both into the same
+/// `target/<profile>`); `me` names the running program in errors.
+///
+/// # Errors
+/// If the executable cannot be located or no relay binary is beside it.
+pub fn relay_bin_beside_this_exe(me: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().with_context(|| format!("locating {me}"))?;
+    let bin = exe
+        .parent()
+        .with_context(|| format!("{me} has no parent directory"))?
+        .join(format!("baton-relay{}", std::env::consts::EXE_SUFFIX));
+    if !bin.is_file() {
+        bail!(
+            "{} not found; build it with `cargo build --release -p baton-relay -p baton-tests` \
+             or name one with --relay-bin",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// The relay's `relay running` JSON log line in `log`, once written.
+pub fn find_running_line(log: &Path) -> Option<Value> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines()
+        .filter(|l| l.contains("relay running"))
+        .find_map(|l| serde_json::from_str(l).ok())
+}
+
+/// The last few hundred bytes of a file, for error messages.
+pub fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let start = text.len().saturating_sub(600);
+    let start = (start..text.len())
+        .find(|i| text.is_char_boundary(*i))
+        .unwrap_or(text.len());
+    text[start..].trim().to_owned()
+}
+
+/// Parsed Prometheus text: each sample's name with labels
+/// (`baton_datagrams_dropped_total{reason="congested"}`) and its value.
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    samples: BTreeMap<String, f64>,
+}
+
+impl Metrics {
+    /// Parses the Prometheus/OpenMetrics text format, skipping comments and anything
+    /// unreadable.
+    pub fn parse(text: &str) -> Metrics {
+        let samples = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (name, value) = l.trim().rsplit_once(' ')?;
+                Some((name.to_owned(), value.parse().ok()?))
+            })
+            .collect();
+        Metrics { samples }
+    }
+
+    /// A sample's value, if present.
+    pub fn get(&self, name: &str) -> Option<f64> {
+        self.samples.get(name).copied()
+    }
+
+    /// A sample's value, 0 if absent (counters not yet incremented are absent).
+    pub fn value(&self, name: &str) -> f64 {
+        self.get(name).unwrap_or(0.0)
+    }
+
+    /// Every sample of family `family` with label `label`, keyed by the label's value,
+    /// leaving out zeros.
+    pub fn by_label(&self, family: &str, label: &str) -> BTreeMap<String, u64> {
+        self.delta_by_label(&Metrics::default(), family, label)
+    }
+
+    /// `self - earlier` for every sample of family `family` with label `label`, keyed by the
+    /// label's value, keeping only those that grew.
+    pub fn delta_by_label(
+        &self,
+        earlier: &Metrics,
+        family: &str,
+        label: &str,
+    ) -> BTreeMap<String, u64> {
+        let prefix = format!("{family}{{{label}=\"");
+        self.samples
+            .iter()
+            .filter_map(|(name, value)| {
+                let key = name.strip_prefix(&prefix)?.split('"').next()?.to_owned();
+                let delta = value - earlier.value(name);
+                (delta > 0.0).then_some((key, delta as u64))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_prometheus_text() {
+        let before = Metrics::parse(
+            "# HELP x\nbaton_connections 3\nbaton_datagrams_dropped_total{reason=\"congested\"} 1\n",
+        );
+        let after = Metrics::parse(
+            "baton_connections 5\nbaton_datagrams_dropped_total{reason=\"congested\"} 4\n\
+             baton_datagrams_dropped_total{reason=\"too_large\"} 0\n# EOF\n",
+        );
+        assert_eq!(after.get("baton_connections"), Some(5.0));
+        assert_eq!(after.get("missing"), None);
+        assert_eq!(after.value("missing"), 0.0);
+        let drops = after.by_label("baton_datagrams_dropped_total", "reason");
+        assert_eq!(drops.len(), 1);
+        assert_eq!(drops.get("congested"), Some(&4));
+        let delta = after.delta_by_label(&before, "baton_datagrams_dropped_total", "reason");
+        assert_eq!(delta.get("congested"), Some(&3));
+    }
+}
