@@ -3,7 +3,9 @@
 //! `/metrics`.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde_json::Value;
@@ -27,6 +29,70 @@ pub fn relay_bin_beside_this_exe(me: &str) -> anyhow::Result<PathBuf> {
         );
     }
     Ok(bin)
+}
+
+/// What a relay process announced in its `relay running` log line.
+#[derive(Debug, Clone)]
+pub struct Running {
+    /// Its QUIC address.
+    pub quic: SocketAddr,
+    /// Its admin server's address, unless disabled.
+    pub admin: Option<SocketAddr>,
+    /// Its certificate (PEM).
+    pub cert: PathBuf,
+    /// Its certificate's SHA-256 fingerprint, colon-separated hex.
+    pub fingerprint: String,
+}
+
+/// Waits until the relay `child` (started from `bin`, logging JSON to `log` and errors to
+/// `err`) announces it is running, at most `timeout`.
+///
+/// # Errors
+/// If the relay exits first, says nothing in time, or its line lacks a field.
+pub async fn wait_until_running(
+    child: &mut tokio::process::Child,
+    bin: &Path,
+    log: &Path,
+    err: &Path,
+    timeout: Duration,
+) -> anyhow::Result<Running> {
+    let started = Instant::now();
+    let running = loop {
+        if let Some(line) = find_running_line(log) {
+            break line;
+        }
+        if let Some(status) = child.try_wait().context("waiting for the relay")? {
+            bail!(
+                "{} exited with {status} before it was ready: {}",
+                bin.display(),
+                tail(err)
+            );
+        }
+        if started.elapsed() > timeout {
+            bail!(
+                "{} printed no `relay running` line within {timeout:?}: {}",
+                bin.display(),
+                tail(err)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let fields = running
+        .get("fields")
+        .context("relay log line without fields")?;
+    let field = |name: &str| {
+        fields
+            .get(name)
+            .and_then(Value::as_str)
+            .with_context(|| format!("relay log line without {name}"))
+    };
+    Ok(Running {
+        quic: field("quic")?.parse().context("relay QUIC address")?,
+        // "disabled" when the relay runs without its admin server.
+        admin: field("admin")?.parse().ok(),
+        cert: PathBuf::from(field("cert")?),
+        fingerprint: field("fingerprint")?.to_owned(),
+    })
 }
 
 /// The relay's `relay running` JSON log line in `log`, once written.

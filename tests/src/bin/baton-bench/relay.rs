@@ -16,7 +16,7 @@ use anyhow::{bail, Context};
 
 use crate::procstat;
 use crate::Global;
-use baton_tests::relay_process::{find_running_line, tail, Metrics};
+use baton_tests::relay_process::{tail, wait_until_running, Metrics};
 
 /// Limits a run needs from the relay; a child relay gets at least these (and never less than
 /// its own defaults).
@@ -137,47 +137,14 @@ impl Relay {
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
         let pid = child.id();
-        let started = Instant::now();
-        let running = loop {
-            if let Some(line) = find_running_line(&log_path) {
-                break line;
-            }
-            if let Some(status) = child.try_wait().context("waiting for the relay")? {
-                bail!(
-                    "{} exited with {status} before it was ready: {}",
-                    bin.display(),
-                    tail(&err_path)
-                );
-            }
-            if started.elapsed() > START_TIMEOUT {
-                bail!(
-                    "{} printed no `relay running` line within {START_TIMEOUT:?}: {}",
-                    bin.display(),
-                    tail(&err_path)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        let fields = running
-            .get("fields")
-            .context("relay log line without fields")?;
-        let field = |name: &str| {
-            fields
-                .get(name)
-                .and_then(|v| v.as_str())
-                .with_context(|| format!("relay log line without {name}"))
-        };
-        let addr: SocketAddr = field("quic")?.parse().context("relay QUIC address")?;
-        let admin = field("admin")?;
-        let cert = PathBuf::from(field("cert")?);
+        let running =
+            wait_until_running(&mut child, &bin, &log_path, &err_path, START_TIMEOUT).await?;
+        let (addr, cert) = (running.quic, running.cert);
         Ok(Relay {
             addr,
             server_name: "localhost".to_owned(),
             cert,
-            admin: admin
-                .parse::<SocketAddr>()
-                .ok()
-                .map(|a| format!("http://{a}")),
+            admin: running.admin.map(|a| format!("http://{a}")),
             pid,
             description: format!(
                 "child {} (pid {}, --max-connections {connections} --max-allocations {allocations} \

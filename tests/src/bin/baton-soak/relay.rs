@@ -12,10 +12,10 @@ use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
-use baton_tests::relay_process::{find_running_line, tail, Metrics};
+use baton_tests::relay_process::{wait_until_running, Metrics};
 use serde_json::Value;
 
 /// How long the relay may take to print its `relay running` line.
@@ -113,38 +113,18 @@ impl Relay {
             .spawn()
             .with_context(|| format!("starting {}", settings.bin.display()))?;
         let pid = child.id().context("relay process id")?;
-        let started = Instant::now();
-        let running = loop {
-            if let Some(line) = find_running_line(&log_path) {
-                break line;
-            }
-            if let Some(status) = child.try_wait().context("waiting for the relay")? {
-                bail!(
-                    "{} exited with {status} before it was ready: {}",
-                    settings.bin.display(),
-                    tail(&err_path)
-                );
-            }
-            if started.elapsed() > START_TIMEOUT {
-                bail!(
-                    "{} printed no `relay running` line within {START_TIMEOUT:?}: {}",
-                    settings.bin.display(),
-                    tail(&err_path)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        let fields = running
-            .get("fields")
-            .context("relay log line without fields")?;
-        let field = |name: &str| {
-            fields
-                .get(name)
-                .and_then(Value::as_str)
-                .with_context(|| format!("relay log line without {name}"))
-        };
-        let addr: SocketAddr = field("quic")?.parse().context("relay QUIC address")?;
-        let admin: SocketAddr = field("admin")?.parse().context("relay admin address")?;
+        let running = wait_until_running(
+            &mut child,
+            &settings.bin,
+            &log_path,
+            &err_path,
+            START_TIMEOUT,
+        )
+        .await?;
+        let addr = running.quic;
+        let admin = running
+            .admin
+            .context("the relay runs without its admin server")?;
         if !addr.ip().is_loopback() || !admin.ip().is_loopback() {
             bail!(
                 "the relay listens beyond loopback ({addr}, {admin}); the soak stays on 127.0.0.1"
@@ -156,8 +136,8 @@ impl Relay {
                 admin: format!("http://{admin}"),
                 http,
             },
-            fingerprint: field("fingerprint")?.to_owned(),
-            cert: PathBuf::from(field("cert")?),
+            fingerprint: running.fingerprint,
+            cert: running.cert,
             pid,
             command,
             log_path,
