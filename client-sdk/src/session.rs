@@ -409,6 +409,8 @@ impl Session {
         self.shared
             .begin_take_over(allocation, ticket, &self.requests, Some(tx))
             .await?;
+        // Two bounded waits: the relay's reply, then the snapshot stream (the reader waits at
+        // most the request timeout for it).
         match tokio::time::timeout(self.request_timeout * 2, rx).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(Error::Disconnected(self.shared.final_reason())),
