@@ -12,6 +12,9 @@
 //!   task reads datagrams, looks up its allocation's routing table (an `Arc` swapped by the
 //!   control task on membership change) and sends to the destination connection. Queues are
 //!   bounded; what cannot be queued is dropped and counted by reason.
+//! - Each QUIC endpoint runs on its own data-plane thread (a single-threaded runtime): its
+//!   driver, its connections' drivers and their tasks wake each other without crossing threads.
+//!   The control plane, admin server and hooks run on the caller's runtime.
 //! - The admin HTTP server reads metrics directly and asks the control task for allocation
 //!   views through [`RelayHandle`].
 //! - [`hooks`] tells lobbies about lifecycle events: publishing never blocks the control task;
@@ -26,6 +29,7 @@ pub mod control;
 pub mod defaults;
 mod handle;
 pub mod hooks;
+mod lane;
 pub mod metrics;
 mod server;
 pub mod tls;

@@ -32,6 +32,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use crate::control::{ConnId, ControlPlane, Event, Input, JoinedVia, Output};
 use crate::handle::{AdminCall, RelayHandle};
 use crate::hooks::HookSender;
+use crate::lane::Lane;
 use crate::metrics::Metrics;
 use crate::{defaults, tls, RelayConfig};
 
@@ -53,6 +54,9 @@ pub enum RelayError {
     /// The transport configuration was rejected.
     #[error("QUIC configuration: {0}")]
     Quic(String),
+    /// A data-plane thread or its runtime could not be started.
+    #[error("starting a data-plane thread: {0}")]
+    Thread(#[source] std::io::Error),
 }
 
 /// One member's datagram destination.
@@ -106,11 +110,13 @@ struct Shared {
     next_conn: AtomicU64,
 }
 
-/// A running relay. Dropping it without [`Relay::shutdown`] aborts nothing: tasks run until the
-/// runtime ends; call `shutdown` for a graceful stop.
+/// A running relay. Call [`Relay::shutdown`] for a graceful stop. Dropping it instead stops its
+/// data-plane threads at once: connections end without a close, and clients see them time out.
 pub struct Relay {
     /// The QUIC endpoints, all on the same port (one unless `endpoints` is set higher).
     endpoints: Vec<quinn::Endpoint>,
+    /// One data-plane thread per endpoint, serving its connections.
+    lanes: Vec<Lane>,
     handle: RelayHandle,
     admin_addr: Option<SocketAddr>,
     fingerprint: [u8; 32],
@@ -171,15 +177,18 @@ impl Relay {
         let sockets =
             bind_udp(config.listen, config.endpoints(), config.udp_buffer()).map_err(bind_error)?;
         let mut endpoints = Vec::with_capacity(sockets.len());
-        for socket in sockets {
+        let mut lanes = Vec::with_capacity(sockets.len());
+        for (index, socket) in sockets.into_iter().enumerate() {
+            let lane = Lane::start(index).map_err(RelayError::Thread)?;
             let endpoint = quinn::Endpoint::new(
                 quinn::EndpointConfig::default(),
                 Some(server_config.clone()),
                 socket,
-                Arc::new(quinn::TokioRuntime),
+                lane.quinn_runtime(),
             )
             .map_err(bind_error)?;
             endpoints.push(endpoint);
+            lanes.push(lane);
         }
 
         let metrics = Arc::new(Metrics::new());
@@ -233,13 +242,16 @@ impl Relay {
             None => None,
         };
 
-        for endpoint in &endpoints {
-            tasks.spawn(accept_loop(
-                endpoint.clone(),
-                shared.clone(),
-                tasks.clone(),
-                shutdown.clone(),
-            ));
+        for (endpoint, lane) in endpoints.iter().zip(&lanes) {
+            tasks.spawn_on(
+                accept_loop(
+                    endpoint.clone(),
+                    shared.clone(),
+                    tasks.clone(),
+                    shutdown.clone(),
+                ),
+                lane.handle(),
+            );
         }
         info!(
             listen = %endpoints[0].local_addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -249,6 +261,7 @@ impl Relay {
         );
         Ok(Relay {
             endpoints,
+            lanes,
             handle,
             admin_addr,
             fingerprint,
@@ -326,6 +339,9 @@ impl Relay {
         drop(self.admin_calls);
         drop(self.handle);
         self.control_done.abort();
+        for lane in self.lanes {
+            lane.stop().await;
+        }
         info!("relay stopped");
     }
 }
