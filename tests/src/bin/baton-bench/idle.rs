@@ -45,6 +45,10 @@ pub struct IdleArgs {
 /// RSS may grow this much (fraction) between before and after and still count as returned.
 const RETURN_TOLERANCE: f64 = 0.10;
 
+/// How long, after the last client left, the relay's RSS is watched for it to fall back (an
+/// allocator hands freed pages back over seconds, not at once) [--quick: 1 s].
+const RETURN_WATCH: Duration = Duration::from_secs(15);
+
 /// Runs the idle benchmark and adds it to `report`.
 pub async fn run(global: &Global, args: &IdleArgs, report: &mut Report) -> anyhow::Result<()> {
     let clients = args
@@ -115,6 +119,8 @@ struct Round {
     connect_s: f64,
     peak_kib: Option<u64>,
     after_kib: Option<u64>,
+    /// Seconds after the clients left until RSS was back within the tolerance, if it was.
+    returned_s: Option<f64>,
     idle_cores: Option<f64>,
     generator_held_kib: Option<u64>,
     drained: Option<Duration>,
@@ -149,6 +155,7 @@ async fn idle(
                 members,
                 hold,
                 round,
+                rss_before,
                 global.quick,
                 progress,
             )
@@ -198,6 +205,7 @@ async fn idle(
                 connect_s: r.connect_s,
                 relay_rss_peak_mib: mib(r.peak_kib),
                 relay_rss_after_mib: mib(r.after_kib),
+                relay_rss_returned_s: r.returned_s,
                 drained_s: r.drained.map(|d| d.as_secs_f64()),
                 kernel_udp_at_close: r.close_drops,
             })
@@ -215,11 +223,16 @@ async fn idle_round(
     members: usize,
     hold: Duration,
     round: usize,
+    rss_start: Option<u64>,
     quick: bool,
     progress: &mut Progress,
 ) -> anyhow::Result<Round> {
     let rss = || relay.proc_sample().map(|s| s.rss_kib);
-    let settle = Duration::from_millis(if quick { 500 } else { 2_000 });
+    let watch = if quick {
+        Duration::from_secs(1)
+    } else {
+        RETURN_WATCH
+    };
     let started = Instant::now();
     let (mut clients, _topo) = setup(
         pool,
@@ -276,13 +289,33 @@ async fn idle_round(
     pool.wait_idle().await;
     readers.abort_all();
     drop(clients);
-    // Give the relay's allocator a moment; then read what it kept.
-    tokio::time::sleep(settle).await;
+    // Watch the relay's RSS fall back until it is within the tolerance of its start, or the
+    // watch ends; then read what it kept.
+    let left = Instant::now();
+    let returned = |kib: Option<u64>| match (rss_start, kib) {
+        (Some(start), Some(now)) => now as f64 <= start as f64 * (1.0 + RETURN_TOLERANCE),
+        _ => false,
+    };
+    let mut after = rss();
+    while !returned(after) && left.elapsed() < watch {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        after = rss();
+        progress.update(|| {
+            format!(
+                "idle round {round}: relay RSS {} MiB {:.1} s after the clients left",
+                after.map_or(0, |k| k / 1024),
+                left.elapsed().as_secs_f64()
+            )
+        });
+    }
+    progress.done();
+    let returned_s = returned(after).then(|| left.elapsed().as_secs_f64());
     Ok(Round {
         connected,
         connect_s,
         peak_kib: peak.max(hwm),
-        after_kib: rss(),
+        after_kib: after,
+        returned_s,
         idle_cores: Cpu::between(&before_hold, &after_hold).server_cores,
         generator_held_kib,
         drained,

@@ -616,6 +616,9 @@ pub struct IdleRound {
     pub relay_rss_peak_mib: Option<f64>,
     /// Relay RSS after they all left, MiB.
     pub relay_rss_after_mib: Option<f64>,
+    /// Seconds after they left until relay RSS was back within 10 % of its start (none: it was
+    /// not, within the watch).
+    pub relay_rss_returned_s: Option<f64>,
     /// Seconds until the relay reported no connections.
     pub drained_s: Option<f64>,
     /// Kernel UDP drops while they left (a lost close leaves the relay holding the connection
@@ -983,12 +986,16 @@ fn human_idle(out: &mut String, i: &IdleReport) {
     for (n, r) in i.rounds.iter().enumerate() {
         let _ = writeln!(
             out,
-            "  round {}: {} clients in {:.1} s, relay RSS peak {}, after {}, empty after {} s, kernel drops at close {} (relay socket {})",
+            "  round {}: {} clients in {:.1} s, relay RSS peak {}, after {} ({}), empty after {} s, kernel drops at close {} (relay socket {})",
             n + 1,
             r.connected,
             r.connect_s,
             mib(r.relay_rss_peak_mib),
             mib(r.relay_rss_after_mib),
+            r.relay_rss_returned_s.map_or_else(
+                || "not back within 10 % of the start".to_owned(),
+                |s| format!("back within 10 % of the start in {s:.1} s")
+            ),
             opt(r.drained_s, 2),
             r.kernel_udp_at_close.map_or_else(|| "-".to_owned(), |k| k.rcvbuf_errors.to_string()),
             r.kernel_udp_at_close
