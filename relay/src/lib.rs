@@ -32,6 +32,7 @@ pub mod hooks;
 mod lane;
 pub mod metrics;
 mod server;
+pub mod steering;
 pub mod tls;
 
 pub use config::{ConfigError, RelayConfig, TlsSource};

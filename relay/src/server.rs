@@ -34,6 +34,7 @@ use crate::handle::{AdminCall, RelayHandle};
 use crate::hooks::HookSender;
 use crate::lane::Lane;
 use crate::metrics::Metrics;
+use crate::steering;
 use crate::{defaults, tls, RelayConfig};
 
 /// Why a relay could not start.
@@ -176,12 +177,27 @@ impl Relay {
         };
         let sockets =
             bind_udp(config.listen, config.endpoints(), config.udp_buffer()).map_err(bind_error)?;
-        let mut endpoints = Vec::with_capacity(sockets.len());
-        let mut lanes = Vec::with_capacity(sockets.len());
+        let count = sockets.len();
+        if count > 1 {
+            let lanes = u8::try_from(count).unwrap_or(u8::MAX);
+            match sockets.first().map(|s| steering::attach(s, lanes)) {
+                Some(Err(e)) => warn!(
+                    cause = %e,
+                    "connection-ID steering unavailable: the kernel spreads packets by address, \
+                     so a client whose address changes may lose its connection"
+                ),
+                _ => debug!(endpoints = count, "connection-ID steering attached"),
+            }
+        }
+        let mut endpoints = Vec::with_capacity(count);
+        let mut lanes = Vec::with_capacity(count);
         for (index, socket) in sockets.into_iter().enumerate() {
             let lane = Lane::start(index).map_err(RelayError::Thread)?;
+            let mut endpoint_config = quinn::EndpointConfig::default();
+            let cids = steering::LaneCids::new(u8::try_from(index).unwrap_or(u8::MAX));
+            endpoint_config.cid_generator(move || Box::new(cids));
             let endpoint = quinn::Endpoint::new(
-                quinn::EndpointConfig::default(),
+                endpoint_config,
                 Some(server_config.clone()),
                 socket,
                 lane.quinn_runtime(),

@@ -131,6 +131,14 @@ pub async fn raw_connection(
     relay: &TestRelay,
     transport: impl FnOnce(&mut quinn::TransportConfig),
 ) -> quinn::Connection {
+    raw_client(relay, transport).await.1
+}
+
+/// Like [`raw_connection`], with the client's endpoint too (to rebind it to a new address).
+pub async fn raw_client(
+    relay: &TestRelay,
+    transport: impl FnOnce(&mut quinn::TransportConfig),
+) -> (quinn::Endpoint, quinn::Connection) {
     let pem = std::fs::read(relay.relay().cert_path()).expect("relay certificate");
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
@@ -151,11 +159,12 @@ pub async fn raw_connection(
     ));
     config.transport_config(std::sync::Arc::new(t));
     let endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
-    endpoint
+    let conn = endpoint
         .connect_with(config, relay.addr(), "localhost")
         .expect("connect")
         .await
-        .expect("handshake")
+        .expect("handshake");
+    (endpoint, conn)
 }
 
 /// Sends a control message on a raw connection's control stream and reads the reply.

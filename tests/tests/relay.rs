@@ -6,7 +6,7 @@ use baton_client::{
     AllocationOptions, ClientConfig, DisconnectReason, DropReason, Error, Event, Host, LeaveReason,
     Peer, PeerId, Trust,
 };
-use baton_tests::{event_matching, recv, try_recv, TestRelay, WAIT};
+use baton_tests::{event_matching, raw_client, raw_request, recv, try_recv, TestRelay, WAIT};
 
 async fn host_and_peers(relay: &TestRelay, n: usize) -> (Host, Vec<Peer>) {
     let host = Host::create(&relay.client(), AllocationOptions::default())
@@ -417,6 +417,59 @@ async fn graceful_shutdown_tells_every_client() {
             }
         );
     }
+}
+
+/// With several endpoints on one port, a client whose address changes (a NAT rebinding) keeps
+/// its connection: packets reach the endpoint its connection ID names, whatever their source
+/// address. Without steering, each new address would hash to another of the 4 sockets 3 times
+/// in 4, which answers with a stateless reset.
+#[tokio::test]
+async fn several_endpoints_keep_a_client_whose_address_changes() {
+    use baton_protocol::{datagram, ClientMessage, ServerMessage};
+    let relay = TestRelay::start_with(|c| {
+        c.set_endpoints(4).unwrap();
+    })
+    .await;
+    let host = Host::create(&relay.client(), AllocationOptions::default())
+        .await
+        .expect("create allocation");
+    let (endpoint, peer) = raw_client(&relay, |_| {}).await;
+    let (mut send, mut recv_stream) = peer.open_bi().await.unwrap();
+    let joined = raw_request(
+        &mut send,
+        &mut recv_stream,
+        &ClientMessage::Join {
+            request_id: 1,
+            code: host.join_code(),
+        },
+    )
+    .await;
+    let ServerMessage::Joined { peer: me, .. } = joined else {
+        panic!("join failed: {joined:?}");
+    };
+    let first_port = endpoint.local_addr().unwrap().port();
+    for round in 0..8u8 {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        endpoint.rebind(socket).unwrap();
+        assert_ne!(endpoint.local_addr().unwrap().port(), first_port);
+        peer.send_datagram(datagram::encode(PeerId::HOST.0, &[round]).into())
+            .unwrap();
+        assert_eq!(
+            recv(&host).await,
+            (me, bytes::Bytes::copy_from_slice(&[round])),
+            "round {round}: the host hears the moved peer"
+        );
+        host.send_to(me, &[round]).unwrap();
+        let back = tokio::time::timeout(WAIT, peer.read_datagram())
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: nothing back after the move"))
+            .unwrap_or_else(|e| panic!("round {round}: connection lost after the move: {e}"));
+        assert_eq!(
+            datagram::split(&back).unwrap(),
+            (PeerId::HOST.0, &[round][..])
+        );
+    }
+    assert!(peer.close_reason().is_none());
 }
 
 #[tokio::test]
