@@ -207,9 +207,10 @@ pub struct Cli {
     #[arg(long, env = "BATON_UDP_BUFFER", value_name = "BYTES")]
     udp_buffer: Option<usize>,
 
-    /// QUIC endpoints sharing the listen port with SO_REUSEPORT, to spread packet processing
-    /// over cores (1 to 64). With more than one, a client whose address changes mid-session
-    /// (NAT rebinding) loses its connection and must rejoin [default: 1].
+    /// QUIC endpoints sharing the listen port with SO_REUSEPORT, each on its own data-plane
+    /// thread, to spread packet processing over cores (1 to 64). Packets are steered by
+    /// connection ID, so clients keep their connection when their address changes. Set it to
+    /// the cores the relay may use [default: 1].
     #[arg(long, env = "BATON_ENDPOINTS", value_name = "N")]
     endpoints: Option<usize>,
 

@@ -103,10 +103,11 @@ pub const UDP_BUFFER: usize = 8 * 1024 * 1024;
 
 /// QUIC endpoints sharing the listen port.
 ///
-/// One: every client keeps working through NAT rebinding (a client whose address changes
-/// stays on the same socket). More than one spreads packet processing over cores with
-/// `SO_REUSEPORT`, at the price that a client whose address changes mid-session lands on
-/// another endpoint and loses its connection (it then rejoins with its reconnect token).
+/// One: each endpoint runs on its own data-plane thread, so one endpoint uses one core. More
+/// spread packet processing over cores with `SO_REUSEPORT`; packets are steered to the endpoint
+/// their connection ID names (see `steering`), so a client whose address changes keeps its
+/// connection. On a machine shared with other work, one is cheapest per datagram: datagrams
+/// between connections on different endpoints cross threads.
 pub const ENDPOINTS: usize = 1;
 
 /// Largest migration snapshot a host may upload: Unity Lobby's 10 MiB limit.
