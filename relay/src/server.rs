@@ -177,16 +177,16 @@ impl Relay {
         };
         let sockets =
             bind_udp(config.listen, config.endpoints(), config.udp_buffer()).map_err(bind_error)?;
+        // At most 64 endpoints (the config's bound), so indexes fit the connection ID's byte.
         let count = sockets.len();
-        if count > 1 {
-            let lanes = u8::try_from(count).unwrap_or(u8::MAX);
-            match sockets.first().map(|s| steering::attach(s, lanes)) {
-                Some(Err(e)) => warn!(
+        if let Some(first) = sockets.first().filter(|_| count > 1) {
+            match steering::attach(first, u8::try_from(count).unwrap_or(u8::MAX)) {
+                Ok(()) => debug!(endpoints = count, "connection-ID steering attached"),
+                Err(e) => warn!(
                     cause = %e,
                     "connection-ID steering unavailable: the kernel spreads packets by address, \
                      so a client whose address changes may lose its connection"
                 ),
-                _ => debug!(endpoints = count, "connection-ID steering attached"),
             }
         }
         let mut endpoints = Vec::with_capacity(count);

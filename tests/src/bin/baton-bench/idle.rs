@@ -45,6 +45,12 @@ pub struct IdleArgs {
 /// RSS may grow this much (fraction) between before and after and still count as returned.
 const RETURN_TOLERANCE: f64 = 0.10;
 
+/// Whether RSS `now` is back within [`RETURN_TOLERANCE`] of `start` (none when either is
+/// unknown).
+fn within_tolerance(start: Option<u64>, now: Option<u64>) -> Option<bool> {
+    Some(now? as f64 <= start? as f64 * (1.0 + RETURN_TOLERANCE))
+}
+
 /// How long, after the last client left, the relay's RSS is watched for it to fall back (an
 /// allocator hands freed pages back over seconds, not at once) [--quick: 1 s].
 const RETURN_WATCH: Duration = Duration::from_secs(15);
@@ -169,10 +175,6 @@ async fn idle(
         (Some(a), Some(b)) => Some((b as f64 - a as f64) / first.connected.max(1) as f64),
         _ => None,
     };
-    let within = |a: Option<u64>, b: Option<u64>| match (a, b) {
-        (Some(a), Some(b)) => Some(b as f64 <= a as f64 * (1.0 + RETURN_TOLERANCE)),
-        _ => None,
-    };
     let mut failures = BTreeMap::new();
     let departures: u64 = done.iter().map(|r| r.departures).sum();
     if departures > 0 {
@@ -190,9 +192,9 @@ async fn idle(
         relay_rss_peak_mib: mib(done.iter().filter_map(|r| r.peak_kib).max()),
         relay_rss_after_mib: mib(last.after_kib),
         relay_kib_per_client: per_client(rss_before, first.peak_kib),
-        rss_returned_within_10pct: within(rss_before, last.after_kib),
+        rss_returned_within_10pct: within_tolerance(rss_before, last.after_kib),
         rss_steady_across_rounds: (done.len() > 1)
-            .then(|| within(first.after_kib, last.after_kib))
+            .then(|| within_tolerance(first.after_kib, last.after_kib))
             .flatten(),
         relay_idle_cores: first.idle_cores,
         generator_kib_per_client: per_client(me_before, first.generator_held_kib),
@@ -292,10 +294,7 @@ async fn idle_round(
     // Watch the relay's RSS fall back until it is within the tolerance of its start, or the
     // watch ends; then read what it kept.
     let left = Instant::now();
-    let returned = |kib: Option<u64>| match (rss_start, kib) {
-        (Some(start), Some(now)) => now as f64 <= start as f64 * (1.0 + RETURN_TOLERANCE),
-        _ => false,
-    };
+    let returned = |kib: Option<u64>| within_tolerance(rss_start, kib) == Some(true);
     let mut after = rss();
     while !returned(after) && left.elapsed() < watch {
         tokio::time::sleep(Duration::from_millis(250)).await;
