@@ -13,15 +13,17 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
-use sha2::{Digest, Sha256};
 
 use crate::{Error, Trust};
 
 /// SHA-256 of a DER certificate: the fingerprint [`Trust::Fingerprint`] pins.
 pub fn fingerprint(cert_der: &[u8]) -> [u8; 32] {
-    Sha256::digest(cert_der).into()
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, cert_der).as_ref());
+    out
 }
 
 /// Formats a fingerprint as 64 lower-case hex digits without separators.
@@ -153,7 +155,7 @@ fn load_pem_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, Er
             path.display()
         ))
     })?;
-    let certs = rustls_pemfile::certs(&mut pem.as_slice())
+    let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| Error::Config(format!("bad PEM in {}: {e}", path.display())))?;
     if certs.is_empty() {

@@ -45,13 +45,13 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use baton_protocol::AllocationId;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::control::AdminError;
+use crate::crypto;
 use crate::hooks::{self, HookSender, StreamItem};
 use crate::RelayHandle;
 
@@ -105,7 +105,7 @@ struct AdminState {
 }
 
 fn digest(token: &str) -> Arc<[u8; 32]> {
-    Arc::new(Sha256::digest(token.as_bytes()).into())
+    Arc::new(crypto::sha256(token.as_bytes()))
 }
 
 /// The admin API's routes, with auth and the body limit applied.
@@ -248,14 +248,10 @@ fn bearer_matches(headers: &HeaderMap, expected: &[u8; 32]) -> bool {
     else {
         return false;
     };
-    let presented: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
+    let presented = crypto::sha256(token.trim().as_bytes());
     // Evaluate both sides so the scheme check does not short-circuit the comparison.
     let scheme_ok = scheme.eq_ignore_ascii_case("bearer");
-    let token_ok = presented
-        .iter()
-        .zip(expected)
-        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-        == 0;
+    let token_ok = crypto::constant_time_eq(&presented, expected);
     scheme_ok & token_ok
 }
 

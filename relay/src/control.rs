@@ -29,13 +29,11 @@ use baton_protocol::{
     AllocationId, ClientMessage, CloseCode, ErrorCode, JoinCode, LeaveReason, PeerId, ServerMessage,
 };
 use bytes::Bytes;
-use hmac::{Hmac, Mac};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
-use sha2::Sha256;
 
-use crate::{defaults, RelayConfig};
+use crate::{crypto, defaults, RelayConfig};
 
 /// The driver's handle for one QUIC connection.
 pub type ConnId = u64;
@@ -957,7 +955,7 @@ impl ControlPlane {
             Some(Allocation {
                 host: HostSlot::Awaiting { token: want, .. },
                 ..
-            }) => constant_time_eq(want, &token),
+            }) => crypto::constant_time_eq(want, &token),
             _ => false,
         };
         if !valid {
@@ -1405,13 +1403,7 @@ impl ControlPlane {
     /// HMAC-SHA256 of `parts` under the relay's secret, truncated to 128 bits.
     fn mac(&self, parts: &[&[u8]]) -> [u8; 16] {
         let mut out = [0u8; 16];
-        // HMAC accepts keys of any length.
-        if let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.secret) {
-            for part in parts {
-                mac.update(part);
-            }
-            out.copy_from_slice(&mac.finalize().into_bytes()[..16]);
-        }
+        out.copy_from_slice(&crypto::hmac_sha256(&self.secret, parts)[..16]);
         out
     }
 
@@ -1448,7 +1440,8 @@ impl ControlPlane {
         let valid = old == from
             && match self.allocations.get(&from).map(|a| &a.host) {
                 Some(HostSlot::Migrating(m)) => {
-                    m.elected == me && constant_time_eq(&self.ticket(from, me, m.epoch), &ticket)
+                    m.elected == me
+                        && crypto::constant_time_eq(&self.ticket(from, me, m.epoch), &ticket)
                 }
                 _ => false,
             };
@@ -1548,7 +1541,7 @@ impl ControlPlane {
             self.refuse(conn, request_id, ErrorCode::NotFound, 0);
             return;
         };
-        if !constant_time_eq(&self.reconnect_token(alloc.lineage, peer), &token) {
+        if !crypto::constant_time_eq(&self.reconnect_token(alloc.lineage, peer), &token) {
             self.refuse(conn, request_id, ErrorCode::Unauthorized, 0);
             return;
         }
@@ -1778,11 +1771,6 @@ fn refill_bucket(bucket: &mut Bucket, now: Instant, burst: u32, refill: Duration
         }
     }
     bucket.tokens
-}
-
-/// Compares two secrets without an early exit.
-fn constant_time_eq(a: &[u8; 16], b: &[u8; 16]) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

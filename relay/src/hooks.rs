@@ -66,15 +66,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use baton_protocol::{AllocationId, JoinCode, LeaveReason, PeerId};
 use bytes::Bytes;
-use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::config::HooksConfig;
+use crate::crypto;
 use crate::metrics::Metrics;
 
 pub use reqwest::Url;
@@ -104,8 +103,6 @@ pub const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
 const LIVE_CAPACITY: usize = 1024;
 /// Bytes of a webhook answer read (and then ignored) so its connection can be reused.
 const MAX_ANSWER: usize = 64 * 1024;
-
-type HmacSha256 = Hmac<Sha256>;
 
 /// One lifecycle event as lobbies receive it (see the module docs for the JSON shape).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -850,21 +847,15 @@ pub(crate) fn redact(url: &Url) -> String {
     }
 }
 
-fn mac(secret: &[u8], timestamp: &[u8], body: &[u8]) -> HmacSha256 {
-    // HMAC takes keys of any length, so this never fails; the fallback only satisfies types.
-    let mut mac = <HmacSha256 as Mac>::new_from_slice(secret)
-        .unwrap_or_else(|_| <HmacSha256 as Mac>::new(&Default::default()));
-    mac.update(timestamp);
-    mac.update(b".");
-    mac.update(body);
-    mac
+fn mac(secret: &[u8], timestamp: &[u8], body: &[u8]) -> [u8; 32] {
+    crypto::hmac_sha256(secret, &[timestamp, b".", body])
 }
 
 /// The [`SIGNATURE_HEADER`] value for `body` sent at `timestamp` (unix seconds):
 /// `v1=<hex HMAC-SHA256(secret, "{timestamp}.{body}")>`.
 pub fn sign(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
     let mac = mac(secret, timestamp.to_string().as_bytes(), body);
-    format!("v1={}", hex::encode(mac.finalize().into_bytes()))
+    format!("v1={}", hex::encode(mac))
 }
 
 /// Why a webhook request's signature was rejected.
@@ -943,7 +934,7 @@ pub fn verify_signature(
         };
         any = true;
         if let Ok(sig) = hex::decode(sig) {
-            if expected.clone().verify_slice(&sig).is_ok() {
+            if crypto::constant_time_eq(&expected, &sig) {
                 return Ok(());
             }
         }

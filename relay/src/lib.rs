@@ -26,6 +26,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod control;
+mod crypto;
 pub mod defaults;
 mod handle;
 pub mod hooks;

@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use sha2::{Digest, Sha256};
 
 use crate::config::TlsSource;
 
@@ -27,7 +27,7 @@ pub enum TlsError {
         /// The cause.
         source: std::io::Error,
     },
-    /// A PEM file held no certificate or no private key.
+    /// A PEM file is malformed, or held no certificate or no private key.
     #[error("{path}: {what}")]
     Pem {
         /// The file.
@@ -68,7 +68,7 @@ impl TlsMaterial {
 
 /// SHA-256 of a DER certificate.
 pub fn fingerprint(der: &[u8]) -> [u8; 32] {
-    Sha256::digest(der).into()
+    crate::crypto::sha256(der)
 }
 
 /// Formats a fingerprint as colon-separated upper-case hex, as `openssl x509 -fingerprint`
@@ -148,9 +148,9 @@ fn write_private(path: &Path, data: &[u8]) -> Result<(), TlsError> {
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = std::fs::read(path).map_err(io_err(path))?;
-    let certs = rustls_pemfile::certs(&mut pem.as_slice())
+    let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(io_err(path))?;
+        .map_err(pem_err(path))?;
     if certs.is_empty() {
         return Err(TlsError::Pem {
             path: path.to_owned(),
@@ -162,12 +162,21 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let pem = std::fs::read(path).map_err(io_err(path))?;
-    rustls_pemfile::private_key(&mut pem.as_slice())
-        .map_err(io_err(path))?
-        .ok_or_else(|| TlsError::Pem {
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|err| match err {
+        pem::Error::NoItemsFound => TlsError::Pem {
             path: path.to_owned(),
             what: "no private key found".into(),
-        })
+        },
+        other => pem_err(path)(other),
+    })
+}
+
+/// A malformed PEM file, named.
+fn pem_err(path: &Path) -> impl Fn(pem::Error) -> TlsError + '_ {
+    move |err| TlsError::Pem {
+        path: path.to_owned(),
+        what: err.to_string(),
+    }
 }
 
 /// A TLS 1.3-only rustls server configuration speaking Baton's ALPN.
