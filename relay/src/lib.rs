@@ -27,14 +27,14 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod defaults;
-mod handle;
+mod driver;
 pub mod hooks;
-mod lane;
 pub mod metrics;
-mod server;
-pub mod steering;
 pub mod tls;
 
 pub use config::{ConfigError, RelayConfig, TlsSource};
-pub use handle::RelayHandle;
-pub use server::{transport_config, Relay, RelayError};
+pub use driver::{steering, transport_config, Relay, RelayError, RelayHandle};
+
+/// The path admin's tests name `AdminCall` by (`crate::handle::AdminCall`).
+#[cfg(test)]
+pub(crate) use driver::handle;

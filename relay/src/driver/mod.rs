@@ -30,12 +30,17 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::control::{ConnId, ControlPlane, Event, Input, JoinedVia, Output};
-use crate::handle::{AdminCall, RelayHandle};
 use crate::hooks::HookSender;
-use crate::lane::Lane;
 use crate::metrics::Metrics;
-use crate::steering;
 use crate::{defaults, tls, RelayConfig};
+
+pub(crate) mod handle;
+mod lane;
+pub mod steering;
+
+use handle::AdminCall;
+pub use handle::RelayHandle;
+use lane::Lane;
 
 /// Why a relay could not start.
 #[derive(Debug, thiserror::Error)]
