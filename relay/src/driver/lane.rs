@@ -10,6 +10,9 @@
 //! (`--endpoints` above 1) cross threads.
 //!
 //! The control plane, the admin server and webhook delivery stay on the caller's runtime.
+//!
+//! `Relay::bind` starts one [`Lane`] per endpoint and spawns the endpoint's accept loop on it;
+//! `Relay::shutdown` stops them. A lane knows nothing of connections or the control plane.
 
 use std::fmt;
 use std::future::Future;

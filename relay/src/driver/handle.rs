@@ -1,4 +1,8 @@
 //! [`RelayHandle`]: how the admin server (and embedding programs) talk to a running relay.
+//!
+//! A handle is used from any task. Each query is an [`AdminCall`] sent to the control task
+//! (the driver's `control_task` module), which runs it against the `ControlPlane` and answers
+//! on a oneshot channel; metrics are read directly.
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -12,6 +12,10 @@
 //! to an endpoint all the same (its first byte modulo N), consistently for that handshake's
 //! retransmissions, and from the server's first reply on the client uses the IDs that endpoint
 //! issued. Addresses play no part, so connections survive address changes on any endpoint.
+//!
+//! The driver's `socket` module calls `attach` once while the relay binds; quinn calls
+//! `LaneCids` on each endpoint's lane thread. Nothing here does I/O beyond that one socket
+//! option.
 
 use std::time::Duration;
 

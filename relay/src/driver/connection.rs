@@ -1,0 +1,142 @@
+//! The per-connection service. [`serve_connection`] registers the connection in
+//! [`Shared::conns`](super::Shared), tells the control plane, then runs four parts at once with
+//! a `biased` select, in priority order: datagrams ([`forward`](super::forward)), the control
+//! stream ([`control_stream`](super::control_stream)), snapshot uploads
+//! ([`snapshot`](super::snapshot)) and RTT reports ([`report_rtt`]). [`DisconnectGuard`]
+//! reports the end exactly once, with the reason [`leave_reason`] reads from quinn.
+//!
+//! Runs inside each connection's task on the endpoint's data-plane lane thread; reaches the
+//! control plane only through the `inputs` channel. [`close`] is also called by the control
+//! task.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use baton_protocol::{CloseCode, LeaveReason};
+use quinn::{ConnectionError, VarInt};
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use super::control_stream::control_stream;
+use super::forward::forward_datagrams;
+use super::snapshot::receive_snapshots;
+use super::{ConnShared, Shared};
+use crate::control::{ConnId, Input};
+use crate::defaults;
+
+/// Reports a connection's end to the control plane exactly once, whichever way its task ends
+/// (normal return, early error, panic).
+struct DisconnectGuard {
+    id: ConnId,
+    shared: Arc<Shared>,
+    reason: LeaveReason,
+}
+
+impl Drop for DisconnectGuard {
+    fn drop(&mut self) {
+        self.shared.conns.remove(&self.id);
+        self.shared.metrics.connections.dec();
+        let input = Input::Disconnected {
+            conn: self.id,
+            reason: self.reason,
+        };
+        if let Err(mpsc::error::TrySendError::Full(input)) = self.shared.inputs.try_send(input) {
+            let inputs = self.shared.inputs.clone();
+            tokio::spawn(async move {
+                let _ = inputs.send(input).await;
+            });
+        }
+    }
+}
+
+/// Maps how a connection ended to the reason the others are told.
+fn leave_reason(err: &ConnectionError) -> LeaveReason {
+    match err {
+        ConnectionError::TimedOut => LeaveReason::TimedOut,
+        ConnectionError::ApplicationClosed(close) => {
+            match CloseCode::from_u64(close.error_code.into_inner()) {
+                CloseCode::ProtocolViolation => LeaveReason::ProtocolViolation,
+                _ => LeaveReason::Closed,
+            }
+        }
+        ConnectionError::LocallyClosed => LeaveReason::Closed,
+        _ => LeaveReason::ConnectionLost,
+    }
+}
+
+/// Serves connection `id` until it ends.
+pub(super) async fn serve_connection(id: ConnId, conn: quinn::Connection, shared: &Arc<Shared>) {
+    let (control_tx, control_rx) = mpsc::channel(defaults::CONTROL_QUEUE);
+    let conn_shared = Arc::new(ConnShared {
+        conn: conn.clone(),
+        control_tx,
+        route: ArcSwapOption::empty(),
+    });
+    shared.conns.insert(id, conn_shared.clone());
+    shared.metrics.connections.inc();
+    shared.metrics.connections_accepted.inc();
+    let mut guard = DisconnectGuard {
+        id,
+        shared: shared.clone(),
+        reason: LeaveReason::ConnectionLost,
+    };
+    if shared
+        .inputs
+        .send(Input::Connected {
+            conn: id,
+            addr: conn.remote_address(),
+        })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    debug!("connected");
+
+    let control = control_stream(&conn, shared, id, control_rx);
+    let datagrams = forward_datagrams(&conn_shared, shared);
+    let snapshots = receive_snapshots(&conn, &conn_shared, shared, id);
+    let rtt = report_rtt(&conn, shared, id);
+    tokio::pin!(control, datagrams, snapshots, rtt);
+    let err = tokio::select! {
+        // Game traffic first, then control messages; snapshots and RTT samples can wait.
+        biased;
+        err = &mut datagrams => err,
+        err = &mut control => err,
+        () = &mut snapshots => None,
+        () = &mut rtt => None,
+    };
+    if let Some(code) = err {
+        close(&conn, code);
+    }
+    let reason = conn.closed().await;
+    guard.reason = leave_reason(&reason);
+    debug!(cause = %reason, reason = %guard.reason, "disconnected");
+}
+
+/// Closes `conn` with `code` and its description.
+pub(super) fn close(conn: &quinn::Connection, code: CloseCode) {
+    conn.close(
+        VarInt::from_u32(code.to_u32()),
+        code.description().as_bytes(),
+    );
+}
+
+/// How often a connection's RTT is reported to the control plane for host election.
+const RTT_REPORT_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Reports the connection's RTT to the control plane now and then.
+async fn report_rtt(conn: &quinn::Connection, shared: &Shared, id: ConnId) {
+    let mut tick = tokio::time::interval(RTT_REPORT_INTERVAL);
+    loop {
+        tick.tick().await;
+        let input = Input::Rtt {
+            conn: id,
+            rtt: conn.rtt(),
+        };
+        if shared.inputs.send(input).await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! The control stream, one bidirectional stream per connection. Its reader takes length-prefixed
+//! frames (at most `max_control_frame`), decodes them and sends them to the control task as
+//! `Input::Request`, paced by a [`RequestBudget`]; its writer batches the control task's
+//! `ServerMessage`s into writes.
+//!
+//! Runs inside each connection's task on the endpoint's data-plane lane thread; reaches the
+//! control plane only through the `inputs` channel and the connection's control queue.
+
+use std::time::Duration;
+
+use baton_protocol::{frame, ClientMessage, CloseCode, ServerMessage};
+use bytes::BytesMut;
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use super::Shared;
+use crate::control::{ConnId, Input};
+
+/// Serves the control stream until the connection ends. Returns a close code if the client
+/// broke the protocol.
+pub(super) async fn control_stream(
+    conn: &quinn::Connection,
+    shared: &Shared,
+    id: ConnId,
+    mut outgoing: mpsc::Receiver<ServerMessage>,
+) -> Option<CloseCode> {
+    let (mut send, mut recv) = match conn.accept_bi().await {
+        Ok(streams) => streams,
+        Err(_) => return None,
+    };
+    let reader = async {
+        // A client has little to say; a token bucket keeps a chatty one from monopolising
+        // the control task (it is slowed down, not cut off).
+        let mut budget = RequestBudget::new();
+        loop {
+            let mut prefix = [0u8; frame::LEN_PREFIX];
+            match recv.read_exact(&mut prefix).await {
+                Ok(()) => {}
+                Err(quinn::ReadExactError::FinishedEarly(0)) => return Some(CloseCode::Normal),
+                Err(quinn::ReadExactError::FinishedEarly(_)) => {
+                    return Some(CloseCode::ProtocolViolation)
+                }
+                Err(quinn::ReadExactError::ReadError(_)) => return None,
+            }
+            let len = match frame::check_len(prefix, shared.max_control_frame) {
+                Ok(len) => len,
+                Err(e) => {
+                    warn!(cause = %e, "bad control frame");
+                    return Some(CloseCode::ProtocolViolation);
+                }
+            };
+            let mut body = vec![0u8; len];
+            if recv.read_exact(&mut body).await.is_err() {
+                return Some(CloseCode::ProtocolViolation);
+            }
+            let msg = match ClientMessage::decode(&body) {
+                Ok(msg) => msg,
+                Err(e) => {
+                    warn!(cause = %e, "undecodable control message");
+                    return Some(CloseCode::ProtocolViolation);
+                }
+            };
+            budget.take().await;
+            if shared
+                .inputs
+                .send(Input::Request { conn: id, msg })
+                .await
+                .is_err()
+            {
+                return None;
+            }
+        }
+    };
+    let writer = async {
+        let mut buf = BytesMut::new();
+        while let Some(msg) = outgoing.recv().await {
+            buf.clear();
+            msg.encode_frame(&mut buf);
+            // Batch whatever else is queued into the same write.
+            while let Ok(more) = outgoing.try_recv() {
+                more.encode_frame(&mut buf);
+            }
+            if send.write_all(&buf).await.is_err() {
+                break;
+            }
+        }
+        None
+    };
+    tokio::select! {
+        r = reader => r,
+        r = writer => r,
+    }
+}
+
+/// Control requests a connection may make in a burst, and their refill interval.
+const REQUEST_BURST: u32 = 32;
+const REQUEST_REFILL: Duration = Duration::from_millis(50);
+
+/// A token bucket of control requests: [`REQUEST_BURST`] at once, one more every
+/// [`REQUEST_REFILL`].
+struct RequestBudget {
+    tokens: u32,
+    last: tokio::time::Instant,
+}
+
+impl RequestBudget {
+    fn new() -> Self {
+        RequestBudget {
+            tokens: REQUEST_BURST,
+            last: tokio::time::Instant::now(),
+        }
+    }
+
+    async fn take(&mut self) {
+        let now = tokio::time::Instant::now();
+        let earned =
+            (now.duration_since(self.last).as_millis() / REQUEST_REFILL.as_millis()) as u32;
+        if earned > 0 {
+            self.tokens = (self.tokens + earned).min(REQUEST_BURST);
+            self.last = now;
+        }
+        if self.tokens == 0 {
+            tokio::time::sleep(REQUEST_REFILL).await;
+            self.last = tokio::time::Instant::now();
+            self.tokens = 1;
+        }
+        self.tokens -= 1;
+    }
+}

@@ -1,0 +1,163 @@
+//! Where the control plane's lifecycle events go: [`record`] logs and counts each one in the
+//! metrics, and [`EventSink`] turns it into a hooks event (`hooks::LobbyEventKind`, what
+//! webhooks and the admin event stream carry) and publishes it.
+//!
+//! Runs on the control task; publishing never blocks it (see [`crate::hooks`]).
+
+use std::collections::HashMap;
+
+use baton_protocol::{AllocationId, JoinCode};
+use tracing::{debug, info};
+
+use crate::control::{Event, JoinedVia};
+use crate::hooks::HookSender;
+use crate::metrics::Metrics;
+
+/// Turns the control plane's lifecycle events into hooks events and publishes them,
+/// remembering each allocation's join code (hooks events carry it; the control plane's events
+/// name only the allocation).
+pub(super) struct EventSink {
+    hooks: HookSender,
+    codes: HashMap<AllocationId, JoinCode>,
+}
+
+impl EventSink {
+    /// A sink publishing to `hooks`.
+    pub(super) fn new(hooks: HookSender) -> Self {
+        EventSink {
+            hooks,
+            codes: HashMap::new(),
+        }
+    }
+
+    /// Publishes `event` to the hooks, with its allocation's join code.
+    pub(super) fn publish(&mut self, event: Event) {
+        use crate::hooks::LobbyEventKind as Kind;
+        let (allocation, kind) = match event {
+            Event::AllocationCreated { allocation, code } => {
+                self.codes.insert(allocation, code);
+                (allocation, Kind::AllocationCreated {})
+            }
+            Event::PeerJoined {
+                allocation, peer, ..
+            } => (allocation, Kind::PeerJoined { peer: peer.0 }),
+            Event::PeerLeft {
+                allocation,
+                peer,
+                reason,
+            } => (
+                allocation,
+                Kind::PeerLeft {
+                    peer: peer.0,
+                    reason: reason.as_str().to_owned(),
+                },
+            ),
+            Event::HostDisconnected {
+                allocation,
+                host,
+                reason,
+            } => (
+                allocation,
+                Kind::HostDisconnected {
+                    host: host.0,
+                    reason: reason.as_str().to_owned(),
+                },
+            ),
+            Event::HostElected {
+                allocation,
+                host,
+                by,
+            } => (
+                allocation,
+                Kind::HostElected {
+                    host: host.0,
+                    by: by.as_str().to_owned(),
+                },
+            ),
+            Event::AllocationMigrated { from, to, host } => {
+                if let Some(code) = self.codes.remove(&from) {
+                    self.codes.insert(to, code);
+                }
+                (
+                    to,
+                    Kind::AllocationMigrated {
+                        from: from.to_string(),
+                        to: to.to_string(),
+                        host: host.0,
+                    },
+                )
+            }
+            Event::AllocationClosed { allocation, reason } => {
+                let kind = Kind::AllocationClosed {
+                    reason: reason.as_str().to_owned(),
+                };
+                if let Some(code) = self.codes.remove(&allocation) {
+                    self.hooks.publish(kind, allocation, code);
+                }
+                return;
+            }
+            Event::Refused { .. } => return,
+        };
+        if let Some(code) = self.codes.get(&allocation) {
+            self.hooks.publish(kind, allocation, *code);
+        }
+    }
+}
+
+/// Logs a lifecycle event and counts it.
+pub(super) fn record(event: &Event, metrics: &Metrics) {
+    match event {
+        Event::AllocationCreated { allocation, code } => {
+            metrics.allocations_created.inc();
+            info!(%allocation, %code, "allocation created");
+        }
+        Event::PeerJoined {
+            allocation,
+            peer,
+            via,
+        } => {
+            match via {
+                JoinedVia::Code => {
+                    metrics.joins.inc();
+                }
+                JoinedVia::Rejoin => {
+                    metrics.rejoins.inc();
+                }
+                JoinedVia::Host => {}
+            }
+            info!(%allocation, %peer, ?via, "peer joined");
+        }
+        Event::PeerLeft {
+            allocation,
+            peer,
+            reason,
+        } => {
+            metrics.left(*reason).inc();
+            info!(%allocation, %peer, %reason, "peer left");
+        }
+        Event::HostDisconnected {
+            allocation,
+            host,
+            reason,
+        } => {
+            info!(%allocation, %host, %reason, "host disconnected");
+        }
+        Event::HostElected {
+            allocation,
+            host,
+            by,
+        } => {
+            info!(%allocation, %host, by = by.as_str(), "host elected");
+        }
+        Event::AllocationMigrated { from, to, host } => {
+            info!(%from, %to, %host, "allocation migrated");
+        }
+        Event::AllocationClosed { allocation, reason } => {
+            info!(%allocation, reason = reason.as_str(), "allocation closed");
+        }
+        Event::Refused { code } => {
+            metrics.refused(*code).inc();
+            debug!(%code, "request refused");
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! The datagram hot path: [`forward_datagrams`] reads a connection's datagrams, [`forward`]
+//! looks up the sender's [`Route`](super::routing::Route) and rewrites the header, and [`send`]
+//! queues the datagram on each destination connection. What cannot be sent is dropped, counted
+//! by reason and reported back to the sender at most once a second ([`DropReport`]).
+//!
+//! Runs on the endpoint's data-plane lane thread, inside each connection's task; reads only the
+//! routing tables and metrics, takes no relay-wide lock, and never touches the `ControlPlane`.
+
+use std::time::Duration;
+
+use baton_protocol::datagram::{self, Destination};
+use baton_protocol::{CloseCode, DropReason, PeerId, ServerMessage};
+use bytes::{Bytes, BytesMut};
+use tokio::sync::mpsc;
+
+use super::{sleep_until_opt, ConnShared, Shared};
+
+/// Drops a client caused, reported back to it at most once a second per reason.
+#[derive(Default)]
+struct DropReport {
+    counts: [u32; 5],
+    values: [u32; 5],
+}
+
+impl DropReport {
+    const REASONS: [DropReason; 5] = [
+        DropReason::TooLarge,
+        DropReason::UnknownPeer,
+        DropReason::Congested,
+        DropReason::NotBound,
+        DropReason::Malformed,
+    ];
+
+    fn add(&mut self, reason: DropReason, value: u32) {
+        if let Some(i) = Self::REASONS.iter().position(|r| *r == reason) {
+            self.counts[i] = self.counts[i].saturating_add(1);
+            self.values[i] = value;
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.counts.iter().all(|c| *c == 0)
+    }
+
+    fn flush(&mut self, tx: &mpsc::Sender<ServerMessage>) {
+        for (i, reason) in Self::REASONS.iter().enumerate() {
+            if self.counts[i] > 0 {
+                // Best effort: a full control queue means the client is not listening anyway.
+                let _ = tx.try_send(ServerMessage::DatagramsDropped {
+                    reason: *reason,
+                    count: self.counts[i],
+                    value: self.values[i],
+                });
+                self.counts[i] = 0;
+            }
+        }
+    }
+}
+
+const DROP_REPORT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The data plane for one connection: runs until the connection ends.
+pub(super) async fn forward_datagrams(me: &ConnShared, shared: &Shared) -> Option<CloseCode> {
+    let mut report = DropReport::default();
+    let mut report_at: Option<tokio::time::Instant> = None;
+    loop {
+        let datagram = tokio::select! {
+            biased;
+            d = me.conn.read_datagram() => match d {
+                Ok(d) => d,
+                Err(_) => return None,
+            },
+            _ = sleep_until_opt(report_at) => {
+                report.flush(&me.control_tx);
+                report_at = None;
+                continue;
+            }
+        };
+        if let Err((reason, value)) = forward(me, shared, datagram) {
+            shared.metrics.dropped(reason).inc();
+            report.add(reason, value);
+            if report_at.is_none() {
+                report_at = Some(tokio::time::Instant::now() + DROP_REPORT_INTERVAL);
+            }
+        }
+        debug_assert!(report_at.is_some() || report.is_empty());
+    }
+}
+
+/// Forwards one datagram. On a drop, returns the reason and its detail value.
+fn forward(me: &ConnShared, shared: &Shared, datagram: Bytes) -> Result<(), (DropReason, u32)> {
+    let (dest, payload) = datagram::split(&datagram).map_err(|_| (DropReason::Malformed, 0))?;
+    let payload_len = payload.len();
+    if payload_len > shared.max_payload {
+        return Err((DropReason::TooLarge, shared.max_payload as u32));
+    }
+    let route = me.route.load();
+    let Some(route) = route.as_ref() else {
+        return Err((DropReason::NotBound, 0));
+    };
+    let table = route.table.load();
+    // Turn the destination header into a source header. quinn hands out datagrams that share
+    // their packet's buffer, so this is usually one small copy.
+    let mut buf = match datagram.try_into_mut() {
+        Ok(buf) => buf,
+        Err(shared_buf) => BytesMut::from(&shared_buf[..]),
+    };
+    datagram::write_header(&mut buf, route.me.0);
+    let out = buf.freeze();
+    match Destination::from_u16(dest) {
+        Destination::Peer(peer) => {
+            let target = (peer != route.me).then(|| table.get(peer)).flatten();
+            let Some(target) = target else {
+                return Err((DropReason::UnknownPeer, u32::from(peer.0)));
+            };
+            send(shared, peer, target, out, payload_len)
+        }
+        Destination::Broadcast => {
+            let mut result = Ok(());
+            for m in table.members.iter().filter(|m| m.peer != route.me) {
+                if let Err(drop) = send(shared, m.peer, &m.conn, out.clone(), payload_len) {
+                    result = Err(drop);
+                }
+            }
+            result
+        }
+    }
+}
+
+/// Sends one datagram to `target` (peer `peer`). On a drop, returns the reason and its value.
+fn send(
+    shared: &Shared,
+    peer: PeerId,
+    target: &quinn::Connection,
+    datagram: Bytes,
+    payload_len: usize,
+) -> Result<(), (DropReason, u32)> {
+    // Drop the newest rather than let quinn silently discard the oldest queued datagrams.
+    if target.datagram_send_buffer_space() < datagram.len() {
+        return Err((DropReason::Congested, u32::from(peer.0)));
+    }
+    match target.send_datagram(datagram) {
+        Ok(()) => {
+            shared.metrics.datagrams_forwarded.inc();
+            shared.metrics.bytes_forwarded.inc_by(payload_len as u64);
+            Ok(())
+        }
+        // The receiver is leaving; its departure is reported through the control plane.
+        Err(quinn::SendDatagramError::ConnectionLost(_)) => {
+            Err((DropReason::UnknownPeer, u32::from(peer.0)))
+        }
+        // The receiver's transport takes less than Baton promises (a non-conforming client):
+        // report the limit that applies to it.
+        Err(_) => {
+            let limit = target
+                .max_datagram_size()
+                .map_or(0, |max| max.saturating_sub(datagram::HEADER_LEN));
+            Err((
+                DropReason::TooLarge,
+                u32::try_from(limit).unwrap_or(u32::MAX),
+            ))
+        }
+    }
+}

@@ -1,0 +1,355 @@
+//! The async driver: the QUIC endpoints, one task per connection, the control task that owns the
+//! [`ControlPlane`], and the datagram forwarding path. One file per concern:
+//!
+//! - this module: [`Relay`] (bind, run, shutdown), [`RelayError`], [`transport_config`], and
+//!   the state every task shares ([`Shared`], one [`ConnShared`] per connection);
+//! - `socket`: the UDP sockets and connection-ID steering ([`steering`]) across endpoints;
+//! - `lane`: one single-threaded runtime per endpoint, where its connections run;
+//! - `accept`: the accept loop and the connection limit;
+//! - `connection`: one task per connection, running with a `biased` select, in priority order,
+//!   1. datagrams (the hot path, `forward`): read, look up the allocation's routing table
+//!      (`routing`), send;
+//!   2. the control stream (`control_stream`): frames in, bounded and decoded, to the control
+//!      task; messages from the control task out;
+//!   3. migration snapshot uploads (`snapshot`) and RTT reports;
+//! - `control_task`: the only owner of the control plane and of the routing tables' write side;
+//!   it carries out the control plane's outputs and hands lifecycle events to `events` (metrics,
+//!   logs, hooks);
+//! - `handle`: [`RelayHandle`], which runs admin calls on the control task.
+//!
+//! [`Relay::bind`] and [`Relay::shutdown`] run on the caller's task, and the control task on the
+//! caller's runtime; a connection's task, and all it runs, on its endpoint's lane. Datagram
+//! forwarding only reads an [`ArcSwap`](arc_swap::ArcSwap)ed table.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use baton_protocol::{CloseCode, ServerMessage};
+use dashmap::DashMap;
+use quinn::VarInt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, info_span, Instrument};
+
+use crate::control::{ConnId, ControlPlane, Input};
+use crate::metrics::Metrics;
+use crate::{defaults, tls, RelayConfig};
+
+mod accept;
+mod connection;
+mod control_stream;
+mod control_task;
+mod events;
+mod forward;
+pub(crate) mod handle;
+mod lane;
+mod routing;
+mod snapshot;
+mod socket;
+pub mod steering;
+
+use accept::accept_loop;
+use control_task::control_task;
+use handle::AdminCall;
+pub use handle::RelayHandle;
+use lane::Lane;
+use routing::Route;
+use snapshot::SNAPSHOT_INFLIGHT;
+
+/// Why a relay could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RelayError {
+    /// TLS material could not be loaded or generated.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The QUIC or admin socket could not be bound.
+    #[error("binding {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The transport configuration was rejected.
+    #[error("QUIC configuration: {0}")]
+    Quic(String),
+    /// A data-plane thread or its runtime could not be started.
+    #[error("starting a data-plane thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+/// What every part of the relay knows about one connection.
+struct ConnShared {
+    conn: quinn::Connection,
+    control_tx: mpsc::Sender<ServerMessage>,
+    /// Set by the control task once the connection is in an allocation; read by `forward`.
+    route: ArcSwapOption<Route>,
+}
+
+/// State shared by all tasks.
+struct Shared {
+    metrics: Arc<Metrics>,
+    conns: DashMap<ConnId, Arc<ConnShared>>,
+    inputs: mpsc::Sender<Input>,
+    max_payload: usize,
+    max_control_frame: usize,
+    max_connections: usize,
+    max_snapshot: usize,
+    /// Bytes of snapshot uploads being read, across all connections; a reader waits for
+    /// permits chunk by chunk, so uploads cannot exhaust memory before they are stored.
+    snapshot_inflight: Arc<tokio::sync::Semaphore>,
+    open: AtomicUsize,
+    next_conn: AtomicU64,
+}
+
+/// A running relay. Call [`Relay::shutdown`] for a graceful stop. Dropping it instead stops its
+/// data-plane threads at once: connections end without a close, and clients see them time out.
+pub struct Relay {
+    /// The QUIC endpoints, all on the same port (one unless `endpoints` is set higher).
+    endpoints: Vec<quinn::Endpoint>,
+    /// One data-plane thread per endpoint, serving its connections.
+    lanes: Vec<Lane>,
+    handle: RelayHandle,
+    admin_addr: Option<SocketAddr>,
+    fingerprint: [u8; 32],
+    cert_path: PathBuf,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    control_done: tokio::task::JoinHandle<()>,
+    admin_calls: mpsc::Sender<AdminCall>,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("local_addr", &self.local_addr())
+            .field("admin_addr", &self.admin_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The relay's QUIC transport settings. The idle timeout *is* the keepalive rule: a client
+/// silent for `keepalive_timeout` is gone.
+pub fn transport_config(config: &RelayConfig) -> Result<quinn::TransportConfig, RelayError> {
+    let mut t = quinn::TransportConfig::default();
+    let idle = quinn::IdleTimeout::try_from(config.keepalive_timeout())
+        .map_err(|e| RelayError::Quic(e.to_string()))?;
+    t.max_idle_timeout(Some(idle))
+        // Clients must prove they are alive; the relay does not keep them alive.
+        .keep_alive_interval(None)
+        // One control stream per client, nothing else (bounds what a client can open).
+        .max_concurrent_bidi_streams(VarInt::from_u32(1))
+        // One migration-snapshot upload at a time.
+        .max_concurrent_uni_streams(VarInt::from_u32(1))
+        .stream_receive_window(VarInt::from_u32(64 * 1024))
+        .receive_window(VarInt::from_u32(256 * 1024))
+        .datagram_receive_buffer_size(Some(defaults::DATAGRAM_RECV_BUFFER))
+        .datagram_send_buffer_size(defaults::DATAGRAM_SEND_BUFFER);
+    let mut ack = quinn::AckFrequencyConfig::default();
+    ack.ack_eliciting_threshold(VarInt::from_u32(defaults::ACK_ELICITING_THRESHOLD))
+        .max_ack_delay(Some(defaults::MAX_ACK_DELAY));
+    t.ack_frequency_config(Some(ack));
+    Ok(t)
+}
+
+impl Relay {
+    /// Loads TLS material, binds the QUIC endpoint and the admin server, and starts serving.
+    pub async fn bind(config: RelayConfig) -> Result<Relay, RelayError> {
+        let material = tls::load(&config.tls)?;
+        let fingerprint = material.fingerprint();
+        let crypto = tls::server_crypto(&material)?;
+        let quic_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(crypto)
+            .map_err(|e| RelayError::Quic(e.to_string()))?;
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic_crypto));
+        server_config.transport_config(Arc::new(transport_config(&config)?));
+        let bind_error = |source| RelayError::Bind {
+            addr: config.listen,
+            source,
+        };
+        let sockets = socket::bind_udp(config.listen, config.endpoints(), config.udp_buffer())
+            .map_err(bind_error)?;
+        socket::steer(&sockets);
+        let count = sockets.len();
+        let mut endpoints = Vec::with_capacity(count);
+        let mut lanes = Vec::with_capacity(count);
+        for (index, udp) in sockets.into_iter().enumerate() {
+            let lane = Lane::start(index).map_err(RelayError::Thread)?;
+            let endpoint = quinn::Endpoint::new(
+                socket::endpoint_config(index),
+                Some(server_config.clone()),
+                udp,
+                lane.quinn_runtime(),
+            )
+            .map_err(bind_error)?;
+            endpoints.push(endpoint);
+            lanes.push(lane);
+        }
+
+        let metrics = Arc::new(Metrics::new());
+        let (input_tx, input_rx) = mpsc::channel(4096);
+        let (admin_tx, admin_rx) = mpsc::channel(64);
+        let shared = Arc::new(Shared {
+            metrics: metrics.clone(),
+            conns: DashMap::new(),
+            inputs: input_tx,
+            max_payload: config.max_datagram_payload(),
+            max_control_frame: config.max_control_frame(),
+            max_connections: config.max_connections(),
+            max_snapshot: config.max_snapshot(),
+            snapshot_inflight: Arc::new(tokio::sync::Semaphore::new(
+                config.snapshot_budget().min(SNAPSHOT_INFLIGHT),
+            )),
+            open: AtomicUsize::new(0),
+            next_conn: AtomicU64::new(1),
+        });
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+
+        let hooks = crate::hooks::spawn(&config.hooks, metrics.clone(), shutdown.clone(), &tasks);
+        let seed = rand::random();
+        let cp = ControlPlane::new(&config, seed, Instant::now());
+        let control_done = tokio::spawn(
+            control_task(cp, input_rx, admin_rx, shared.clone(), hooks.clone())
+                .instrument(info_span!("control")),
+        );
+
+        let handle = RelayHandle {
+            admin: admin_tx.clone(),
+            metrics,
+        };
+        let admin_addr = match config.admin_listen {
+            Some(addr) => {
+                let (bound, task) = crate::admin::spawn(
+                    addr,
+                    handle.clone(),
+                    config.admin_token.clone(),
+                    hooks,
+                    shutdown.clone(),
+                )
+                .await
+                .map_err(|source| RelayError::Bind { addr, source })?;
+                tasks.spawn(async move {
+                    let _ = task.await;
+                });
+                Some(bound)
+            }
+            None => None,
+        };
+
+        for (endpoint, lane) in endpoints.iter().zip(&lanes) {
+            tasks.spawn_on(
+                accept_loop(
+                    endpoint.clone(),
+                    shared.clone(),
+                    tasks.clone(),
+                    shutdown.clone(),
+                ),
+                lane.handle(),
+            );
+        }
+        info!(
+            listen = %endpoints[0].local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            endpoints = endpoints.len(),
+            admin = %admin_addr.map(|a| a.to_string()).unwrap_or_else(|| "disabled".into()),
+            "relay started"
+        );
+        Ok(Relay {
+            endpoints,
+            lanes,
+            handle,
+            admin_addr,
+            fingerprint,
+            cert_path: material.cert_path,
+            shutdown,
+            tasks,
+            control_done,
+            admin_calls: admin_tx,
+        })
+    }
+
+    /// The QUIC endpoint's address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.endpoints
+            .first()
+            .and_then(|e| e.local_addr().ok())
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// The admin server's address, if it runs.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// SHA-256 of the relay's leaf certificate, what clients pin.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        self.fingerprint
+    }
+
+    /// The PEM file holding the relay's certificate.
+    pub fn cert_path(&self) -> &Path {
+        &self.cert_path
+    }
+
+    /// A handle for admin queries and metrics.
+    pub fn handle(&self) -> RelayHandle {
+        self.handle.clone()
+    }
+
+    /// Graceful shutdown: stops accepting, closes every connection with
+    /// [`CloseCode::RelayShuttingDown`], waits up to [`defaults::SHUTDOWN_GRACE`] for clients
+    /// to acknowledge, and stops every task.
+    pub async fn shutdown(self) {
+        info!("relay shutting down");
+        for endpoint in &self.endpoints {
+            endpoint.set_server_config(None);
+        }
+        self.shutdown.cancel();
+        let call: AdminCall = Box::new(|cp, now| cp.shutdown(now));
+        let _ = self.admin_calls.send(call).await;
+        // Let the control task send its closes, then give clients a moment to acknowledge.
+        let _ = tokio::time::timeout(defaults::SHUTDOWN_GRACE, async {
+            while self
+                .handle
+                .counts()
+                .await
+                .map(|(_, c)| c > 0)
+                .unwrap_or(false)
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            for endpoint in &self.endpoints {
+                endpoint.wait_idle().await;
+            }
+        })
+        .await;
+        for endpoint in &self.endpoints {
+            endpoint.close(
+                VarInt::from_u32(CloseCode::RelayShuttingDown.to_u32()),
+                CloseCode::RelayShuttingDown.description().as_bytes(),
+            );
+        }
+        self.tasks.close();
+        let _ = tokio::time::timeout(defaults::SHUTDOWN_GRACE, self.tasks.wait()).await;
+        drop(self.admin_calls);
+        drop(self.handle);
+        self.control_done.abort();
+        for lane in self.lanes {
+            lane.stop().await;
+        }
+        info!("relay stopped");
+    }
+}
+
+/// Sleeps until `at`, or forever if there is none.
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

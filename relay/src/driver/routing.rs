@@ -1,0 +1,95 @@
+//! The routing tables the datagram hot path reads: per allocation a [`Table`] of its members'
+//! connections sorted by peer id, and per bound connection a [`Route`] (its own peer id and its
+//! allocation's table).
+//!
+//! Only the control task writes them, through [`Tables`], when the control plane reports
+//! `Output::Bound` or `Output::Route`; [`forward`](super::forward) reads them lock-free on the
+//! lanes through [`ArcSwap`]. Nothing here calls the control plane or touches a socket.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use baton_protocol::{AllocationId, PeerId};
+
+use super::Shared;
+use crate::control::ConnId;
+
+/// One member's datagram destination.
+pub(super) struct Member {
+    pub(super) peer: PeerId,
+    pub(super) conn: quinn::Connection,
+}
+
+/// An allocation's routing table: its members sorted by peer id.
+#[derive(Default)]
+pub(super) struct Table {
+    pub(super) members: Vec<Member>,
+}
+
+impl Table {
+    pub(super) fn get(&self, peer: PeerId) -> Option<&quinn::Connection> {
+        self.members
+            .binary_search_by_key(&peer, |m| m.peer)
+            .ok()
+            .and_then(|i| self.members.get(i))
+            .map(|m| &m.conn)
+    }
+}
+
+/// Where a bound connection's datagrams go: its own peer id and its allocation's table.
+pub(super) struct Route {
+    pub(super) me: PeerId,
+    pub(super) table: Arc<ArcSwap<Table>>,
+}
+
+/// The write side of every allocation's table, owned by the control task.
+#[derive(Default)]
+pub(super) struct Tables {
+    tables: HashMap<AllocationId, Arc<ArcSwap<Table>>>,
+}
+
+impl Tables {
+    /// Connection `conn` joined `allocation` as `peer`: its datagrams now route through the
+    /// allocation's table.
+    pub(super) fn bind(
+        &mut self,
+        shared: &Shared,
+        conn: ConnId,
+        allocation: AllocationId,
+        peer: PeerId,
+    ) {
+        let table = self.tables.entry(allocation).or_default().clone();
+        if let Some(c) = shared.conns.get(&conn).map(|c| c.clone()) {
+            c.route.store(Some(Arc::new(Route { me: peer, table })));
+        }
+    }
+
+    /// `allocation`'s membership is now exactly `members`; an empty list retires its table.
+    pub(super) fn update(
+        &mut self,
+        shared: &Shared,
+        allocation: AllocationId,
+        members: Vec<(PeerId, ConnId)>,
+    ) {
+        if members.is_empty() {
+            if let Some(table) = self.tables.remove(&allocation) {
+                table.store(Arc::new(Table::default()));
+            }
+            return;
+        }
+        let members = members
+            .into_iter()
+            .filter_map(|(peer, conn)| {
+                shared.conns.get(&conn).map(|c| Member {
+                    peer,
+                    conn: c.conn.clone(),
+                })
+            })
+            .collect();
+        self.tables
+            .entry(allocation)
+            .or_default()
+            .store(Arc::new(Table { members }));
+    }
+}
