@@ -634,6 +634,141 @@ fn boolean_flag_reads_common_spellings() {
     assert!(cli(&["--no-admin"]).no_admin);
 }
 
+const README: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"));
+
+/// The row README's configuration table should have for `s` (its meaning column is free).
+fn readme_cells(s: &Setting) -> [String; 3] {
+    [
+        format!("`--{}` / `{}`", s.flag, s.env),
+        if s.in_file {
+            format!("`{}`", s.key)
+        } else {
+            "—".to_owned()
+        },
+        s.default
+            .as_ref()
+            .map_or_else(|| "none".to_owned(), |d| format!("`{d}`")),
+    ]
+}
+
+/// Every problem of README's configuration table against the settings table, one per line.
+fn readme_problems(readme: &str) -> Vec<String> {
+    let section = readme
+        .split_once("\n## Configuration\n")
+        .map(|(_, rest)| rest.split("\n## ").next().unwrap_or(rest))
+        .expect("README.md has a \"## Configuration\" section");
+    let first_line = readme.len() - readme.split_once("\n## Configuration\n").unwrap().1.len();
+    let line_of = |row: &str| {
+        let offset = first_line + section.find(row).unwrap_or(0);
+        readme[..offset].lines().count() + 1
+    };
+    // Setting rows start with a flag; the header and separator do not.
+    let rows: Vec<(&str, Vec<&str>)> = section
+        .lines()
+        .filter(|l| l.starts_with("| `--"))
+        .map(|l| (l, l.trim_matches('|').split(" | ").map(str::trim).collect()))
+        .collect();
+    let table = table();
+    let mut problems = Vec::new();
+    for s in &table {
+        let want = readme_cells(s);
+        let flag = format!("`--{}` ", s.flag);
+        let found: Vec<_> = rows
+            .iter()
+            .filter(|(_, c)| c[0].starts_with(&flag))
+            .collect();
+        match found.as_slice() {
+            [] => problems.push(format!(
+                "no row for --{}; add: | {} | {} | {} | <meaning> |",
+                s.flag, want[0], want[1], want[2]
+            )),
+            [(row, cells)] => {
+                for (i, column) in ["flag / env", "TOML key", "default"].iter().enumerate() {
+                    if cells.get(i).copied() != Some(want[i].as_str()) {
+                        problems.push(format!(
+                            "README.md line {}: the {column} of --{} is {:?}, should be {:?}",
+                            line_of(row),
+                            s.flag,
+                            cells.get(i).copied().unwrap_or(""),
+                            want[i]
+                        ));
+                    }
+                }
+            }
+            more => problems.push(format!(
+                "--{} has {} rows (lines {:?}); keep one",
+                s.flag,
+                more.len(),
+                more.iter().map(|(row, _)| line_of(row)).collect::<Vec<_>>()
+            )),
+        }
+    }
+    for (row, cells) in &rows {
+        if !table
+            .iter()
+            .any(|s| cells[0].starts_with(&format!("`--{}` ", s.flag)))
+        {
+            problems.push(format!(
+                "README.md line {}: {} is not a setting (see cli/table.rs)",
+                line_of(row),
+                cells[0]
+            ));
+        }
+    }
+    problems
+}
+
+#[test]
+fn readme_configuration_table_matches_the_settings() {
+    let problems = readme_problems(README);
+    assert!(
+        problems.is_empty(),
+        "README.md's configuration table disagrees with relay/src/cli/table.rs:\n{}",
+        problems.join("\n")
+    );
+}
+
+#[test]
+fn readme_check_catches_a_missing_a_wrong_and_an_extra_row() {
+    let s = table().into_iter().find(|s| s.key == "udp_buffer").unwrap();
+    let [flag_env, key, default] = readme_cells(&s);
+    let row = format!("| {flag_env} | {key} | {default} |");
+    let doc = |rows: &str| {
+        format!("# Baton\n\n## Configuration\n\n| a | b | c |\n|---|---|---|\n{rows}\n## Next\n")
+    };
+    let problems = readme_problems(&doc(&row));
+    assert!(
+        !problems.iter().any(|p| p.contains("--udp-buffer")),
+        "{problems:?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("no row for --listen;")),
+        "{problems:?}"
+    );
+
+    let wrong = row.replace("`8388608`", "`4096`");
+    let problems = readme_problems(&doc(&wrong));
+    assert!(
+        problems.contains(
+            &"README.md line 7: the default of --udp-buffer is \"`4096`\", should be \"`8388608`\""
+                .to_owned()
+        ),
+        "{problems:?}"
+    );
+
+    let extra = format!("{row}\n| `--bogus` / `BATON_BOGUS` | `bogus` | none | x |");
+    let problems = readme_problems(&doc(&extra));
+    assert!(
+        problems.contains(
+            &"README.md line 8: `--bogus` / `BATON_BOGUS` is not a setting (see cli/table.rs)"
+                .to_owned()
+        ),
+        "{problems:?}"
+    );
+}
+
 #[test]
 fn example_config_mentions_every_key() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config.example.toml");
