@@ -1,8 +1,10 @@
 //! The relay's library configuration: a plain struct whose fields all have defaults
-//! (see [`crate::defaults`]) and whose setters validate. The binary turns its command line and
-//! TOML file into one of these in a single function.
+//! (see [`crate::defaults`]) and whose setters validate against the ranges declared there
+//! (`defaults::*_RANGE`, checked by `in_range`, the one place a range check lives). The binary
+//! turns its command line and TOML file into one of these in `cli::resolve`.
 
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -18,11 +20,114 @@ pub struct ConfigError {
     pub reason: String,
 }
 
-fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
+/// An error naming `setting`.
+pub(crate) fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError {
         setting,
         reason: reason.into(),
     }
+}
+
+/// A setting's value as the command line and config file write it: durations with a unit
+/// (`10s`), the rest as text. Help, errors and the README show values this way.
+pub(crate) trait Show {
+    /// The written form; it parses back to the same value.
+    fn show(&self) -> String;
+}
+
+impl Show for Duration {
+    /// The largest unit that writes the duration exactly: `100ms`, `10s`, `1m`, `1d`.
+    fn show(&self) -> String {
+        let ms = self.as_millis();
+        if ms == 0 {
+            return "0s".to_owned();
+        }
+        for (unit, len) in [
+            ("d", 86_400_000),
+            ("h", 3_600_000),
+            ("m", 60_000),
+            ("s", 1_000),
+        ] {
+            if ms % len == 0 {
+                return format!("{}{unit}", ms / len);
+            }
+        }
+        format!("{ms}ms")
+    }
+}
+
+macro_rules! show_by_display {
+    ($($ty:ty),*) => {$(
+        impl Show for $ty {
+            fn show(&self) -> String {
+                self.to_string()
+            }
+        }
+    )*};
+}
+show_by_display!(usize, u16, bool, SocketAddr, &str);
+
+/// A value type with a least and a greatest value, so an accepted range can say "at least" or
+/// "at most" when one end is open.
+pub(crate) trait Bounded: Show + PartialOrd + Sized {
+    /// The least value of the type.
+    const MIN: Self;
+    /// The greatest value of the type.
+    const MAX: Self;
+}
+
+impl Bounded for usize {
+    const MIN: Self = usize::MIN;
+    const MAX: Self = usize::MAX;
+}
+
+impl Bounded for u16 {
+    const MIN: Self = u16::MIN;
+    const MAX: Self = u16::MAX;
+}
+
+impl Bounded for Duration {
+    const MIN: Self = Duration::ZERO;
+    const MAX: Self = Duration::MAX;
+}
+
+/// An accepted range as `--help` shows it: `100ms to 10m`, `at least 1`, `at most 1m`.
+pub(crate) fn range_text<T: Bounded>(range: &RangeInclusive<T>) -> String {
+    match (*range.start() == T::MIN, *range.end() == T::MAX) {
+        (false, true) => format!("at least {}", range.start().show()),
+        (true, false) => format!("at most {}", range.end().show()),
+        _ => format!("{} to {}", range.start().show(), range.end().show()),
+    }
+}
+
+/// `v` if `range` holds it, else an error naming `setting` and the range.
+pub(crate) fn in_range<T: Bounded>(
+    setting: &'static str,
+    v: T,
+    range: RangeInclusive<T>,
+) -> Result<T, ConfigError> {
+    if range.contains(&v) {
+        return Ok(v);
+    }
+    let text = range_text(&range);
+    Err(invalid(
+        setting,
+        match text.split_once(" to ") {
+            Some((low, high)) => format!("must be between {low} and {high}"),
+            None => format!("must be {text}"),
+        },
+    ))
+}
+
+/// A setter that checks its value against one of the `defaults::*_RANGE` constants.
+macro_rules! ranged_setter {
+    ($(#[$doc:meta])* $set:ident, $field:ident: $ty:ty, $setting:literal, $range:expr) => {
+        $(#[$doc])*
+        pub fn $set(&mut self, v: $ty) -> Result<&mut Self, ConfigError> {
+            self.$field = in_range($setting, v, $range)?;
+            Ok(self)
+        }
+    };
 }
 
 /// Where the relay's TLS certificate comes from.
@@ -84,7 +189,7 @@ impl Default for RelayConfig {
             listen: defaults::LISTEN,
             admin_listen: Some(defaults::ADMIN_LISTEN),
             tls: TlsSource::SelfSigned {
-                data_dir: PathBuf::from("baton-data"),
+                data_dir: PathBuf::from(defaults::DATA_DIR),
                 extra_names: Vec::new(),
             },
             admin_token: None,
@@ -136,53 +241,29 @@ impl RelayConfig {
     getter!(udp_buffer: usize, "Requested kernel receive and send buffer of each QUIC socket, in bytes.");
     getter!(endpoints: usize, "QUIC endpoints sharing the listen port (SO_REUSEPORT when more than one).");
 
-    /// Sets the requested socket buffer size (64 KiB to 1 GiB).
-    pub fn set_udp_buffer(&mut self, v: usize) -> Result<&mut Self, ConfigError> {
-        if !(64 << 10..=1 << 30).contains(&v) {
-            return Err(invalid("udp_buffer", "must be between 64 KiB and 1 GiB"));
-        }
-        self.udp_buffer = v;
-        Ok(self)
-    }
-
-    /// Sets the number of QUIC endpoints (1 to 64).
-    pub fn set_endpoints(&mut self, v: usize) -> Result<&mut Self, ConfigError> {
-        if !(1..=64).contains(&v) {
-            return Err(invalid("endpoints", "must be between 1 and 64"));
-        }
-        self.endpoints = v;
-        Ok(self)
-    }
-
-    /// Sets the migration timeout (100 ms to 10 min).
-    pub fn set_migration_timeout(&mut self, v: Duration) -> Result<&mut Self, ConfigError> {
-        if v < Duration::from_millis(100) || v > Duration::from_secs(600) {
-            return Err(invalid(
-                "migration_timeout",
-                "must be between 100 ms and 10 min",
-            ));
-        }
-        self.migration_timeout = v;
-        Ok(self)
-    }
-
-    /// Sets the lobby election window (0 to 1 min; 0 = the relay elects at once).
-    pub fn set_lobby_election_window(&mut self, v: Duration) -> Result<&mut Self, ConfigError> {
-        if v > Duration::from_secs(60) {
-            return Err(invalid("lobby_election_window", "must be at most 1 min"));
-        }
-        self.lobby_election_window = v;
-        Ok(self)
-    }
-
-    /// Sets the snapshot size limit (1 KiB to 256 MiB).
-    pub fn set_max_snapshot(&mut self, v: usize) -> Result<&mut Self, ConfigError> {
-        if !(1024..=256 << 20).contains(&v) {
-            return Err(invalid("max_snapshot", "must be between 1 KiB and 256 MiB"));
-        }
-        self.max_snapshot = v;
-        Ok(self)
-    }
+    ranged_setter!(
+        /// Sets the requested socket buffer size, within [`defaults::UDP_BUFFER_RANGE`].
+        set_udp_buffer, udp_buffer: usize, "udp_buffer", defaults::UDP_BUFFER_RANGE
+    );
+    ranged_setter!(
+        /// Sets the number of QUIC endpoints, within [`defaults::ENDPOINTS_RANGE`].
+        set_endpoints, endpoints: usize, "endpoints", defaults::ENDPOINTS_RANGE
+    );
+    ranged_setter!(
+        /// Sets the migration timeout, within [`defaults::MIGRATION_TIMEOUT_RANGE`].
+        set_migration_timeout, migration_timeout: Duration, "migration_timeout",
+        defaults::MIGRATION_TIMEOUT_RANGE
+    );
+    ranged_setter!(
+        /// Sets the lobby election window (0 = the relay elects at once), within
+        /// [`defaults::LOBBY_ELECTION_WINDOW_RANGE`].
+        set_lobby_election_window, lobby_election_window: Duration, "lobby_election_window",
+        defaults::LOBBY_ELECTION_WINDOW_RANGE
+    );
+    ranged_setter!(
+        /// Sets the snapshot size limit, within [`defaults::MAX_SNAPSHOT_RANGE`].
+        set_max_snapshot, max_snapshot: usize, "max_snapshot", defaults::MAX_SNAPSHOT_RANGE
+    );
 
     /// Sets the total snapshot memory budget (at least one maximum-size snapshot).
     pub fn set_snapshot_budget(&mut self, v: usize) -> Result<&mut Self, ConfigError> {
@@ -196,117 +277,58 @@ impl RelayConfig {
         Ok(self)
     }
 
-    /// Sets the keepalive timeout (100 ms to 10 min).
-    pub fn set_keepalive_timeout(&mut self, v: Duration) -> Result<&mut Self, ConfigError> {
-        if v < Duration::from_millis(100) || v > Duration::from_secs(600) {
-            return Err(invalid(
-                "keepalive_timeout",
-                "must be between 100 ms and 10 min",
-            ));
-        }
-        self.keepalive_timeout = v;
-        Ok(self)
-    }
-
-    /// Sets the bind timeout (100 ms to 10 min).
-    pub fn set_bind_timeout(&mut self, v: Duration) -> Result<&mut Self, ConfigError> {
-        if v < Duration::from_millis(100) || v > Duration::from_secs(600) {
-            return Err(invalid("bind_timeout", "must be between 100 ms and 10 min"));
-        }
-        self.bind_timeout = v;
-        Ok(self)
-    }
-
-    /// Sets the host bind timeout of lobby-reserved allocations (100 ms to 1 h).
-    pub fn set_host_bind_timeout(&mut self, v: Duration) -> Result<&mut Self, ConfigError> {
-        if v < Duration::from_millis(100) || v > Duration::from_secs(3600) {
-            return Err(invalid(
-                "host_bind_timeout",
-                "must be between 100 ms and 1 h",
-            ));
-        }
-        self.host_bind_timeout = v;
-        Ok(self)
-    }
-
-    /// Sets the members-per-allocation cap (2 to the protocol's limit).
-    pub fn set_max_peers_per_allocation(&mut self, v: u16) -> Result<&mut Self, ConfigError> {
-        if !(2..=baton_protocol::MAX_PEERS_LIMIT).contains(&v) {
-            return Err(invalid(
-                "max_peers_per_allocation",
-                format!("must be between 2 and {}", baton_protocol::MAX_PEERS_LIMIT),
-            ));
-        }
-        self.max_peers_per_allocation = v;
-        Ok(self)
-    }
-
-    /// Sets the allocation cap (at least 1).
-    pub fn set_max_allocations(&mut self, v: usize) -> Result<&mut Self, ConfigError> {
-        if v == 0 {
-            return Err(invalid("max_allocations", "must be at least 1"));
-        }
-        self.max_allocations = v;
-        Ok(self)
-    }
-
-    /// Sets the connection cap (at least 1).
-    pub fn set_max_connections(&mut self, v: usize) -> Result<&mut Self, ConfigError> {
-        if v == 0 {
-            return Err(invalid("max_connections", "must be at least 1"));
-        }
-        self.max_connections = v;
-        Ok(self)
-    }
-
-    /// Sets the control frame cap (9 KiB, enough for every message, to 1 MiB).
-    pub fn set_max_control_frame(&mut self, v: usize) -> Result<&mut Self, ConfigError> {
-        let min = baton_protocol::frame::MIN_MAX_FRAME_LEN;
-        if !(min..=1 << 20).contains(&v) {
-            return Err(invalid(
-                "max_control_frame",
-                format!("must be between {min} and 1048576"),
-            ));
-        }
-        self.max_control_frame = v;
-        Ok(self)
-    }
-
-    /// Sets the datagram payload cap (1 to the protocol's promise at minimum MTU; a larger value
-    /// could not be delivered on every path).
-    pub fn set_max_datagram_payload(&mut self, v: usize) -> Result<&mut Self, ConfigError> {
-        let max = baton_protocol::MAX_DATAGRAM_PAYLOAD;
-        if !(1..=max).contains(&v) {
-            return Err(invalid(
-                "max_datagram_payload",
-                format!("must be between 1 and {max}"),
-            ));
-        }
-        self.max_datagram_payload = v;
-        Ok(self)
-    }
-
-    /// Sets the join-code length (4 to 12).
-    pub fn set_join_code_len(&mut self, v: usize) -> Result<&mut Self, ConfigError> {
-        use baton_protocol::join_code::{MAX_LEN, MIN_LEN};
-        if !(MIN_LEN..=MAX_LEN).contains(&v) {
-            return Err(invalid(
-                "join_code_len",
-                format!("must be between {MIN_LEN} and {MAX_LEN}"),
-            ));
-        }
-        self.join_code_len = v;
-        Ok(self)
-    }
-
-    /// Sets the join-code time to live (1 s to 30 days).
-    pub fn set_join_code_ttl(&mut self, v: Duration) -> Result<&mut Self, ConfigError> {
-        if v < Duration::from_secs(1) || v > Duration::from_secs(30 * 24 * 3600) {
-            return Err(invalid("join_code_ttl", "must be between 1 s and 30 days"));
-        }
-        self.join_code_ttl = v;
-        Ok(self)
-    }
+    ranged_setter!(
+        /// Sets the keepalive timeout, within [`defaults::KEEPALIVE_TIMEOUT_RANGE`].
+        set_keepalive_timeout, keepalive_timeout: Duration, "keepalive_timeout",
+        defaults::KEEPALIVE_TIMEOUT_RANGE
+    );
+    ranged_setter!(
+        /// Sets the bind timeout, within [`defaults::BIND_TIMEOUT_RANGE`].
+        set_bind_timeout, bind_timeout: Duration, "bind_timeout", defaults::BIND_TIMEOUT_RANGE
+    );
+    ranged_setter!(
+        /// Sets the host bind timeout of lobby-reserved allocations, within
+        /// [`defaults::HOST_BIND_TIMEOUT_RANGE`].
+        set_host_bind_timeout, host_bind_timeout: Duration, "host_bind_timeout",
+        defaults::HOST_BIND_TIMEOUT_RANGE
+    );
+    ranged_setter!(
+        /// Sets the members-per-allocation cap, within
+        /// [`defaults::MAX_PEERS_PER_ALLOCATION_RANGE`] (2 to the protocol's limit).
+        set_max_peers_per_allocation, max_peers_per_allocation: u16, "max_peers_per_allocation",
+        defaults::MAX_PEERS_PER_ALLOCATION_RANGE
+    );
+    ranged_setter!(
+        /// Sets the allocation cap, within [`defaults::MAX_ALLOCATIONS_RANGE`].
+        set_max_allocations, max_allocations: usize, "max_allocations",
+        defaults::MAX_ALLOCATIONS_RANGE
+    );
+    ranged_setter!(
+        /// Sets the connection cap, within [`defaults::MAX_CONNECTIONS_RANGE`].
+        set_max_connections, max_connections: usize, "max_connections",
+        defaults::MAX_CONNECTIONS_RANGE
+    );
+    ranged_setter!(
+        /// Sets the control frame cap, within [`defaults::MAX_CONTROL_FRAME_RANGE`] (at least
+        /// enough for every message).
+        set_max_control_frame, max_control_frame: usize, "max_control_frame",
+        defaults::MAX_CONTROL_FRAME_RANGE
+    );
+    ranged_setter!(
+        /// Sets the datagram payload cap, within [`defaults::MAX_DATAGRAM_PAYLOAD_RANGE`] (1 to
+        /// the protocol's promise at minimum MTU; a larger value could not be delivered on every
+        /// path).
+        set_max_datagram_payload, max_datagram_payload: usize, "max_datagram_payload",
+        defaults::MAX_DATAGRAM_PAYLOAD_RANGE
+    );
+    ranged_setter!(
+        /// Sets the join-code length, within [`defaults::JOIN_CODE_LEN_RANGE`].
+        set_join_code_len, join_code_len: usize, "join_code_len", defaults::JOIN_CODE_LEN_RANGE
+    );
+    ranged_setter!(
+        /// Sets the join-code time to live, within [`defaults::JOIN_CODE_TTL_RANGE`].
+        set_join_code_ttl, join_code_ttl: Duration, "join_code_ttl", defaults::JOIN_CODE_TTL_RANGE
+    );
 }
 
 /// Most webhook URLs a relay sends to; each has its own task and queue.
@@ -442,41 +464,37 @@ impl HooksConfig {
         Ok(self)
     }
 
-    /// Sets the per-webhook queue length (1 to 1,000,000 events).
-    pub fn set_queue(&mut self, v: usize) -> Result<&mut Self, ConfigError> {
-        if !(1..=1_000_000).contains(&v) {
-            return Err(invalid("hook_queue", "must be between 1 and 1000000"));
-        }
-        self.queue = v;
-        Ok(self)
-    }
+    ranged_setter!(
+        /// Sets the per-webhook queue length, within [`defaults::HOOK_QUEUE_RANGE`].
+        set_queue, queue: usize, "hook_queue", defaults::HOOK_QUEUE_RANGE
+    );
+    ranged_setter!(
+        /// Sets the event stream's replay buffer, within [`defaults::EVENT_REPLAY_RANGE`].
+        set_replay, replay: usize, "event_replay", defaults::EVENT_REPLAY_RANGE
+    );
 
-    /// Sets the event stream's replay buffer (1 to 1,000,000 events).
-    pub fn set_replay(&mut self, v: usize) -> Result<&mut Self, ConfigError> {
-        if !(1..=1_000_000).contains(&v) {
-            return Err(invalid("event_replay", "must be between 1 and 1000000"));
-        }
-        self.replay = v;
-        Ok(self)
-    }
-
-    /// Sets the retry backoff: the first delay (10 ms to 1 min), doubled after each failure up
-    /// to `max` (at least `initial`, at most 1 h).
+    /// Sets the retry backoff: the first delay (within
+    /// [`defaults::WEBHOOK_BACKOFF_INITIAL_RANGE`]), doubled after each failure up to `max`
+    /// (at least `initial`, within [`defaults::WEBHOOK_BACKOFF_MAX_RANGE`]).
     pub fn set_backoff(
         &mut self,
         initial: Duration,
         max: Duration,
     ) -> Result<&mut Self, ConfigError> {
-        if initial < Duration::from_millis(10) || initial > Duration::from_secs(60) {
-            return Err(invalid(
-                "webhook_backoff_initial",
-                "must be between 10 ms and 1 min",
-            ));
-        }
-        if max < initial || max > Duration::from_secs(3600) {
+        let initial = in_range(
+            "webhook_backoff_initial",
+            initial,
+            defaults::WEBHOOK_BACKOFF_INITIAL_RANGE,
+        )?;
+        let max = in_range(
+            "webhook_backoff_max",
+            max,
+            defaults::WEBHOOK_BACKOFF_MAX_RANGE,
+        )?;
+        if max < initial {
             return Err(invalid(
                 "webhook_backoff_max",
-                "must be between webhook_backoff_initial and 1 h",
+                "must be at least webhook_backoff_initial",
             ));
         }
         self.backoff_initial = initial;
@@ -484,17 +502,11 @@ impl HooksConfig {
         Ok(self)
     }
 
-    /// Sets the webhook request timeout (100 ms to 5 min).
-    pub fn set_request_timeout(&mut self, v: Duration) -> Result<&mut Self, ConfigError> {
-        if v < Duration::from_millis(100) || v > Duration::from_secs(300) {
-            return Err(invalid(
-                "webhook_timeout",
-                "must be between 100 ms and 5 min",
-            ));
-        }
-        self.request_timeout = v;
-        Ok(self)
-    }
+    ranged_setter!(
+        /// Sets the webhook request timeout, within [`defaults::WEBHOOK_TIMEOUT_RANGE`].
+        set_request_timeout, request_timeout: Duration, "webhook_timeout",
+        defaults::WEBHOOK_TIMEOUT_RANGE
+    );
 }
 
 #[cfg(test)]

@@ -1,8 +1,24 @@
-//! Default settings, each with the reason for its value. Everything here can be changed through
-//! [`crate::RelayConfig`], the command line or the config file.
+//! Default settings, each with the reason for its value, and the range each configurable one
+//! accepts. Everything here can be changed through [`crate::RelayConfig`], the command line or the
+//! config file; the `*_RANGE` constants are checked by `RelayConfig`'s and `HooksConfig`'s setters
+//! and shown by `baton-relay --help` (through the settings table in `cli/table.rs`).
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::ops::RangeInclusive;
 use std::time::Duration;
+
+use tracing::level_filters::LevelFilter;
+
+use crate::cli::LogFormat;
+
+/// Directory the development certificate is kept in, relative to the working directory.
+pub const DATA_DIR: &str = "baton-data";
+
+/// Log level: lifecycle events and warnings, nothing per packet.
+pub const LOG_LEVEL: LevelFilter = LevelFilter::INFO;
+
+/// Log format: lines for people; log shippers ask for JSON.
+pub const LOG_FORMAT: LogFormat = LogFormat::Text;
 
 /// UDP address the QUIC endpoint listens on: every IPv4 interface, port 7700.
 pub const LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::UNSPECIFIED), 7700);
@@ -136,3 +152,79 @@ pub const WEBHOOK_BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Time one webhook request may take, connecting included. A lobby should acknowledge at once
 /// and process later; one that takes longer is treated as failed and retried.
 pub const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
+
+// Accepted ranges. Each bounds what a typo could make absurd, not what a deployment may want.
+
+/// Keepalive timeout: shorter than 100 ms loses clients to a scheduling hiccup, longer than
+/// 10 min keeps dead clients' resources that long.
+pub const KEEPALIVE_TIMEOUT_RANGE: RangeInclusive<Duration> =
+    Duration::from_millis(100)..=Duration::from_secs(600);
+
+/// Bind timeout: the same bounds as the keepalive timeout.
+pub const BIND_TIMEOUT_RANGE: RangeInclusive<Duration> =
+    Duration::from_millis(100)..=Duration::from_secs(600);
+
+/// Host bind timeout: a lobby may hand the reservation to a host that is still loading.
+pub const HOST_BIND_TIMEOUT_RANGE: RangeInclusive<Duration> =
+    Duration::from_millis(100)..=Duration::from_secs(3600);
+
+/// Members per allocation: a host and one peer, up to the protocol's limit.
+pub const MAX_PEERS_PER_ALLOCATION_RANGE: RangeInclusive<u16> = 2..=baton_protocol::MAX_PEERS_LIMIT;
+
+/// Allocations held at once: at least one.
+pub const MAX_ALLOCATIONS_RANGE: RangeInclusive<usize> = 1..=usize::MAX;
+
+/// Concurrent connections: at least one.
+pub const MAX_CONNECTIONS_RANGE: RangeInclusive<usize> = 1..=usize::MAX;
+
+/// Control frame cap: enough for every message, at most 1 MiB.
+pub const MAX_CONTROL_FRAME_RANGE: RangeInclusive<usize> =
+    baton_protocol::frame::MIN_MAX_FRAME_LEN..=1 << 20;
+
+/// Datagram payload cap: a larger value than the protocol's promise could not be delivered on
+/// every path.
+pub const MAX_DATAGRAM_PAYLOAD_RANGE: RangeInclusive<usize> =
+    1..=baton_protocol::MAX_DATAGRAM_PAYLOAD;
+
+/// Join-code length: what the protocol's codes allow.
+pub const JOIN_CODE_LEN_RANGE: RangeInclusive<usize> =
+    baton_protocol::join_code::MIN_LEN..=baton_protocol::join_code::MAX_LEN;
+
+/// Join-code time to live: 1 s to 30 days.
+pub const JOIN_CODE_TTL_RANGE: RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(30 * 24 * 3600);
+
+/// Migration timeout: the same bounds as the keepalive timeout.
+pub const MIGRATION_TIMEOUT_RANGE: RangeInclusive<Duration> =
+    Duration::from_millis(100)..=Duration::from_secs(600);
+
+/// Lobby election window: zero (the relay elects at once) to a minute of a game without host.
+pub const LOBBY_ELECTION_WINDOW_RANGE: RangeInclusive<Duration> =
+    Duration::ZERO..=Duration::from_secs(60);
+
+/// Socket buffer request: 64 KiB to 1 GiB.
+pub const UDP_BUFFER_RANGE: RangeInclusive<usize> = 64 << 10..=1 << 30;
+
+/// QUIC endpoints: one per core, for machines up to 64 cores.
+pub const ENDPOINTS_RANGE: RangeInclusive<usize> = 1..=64;
+
+/// Snapshot size limit: 1 KiB to 256 MiB.
+pub const MAX_SNAPSHOT_RANGE: RangeInclusive<usize> = 1024..=256 << 20;
+
+/// Events queued per webhook: 1 to a million.
+pub const HOOK_QUEUE_RANGE: RangeInclusive<usize> = 1..=1_000_000;
+
+/// Events kept for resuming subscribers: 1 to a million.
+pub const EVENT_REPLAY_RANGE: RangeInclusive<usize> = 1..=1_000_000;
+
+/// First webhook retry delay: 10 ms to 1 min.
+pub const WEBHOOK_BACKOFF_INITIAL_RANGE: RangeInclusive<Duration> =
+    Duration::from_millis(10)..=Duration::from_secs(60);
+
+/// Longest webhook retry delay: at most 1 h (and never below the first delay).
+pub const WEBHOOK_BACKOFF_MAX_RANGE: RangeInclusive<Duration> =
+    Duration::from_millis(10)..=Duration::from_secs(3600);
+
+/// Webhook request timeout: 100 ms to 5 min.
+pub const WEBHOOK_TIMEOUT_RANGE: RangeInclusive<Duration> =
+    Duration::from_millis(100)..=Duration::from_secs(300);

@@ -1,0 +1,253 @@
+//! The settings table: every `baton-relay` setting, once. Its flag, environment variable, TOML
+//! key, default, accepted range and `--help` text all come from its entry here (the entry
+//! syntax is in `cli/declare.rs`). Adding a setting is adding an entry, plus a row in README's
+//! configuration table and a line in `deploy/config.example.toml`, which tests check.
+//!
+//! Order matters twice: `--help` lists settings in this order, and the `apply:` setters run in
+//! it (`max_snapshot` before `snapshot_budget`, which is checked against it).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tracing::level_filters::LevelFilter;
+
+use super::declare::{self, Setting};
+use super::kind::{Kind, Names, Secret, Webhooks};
+use super::{LogFormat, Settings};
+use crate::config::{range_text, ConfigError, Show};
+use crate::defaults;
+
+settings! {
+    /// TOML config file with the same settings (snake_case keys, durations as strings like
+    /// "10s"). A file named here that does not exist is an error.
+    config: PathBuf {
+        file: skip,
+    }
+
+    // --- Network ---
+
+    /// UDP address of the QUIC endpoint clients connect to.
+    listen: SocketAddr {
+        default: defaults::LISTEN,
+    }
+    /// TCP address of the admin HTTP server (/healthz, /readyz, /metrics, /v1/allocations);
+    /// loopback only by default.
+    admin_listen: SocketAddr {
+        default: defaults::ADMIN_LISTEN,
+    }
+    /// Do not run the admin HTTP server (wins over --admin-listen, so it can switch off an
+    /// address set in the environment).
+    no_admin: bool {
+        default: false,
+    }
+    /// Bearer token required by the admin API's /v1/ routes (the probes and /metrics stay
+    /// open). Prefer the environment variable: command lines are visible to other users.
+    /// Without it the API is open; keep the admin server on loopback then.
+    admin_token: Secret {}
+
+    // --- TLS ---
+
+    /// Directory holding the development certificate (dev-cert.pem, dev-key.pem), generated
+    /// on first start and reused so clients can pin it. Unused with --cert/--key.
+    data_dir: PathBuf {
+        value_name: "DIR",
+        default: defaults::DATA_DIR,
+    }
+    /// PEM certificate chain, leaf first, for production. Requires --key.
+    cert: PathBuf {}
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --cert. Requires --cert.
+    key: PathBuf {}
+    /// Extra host name or IP address for the development certificate, besides localhost,
+    /// 127.0.0.1 and ::1. Repeatable; comma-separated in the environment. Only used when the
+    /// certificate is first generated.
+    dev_cert_names: Names {
+        flag: "dev-cert-name",
+        env: "BATON_DEV_CERT_NAMES",
+    }
+
+    // --- Timeouts ---
+
+    /// A client silent this long is removed and its peers told why; it is QUIC's idle
+    /// timeout.
+    keepalive_timeout: Duration {
+        default: defaults::KEEPALIVE_TIMEOUT,
+        range: defaults::KEEPALIVE_TIMEOUT_RANGE,
+        apply: relay.set_keepalive_timeout,
+    }
+    /// Time a new connection has to create or join an allocation.
+    bind_timeout: Duration {
+        default: defaults::BIND_TIMEOUT,
+        range: defaults::BIND_TIMEOUT_RANGE,
+        apply: relay.set_bind_timeout,
+    }
+    /// Time the host of a lobby-reserved allocation has to claim it.
+    host_bind_timeout: Duration {
+        default: defaults::HOST_BIND_TIMEOUT,
+        range: defaults::HOST_BIND_TIMEOUT_RANGE,
+        apply: relay.set_host_bind_timeout,
+    }
+
+    // --- Limits ---
+
+    /// Members per allocation, host included: the default and the cap for what hosts ask.
+    max_peers_per_allocation: u16 {
+        default: defaults::MAX_PEERS_PER_ALLOCATION,
+        range: defaults::MAX_PEERS_PER_ALLOCATION_RANGE,
+        apply: relay.set_max_peers_per_allocation,
+    }
+    /// Allocations held at once; more are refused with relay_full.
+    max_allocations: usize {
+        default: defaults::MAX_ALLOCATIONS,
+        range: defaults::MAX_ALLOCATIONS_RANGE,
+        apply: relay.set_max_allocations,
+    }
+    /// Concurrent QUIC connections; more are refused.
+    max_connections: usize {
+        default: defaults::MAX_CONNECTIONS,
+        range: defaults::MAX_CONNECTIONS_RANGE,
+        apply: relay.set_max_connections,
+    }
+    /// Longest control frame accepted from a client, in bytes.
+    max_control_frame: usize {
+        value_name: "BYTES",
+        default: defaults::MAX_CONTROL_FRAME,
+        range: defaults::MAX_CONTROL_FRAME_RANGE,
+        apply: relay.set_max_control_frame,
+    }
+    /// Largest datagram payload carried, in bytes.
+    max_datagram_payload: usize {
+        value_name: "BYTES",
+        default: defaults::MAX_DATAGRAM_PAYLOAD,
+        range: defaults::MAX_DATAGRAM_PAYLOAD_RANGE,
+        apply: relay.set_max_datagram_payload,
+    }
+
+    // --- Join codes and migration ---
+
+    /// Characters in issued join codes.
+    join_code_len: usize {
+        default: defaults::JOIN_CODE_LEN,
+        range: defaults::JOIN_CODE_LEN_RANGE,
+        apply: relay.set_join_code_len,
+    }
+    /// Join-code time to live: the default and the cap for what hosts ask.
+    join_code_ttl: Duration {
+        default: defaults::JOIN_CODE_TTL,
+        range: defaults::JOIN_CODE_TTL_RANGE,
+        apply: relay.set_join_code_ttl,
+    }
+    /// Time an elected member has to take over a migrating allocation before the next is
+    /// elected.
+    migration_timeout: Duration {
+        default: defaults::MIGRATION_TIMEOUT,
+        range: defaults::MIGRATION_TIMEOUT_RANGE,
+        apply: relay.set_migration_timeout,
+    }
+    /// After losing a host, time a lobby has to name the next one (POST
+    /// /v1/allocations/{id}/elect) before the relay elects one itself; 0 elects at once.
+    lobby_election_window: Duration {
+        default: defaults::LOBBY_ELECTION_WINDOW,
+        range: defaults::LOBBY_ELECTION_WINDOW_RANGE,
+        apply: relay.set_lobby_election_window,
+    }
+
+    // --- Sockets and threads ---
+
+    /// Requested kernel receive and send buffer of each QUIC socket, in bytes; the kernel caps
+    /// it at net.core.rmem_max/wmem_max.
+    udp_buffer: usize {
+        value_name: "BYTES",
+        default: defaults::UDP_BUFFER,
+        range: defaults::UDP_BUFFER_RANGE,
+        apply: relay.set_udp_buffer,
+    }
+    /// QUIC endpoints sharing the listen port with SO_REUSEPORT, each on its own data-plane
+    /// thread, to spread packet processing over cores. Packets are steered by connection ID,
+    /// so clients keep their connection when their address changes. Set it to the cores the
+    /// relay may use.
+    endpoints: usize {
+        default: defaults::ENDPOINTS,
+        range: defaults::ENDPOINTS_RANGE,
+        apply: relay.set_endpoints,
+    }
+
+    // --- Migration snapshots ---
+
+    /// Largest migration snapshot a host may upload, in bytes.
+    max_snapshot: usize {
+        value_name: "BYTES",
+        default: defaults::MAX_SNAPSHOT,
+        range: defaults::MAX_SNAPSHOT_RANGE,
+        apply: relay.set_max_snapshot,
+    }
+    /// Bytes all stored migration snapshots may take together, at least --max-snapshot;
+    /// uploads beyond it are refused with relay_full.
+    snapshot_budget: usize {
+        value_name: "BYTES",
+        default: defaults::SNAPSHOT_BUDGET,
+        apply: relay.set_snapshot_budget,
+    }
+
+    // --- Lobby hooks ---
+
+    /// Lobby webhook: every lifecycle event is POSTed to this http or https URL as signed
+    /// JSON. Repeatable (at most 16); comma-separated in the environment. Requires
+    /// --webhook-secret.
+    webhooks: Webhooks {
+        flag: "webhook",
+        env: "BATON_WEBHOOKS",
+    }
+    /// Secret that signs webhook requests (HMAC-SHA256, Baton-Signature header); at least 16
+    /// characters. Prefer the environment variable: command lines are visible to other users.
+    webhook_secret: Secret {
+        value_name: "SECRET",
+    }
+    /// Events queued per webhook while its lobby is slow or down; further events are dropped
+    /// and counted.
+    hook_queue: usize {
+        default: defaults::HOOK_QUEUE,
+        range: defaults::HOOK_QUEUE_RANGE,
+        apply: relay.hooks.set_queue,
+    }
+    /// First delay before retrying a failed webhook request, doubled (with jitter) after each
+    /// failure.
+    webhook_backoff_initial: Duration {
+        default: defaults::WEBHOOK_BACKOFF_INITIAL,
+        range: defaults::WEBHOOK_BACKOFF_INITIAL_RANGE,
+    }
+    /// Longest delay between webhook retries, at least --webhook-backoff-initial.
+    webhook_backoff_max: Duration {
+        default: defaults::WEBHOOK_BACKOFF_MAX,
+        range: defaults::WEBHOOK_BACKOFF_MAX_RANGE,
+    }
+    /// Time one webhook request may take, connecting included; longer is a failure and is
+    /// retried.
+    webhook_timeout: Duration {
+        default: defaults::WEBHOOK_TIMEOUT,
+        range: defaults::WEBHOOK_TIMEOUT_RANGE,
+        apply: relay.hooks.set_request_timeout,
+    }
+    /// Events kept for event stream (GET /v1/events) subscribers that resume with
+    /// Last-Event-ID.
+    event_replay: usize {
+        default: defaults::EVENT_REPLAY,
+        range: defaults::EVENT_REPLAY_RANGE,
+        apply: relay.hooks.set_replay,
+    }
+    /// Bearer token of the event stream (GET /v1/events), so a lobby can read events without
+    /// the admin token; without it the admin token guards the stream.
+    event_stream_token: Secret {}
+
+    // --- Logging ---
+
+    /// Log output format.
+    log_format: LogFormat {
+        default: defaults::LOG_FORMAT,
+    }
+    /// Log level: off, error, warn, info, debug or trace. RUST_LOG directives, when set,
+    /// refine it.
+    log_level: LevelFilter {
+        default: defaults::LOG_LEVEL,
+    }
+}
