@@ -48,7 +48,7 @@ use std::time::Duration;
 use baton_protocol::datagram::{self, Destination};
 use baton_protocol::{AllocationId, ClientMessage, CloseCode, ErrorCode, JoinCode, PeerId};
 use bytes::Bytes;
-use quinn::{SendDatagramError, VarInt};
+use quinn::SendDatagramError;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
@@ -405,13 +405,9 @@ impl Session {
             .await?;
         // Two bounded waits: the relay's reply, then the snapshot stream (the reader waits at
         // most the request timeout for it).
-        match tokio::time::timeout(self.request_timeout * 2, rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(Error::Disconnected(self.shared.final_reason())),
-            Err(_) => Err(Error::RequestTimedOut {
-                timeout: self.request_timeout * 2,
-            }),
-        }
+        self.shared
+            .await_reply(rx, self.request_timeout * 2)
+            .await?
     }
 
     /// Leaves the allocation: closes the connection with the normal close code, then waits
@@ -448,16 +444,8 @@ impl Session {
             kind = message.type_byte(),
             "sending request"
         );
-        if self.requests.send(message.to_frame()).await.is_err() {
-            return Err(Error::Disconnected(self.shared.final_reason()));
-        }
-        match tokio::time::timeout(self.request_timeout, reply).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(Error::Disconnected(self.shared.final_reason())),
-            Err(_) => Err(Error::RequestTimedOut {
-                timeout: self.request_timeout,
-            }),
-        }
+        self.shared.send_request(&self.requests, message).await?;
+        self.shared.await_reply(reply, self.request_timeout).await?
     }
 }
 
@@ -468,11 +456,7 @@ impl Drop for Session {
 }
 
 fn close_normally(conn: &quinn::Connection) {
-    let code = CloseCode::Normal;
-    conn.close(
-        VarInt::from_u32(code.to_u32()),
-        code.description().as_bytes(),
-    );
+    shared::close(conn, CloseCode::Normal);
 }
 
 /// The receiving end of the event queue, and the terminal events once it has ended.

@@ -1,7 +1,8 @@
 //! The state a session shares with its tasks ([`Shared`], behind an `Arc`): the connection,
 //! the member set, the [`Role`] (allocation and host, which a host migration changes), the
-//! requests waiting for their reply ([`Pending`], request ids, [`PendingGuard`]) and how the
-//! connection ended ([`Shared::end`], [`Shared::reason`], [`Shared::abort`]).
+//! requests waiting for their reply ([`Pending`], request ids, [`PendingGuard`],
+//! [`Shared::send_request`], [`Shared::await_reply`]) and how the connection ended
+//! ([`Shared::end`], [`Shared::reason`], [`Shared::abort`]).
 //!
 //! Plain state behind `std` mutexes ([`lock`]), each held briefly and never across an
 //! `.await`; used from every task of the session and from the application's calls. Calls
@@ -11,10 +12,12 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
-use baton_protocol::{AllocationId, CloseCode, JoinCode, PeerId};
+use baton_protocol::{AllocationId, ClientMessage, CloseCode, JoinCode, PeerId};
+use bytes::Bytes;
 use quinn::{ConnectionError, VarInt};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use super::connect::BIND_REQUEST_ID;
 use super::take_over::TakeOver;
@@ -88,6 +91,14 @@ pub(super) struct Pending {
     next_id: u32,
 }
 
+/// Closes `conn` with `code`, its description as the reason phrase.
+pub(super) fn close(conn: &quinn::Connection, code: CloseCode) {
+    conn.close(
+        VarInt::from_u32(code.to_u32()),
+        code.description().as_bytes(),
+    );
+}
+
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -148,11 +159,7 @@ impl Shared {
     pub(crate) fn abort(&self, detail: String) -> DisconnectReason {
         tracing::warn!(%detail, "relay broke the protocol; closing the connection");
         *lock(&self.local_close) = Some(DisconnectReason::InvalidRelayMessage(detail.clone()));
-        let code = CloseCode::ProtocolViolation;
-        self.conn.close(
-            VarInt::from_u32(code.to_u32()),
-            code.description().as_bytes(),
-        );
+        close(&self.conn, CloseCode::ProtocolViolation);
         match self.conn.close_reason() {
             Some(e) => self.reason(&e),
             None => DisconnectReason::InvalidRelayMessage(detail),
@@ -199,6 +206,32 @@ impl Shared {
         let (tx, rx) = oneshot::channel();
         pending.waiting.insert(id, tx);
         Ok((id, rx))
+    }
+
+    /// Queues `message` for the writer; [`Error::Disconnected`] once the writer has stopped.
+    pub(super) async fn send_request(
+        &self,
+        requests: &mpsc::Sender<Bytes>,
+        message: ClientMessage,
+    ) -> Result<(), Error> {
+        if requests.send(message.to_frame()).await.is_err() {
+            return Err(Error::Disconnected(self.final_reason()));
+        }
+        Ok(())
+    }
+
+    /// What `reply` brings within `timeout`: [`Error::RequestTimedOut`] after it,
+    /// [`Error::Disconnected`] if the connection ends first.
+    pub(crate) async fn await_reply<T>(
+        &self,
+        reply: oneshot::Receiver<T>,
+        timeout: Duration,
+    ) -> Result<T, Error> {
+        match tokio::time::timeout(timeout, reply).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(_)) => Err(Error::Disconnected(self.final_reason())),
+            Err(_) => Err(Error::RequestTimedOut { timeout }),
+        }
     }
 
     /// Completes the request `id`; replies nobody waits for (timed out, cancelled) are dropped.

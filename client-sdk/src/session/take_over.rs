@@ -128,10 +128,7 @@ impl Shared {
             allocation,
             ticket,
         };
-        if requests.send(message.to_frame()).await.is_err() {
-            return Err(Error::Disconnected(self.final_reason()));
-        }
-        Ok(())
+        self.send_request(requests, message).await
     }
 
     /// The take-over `request_id` answers, removed from the role, if it is the one in flight.
