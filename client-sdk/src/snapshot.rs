@@ -191,11 +191,7 @@ impl Shared {
                 ))))
             }
         }
-        match tokio::time::timeout(timeout, reply).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(failed(Error::Disconnected(self.final_reason()))),
-            Err(_) => Err(failed(Error::RequestTimedOut { timeout })),
-        }
+        self.await_reply(reply, timeout).await.map_err(failed)?
     }
 }
 

@@ -2,6 +2,12 @@
 //! byte and body) followed by `type: u8` and the body. A receiver reads the 4-byte prefix,
 //! checks it against its maximum frame length with [`check_len`] *before* buffering anything,
 //! then reads exactly `len` bytes and decodes them.
+//!
+//! A sender writes whole frames with `encode_frame` / `to_frame` of
+//! [`ClientMessage`](crate::ClientMessage) and [`ServerMessage`](crate::ServerMessage), which
+//! both frame through this module.
+
+use bytes::{BufMut, Bytes, BytesMut};
 
 /// Bytes of length prefix in front of every control frame.
 pub const LEN_PREFIX: usize = 4;
@@ -40,6 +46,27 @@ pub fn check_len(prefix: [u8; LEN_PREFIX], max_len: usize) -> Result<usize, Fram
     } else {
         Ok(len)
     }
+}
+
+/// Appends one frame to `out`: the length prefix of a `len`-byte message (type byte + body),
+/// then the message, which `write` writes (`len` bytes exactly).
+pub(crate) fn encode(out: &mut BytesMut, len: usize, write: impl FnOnce(&mut BytesMut)) {
+    out.reserve(LEN_PREFIX + len);
+    out.put_u32(len as u32);
+    let start = out.len();
+    write(out);
+    debug_assert_eq!(
+        out.len() - start,
+        len,
+        "encoded_len disagrees with write_to"
+    );
+}
+
+/// One frame as bytes: [`encode`] into a buffer of its own.
+pub(crate) fn encode_to_bytes(len: usize, write: impl FnOnce(&mut BytesMut)) -> Bytes {
+    let mut out = BytesMut::new();
+    encode(&mut out, len, write);
+    out.freeze()
 }
 
 #[cfg(test)]

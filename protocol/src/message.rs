@@ -6,7 +6,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::frame::LEN_PREFIX;
+use crate::frame;
 use crate::join_code::{self, JoinCode};
 use crate::wire::Reader;
 use crate::{
@@ -232,16 +232,17 @@ fn read_code(r: &mut Reader<'_>) -> Result<JoinCode, DecodeError> {
     })
 }
 
-fn write_frame(out: &mut BytesMut, len: usize, write: impl FnOnce(&mut BytesMut)) {
-    out.reserve(LEN_PREFIX + len);
-    out.put_u32(len as u32);
-    let start = out.len();
-    write(out);
-    debug_assert_eq!(
-        out.len() - start,
-        len,
-        "encoded_len disagrees with write_to"
-    );
+/// Decodes a frame body: its type byte, then what `read_body` reads for that type, and nothing
+/// after it.
+fn decode_body<T>(
+    frame: &[u8],
+    read_body: impl FnOnce(u8, &mut Reader<'_>) -> Result<T, DecodeError>,
+) -> Result<T, DecodeError> {
+    let mut r = Reader::new(frame);
+    let ty = r.u8().map_err(|_| DecodeError::Empty)?;
+    let msg = read_body(ty, &mut r)?;
+    r.finish()?;
+    Ok(msg)
 }
 
 impl ClientMessage {
@@ -329,20 +330,21 @@ impl ClientMessage {
 
     /// Appends the complete frame (length prefix + type + body) to `out`.
     pub fn encode_frame(&self, out: &mut BytesMut) {
-        write_frame(out, self.encoded_len(), |b| self.write_to(b));
+        frame::encode(out, self.encoded_len(), |b| self.write_to(b));
     }
 
     /// The complete frame as bytes.
     pub fn to_frame(&self) -> Bytes {
-        let mut out = BytesMut::new();
-        self.encode_frame(&mut out);
-        out.freeze()
+        frame::encode_to_bytes(self.encoded_len(), |b| self.write_to(b))
     }
 
     /// Decodes a frame body (type byte + body, without the length prefix).
     pub fn decode(frame: &[u8]) -> Result<Self, DecodeError> {
-        let mut r = Reader::new(frame);
-        let ty = r.u8().map_err(|_| DecodeError::Empty)?;
+        decode_body(frame, Self::read_body)
+    }
+
+    /// Reads the body of a message of type `ty`.
+    fn read_body(ty: u8, r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         if !(0x01..=0x07).contains(&ty) {
             return Err(DecodeError::UnknownType(ty));
         }
@@ -355,7 +357,7 @@ impl ClientMessage {
             },
             0x02 => ClientMessage::Join {
                 request_id,
-                code: read_code(&mut r)?,
+                code: read_code(r)?,
             },
             0x03 => ClientMessage::Kick {
                 request_id,
@@ -379,7 +381,6 @@ impl ClientMessage {
                 reconnect_token: r.array()?,
             },
         };
-        r.finish()?;
         Ok(msg)
     }
 }
@@ -526,25 +527,26 @@ impl ServerMessage {
 
     /// Appends the complete frame (length prefix + type + body) to `out`.
     pub fn encode_frame(&self, out: &mut BytesMut) {
-        write_frame(out, self.encoded_len(), |b| self.write_to(b));
+        frame::encode(out, self.encoded_len(), |b| self.write_to(b));
     }
 
     /// The complete frame as bytes.
     pub fn to_frame(&self) -> Bytes {
-        let mut out = BytesMut::new();
-        self.encode_frame(&mut out);
-        out.freeze()
+        frame::encode_to_bytes(self.encoded_len(), |b| self.write_to(b))
     }
 
     /// Decodes a frame body (type byte + body, without the length prefix).
     pub fn decode(frame: &[u8]) -> Result<Self, DecodeError> {
-        let mut r = Reader::new(frame);
-        let ty = r.u8().map_err(|_| DecodeError::Empty)?;
+        decode_body(frame, Self::read_body)
+    }
+
+    /// Reads the body of a message of type `ty`.
+    fn read_body(ty: u8, r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let msg = match ty {
             0x81 => ServerMessage::AllocationCreated {
                 request_id: r.u32()?,
                 allocation: AllocationId(r.u64()?),
-                code: read_code(&mut r)?,
+                code: read_code(r)?,
                 code_ttl_secs: r.u32()?,
                 max_peers: r.u16()?,
                 max_payload: r.u16()?,
@@ -601,7 +603,7 @@ impl ServerMessage {
                 reason: LeaveReason::from_u8(r.u8()?),
             },
             0x87 => ServerMessage::CodeRevoked {
-                code: read_code(&mut r)?,
+                code: read_code(r)?,
             },
             0x88 => ServerMessage::DatagramsDropped {
                 reason: DropReason::from_u8(r.u8()?),
@@ -632,7 +634,6 @@ impl ServerMessage {
             },
             other => return Err(DecodeError::UnknownType(other)),
         };
-        r.finish()?;
         Ok(msg)
     }
 }

@@ -1,0 +1,324 @@
+//! Connecting a session: [`connect()`] makes the QUIC connection, sends the bind request
+//! ([`BIND_REQUEST_ID`]) and reads until its reply with [`bind_on`], then builds the [`Session`]
+//! from what the relay granted ([`Bound`]) and spawns its tasks. [`retry_while_migrating`] runs
+//! a join again while the allocation is migrating.
+//!
+//! Runs on the caller's task ([`Host::create`](crate::Host::create),
+//! [`Peer::join`](crate::Peer::join), ...), before any session task exists. Calls the reader's
+//! frame reading and the tasks' entry points (`dispatch.rs`), [`Shared::new`] (`shared.rs`)
+//! and the snapshot tasks ([`crate::snapshot`]).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use baton_protocol::{ClientMessage, JoinCode, PeerId, ServerMessage};
+use quinn::{ConnectError, ConnectionError, RecvStream, SendStream, WriteError};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use super::dispatch::{
+    close_after_stream_end, read_message, reply_id, run_reader, run_writer, ReadFailure, ReaderIo,
+};
+use super::shared::{Role, Shared};
+use super::{close_normally, EventQueue, Session};
+use crate::error::{disconnect_reason, handshake_error, refusal};
+use crate::{defaults, snapshot, ClientConfig, Error};
+
+/// Request id of the bind request (`CreateAllocation`, `ClaimHost`, `Join` or `Rejoin`); later
+/// requests count up from the next value.
+pub(crate) const BIND_REQUEST_ID: u32 = 1;
+
+/// What the relay granted in answer to the bind request.
+#[derive(Debug)]
+pub(crate) enum Bound {
+    /// Answer to `CreateAllocation` or `ClaimHost`.
+    Created {
+        code: JoinCode,
+        code_ttl_secs: u32,
+        max_peers: u16,
+    },
+    /// Answer to `Join` or `Rejoin`.
+    Joined,
+}
+
+/// Connects to the relay, sends `bind` (which must carry [`BIND_REQUEST_ID`]) and returns the
+/// session with what the relay granted.
+pub(crate) async fn connect(
+    config: &ClientConfig,
+    bind: ClientMessage,
+) -> Result<(Session, Bound), Error> {
+    let (quinn_config, verify_log) = config.quinn_config()?;
+    let relay = config.relay;
+    let endpoint = quinn::Endpoint::client(config.local_addr())?;
+    let connecting = endpoint
+        .connect_with(quinn_config, relay, &config.server_name)
+        .map_err(|e| match e {
+            ConnectError::InvalidServerName(name) => {
+                Error::Config(format!("invalid server name {name:?}"))
+            }
+            other => Error::RelayUnreachable {
+                addr: relay,
+                detail: other.to_string(),
+            },
+        })?;
+    let conn = match tokio::time::timeout(config.connect_timeout, connecting).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
+            let err = handshake_error(&e, relay, verify_log.take());
+            tracing::debug!(%relay, cause = %e, error = %err, "handshake failed");
+            return Err(err);
+        }
+        Err(_) => {
+            return Err(match verify_log.take() {
+                Some(failure) => failure.into_error(),
+                None => Error::RelayUnreachable {
+                    addr: relay,
+                    detail: format!("no QUIC handshake within {:?}", config.connect_timeout),
+                },
+            })
+        }
+    };
+    tracing::debug!(%relay, rtt = ?conn.rtt(), "connected to relay");
+
+    let (send, recv, reply, early) = match bind_on(&conn, &bind, config.request_timeout).await {
+        Ok(bound) => bound,
+        Err(err) => {
+            close_normally(&conn);
+            return Err(err);
+        }
+    };
+    let join_code = match &bind {
+        ClientMessage::Join { code, .. } => Some(*code),
+        _ => None,
+    };
+    let (role, local_peer, max_payload, members, bound) = match (bind, reply) {
+        (
+            ClientMessage::CreateAllocation { .. } | ClientMessage::ClaimHost { .. },
+            ServerMessage::AllocationCreated {
+                allocation,
+                code,
+                code_ttl_secs,
+                max_peers,
+                max_payload,
+                reconnect_token,
+                ..
+            },
+        ) => (
+            Role::new(allocation, PeerId::HOST, Some(code), reconnect_token),
+            PeerId::HOST,
+            max_payload,
+            Vec::new(),
+            Bound::Created {
+                code,
+                code_ttl_secs,
+                max_peers,
+            },
+        ),
+        (
+            ClientMessage::Join { .. } | ClientMessage::Rejoin { .. },
+            ServerMessage::Joined {
+                allocation,
+                peer,
+                max_payload,
+                host,
+                reconnect_token,
+                members,
+                ..
+            },
+        ) => (
+            Role::new(allocation, host, join_code, reconnect_token),
+            peer,
+            max_payload,
+            members,
+            Bound::Joined,
+        ),
+        (_, ServerMessage::Refused { code, value, .. }) => {
+            close_normally(&conn);
+            let err = refusal(code, value);
+            tracing::debug!(%relay, %code, value, error = %err, "bind refused");
+            return Err(err);
+        }
+        (bind, reply) => {
+            close_normally(&conn);
+            return Err(Error::Protocol(format!(
+                "relay answered request type 0x{:02x} with message type 0x{:02x}",
+                bind.type_byte(),
+                reply.type_byte()
+            )));
+        }
+    };
+
+    let allocation = role.allocation;
+    let mut member_set: BTreeSet<PeerId> = members.into_iter().collect();
+    if let Some(host) = role.host {
+        member_set.insert(host);
+    }
+    member_set.insert(local_peer);
+    let shared = Arc::new(Shared::new(conn, local_peer, role, member_set));
+    let (event_tx, event_rx) = mpsc::channel(defaults::EVENT_QUEUE);
+    let (request_tx, request_rx) = mpsc::channel(defaults::REQUEST_QUEUE);
+    let (snapshot_tx, snapshot_rx) = mpsc::channel(1);
+    let mut reader = ReaderIo {
+        events: event_tx.clone(),
+        requests: request_tx.clone(),
+        snapshots: snapshot_rx,
+        wait: config.request_timeout,
+    };
+    for message in early {
+        shared.dispatch(message, &mut reader).await;
+    }
+    let span = tracing::info_span!("baton", alloc = %allocation, peer = %local_peer);
+    let mut tasks = JoinSet::new();
+    tasks.spawn(run_reader(shared.clone(), recv, reader).instrument(span.clone()));
+    tasks.spawn(run_writer(shared.clone(), send, request_rx).instrument(span.clone()));
+    tasks.spawn(
+        snapshot::receive(shared.clone(), snapshot_tx, config.max_snapshot)
+            .instrument(span.clone()),
+    );
+    tasks.spawn(
+        snapshot::stage(
+            shared.clone(),
+            event_tx,
+            config.snapshot_interval,
+            config.request_timeout,
+        )
+        .instrument(span.clone()),
+    );
+    span.in_scope(|| tracing::info!(%relay, max_payload, "bound to allocation"));
+
+    let session = Session {
+        shared,
+        endpoint,
+        requests: request_tx,
+        events: tokio::sync::Mutex::new(EventQueue::new(event_rx)),
+        local_peer,
+        max_payload: usize::from(max_payload),
+        request_timeout: config.request_timeout,
+        _tasks: tasks,
+    };
+    Ok((session, bound))
+}
+
+/// Runs `attempt` again while the relay answers [`Error::Migrating`], for at most `window`: an
+/// allocation is migrating for a moment, and its join code then resolves to the successor.
+pub(crate) async fn retry_while_migrating<T, F, Fut>(
+    window: Duration,
+    mut attempt: F,
+) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Error>>,
+{
+    let deadline = tokio::time::Instant::now() + window;
+    loop {
+        match attempt().await {
+            Err(Error::Migrating { retry_after }) => {
+                let wait =
+                    retry_after.clamp(defaults::MIGRATION_POLL_MIN, defaults::MIGRATION_POLL_MAX);
+                if tokio::time::Instant::now() + wait > deadline {
+                    return Err(Error::Migrating { retry_after });
+                }
+                tracing::debug!(?wait, "allocation migrating; retrying");
+                tokio::time::sleep(wait).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The control stream halves, the bind reply, and any other messages that came before it.
+type BindResult = (SendStream, RecvStream, ServerMessage, Vec<ServerMessage>);
+
+/// Opens the control stream, sends `bind` and reads until its reply.
+async fn bind_on(
+    conn: &quinn::Connection,
+    bind: &ClientMessage,
+    timeout: Duration,
+) -> Result<BindResult, Error> {
+    let disconnected = |e: &ConnectionError| Error::Disconnected(disconnect_reason(e));
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| disconnected(&e))?;
+    // The relay learns of the stream only when data arrives on it: send the request at once.
+    send.write_all(&bind.to_frame())
+        .await
+        .map_err(|e| match e {
+            WriteError::ConnectionLost(e) => disconnected(&e),
+            other => Error::Protocol(format!("cannot write the control stream: {other}")),
+        })?;
+    let id = bind.request_id();
+    let read_reply = async {
+        let mut early = Vec::new();
+        let mut buf = Vec::new();
+        loop {
+            let message = match read_message(&mut recv, &mut buf).await {
+                Ok(message) => message,
+                Err(ReadFailure::Connection(e)) => return Err(disconnected(&e)),
+                Err(ReadFailure::Ended(detail)) => {
+                    return Err(match close_after_stream_end(conn).await {
+                        Some(e) => disconnected(&e),
+                        None => Error::Protocol(detail),
+                    })
+                }
+                Err(ReadFailure::Invalid(detail)) => return Err(Error::Protocol(detail)),
+            };
+            if reply_id(&message) == Some(id) {
+                return Ok((message, early));
+            }
+            if early.len() >= defaults::EVENT_QUEUE {
+                return Err(Error::Protocol(
+                    "too many control messages before the bind reply".into(),
+                ));
+            }
+            early.push(message);
+        }
+    };
+    let (reply, early) = tokio::time::timeout(timeout, read_reply)
+        .await
+        .map_err(|_| Error::RequestTimedOut { timeout })??;
+    Ok((send, recv, reply, early))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn joins_retry_while_migrating_within_the_window() {
+        let mut calls = 0;
+        let result: Result<u32, Error> = retry_while_migrating(Duration::from_secs(2), || {
+            calls += 1;
+            let n = calls;
+            async move {
+                if n < 3 {
+                    Err(Error::Migrating {
+                        retry_after: Duration::from_millis(300),
+                    })
+                } else {
+                    Ok(n)
+                }
+            }
+        })
+        .await;
+        assert_eq!(result.unwrap(), 3);
+
+        let start = tokio::time::Instant::now();
+        let result: Result<(), Error> = retry_while_migrating(Duration::from_secs(2), || async {
+            Err(Error::Migrating {
+                retry_after: Duration::from_millis(700),
+            })
+        })
+        .await;
+        assert!(matches!(result, Err(Error::Migrating { .. })));
+        assert!(start.elapsed() <= Duration::from_secs(2));
+        // Other errors are not retried.
+        let mut calls = 0;
+        let result: Result<(), Error> = retry_while_migrating(Duration::from_secs(2), || {
+            calls += 1;
+            async { Err(Error::Unauthorized) }
+        })
+        .await;
+        assert!(matches!(result, Err(Error::Unauthorized)));
+        assert_eq!(calls, 1);
+    }
+}

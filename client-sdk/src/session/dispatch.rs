@@ -1,0 +1,280 @@
+//! The session's reader and writer tasks. [`run_reader`] reads relay frames off the control
+//! stream ([`read_message`]) and hands each to [`Shared::dispatch`]: a reply completes the
+//! pending request with its request id ([`reply_id`]), an event updates the member set and goes
+//! into the bounded event queue ([`Shared::emit`]: drop-and-count when full); host-migration
+//! messages go to `take_over.rs`. When the connection ends the reader records why, once
+//! ([`Shared::end`]). [`run_writer`] writes queued request frames.
+//!
+//! `run_reader` and `dispatch` run on the session's reader task (`dispatch` also on the
+//! connecting task, for the messages that came before the bind reply), `run_writer` on its
+//! writer task; `emit` is also called by the snapshot stager, and `read_message` by
+//! `connect.rs`. Calls `shared.rs` (requests, the end of the connection), `take_over.rs` and
+//! [`crate::snapshot`] (upload replies).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use baton_protocol::datagram;
+use baton_protocol::frame::{self, DEFAULT_MAX_FRAME_LEN, LEN_PREFIX};
+use baton_protocol::{DecodeError, ServerMessage};
+use bytes::Bytes;
+use quinn::{ConnectionError, ReadError, ReadExactError, RecvStream, SendStream, WriteError};
+use tokio::sync::mpsc;
+
+use super::shared::{lock, Shared};
+use crate::error::refusal;
+use crate::snapshot::{Delivered, UploadError};
+use crate::{defaults, Event};
+
+/// What the reader needs besides the shared state.
+pub(super) struct ReaderIo {
+    /// The event queue.
+    pub(super) events: mpsc::Sender<Event>,
+    /// The writer's queue, for `MigrateAllocation`.
+    pub(super) requests: mpsc::Sender<Bytes>,
+    /// Snapshots the snapshot receiver got, tagged with the take-over they belong to.
+    pub(super) snapshots: mpsc::Receiver<Delivered>,
+    /// How long to wait for the snapshot after the take-over reply.
+    pub(super) wait: Duration,
+}
+
+/// Reads the control stream until the connection ends.
+pub(super) async fn run_reader(shared: Arc<Shared>, mut recv: RecvStream, mut io: ReaderIo) {
+    let mut buf = Vec::new();
+    let reason = loop {
+        match read_message(&mut recv, &mut buf).await {
+            Ok(message) => shared.dispatch(message, &mut io).await,
+            Err(ReadFailure::Connection(e)) => break shared.reason(&e),
+            Err(ReadFailure::Ended(detail)) => match close_after_stream_end(&shared.conn).await {
+                Some(e) => break shared.reason(&e),
+                None => break shared.abort(detail),
+            },
+            Err(ReadFailure::Invalid(detail)) => break shared.abort(detail),
+        }
+    };
+    tracing::info!(%reason, "disconnected from relay");
+    shared.end(reason);
+    // Dropping `io.events` (and the stager's clone, which stops with the connection) ends the
+    // queue; `next_event` then yields the terminal events.
+}
+
+/// Writes queued request frames to the control stream.
+pub(super) async fn run_writer(
+    shared: Arc<Shared>,
+    mut send: SendStream,
+    mut frames: mpsc::Receiver<Bytes>,
+) {
+    while let Some(frame) = frames.recv().await {
+        match send.write_all(&frame).await {
+            Ok(()) => {}
+            // The reader reports the connection's end.
+            Err(WriteError::ConnectionLost(_)) => return,
+            Err(other) => {
+                shared.abort(format!("cannot write the control stream: {other}"));
+                return;
+            }
+        }
+    }
+}
+
+impl Shared {
+    /// Handles one relay message after binding.
+    pub(super) async fn dispatch(&self, message: ServerMessage, io: &mut ReaderIo) {
+        match message {
+            ServerMessage::Done { request_id } => self.resolve(request_id, Ok(())),
+            ServerMessage::Refused {
+                request_id,
+                code,
+                value,
+            } => match self.finish_take_over(request_id) {
+                Some(take_over) => self.take_over_refused(take_over, code, value),
+                None => self.resolve(request_id, Err(refusal(code, value))),
+            },
+            ServerMessage::PeerJoined { peer } => {
+                lock(&self.members).insert(peer);
+                tracing::debug!(%peer, "peer joined");
+                self.emit(&io.events, Event::PeerJoined { peer });
+            }
+            ServerMessage::PeerLeft { peer, reason } => {
+                lock(&self.members).remove(&peer);
+                tracing::debug!(%peer, %reason, "peer left");
+                self.emit(&io.events, Event::PeerLeft { peer, reason });
+            }
+            ServerMessage::CodeRevoked { code } => {
+                self.code_revoked.store(true, Ordering::Relaxed);
+                tracing::info!(%code, "join code revoked");
+                self.emit(&io.events, Event::JoinCodeRevoked { code });
+            }
+            ServerMessage::DatagramsDropped {
+                reason,
+                count,
+                value,
+            } => {
+                tracing::debug!(%reason, count, value, "relay dropped datagrams");
+                self.emit(
+                    &io.events,
+                    Event::DatagramsDropped {
+                        reason,
+                        count,
+                        value,
+                    },
+                );
+            }
+            ServerMessage::HostLost {
+                host,
+                reason,
+                elected,
+            } => {
+                // 0xFFFF: the relay waits for a lobby to name the next host.
+                let elected = (elected.0 != datagram::BROADCAST).then_some(elected);
+                self.host_lost(host, reason, elected, &io.events);
+            }
+            ServerMessage::Promote {
+                allocation,
+                ticket,
+                deadline_ms,
+            } => {
+                self.promoted(allocation, ticket, deadline_ms, &io.requests)
+                    .await;
+            }
+            ServerMessage::AllocationCreated {
+                request_id,
+                allocation,
+                code,
+                reconnect_token,
+                ..
+            } => match self.finish_take_over(request_id) {
+                Some(take_over) => {
+                    self.took_over(take_over, allocation, code, reconnect_token, io)
+                        .await;
+                }
+                None => tracing::warn!(request_id, "ignoring an unsolicited AllocationCreated"),
+            },
+            ServerMessage::Migrated { allocation, host } => {
+                self.moved_to_new_host(allocation, host, &io.events);
+            }
+            ServerMessage::PeerRejoined { peer } => {
+                lock(&self.members).insert(peer);
+                tracing::debug!(%peer, "peer rejoined");
+                self.emit(&io.events, Event::PeerRejoined { peer });
+            }
+            ServerMessage::SnapshotStored { len } => self.uploads.reply(Ok(len as usize)),
+            ServerMessage::SnapshotRejected { code, value } => {
+                self.uploads
+                    .reply(Err(UploadError::Rejected { code, value }));
+            }
+            other @ ServerMessage::Joined { .. } => {
+                tracing::warn!(message = ?other, "ignoring a second bind reply");
+            }
+            // Messages added to the protocol after this SDK version.
+            other => tracing::debug!(message = ?other, "ignoring message this SDK does not handle"),
+        }
+    }
+
+    pub(crate) fn emit(&self, events: &mpsc::Sender<Event>, event: Event) {
+        match events.try_send(event) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(event)) => {
+                self.dropped_events.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%event, "event queue full; event dropped");
+            }
+            // The session is gone.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+}
+
+/// The request id a reply answers (`None` for events).
+pub(super) fn reply_id(message: &ServerMessage) -> Option<u32> {
+    match message {
+        ServerMessage::AllocationCreated { request_id, .. }
+        | ServerMessage::Joined { request_id, .. }
+        | ServerMessage::Refused { request_id, .. }
+        | ServerMessage::Done { request_id } => Some(*request_id),
+        _ => None,
+    }
+}
+
+/// Why reading the control stream stopped.
+#[derive(Debug)]
+pub(super) enum ReadFailure {
+    /// The connection ended.
+    Connection(ConnectionError),
+    /// The relay finished or reset the control stream (normally just before closing).
+    Ended(String),
+    /// The relay sent something that is not a valid frame.
+    Invalid(String),
+}
+
+impl From<ReadExactError> for ReadFailure {
+    fn from(e: ReadExactError) -> Self {
+        match e {
+            ReadExactError::FinishedEarly(0) => {
+                ReadFailure::Ended("the relay ended the control stream".into())
+            }
+            ReadExactError::FinishedEarly(_) => {
+                ReadFailure::Ended("the relay ended the control stream inside a frame".into())
+            }
+            ReadExactError::ReadError(ReadError::ConnectionLost(e)) => ReadFailure::Connection(e),
+            ReadExactError::ReadError(ReadError::Reset(code)) => {
+                ReadFailure::Ended(format!("the relay reset the control stream (code {code})"))
+            }
+            ReadExactError::ReadError(other) => {
+                ReadFailure::Invalid(format!("cannot read the control stream: {other}"))
+            }
+        }
+    }
+}
+
+/// Reads one relay message: the length prefix is checked before anything is buffered.
+/// Message types this SDK version does not know are skipped (the frame length says how far).
+pub(super) async fn read_message(
+    recv: &mut RecvStream,
+    buf: &mut Vec<u8>,
+) -> Result<ServerMessage, ReadFailure> {
+    loop {
+        let mut prefix = [0u8; LEN_PREFIX];
+        recv.read_exact(&mut prefix).await?;
+        let len = frame::check_len(prefix, DEFAULT_MAX_FRAME_LEN)
+            .map_err(|e| ReadFailure::Invalid(e.to_string()))?;
+        buf.clear();
+        buf.resize(len, 0);
+        recv.read_exact(buf).await?;
+        match ServerMessage::decode(buf) {
+            Ok(message) => return Ok(message),
+            Err(DecodeError::UnknownType(ty)) => {
+                tracing::debug!(ty, len, "skipping control message of unknown type");
+            }
+            Err(e) => {
+                return Err(ReadFailure::Invalid(format!(
+                    "undecodable control frame: {e}"
+                )))
+            }
+        }
+    }
+}
+
+/// The connection's end, if it comes within [`defaults::STREAM_END_GRACE`] of the control
+/// stream ending: the relay ends both together, in either order.
+pub(super) async fn close_after_stream_end(conn: &quinn::Connection) -> Option<ConnectionError> {
+    tokio::time::timeout(defaults::STREAM_END_GRACE, conn.closed())
+        .await
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use baton_protocol::PeerId;
+
+    use super::*;
+
+    #[test]
+    fn replies_are_told_apart_from_events() {
+        assert_eq!(reply_id(&ServerMessage::Done { request_id: 7 }), Some(7));
+        assert_eq!(
+            reply_id(&ServerMessage::PeerJoined { peer: PeerId(3) }),
+            None
+        );
+    }
+}

@@ -1,0 +1,487 @@
+//! A session: one QUIC connection to the relay, bound to one allocation (and, after a host
+//! migration, to its successor: the connection moves in place).
+//!
+//! This file holds [`Session`] and its public API, called on the application's tasks. The
+//! rest, one concern a file:
+//! - `connect.rs`: connecting and binding ([`connect()`], [`retry_while_migrating`]);
+//! - `shared.rs`: the state the session shares with its tasks ([`Shared`]): member set, role,
+//!   pending requests and their ids, how the connection ended;
+//! - `dispatch.rs`: the reader and writer tasks, and what the reader does with each relay
+//!   message;
+//! - `take_over.rs`: host migration, this client's take-over as host included.
+//!
+//! ## Connecting
+//! [`connect()`] builds a fresh quinn endpoint, completes the QUIC handshake within the connect
+//! timeout, opens the control stream, sends the bind request (`CreateAllocation`, `ClaimHost`,
+//! `Join` or `Rejoin`) at once (quinn only tells the relay about a stream when data is sent on
+//! it) and reads frames until the reply carrying the bind request's id.
+//!
+//! ## Concurrency model
+//! A [`Session`] owns its background tasks in a [`JoinSet`], so all are aborted when it is
+//! dropped:
+//! - the **reader** (`dispatch.rs`) reads relay frames from the control stream. Replies
+//!   complete the pending request with the same request id; events update the member set and
+//!   the session's role and go into a bounded event queue (drop-and-count when full). It also
+//!   drives a host migration (`take_over.rs`): on `Promote` it sends `MigrateAllocation` by
+//!   itself, and on the reply it waits (bounded) for the snapshot stream before reading on, so
+//!   [`Event::HostMigrated`] comes before the [`Event::PeerRejoined`]s that follow it on the
+//!   wire. When the connection ends it records the reason once, fails every pending request
+//!   with it and ends the queue, after which [`Session::next_event`] yields the terminal
+//!   events.
+//! - the **writer** (`dispatch.rs`) owns the send half of the control stream and writes queued
+//!   request frames, so a request future dropped half-way can never leave half a frame on the
+//!   stream.
+//! - the **snapshot receiver** accepts the relay's unidirectional streams (one at a time) and
+//!   hands a delivered snapshot to the reader ([`crate::snapshot`]).
+//! - the **snapshot stager** uploads the latest snapshot staged with
+//!   [`Session::stage_snapshot`] at most once per snapshot interval while this client is host.
+//!
+//! Datagrams bypass all of them: [`Session::send_to`] and [`Session::recv`] use the quinn
+//! connection directly.
+use std::collections::VecDeque;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use baton_protocol::datagram::{self, Destination};
+use baton_protocol::{AllocationId, ClientMessage, CloseCode, ErrorCode, JoinCode, PeerId};
+use bytes::Bytes;
+use quinn::SendDatagramError;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+
+use crate::error::{check_payload, refusal};
+use crate::snapshot::UploadError;
+use crate::{defaults, DisconnectReason, Error, Event, ReconnectToken};
+
+mod connect;
+mod dispatch;
+mod shared;
+mod take_over;
+
+pub(crate) use connect::{connect, retry_while_migrating, Bound, BIND_REQUEST_ID};
+use shared::PendingGuard;
+pub(crate) use shared::{lock, Shared};
+
+/// An established connection to the relay, bound to one allocation: datagrams, events, the
+/// member set and the host role. Obtained through [`Host`](crate::Host) or
+/// [`Peer`](crate::Peer), which dereference to it.
+///
+/// The host role can move: when the host is lost the relay elects another member, whose SDK
+/// takes over by itself ([`Event::HostLost`], then [`Event::HostMigrated`]). Host operations
+/// ([`Session::kick`], [`Session::revoke_join_code`], [`Session::upload_snapshot`]) are
+/// therefore on every session and work whenever [`Session::is_host`] is true.
+///
+/// All methods take `&self`, so a session can be shared (for example in an `Arc`) and
+/// [`recv`](Session::recv) and [`next_event`](Session::next_event) can be awaited
+/// concurrently, in separate tasks or in one `tokio::select!` (both are cancel-safe).
+///
+/// Dropping a session closes its connection (as [`Session::close`] does, without waiting).
+pub struct Session {
+    shared: Arc<Shared>,
+    endpoint: quinn::Endpoint,
+    requests: mpsc::Sender<Bytes>,
+    events: tokio::sync::Mutex<EventQueue>,
+    local_peer: PeerId,
+    max_payload: usize,
+    request_timeout: Duration,
+    _tasks: JoinSet<()>,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("relay", &self.shared.conn.remote_address())
+            .field("allocation", &self.allocation())
+            .field("local_peer", &self.local_peer)
+            .field("host", &self.host())
+            .field("max_payload", &self.max_payload)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// This client's peer id in the allocation. It never changes, across host migrations too.
+    pub fn local_peer(&self) -> PeerId {
+        self.local_peer
+    }
+
+    /// The allocation this session belongs to: the one it joined, or its successor after a
+    /// host migration.
+    pub fn allocation(&self) -> AllocationId {
+        lock(&self.shared.role).allocation
+    }
+
+    /// The current host's peer id, or `None` while the host is lost and another member is
+    /// taking over.
+    pub fn host(&self) -> Option<PeerId> {
+        lock(&self.shared.role).host
+    }
+
+    /// Whether this client is the host (it created the allocation, or took over in a host
+    /// migration).
+    pub fn is_host(&self) -> bool {
+        self.shared.is_host()
+    }
+
+    /// The join code of the allocation, when this session knows it: always on the host, on a
+    /// peer that joined by code; `None` on a session that came back with
+    /// [`Peer::rejoin`](crate::Peer::rejoin). A host migration keeps the code.
+    pub fn join_code(&self) -> Option<JoinCode> {
+        lock(&self.shared.role).join_code
+    }
+
+    /// What this client needs to come back under its peer id after losing its connection
+    /// (a crash, a network change): pass it to [`Peer::rejoin`](crate::Peer::rejoin). It stays
+    /// valid across host migrations; keep it somewhere that survives the client.
+    pub fn reconnect_token(&self) -> ReconnectToken {
+        let role = lock(&self.shared.role);
+        ReconnectToken {
+            allocation: role.allocation,
+            peer: self.local_peer,
+            token: role.reconnect_token,
+        }
+    }
+
+    /// The largest datagram payload the relay carries, in bytes; larger payloads are refused
+    /// locally with [`Error::PayloadTooLarge`].
+    pub fn max_payload(&self) -> usize {
+        self.max_payload
+    }
+
+    /// The relay's address.
+    pub fn relay_addr(&self) -> SocketAddr {
+        self.shared.conn.remote_address()
+    }
+
+    /// The current members of the allocation, this client and the host included, in id
+    /// order. Kept up to date from membership events as the session reads them (independently
+    /// of whether the application reads [`Session::next_event`]).
+    pub fn members(&self) -> Vec<PeerId> {
+        lock(&self.shared.members).iter().copied().collect()
+    }
+
+    /// The current round-trip time estimate to the relay.
+    pub fn rtt(&self) -> Duration {
+        self.shared.conn.rtt()
+    }
+
+    /// Why the connection ended, or `None` while it is up.
+    pub fn disconnect_reason(&self) -> Option<DisconnectReason> {
+        self.shared
+            .conn
+            .close_reason()
+            .map(|e| self.shared.reason(&e))
+    }
+
+    /// Datagrams received from the relay that were too short to carry a header and were
+    /// skipped by [`Session::recv`].
+    pub fn malformed_datagrams(&self) -> u64 {
+        self.shared.malformed_datagrams.load(Ordering::Relaxed)
+    }
+
+    /// Events dropped because the application did not read [`Session::next_event`] and the
+    /// queue ([`defaults::EVENT_QUEUE`]) was full. [`Session::members`] stays accurate
+    /// regardless.
+    pub fn dropped_events(&self) -> u64 {
+        self.shared.dropped_events.load(Ordering::Relaxed)
+    }
+
+    /// Sends `payload` to one member of the allocation as an unreliable QUIC datagram.
+    ///
+    /// Returns once the datagram is queued; like any datagram it may be lost, and the relay
+    /// reports datagrams it dropped as [`Event::DatagramsDropped`] (for example those sent to
+    /// a host just lost).
+    ///
+    /// # Errors
+    /// [`Error::PayloadTooLarge`] if `payload` exceeds [`Session::max_payload`] (nothing is
+    /// sent), [`Error::UnknownPeer`] for the reserved broadcast id, [`Error::Disconnected`] once
+    /// the connection has ended.
+    pub fn send_to(&self, peer: PeerId, payload: &[u8]) -> Result<(), Error> {
+        if peer.0 == datagram::BROADCAST {
+            return Err(Error::UnknownPeer(peer));
+        }
+        self.send(Destination::Peer(peer), payload)
+    }
+
+    /// Sends `payload` to the current host, as [`Session::send_to`] with [`Session::host`]. After
+    /// a host migration this goes to the new host.
+    ///
+    /// # Errors
+    /// [`Error::HostMigrating`] while the host is lost and no member has taken over yet
+    /// (nothing is sent, so nothing can reach a member that is not the host); otherwise as
+    /// [`Session::send_to`].
+    pub fn send_to_host(&self, payload: &[u8]) -> Result<(), Error> {
+        let host = self.host().ok_or(Error::HostMigrating)?;
+        self.send_to(host, payload)
+    }
+
+    /// Sends `payload` to every other member of the allocation, as [`Session::send_to`] does.
+    ///
+    /// # Errors
+    /// As [`Session::send_to`].
+    pub fn broadcast(&self, payload: &[u8]) -> Result<(), Error> {
+        self.send(Destination::Broadcast, payload)
+    }
+
+    fn send(&self, destination: Destination, payload: &[u8]) -> Result<(), Error> {
+        check_payload(payload.len(), self.max_payload)?;
+        // One copy: header and payload into the buffer quinn takes ownership of.
+        let datagram = Bytes::from(datagram::encode(destination.to_u16(), payload));
+        self.shared
+            .conn
+            .send_datagram(datagram)
+            .map_err(|e| match e {
+                SendDatagramError::TooLarge => Error::PayloadTooLarge {
+                    len: payload.len(),
+                    limit: self
+                        .shared
+                        .conn
+                        .max_datagram_size()
+                        .map_or(0, |max| max.saturating_sub(datagram::HEADER_LEN)),
+                },
+                SendDatagramError::UnsupportedByPeer => {
+                    Error::Protocol("the relay does not accept QUIC datagrams".into())
+                }
+                SendDatagramError::Disabled => {
+                    Error::Config("QUIC datagrams are disabled locally".into())
+                }
+                SendDatagramError::ConnectionLost(e) => Error::Disconnected(self.shared.reason(&e)),
+            })
+    }
+
+    /// Receives the next datagram: the sender's peer id (stamped by the relay, so it cannot be
+    /// spoofed) and the payload. Datagrams too short to carry a header are skipped and counted
+    /// ([`Session::malformed_datagrams`]).
+    ///
+    /// Cancel-safe: dropping the future loses no datagram.
+    ///
+    /// # Errors
+    /// [`Error::Disconnected`] once the connection has ended.
+    pub async fn recv(&self) -> Result<(PeerId, Bytes), Error> {
+        loop {
+            let datagram = self
+                .shared
+                .conn
+                .read_datagram()
+                .await
+                .map_err(|e| Error::Disconnected(self.shared.reason(&e)))?;
+            match datagram::split(&datagram) {
+                Ok((source, _)) => {
+                    return Ok((PeerId(source), datagram.slice(datagram::HEADER_LEN..)));
+                }
+                Err(_) => {
+                    self.shared
+                        .malformed_datagrams
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(
+                        len = datagram.len(),
+                        "skipping datagram shorter than its header"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The next event, waiting for one if necessary. After the connection ends this yields the
+    /// queued events, then [`Event::HostLost`] if the host was lost and that had not been
+    /// reported yet, then [`Event::Disconnected`] exactly once, then `None` forever.
+    ///
+    /// Cancel-safe: dropping the future loses no event. Concurrent callers take turns.
+    pub async fn next_event(&self) -> Option<Event> {
+        let mut queue = self.events.lock().await;
+        if queue.terminal.is_none() {
+            if let Some(event) = queue.rx.recv().await {
+                return Some(event);
+            }
+            let reason = self.shared.final_reason();
+            let mut terminal = VecDeque::with_capacity(2);
+            if let DisconnectReason::HostLost(reason) = reason {
+                let role = lock(&self.shared.role);
+                if !role.heard_host_lost {
+                    terminal.push_back(Event::HostLost {
+                        host: role.last_host,
+                        reason,
+                        elected: None,
+                    });
+                }
+            }
+            terminal.push_back(Event::Disconnected { reason });
+            queue.terminal = Some(terminal);
+        }
+        queue.terminal.as_mut().and_then(VecDeque::pop_front)
+    }
+
+    /// (Host) Removes `peer` from the allocation; its connection is closed with
+    /// [`DisconnectReason::Kicked`] and the others see [`Event::PeerLeft`].
+    ///
+    /// # Errors
+    /// [`Error::NotHost`] unless this client is the host, [`Error::UnknownPeer`] if `peer` is
+    /// not a member, [`Error::RequestTimedOut`], [`Error::Disconnected`].
+    pub async fn kick(&self, peer: PeerId) -> Result<(), Error> {
+        self.request(|request_id| ClientMessage::Kick { request_id, peer })
+            .await
+    }
+
+    /// (Host) Revokes the join code: later joins with it fail with [`Error::CodeRevoked`].
+    /// Members already in stay.
+    ///
+    /// # Errors
+    /// [`Error::NotHost`] unless this client is the host, [`Error::RequestTimedOut`],
+    /// [`Error::Disconnected`].
+    pub async fn revoke_join_code(&self) -> Result<(), Error> {
+        self.request(|request_id| ClientMessage::RevokeCode { request_id })
+            .await?;
+        self.shared.code_revoked.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Whether the join code was revoked, by [`Session::revoke_join_code`] or by an operator
+    /// ([`Event::JoinCodeRevoked`]).
+    pub fn join_code_revoked(&self) -> bool {
+        self.shared.code_revoked.load(Ordering::Relaxed)
+    }
+
+    /// (Host) Uploads a migration snapshot now and waits until the relay stored it: the game
+    /// state a new host resumes from if this host is lost. It replaces the previous one. The
+    /// upload runs on a stream of its own, so it does not hold up datagrams.
+    ///
+    /// Returns the stored size. An empty snapshot clears the stored one. Uploads are sent one
+    /// at a time; dropping the future cancels this one (the relay keeps the previous
+    /// snapshot).
+    ///
+    /// # Errors
+    /// [`Error::NotHost`] unless this client is the host (nothing is sent),
+    /// [`Error::PayloadTooLarge`] over the relay's limit (`limit` says what it is),
+    /// [`Error::RelayFull`] when the relay's snapshot memory is spent,
+    /// [`Error::RequestTimedOut`], [`Error::Disconnected`].
+    pub async fn upload_snapshot(&self, snapshot: impl Into<Bytes>) -> Result<usize, Error> {
+        let snapshot: Bytes = snapshot.into();
+        let len = snapshot.len();
+        match self.shared.upload(snapshot, self.request_timeout).await {
+            Ok(stored) => Ok(stored),
+            Err(UploadError::Rejected {
+                code: ErrorCode::PayloadTooLarge,
+                value,
+            }) => Err(Error::PayloadTooLarge {
+                len,
+                limit: value as usize,
+            }),
+            Err(UploadError::Rejected { code, value }) => Err(refusal(code, value)),
+            Err(UploadError::Failed(e)) => Err(e),
+        }
+    }
+
+    /// Stages `snapshot` to be uploaded in the background: while this client is host, the
+    /// latest staged snapshot is uploaded at most once per
+    /// [`ClientConfig::snapshot_interval`](crate::ClientConfig::snapshot_interval), and only if
+    /// it changed. Cheap enough to call every tick. A snapshot the relay refuses is reported as
+    /// [`Event::SnapshotRejected`] and not retried until a new one is staged.
+    ///
+    /// A member that is not host may stage too: its snapshots start going up when it becomes
+    /// host.
+    pub fn stage_snapshot(&self, snapshot: impl Into<Bytes>) {
+        self.shared.uploads.stage(snapshot.into());
+    }
+
+    /// Takes over as host of `allocation` with a migration `ticket` a lobby handed out (from
+    /// the relay's `POST /v1/allocations/{id}/elect`), for lobbies that run their own
+    /// election. The SDK does this by itself when the relay elects this client (`Promote`),
+    /// so a game using the relay's election never calls it.
+    ///
+    /// Returns once this client is host of the successor allocation (after
+    /// [`Event::HostMigrated`] is queued).
+    ///
+    /// # Errors
+    /// [`Error::Unauthorized`] if the ticket is not valid for this client and this election
+    /// round, or the allocation is not migrating; [`Error::RequestTimedOut`];
+    /// [`Error::Disconnected`].
+    pub async fn take_over(&self, allocation: AllocationId, ticket: [u8; 16]) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .begin_take_over(allocation, ticket, &self.requests, Some(tx))
+            .await?;
+        // Two bounded waits: the relay's reply, then the snapshot stream (the reader waits at
+        // most the request timeout for it).
+        self.shared
+            .await_reply(rx, self.request_timeout * 2)
+            .await?
+    }
+
+    /// Leaves the allocation: closes the connection with the normal close code, then waits
+    /// briefly ([`defaults::CLOSE_WAIT`] at most) for the relay to acknowledge, so it learns at
+    /// once rather than after its idle timeout. Afterwards [`Session::recv`] fails with
+    /// [`DisconnectReason::ClosedLocally`] (unless the connection had already ended for another
+    /// reason).
+    ///
+    /// If this client is the host, the relay starts a host migration for the others.
+    pub async fn close(&self) {
+        close_normally(&self.shared.conn);
+        if tokio::time::timeout(defaults::CLOSE_WAIT, self.endpoint.wait_idle())
+            .await
+            .is_err()
+        {
+            tracing::debug!("relay did not acknowledge the close in time");
+        }
+    }
+
+    /// Sends a request and waits for its `Done` or `Refused`.
+    pub(crate) async fn request(
+        &self,
+        make: impl FnOnce(u32) -> ClientMessage,
+    ) -> Result<(), Error> {
+        let (id, reply) = self.shared.register()?;
+        // Removes the entry if this future is dropped or times out.
+        let _pending = PendingGuard {
+            shared: &self.shared,
+            id,
+        };
+        let message = make(id);
+        tracing::debug!(
+            request_id = id,
+            kind = message.type_byte(),
+            "sending request"
+        );
+        self.shared.send_request(&self.requests, message).await?;
+        self.shared.await_reply(reply, self.request_timeout).await?
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        close_normally(&self.shared.conn);
+    }
+}
+
+fn close_normally(conn: &quinn::Connection) {
+    shared::close(conn, CloseCode::Normal);
+}
+
+/// The receiving end of the event queue, and the terminal events once it has ended.
+struct EventQueue {
+    rx: mpsc::Receiver<Event>,
+    terminal: Option<VecDeque<Event>>,
+}
+
+impl EventQueue {
+    fn new(rx: mpsc::Receiver<Event>) -> Self {
+        EventQueue { rx, terminal: None }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn handles_are_send_and_sync() {
+        assert_send_sync::<Session>();
+        assert_send_sync::<crate::Host>();
+        assert_send_sync::<crate::Peer>();
+        assert_send_sync::<Error>();
+    }
+}

@@ -1,0 +1,258 @@
+//! The state a session shares with its tasks ([`Shared`], behind an `Arc`): the connection,
+//! the member set, the [`Role`] (allocation and host, which a host migration changes), the
+//! requests waiting for their reply ([`Pending`], request ids, [`PendingGuard`],
+//! [`Shared::send_request`], [`Shared::await_reply`]) and how the connection ended
+//! ([`Shared::end`], [`Shared::reason`], [`Shared::abort`]).
+//!
+//! Plain state behind `std` mutexes ([`lock`]), each held briefly and never across an
+//! `.await`; used from every task of the session and from the application's calls. Calls
+//! nothing else in the session: only `crate::error` (disconnect reasons) and, when the
+//! connection ends, [`Uploads`] ([`crate::snapshot`]).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use baton_protocol::{AllocationId, ClientMessage, CloseCode, JoinCode, PeerId};
+use bytes::Bytes;
+use quinn::{ConnectionError, VarInt};
+use tokio::sync::{mpsc, oneshot};
+
+use super::connect::BIND_REQUEST_ID;
+use super::take_over::TakeOver;
+use crate::error::disconnect_reason;
+use crate::snapshot::Uploads;
+use crate::{DisconnectReason, Error};
+
+/// What the session knows of its allocation and the host role; a host migration changes it.
+#[derive(Debug)]
+pub(crate) struct Role {
+    /// The allocation the connection is bound to.
+    pub(crate) allocation: AllocationId,
+    /// The current host, `None` while a lost host is being replaced.
+    pub(crate) host: Option<PeerId>,
+    /// The last host known (the lost one during a migration).
+    pub(super) last_host: PeerId,
+    /// The join code, when known.
+    pub(super) join_code: Option<JoinCode>,
+    /// This client's reconnect token.
+    pub(super) reconnect_token: [u8; 16],
+    /// Whether a `HostLost` was reported, so the terminal events do not repeat it.
+    pub(super) heard_host_lost: bool,
+    /// The `MigrateAllocation` in flight, if any.
+    pub(super) take_over: Option<TakeOver>,
+    /// The take-over whose snapshot stream is still expected (set when it is sent, cleared
+    /// once the snapshot arrived or the wait for it ended); delivered snapshots are tagged
+    /// with it.
+    pub(crate) awaiting_snapshot: Option<u32>,
+}
+
+impl Role {
+    pub(super) fn new(
+        allocation: AllocationId,
+        host: PeerId,
+        join_code: Option<JoinCode>,
+        reconnect_token: [u8; 16],
+    ) -> Self {
+        Role {
+            allocation,
+            host: Some(host),
+            last_host: host,
+            join_code,
+            reconnect_token,
+            heard_host_lost: false,
+            take_over: None,
+            awaiting_snapshot: None,
+        }
+    }
+}
+
+/// State shared by a session and its tasks.
+pub(crate) struct Shared {
+    pub(crate) conn: quinn::Connection,
+    pub(super) local_peer: PeerId,
+    pub(super) pending: Mutex<Pending>,
+    pub(super) members: Mutex<BTreeSet<PeerId>>,
+    pub(crate) role: Mutex<Role>,
+    pub(crate) uploads: Uploads,
+    /// Why this side closed the connection, when it was not the application's choice.
+    local_close: Mutex<Option<DisconnectReason>>,
+    pub(super) malformed_datagrams: AtomicU64,
+    pub(super) dropped_events: AtomicU64,
+    pub(super) code_revoked: AtomicBool,
+}
+
+/// Requests waiting for their reply.
+pub(super) struct Pending {
+    /// Set once, when the connection has ended.
+    ended: Option<DisconnectReason>,
+    waiting: HashMap<u32, oneshot::Sender<Result<(), Error>>>,
+    next_id: u32,
+}
+
+/// Closes `conn` with `code`, its description as the reason phrase.
+pub(super) fn close(conn: &quinn::Connection, code: CloseCode) {
+    conn.close(
+        VarInt::from_u32(code.to_u32()),
+        code.description().as_bytes(),
+    );
+}
+
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    /// The state of a session just bound to its allocation, with `members` as the member set.
+    pub(super) fn new(
+        conn: quinn::Connection,
+        local_peer: PeerId,
+        role: Role,
+        members: BTreeSet<PeerId>,
+    ) -> Self {
+        Shared {
+            conn,
+            local_peer,
+            pending: Mutex::new(Pending {
+                ended: None,
+                waiting: HashMap::new(),
+                next_id: BIND_REQUEST_ID.wrapping_add(1),
+            }),
+            members: Mutex::new(members),
+            role: Mutex::new(role),
+            uploads: Uploads::default(),
+            local_close: Mutex::new(None),
+            malformed_datagrams: AtomicU64::new(0),
+            dropped_events: AtomicU64::new(0),
+            code_revoked: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether this client holds the host role.
+    pub(crate) fn is_host(&self) -> bool {
+        lock(&self.role).host == Some(self.local_peer)
+    }
+
+    /// Why the connection ended, given quinn's error.
+    pub(crate) fn reason(&self, err: &ConnectionError) -> DisconnectReason {
+        if matches!(err, ConnectionError::LocallyClosed) {
+            if let Some(reason) = lock(&self.local_close).clone() {
+                return reason;
+            }
+        }
+        disconnect_reason(err)
+    }
+
+    /// The reason the connection ended, as best known.
+    pub(crate) fn final_reason(&self) -> DisconnectReason {
+        if let Some(reason) = lock(&self.pending).ended.clone() {
+            return reason;
+        }
+        match self.conn.close_reason() {
+            Some(e) => self.reason(&e),
+            None => DisconnectReason::ConnectionLost("the control stream stopped".into()),
+        }
+    }
+
+    /// Closes the connection because the relay broke the protocol.
+    pub(crate) fn abort(&self, detail: String) -> DisconnectReason {
+        tracing::warn!(%detail, "relay broke the protocol; closing the connection");
+        *lock(&self.local_close) = Some(DisconnectReason::InvalidRelayMessage(detail.clone()));
+        close(&self.conn, CloseCode::ProtocolViolation);
+        match self.conn.close_reason() {
+            Some(e) => self.reason(&e),
+            None => DisconnectReason::InvalidRelayMessage(detail),
+        }
+    }
+
+    /// Records the end of the connection and fails every pending request.
+    pub(super) fn end(&self, reason: DisconnectReason) {
+        let (reason, waiting) = {
+            let mut pending = lock(&self.pending);
+            let reason = pending.ended.get_or_insert(reason).clone();
+            (reason, std::mem::take(&mut pending.waiting))
+        };
+        for tx in waiting.into_values() {
+            let _ = tx.send(Err(Error::Disconnected(reason.clone())));
+        }
+        let take_over = lock(&self.role).take_over.take();
+        for tx in take_over.into_iter().flat_map(|t| t.waiters) {
+            let _ = tx.send(Err(Error::Disconnected(reason.clone())));
+        }
+        self.uploads.end(&reason);
+    }
+
+    /// A request id not in use (nor the bind request's), or [`Error::Disconnected`] once the
+    /// connection has ended.
+    pub(super) fn next_request_id(&self, pending: &mut Pending) -> Result<u32, Error> {
+        if let Some(reason) = &pending.ended {
+            return Err(Error::Disconnected(reason.clone()));
+        }
+        let take_over = lock(&self.role).take_over.as_ref().map(|t| t.request_id);
+        let mut id = pending.next_id;
+        // Skip ids still in use after a wrap-around.
+        while id == BIND_REQUEST_ID || pending.waiting.contains_key(&id) || Some(id) == take_over {
+            id = id.wrapping_add(1);
+        }
+        pending.next_id = id.wrapping_add(1);
+        Ok(id)
+    }
+
+    /// Allocates a request id and registers for its reply.
+    pub(super) fn register(&self) -> Result<(u32, oneshot::Receiver<Result<(), Error>>), Error> {
+        let mut pending = lock(&self.pending);
+        let id = self.next_request_id(&mut pending)?;
+        let (tx, rx) = oneshot::channel();
+        pending.waiting.insert(id, tx);
+        Ok((id, rx))
+    }
+
+    /// Queues `message` for the writer; [`Error::Disconnected`] once the writer has stopped.
+    pub(super) async fn send_request(
+        &self,
+        requests: &mpsc::Sender<Bytes>,
+        message: ClientMessage,
+    ) -> Result<(), Error> {
+        if requests.send(message.to_frame()).await.is_err() {
+            return Err(Error::Disconnected(self.final_reason()));
+        }
+        Ok(())
+    }
+
+    /// What `reply` brings within `timeout`: [`Error::RequestTimedOut`] after it,
+    /// [`Error::Disconnected`] if the connection ends first.
+    pub(crate) async fn await_reply<T>(
+        &self,
+        reply: oneshot::Receiver<T>,
+        timeout: Duration,
+    ) -> Result<T, Error> {
+        match tokio::time::timeout(timeout, reply).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(_)) => Err(Error::Disconnected(self.final_reason())),
+            Err(_) => Err(Error::RequestTimedOut { timeout }),
+        }
+    }
+
+    /// Completes the request `id`; replies nobody waits for (timed out, cancelled) are dropped.
+    pub(super) fn resolve(&self, id: u32, result: Result<(), Error>) {
+        match lock(&self.pending).waiting.remove(&id) {
+            Some(tx) => {
+                let _ = tx.send(result);
+            }
+            None => tracing::debug!(request_id = id, "reply to a request nobody waits for"),
+        }
+    }
+}
+
+/// Unregisters a request when its future ends, however it ends.
+pub(super) struct PendingGuard<'a> {
+    pub(super) shared: &'a Shared,
+    pub(super) id: u32,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        lock(&self.shared.pending).waiting.remove(&self.id);
+    }
+}
