@@ -1,0 +1,217 @@
+//! [`ClientMessage`]: what a client sends to the relay on its control stream, with its codec.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::frame;
+use crate::join_code::JoinCode;
+use crate::wire::Reader;
+use crate::{AllocationId, DecodeError, PeerId};
+
+use super::{code_len, decode_body, put_code, read_code};
+
+/// Messages a client sends to the relay on its control stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientMessage {
+    /// `0x01`: open an allocation with the sender as host (peer id 0).
+    CreateAllocation {
+        /// Echoed in the reply.
+        request_id: u32,
+        /// Maximum members including the host; 0 asks for the relay's default.
+        max_peers: u16,
+        /// Join code time to live in seconds; 0 asks for the relay's default.
+        code_ttl_secs: u32,
+    },
+    /// `0x02`: join the allocation a join code names.
+    Join {
+        /// Echoed in the reply.
+        request_id: u32,
+        /// The code the host shared.
+        code: JoinCode,
+    },
+    /// `0x03`: (host only) remove a peer from the allocation.
+    Kick {
+        /// Echoed in the reply.
+        request_id: u32,
+        /// The peer to remove.
+        peer: PeerId,
+    },
+    /// `0x04`: (host only) revoke the allocation's join code; later joins get `revoked`.
+    RevokeCode {
+        /// Echoed in the reply.
+        request_id: u32,
+    },
+    /// `0x05`: become the host of an allocation a lobby reserved through the relay's admin API,
+    /// proving it with the reservation's host token. Replied to with `AllocationCreated`.
+    ClaimHost {
+        /// Echoed in the reply.
+        request_id: u32,
+        /// The reserved allocation.
+        allocation: AllocationId,
+        /// The 16-byte secret the admin API returned with the reservation.
+        host_token: [u8; 16],
+    },
+    /// `0x06`: (the elected peer, after `Promote`) open the successor of a migrating
+    /// allocation as its new host. Replied to with `AllocationCreated` for the new allocation.
+    MigrateAllocation {
+        /// Echoed in the reply.
+        request_id: u32,
+        /// The allocation being migrated (the one named in `Promote`).
+        allocation: AllocationId,
+        /// The ticket from `Promote`.
+        ticket: [u8; 16],
+    },
+    /// `0x07`: rejoin an allocation (or its successor after a migration) under a peer id held
+    /// before, proving it with the reconnect token issued with that id. Replied to with
+    /// `Joined`.
+    Rejoin {
+        /// Echoed in the reply.
+        request_id: u32,
+        /// The allocation last known to the client; the relay follows migrations from it.
+        allocation: AllocationId,
+        /// The peer id to take back.
+        peer: PeerId,
+        /// The reconnect token from `AllocationCreated` or `Joined`.
+        reconnect_token: [u8; 16],
+    },
+}
+
+impl ClientMessage {
+    /// The message type byte.
+    pub fn type_byte(&self) -> u8 {
+        match self {
+            ClientMessage::CreateAllocation { .. } => 0x01,
+            ClientMessage::Join { .. } => 0x02,
+            ClientMessage::Kick { .. } => 0x03,
+            ClientMessage::RevokeCode { .. } => 0x04,
+            ClientMessage::ClaimHost { .. } => 0x05,
+            ClientMessage::MigrateAllocation { .. } => 0x06,
+            ClientMessage::Rejoin { .. } => 0x07,
+        }
+    }
+
+    /// The request id the message carries.
+    pub fn request_id(&self) -> u32 {
+        match self {
+            ClientMessage::CreateAllocation { request_id, .. }
+            | ClientMessage::Join { request_id, .. }
+            | ClientMessage::Kick { request_id, .. }
+            | ClientMessage::RevokeCode { request_id }
+            | ClientMessage::ClaimHost { request_id, .. }
+            | ClientMessage::MigrateAllocation { request_id, .. }
+            | ClientMessage::Rejoin { request_id, .. } => *request_id,
+        }
+    }
+
+    /// Length of type byte + body.
+    pub fn encoded_len(&self) -> usize {
+        1 + match self {
+            ClientMessage::CreateAllocation { .. } => 4 + 2 + 4,
+            ClientMessage::Join { code, .. } => 4 + code_len(code),
+            ClientMessage::Kick { .. } => 4 + 2,
+            ClientMessage::RevokeCode { .. } => 4,
+            ClientMessage::ClaimHost { .. } => 4 + 8 + 16,
+            ClientMessage::MigrateAllocation { .. } => 4 + 8 + 16,
+            ClientMessage::Rejoin { .. } => 4 + 8 + 2 + 16,
+        }
+    }
+
+    /// Writes type byte + body (no length prefix).
+    pub fn write_to(&self, buf: &mut impl BufMut) {
+        buf.put_u8(self.type_byte());
+        buf.put_u32(self.request_id());
+        match self {
+            ClientMessage::CreateAllocation {
+                max_peers,
+                code_ttl_secs,
+                ..
+            } => {
+                buf.put_u16(*max_peers);
+                buf.put_u32(*code_ttl_secs);
+            }
+            ClientMessage::Join { code, .. } => put_code(buf, code),
+            ClientMessage::Kick { peer, .. } => buf.put_u16(peer.0),
+            ClientMessage::RevokeCode { .. } => {}
+            ClientMessage::ClaimHost {
+                allocation,
+                host_token,
+                ..
+            } => {
+                buf.put_u64(allocation.0);
+                buf.put_slice(host_token);
+            }
+            ClientMessage::MigrateAllocation {
+                allocation, ticket, ..
+            } => {
+                buf.put_u64(allocation.0);
+                buf.put_slice(ticket);
+            }
+            ClientMessage::Rejoin {
+                allocation,
+                peer,
+                reconnect_token,
+                ..
+            } => {
+                buf.put_u64(allocation.0);
+                buf.put_u16(peer.0);
+                buf.put_slice(reconnect_token);
+            }
+        }
+    }
+
+    /// Appends the complete frame (length prefix + type + body) to `out`.
+    pub fn encode_frame(&self, out: &mut BytesMut) {
+        frame::encode(out, self.encoded_len(), |b| self.write_to(b));
+    }
+
+    /// The complete frame as bytes.
+    pub fn to_frame(&self) -> Bytes {
+        frame::encode_to_bytes(self.encoded_len(), |b| self.write_to(b))
+    }
+
+    /// Decodes a frame body (type byte + body, without the length prefix).
+    pub fn decode(frame: &[u8]) -> Result<Self, DecodeError> {
+        decode_body(frame, Self::read_body)
+    }
+
+    /// Reads the body of a message of type `ty`.
+    fn read_body(ty: u8, r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        if !(0x01..=0x07).contains(&ty) {
+            return Err(DecodeError::UnknownType(ty));
+        }
+        let request_id = r.u32()?;
+        let msg = match ty {
+            0x01 => ClientMessage::CreateAllocation {
+                request_id,
+                max_peers: r.u16()?,
+                code_ttl_secs: r.u32()?,
+            },
+            0x02 => ClientMessage::Join {
+                request_id,
+                code: read_code(r)?,
+            },
+            0x03 => ClientMessage::Kick {
+                request_id,
+                peer: PeerId(r.u16()?),
+            },
+            0x04 => ClientMessage::RevokeCode { request_id },
+            0x05 => ClientMessage::ClaimHost {
+                request_id,
+                allocation: AllocationId(r.u64()?),
+                host_token: r.array()?,
+            },
+            0x06 => ClientMessage::MigrateAllocation {
+                request_id,
+                allocation: AllocationId(r.u64()?),
+                ticket: r.array()?,
+            },
+            _ => ClientMessage::Rejoin {
+                request_id,
+                allocation: AllocationId(r.u64()?),
+                peer: PeerId(r.u16()?),
+                reconnect_token: r.array()?,
+            },
+        };
+        Ok(msg)
+    }
+}

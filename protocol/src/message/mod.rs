@@ -1,0 +1,56 @@
+//! Control messages. Client → relay messages carry a `request_id` chosen by the client; the
+//! relay echoes it in the reply (`AllocationCreated`, `Joined`, `Done` or `Refused`) so replies
+//! can be matched to requests. Relay → client events carry no request id.
+//!
+//! All integers are big-endian. A join code is `len: u8` followed by `len` ASCII characters.
+//!
+//! One file a direction: `client.rs` holds [`ClientMessage`] (client → relay), `server.rs` holds
+//! [`ServerMessage`] (relay → client); this module holds the field codecs both share.
+
+use bytes::BufMut;
+
+use crate::join_code::{self, JoinCode};
+use crate::wire::Reader;
+use crate::DecodeError;
+
+mod client;
+mod server;
+
+pub use client::ClientMessage;
+pub use server::ServerMessage;
+
+pub(crate) fn code_len(code: &JoinCode) -> usize {
+    1 + code.len()
+}
+
+pub(crate) fn put_code(buf: &mut impl BufMut, code: &JoinCode) {
+    buf.put_u8(code.len() as u8);
+    buf.put_slice(code.as_bytes());
+}
+
+pub(crate) fn read_code(r: &mut Reader<'_>) -> Result<JoinCode, DecodeError> {
+    let len = usize::from(r.u8()?);
+    if !(join_code::MIN_LEN..=join_code::MAX_LEN).contains(&len) {
+        return Err(DecodeError::InvalidField {
+            field: "code",
+            reason: "length out of range",
+        });
+    }
+    JoinCode::from_bytes(r.bytes(len)?).map_err(|_| DecodeError::InvalidField {
+        field: "code",
+        reason: "character outside the join-code alphabet",
+    })
+}
+
+/// Decodes a frame body: its type byte, then what `read_body` reads for that type, and nothing
+/// after it.
+pub(crate) fn decode_body<T>(
+    frame: &[u8],
+    read_body: impl FnOnce(u8, &mut Reader<'_>) -> Result<T, DecodeError>,
+) -> Result<T, DecodeError> {
+    let mut r = Reader::new(frame);
+    let ty = r.u8().map_err(|_| DecodeError::Empty)?;
+    let msg = read_body(ty, &mut r)?;
+    r.finish()?;
+    Ok(msg)
+}
