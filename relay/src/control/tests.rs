@@ -2,6 +2,11 @@
 //! clock, so the 10 s keepalive, the 10 s bind window, code expiry and the 60 s host bind
 //! window are tested in microseconds and deterministically.
 
+use std::net::SocketAddr;
+
+use baton_protocol::{LeaveReason, PeerId};
+use bytes::Bytes;
+
 use super::*;
 
 const HOST: ConnId = 1;
@@ -855,7 +860,7 @@ fn a_silent_peer_is_reported_to_the_others_as_timed_out() {
 #[test]
 fn keepalive_default_is_ten_seconds() {
     // The rule itself is enforced as the QUIC idle timeout the driver derives from this value
-    // (see `server::transport_config`); the control plane reports who timed out.
+    // (see `crate::transport_config`); the control plane reports who timed out.
     let h = Harness::new();
     assert_eq!(h.cp.keepalive_timeout(), Duration::from_secs(10));
 }
