@@ -1,0 +1,313 @@
+//! Allocations: the `Allocation` state (its `Member`s, its `HostSlot`, its code and limits),
+//! opening one (`CreateAllocation`, or a lobby reservation through the admin API), binding
+//! its host (`bind_host`, also for `ClaimHost`), and closing it (`close_allocation`, the one
+//! place an allocation's members, code and routing table are released).
+//!
+//! Calls `codes` for a fresh code and its tombstone, `membership` to seat the host, `tokens`
+//! for the host's reconnect token. Runs wherever the [`ControlPlane`] is called: on the
+//! control task, with `now` passed in.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use baton_protocol::{
+    AllocationId, CloseCode, ErrorCode, JoinCode, LeaveReason, PeerId, ServerMessage,
+};
+use bytes::Bytes;
+
+use super::codes::{CodeEntry, CodeState};
+use super::migration::Migration;
+use super::timers::Timer;
+use super::{CloseReason, ConnId, ControlPlane, Event, JoinedVia, Output};
+use crate::crypto;
+
+/// Who hosts an allocation, or what it waits for to have a host again.
+#[derive(Debug)]
+pub(super) enum HostSlot {
+    /// This member hosts.
+    Bound(PeerId),
+    /// A lobby reserved the allocation; the host must claim it with the token before the
+    /// deadline.
+    Awaiting { token: [u8; 16], deadline: Instant },
+    /// The host was lost; `elected` must open the successor allocation before `deadline`.
+    Migrating(Migration),
+}
+
+/// One member of an allocation (the host too, as peer 0).
+#[derive(Debug)]
+pub(super) struct Member {
+    pub(super) conn: ConnId,
+    pub(super) joined: Instant,
+    /// Join order across the relay, the election's tie-breaker.
+    pub(super) seq: u64,
+    /// Latest RTT sample, the election's first criterion.
+    pub(super) rtt: Option<Duration>,
+}
+
+/// One allocation: a game session the relay forwards for.
+#[derive(Debug)]
+pub(super) struct Allocation {
+    /// The first allocation of a migration chain; reconnect tokens are bound to it, so they
+    /// survive migrations.
+    pub(super) lineage: AllocationId,
+    /// The latest migration snapshot the host uploaded.
+    pub(super) snapshot: Option<Bytes>,
+    pub(super) code: JoinCode,
+    pub(super) code_state: CodeState,
+    pub(super) code_expires: Instant,
+    pub(super) max_peers: u16,
+    pub(super) host: HostSlot,
+    pub(super) members: BTreeMap<PeerId, Member>,
+    pub(super) next_peer: u16,
+    pub(super) created: Instant,
+}
+
+impl Allocation {
+    /// The hosting member, if one is bound.
+    pub(super) fn host_peer(&self) -> Option<PeerId> {
+        match self.host {
+            HostSlot::Bound(peer) => Some(peer),
+            _ => None,
+        }
+    }
+
+    /// Seats taken, counting a reserved host seat.
+    fn seats_taken(&self) -> usize {
+        self.members.len() + usize::from(matches!(self.host, HostSlot::Awaiting { .. }))
+    }
+
+    /// Whether every seat is taken.
+    pub(super) fn is_full(&self) -> bool {
+        self.seats_taken() >= usize::from(self.max_peers)
+    }
+
+    /// The lowest free peer id at or after `next_peer`, wrapping within 1..0xFFFF.
+    pub(super) fn assign_peer_id(&mut self) -> Option<PeerId> {
+        let span = u32::from(baton_protocol::datagram::BROADCAST) - 1;
+        for _ in 0..span {
+            let candidate = PeerId(self.next_peer);
+            self.next_peer = if self.next_peer >= baton_protocol::datagram::BROADCAST - 1 {
+                1
+            } else {
+                self.next_peer + 1
+            };
+            if !self.members.contains_key(&candidate) {
+                return Some(candidate);
+            }
+        }
+        None
+    }
+
+    /// Every member with its connection, sorted by peer id: the routing table.
+    pub(super) fn route(&self) -> Vec<(PeerId, ConnId)> {
+        self.members.iter().map(|(p, m)| (*p, m.conn)).collect()
+    }
+}
+
+impl ControlPlane {
+    /// Whether `peer` hosts allocation `id`.
+    pub(super) fn is_host(&self, id: AllocationId, peer: PeerId) -> bool {
+        self.allocations
+            .get(&id)
+            .is_some_and(|a| a.host_peer() == Some(peer))
+    }
+
+    pub(super) fn create(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        request_id: u32,
+        max_peers: u16,
+        ttl: u32,
+    ) {
+        if self.allocations.len() >= self.max_allocations {
+            let max = u32::try_from(self.max_allocations).unwrap_or(u32::MAX);
+            self.refuse(conn, request_id, ErrorCode::RelayFull, max);
+            return;
+        }
+        let (id, _) = self.open_allocation(now, max_peers, ttl, HostSlot::Bound(PeerId::HOST));
+        self.bind_host(now, conn, request_id, id);
+    }
+
+    pub(super) fn claim_host(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        request_id: u32,
+        id: AllocationId,
+        token: [u8; 16],
+    ) {
+        let valid = match self.allocations.get(&id) {
+            Some(Allocation {
+                host: HostSlot::Awaiting { token: want, .. },
+                ..
+            }) => crypto::constant_time_eq(want, &token),
+            _ => false,
+        };
+        if !valid {
+            // Wrong token, unknown allocation and already-claimed look alike on purpose.
+            self.refuse(conn, request_id, ErrorCode::Unauthorized, 0);
+            return;
+        }
+        self.bind_host(now, conn, request_id, id);
+    }
+
+    /// The `AllocationCreated` reply telling `host` it now hosts allocation `id`.
+    pub(super) fn created_reply(
+        &self,
+        now: Instant,
+        request_id: u32,
+        id: AllocationId,
+        alloc: &Allocation,
+        host: PeerId,
+    ) -> ServerMessage {
+        let ttl = alloc.code_expires.saturating_duration_since(now).as_secs();
+        ServerMessage::AllocationCreated {
+            request_id,
+            allocation: id,
+            code: alloc.code,
+            code_ttl_secs: u32::try_from(ttl).unwrap_or(u32::MAX),
+            max_peers: alloc.max_peers,
+            max_payload: self.max_payload,
+            reconnect_token: self.reconnect_token(alloc.lineage, host),
+        }
+    }
+
+    /// Makes `conn` the host (peer 0) of `id` and tells everyone.
+    pub(super) fn bind_host(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        request_id: u32,
+        id: AllocationId,
+    ) {
+        let others: Vec<(PeerId, ConnId)> = match self.allocations.get_mut(&id) {
+            Some(alloc) => {
+                alloc.host = HostSlot::Bound(PeerId::HOST);
+                alloc.route()
+            }
+            None => return,
+        };
+        // Routing first: a member told about the host may send to it at once.
+        self.add_member(now, conn, id, PeerId::HOST, JoinedVia::Host);
+        let Some(alloc) = self.allocations.get(&id) else {
+            return;
+        };
+        let reply = self.created_reply(now, request_id, id, alloc, PeerId::HOST);
+        self.send(conn, reply);
+        for (peer, other) in others {
+            // A host claiming a reservation learns who is already there.
+            self.send(conn, ServerMessage::PeerJoined { peer });
+            self.send(other, ServerMessage::PeerJoined { peer: PeerId::HOST });
+        }
+    }
+
+    /// An allocation id no live allocation has.
+    pub(super) fn fresh_allocation_id(&mut self) -> AllocationId {
+        loop {
+            let id = AllocationId::random(&mut self.rng);
+            if !self.allocations.contains_key(&id) {
+                break id;
+            }
+        }
+    }
+
+    /// Creates an allocation with a fresh id and code and schedules its code expiry.
+    pub(super) fn open_allocation(
+        &mut self,
+        now: Instant,
+        max_peers: u16,
+        ttl_secs: u32,
+        host: HostSlot,
+    ) -> (AllocationId, JoinCode) {
+        let max_peers = match max_peers {
+            0 => self.max_peers,
+            n => n.clamp(2, self.max_peers),
+        };
+        let ttl = match ttl_secs {
+            0 => self.code_ttl,
+            n => Duration::from_secs(u64::from(n)).min(self.code_ttl),
+        };
+        let id = self.fresh_allocation_id();
+        let code = self.fresh_code();
+        let code_expires = now + ttl;
+        self.allocations.insert(
+            id,
+            Allocation {
+                lineage: id,
+                snapshot: None,
+                code,
+                code_state: CodeState::Active,
+                code_expires,
+                max_peers,
+                host,
+                members: BTreeMap::new(),
+                next_peer: 1,
+                created: now,
+            },
+        );
+        self.codes.insert(code, CodeEntry::Live(id));
+        self.schedule(code_expires, Timer::CodeExpiry(id));
+        self.outputs
+            .push_back(Output::Event(Event::AllocationCreated {
+                allocation: id,
+                code,
+            }));
+        (id, code)
+    }
+
+    /// [`Timer::HostBind`]: a reserved allocation whose host has not bound by its deadline
+    /// closes.
+    pub(super) fn host_bind_deadline(&mut self, now: Instant, id: AllocationId) {
+        let due = matches!(
+            self.allocations.get(&id),
+            Some(Allocation { host: HostSlot::Awaiting { deadline, .. }, .. }) if *deadline <= now
+        );
+        if due {
+            self.close_allocation(now, id, CloseReason::HostNeverBound);
+        }
+    }
+
+    /// Closes an allocation: every remaining member is closed, its code is tombstoned and its
+    /// routing table dropped.
+    pub(super) fn close_allocation(&mut self, now: Instant, id: AllocationId, reason: CloseReason) {
+        let Some(alloc) = self.allocations.remove(&id) else {
+            return;
+        };
+        self.snapshot_bytes -= alloc.snapshot.as_ref().map_or(0, Bytes::len);
+        let code = match (reason, &alloc.host) {
+            (CloseReason::HostLost(r), _) => CloseCode::HostLost(r),
+            (CloseReason::MigrationFailed, HostSlot::Migrating(m)) => CloseCode::HostLost(m.reason),
+            (CloseReason::Shutdown, _) => CloseCode::RelayShuttingDown,
+            _ => CloseCode::AllocationClosed,
+        };
+        let leave = match reason {
+            CloseReason::Shutdown => LeaveReason::RelayShuttingDown,
+            _ => LeaveReason::Kicked,
+        };
+        for (peer, member) in &alloc.members {
+            self.conns.remove(&member.conn);
+            self.outputs.push_back(Output::Close {
+                conn: member.conn,
+                code,
+            });
+            self.outputs.push_back(Output::Event(Event::PeerLeft {
+                allocation: id,
+                peer: *peer,
+                reason: leave,
+            }));
+        }
+        if self.code_is_live_for(alloc.code, id) {
+            self.tombstone(now, alloc.code, ErrorCode::Closed);
+        }
+        self.outputs.push_back(Output::Route {
+            allocation: id,
+            members: Vec::new(),
+        });
+        self.outputs
+            .push_back(Output::Event(Event::AllocationClosed {
+                allocation: id,
+                reason,
+            }));
+    }
+}

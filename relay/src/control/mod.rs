@@ -1,0 +1,313 @@
+//! The control plane: allocations, membership, join codes, deadlines and rate limits, as a
+//! sans-IO state machine.
+//!
+//! [`ControlPlane`] never reads a clock, a socket or a global RNG. The driver feeds it
+//! [`Input`]s with the current time, calls [`ControlPlane::handle_timeout`] when
+//! [`ControlPlane::poll_timeout`] says so, and drains [`ControlPlane::poll_output`] after each
+//! call, the same call order as `quinn_proto::Connection`:
+//!
+//! ```text
+//! loop {
+//!     handle(now, input) | handle_timeout(now) | admin call(now, ..)
+//!     while let Some(output) = poll_output() { act on it }
+//!     sleep until poll_timeout()
+//! }
+//! ```
+//!
+//! Randomness (allocation ids, join codes, host tokens) comes from a seeded RNG the state
+//! machine owns, so a test with a fixed seed replays exactly.
+//!
+//! The data plane is not in here: forwarding reads routing tables the driver builds from
+//! [`Output::Route`], without touching this state machine.
+//!
+//! This file holds the [`ControlPlane`] itself, its entry points and the request dispatch;
+//! each concern is one `impl ControlPlane` block in a file of its own:
+//!
+//! - `types`: the public [`Input`], [`Output`], [`Event`] and admin types, re-exported here;
+//! - `allocation`: the `Allocation`, `Member` and `HostSlot` state, opening, binding the host,
+//!   closing;
+//! - `membership`: which connection is which member (`Conn`), join, rejoin, kick, disconnect;
+//! - `codes`: join codes, their expiry, revocation and tombstones;
+//! - `migration`: host loss, elections, `migrate` to the successor, snapshots;
+//! - `timers`: the `Timer` queue behind [`ControlPlane::poll_timeout`];
+//! - `ratelimit`: the per-IP `Bucket`s of failed joins;
+//! - `tokens`: reconnect tokens and migration tickets (HMACs under the relay's secret);
+//! - `admin`: the calls the admin API makes ([`ControlPlane::reserve_allocation`],
+//!   [`ControlPlane::elect_host`], ...).
+//!
+//! None of it runs on a thread of its own: the control task (`driver/control_task.rs`) owns
+//! the one `ControlPlane` and calls it with `now`; tests call it with a simulated clock.
+
+mod admin;
+mod allocation;
+mod codes;
+mod membership;
+mod migration;
+mod ratelimit;
+mod timers;
+mod tokens;
+mod types;
+
+pub use types::{
+    AdminError, AllocationInfo, CloseReason, ConnId, ElectedBy, Event, Input, JoinedVia,
+    MemberInfo, Output, Promotion, Reservation,
+};
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use baton_protocol::{AllocationId, ClientMessage, CloseCode, ErrorCode, JoinCode, ServerMessage};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::{defaults, RelayConfig};
+use allocation::Allocation;
+use codes::CodeEntry;
+use membership::{Conn, ConnState};
+use ratelimit::{Bucket, SWEEP_INTERVAL};
+use timers::Timer;
+
+/// The relay's control plane. See the module docs for the call order.
+#[derive(Debug)]
+pub struct ControlPlane {
+    keepalive_timeout: Duration,
+    bind_timeout: Duration,
+    host_bind_timeout: Duration,
+    max_peers: u16,
+    max_allocations: usize,
+    max_payload: u16,
+    code_len: usize,
+    code_ttl: Duration,
+    tombstone_ttl: Duration,
+    join_burst: u32,
+    join_refill: Duration,
+    migration_timeout: Duration,
+    lobby_election_window: Duration,
+    max_snapshot: usize,
+    snapshot_budget: usize,
+    snapshot_bytes: usize,
+    /// Key for reconnect tokens and migration tickets.
+    secret: [u8; 32],
+    next_seq: u64,
+    /// Migrated allocations' successors, kept for a while so `Rejoin` can follow them.
+    successors: HashMap<AllocationId, AllocationId>,
+
+    rng: StdRng,
+    conns: HashMap<ConnId, Conn>,
+    allocations: HashMap<AllocationId, Allocation>,
+    codes: HashMap<JoinCode, CodeEntry>,
+    join_buckets: HashMap<IpAddr, Bucket>,
+    timers: BinaryHeap<Reverse<(Instant, Timer)>>,
+    outputs: VecDeque<Output>,
+    shutting_down: bool,
+}
+
+impl ControlPlane {
+    /// A control plane for `config`, with its RNG seeded from `seed` and the rate-limit sweep
+    /// scheduled from `now`.
+    pub fn new(config: &RelayConfig, seed: u64, now: Instant) -> Self {
+        let mut cp = ControlPlane {
+            keepalive_timeout: config.keepalive_timeout(),
+            bind_timeout: config.bind_timeout(),
+            host_bind_timeout: config.host_bind_timeout(),
+            max_peers: config.max_peers_per_allocation(),
+            max_allocations: config.max_allocations(),
+            max_payload: u16::try_from(config.max_datagram_payload()).unwrap_or(u16::MAX),
+            code_len: config.join_code_len(),
+            code_ttl: config.join_code_ttl(),
+            tombstone_ttl: defaults::CODE_TOMBSTONE_TTL,
+            join_burst: defaults::JOIN_FAILURE_BURST,
+            join_refill: defaults::JOIN_FAILURE_REFILL,
+            migration_timeout: config.migration_timeout(),
+            lobby_election_window: config.lobby_election_window(),
+            max_snapshot: config.max_snapshot(),
+            snapshot_budget: config.snapshot_budget(),
+            snapshot_bytes: 0,
+            secret: [0; 32],
+            next_seq: 0,
+            successors: HashMap::new(),
+            rng: StdRng::seed_from_u64(seed),
+            conns: HashMap::new(),
+            allocations: HashMap::new(),
+            codes: HashMap::new(),
+            join_buckets: HashMap::new(),
+            timers: BinaryHeap::new(),
+            outputs: VecDeque::new(),
+            shutting_down: false,
+        };
+        cp.secret = cp.rng.gen();
+        cp.schedule(now + SWEEP_INTERVAL, Timer::SweepRateLimits);
+        cp
+    }
+
+    /// The keepalive timeout this control plane was configured with; the driver applies it as
+    /// the QUIC idle timeout.
+    pub fn keepalive_timeout(&self) -> Duration {
+        self.keepalive_timeout
+    }
+
+    /// Number of live allocations.
+    pub fn allocation_count(&self) -> usize {
+        self.allocations.len()
+    }
+
+    /// Number of connections known (bound or not).
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// The next output to act on.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When [`Self::handle_timeout`] should next be called. May be early (a stale timer),
+    /// never late.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// Bytes of snapshots held.
+    pub fn snapshot_bytes(&self) -> usize {
+        self.snapshot_bytes
+    }
+
+    /// Processes one input.
+    pub fn handle(&mut self, now: Instant, input: Input) {
+        match input {
+            Input::Connected { conn, addr } => self.connect(now, conn, addr),
+            Input::Request { conn, msg } => self.handle_request(now, conn, msg),
+            Input::Rtt { conn, rtt } => self.record_rtt(conn, rtt),
+            Input::Snapshot { conn, data } => self.store_snapshot(conn, data),
+            Input::Disconnected { conn, reason } => self.handle_disconnect(now, conn, reason),
+        }
+    }
+
+    /// Fires every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(timer) = self.pop_due(now) {
+            self.fire(now, timer);
+        }
+    }
+
+    /// Starts a graceful shutdown: every allocation closes, every connection is closed with
+    /// [`CloseCode::RelayShuttingDown`], and new connections and requests are refused.
+    pub fn shutdown(&mut self, now: Instant) {
+        self.shutting_down = true;
+        let ids: Vec<AllocationId> = self.allocations.keys().copied().collect();
+        for id in ids {
+            self.close_allocation(now, id, CloseReason::Shutdown);
+        }
+        for (conn, _) in self.conns.drain() {
+            self.outputs.push_back(Output::Close {
+                conn,
+                code: CloseCode::RelayShuttingDown,
+            });
+        }
+    }
+
+    fn send(&mut self, conn: ConnId, msg: ServerMessage) {
+        self.outputs.push_back(Output::Send { conn, msg });
+    }
+
+    fn refuse(&mut self, conn: ConnId, request_id: u32, code: ErrorCode, value: u32) {
+        self.send(
+            conn,
+            ServerMessage::Refused {
+                request_id,
+                code,
+                value,
+            },
+        );
+        self.outputs
+            .push_back(Output::Event(Event::Refused { code }));
+    }
+
+    fn handle_request(&mut self, now: Instant, conn: ConnId, msg: ClientMessage) {
+        let Some(state) = self.conns.get(&conn).map(|c| &c.state) else {
+            // A request racing the connection's own removal (kicked, allocation closed).
+            return;
+        };
+        let bound = match state {
+            ConnState::Unbound { .. } => None,
+            ConnState::Member { allocation, peer } => Some((*allocation, *peer)),
+        };
+        let request_id = msg.request_id();
+        if self.shutting_down {
+            self.refuse(conn, request_id, ErrorCode::ShuttingDown, 0);
+            return;
+        }
+        match (msg, bound) {
+            (ClientMessage::CreateAllocation { .. }, Some(_))
+            | (ClientMessage::Join { .. }, Some(_))
+            | (ClientMessage::ClaimHost { .. }, Some(_)) => {
+                self.refuse(conn, request_id, ErrorCode::AlreadyBound, 0);
+            }
+            (ClientMessage::Kick { .. }, None) | (ClientMessage::RevokeCode { .. }, None) => {
+                self.refuse(conn, request_id, ErrorCode::NotBound, 0);
+            }
+            (
+                ClientMessage::CreateAllocation {
+                    max_peers,
+                    code_ttl_secs,
+                    ..
+                },
+                None,
+            ) => self.create(now, conn, request_id, max_peers, code_ttl_secs),
+            (ClientMessage::Join { code, .. }, None) => self.join(now, conn, request_id, code),
+            (
+                ClientMessage::ClaimHost {
+                    allocation,
+                    host_token,
+                    ..
+                },
+                None,
+            ) => self.claim_host(now, conn, request_id, allocation, host_token),
+            (
+                ClientMessage::MigrateAllocation {
+                    allocation, ticket, ..
+                },
+                Some(bound),
+            ) => self.migrate(now, conn, request_id, bound, allocation, ticket),
+            (ClientMessage::MigrateAllocation { .. }, None) => {
+                self.refuse(conn, request_id, ErrorCode::NotBound, 0);
+            }
+            (
+                ClientMessage::Rejoin {
+                    allocation,
+                    peer,
+                    reconnect_token,
+                    ..
+                },
+                None,
+            ) => self.rejoin(now, conn, request_id, allocation, peer, reconnect_token),
+            (ClientMessage::Rejoin { .. }, Some(_)) => {
+                self.refuse(conn, request_id, ErrorCode::AlreadyBound, 0);
+            }
+            (ClientMessage::Kick { peer, .. }, Some((id, me))) => {
+                self.kick(now, conn, request_id, id, me, peer)
+            }
+            (ClientMessage::RevokeCode { .. }, Some((id, me))) => {
+                if self.is_host(id, me) {
+                    self.revoke(now, id);
+                    self.send(conn, ServerMessage::Done { request_id });
+                } else {
+                    self.refuse(conn, request_id, ErrorCode::NotHost, 0);
+                }
+            }
+            // Messages added to the protocol later are refused, not ignored.
+            (_, _) => self.refuse(conn, request_id, ErrorCode::InvalidRequest, 0),
+        }
+    }
+}
+
+/// Milliseconds from `now` until `at`, at least 1: the retry hint of a refusal.
+fn millis_until(now: Instant, at: Instant) -> u32 {
+    let ms = at.saturating_duration_since(now).as_millis();
+    u32::try_from(ms).unwrap_or(u32::MAX).max(1)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,327 @@
+//! The control plane's public vocabulary: what goes in ([`Input`]), what comes out
+//! ([`Output`], [`Event`]), and what the admin calls take and return ([`Reservation`],
+//! [`AllocationInfo`], [`Promotion`], [`AdminError`]). Re-exported from [`control`](super),
+//! so `baton_relay::control::Input` and the rest keep their paths.
+//!
+//! Plain data: no state, no time, nothing runs here.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use baton_protocol::{
+    AllocationId, ClientMessage, CloseCode, ErrorCode, JoinCode, LeaveReason, PeerId, ServerMessage,
+};
+use bytes::Bytes;
+use serde::Serialize;
+
+/// The driver's handle for one QUIC connection.
+pub type ConnId = u64;
+
+/// Something that happened, fed to [`ControlPlane::handle`](super::ControlPlane::handle).
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// A QUIC handshake completed.
+    Connected {
+        /// The connection.
+        conn: ConnId,
+        /// Its remote address (rate limits are per IP).
+        addr: SocketAddr,
+    },
+    /// A control message arrived from a connection.
+    Request {
+        /// The sender.
+        conn: ConnId,
+        /// The message.
+        msg: ClientMessage,
+    },
+    /// A round-trip-time sample for a connection (used to elect the best-placed next host).
+    Rtt {
+        /// The connection.
+        conn: ConnId,
+        /// Its smoothed RTT to the relay.
+        rtt: Duration,
+    },
+    /// A host uploaded a migration snapshot (already bounded to the size limit by the
+    /// driver).
+    Snapshot {
+        /// The uploader.
+        conn: ConnId,
+        /// The snapshot's bytes.
+        data: Bytes,
+    },
+    /// A connection ended. Reported once per connection; a connection the control plane has
+    /// already let go (kicked, closed with its allocation) is ignored.
+    Disconnected {
+        /// The connection.
+        conn: ConnId,
+        /// Why, as seen by the transport.
+        reason: LeaveReason,
+    },
+}
+
+/// Something the driver must do, drained with
+/// [`ControlPlane::poll_output`](super::ControlPlane::poll_output).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Send a control message to a connection.
+    Send {
+        /// The recipient.
+        conn: ConnId,
+        /// The message.
+        msg: ServerMessage,
+    },
+    /// Close a connection. The control plane has already forgotten it.
+    Close {
+        /// The connection.
+        conn: ConnId,
+        /// The close code to send.
+        code: CloseCode,
+    },
+    /// A connection became `peer` of `allocation`: point its datagram routing at that
+    /// allocation's table.
+    Bound {
+        /// The connection.
+        conn: ConnId,
+        /// Its allocation.
+        allocation: AllocationId,
+        /// Its peer id there.
+        peer: PeerId,
+    },
+    /// An allocation's membership changed: its routing table is now exactly `members`. An
+    /// empty list means the allocation is gone and its table can be dropped.
+    Route {
+        /// The allocation.
+        allocation: AllocationId,
+        /// Every member with its connection, sorted by peer id.
+        members: Vec<(PeerId, ConnId)>,
+    },
+    /// Send the allocation's latest migration snapshot to its new host (on a stream of its
+    /// own, so it does not hold up datagrams or control messages).
+    DeliverSnapshot {
+        /// The new host.
+        conn: ConnId,
+        /// The snapshot.
+        data: Bytes,
+    },
+    /// A lifecycle event, for logs, metrics and lobby hooks.
+    Event(Event),
+}
+
+/// Lifecycle events. Each happens exactly once per occurrence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// An allocation was opened by a host or reserved by a lobby.
+    AllocationCreated {
+        /// The allocation.
+        allocation: AllocationId,
+        /// Its join code.
+        code: JoinCode,
+    },
+    /// A member joined (the host binding counts, as peer 0).
+    PeerJoined {
+        /// The allocation.
+        allocation: AllocationId,
+        /// The member.
+        peer: PeerId,
+        /// How it came in.
+        via: JoinedVia,
+    },
+    /// A member left.
+    PeerLeft {
+        /// The allocation.
+        allocation: AllocationId,
+        /// The member.
+        peer: PeerId,
+        /// Why.
+        reason: LeaveReason,
+    },
+    /// The host of an allocation was lost. Emitted exactly once per loss: only
+    /// `lose_host` emits it.
+    HostDisconnected {
+        /// The allocation.
+        allocation: AllocationId,
+        /// The lost host.
+        host: PeerId,
+        /// Why.
+        reason: LeaveReason,
+    },
+    /// A member was elected to host a migrating allocation.
+    HostElected {
+        /// The migrating allocation.
+        allocation: AllocationId,
+        /// The elected member.
+        host: PeerId,
+        /// Who chose it.
+        by: ElectedBy,
+    },
+    /// A migrating allocation moved to its successor with a new host.
+    AllocationMigrated {
+        /// The old allocation.
+        from: AllocationId,
+        /// The successor.
+        to: AllocationId,
+        /// The new host.
+        host: PeerId,
+    },
+    /// An allocation closed and released everything it held.
+    AllocationClosed {
+        /// The allocation.
+        allocation: AllocationId,
+        /// Why.
+        reason: CloseReason,
+    },
+    /// A request was refused.
+    Refused {
+        /// Why.
+        code: ErrorCode,
+    },
+}
+
+/// Who elected a migrating allocation's next host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ElectedBy {
+    /// The relay: best measured RTT, then join order.
+    Relay,
+    /// A lobby, through the admin API.
+    Lobby,
+}
+
+impl ElectedBy {
+    /// Stable lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ElectedBy::Relay => "relay",
+            ElectedBy::Lobby => "lobby",
+        }
+    }
+}
+
+/// Why an allocation closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Its host left for this reason.
+    HostLost(LeaveReason),
+    /// Its lobby-reserved host never bound before the deadline.
+    HostNeverBound,
+    /// Its host was lost and no member completed the migration (none left, or every elected
+    /// member missed its deadline).
+    MigrationFailed,
+    /// An operator closed it.
+    Admin,
+    /// The relay shut down.
+    Shutdown,
+}
+
+impl CloseReason {
+    /// Stable lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::HostLost(_) => "host_lost",
+            CloseReason::HostNeverBound => "host_never_bound",
+            CloseReason::MigrationFailed => "migration_failed",
+            CloseReason::Admin => "admin",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// How a member came into an allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinedVia {
+    /// The host bound the allocation it created or claimed.
+    Host,
+    /// A join by code.
+    Code,
+    /// A rejoin with a reconnect token.
+    Rejoin,
+}
+
+/// An election a lobby made through
+/// [`ControlPlane::elect_host`](super::ControlPlane::elect_host): what the elected member
+/// presents in `MigrateAllocation`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Promotion {
+    /// The migrating allocation.
+    pub allocation: AllocationId,
+    /// The elected member.
+    pub peer: PeerId,
+    /// The migration ticket for this member and this election round.
+    pub ticket: [u8; 16],
+    /// How long the member has to present it.
+    pub deadline: Duration,
+}
+
+/// Why an admin call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdminError {
+    /// No live allocation has this id.
+    #[error("allocation {0} not found")]
+    NotFound(AllocationId),
+    /// The relay holds its maximum number of allocations.
+    #[error("relay holds its maximum of {0} allocations")]
+    RelayFull(usize),
+    /// The relay is shutting down.
+    #[error("relay is shutting down")]
+    ShuttingDown,
+    /// The relay has stopped; nothing answers any more.
+    #[error("relay has stopped")]
+    Stopped,
+    /// The allocation is not migrating, so there is no election to override.
+    #[error("allocation {0} is not migrating")]
+    NotMigrating(AllocationId),
+    /// The peer is not a member of the allocation.
+    #[error("peer {0} is not a member")]
+    UnknownPeer(PeerId),
+}
+
+/// A lobby's reservation: the allocation exists, peers may join by code, and the host binds
+/// with [`ClientMessage::ClaimHost`] before `expires_in`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Reservation {
+    /// The allocation id, as 16 hex digits.
+    pub allocation_id: String,
+    /// The join code to hand to players.
+    pub join_code: String,
+    /// The host token, as 32 hex digits; give it to the host only.
+    pub host_token: String,
+    /// Seconds the host has to bind.
+    pub host_bind_secs: u64,
+}
+
+/// A read-only view of one allocation, served by the admin API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AllocationInfo {
+    /// The allocation id, as 16 hex digits.
+    pub id: String,
+    /// Its join code.
+    pub join_code: String,
+    /// `active`, `expired` or `revoked`.
+    pub code_state: &'static str,
+    /// Seconds until the code expires (0 once expired or revoked).
+    pub code_expires_in_secs: u64,
+    /// Whether the host is connected (false while a lobby reservation awaits its host or
+    /// while migrating).
+    pub host_bound: bool,
+    /// The host's peer id (the elected member while migrating), if any.
+    pub host: Option<u16>,
+    /// `active`, `awaiting_host` or `migrating`.
+    pub state: &'static str,
+    /// Maximum members, host included.
+    pub max_peers: u16,
+    /// Current members.
+    pub members: Vec<MemberInfo>,
+    /// Seconds since creation.
+    pub age_secs: u64,
+}
+
+/// One member in [`AllocationInfo`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MemberInfo {
+    /// Peer id (0 = host).
+    pub peer: u16,
+    /// Remote address as the relay sees it.
+    pub addr: String,
+    /// Seconds since it joined.
+    pub joined_secs_ago: u64,
+}
