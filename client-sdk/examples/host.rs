@@ -6,28 +6,17 @@
 //! cargo run -p baton-client --example host -- --relay 127.0.0.1:7700 --cert relay-cert.pem
 //! ```
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-
 use anyhow::Context as _;
-use baton_client::{AllocationOptions, ClientConfig, Event, Host, Trust};
+use baton_client::{AllocationOptions, Event, Host};
 use clap::Parser;
+
+mod common;
 
 /// Host an allocation on a Baton relay and echo datagrams.
 #[derive(Parser)]
 struct Args {
-    /// Relay address.
-    #[arg(long, default_value = "127.0.0.1:7700")]
-    relay: SocketAddr,
-    /// SHA-256 fingerprint of the relay's certificate (hex, colons optional).
-    #[arg(long, required_unless_present = "cert", conflicts_with = "cert")]
-    fingerprint: Option<String>,
-    /// PEM file with the relay's certificate.
-    #[arg(long)]
-    cert: Option<PathBuf>,
-    /// TLS server name to check the certificate against (with --cert).
-    #[arg(long, default_value = "localhost")]
-    server_name: String,
+    #[command(flatten)]
+    relay: common::RelayArgs,
     /// Maximum members, host included (relay default if absent).
     #[arg(long)]
     max_peers: Option<u16>,
@@ -35,16 +24,9 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .init();
+    common::init_tracing();
     let args = Args::parse();
-    let trust = match (&args.fingerprint, &args.cert) {
-        (Some(hex), _) => Trust::fingerprint_hex(hex)?,
-        (None, Some(path)) => Trust::CertificateFile(path.clone()),
-        (None, None) => anyhow::bail!("pass --fingerprint or --cert"),
-    };
-    let config = ClientConfig::new(args.relay, trust).server_name(args.server_name);
+    let config = args.relay.client_config()?;
     let options = AllocationOptions {
         max_peers: args.max_peers,
         ..AllocationOptions::default()

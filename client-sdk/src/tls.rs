@@ -268,17 +268,11 @@ impl ServerCertVerifier for PinnedVerifier {
 
     fn verify_tls12_signature(
         &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        // Unreachable in practice (the SDK offers TLS 1.3 only), but verified all the same.
-        self.signature_result(rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.algorithms,
-        ))
+        tls12_refused()
     }
 
     fn verify_tls13_signature(
@@ -298,6 +292,12 @@ impl ServerCertVerifier for PinnedVerifier {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algorithms.supported_schemes()
     }
+}
+
+/// The answer to a TLS 1.2 signature. The SDK is built without rustls' TLS 1.2 support and
+/// offers TLS 1.3 only, so no handshake asks for one; were one to, it is refused.
+fn tls12_refused() -> Result<HandshakeSignatureValid, rustls::Error> {
+    Err(rustls::PeerIncompatible::Tls12NotOfferedOrEnabled.into())
 }
 
 /// A WebPKI verifier that records why it rejected a certificate.
@@ -333,11 +333,11 @@ impl ServerCertVerifier for LoggingVerifier {
 
     fn verify_tls12_signature(
         &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.logged(self.inner.verify_tls12_signature(message, cert, dss))
+        tls12_refused()
     }
 
     fn verify_tls13_signature(
