@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use baton_protocol::{frame, ClientMessage, DecodeError, JoinCode, ServerMessage};
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
+use rustls::pki_types::{pem::PemObject, CertificateDer};
 use tokio::task::JoinSet;
 
 use crate::relay::Relay;
@@ -320,7 +321,7 @@ pub fn spawn_control_reader(
 pub fn client_config(cert: &std::path::Path) -> anyhow::Result<quinn::ClientConfig> {
     let pem = std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
     let mut roots = rustls::RootCertStore::empty();
-    for der in rustls_pemfile::certs(&mut pem.as_slice()) {
+    for der in CertificateDer::pem_slice_iter(&pem) {
         roots
             .add(der.context("PEM certificate")?)
             .context("trusting the relay certificate")?;
