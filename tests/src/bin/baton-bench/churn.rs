@@ -19,7 +19,7 @@ use tokio::task::JoinSet;
 use crate::probe::{Cpu, KernelUdp, Sample};
 use crate::quic::{self, ControlEvents};
 use crate::relay::{Needs, Relay};
-use crate::report::{note, ChurnReport, JoinReport, Latency, Progress, Report};
+use crate::report::{ChurnReport, JoinReport, Latency, Progress, Report};
 use crate::traffic::new_histogram;
 use crate::Global;
 
@@ -99,6 +99,47 @@ fn root(err: &anyhow::Error) -> String {
     format!("{err:#}")
 }
 
+/// Merges the workers' timings as they finish (`hists` histograms each), writing `line` on
+/// the progress line every 250 ms meanwhile. Fails if a worker of `bench` panicked.
+async fn gather(
+    mut set: JoinSet<Timings>,
+    hists: usize,
+    bench: &str,
+    progress: &mut Progress,
+    mut line: impl FnMut() -> String,
+) -> anyhow::Result<Timings> {
+    let mut total = Timings::new(hists);
+    loop {
+        tokio::select! {
+            joined = set.join_next() => match joined {
+                None => break,
+                Some(Ok(t)) => total.merge(t),
+                Some(Err(e)) => bail!("{bench} worker failed: {e}"),
+            },
+            () = tokio::time::sleep(Duration::from_millis(250)) => progress.update(&mut line),
+        }
+    }
+    Ok(total)
+}
+
+/// Records in `report`, as an error, how many of the `attempted` `units` of `bench` failed,
+/// if any did.
+fn record_failures(
+    report: &mut Report,
+    bench: &str,
+    units: &str,
+    attempted: usize,
+    completed: usize,
+    failures: &BTreeMap<String, u64>,
+) {
+    if completed < attempted {
+        report.errors.push(format!(
+            "{bench}: {} of {attempted} {units} failed: {failures:?}",
+            attempted - completed
+        ));
+    }
+}
+
 /// Runs the churn benchmark and adds it to `report`.
 pub async fn run_churn(
     global: &Global,
@@ -117,20 +158,22 @@ pub async fn run_churn(
         allocations: concurrency + 10,
         members: 2,
     };
-    let relay = Relay::start(global, needs).await?;
-    let mut progress = Progress::new();
-    note(&mut progress, format!("churn: relay {}", relay.description));
-    let result = churn(global, args, &relay, cycles, concurrency, &mut progress).await;
-    relay.stop().await;
-    let churn = result?;
-    if churn.completed < churn.attempted {
-        report.errors.push(format!(
-            "churn: {} of {} cycles failed: {:?}",
-            churn.attempted - churn.completed,
-            churn.attempted,
-            churn.failures
-        ));
-    }
+    let churn = Relay::run_bench(
+        global,
+        needs,
+        "churn",
+        &mut Progress::new(),
+        async |relay, progress| churn(global, args, relay, cycles, concurrency, progress).await,
+    )
+    .await?;
+    record_failures(
+        report,
+        "churn",
+        "cycles",
+        churn.attempted,
+        churn.completed,
+        &churn.failures,
+    );
     report.churn = Some(churn);
     Ok(())
 }
@@ -212,24 +255,15 @@ async fn churn(
             t
         });
     }
-    let mut total = Timings::new(CHURN_HISTS);
-    loop {
-        tokio::select! {
-            joined = set.join_next() => match joined {
-                None => break,
-                Some(Ok(t)) => total.merge(t),
-                Some(Err(e)) => bail!("churn worker failed: {e}"),
-            },
-            () = tokio::time::sleep(Duration::from_millis(250)) => {
-                let n = next.load(Ordering::Relaxed).min(cycles);
-                progress.update(|| format!(
-                    "churn: {n}/{cycles} cycles started, {:.1} s, {:.0}/s",
-                    started.elapsed().as_secs_f64(),
-                    n as f64 / started.elapsed().as_secs_f64().max(1e-3)
-                ));
-            }
-        }
-    }
+    let total = gather(set, CHURN_HISTS, "churn", progress, || {
+        let n = next.load(Ordering::Relaxed).min(cycles);
+        format!(
+            "churn: {n}/{cycles} cycles started, {:.1} s, {:.0}/s",
+            started.elapsed().as_secs_f64(),
+            n as f64 / started.elapsed().as_secs_f64().max(1e-3)
+        )
+    })
+    .await?;
     let elapsed = started.elapsed();
     let after = Sample::take(relay.server());
     progress.done();
@@ -296,29 +330,33 @@ pub async fn run_join(global: &Global, args: &JoinArgs, report: &mut Report) -> 
         allocations: allocations + 10,
         members: 2 + concurrency,
     };
-    let relay = Relay::start(global, needs).await?;
-    let mut progress = Progress::new();
-    note(&mut progress, format!("join: relay {}", relay.description));
-    let result = join(
+    let join = Relay::run_bench(
         global,
-        args,
-        &relay,
-        joins,
-        concurrency,
-        allocations,
-        &mut progress,
+        needs,
+        "join",
+        &mut Progress::new(),
+        async |relay, progress| {
+            join(
+                global,
+                args,
+                relay,
+                joins,
+                concurrency,
+                allocations,
+                progress,
+            )
+            .await
+        },
     )
-    .await;
-    relay.stop().await;
-    let join = result?;
-    if join.completed < join.attempted {
-        report.errors.push(format!(
-            "join: {} of {} joins failed: {:?}",
-            join.attempted - join.completed,
-            join.attempted,
-            join.failures
-        ));
-    }
+    .await?;
+    record_failures(
+        report,
+        "join",
+        "joins",
+        join.attempted,
+        join.completed,
+        &join.failures,
+    );
     report.join = Some(join);
     Ok(())
 }
@@ -383,23 +421,14 @@ async fn join(
             t
         });
     }
-    let mut total = Timings::new(3);
-    loop {
-        tokio::select! {
-            joined = set.join_next() => match joined {
-                None => break,
-                Some(Ok(t)) => total.merge(t),
-                Some(Err(e)) => bail!("join worker failed: {e}"),
-            },
-            () = tokio::time::sleep(Duration::from_millis(250)) => {
-                let n = next.load(Ordering::Relaxed).min(joins);
-                progress.update(|| format!(
-                    "join: {n}/{joins} joins started, {:.1} s",
-                    started.elapsed().as_secs_f64()
-                ));
-            }
-        }
-    }
+    let total = gather(set, 3, "join", progress, || {
+        let n = next.load(Ordering::Relaxed).min(joins);
+        format!(
+            "join: {n}/{joins} joins started, {:.1} s",
+            started.elapsed().as_secs_f64()
+        )
+    })
+    .await?;
     let after = Sample::take(relay.server());
     progress.done();
     relay.check_alive()?;

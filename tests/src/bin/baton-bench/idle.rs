@@ -83,23 +83,27 @@ pub async fn run(global: &Global, args: &IdleArgs, report: &mut Report) -> anyho
         allocations: allocations + 10,
         members,
     };
-    let relay = Relay::start(global, needs).await?;
-    let mut progress = Progress::new();
-    note(&mut progress, format!("idle: relay {}", relay.description));
     let rounds = args.idle_rounds.clamp(1, 10);
-    let result = idle(
+    let idle = Relay::run_bench(
         global,
-        args,
-        &relay,
-        allocations,
-        members,
-        hold,
-        rounds,
-        &mut progress,
+        needs,
+        "idle",
+        &mut Progress::new(),
+        async |relay, progress| {
+            idle(
+                global,
+                args,
+                relay,
+                allocations,
+                members,
+                hold,
+                rounds,
+                progress,
+            )
+            .await
+        },
     )
-    .await;
-    relay.stop().await;
-    let idle = result?;
+    .await?;
     if idle.rss_returned_within_10pct == Some(false) {
         report.warnings.push(format!(
             "idle: relay RSS did not return within 10 % of its start after {} clients left ({:.1} -> {:.1} MiB)",

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use baton_protocol::{frame, ClientMessage, DecodeError, JoinCode, ServerMessage};
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
+use rustls::pki_types::{pem::PemObject, CertificateDer};
 use tokio::task::JoinSet;
 
 use crate::relay::Relay;
@@ -75,55 +76,55 @@ impl Clients {
             .context("handshake")
     }
 
-    /// Connects and creates an allocation for up to `max_peers` members.
-    pub async fn create(&self, index: usize, max_peers: u16) -> anyhow::Result<Created> {
+    /// Connects on endpoint `index % endpoints` and sends the binding request `msg`.
+    async fn bind(&self, index: usize, msg: &ClientMessage) -> anyhow::Result<Binding> {
         let start = Instant::now();
         let conn = self.connect(index).await?;
-        let connected = start.elapsed();
+        let connect = start.elapsed();
+        let (send, recv, reply, request) = request(&conn, msg).await?;
+        Ok(Binding {
+            conn,
+            send,
+            recv,
+            reply,
+            connect,
+            request,
+        })
+    }
+
+    /// Connects and creates an allocation for up to `max_peers` members.
+    pub async fn create(&self, index: usize, max_peers: u16) -> anyhow::Result<Created> {
         let msg = ClientMessage::CreateAllocation {
             request_id: 1,
             max_peers,
             code_ttl_secs: 0,
         };
-        let (send, recv, reply, request) = request(&conn, &msg).await?;
-        match reply {
+        let b = self.bind(index, &msg).await?;
+        match b.reply {
             ServerMessage::AllocationCreated { code, .. } => Ok(Created {
-                client: Client {
-                    conn,
-                    _control: send,
-                    recv: Some(recv),
-                    peer: 0,
-                },
                 code,
-                connect: connected,
-                request,
+                connect: b.connect,
+                request: b.request,
+                client: b.into_client(0),
             }),
-            other => Err(refusal("create", &other)),
+            ref other => Err(refusal("create", other)),
         }
     }
 
     /// Connects and joins the allocation `code` names.
     pub async fn join(&self, index: usize, code: JoinCode) -> anyhow::Result<Joined> {
-        let start = Instant::now();
-        let conn = self.connect(index).await?;
-        let connected = start.elapsed();
         let msg = ClientMessage::Join {
             request_id: 1,
             code,
         };
-        let (send, recv, reply, request) = request(&conn, &msg).await?;
-        match reply {
+        let b = self.bind(index, &msg).await?;
+        match b.reply {
             ServerMessage::Joined { peer, .. } => Ok(Joined {
-                client: Client {
-                    conn,
-                    _control: send,
-                    recv: Some(recv),
-                    peer: peer.0,
-                },
-                connect: connected,
-                request,
+                connect: b.connect,
+                request: b.request,
+                client: b.into_client(peer.0),
             }),
-            other => Err(refusal("join", &other)),
+            ref other => Err(refusal("join", other)),
         }
     }
 
@@ -155,6 +156,30 @@ impl Client {
     /// Leaves normally (close code 0).
     pub fn close(&self) {
         self.conn.close(0u32.into(), b"bench done");
+    }
+}
+
+/// A connection whose binding request (`CreateAllocation` or `Join`) got its reply.
+struct Binding {
+    conn: Connection,
+    send: SendStream,
+    recv: RecvStream,
+    reply: ServerMessage,
+    /// Time to connect (QUIC + TLS handshake).
+    connect: Duration,
+    /// Time from sending the request to reading its reply.
+    request: Duration,
+}
+
+impl Binding {
+    /// The bound client, with the peer id the reply gave it.
+    fn into_client(self, peer: u16) -> Client {
+        Client {
+            conn: self.conn,
+            _control: self.send,
+            recv: Some(self.recv),
+            peer,
+        }
     }
 }
 
@@ -296,7 +321,7 @@ pub fn spawn_control_reader(
 pub fn client_config(cert: &std::path::Path) -> anyhow::Result<quinn::ClientConfig> {
     let pem = std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
     let mut roots = rustls::RootCertStore::empty();
-    for der in rustls_pemfile::certs(&mut pem.as_slice()) {
+    for der in CertificateDer::pem_slice_iter(&pem) {
         roots
             .add(der.context("PEM certificate")?)
             .context("trusting the relay certificate")?;

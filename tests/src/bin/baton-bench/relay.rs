@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use crate::procstat;
+use crate::report::{note, Progress};
 use crate::Global;
 use baton_tests::relay_process::{tail, wait_until_running, Metrics};
 
@@ -156,6 +157,23 @@ impl Relay {
             dir: Some(dir),
             http,
         })
+    }
+
+    /// Starts a relay that fits `needs` (or connects to the named one), notes it on `progress`
+    /// as `bench`'s relay, runs `bench_fn` against it, and stops it whatever `bench_fn`
+    /// returned.
+    pub async fn run_bench<T>(
+        global: &Global,
+        needs: Needs,
+        bench: &str,
+        progress: &mut Progress,
+        bench_fn: impl AsyncFnOnce(&Relay, &mut Progress) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let relay = Relay::start(global, needs).await?;
+        note(progress, format!("{bench}: relay {}", relay.description));
+        let result = bench_fn(&relay, progress).await;
+        relay.stop().await;
+        result
     }
 
     /// The relay as `/proc` sees it: its process (when known) and its UDP port.

@@ -1,0 +1,97 @@
+//! Connecting and binding the relay clients of N allocations × M members ([`setup`], on
+//! concurrent set-up tasks of the generator runtime) and closing them ([`close_all`]). Used by
+//! the load run and by `idle`.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::quic::{self, Client};
+use crate::report::Progress;
+use crate::traffic::Topology;
+
+/// Connects and binds every client of `allocations × members`: per allocation a host
+/// (`CreateAllocation`), then its peers (`Join` by code) one after another; `concurrency`
+/// allocations at a time. Fails if any client fails.
+pub async fn setup(
+    pool: &Arc<quic::Clients>,
+    allocations: usize,
+    members: usize,
+    concurrency: usize,
+    label: &str,
+    progress: &mut Progress,
+) -> anyhow::Result<(Vec<Client>, Topology)> {
+    let permits = Arc::new(Semaphore::new(concurrency.max(1)));
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut set = JoinSet::new();
+    for alloc in 0..allocations {
+        let (pool, permits, done) = (pool.clone(), permits.clone(), done.clone());
+        set.spawn(async move {
+            let _permit = permits.acquire_owned().await?;
+            let first = alloc * members;
+            let host = pool
+                .create(first, members as u16)
+                .await
+                .with_context(|| format!("allocation {alloc}: host"))?;
+            done.fetch_add(1, Ordering::Relaxed);
+            let mut clients = vec![host.client];
+            for i in 1..members {
+                let peer = pool
+                    .join(first + i, host.code)
+                    .await
+                    .with_context(|| format!("allocation {alloc}: peer {i}"))?;
+                clients.push(peer.client);
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            anyhow::Ok((alloc, clients))
+        });
+    }
+    let total = allocations * members;
+    let mut by_alloc: Vec<Option<Vec<Client>>> = (0..allocations).map(|_| None).collect();
+    let started = Instant::now();
+    loop {
+        tokio::select! {
+            joined = set.join_next() => match joined {
+                None => break,
+                Some(joined) => {
+                    let (alloc, clients) = joined.context("set-up task")??;
+                    by_alloc[alloc] = Some(clients);
+                }
+            },
+            () = tokio::time::sleep(Duration::from_millis(250)) => {
+                progress.update(|| format!(
+                    "{label}: set-up {}/{total} clients, {:.1} s",
+                    done.load(Ordering::Relaxed),
+                    started.elapsed().as_secs_f64()
+                ));
+            }
+        }
+    }
+    progress.done();
+    let clients: Vec<Client> = by_alloc.into_iter().flatten().flatten().collect();
+    if clients.len() != total {
+        bail!("only {} of {total} clients were set up", clients.len());
+    }
+    let topo = Topology {
+        allocations,
+        members,
+        peer_ids: clients.iter().map(|c| c.peer).collect(),
+    };
+    Ok((clients, topo))
+}
+
+/// Closes every client, peers first so no host's departure starts a migration.
+pub fn close_all(clients: &[Client], members: usize) {
+    for (g, c) in clients.iter().enumerate() {
+        if g % members != 0 {
+            c.close();
+        }
+    }
+    for c in clients.iter().step_by(members.max(1)) {
+        c.close();
+    }
+}
