@@ -3,19 +3,28 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
+use baton_protocol::{AllocationId, JoinCode, LeaveReason, PeerId};
+use bytes::Bytes;
 use futures_util::FutureExt;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+use super::event::{first_id, unix_millis};
+use super::replay::LIVE_CAPACITY;
 use super::*;
 use crate::config::HooksConfig;
+use crate::metrics::Metrics;
 
 const SECRET: &str = "whsec_test_secret_0123";
 /// Bound on every wait for something that should happen within milliseconds.
