@@ -97,6 +97,15 @@ impl Admin {
         (status, value)
     }
 
+    /// POSTs `body` as JSON to `path`, or nothing when `body` is `None`.
+    async fn post(&self, path: &str, body: Option<Value>) -> reqwest::Response {
+        let mut request = self.http.post(self.url(path));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send().await.unwrap()
+    }
+
     async fn stop(self) {
         self.shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(5), self.server)
@@ -144,35 +153,29 @@ async fn probes_and_metrics() {
 async fn election_override_needs_a_migrating_allocation() {
     let admin = start(RelayConfig::default(), None).await;
     let reservation: Value = admin
-        .http
-        .post(admin.url("/v1/allocations"))
-        .send()
+        .post("/v1/allocations", None)
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
     let id = reservation["allocation_id"].as_str().unwrap();
-    let elect = |body: Value| {
-        admin
-            .http
-            .post(admin.url(&format!("/v1/allocations/{id}/elect")))
-            .json(&body)
-            .send()
-    };
-    let r = elect(serde_json::json!({ "peer": 1 })).await.unwrap();
+    let elect = format!("/v1/allocations/{id}/elect");
+    let r = admin
+        .post(&elect, Some(serde_json::json!({ "peer": 1 })))
+        .await;
     assert_eq!(r.status().as_u16(), 409);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["code"], "not_migrating");
-    let r = elect(serde_json::json!({ "who": 1 })).await.unwrap();
+    let r = admin
+        .post(&elect, Some(serde_json::json!({ "who": 1 })))
+        .await;
     assert_eq!(r.status().as_u16(), 400);
     let r = admin
-        .http
-        .post(admin.url("/v1/allocations/00000000000000ff/elect"))
-        .json(&serde_json::json!({ "peer": 1 }))
-        .send()
-        .await
-        .unwrap();
+        .post(
+            "/v1/allocations/00000000000000ff/elect",
+            Some(serde_json::json!({ "peer": 1 })),
+        )
+        .await;
     assert_eq!(r.status().as_u16(), 404);
 }
 
@@ -185,12 +188,11 @@ async fn allocation_lifecycle() {
     assert_eq!(body["allocations"].as_array().unwrap().len(), 0);
 
     let r = admin
-        .http
-        .post(admin.url("/v1/allocations"))
-        .json(&serde_json::json!({ "max_peers": 4 }))
-        .send()
-        .await
-        .unwrap();
+        .post(
+            "/v1/allocations",
+            Some(serde_json::json!({ "max_peers": 4 })),
+        )
+        .await;
     assert_eq!(r.status().as_u16(), 201);
     let location = r.headers()[reqwest::header::LOCATION]
         .to_str()
@@ -286,12 +288,7 @@ async fn bad_requests_are_refused_with_json() {
     assert_eq!(body["code"], "payload_too_large");
 
     // No body at all reserves with the relay's defaults.
-    let r = admin
-        .http
-        .post(admin.url("/v1/allocations"))
-        .send()
-        .await
-        .unwrap();
+    let r = admin.post("/v1/allocations", None).await;
     assert_eq!(r.status().as_u16(), 201);
 
     admin.stop().await;
@@ -599,6 +596,13 @@ async fn event_stream_signals_a_gap_past_the_replay_buffer() {
     admin.stop().await;
 }
 
+/// A default config whose event stream requires `token`.
+fn stream_token_config(token: &str) -> RelayConfig {
+    let mut config = RelayConfig::default();
+    config.hooks.set_stream_token(Some(token.into())).unwrap();
+    config
+}
+
 #[tokio::test]
 async fn event_stream_token_rules() {
     let status = |admin: &Admin, path: &str, token: Option<&str>| {
@@ -617,12 +621,7 @@ async fn event_stream_token_rules() {
     admin.stop().await;
 
     // A stream token: the stream takes it (and only it), the API does not.
-    let mut config = RelayConfig::default();
-    config
-        .hooks
-        .set_stream_token(Some("stream-t".into()))
-        .unwrap();
-    let admin = start(config, Some("admin-t")).await;
+    let admin = start(stream_token_config("stream-t"), Some("admin-t")).await;
     assert_eq!(status(&admin, "/v1/events", None).await, 401);
     assert_eq!(status(&admin, "/v1/events", Some("admin-t")).await, 401);
     assert_eq!(status(&admin, "/v1/events", Some("stream-t")).await, 200);
@@ -644,12 +643,7 @@ async fn event_stream_token_rules() {
     admin.stop().await;
 
     // A stream token without an admin token: the stream is guarded, the API open.
-    let mut config = RelayConfig::default();
-    config
-        .hooks
-        .set_stream_token(Some("stream-t".into()))
-        .unwrap();
-    let admin = start(config, None).await;
+    let admin = start(stream_token_config("stream-t"), None).await;
     assert_eq!(status(&admin, "/v1/events", None).await, 401);
     assert_eq!(status(&admin, "/v1/events", Some("stream-t")).await, 200);
     assert_eq!(status(&admin, "/v1/allocations", None).await, 200);
