@@ -2,7 +2,7 @@
 //! when one is configured. Tokens are kept and compared as SHA-256 digests, in constant time
 //! (`crate::crypto`), so the comparison does not depend on the token or its length.
 //!
-//! Middleware on the admin server's tasks; reads only [`AdminState`](super::AdminState).
+//! Middleware on the admin server's tasks; reads only [`AdminState`].
 
 use std::sync::Arc;
 

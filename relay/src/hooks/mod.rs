@@ -20,8 +20,9 @@
 //! | `allocation.migrated` | `from`, `to`, `host` | the session moved to a new allocation (`allocation` is the new one) |
 //! | `allocation.closed` | `reason` | the allocation closed and released everything |
 //!
-//! Reasons of `peer.left` and `host.disconnected` are [`LeaveReason`] names: `closed`,
-//! `timed_out`, `kicked`, `connection_lost`, `protocol_violation`, `relay_shutting_down`.
+//! Reasons of `peer.left` and `host.disconnected` are
+//! [`LeaveReason`](baton_protocol::LeaveReason) names: `closed`, `timed_out`, `kicked`,
+//! `connection_lost`, `protocol_violation`, `relay_shutting_down`.
 //!
 //! ## Ids
 //! `id` increases by one per event within a relay process and starts at the process's start

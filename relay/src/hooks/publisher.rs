@@ -173,8 +173,8 @@ impl HookSender {
     }
 
     /// Subscribes to the event stream. With `last_event_id`, the subscription first replays
-    /// the buffered events after it (preceded by a [`Gap`] when some are no longer buffered);
-    /// without, it starts with the next event published.
+    /// the buffered events after it (preceded by a [`Gap`](super::Gap) when some are no longer
+    /// buffered); without, it starts with the next event published.
     pub fn subscribe(&self, last_event_id: Option<u64>) -> Subscription {
         Subscription::new(self.shared.core.clone(), last_event_id)
     }
