@@ -42,7 +42,3 @@ pub mod tls;
 
 pub use config::{ConfigError, RelayConfig, TlsSource};
 pub use driver::{steering, transport_config, Relay, RelayError, RelayHandle};
-
-/// The path admin's tests name `AdminCall` by (`crate::handle::AdminCall`).
-#[cfg(test)]
-pub(crate) use driver::handle;

@@ -3,17 +3,28 @@
 //!
 //! Hot-path counters are plain atomics resolved once at start-up (one per label value), so
 //! counting a forwarded or dropped datagram never takes a lock or hashes a label set.
+//!
+//! One [`Metrics`] per relay, shared as an `Arc`: updated from every task and data-plane lane
+//! (connections, the control task, the hooks) and exported by [`Metrics::encode`], which the
+//! admin server's `/metrics` serves. It calls nothing but prometheus-client.
 
 use baton_protocol::{DropReason, ErrorCode, LeaveReason};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: &'static str,
+}
+
+/// Registers a new metric of type `M` as `name` with `help`; returns the handle that updates it.
+fn register<M: Metric + Clone + Default>(registry: &mut Registry, name: &str, help: &str) -> M {
+    let metric = M::default();
+    registry.register(name, help, metric.clone());
+    metric
 }
 
 /// Counters indexed by a wire enum's byte value, pre-registered for every defined variant.
@@ -24,10 +35,15 @@ pub struct ByReason {
 }
 
 impl ByReason {
-    fn new(
-        family: &Family<ReasonLabel, Counter>,
+    /// Registers the family `name` with a counter for each `(value, label)` of `all`, and one
+    /// labelled `unknown` for any other value.
+    fn register(
+        registry: &mut Registry,
+        name: &str,
+        help: &str,
         all: impl Iterator<Item = (u8, &'static str)>,
     ) -> Self {
+        let family: Family<ReasonLabel, Counter> = register(registry, name, help);
         let counters = all
             .map(|(v, name)| {
                 (
@@ -84,79 +100,55 @@ impl Metrics {
     /// Registers every metric.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("baton");
-        let connections = Gauge::default();
-        registry.register("connections", "Open QUIC connections", connections.clone());
-        let connections_accepted = Counter::default();
-        registry.register(
+        let connections: Gauge = register(&mut registry, "connections", "Open QUIC connections");
+        let connections_accepted: Counter = register(
+            &mut registry,
             "connections_accepted",
             "QUIC connections accepted",
-            connections_accepted.clone(),
         );
-        let connections_refused = Counter::default();
-        registry.register(
+        let connections_refused: Counter = register(
+            &mut registry,
             "connections_refused",
             "QUIC connection attempts refused at the connection limit",
-            connections_refused.clone(),
         );
-        let allocations = Gauge::default();
-        registry.register("allocations", "Live allocations", allocations.clone());
-        let allocations_created = Counter::default();
-        registry.register(
-            "allocations_created",
-            "Allocations created",
-            allocations_created.clone(),
-        );
-        let joins = Counter::default();
-        registry.register("joins", "Successful joins by code", joins.clone());
-        let rejoins = Counter::default();
-        registry.register(
+        let allocations: Gauge = register(&mut registry, "allocations", "Live allocations");
+        let allocations_created: Counter =
+            register(&mut registry, "allocations_created", "Allocations created");
+        let joins: Counter = register(&mut registry, "joins", "Successful joins by code");
+        let rejoins: Counter = register(
+            &mut registry,
             "rejoins",
             "Members that came back with a reconnect token",
-            rejoins.clone(),
         );
-        let datagrams_forwarded = Counter::default();
-        registry.register(
+        let datagrams_forwarded: Counter = register(
+            &mut registry,
             "datagrams_forwarded",
             "Datagrams delivered to a member (broadcasts count once per receiver)",
-            datagrams_forwarded.clone(),
         );
-        let bytes_forwarded = Counter::default();
-        registry.register(
+        let bytes_forwarded: Counter = register(
+            &mut registry,
             "bytes_forwarded",
             "Datagram payload bytes delivered to members",
-            bytes_forwarded.clone(),
         );
 
-        let family = Family::<ReasonLabel, Counter>::default();
-        registry.register(
+        let dropped = ByReason::register(
+            &mut registry,
             "datagrams_dropped",
             "Datagrams dropped by the relay, by reason",
-            family.clone(),
-        );
-        let dropped = ByReason::new(
-            &family,
             DropReason::ALL.iter().map(|r| (r.to_u8(), r.as_str())),
         );
 
-        let family = Family::<ReasonLabel, Counter>::default();
-        registry.register(
+        let refused = ByReason::register(
+            &mut registry,
             "requests_refused",
             "Create, join, kick and revoke requests refused, by reason",
-            family.clone(),
-        );
-        let refused = ByReason::new(
-            &family,
             ErrorCode::ALL.iter().map(|r| (r.to_u8(), r.as_str())),
         );
 
-        let family = Family::<ReasonLabel, Counter>::default();
-        registry.register(
+        let left = ByReason::register(
+            &mut registry,
             "members_left",
             "Members that left an allocation, by reason",
-            family.clone(),
-        );
-        let left = ByReason::new(
-            &family,
             LeaveReason::ALL.iter().map(|r| (r.to_u8(), r.as_str())),
         );
 
@@ -239,43 +231,37 @@ pub struct HookMetrics {
 
 impl HookMetrics {
     fn register(registry: &mut Registry) -> Self {
-        let published = Counter::default();
-        registry.register(
+        let published: Counter = register(
+            registry,
             "hook_events_published",
             "Lifecycle events published to lobby hooks",
-            published.clone(),
         );
-        let webhook_delivered = Counter::default();
-        registry.register(
+        let webhook_delivered: Counter = register(
+            registry,
             "hook_webhook_delivered",
             "Events acknowledged by a webhook with a 2xx answer",
-            webhook_delivered.clone(),
         );
-        let webhook_failed_attempts = Counter::default();
-        registry.register(
+        let webhook_failed_attempts: Counter = register(
+            registry,
             "hook_webhook_failed_attempts",
             "Webhook requests that failed (non-2xx, timeout, connection error) and are retried",
-            webhook_failed_attempts.clone(),
         );
-        let webhook_queued = Gauge::default();
-        registry.register(
+        let webhook_queued: Gauge = register(
+            registry,
             "hook_webhook_queued",
             "Events waiting in webhook queues",
-            webhook_queued.clone(),
         );
-        let family = Family::<SinkLabel, Counter>::default();
-        registry.register(
+        let family: Family<SinkLabel, Counter> = register(
+            registry,
             "hook_events_dropped",
             "Lifecycle events a sink never got: webhook queue full or relay stopped; stream subscriber behind the replay buffer",
-            family.clone(),
         );
         let webhook_dropped = family.get_or_create(&SinkLabel { sink: "webhook" }).clone();
         let stream_dropped = family.get_or_create(&SinkLabel { sink: "stream" }).clone();
-        let stream_subscribers = Gauge::default();
-        registry.register(
+        let stream_subscribers: Gauge = register(
+            registry,
             "hook_stream_subscribers",
             "Open event stream subscriptions",
-            stream_subscribers.clone(),
         );
         HookMetrics {
             published,

@@ -3,19 +3,28 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
+use baton_protocol::{AllocationId, JoinCode, LeaveReason, PeerId};
+use bytes::Bytes;
 use futures_util::FutureExt;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+use super::event::{first_id, unix_millis};
+use super::replay::LIVE_CAPACITY;
 use super::*;
 use crate::config::HooksConfig;
+use crate::metrics::Metrics;
 
 const SECRET: &str = "whsec_test_secret_0123";
 /// Bound on every wait for something that should happen within milliseconds.
@@ -51,6 +60,17 @@ fn start(config: &HooksConfig) -> Hooks {
 }
 
 impl Hooks {
+    /// Begins the relay's shutdown and publishes what the relay then does, an
+    /// `allocation.closed`; returns its id.
+    fn shut_down(&self) -> u64 {
+        self.shutdown.cancel();
+        self.sender.publish(
+            LobbyEventKind::allocation_closed("shutdown"),
+            alloc(),
+            code(),
+        )
+    }
+
     /// Publishes `n` `peer.joined` events for peers `first..first + n`; returns their ids.
     fn publish_peers(&self, first: u16, n: u16) -> Vec<u64> {
         (first..first + n)
@@ -527,6 +547,16 @@ async fn webhook_waits_for_a_lobby_that_is_down() {
         .await;
 }
 
+/// Asserts the next items of `sub` are the events `ids`, in order.
+async fn expect_events<'a>(sub: &mut Subscription, ids: impl IntoIterator<Item = &'a u64>) {
+    for want in ids {
+        match sub.next().await {
+            Some(StreamItem::Event(p)) => assert_eq!(p.id(), *want),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
 #[tokio::test]
 async fn full_queue_drops_and_counts() {
     let gate = Arc::new(Semaphore::new(0));
@@ -555,12 +585,7 @@ async fn full_queue_drops_and_counts() {
     );
     // The stream is not affected by a slow webhook: all seven are in its buffer.
     let mut sub = hooks.sender.subscribe(Some(first[0] - 1));
-    for want in first.iter().chain(&queued).chain(&dropped) {
-        match sub.next().await {
-            Some(StreamItem::Event(p)) => assert_eq!(p.id(), *want),
-            other => panic!("{other:?}"),
-        }
-    }
+    expect_events(&mut sub, first.iter().chain(&queued).chain(&dropped)).await;
 
     gate.add_permits(100);
     lobby.wait_for("4 events", |r| r.len() >= 4).await;
@@ -586,13 +611,8 @@ async fn shutdown_flushes_then_stops_webhooks_promptly() {
     lobby.wait_for("a failed attempt", |r| !r.is_empty()).await;
 
     let started = Instant::now();
-    hooks.shutdown.cancel();
     // Events published during the flush window still go out.
-    let late = hooks.sender.publish(
-        LobbyEventKind::allocation_closed("shutdown"),
-        alloc(),
-        code(),
-    );
+    let late = hooks.shut_down();
     hooks.tracker.close();
     tokio::time::timeout(
         SHUTDOWN_FLUSH + Duration::from_secs(2),
@@ -622,12 +642,7 @@ async fn subscription_resumes_replays_and_reports_gaps() {
 
     let mut live = hooks.sender.subscribe(None);
     let ids = hooks.publish_peers(1, 8);
-    for want in &ids {
-        match live.next().await {
-            Some(StreamItem::Event(p)) => assert_eq!(p.id(), *want),
-            other => panic!("{other:?}"),
-        }
-    }
+    expect_events(&mut live, &ids).await;
 
     let next_ids = |sub: &mut Subscription, n: usize| {
         let mut out = Vec::new();
@@ -682,12 +697,7 @@ async fn lagging_subscriber_catches_up_from_the_buffer() {
     let mut sub = hooks.sender.subscribe(None);
     // Far more than the live channel holds, fewer than the replay buffer.
     let ids = hooks.publish_peers(0, (LIVE_CAPACITY * 3) as u16);
-    for want in &ids {
-        match sub.next().await {
-            Some(StreamItem::Event(p)) => assert_eq!(p.id(), *want),
-            other => panic!("{other:?}"),
-        }
-    }
+    expect_events(&mut sub, &ids).await;
     assert_eq!(
         hooks.metric("baton_hook_events_dropped_total{sink=\"stream\"}"),
         0
@@ -710,12 +720,7 @@ async fn lagging_subscriber_catches_up_from_the_buffer() {
         ),
         other => panic!("{other:?}"),
     }
-    for want in &ids[1900..] {
-        match sub.next().await {
-            Some(StreamItem::Event(p)) => assert_eq!(p.id(), *want),
-            other => panic!("{other:?}"),
-        }
-    }
+    expect_events(&mut sub, &ids[1900..]).await;
     assert_eq!(
         hooks.metric("baton_hook_events_dropped_total{sink=\"stream\"}"),
         1900
@@ -727,16 +732,8 @@ async fn streams_end_after_the_shutdown_flush() {
     let hooks = start(&HooksConfig::default());
     let mut sub = hooks.sender.subscribe(None);
     let started = Instant::now();
-    hooks.shutdown.cancel();
-    let id = hooks.sender.publish(
-        LobbyEventKind::allocation_closed("shutdown"),
-        alloc(),
-        code(),
-    );
-    match sub.next().await {
-        Some(StreamItem::Event(p)) => assert_eq!(p.id(), id),
-        other => panic!("{other:?}"),
-    }
+    let id = hooks.shut_down();
+    expect_events(&mut sub, &[id]).await;
     let end = tokio::time::timeout(SHUTDOWN_FLUSH + Duration::from_secs(2), sub.next())
         .await
         .expect("stream ends after the flush window");

@@ -1,0 +1,160 @@
+//! The admin HTTP server: health, readiness, Prometheus metrics and the allocation API a lobby
+//! or an operator uses.
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /healthz` | 200 `ok` while the process runs |
+//! | `GET /readyz` | 200 `ready` while the control plane answers, 503 otherwise |
+//! | `GET /metrics` | Prometheus/OpenMetrics text |
+//! | `GET /v1/allocations` | `{"allocations": [AllocationInfo, ..]}` |
+//! | `GET /v1/allocations/{id}` | `AllocationInfo` |
+//! | `POST /v1/allocations` | 201 `Reservation`; optional body `{"max_peers": n}` (n ≥ 2, capped at the relay's maximum) |
+//! | `POST /v1/allocations/{id}/revoke-code` | `{"revoked": "CODE"}` |
+//! | `POST /v1/allocations/{id}/elect` `{"peer": n, "notify": true}` | `{"elected": n, "allocation_id", "ticket", "deadline_ms"}`: the member is sent `Promote` unless `notify` is false, when the lobby hands it the ticket itself; 409 unless migrating |
+//! | `DELETE /v1/allocations/{id}` | 204; members are closed with `AllocationClosed` |
+//! | `GET /v1/events` | `text/event-stream` of lifecycle events (see [`crate::hooks`]); resumes after `Last-Event-ID` (header) or `?last_event_id=` |
+//!
+//! Errors are JSON, `{"error": "<message>", "code": "<machine-readable code>"}`, built in one
+//! place (`ApiError`, in `error`). When an admin token is configured every `/v1/` route requires
+//! `Authorization: Bearer <token>`; the probes and `/metrics` stay open for orchestrators and
+//! scrapers. `/v1/events` requires the event stream's own token instead when one is configured
+//! (so a lobby can read events without being able to close allocations).
+//!
+//! Each stream event is `id: <id>`, `event: <type>`, `data: <LobbyEvent JSON>`; a
+//! `replay.gap` event (no `id`) says some events were missed; a comment every 15 s keeps idle
+//! streams open. Streams end [`crate::hooks::SHUTDOWN_FLUSH`] after shutdown begins, so the
+//! server's graceful stop is bounded.
+//!
+//! Concurrency: the server and its handlers run on the relay's (main) runtime, never on a
+//! data-plane lane. Handlers read metrics directly and reach the control plane only through
+//! [`RelayHandle`], so a slow HTTP client never holds control-plane state. The server task is
+//! owned by whoever calls `spawn` (the relay) and stops when its cancellation token fires.
+//!
+//! ## Code map
+//! - this module: `spawn` and the router (which route goes to which handler, behind which
+//!   token), and [`MAX_BODY`];
+//! - `auth`: bearer tokens, compared as SHA-256 digests in constant time (`crate::crypto`);
+//! - `probes`: `/healthz`, `/readyz` and `/metrics`;
+//! - `allocations`: the `/v1/allocations` routes and their JSON bodies;
+//! - `events`: `GET /v1/events`, the SSE stream with `Last-Event-ID` resume, fed by
+//!   [`HookSender::subscribe`];
+//! - `error`: `ApiError`, the JSON error answer, and the mapping of `AdminError` to statuses.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::middleware;
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info_span, warn, Instrument};
+
+use crate::hooks::HookSender;
+use crate::RelayHandle;
+
+mod allocations;
+mod auth;
+mod error;
+mod events;
+mod probes;
+
+use allocations::{
+    allocation, close_allocation, elect_host, list_allocations, reserve_allocation, revoke_code,
+};
+use auth::{digest, require_stream_token, require_token};
+use error::ApiError;
+use events::events;
+use probes::{healthz, metrics, readyz};
+
+/// Largest request body accepted. The only body is `{"max_peers": n}`; this just bounds what a
+/// client can make the relay buffer.
+pub const MAX_BODY: usize = 16 * 1024;
+
+/// Binds the admin server on `listen` and serves it until `shutdown` is cancelled, then lets
+/// in-flight requests finish (event streams end [`crate::hooks::SHUTDOWN_FLUSH`] later).
+/// `hooks` feeds `GET /v1/events`. Returns the bound address (useful with port 0) and the
+/// server task.
+pub(crate) async fn spawn(
+    listen: SocketAddr,
+    handle: RelayHandle,
+    token: Option<String>,
+    hooks: HookSender,
+    shutdown: CancellationToken,
+) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
+    let listener = TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let app = router(handle, token, hooks);
+    let task = tokio::spawn(
+        async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await;
+            if let Err(err) = served {
+                warn!(cause = %err, "admin server stopped");
+            }
+        }
+        .instrument(info_span!("admin", %addr)),
+    );
+    Ok((addr, task))
+}
+
+#[derive(Clone)]
+struct AdminState {
+    handle: RelayHandle,
+    /// SHA-256 of the admin token. Comparing digests keeps the comparison constant-time and
+    /// independent of the token's length.
+    token_digest: Option<Arc<[u8; 32]>>,
+    hooks: HookSender,
+    /// SHA-256 of the token `/v1/events` requires: its own when set, else the admin token.
+    stream_token_digest: Option<Arc<[u8; 32]>>,
+}
+
+/// The admin API's routes, with auth and the body limit applied.
+fn router(handle: RelayHandle, token: Option<String>, hooks: HookSender) -> Router {
+    let token_digest = token.as_deref().map(digest);
+    let stream_token_digest = match hooks.stream_token() {
+        Some(t) => Some(digest(t)),
+        None => token_digest.clone(),
+    };
+    let state = AdminState {
+        handle,
+        token_digest,
+        hooks,
+        stream_token_digest,
+    };
+    let stream =
+        Router::new()
+            .route("/v1/events", get(events))
+            .route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                require_stream_token,
+            ));
+    let api = Router::new()
+        .route(
+            "/v1/allocations",
+            get(list_allocations).post(reserve_allocation),
+        )
+        .route(
+            "/v1/allocations/{id}",
+            get(allocation).delete(close_allocation),
+        )
+        .route("/v1/allocations/{id}/revoke-code", post(revoke_code))
+        .route("/v1/allocations/{id}/elect", post(elect_host))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .merge(api)
+        .merge(stream)
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,651 @@
+//! Admin server tests: every route over real loopback HTTP, against a control task like the
+//! relay's (minus connections) and real hooks; every wait bounded.
+
+use std::time::{Duration, Instant};
+
+use baton_protocol::AllocationId;
+use reqwest::Method;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use super::*;
+use crate::control::ControlPlane;
+use crate::driver::handle::AdminCall;
+use crate::metrics::Metrics;
+use crate::RelayConfig;
+
+/// A control task like the relay's, minus connections: it runs admin calls and discards
+/// the outputs. Dropping the returned task handle does not stop it; aborting it does.
+fn control_task(config: RelayConfig) -> (RelayHandle, JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::channel::<AdminCall>(16);
+    let task = tokio::spawn(async move {
+        let mut cp = ControlPlane::new(&config, 1, Instant::now());
+        while let Some(call) = rx.recv().await {
+            call(&mut cp, Instant::now());
+            while cp.poll_output().is_some() {}
+        }
+    });
+    let handle = RelayHandle {
+        admin: tx,
+        metrics: Arc::new(Metrics::new()),
+    };
+    (handle, task)
+}
+
+struct Admin {
+    base: String,
+    http: reqwest::Client,
+    shutdown: CancellationToken,
+    server: JoinHandle<()>,
+    control: JoinHandle<()>,
+    hooks: HookSender,
+    metrics: Arc<Metrics>,
+}
+
+async fn start(config: RelayConfig, token: Option<&str>) -> Admin {
+    let hooks_config = config.hooks.clone();
+    let (handle, control) = control_task(config);
+    let metrics = handle.metrics.clone();
+    let shutdown = CancellationToken::new();
+    let hooks = crate::hooks::spawn(
+        &hooks_config,
+        handle.metrics.clone(),
+        shutdown.clone(),
+        &tokio_util::task::TaskTracker::new(),
+    );
+    let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let (addr, server) = spawn(
+        listen,
+        handle,
+        token.map(str::to_owned),
+        hooks.clone(),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    assert_ne!(addr.port(), 0);
+    Admin {
+        base: format!("http://{addr}"),
+        http: reqwest::Client::new(),
+        shutdown,
+        server,
+        control,
+        hooks,
+        metrics,
+    }
+}
+
+impl Admin {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn json(&self, method: reqwest::Method, path: &str) -> (StatusCode, Value) {
+        let response = self
+            .http
+            .request(method, self.url(path))
+            .send()
+            .await
+            .unwrap();
+        let status = StatusCode::from_u16(response.status().as_u16()).unwrap();
+        let body = response.text().await.unwrap();
+        let value = if body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
+        };
+        (status, value)
+    }
+
+    /// POSTs `body` as JSON to `path`, or nothing when `body` is `None`.
+    async fn post(&self, path: &str, body: Option<Value>) -> reqwest::Response {
+        let mut request = self.http.post(self.url(path));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send().await.unwrap()
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), self.server)
+            .await
+            .expect("admin server stops on cancel")
+            .unwrap();
+        self.control.abort();
+    }
+}
+
+#[tokio::test]
+async fn probes_and_metrics() {
+    let admin = start(RelayConfig::default(), Some("secret")).await;
+
+    let r = admin.http.get(admin.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.text().await.unwrap(), "ok");
+
+    let r = admin.http.get(admin.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.text().await.unwrap(), "ready");
+
+    // Probes and metrics stay open even with a token configured.
+    let r = admin.http.get(admin.url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let content_type = r.headers()[reqwest::header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    let text = r.text().await.unwrap();
+    assert!(text.contains("baton_connections"), "{text}");
+
+    let (status, body) = admin.json(Method::GET, "/nope").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["code"], "not_found");
+
+    admin.stop().await;
+}
+
+#[tokio::test]
+async fn election_override_needs_a_migrating_allocation() {
+    let admin = start(RelayConfig::default(), None).await;
+    let reservation: Value = admin
+        .post("/v1/allocations", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = reservation["allocation_id"].as_str().unwrap();
+    let elect = format!("/v1/allocations/{id}/elect");
+    let r = admin
+        .post(&elect, Some(serde_json::json!({ "peer": 1 })))
+        .await;
+    assert_eq!(r.status().as_u16(), 409);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "not_migrating");
+    let r = admin
+        .post(&elect, Some(serde_json::json!({ "who": 1 })))
+        .await;
+    assert_eq!(r.status().as_u16(), 400);
+    let r = admin
+        .post(
+            "/v1/allocations/00000000000000ff/elect",
+            Some(serde_json::json!({ "peer": 1 })),
+        )
+        .await;
+    assert_eq!(r.status().as_u16(), 404);
+}
+
+#[tokio::test]
+async fn allocation_lifecycle() {
+    let admin = start(RelayConfig::default(), None).await;
+
+    let (status, body) = admin.json(Method::GET, "/v1/allocations").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["allocations"].as_array().unwrap().len(), 0);
+
+    let r = admin
+        .post(
+            "/v1/allocations",
+            Some(serde_json::json!({ "max_peers": 4 })),
+        )
+        .await;
+    assert_eq!(r.status().as_u16(), 201);
+    let location = r.headers()[reqwest::header::LOCATION]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let reservation: Value = r.json().await.unwrap();
+    let id = reservation["allocation_id"].as_str().unwrap().to_owned();
+    let code = reservation["join_code"].as_str().unwrap().to_owned();
+    assert_eq!(id.len(), 16);
+    assert_eq!(location, format!("/v1/allocations/{id}"));
+    assert_eq!(reservation["host_token"].as_str().unwrap().len(), 32);
+    assert_eq!(reservation["host_bind_secs"], 60);
+
+    let (status, body) = admin.json(Method::GET, "/v1/allocations").await;
+    assert_eq!(status, StatusCode::OK);
+    let list = body["allocations"].as_array().unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["id"], id.as_str());
+    assert_eq!(list[0]["host_bound"], false);
+    assert_eq!(list[0]["max_peers"], 4);
+
+    let path = format!("/v1/allocations/{id}");
+    let (status, body) = admin.json(Method::GET, &path).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["join_code"], code.as_str());
+    assert_eq!(body["code_state"], "active");
+
+    let (status, body) = admin
+        .json(Method::POST, &format!("{path}/revoke-code"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["revoked"], code.as_str());
+    let (_, body) = admin.json(Method::GET, &path).await;
+    assert_eq!(body["code_state"], "revoked");
+    assert_eq!(body["code_expires_in_secs"], 0);
+
+    let (status, body) = admin.json(Method::DELETE, &path).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(body, Value::Null);
+
+    for (method, p) in [
+        (Method::GET, path.clone()),
+        (Method::DELETE, path.clone()),
+        (Method::POST, format!("{path}/revoke-code")),
+    ] {
+        let (status, body) = admin.json(method.clone(), &p).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method} {p}");
+        assert_eq!(body["code"], "not_found");
+        assert!(body["error"].as_str().unwrap().contains(&id), "{body}");
+    }
+
+    admin.stop().await;
+}
+
+#[tokio::test]
+async fn bad_requests_are_refused_with_json() {
+    let admin = start(RelayConfig::default(), None).await;
+
+    for bad in [
+        "xyz",
+        "0123456789abcdeg",
+        "0123456789abcdef0",
+        "+123456789abcdef",
+    ] {
+        let (status, body) = admin
+            .json(Method::GET, &format!("/v1/allocations/{bad}"))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+        assert_eq!(body["code"], "invalid_request");
+    }
+
+    let post = |body: Vec<u8>| {
+        admin
+            .http
+            .post(admin.url("/v1/allocations"))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+    };
+    for bad in [
+        &b"{"[..],
+        b"{\"max_peers\": 1}",
+        b"{\"max_peers\": 4, \"extra\": 1}",
+    ] {
+        let r = post(bad.to_vec()).await.unwrap();
+        assert_eq!(r.status().as_u16(), 400, "{}", String::from_utf8_lossy(bad));
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["code"], "invalid_request");
+    }
+    let r = post(vec![b' '; MAX_BODY + 1]).await.unwrap();
+    assert_eq!(r.status().as_u16(), 413);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "payload_too_large");
+
+    // No body at all reserves with the relay's defaults.
+    let r = admin.post("/v1/allocations", None).await;
+    assert_eq!(r.status().as_u16(), 201);
+
+    admin.stop().await;
+}
+
+#[tokio::test]
+async fn full_relay_and_stopped_control_plane_answer_503() {
+    let mut config = RelayConfig::default();
+    config.set_max_allocations(1).unwrap();
+    let admin = start(config, None).await;
+
+    let (status, _) = admin.json(Method::POST, "/v1/allocations").await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, body) = admin.json(Method::POST, "/v1/allocations").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["code"], "relay_full");
+
+    let (readyz, healthz, list) = (
+        admin.url("/readyz"),
+        admin.url("/healthz"),
+        admin.url("/v1/allocations"),
+    );
+    let control = admin.control;
+    control.abort();
+    assert!(control.await.unwrap_err().is_cancelled());
+    let r = admin.http.get(readyz).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    let r = admin.http.get(healthz).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let r = admin.http.get(list).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "stopped");
+
+    admin.shutdown.cancel();
+    admin.server.await.unwrap();
+}
+
+#[tokio::test]
+async fn token_guards_the_api() {
+    let admin = start(RelayConfig::default(), Some("s3cret-token")).await;
+    let url = admin.url("/v1/allocations");
+
+    let r = admin.http.get(&url).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    assert_eq!(r.headers()[reqwest::header::WWW_AUTHENTICATE], "Bearer");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "unauthorized");
+
+    for wrong in [
+        "Bearer nope",
+        "Bearer s3cret-toke",
+        "Basic s3cret-token",
+        "s3cret-token",
+    ] {
+        let r = admin
+            .http
+            .get(&url)
+            .header(reqwest::header::AUTHORIZATION, wrong)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 401, "{wrong}");
+    }
+    // A rejected mutation must not have happened.
+    let r = admin
+        .http
+        .post(&url)
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+
+    let r = admin
+        .http
+        .get(&url)
+        .bearer_auth("s3cret-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["allocations"].as_array().unwrap().len(), 0);
+
+    admin.stop().await;
+}
+
+/// Bound on waits for something that should happen within milliseconds.
+const WAIT: Duration = Duration::from_secs(10);
+
+/// One parsed SSE event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SseEvent {
+    id: Option<String>,
+    event: Option<String>,
+    data: String,
+}
+
+impl SseEvent {
+    fn lobby_event(&self) -> crate::hooks::LobbyEvent {
+        serde_json::from_str(&self.data).unwrap_or_else(|e| panic!("{e}: {}", self.data))
+    }
+
+    fn id(&self) -> u64 {
+        self.id
+            .as_deref()
+            .expect("event has an id")
+            .parse()
+            .unwrap()
+    }
+}
+
+/// A minimal SSE client over a streaming reqwest response.
+struct EventStream {
+    response: reqwest::Response,
+    buf: String,
+}
+
+impl EventStream {
+    async fn open(admin: &Admin, query: &str, headers: &[(&str, &str)]) -> EventStream {
+        let mut request = admin.http.get(admin.url(&format!("/v1/events{query}")));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        assert_eq!(
+            response.headers()[reqwest::header::CONTENT_TYPE],
+            "text/event-stream"
+        );
+        EventStream {
+            response,
+            buf: String::new(),
+        }
+    }
+
+    /// The next event (comments skipped), or `None` when the stream ends.
+    async fn next(&mut self) -> Option<SseEvent> {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let mut event = SseEvent {
+                    id: None,
+                    event: None,
+                    data: String::new(),
+                };
+                let mut any = false;
+                for line in block.lines() {
+                    let Some((field, value)) = line.split_once(':') else {
+                        continue;
+                    };
+                    let value = value.strip_prefix(' ').unwrap_or(value).to_owned();
+                    match field {
+                        "" => {} // a comment: keep-alive
+                        "id" => event.id = Some(value),
+                        "event" => event.event = Some(value),
+                        "data" => event.data.push_str(&value),
+                        other => panic!("unexpected SSE field {other:?}"),
+                    }
+                    any |= !field.is_empty();
+                }
+                if any {
+                    return Some(event);
+                }
+                continue;
+            }
+            let chunk = tokio::time::timeout(WAIT, self.response.chunk())
+                .await
+                .expect("an SSE event in time")
+                .unwrap()?;
+            self.buf.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    }
+
+    async fn expect_event(&mut self) -> SseEvent {
+        self.next().await.expect("the stream is open")
+    }
+
+    /// Asserts nothing arrives for a little while.
+    async fn expect_quiet(&mut self) {
+        let next = tokio::time::timeout(Duration::from_millis(150), self.next()).await;
+        assert!(next.is_err(), "unexpected {next:?}");
+    }
+}
+
+fn publish(admin: &Admin, peer: u16) -> u64 {
+    admin.hooks.publish(
+        crate::hooks::LobbyEventKind::peer_joined(baton_protocol::PeerId(peer)),
+        AllocationId(0xab),
+        "BCDF78".parse().unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn event_stream_delivers_live_events_and_resumes() {
+    let admin = start(RelayConfig::default(), None).await;
+
+    let mut stream = EventStream::open(&admin, "", &[]).await;
+    let ids: Vec<u64> = (1..=3).map(|p| publish(&admin, p)).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let event = stream.expect_event().await;
+        assert_eq!(event.id(), *id);
+        assert_eq!(event.event.as_deref(), Some("peer.joined"));
+        let lobby = event.lobby_event();
+        assert_eq!(lobby.id, *id);
+        assert_eq!(lobby.allocation, "00000000000000ab");
+        assert_eq!(lobby.join_code, "BCDF78");
+        assert_eq!(
+            lobby.kind,
+            crate::hooks::LobbyEventKind::PeerJoined { peer: i as u16 + 1 }
+        );
+    }
+    stream.expect_quiet().await;
+    drop(stream);
+
+    // Missed while disconnected; a reconnect with Last-Event-ID gets exactly those.
+    let missed: Vec<u64> = (4..=5).map(|p| publish(&admin, p)).collect();
+    let last = ids[2].to_string();
+    let mut stream = EventStream::open(&admin, "", &[("last-event-id", &last)]).await;
+    assert_eq!(stream.expect_event().await.id(), missed[0]);
+    assert_eq!(stream.expect_event().await.id(), missed[1]);
+    stream.expect_quiet().await;
+    let live = publish(&admin, 6);
+    assert_eq!(stream.expect_event().await.id(), live);
+
+    // The query parameter works too; the header wins over it (EventSource reconnects).
+    let mut by_query =
+        EventStream::open(&admin, &format!("?last_event_id={}", missed[1]), &[]).await;
+    assert_eq!(by_query.expect_event().await.id(), live);
+    let header = missed[0].to_string();
+    let mut both = EventStream::open(
+        &admin,
+        &format!("?last_event_id={}", ids[0]),
+        &[("last-event-id", &header)],
+    )
+    .await;
+    assert_eq!(both.expect_event().await.id(), missed[1]);
+
+    for bad in ["?last_event_id=abc", "?last_event_id=-1"] {
+        let (status, body) = admin.json(Method::GET, &format!("/v1/events{bad}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+        assert_eq!(body["code"], "invalid_request");
+    }
+    let r = admin
+        .http
+        .get(admin.url("/v1/events"))
+        .header("last-event-id", "12x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+
+    let metrics = admin.hooks_metrics();
+    assert!(
+        metrics.contains("baton_hook_stream_subscribers 3"),
+        "{metrics}"
+    );
+
+    // Shutdown ends open streams (after the flush window), so the server stops.
+    let shutdown = admin.shutdown.clone();
+    let stopping = tokio::spawn(admin.stop());
+    shutdown.cancelled().await;
+    assert_eq!(
+        tokio::time::timeout(WAIT, stream.next()).await.unwrap(),
+        None
+    );
+    tokio::time::timeout(WAIT, stopping).await.unwrap().unwrap();
+}
+
+impl Admin {
+    fn hooks_metrics(&self) -> String {
+        let text = self.metrics.encode();
+        text.lines()
+            .filter(|l| l.starts_with("baton_hook"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+#[tokio::test]
+async fn event_stream_signals_a_gap_past_the_replay_buffer() {
+    let mut config = RelayConfig::default();
+    config.hooks.set_replay(2).unwrap();
+    let admin = start(config, None).await;
+    let ids: Vec<u64> = (1..=5).map(|p| publish(&admin, p)).collect();
+
+    let first = ids[0].to_string();
+    let mut stream = EventStream::open(&admin, "", &[("last-event-id", &first)]).await;
+    let gap = stream.expect_event().await;
+    assert_eq!(
+        gap.id, None,
+        "a gap must not move the client's last event id"
+    );
+    assert_eq!(gap.event.as_deref(), Some("replay.gap"));
+    let data: Value = serde_json::from_str(&gap.data).unwrap();
+    assert_eq!(
+        data,
+        serde_json::json!({ "type": "replay.gap", "after": ids[0], "next": ids[3] })
+    );
+    assert_eq!(stream.expect_event().await.id(), ids[3]);
+    assert_eq!(stream.expect_event().await.id(), ids[4]);
+    stream.expect_quiet().await;
+    drop(stream);
+    admin.stop().await;
+}
+
+/// A default config whose event stream requires `token`.
+fn stream_token_config(token: &str) -> RelayConfig {
+    let mut config = RelayConfig::default();
+    config.hooks.set_stream_token(Some(token.into())).unwrap();
+    config
+}
+
+#[tokio::test]
+async fn event_stream_token_rules() {
+    let status = |admin: &Admin, path: &str, token: Option<&str>| {
+        let mut request = admin.http.get(admin.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+
+    // Only the admin token: it guards the stream too.
+    let admin = start(RelayConfig::default(), Some("admin-t")).await;
+    assert_eq!(status(&admin, "/v1/events", None).await, 401);
+    assert_eq!(status(&admin, "/v1/events", Some("wrong")).await, 401);
+    assert_eq!(status(&admin, "/v1/events", Some("admin-t")).await, 200);
+    admin.stop().await;
+
+    // A stream token: the stream takes it (and only it), the API does not.
+    let admin = start(stream_token_config("stream-t"), Some("admin-t")).await;
+    assert_eq!(status(&admin, "/v1/events", None).await, 401);
+    assert_eq!(status(&admin, "/v1/events", Some("admin-t")).await, 401);
+    assert_eq!(status(&admin, "/v1/events", Some("stream-t")).await, 200);
+    assert_eq!(
+        status(&admin, "/v1/allocations", Some("stream-t")).await,
+        401
+    );
+    assert_eq!(
+        status(&admin, "/v1/allocations", Some("admin-t")).await,
+        200
+    );
+    let r = admin
+        .http
+        .get(admin.url("/v1/events"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()[reqwest::header::WWW_AUTHENTICATE], "Bearer");
+    admin.stop().await;
+
+    // A stream token without an admin token: the stream is guarded, the API open.
+    let admin = start(stream_token_config("stream-t"), None).await;
+    assert_eq!(status(&admin, "/v1/events", None).await, 401);
+    assert_eq!(status(&admin, "/v1/events", Some("stream-t")).await, 200);
+    assert_eq!(status(&admin, "/v1/allocations", None).await, 200);
+    admin.stop().await;
+}
