@@ -6,8 +6,8 @@
 //! does not know its connection, which answers with a stateless reset and ends the game.
 //!
 //! Instead, every connection ID an endpoint issues starts with that endpoint's index
-//! ([`LaneCids`]), and a classic BPF program attached to the port's socket group
-//! ([`attach`]) sends each packet to the socket its destination connection ID names. A
+//! (`LaneCids`), and a classic BPF program attached to the port's socket group
+//! (`attach`) sends each packet to the socket its destination connection ID names. A
 //! client's first Initial packet carries a connection ID the client chose; the program maps it
 //! to an endpoint all the same (its first byte modulo N), consistently for that handshake's
 //! retransmissions, and from the server's first reply on the client uses the IDs that endpoint
