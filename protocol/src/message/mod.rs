@@ -7,8 +7,9 @@
 //! One file a direction: `client.rs` holds [`ClientMessage`] (client → relay), `server.rs` holds
 //! [`ServerMessage`] (relay → client); this module holds the field codecs both share.
 
-use bytes::BufMut;
+use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::frame;
 use crate::join_code::{self, JoinCode};
 use crate::wire::Reader;
 use crate::DecodeError;
@@ -18,6 +19,31 @@ mod server;
 
 pub use client::ClientMessage;
 pub use server::ServerMessage;
+
+/// The framing both directions share, written once: each type brings `encoded_len`,
+/// `write_to` and `read_body`.
+macro_rules! framing {
+    ($($message:ident),*) => {$(
+        impl $message {
+            /// Appends the complete frame (length prefix + type + body) to `out`.
+            pub fn encode_frame(&self, out: &mut BytesMut) {
+                frame::encode(out, self.encoded_len(), |b| self.write_to(b));
+            }
+
+            /// The complete frame as bytes.
+            pub fn to_frame(&self) -> Bytes {
+                frame::encode_to_bytes(self.encoded_len(), |b| self.write_to(b))
+            }
+
+            /// Decodes a frame body (type byte + body, without the length prefix).
+            pub fn decode(frame: &[u8]) -> Result<Self, DecodeError> {
+                decode_body(frame, Self::read_body)
+            }
+        }
+    )*};
+}
+
+framing!(ClientMessage, ServerMessage);
 
 pub(crate) fn code_len(code: &JoinCode) -> usize {
     1 + code.len()
@@ -44,7 +70,7 @@ pub(crate) fn read_code(r: &mut Reader<'_>) -> Result<JoinCode, DecodeError> {
 
 /// Decodes a frame body: its type byte, then what `read_body` reads for that type, and nothing
 /// after it.
-pub(crate) fn decode_body<T>(
+fn decode_body<T>(
     frame: &[u8],
     read_body: impl FnOnce(u8, &mut Reader<'_>) -> Result<T, DecodeError>,
 ) -> Result<T, DecodeError> {

@@ -1,16 +1,15 @@
 //! [`ServerMessage`]: what the relay sends to a client on its control stream (replies and
 //! events), with its codec.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::BufMut;
 
-use crate::frame;
 use crate::join_code::JoinCode;
 use crate::wire::Reader;
 use crate::{
     AllocationId, DecodeError, DropReason, ErrorCode, LeaveReason, PeerId, MAX_PEERS_LIMIT,
 };
 
-use super::{code_len, decode_body, put_code, read_code};
+use super::{code_len, put_code, read_code};
 
 /// Messages the relay sends to a client on its control stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -281,23 +280,8 @@ impl ServerMessage {
         }
     }
 
-    /// Appends the complete frame (length prefix + type + body) to `out`.
-    pub fn encode_frame(&self, out: &mut BytesMut) {
-        frame::encode(out, self.encoded_len(), |b| self.write_to(b));
-    }
-
-    /// The complete frame as bytes.
-    pub fn to_frame(&self) -> Bytes {
-        frame::encode_to_bytes(self.encoded_len(), |b| self.write_to(b))
-    }
-
-    /// Decodes a frame body (type byte + body, without the length prefix).
-    pub fn decode(frame: &[u8]) -> Result<Self, DecodeError> {
-        decode_body(frame, Self::read_body)
-    }
-
     /// Reads the body of a message of type `ty`.
-    fn read_body(ty: u8, r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    pub(super) fn read_body(ty: u8, r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let msg = match ty {
             0x81 => ServerMessage::AllocationCreated {
                 request_id: r.u32()?,
