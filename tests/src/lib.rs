@@ -14,6 +14,7 @@ use std::time::Duration;
 use baton_client::{ClientConfig, Event, PeerId, Session, Trust};
 use baton_relay::{Relay, RelayConfig, TlsSource};
 use bytes::Bytes;
+use rustls::pki_types::{pem::PemObject, CertificateDer};
 
 /// How long any single wait in a test may take before the test fails instead of hanging.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -141,7 +142,7 @@ pub async fn raw_client(
 ) -> (quinn::Endpoint, quinn::Connection) {
     let pem = std::fs::read(relay.relay().cert_path()).expect("relay certificate");
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+    for cert in CertificateDer::pem_slice_iter(&pem) {
         roots.add(cert.expect("PEM")).expect("root");
     }
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());

@@ -31,7 +31,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use baton_relay::{Relay, RelayConfig, TlsSource};
@@ -80,11 +80,7 @@ pub fn player_main_if_requested() -> Option<anyhow::Result<()>> {
 }
 
 /// Microseconds since the Unix epoch: the clock players stamp their reports with.
-pub fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-}
+pub use crate::player::now_us;
 
 /// Settings of the in-process relay.
 #[derive(Debug, Clone, Copy)]

@@ -178,7 +178,8 @@ impl Printer {
                 }
                 // Before the host ends, only the host's view of the joins is worth showing.
                 let setup_chatter = self.t0.is_none() && report.event == "event" && !old_host;
-                if setup_chatter {
+                // The payload checks' allocation bookkeeping says nothing the timeline does not.
+                if setup_chatter || report.event == "alloc_seen" {
                     return;
                 }
                 let text = self.describe(report, self.peers.get(&who).copied());
@@ -261,6 +262,7 @@ impl Printer {
                 r.u64("len").unwrap_or(0)
             ),
             "closing" => "closing its connection".into(),
+            "closed" => "closed".into(),
             "host_lost" => format!(
                 "host {} lost ({}); peer {} elected{}",
                 peer("host"),

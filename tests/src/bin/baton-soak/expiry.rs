@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use baton_client::{AllocationOptions, Error, Host, Peer};
 use baton_protocol::CloseCode;
+use rustls::pki_types::{pem::PemObject, CertificateDer};
 use serde_json::Value;
 
 use crate::state::{Check, Ctx};
@@ -211,7 +212,7 @@ fn quic_config(ctx: &Ctx) -> anyhow::Result<quinn::ClientConfig> {
     let pem =
         std::fs::read(&ctx.cert).with_context(|| format!("reading {}", ctx.cert.display()))?;
     let mut roots = rustls::RootCertStore::empty();
-    for der in rustls_pemfile::certs(&mut pem.as_slice()) {
+    for der in CertificateDer::pem_slice_iter(&pem) {
         roots
             .add(der.context("PEM certificate")?)
             .context("trusting the relay certificate")?;

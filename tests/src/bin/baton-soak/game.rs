@@ -27,15 +27,20 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use baton_client::AllocationId;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::client::{self, ClientSpec, Command, Entry, Report, Sink};
 use crate::state::{lock, Check, Ctx};
 use crate::util::{now_us, Rng};
+use baton_tests::player::{self, Command, PlayerArgs, Report, Role, Sink};
 
+/// How often a client reports its counters.
+const STATS_EVERY: Duration = Duration::from_millis(500);
+/// The hidden subcommand that makes `baton-soak` a player process.
+pub const PLAYER_SUBCOMMAND: &str = "player";
 /// Time a client has to connect and enter its game.
 const READY_BOUND: Duration = Duration::from_secs(15);
 /// Time a membership event (`PeerJoined`, `PeerLeft`, `PeerRejoined`) has to reach every
@@ -176,16 +181,17 @@ impl Migration {
                 Ok(true)
             }
             Report::HostMigrated {
-                alloc,
+                allocation,
                 new_host,
                 you_are_host,
                 members,
                 snapshot_from,
+                ..
             } => {
                 self.migrated.insert(
                     uid,
                     Migrated {
-                        alloc: *alloc,
+                        alloc: alloc_id(allocation),
                         new_host: *new_host,
                         you_are_host: *you_are_host,
                         members: members.clone(),
@@ -521,7 +527,7 @@ impl Game {
         match report {
             Report::Ready {
                 peer,
-                alloc,
+                allocation,
                 code,
                 token,
                 host,
@@ -529,7 +535,7 @@ impl Game {
             } => {
                 client.ready = Some(Ok(Ready {
                     peer,
-                    alloc,
+                    alloc: alloc_id(&allocation),
                     code,
                     token,
                     host,
@@ -583,6 +589,19 @@ impl Game {
                 }
             }
             Report::Violation { what } => self.ctx.fail(Check::Routing, what),
+            // Timing reports for the migration tools; the soak checks migrations by events.
+            Report::FirstFromHost { .. }
+            | Report::FirstFromPeer { .. }
+            | Report::SnapshotStored { .. }
+            | Report::Closing => {}
+            Report::SnapshotFailed { error } => self.ctx.fail(
+                Check::Migration,
+                format!("game {}: a snapshot upload failed: {error}", self.id),
+            ),
+            Report::UnknownCommand { command } => self.ctx.fail(
+                Check::Membership,
+                format!("game {}: a player did not understand {command:?}", self.id),
+            ),
             Report::AllocSeen { alloc, sender } => {
                 if phase != Phase::Departing {
                     self.alloc_seen(alloc, sender);
@@ -972,24 +991,26 @@ impl Game {
     // ---- clients -------------------------------------------------------------------------
 
     /// Starts a client of the current game, in this process or its own.
-    fn spawn_client(&mut self, entry: Entry, process: bool) -> anyhow::Result<u64> {
+    fn spawn_client(&mut self, role: Role, process: bool) -> anyhow::Result<u64> {
         let ctx = &self.ctx;
         let uid = ctx.next_uid();
-        let spec = ClientSpec {
+        let spec = PlayerArgs {
             relay: ctx.relay_addr,
             fingerprint: ctx.fingerprint.clone(),
-            game: self.id,
-            uid,
             rate: ctx.opts.rate,
-            payload: ctx.opts.payload,
             keepalive_ms: ctx.opts.keepalive_interval.as_millis() as u64,
-            p2p_every: ctx.opts.p2p_every,
             max_secs: ctx
                 .churn_end
                 .saturating_duration_since(Instant::now())
                 .as_secs()
                 + 60,
-            entry,
+            game: self.id,
+            uid: Some(uid),
+            payload: ctx.opts.payload,
+            p2p_every: ctx.opts.p2p_every,
+            stats_ms: STATS_EVERY.as_millis() as u64,
+            game_snapshots: true,
+            role,
         };
         let mut client = Client {
             phase: Phase::Entering,
@@ -1002,6 +1023,7 @@ impl Game {
         };
         if process {
             let mut child = tokio::process::Command::new(&ctx.exe)
+                .arg(PLAYER_SUBCOMMAND)
                 .args(spec.to_args())
                 .env_remove("RUST_LOG")
                 .stdin(Stdio::piped())
@@ -1025,7 +1047,10 @@ impl Game {
                 tx: self.tx.clone(),
                 latency: ctx.latency.clone(),
             };
-            self.tasks.spawn(client::run(spec, sink, rx));
+            self.tasks.spawn(async move {
+                // A client that cannot enter has reported why.
+                let _ = player::play(spec, sink, rx).await;
+            });
         }
         self.clients.insert(uid, client);
         Ok(uid)
@@ -1123,7 +1148,7 @@ impl Game {
         let process = self
             .rng
             .chance((self.ctx.opts.process_fraction * 2.0).min(1.0));
-        let ready = match self.spawn_client(Entry::Host, process) {
+        let ready = match self.spawn_client(Role::Host { snapshot_bytes: 0 }, process) {
             Ok(uid) => self.await_ready(uid).await.map(|r| (uid, r)),
             Err(e) => Err(format!("cannot start a player process: {e}")),
         };
@@ -1250,7 +1275,7 @@ impl Game {
         };
         self.churn_begin();
         let process = self.rng.chance(self.ctx.opts.process_fraction);
-        let ready = match self.spawn_client(Entry::Join { code }, process) {
+        let ready = match self.spawn_client(Role::Join { code }, process) {
             Ok(uid) => self.await_ready(uid).await.map(|r| (uid, r)),
             Err(e) => Err(format!("cannot start a player process: {e}")),
         };
@@ -1415,7 +1440,7 @@ impl Game {
             return;
         }
         self.churn_begin();
-        let ready = match self.spawn_client(Entry::Rejoin { token }, false) {
+        let ready = match self.spawn_client(Role::Rejoin { token }, false) {
             Ok(uid) => self.await_ready(uid).await.map(|r| (uid, r)),
             Err(e) => Err(e.to_string()),
         };
@@ -1555,6 +1580,11 @@ impl Game {
         self.pump_until(deadline, |g| g.tasks.is_empty()).await;
         self.tasks.shutdown().await;
     }
+}
+
+/// An allocation id as a report spells it (hex); 0 if it is not one.
+fn alloc_id(allocation: &str) -> u64 {
+    allocation.parse::<AllocationId>().map_or(0, |a| a.0)
 }
 
 /// Forwards a player process's reports to its game, then reports how it ended.
