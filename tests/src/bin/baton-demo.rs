@@ -20,11 +20,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use anyhow::Context;
 use baton_relay::cli::parse_duration;
 use baton_tests::migration_run::{
-    player_main_if_requested, run_migration, HostEnd, LocalRelay, Note, PlayerSettings,
-    RelaySettings, Report, Scenario, Timeline,
+    run_migration, tool_main, HostEnd, LocalRelay, Note, PlayerSettings, RelaySettings, Report,
+    Scenario, Timeline,
 };
 use clap::Parser;
 
@@ -56,15 +55,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    if let Some(result) = player_main_if_requested() {
-        return result;
-    }
-    let args = Args::parse();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("runtime")?
-        .block_on(demo(args))
+    tool_main(|| demo(Args::parse()))
 }
 
 async fn demo(args: Args) -> anyhow::Result<()> {
