@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use baton_client::{AllocationOptions, Error, Host, Peer};
 use baton_protocol::CloseCode;
-use rustls::pki_types::{pem::PemObject, CertificateDer};
 use serde_json::Value;
 
 use crate::state::{Check, Ctx};
@@ -211,21 +210,7 @@ async fn unclaimed_reservation(ctx: &Ctx) -> anyhow::Result<()> {
 fn quic_config(ctx: &Ctx) -> anyhow::Result<quinn::ClientConfig> {
     let pem =
         std::fs::read(&ctx.cert).with_context(|| format!("reading {}", ctx.cert.display()))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for der in CertificateDer::pem_slice_iter(&pem) {
-        roots
-            .add(der.context("PEM certificate")?)
-            .context("trusting the relay certificate")?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut crypto = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .context("TLS 1.3")?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    crypto.alpn_protocols = vec![baton_protocol::ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto)
-        .map_err(|e| anyhow!("TLS configuration unusable for QUIC: {e}"))?;
+    let crypto = baton_tests::tls::quic_crypto(&pem)?;
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(ctx.opts.keepalive_interval));
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));

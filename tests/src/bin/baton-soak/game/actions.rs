@@ -30,11 +30,7 @@ impl Game {
         let process = self
             .rng
             .chance((self.ctx.opts.process_fraction * 2.0).min(1.0));
-        let ready = match self.spawn_client(Role::Host { snapshot_bytes: 0 }, process) {
-            Ok(uid) => self.await_ready(uid).await.map(|r| (uid, r)),
-            Err(e) => Err(format!("cannot start a player process: {e}")),
-        };
-        let (uid, ready) = match ready {
+        let (uid, ready) = match self.enter(Role::Host { snapshot_bytes: 0 }, process).await {
             Ok(r) => r,
             Err(e) => {
                 self.ctx.fail(
@@ -157,24 +153,10 @@ impl Game {
         };
         self.churn_begin();
         let process = self.rng.chance(self.ctx.opts.process_fraction);
-        let ready = match self.spawn_client(Role::Join { code }, process) {
-            Ok(uid) => self.await_ready(uid).await.map(|r| (uid, r)),
-            Err(e) => Err(format!("cannot start a player process: {e}")),
-        };
-        match ready {
+        match self.enter(Role::Join { code }, process).await {
             Ok((uid, ready)) => {
                 self.ctx.stats.joins.inc();
-                self.admit(uid, &ready, "joined");
-                let others = self.others(ready.peer);
-                for other in others {
-                    self.expect(
-                        other,
-                        Heard::Joined(ready.peer),
-                        None,
-                        EVENT_BOUND,
-                        "a peer joined",
-                    );
-                }
+                self.arrived(uid, &ready, Heard::Joined(ready.peer), "joined");
             }
             Err(e) => self.ctx.fail(
                 Check::Membership,
@@ -183,6 +165,25 @@ impl Game {
         }
         self.settle().await;
         self.churn_end();
+    }
+
+    /// Starts a client as `role` and waits (bounded) until it is in the game.
+    async fn enter(&mut self, role: Role, process: bool) -> Result<(u64, Ready), String> {
+        match self.spawn_client(role, process) {
+            Ok(uid) => self.await_ready(uid).await.map(|r| (uid, r)),
+            Err(e) => Err(format!("cannot start a player: {e}")),
+        }
+    }
+
+    /// Makes a client that entered a member (see [`Game::admit`]); every other member must
+    /// hear `heard`.
+    fn arrived(&mut self, uid: u64, ready: &Ready, heard: Heard, how: &str) {
+        self.admit(uid, ready, how);
+        let others = self.others(ready.peer);
+        let why = format!("a peer {how}");
+        for other in others {
+            self.expect(other, heard, None, EVENT_BOUND, &why);
+        }
     }
 
     /// Checks what a client entering the game saw, and makes it a member.
@@ -322,11 +323,7 @@ impl Game {
             return;
         }
         self.churn_begin();
-        let ready = match self.spawn_client(Role::Rejoin { token }, false) {
-            Ok(uid) => self.await_ready(uid).await.map(|r| (uid, r)),
-            Err(e) => Err(e.to_string()),
-        };
-        match ready {
+        match self.enter(Role::Rejoin { token }, false).await {
             Ok((uid, ready)) => {
                 self.ctx.stats.rejoins.inc();
                 if ready.peer != peer {
@@ -338,17 +335,7 @@ impl Game {
                         ),
                     );
                 }
-                self.admit(uid, &ready, "rejoined");
-                let others = self.others(ready.peer);
-                for other in others {
-                    self.expect(
-                        other,
-                        Heard::Rejoined(ready.peer),
-                        None,
-                        EVENT_BOUND,
-                        "a member rejoined",
-                    );
-                }
+                self.arrived(uid, &ready, Heard::Rejoined(ready.peer), "rejoined");
             }
             Err(e) => self.ctx.fail(
                 Check::Membership,
