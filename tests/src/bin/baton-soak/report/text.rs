@@ -1,0 +1,175 @@
+//! The soak's summary as text: a verdict line, a line per area (run, games, churn,
+//! migrations, datagrams, latency, expiry, relay) and every check. Runs once at the end.
+
+use super::judge::Findings;
+use super::{hist_triplet, mib};
+
+/// The summary of `f` as text.
+pub(super) fn render(f: &Findings<'_>) -> String {
+    let Findings {
+        ctx,
+        settings,
+        monitor,
+        churn_s,
+        kept_dir,
+        received,
+        lost,
+        loss,
+        memory,
+        migration_ms,
+        latency,
+        relay_drops,
+        relay_counts,
+        checks,
+        failures,
+        ok,
+        ..
+    } = f;
+    let s = &ctx.stats;
+    let mut t = String::new();
+    let verdict = if *ok {
+        "PASS".to_owned()
+    } else {
+        let failed: Vec<&str> = checks
+            .iter()
+            .filter(|(_, (ok, _))| !ok)
+            .map(|(c, _)| c.name())
+            .collect();
+        format!("FAIL ({})", failed.join(", "))
+    };
+    let line = |t: &mut String, label: &str, text: String| {
+        t.push_str(&format!("  {label:<11}{text}\n"));
+    };
+    t.push_str(&format!("baton-soak: {verdict}\n"));
+    line(
+        &mut t,
+        "run",
+        format!(
+            "{churn_s:.0} s of churn, {:.1} s in all; seed {}; {} games x (1 host + {} peers) at {} Hz, {} B payloads",
+            ctx.elapsed_s(),
+            settings.seed,
+            settings.allocations,
+            settings.peers,
+            settings.rate,
+            settings.payload
+        ),
+    );
+    line(&mut t, "relay", monitor.relay.command.clone());
+    line(
+        &mut t,
+        "games",
+        format!(
+            "{} started, {} ended by everyone leaving; {} player processes",
+            s.games_started.get(),
+            s.games_ended.get(),
+            s.processes.get()
+        ),
+    );
+    line(
+        &mut t,
+        "churn",
+        format!(
+            "{} joins, {} leaves, {} host exits, {} crashes ({} hosts, {} peers), {} rejoins",
+            s.joins.get(),
+            s.leaves.get(),
+            s.host_closes.get(),
+            s.host_crashes.get() + s.peer_crashes.get(),
+            s.host_crashes.get(),
+            s.peer_crashes.get(),
+            s.rejoins.get()
+        ),
+    );
+    line(
+        &mut t,
+        "migrations",
+        format!(
+            "{} completed, {} failed, {} host losses with no member left; {} snapshots delivered; time p50/p99/max {} ms",
+            s.migrations.get(),
+            s.migrations_failed.get(),
+            s.closed_without_members.get(),
+            s.snapshots.get(),
+            hist_triplet(migration_ms)
+        ),
+    );
+    line(
+        &mut t,
+        "datagrams",
+        format!(
+            "{} sent ({} deliveries, some to members killed or leaving), {} received; lost {} between membership changes ({:.4}%, max {:.2}%), {} around them; {} late; relay-reported drops {:?}",
+            s.sent.get(),
+            s.deliveries.get(),
+            received,
+            lost,
+            loss * 100.0,
+            settings.max_loss * 100.0,
+            s.lost_churn.get(),
+            s.late.get(),
+            relay_drops
+        ),
+    );
+    line(
+        &mut t,
+        "latency",
+        format!(
+            "p50/p99/max {} us (one way, in-process receivers)",
+            hist_triplet(latency)
+        ),
+    );
+    line(
+        &mut t,
+        "expiry",
+        format!(
+            "{} unbound connections closed, {} codes expired, {} reservations expired",
+            s.bind_expiries.get(),
+            s.code_expiries.get(),
+            s.reservation_expiries.get()
+        ),
+    );
+    if let Some(m) = &memory {
+        line(
+            &mut t,
+            "relay RSS",
+            format!(
+                "start {:.1} MiB, peak {:.1} MiB, end {:.1} MiB; steady median first third {:.1} MiB, last third {:.1} MiB (limit {:.1} MiB)",
+                mib(m.start_kib),
+                mib(m.peak_kib),
+                mib(m.end_kib),
+                mib(m.first_third_median_kib),
+                mib(m.last_third_median_kib),
+                mib(m.limit_kib)
+            ),
+        );
+    }
+    line(
+        &mut t,
+        "relay logs",
+        format!(
+            "{:?}; warnings {:?}",
+            monitor.scan.by_level, monitor.scan.warnings
+        ),
+    );
+    line(&mut t, "relay says", relay_counts.to_string());
+    if let Some(dir) = &kept_dir {
+        line(&mut t, "data dir", dir.display().to_string());
+    }
+    t.push_str("  checks\n");
+    for (check, (ok, detail)) in checks {
+        t.push_str(&format!(
+            "    {:<13}{:<5} {detail}\n",
+            check.name(),
+            if *ok { "ok" } else { "FAIL" }
+        ));
+    }
+    if !failures.is_empty() {
+        t.push_str(&format!("  failures ({} in all)\n", ctx.failures.total()));
+        for f in failures {
+            t.push_str(&format!(
+                "    [{:>7.1}s] {}: {}\n",
+                f.at_s,
+                f.check.name(),
+                f.what
+            ));
+        }
+    }
+    t
+}
