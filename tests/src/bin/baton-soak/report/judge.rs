@@ -1,5 +1,5 @@
 //! The verdict of a soak run: every check judged from what the games counted, the relay's
-//! memory samples, its counters and its drain ([`judge`]), gathered as [`Findings`] for the
+//! memory samples, its counters and its drain ([`Summary::build`]), gathered as [`Findings`] for the
 //! text and JSON forms. Runs once, on the soak's main task, at the end.
 
 use std::collections::BTreeMap;
@@ -9,7 +9,7 @@ use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
 use super::memory::Memory;
-use super::{hist_triplet, mib, Drain, Monitor, Settings, COVERAGE_MIN_S};
+use super::{hist_triplet, mib, Drain, Monitor, Settings, Summary, COVERAGE_MIN_S};
 use crate::state::{lock, Check, Ctx, Failure};
 use baton_tests::relay_process::Metrics;
 
@@ -40,180 +40,187 @@ pub(super) struct Findings<'a> {
     pub(super) ok: bool,
 }
 
-/// Judges the run: fails the checks that the totals break (loss, memory, coverage,
-/// counters), then gathers every check's verdict.
-pub(super) fn judge<'a>(
-    ctx: &'a Ctx,
-    settings: &'a Settings,
-    monitor: &'a Monitor,
-    drain: &'a Drain,
-    churn_s: f64,
-    relay_stopped: String,
-    kept_dir: Option<PathBuf>,
-) -> Findings<'a> {
-    let s = &ctx.stats;
-    let received = s.received.get();
-    let lost = s.lost_steady.get();
-    let loss = if received + lost == 0 {
-        0.0
-    } else {
-        lost as f64 / (received + lost) as f64
-    };
-    if loss > settings.max_loss {
-        ctx.fail(
-            Check::Loss,
-            format!(
-                "{:.3}% of datagrams lost between membership changes ({lost} of {}), above {:.3}%; first: {:?}",
-                loss * 100.0,
-                received + lost,
-                settings.max_loss * 100.0,
-                lock(&ctx.loss_examples)
-            ),
-        );
-    }
-    let memory = Memory::from_samples(&monitor.rss, churn_s, settings);
-    match &memory {
-        Some(m) if !m.ok => ctx.fail(
-            Check::Memory,
-            format!(
-                "relay RSS grew from a median of {} KiB (first third) to {} KiB (last third), above the limit {} KiB",
-                m.first_third_median_kib, m.last_third_median_kib, m.limit_kib
-            ),
-        ),
-        Some(_) => {}
-        None => ctx.fail(Check::Memory, "no RSS sample of the relay could be taken"),
-    }
-    if churn_s >= COVERAGE_MIN_S {
-        let mut missing = Vec::new();
-        if s.migrations.get() == 0 {
-            missing.push("a host migration");
-        }
-        if settings.process_fraction > 0.0 && s.host_crashes.get() == 0 {
-            missing.push("a killed host");
-        }
-        if s.bind_expiries.get() == 0 {
-            missing.push("a bind timeout");
-        }
-        if s.code_expiries.get() == 0 {
-            missing.push("an expired join code");
-        }
-        if s.reservation_expiries.get() == 0 {
-            missing.push("an expired reservation");
-        }
-        if s.joins.get() == 0 || s.leaves.get() == 0 {
-            missing.push("joins and leaves");
-        }
-        if !missing.is_empty() {
+impl Summary {
+    /// Judges the run: fails the checks that the totals break (loss, memory, coverage,
+    /// counters), gathers every check's verdict, and prepares both forms of the summary.
+    pub fn build(
+        ctx: &Ctx,
+        settings: &Settings,
+        monitor: &Monitor,
+        drain: &Drain,
+        churn_s: f64,
+        relay_stopped: String,
+        kept_dir: Option<PathBuf>,
+    ) -> Summary {
+        let s = &ctx.stats;
+        let received = s.received.get();
+        let lost = s.lost_steady.get();
+        let loss = if received + lost == 0 {
+            0.0
+        } else {
+            lost as f64 / (received + lost) as f64
+        };
+        if loss > settings.max_loss {
             ctx.fail(
-                Check::Coverage,
+                Check::Loss,
                 format!(
-                    "a {churn_s:.0} s run should have exercised: {}",
-                    missing.join(", ")
+                    "{:.3}% of datagrams lost between membership changes ({lost} of {}), above {:.3}%; first: {:?}",
+                    loss * 100.0,
+                    received + lost,
+                    settings.max_loss * 100.0,
+                    lock(&ctx.loss_examples)
                 ),
             );
         }
-    }
-    let migration_ms = lock(&ctx.migration_ms).clone();
-    let latency = lock(&ctx.latency).clone();
-    let relay_drops = lock(&s.relay_drops).clone();
-    let metrics = drain.metrics.clone().unwrap_or_default();
-    let relay_counts = json!({
-        "members_left": metrics.by_label("baton_members_left_total", "reason"),
-        "requests_refused": metrics.by_label("baton_requests_refused_total", "reason"),
-        "datagrams_dropped": metrics.by_label("baton_datagrams_dropped_total", "reason"),
-        "datagrams_forwarded": metrics.get("baton_datagrams_forwarded_total"),
-        "allocations_created": metrics.get("baton_allocations_created_total"),
-        "connections_accepted": metrics.get("baton_connections_accepted_total"),
-        "joins": metrics.get("baton_joins_total"),
-    });
-
-    let counters = compare_counters(ctx, &metrics);
-    for problem in &counters.1 {
-        ctx.fail(Check::Counters, problem.clone());
-    }
-    let mut checks = BTreeMap::new();
-    let detail = |check: Check| -> String {
-        match check {
-            Check::Migration => format!(
-                "{} completed, {} failed; time p50/p99/max {} ms",
-                s.migrations.get(),
-                s.migrations_failed.get(),
-                hist_triplet(&migration_ms)
-            ),
-            Check::Routing => format!("{received} datagrams checked"),
-            Check::Loss => format!(
-                "{:.4}% lost between membership changes (max {:.2}%); {} stall checks",
-                loss * 100.0,
-                settings.max_loss * 100.0,
-                s.flow_checks.get()
-            ),
-            Check::Membership => format!(
-                "{} joins, {} leaves, {} crashes, {} rejoins",
-                s.joins.get(),
-                s.leaves.get() + s.host_closes.get(),
-                s.host_crashes.get() + s.peer_crashes.get(),
-                s.rejoins.get()
-            ),
-            Check::Expiry => format!(
-                "{} bind timeouts, {} expired codes, {} expired reservations",
-                s.bind_expiries.get(),
-                s.code_expiries.get(),
-                s.reservation_expiries.get()
-            ),
-            Check::Drain => match drain.took_s {
-                Some(t) => format!(
-                    "admin API and metrics show 0 allocations, 0 connections after {t:.1} s"
+        let memory = Memory::from_samples(&monitor.rss, churn_s, settings);
+        match &memory {
+            Some(m) if !m.ok => ctx.fail(
+                Check::Memory,
+                format!(
+                    "relay RSS grew from a median of {} KiB (first third) to {} KiB (last third), above the limit {} KiB",
+                    m.first_third_median_kib, m.last_third_median_kib, m.limit_kib
                 ),
-                None => drain.describe(),
-            },
-            Check::Memory => match &memory {
-                Some(m) => format!(
-                    "median RSS {:.1} MiB -> {:.1} MiB (limit {:.1} MiB, {} samples)",
-                    mib(m.first_third_median_kib),
-                    mib(m.last_third_median_kib),
-                    mib(m.limit_kib),
-                    m.trend_samples
-                ),
-                None => "no samples".to_owned(),
-            },
-            Check::RelayHealth => format!(
-                "{} error lines, {} stderr lines; {}",
-                monitor.scan.error_count,
-                monitor.scan.stderr.len(),
-                monitor
-                    .relay_exited
-                    .clone()
-                    .unwrap_or_else(|| format!("stopped: {relay_stopped}"))
             ),
-            Check::Counters => counters.0.clone(),
-            Check::Coverage => "scenarios exercised".to_owned(),
+            Some(_) => {}
+            None => ctx.fail(Check::Memory, "no RSS sample of the relay could be taken"),
         }
-    };
-    for check in Check::ALL {
-        checks.insert(check, (ctx.failures.count(check) == 0, detail(check)));
-    }
-    let ok = checks.values().all(|(ok, _)| *ok);
-    let failures = ctx.failures.kept();
+        if churn_s >= COVERAGE_MIN_S {
+            let mut missing = Vec::new();
+            if s.migrations.get() == 0 {
+                missing.push("a host migration");
+            }
+            if settings.process_fraction > 0.0 && s.host_crashes.get() == 0 {
+                missing.push("a killed host");
+            }
+            if s.bind_expiries.get() == 0 {
+                missing.push("a bind timeout");
+            }
+            if s.code_expiries.get() == 0 {
+                missing.push("an expired join code");
+            }
+            if s.reservation_expiries.get() == 0 {
+                missing.push("an expired reservation");
+            }
+            if s.joins.get() == 0 || s.leaves.get() == 0 {
+                missing.push("joins and leaves");
+            }
+            if !missing.is_empty() {
+                ctx.fail(
+                    Check::Coverage,
+                    format!(
+                        "a {churn_s:.0} s run should have exercised: {}",
+                        missing.join(", ")
+                    ),
+                );
+            }
+        }
+        let migration_ms = lock(&ctx.migration_ms).clone();
+        let latency = lock(&ctx.latency).clone();
+        let relay_drops = lock(&s.relay_drops).clone();
+        let metrics = drain.metrics.clone().unwrap_or_default();
+        let relay_counts = json!({
+            "members_left": metrics.by_label("baton_members_left_total", "reason"),
+            "requests_refused": metrics.by_label("baton_requests_refused_total", "reason"),
+            "datagrams_dropped": metrics.by_label("baton_datagrams_dropped_total", "reason"),
+            "datagrams_forwarded": metrics.get("baton_datagrams_forwarded_total"),
+            "allocations_created": metrics.get("baton_allocations_created_total"),
+            "connections_accepted": metrics.get("baton_connections_accepted_total"),
+            "joins": metrics.get("baton_joins_total"),
+        });
 
-    Findings {
-        ctx,
-        settings,
-        monitor,
-        drain,
-        churn_s,
-        relay_stopped,
-        kept_dir,
-        received,
-        lost,
-        loss,
-        memory,
-        migration_ms,
-        latency,
-        relay_drops,
-        relay_counts,
-        checks,
-        failures,
-        ok,
+        let counters = compare_counters(ctx, &metrics);
+        for problem in &counters.1 {
+            ctx.fail(Check::Counters, problem.clone());
+        }
+        let mut checks = BTreeMap::new();
+        let detail = |check: Check| -> String {
+            match check {
+                Check::Migration => format!(
+                    "{} completed, {} failed; time p50/p99/max {} ms",
+                    s.migrations.get(),
+                    s.migrations_failed.get(),
+                    hist_triplet(&migration_ms)
+                ),
+                Check::Routing => format!("{received} datagrams checked"),
+                Check::Loss => format!(
+                    "{:.4}% lost between membership changes (max {:.2}%); {} stall checks",
+                    loss * 100.0,
+                    settings.max_loss * 100.0,
+                    s.flow_checks.get()
+                ),
+                Check::Membership => format!(
+                    "{} joins, {} leaves, {} crashes, {} rejoins",
+                    s.joins.get(),
+                    s.leaves.get() + s.host_closes.get(),
+                    s.host_crashes.get() + s.peer_crashes.get(),
+                    s.rejoins.get()
+                ),
+                Check::Expiry => format!(
+                    "{} bind timeouts, {} expired codes, {} expired reservations",
+                    s.bind_expiries.get(),
+                    s.code_expiries.get(),
+                    s.reservation_expiries.get()
+                ),
+                Check::Drain => match drain.took_s {
+                    Some(t) => format!(
+                        "admin API and metrics show 0 allocations, 0 connections after {t:.1} s"
+                    ),
+                    None => drain.describe(),
+                },
+                Check::Memory => match &memory {
+                    Some(m) => format!(
+                        "median RSS {:.1} MiB -> {:.1} MiB (limit {:.1} MiB, {} samples)",
+                        mib(m.first_third_median_kib),
+                        mib(m.last_third_median_kib),
+                        mib(m.limit_kib),
+                        m.trend_samples
+                    ),
+                    None => "no samples".to_owned(),
+                },
+                Check::RelayHealth => format!(
+                    "{} error lines, {} stderr lines; {}",
+                    monitor.scan.error_count,
+                    monitor.scan.stderr.len(),
+                    monitor
+                        .relay_exited
+                        .clone()
+                        .unwrap_or_else(|| format!("stopped: {relay_stopped}"))
+                ),
+                Check::Counters => counters.0.clone(),
+                Check::Coverage => "scenarios exercised".to_owned(),
+            }
+        };
+        for check in Check::ALL {
+            checks.insert(check, (ctx.failures.count(check) == 0, detail(check)));
+        }
+        let ok = checks.values().all(|(ok, _)| *ok);
+        let failures = ctx.failures.kept();
+
+        let f = Findings {
+            ctx,
+            settings,
+            monitor,
+            drain,
+            churn_s,
+            relay_stopped,
+            kept_dir,
+            received,
+            lost,
+            loss,
+            memory,
+            migration_ms,
+            latency,
+            relay_drops,
+            relay_counts,
+            checks,
+            failures,
+            ok,
+        };
+        Summary {
+            ok: f.ok,
+            json: super::json::render(&f),
+            text: super::text::render(&f),
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! What the soak prints: a progress line now and then, and at the end a summary with every
 //! check's verdict, as text or JSON.
 //!
-//! Files: [`judge`] (the verdicts), [`memory`] (the RSS trend), `json` and `text` (the two
+//! Files: [`judge`] (the verdicts, [`Summary::build`]), [`memory`] (the RSS trend), `json` and `text` (the two
 //! forms). The monitor ([`Monitor`]) samples on its own task; the rest runs at the end.
 
 mod json;
@@ -191,32 +191,6 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// Judges the run and prepares both forms of the summary.
-    pub fn build(
-        ctx: &Ctx,
-        settings: &Settings,
-        monitor: &Monitor,
-        drain: &Drain,
-        churn_s: f64,
-        relay_stopped: String,
-        kept_dir: Option<std::path::PathBuf>,
-    ) -> Summary {
-        let findings = judge::judge(
-            ctx,
-            settings,
-            monitor,
-            drain,
-            churn_s,
-            relay_stopped,
-            kept_dir,
-        );
-        Summary {
-            ok: findings.ok,
-            json: json::render(&findings),
-            text: text::render(&findings),
-        }
-    }
-
     /// The summary as JSON.
     pub fn to_json(&self) -> Value {
         self.json.clone()

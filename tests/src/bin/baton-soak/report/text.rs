@@ -6,31 +6,13 @@ use super::{hist_triplet, mib};
 
 /// The summary of `f` as text.
 pub(super) fn render(f: &Findings<'_>) -> String {
-    let Findings {
-        ctx,
-        settings,
-        monitor,
-        churn_s,
-        kept_dir,
-        received,
-        lost,
-        loss,
-        memory,
-        migration_ms,
-        latency,
-        relay_drops,
-        relay_counts,
-        checks,
-        failures,
-        ok,
-        ..
-    } = f;
-    let s = &ctx.stats;
+    let s = &f.ctx.stats;
     let mut t = String::new();
-    let verdict = if *ok {
+    let verdict = if f.ok {
         "PASS".to_owned()
     } else {
-        let failed: Vec<&str> = checks
+        let failed: Vec<&str> = f
+            .checks
             .iter()
             .filter(|(_, (ok, _))| !ok)
             .map(|(c, _)| c.name())
@@ -45,16 +27,17 @@ pub(super) fn render(f: &Findings<'_>) -> String {
         &mut t,
         "run",
         format!(
-            "{churn_s:.0} s of churn, {:.1} s in all; seed {}; {} games x (1 host + {} peers) at {} Hz, {} B payloads",
-            ctx.elapsed_s(),
-            settings.seed,
-            settings.allocations,
-            settings.peers,
-            settings.rate,
-            settings.payload
+            "{:.0} s of churn, {:.1} s in all; seed {}; {} games x (1 host + {} peers) at {} Hz, {} B payloads",
+            f.churn_s,
+            f.ctx.elapsed_s(),
+            f.settings.seed,
+            f.settings.allocations,
+            f.settings.peers,
+            f.settings.rate,
+            f.settings.payload
         ),
     );
-    line(&mut t, "relay", monitor.relay.command.clone());
+    line(&mut t, "relay", f.monitor.relay.command.clone());
     line(
         &mut t,
         "games",
@@ -88,7 +71,7 @@ pub(super) fn render(f: &Findings<'_>) -> String {
             s.migrations_failed.get(),
             s.closed_without_members.get(),
             s.snapshots.get(),
-            hist_triplet(migration_ms)
+            hist_triplet(&f.migration_ms)
         ),
     );
     line(
@@ -98,13 +81,13 @@ pub(super) fn render(f: &Findings<'_>) -> String {
             "{} sent ({} deliveries, some to members killed or leaving), {} received; lost {} between membership changes ({:.4}%, max {:.2}%), {} around them; {} late; relay-reported drops {:?}",
             s.sent.get(),
             s.deliveries.get(),
-            received,
-            lost,
-            loss * 100.0,
-            settings.max_loss * 100.0,
+            f.received,
+            f.lost,
+            f.loss * 100.0,
+            f.settings.max_loss * 100.0,
             s.lost_churn.get(),
             s.late.get(),
-            relay_drops
+            f.relay_drops
         ),
     );
     line(
@@ -112,7 +95,7 @@ pub(super) fn render(f: &Findings<'_>) -> String {
         "latency",
         format!(
             "p50/p99/max {} us (one way, in-process receivers)",
-            hist_triplet(latency)
+            hist_triplet(&f.latency)
         ),
     );
     line(
@@ -125,7 +108,7 @@ pub(super) fn render(f: &Findings<'_>) -> String {
             s.reservation_expiries.get()
         ),
     );
-    if let Some(m) = &memory {
+    if let Some(m) = &f.memory {
         line(
             &mut t,
             "relay RSS",
@@ -145,29 +128,29 @@ pub(super) fn render(f: &Findings<'_>) -> String {
         "relay logs",
         format!(
             "{:?}; warnings {:?}",
-            monitor.scan.by_level, monitor.scan.warnings
+            f.monitor.scan.by_level, f.monitor.scan.warnings
         ),
     );
-    line(&mut t, "relay says", relay_counts.to_string());
-    if let Some(dir) = &kept_dir {
+    line(&mut t, "relay says", f.relay_counts.to_string());
+    if let Some(dir) = &f.kept_dir {
         line(&mut t, "data dir", dir.display().to_string());
     }
     t.push_str("  checks\n");
-    for (check, (ok, detail)) in checks {
+    for (check, (ok, detail)) in &f.checks {
         t.push_str(&format!(
             "    {:<13}{:<5} {detail}\n",
             check.name(),
             if *ok { "ok" } else { "FAIL" }
         ));
     }
-    if !failures.is_empty() {
-        t.push_str(&format!("  failures ({} in all)\n", ctx.failures.total()));
-        for f in failures {
+    if !f.failures.is_empty() {
+        t.push_str(&format!("  failures ({} in all)\n", f.ctx.failures.total()));
+        for failure in &f.failures {
             t.push_str(&format!(
                 "    [{:>7.1}s] {}: {}\n",
-                f.at_s,
-                f.check.name(),
-                f.what
+                failure.at_s,
+                failure.check.name(),
+                failure.what
             ));
         }
     }
