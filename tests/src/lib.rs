@@ -7,6 +7,7 @@
 pub mod migration_run;
 pub mod player;
 pub mod relay_process;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -140,23 +141,11 @@ pub async fn raw_client(
     transport: impl FnOnce(&mut quinn::TransportConfig),
 ) -> (quinn::Endpoint, quinn::Connection) {
     let pem = std::fs::read(relay.relay().cert_path()).expect("relay certificate");
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-        roots.add(cert.expect("PEM")).expect("root");
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let mut crypto = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("TLS 1.3")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    crypto.alpn_protocols = vec![baton_protocol::ALPN.to_vec()];
+    let crypto = tls::quic_crypto(&pem).expect("QUIC TLS");
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(Duration::from_secs(1)));
     transport(&mut t);
-    let mut config = quinn::ClientConfig::new(std::sync::Arc::new(
-        quinn::crypto::rustls::QuicClientConfig::try_from(crypto).expect("QUIC TLS"),
-    ));
+    let mut config = quinn::ClientConfig::new(std::sync::Arc::new(crypto));
     config.transport_config(std::sync::Arc::new(t));
     let endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
     let conn = endpoint

@@ -1,6 +1,6 @@
 //! Helpers for programs that run `baton-relay` as a child process (`baton-bench`,
-//! `baton-soak`): finding the binary, reading its start-up line and its logs, and parsing its
-//! `/metrics`.
+//! `baton-soak`): finding the binary, its data directory and log files, reading its start-up
+//! line and its logs, and parsing its `/metrics`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -9,6 +9,41 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde_json::Value;
+
+/// A relay child's throw-away data directory, with the files its stdout (its log) and stderr
+/// go to.
+pub struct DataDir {
+    /// The directory (removed when dropped).
+    pub dir: tempfile::TempDir,
+    /// `relay.log` in it: the relay's stdout.
+    pub log_path: PathBuf,
+    /// `relay.err` in it: the relay's stderr.
+    pub err_path: PathBuf,
+}
+
+impl DataDir {
+    /// A fresh directory named `prefix...` with `relay.log` and `relay.err` created in it;
+    /// returns it with those two files, to hand to the child as stdout and stderr.
+    ///
+    /// # Errors
+    /// If the directory or a file cannot be created.
+    pub fn create(prefix: &str) -> anyhow::Result<(DataDir, std::fs::File, std::fs::File)> {
+        let dir = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir()
+            .context("creating the relay's data directory")?;
+        let log_path = dir.path().join("relay.log");
+        let err_path = dir.path().join("relay.err");
+        let stdout = std::fs::File::create(&log_path).context("relay log file")?;
+        let stderr = std::fs::File::create(&err_path).context("relay stderr file")?;
+        let data = DataDir {
+            dir,
+            log_path,
+            err_path,
+        };
+        Ok((data, stdout, stderr))
+    }
+}
 
 /// `baton-relay` next to the running executable (cargo builds both into the same
 /// `target/<profile>`); `me` names the running program in errors.

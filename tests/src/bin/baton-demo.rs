@@ -20,11 +20,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use anyhow::Context;
 use baton_relay::cli::parse_duration;
 use baton_tests::migration_run::{
-    player_main_if_requested, run_migration, HostEnd, LocalRelay, Note, PlayerSettings,
-    RelaySettings, Report, Scenario, Timeline,
+    run_migration, tool_main, HostEnd, LocalRelay, Note, PlayerSettings, RelaySettings, Report,
+    Scenario, Timeline,
 };
 use clap::Parser;
 
@@ -56,15 +55,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    if let Some(result) = player_main_if_requested() {
-        return result;
-    }
-    let args = Args::parse();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("runtime")?
-        .block_on(demo(args))
+    tool_main(|| demo(Args::parse()))
 }
 
 async fn demo(args: Args) -> anyhow::Result<()> {
@@ -178,7 +169,8 @@ impl Printer {
                 }
                 // Before the host ends, only the host's view of the joins is worth showing.
                 let setup_chatter = self.t0.is_none() && report.event == "event" && !old_host;
-                if setup_chatter {
+                // The payload checks' allocation bookkeeping says nothing the timeline does not.
+                if setup_chatter || report.event == "alloc_seen" {
                     return;
                 }
                 let text = self.describe(report, self.peers.get(&who).copied());
@@ -261,6 +253,7 @@ impl Printer {
                 r.u64("len").unwrap_or(0)
             ),
             "closing" => "closing its connection".into(),
+            "closed" => "closed".into(),
             "host_lost" => format!(
                 "host {} lost ({}); peer {} elected{}",
                 peer("host"),

@@ -29,11 +29,10 @@
 use std::io::Write;
 use std::time::Duration;
 
-use anyhow::Context;
 use baton_relay::cli::parse_duration;
 use baton_tests::migration_run::{
-    player_main_if_requested, run_migration, Figures, HostEnd, LocalRelay, Note, PlayerSettings,
-    RelaySettings, Scenario,
+    run_migration, tool_main, Figures, HostEnd, LocalRelay, Note, PlayerSettings, RelaySettings,
+    Scenario,
 };
 use clap::{Parser, ValueEnum};
 use serde::Serialize;
@@ -84,24 +83,17 @@ enum Mode {
 }
 
 fn main() -> anyhow::Result<()> {
-    if let Some(result) = player_main_if_requested() {
-        return result;
-    }
-    let args = Args::parse();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("runtime")?
-        .block_on(async {
-            // Dropping the bench (on Ctrl-C) kills the players of the current run.
-            tokio::select! {
-                result = bench(&args) => result,
-                _ = tokio::signal::ctrl_c() => {
-                    eprintln!("interrupted");
-                    Ok(())
-                }
+    tool_main(|| async {
+        let args = Args::parse();
+        // Dropping the bench (on Ctrl-C) kills the players of the current run.
+        tokio::select! {
+            result = bench(&args) => result,
+            _ = tokio::signal::ctrl_c() => {
+                eprintln!("interrupted");
+                Ok(())
             }
-        })
+        }
+    })
 }
 
 /// p50, p90, max and mean of one figure over the complete runs, in milliseconds.

@@ -210,21 +210,7 @@ async fn unclaimed_reservation(ctx: &Ctx) -> anyhow::Result<()> {
 fn quic_config(ctx: &Ctx) -> anyhow::Result<quinn::ClientConfig> {
     let pem =
         std::fs::read(&ctx.cert).with_context(|| format!("reading {}", ctx.cert.display()))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for der in rustls_pemfile::certs(&mut pem.as_slice()) {
-        roots
-            .add(der.context("PEM certificate")?)
-            .context("trusting the relay certificate")?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut crypto = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .context("TLS 1.3")?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    crypto.alpn_protocols = vec![baton_protocol::ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto)
-        .map_err(|e| anyhow!("TLS configuration unusable for QUIC: {e}"))?;
+    let crypto = baton_tests::tls::quic_crypto(&pem)?;
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(ctx.opts.keepalive_interval));
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));

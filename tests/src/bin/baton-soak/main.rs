@@ -38,10 +38,8 @@
 //!
 //! Every loop is bounded in count and time, and all traffic stays on 127.0.0.1.
 
-mod client;
 mod expiry;
 mod game;
-mod payload;
 mod relay;
 mod report;
 mod state;
@@ -57,11 +55,11 @@ use clap::{Parser, Subcommand};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::client::ClientSpec;
 use crate::relay::{LogScan, Relay, RelaySettings};
 use crate::report::{Drain, Monitor, Summary};
 use crate::state::{Check, Ctx, Opts};
 use crate::util::{parse_duration, parse_fraction, parse_percent};
+use baton_tests::player::{self, payload, PlayerArgs};
 
 /// Soak test of a Baton relay with churn, crashes and host migration.
 #[derive(Debug, Parser)]
@@ -86,7 +84,7 @@ struct Cli {
 enum Sub {
     /// A client in its own process (started by the soak itself).
     #[command(hide = true)]
-    Player(ClientSpec),
+    Player(PlayerArgs),
 }
 
 /// Settings of a soak run.
@@ -234,7 +232,8 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            runtime.block_on(client::player_main(spec));
+            // A player that cannot enter has reported why on stdout.
+            let _ = runtime.block_on(player::run(spec));
             ExitCode::SUCCESS
         }
         None => {

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use baton_tests::relay_process::{wait_until_running, Metrics};
+use baton_tests::relay_process::{wait_until_running, DataDir, Metrics};
 use serde_json::Value;
 
 /// How long the relay may take to print its `relay running` line.
@@ -71,14 +71,12 @@ impl Relay {
             .timeout(HTTP_TIMEOUT)
             .build()
             .context("HTTP client")?;
-        let dir = tempfile::Builder::new()
-            .prefix("baton-soak-")
-            .tempdir()
-            .context("creating the relay's data directory")?;
-        let log_path = dir.path().join("relay.log");
-        let err_path = dir.path().join("relay.err");
-        let stdout = std::fs::File::create(&log_path).context("relay log file")?;
-        let stderr = std::fs::File::create(&err_path).context("relay stderr file")?;
+        let (data, stdout, stderr) = DataDir::create("baton-soak-")?;
+        let DataDir {
+            dir,
+            log_path,
+            err_path,
+        } = data;
         let ms = |d: Duration| format!("{}ms", d.as_millis());
         let mut args: Vec<String> = vec![
             "--data-dir".into(),

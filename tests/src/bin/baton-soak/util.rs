@@ -2,15 +2,9 @@
 //! (so a failing run can be repeated with `--seed`), and parsers for durations and percentages
 //! on the command line.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-/// Microseconds since the Unix epoch. Every process of a run (the soak, its player processes)
-/// stamps events with this clock, so their times can be compared on one machine.
-pub fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-}
+pub use baton_tests::player::now_us;
 
 /// A small, fast, seeded PRNG (SplitMix64). Not for cryptography: it only decides what the
 /// soak does next, reproducibly for a given seed.

@@ -1,16 +1,17 @@
-//! What every soak datagram carries, so a receiver can tell on its own whether the relay
-//! delivered it to the right place, and what it missed.
+//! What every player datagram carries (the soak's format), so a receiver can tell on its own
+//! whether the relay delivered it to the right place, and what it missed. Pure encoding and
+//! per-flow bookkeeping; used on the player's task.
 //!
 //! Layout (big-endian), then padding up to the configured payload size:
 //!
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 4 | magic `BSK1` |
-//! | 4 | 4 | game: the soak's id for the game (stable across host migrations) |
+//! | 4 | 4 | game: the game's id (`--game`, stable across host migrations) |
 //! | 8 | 8 | allocation id as the sender sees it (changes with each migration) |
 //! | 16 | 2 | sender peer id, as the sender knows itself (the relay's stamp must match) |
 //! | 18 | 2 | destination peer id, `0xFFFF` for a broadcast |
-//! | 20 | 8 | sender uid: the soak's id for this client instance (a rejoin is a new one) |
+//! | 20 | 8 | sender uid: the id of this client instance (`--uid`; a rejoin is a new one) |
 //! | 28 | 8 | sequence number, per sender and flow (broadcasts, or unicasts to one peer) |
 //! | 36 | 8 | send time, microseconds since the Unix epoch |
 //! | 44 | .. | padding: byte `i` is `(seq + i) mod 256`, so corruption shows |
