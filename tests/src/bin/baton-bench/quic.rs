@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use baton_protocol::{frame, ClientMessage, DecodeError, JoinCode, ServerMessage};
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
-use rustls::pki_types::{pem::PemObject, CertificateDer};
 use tokio::task::JoinSet;
 
 use crate::relay::Relay;
@@ -320,24 +319,7 @@ pub fn spawn_control_reader(
 /// ring provider and Baton's ALPN, and the SDK's transport settings.
 pub fn client_config(cert: &std::path::Path) -> anyhow::Result<quinn::ClientConfig> {
     let pem = std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for der in CertificateDer::pem_slice_iter(&pem) {
-        roots
-            .add(der.context("PEM certificate")?)
-            .context("trusting the relay certificate")?;
-    }
-    if roots.is_empty() {
-        bail!("{} holds no certificate", cert.display());
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut crypto = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .context("TLS 1.3")?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    crypto.alpn_protocols = vec![baton_protocol::ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto)
-        .map_err(|e| anyhow!("TLS configuration unusable for QUIC: {e}"))?;
+    let crypto = baton_tests::tls::quic_crypto(&pem).with_context(|| cert.display().to_string())?;
     let mut transport = quinn::TransportConfig::default();
     transport
         .keep_alive_interval(Some(KEEP_ALIVE))

@@ -17,7 +17,7 @@ use anyhow::{bail, Context};
 use crate::procstat;
 use crate::report::{note, Progress};
 use crate::Global;
-use baton_tests::relay_process::{tail, wait_until_running, Metrics};
+use baton_tests::relay_process::{tail, wait_until_running, DataDir, Metrics};
 
 /// Limits a run needs from the relay; a child relay gets at least these (and never less than
 /// its own defaults).
@@ -60,7 +60,7 @@ pub struct Relay {
     /// How the relay was started, for the report.
     pub description: String,
     child: Option<tokio::process::Child>,
-    dir: Option<tempfile::TempDir>,
+    dir: Option<DataDir>,
     http: reqwest::Client,
 }
 
@@ -101,21 +101,14 @@ impl Relay {
             Some(bin) => bin.clone(),
             None => baton_tests::relay_process::relay_bin_beside_this_exe("baton-bench")?,
         };
-        let dir = tempfile::Builder::new()
-            .prefix("baton-bench-")
-            .tempdir()
-            .context("creating the relay's data directory")?;
-        let log_path = dir.path().join("relay.log");
-        let err_path = dir.path().join("relay.err");
-        let stdout = std::fs::File::create(&log_path).context("relay log file")?;
-        let stderr = std::fs::File::create(&err_path).context("relay stderr file")?;
+        let (data, stdout, stderr) = DataDir::create("baton-bench-")?;
         let connections = needs.connections.max(DEFAULT_MAX_CONNECTIONS);
         let allocations = needs.allocations.max(DEFAULT_MAX_ALLOCATIONS);
         let members = needs.members.max(DEFAULT_MAX_PEERS);
         let level = &global.relay_log_level;
         let mut cmd = tokio::process::Command::new(&bin);
         cmd.arg("--data-dir")
-            .arg(dir.path())
+            .arg(data.dir.path())
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .args(["--log-format", "json", "--log-level", level])
             .arg("--max-connections")
@@ -138,8 +131,14 @@ impl Relay {
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
         let pid = child.id();
-        let running =
-            wait_until_running(&mut child, &bin, &log_path, &err_path, START_TIMEOUT).await?;
+        let running = wait_until_running(
+            &mut child,
+            &bin,
+            &data.log_path,
+            &data.err_path,
+            START_TIMEOUT,
+        )
+        .await?;
         let (addr, cert) = (running.quic, running.cert);
         Ok(Relay {
             addr,
@@ -154,7 +153,7 @@ impl Relay {
                 pid.map_or_else(|| "?".to_owned(), |p| p.to_string())
             ),
             child: Some(child),
-            dir: Some(dir),
+            dir: Some(data),
             http,
         })
     }
@@ -195,7 +194,7 @@ impl Relay {
             let err = self
                 .dir
                 .as_ref()
-                .map(|d| tail(&d.path().join("relay.err")))
+                .map(|d| tail(&d.err_path))
                 .unwrap_or_default();
             bail!("the relay exited during the run: {err}");
         }
