@@ -8,6 +8,7 @@
 //!   random / truncated / bit-flipped input never panics.
 
 use std::collections::BTreeSet;
+use std::ops::RangeInclusive;
 
 use baton_protocol::datagram::{self, Destination, BROADCAST};
 use baton_protocol::frame::{
@@ -32,6 +33,45 @@ fn code(s: &str) -> JoinCode {
 fn unspaced(spaced: &str) -> String {
     spaced.split_whitespace().collect()
 }
+
+/// What these tests need of a control message. `ClientMessage` and `ServerMessage` have the
+/// same inherent methods, so each check below is written once and run for both directions.
+trait Message: Clone + PartialEq + std::fmt::Debug {
+    fn decode(body: &[u8]) -> Result<Self, DecodeError>;
+    fn to_frame(&self) -> Bytes;
+    fn encoded_len(&self) -> usize;
+    fn write_to(&self, out: &mut Vec<u8>);
+    fn type_byte(&self) -> u8;
+}
+
+/// Implements [`Message`] by calling the type's inherent methods of the same names.
+macro_rules! message {
+    ($($message:ident),*) => {$(
+        impl Message for $message {
+            fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+                $message::decode(body)
+            }
+
+            fn to_frame(&self) -> Bytes {
+                $message::to_frame(self)
+            }
+
+            fn encoded_len(&self) -> usize {
+                $message::encoded_len(self)
+            }
+
+            fn write_to(&self, out: &mut Vec<u8>) {
+                $message::write_to(self, out)
+            }
+
+            fn type_byte(&self) -> u8 {
+                $message::type_byte(self)
+            }
+        }
+    )*};
+}
+
+message!(ClientMessage, ServerMessage);
 
 // ---------------------------------------------------------------------------------------------
 // Hex snapshots
@@ -272,52 +312,43 @@ fn server_snapshots() -> Vec<(ServerMessage, &'static str)> {
     ]
 }
 
-#[test]
-fn client_message_snapshots() {
-    for (msg, spaced) in client_snapshots() {
+/// Each snapshot encodes to its hex and decodes back to itself.
+fn check_snapshots<M: Message>(snapshots: &[(M, &str)]) {
+    for (msg, spaced) in snapshots {
         let frame = msg.to_frame();
         assert_eq!(hex::encode(&frame), unspaced(spaced), "encoding {msg:?}");
-        let decoded = ClientMessage::decode(&frame[LEN_PREFIX..]).expect("snapshot decodes");
-        assert_eq!(decoded, msg, "decoding {spaced}");
+        let decoded = M::decode(&frame[LEN_PREFIX..]).expect("snapshot decodes");
+        assert_eq!(&decoded, msg, "decoding {spaced}");
     }
+}
+
+#[test]
+fn client_message_snapshots() {
+    check_snapshots(&client_snapshots());
 }
 
 #[test]
 fn server_message_snapshots() {
-    for (msg, spaced) in server_snapshots() {
-        let frame = msg.to_frame();
-        assert_eq!(hex::encode(&frame), unspaced(spaced), "encoding {msg:?}");
-        let decoded = ServerMessage::decode(&frame[LEN_PREFIX..]).expect("snapshot decodes");
-        assert_eq!(decoded, msg, "decoding {spaced}");
-    }
+    check_snapshots(&server_snapshots());
 }
 
+/// The type bytes `M::decode` knows, the snapshots' type bytes and `expected` are the same set.
 /// A type byte is "known" if decoding it alone fails for a reason other than `UnknownType`.
-fn known_types(decode: impl Fn(&[u8]) -> Result<(), DecodeError>) -> BTreeSet<u8> {
-    (0..=u8::MAX)
-        .filter(|&ty| decode(&[ty]) != Err(DecodeError::UnknownType(ty)))
-        .collect()
+fn check_snapshot_types<M: Message>(snapshots: &[(M, &str)], expected: RangeInclusive<u8>) {
+    let known: BTreeSet<u8> = (0..=u8::MAX)
+        .filter(|&ty| M::decode(&[ty]).map(drop) != Err(DecodeError::UnknownType(ty)))
+        .collect();
+    let snap: BTreeSet<u8> = snapshots.iter().map(|(m, _)| m.type_byte()).collect();
+    assert_eq!(known, snap);
+    assert_eq!(known, expected.collect());
 }
 
 /// Fails when a message type is added without a snapshot (the enums are `#[non_exhaustive]`,
 /// so a `match` here cannot catch it).
 #[test]
 fn every_message_type_has_a_snapshot() {
-    let client_known = known_types(|b| ClientMessage::decode(b).map(drop));
-    let client_snap: BTreeSet<u8> = client_snapshots()
-        .iter()
-        .map(|(m, _)| m.type_byte())
-        .collect();
-    assert_eq!(client_known, client_snap);
-    assert_eq!(client_known, (0x01..=0x07).collect());
-
-    let server_known = known_types(|b| ServerMessage::decode(b).map(drop));
-    let server_snap: BTreeSet<u8> = server_snapshots()
-        .iter()
-        .map(|(m, _)| m.type_byte())
-        .collect();
-    assert_eq!(server_known, server_snap);
-    assert_eq!(server_known, (0x81..=0x8E).collect());
+    check_snapshot_types(&client_snapshots(), 0x01..=0x07);
+    check_snapshot_types(&server_snapshots(), 0x81..=0x8E);
 }
 
 #[test]
@@ -472,20 +503,20 @@ fn constants_are_pinned() {
 // The spec stays in step with the code
 // ---------------------------------------------------------------------------------------------
 
+/// SPEC.md shows the hex of every snapshot verbatim.
+fn check_spec_shows<M: Message>(snapshots: &[(M, &str)]) {
+    for (msg, spaced) in snapshots {
+        assert!(
+            SPEC.contains(spaced),
+            "SPEC.md lacks the example for {msg:?}: `{spaced}`"
+        );
+    }
+}
+
 #[test]
 fn spec_shows_every_snapshot() {
-    for (msg, spaced) in client_snapshots() {
-        assert!(
-            SPEC.contains(spaced),
-            "SPEC.md lacks the example for {msg:?}: `{spaced}`"
-        );
-    }
-    for (msg, spaced) in server_snapshots() {
-        assert!(
-            SPEC.contains(spaced),
-            "SPEC.md lacks the example for {msg:?}: `{spaced}`"
-        );
-    }
+    check_spec_shows(&client_snapshots());
+    check_spec_shows(&server_snapshots());
 }
 
 #[test]
@@ -544,6 +575,14 @@ fn spec_documents_every_message_type_and_code() {
 }
 
 /// The sequence example in SPEC.md, checked byte for byte.
+/// Each example of a spec walk-through encodes to its hex, and SPEC.md shows that hex.
+fn check_spec_examples<M: Message>(examples: &[(M, &str)]) {
+    for (msg, spaced) in examples {
+        assert_eq!(hex::encode(msg.to_frame()), unspaced(spaced), "{msg:?}");
+        assert!(SPEC.contains(spaced), "SPEC.md lacks `{spaced}`");
+    }
+}
+
 #[test]
 fn spec_sequence_example() {
     let alloc = AllocationId(0x1F2E_3D4C_5B6A_7988);
@@ -605,14 +644,8 @@ fn spec_sequence_example() {
             "00000004 86 0001 01",
         ),
     ];
-    for (msg, spaced) in client {
-        assert_eq!(hex::encode(msg.to_frame()), unspaced(spaced), "{msg:?}");
-        assert!(SPEC.contains(spaced), "SPEC.md lacks `{spaced}`");
-    }
-    for (msg, spaced) in server {
-        assert_eq!(hex::encode(msg.to_frame()), unspaced(spaced), "{msg:?}");
-        assert!(SPEC.contains(spaced), "SPEC.md lacks `{spaced}`");
-    }
+    check_spec_examples(&client);
+    check_spec_examples(&server);
     let datagrams = [
         (datagram::encode(0, b"hi"), "0000 6869"),
         (datagram::encode(1, b"hi"), "0001 6869"),
@@ -712,14 +745,8 @@ fn spec_migration_example() {
              a0a1a2a3a4a5a6a7a8a9aaabacadaeaf 0002 0001 0002",
         ),
     ];
-    for (msg, spaced) in client {
-        assert_eq!(hex::encode(msg.to_frame()), unspaced(spaced), "{msg:?}");
-        assert!(SPEC.contains(spaced), "SPEC.md lacks `{spaced}`");
-    }
-    for (msg, spaced) in server {
-        assert_eq!(hex::encode(msg.to_frame()), unspaced(spaced), "{msg:?}");
-        assert!(SPEC.contains(spaced), "SPEC.md lacks `{spaced}`");
-    }
+    check_spec_examples(&client);
+    check_spec_examples(&server);
     // The snapshot stream: kind 0x01, then the snapshot's bytes ("save" = 73 61 76 65).
     let mut stream = vec![stream_kind::SNAPSHOT];
     stream.extend_from_slice(b"save");
@@ -907,39 +934,27 @@ fn a_stream_of_frames_decodes_in_order() {
     assert_eq!(decoded, msgs);
 }
 
+/// Every strict prefix of `msg`'s body fails to decode, and the body with one byte more is
+/// `TrailingBytes(1)`. The property test below runs the same check on random messages.
+fn check_truncations<M: Message>(msg: &M) -> Result<(), TestCaseError> {
+    let frame = msg.to_frame();
+    let body = &frame[LEN_PREFIX..];
+    for cut in 0..body.len() {
+        prop_assert!(M::decode(&body[..cut]).is_err(), "{:?} cut at {}", msg, cut);
+    }
+    let mut longer = body.to_vec();
+    longer.push(0);
+    prop_assert_eq!(M::decode(&longer), Err(DecodeError::TrailingBytes(1)));
+    Ok(())
+}
+
 #[test]
 fn every_snapshot_truncated_or_extended_is_an_error() {
     for (msg, _) in client_snapshots() {
-        let frame = msg.to_frame();
-        let body = &frame[LEN_PREFIX..];
-        for cut in 0..body.len() {
-            assert!(
-                ClientMessage::decode(&body[..cut]).is_err(),
-                "{msg:?} cut at {cut}"
-            );
-        }
-        let mut longer = body.to_vec();
-        longer.push(0);
-        assert_eq!(
-            ClientMessage::decode(&longer),
-            Err(DecodeError::TrailingBytes(1))
-        );
+        check_truncations(&msg).expect("client snapshot");
     }
     for (msg, _) in server_snapshots() {
-        let frame = msg.to_frame();
-        let body = &frame[LEN_PREFIX..];
-        for cut in 0..body.len() {
-            assert!(
-                ServerMessage::decode(&body[..cut]).is_err(),
-                "{msg:?} cut at {cut}"
-            );
-        }
-        let mut longer = body.to_vec();
-        longer.push(0);
-        assert_eq!(
-            ServerMessage::decode(&longer),
-            Err(DecodeError::TrailingBytes(1))
-        );
+        check_truncations(&msg).expect("server snapshot");
     }
 }
 
@@ -1124,6 +1139,45 @@ fn check_frame(frame: &Bytes, encoded_len: usize, written: &[u8]) -> Result<(), 
     Ok(())
 }
 
+/// `msg` frames correctly (see [`check_frame`]), its length prefix passes `frame::check_len`,
+/// and its body decodes back to `msg`.
+fn check_round_trip<M: Message>(msg: M) -> Result<(), TestCaseError> {
+    let frame = msg.to_frame();
+    let mut written = Vec::new();
+    msg.write_to(&mut written);
+    check_frame(&frame, msg.encoded_len(), &written)?;
+    prop_assert_eq!(
+        frame::check_len(
+            frame[..LEN_PREFIX].try_into().expect("prefix"),
+            DEFAULT_MAX_FRAME_LEN
+        ),
+        Ok(msg.encoded_len())
+    );
+    prop_assert_eq!(M::decode(&frame[LEN_PREFIX..]), Ok(msg));
+    Ok(())
+}
+
+/// Flips bit `bit` of one byte (chosen by `at`) of `msg`'s body; whatever that decodes to must
+/// survive its own round trip.
+fn check_bit_flip<M: Message>(
+    msg: &M,
+    at: prop::sample::Index,
+    bit: u8,
+) -> Result<(), TestCaseError> {
+    let mut body = msg.to_frame()[LEN_PREFIX..].to_vec();
+    let i = at.index(body.len());
+    body[i] ^= 1 << bit;
+    check_decodes_stably::<M>(&body)
+}
+
+/// If `body` decodes as an `M`, that message survives its own round trip.
+fn check_decodes_stably<M: Message>(body: &[u8]) -> Result<(), TestCaseError> {
+    if let Ok(msg) = M::decode(body) {
+        prop_assert_eq!(M::decode(&msg.to_frame()[LEN_PREFIX..]), Ok(msg));
+    }
+    Ok(())
+}
+
 /// Random bytes, or random bytes behind a type byte the decoder knows, so that the fuzzing
 /// reaches past the type check.
 fn noise() -> impl Strategy<Value = Vec<u8>> {
@@ -1159,46 +1213,22 @@ proptest! {
 
     #[test]
     fn client_messages_round_trip(msg in client_message()) {
-        let frame = msg.to_frame();
-        let mut written = Vec::new();
-        msg.write_to(&mut written);
-        check_frame(&frame, msg.encoded_len(), &written)?;
-        prop_assert_eq!(frame::check_len(frame[..LEN_PREFIX].try_into().expect("prefix"), DEFAULT_MAX_FRAME_LEN), Ok(msg.encoded_len()));
-        prop_assert_eq!(ClientMessage::decode(&frame[LEN_PREFIX..]), Ok(msg));
+        check_round_trip(msg)?;
     }
 
     #[test]
     fn server_messages_round_trip(msg in server_message()) {
-        let frame = msg.to_frame();
-        let mut written = Vec::new();
-        msg.write_to(&mut written);
-        check_frame(&frame, msg.encoded_len(), &written)?;
-        prop_assert_eq!(frame::check_len(frame[..LEN_PREFIX].try_into().expect("prefix"), DEFAULT_MAX_FRAME_LEN), Ok(msg.encoded_len()));
-        prop_assert_eq!(ServerMessage::decode(&frame[LEN_PREFIX..]), Ok(msg));
+        check_round_trip(msg)?;
     }
 
     #[test]
     fn truncated_client_messages_are_errors(msg in client_message()) {
-        let frame = msg.to_frame();
-        let body = &frame[LEN_PREFIX..];
-        for cut in 0..body.len() {
-            prop_assert!(ClientMessage::decode(&body[..cut]).is_err(), "cut at {}", cut);
-        }
-        let mut longer = body.to_vec();
-        longer.push(0);
-        prop_assert_eq!(ClientMessage::decode(&longer), Err(DecodeError::TrailingBytes(1)));
+        check_truncations(&msg)?;
     }
 
     #[test]
     fn truncated_server_messages_are_errors(msg in server_message()) {
-        let frame = msg.to_frame();
-        let body = &frame[LEN_PREFIX..];
-        for cut in 0..body.len() {
-            prop_assert!(ServerMessage::decode(&body[..cut]).is_err(), "cut at {}", cut);
-        }
-        let mut longer = body.to_vec();
-        longer.push(0);
-        prop_assert_eq!(ServerMessage::decode(&longer), Err(DecodeError::TrailingBytes(1)));
+        check_truncations(&msg)?;
     }
 
     #[test]
@@ -1207,13 +1237,7 @@ proptest! {
         at in any::<prop::sample::Index>(),
         bit in 0u8..8,
     ) {
-        let mut body = msg.to_frame()[LEN_PREFIX..].to_vec();
-        let i = at.index(body.len());
-        body[i] ^= 1 << bit;
-        // Whatever it decodes to must survive its own round trip.
-        if let Ok(other) = ClientMessage::decode(&body) {
-            prop_assert_eq!(ClientMessage::decode(&other.to_frame()[LEN_PREFIX..]), Ok(other));
-        }
+        check_bit_flip(&msg, at, bit)?;
     }
 
     #[test]
@@ -1222,22 +1246,13 @@ proptest! {
         at in any::<prop::sample::Index>(),
         bit in 0u8..8,
     ) {
-        let mut body = msg.to_frame()[LEN_PREFIX..].to_vec();
-        let i = at.index(body.len());
-        body[i] ^= 1 << bit;
-        if let Ok(other) = ServerMessage::decode(&body) {
-            prop_assert_eq!(ServerMessage::decode(&other.to_frame()[LEN_PREFIX..]), Ok(other));
-        }
+        check_bit_flip(&msg, at, bit)?;
     }
 
     #[test]
     fn random_bytes_never_panic(bytes in noise()) {
-        if let Ok(msg) = ClientMessage::decode(&bytes) {
-            prop_assert_eq!(ClientMessage::decode(&msg.to_frame()[LEN_PREFIX..]), Ok(msg));
-        }
-        if let Ok(msg) = ServerMessage::decode(&bytes) {
-            prop_assert_eq!(ServerMessage::decode(&msg.to_frame()[LEN_PREFIX..]), Ok(msg));
-        }
+        check_decodes_stably::<ClientMessage>(&bytes)?;
+        check_decodes_stably::<ServerMessage>(&bytes)?;
         match datagram::split(&bytes) {
             Ok((header, payload)) => {
                 prop_assert_eq!(datagram::encode(header, payload), bytes.clone());

@@ -7,28 +7,26 @@ use baton_protocol::frame::{self, LEN_PREFIX};
 use baton_protocol::{ClientMessage, JoinCode, ServerMessage};
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    if let Ok(msg) = ClientMessage::decode(data) {
-        let frame = msg.to_frame();
-        assert_eq!(frame.len(), LEN_PREFIX + msg.encoded_len());
-        let again = ClientMessage::decode(&frame[LEN_PREFIX..]);
-        assert_eq!(
-            again.as_ref(),
-            Ok(&msg),
-            "client message changed in a round trip"
-        );
-    }
+/// Whatever `$data` decodes to as a `$message` must frame to `encoded_len` bytes and decode
+/// back to itself.
+macro_rules! check_round_trip {
+    ($message:ident, $data:expr, $what:literal) => {
+        if let Ok(msg) = $message::decode($data) {
+            let frame = msg.to_frame();
+            assert_eq!(frame.len(), LEN_PREFIX + msg.encoded_len());
+            let again = $message::decode(&frame[LEN_PREFIX..]);
+            assert_eq!(
+                again.as_ref(),
+                Ok(&msg),
+                concat!($what, " changed in a round trip")
+            );
+        }
+    };
+}
 
-    if let Ok(msg) = ServerMessage::decode(data) {
-        let frame = msg.to_frame();
-        assert_eq!(frame.len(), LEN_PREFIX + msg.encoded_len());
-        let again = ServerMessage::decode(&frame[LEN_PREFIX..]);
-        assert_eq!(
-            again.as_ref(),
-            Ok(&msg),
-            "server message changed in a round trip"
-        );
-    }
+fuzz_target!(|data: &[u8]| {
+    check_round_trip!(ClientMessage, data, "client message");
+    check_round_trip!(ServerMessage, data, "server message");
 
     if let Ok((header, payload)) = datagram::split(data) {
         assert_eq!(datagram::encode(header, payload), data);

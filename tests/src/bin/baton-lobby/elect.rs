@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::lobby::Election;
-use crate::Shutdown;
+use crate::{Shutdown, USER_AGENT};
 
 /// Elections waiting for the admin API; beyond that the relay's choice stands.
 pub const QUEUE: usize = 1024;
@@ -39,7 +39,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let client = reqwest::Client::builder()
         .timeout(REQUEST_TIMEOUT)
-        .user_agent(concat!("baton-lobby/", env!("CARGO_PKG_VERSION")))
+        .user_agent(USER_AGENT)
         .build()?;
     loop {
         let election = tokio::select! {

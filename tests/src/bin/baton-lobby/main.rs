@@ -52,6 +52,8 @@ const DEFAULT_WEBHOOK_LISTEN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 7800);
 /// Time tasks get to finish after shutdown begins before they are aborted.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// The `User-Agent` of the lobby's requests to the relay (the event stream and elections).
+const USER_AGENT: &str = concat!("baton-lobby/", env!("CARGO_PKG_VERSION"));
 /// Printed on stderr once the webhook receiver accepts connections (scripts and tests wait
 /// for it, then read the address after it).
 const LISTENING: &str = "baton-lobby: webhook receiver listening on http://";

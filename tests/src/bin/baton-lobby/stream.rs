@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 
 use crate::lobby::{Lobby, Source};
 use crate::sse::{SseEvent, SseParser};
-use crate::Shutdown;
+use crate::{Shutdown, USER_AGENT};
 
 /// Time to open a connection to the admin server.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -59,7 +59,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let client = reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
-        .user_agent(concat!("baton-lobby/", env!("CARGO_PKG_VERSION")))
+        .user_agent(USER_AGENT)
         .build()?;
     let mut last_id = config.last_event_id;
     let mut backoff = config.backoff_initial;
