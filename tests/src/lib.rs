@@ -12,7 +12,7 @@ pub mod tls;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use baton_client::{ClientConfig, Event, PeerId, Session, Trust};
+use baton_client::{AllocationOptions, ClientConfig, Event, Host, PeerId, Session, Trust};
 use baton_relay::{Relay, RelayConfig, TlsSource};
 use bytes::Bytes;
 
@@ -50,6 +50,37 @@ impl TestRelay {
         }
     }
 
+    /// A relay on loopback that posts its webhooks, signed with `secret`, to `url`, with
+    /// `tweak` applied.
+    pub async fn start_with_webhook(
+        url: &str,
+        secret: &str,
+        tweak: impl FnOnce(&mut RelayConfig),
+    ) -> TestRelay {
+        Self::start_with(|config| {
+            config
+                .hooks
+                .set_webhooks(vec![url.parse().expect("webhook URL")], secret)
+                .expect("webhook settings");
+            tweak(config);
+        })
+        .await
+    }
+
+    /// A relay that removes members silent for `timeout`, and a host on it that pings every
+    /// `ping` (so that only the members under test time out).
+    pub async fn start_with_keepalive(timeout: Duration, ping: Duration) -> (TestRelay, Host) {
+        let relay = Self::start_with(|c| {
+            c.set_keepalive_timeout(timeout).expect("keepalive timeout");
+        })
+        .await;
+        let config = relay.client().keep_alive_interval(ping);
+        let host = Host::create(&config, AllocationOptions::default())
+            .await
+            .expect("create allocation");
+        (relay, host)
+    }
+
     /// The running relay.
     pub fn relay(&self) -> &Relay {
         self.relay.as_ref().expect("relay running")
@@ -66,6 +97,16 @@ impl TestRelay {
             "http://{}",
             self.relay().admin_addr().expect("admin server enabled")
         )
+    }
+
+    /// The text of the admin server's `/metrics`.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.admin_url()))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
     }
 
     /// An SDK configuration that pins this relay's certificate.

@@ -197,16 +197,9 @@ async fn post_hook(
 
 /// Waits until the relay's `/metrics` has a line `<metric> <value>`.
 async fn wait_metric(relay: &TestRelay, line: &str) {
-    let url = format!("{}/metrics", relay.admin_url());
     tokio::time::timeout(WAIT, async {
         loop {
-            let text = reqwest::get(&url)
-                .await
-                .expect("metrics")
-                .text()
-                .await
-                .expect("metrics text");
-            if text.lines().any(|l| l == line) {
+            if relay.metrics().await.lines().any(|l| l == line) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -304,13 +297,7 @@ async fn webhook_events_are_printed_once_each_and_forgeries_are_refused() {
         &[("BATON_WEBHOOK_SECRET", SECRET)],
     );
     let url = format!("http://{}/hooks/baton", lobby.listening().await);
-    let relay = TestRelay::start_with(|config| {
-        config
-            .hooks
-            .set_webhooks(vec![url.parse().expect("webhook URL")], SECRET)
-            .expect("webhook settings");
-    })
-    .await;
+    let relay = TestRelay::start_with_webhook(&url, SECRET, |_| {}).await;
 
     // A host and a peer; the peer leaves, then the host, alone, closes: the allocation closes.
     let host = Host::create(&relay.client(), AllocationOptions::default())
@@ -509,13 +496,7 @@ async fn both_sources_at_once_print_each_event_once() {
         &[("BATON_WEBHOOK_SECRET", SECRET)],
     );
     let url = format!("http://{}/hooks/baton", lobby.listening().await);
-    let relay = TestRelay::start_with(|config| {
-        config
-            .hooks
-            .set_webhooks(vec![url.parse().expect("webhook URL")], SECRET)
-            .expect("webhook settings");
-    })
-    .await;
+    let relay = TestRelay::start_with_webhook(&url, SECRET, |_| {}).await;
     proxy.point_at(admin_addr(&relay));
     wait_metric(&relay, "baton_hook_stream_subscribers 1").await;
 

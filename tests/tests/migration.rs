@@ -175,14 +175,7 @@ async fn relay_with_lobby(
     lobby: &Lobby,
     tweak: impl FnOnce(&mut baton_relay::RelayConfig),
 ) -> TestRelay {
-    let url = lobby.serve().await;
-    TestRelay::start_with(|c| {
-        c.hooks
-            .set_webhooks(vec![url.parse().unwrap()], SECRET)
-            .unwrap();
-        tweak(c);
-    })
-    .await
+    TestRelay::start_with_webhook(&lobby.serve().await, SECRET, tweak).await
 }
 
 /// `n` peers joined by `code`, in id order.
@@ -409,12 +402,7 @@ async fn a_killed_host_process_is_replaced_after_the_keepalive_timeout_and_rejoi
     assert_eq!(lost.len(), 1, "{lost:?}");
     assert_eq!(lost[0].0["reason"], "timed_out");
     // Metrics tell joins by code from comebacks.
-    let metrics = reqwest::get(format!("{}/metrics", relay.admin_url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = relay.metrics().await;
     assert!(metrics.contains("baton_joins_total 3\n"), "{metrics}");
     assert!(metrics.contains("baton_rejoins_total 1\n"), "{metrics}");
 }

@@ -66,12 +66,7 @@ async fn garbage_on_the_control_stream_closes_only_that_client() {
         );
         still_fine(&host, &peer, i as u8 + 2).await;
     }
-    let metrics = reqwest::get(format!("{}/metrics", relay.admin_url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = relay.metrics().await;
     assert!(metrics.contains("baton_connections 2"), "{metrics}");
 }
 
@@ -137,12 +132,7 @@ async fn malformed_and_oversize_datagrams_are_dropped_counted_and_reported() {
     assert_eq!(recv(&victim).await, (PeerId::HOST, vec![42].into()));
     still_fine(&host, &peer, 9).await;
 
-    let metrics = reqwest::get(format!("{}/metrics", relay.admin_url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = relay.metrics().await;
     assert!(
         metrics.contains("baton_datagrams_dropped_total{reason=\"too_large\"} 1"),
         "{metrics}"
@@ -268,12 +258,7 @@ async fn connections_beyond_the_limit_are_refused_and_counted() {
         "{third:?}"
     );
     still_fine(&host, &peer, 1).await;
-    let metrics = reqwest::get(format!("{}/metrics", relay.admin_url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = relay.metrics().await;
     assert!(
         metrics.contains("baton_connections_refused_total 1"),
         "{metrics}"
