@@ -7,6 +7,7 @@
 pub mod migration_run;
 pub mod player;
 pub mod relay_process;
+pub mod seq_window;
 pub mod tls;
 
 use std::net::SocketAddr;
