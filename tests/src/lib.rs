@@ -198,6 +198,47 @@ pub async fn raw_client(
     (endpoint, conn)
 }
 
+/// A raw control stream's two halves (keep them: dropping them closes the stream) and the
+/// reply to its first request.
+pub type RawControl = (
+    quinn::SendStream,
+    quinn::RecvStream,
+    baton_protocol::ServerMessage,
+);
+
+/// Opens a raw connection's control stream with `CreateAllocation` (request 1, default
+/// limits).
+pub async fn raw_create(conn: &quinn::Connection) -> RawControl {
+    raw_open(
+        conn,
+        &baton_protocol::ClientMessage::CreateAllocation {
+            request_id: 1,
+            max_peers: 0,
+            code_ttl_secs: 0,
+        },
+    )
+    .await
+}
+
+/// Opens a raw connection's control stream with `Join` (request 1) by `code`.
+pub async fn raw_join(conn: &quinn::Connection, code: baton_protocol::JoinCode) -> RawControl {
+    raw_open(
+        conn,
+        &baton_protocol::ClientMessage::Join {
+            request_id: 1,
+            code,
+        },
+    )
+    .await
+}
+
+/// Opens a raw connection's control stream and sends `first` on it.
+async fn raw_open(conn: &quinn::Connection, first: &baton_protocol::ClientMessage) -> RawControl {
+    let (mut send, mut recv) = conn.open_bi().await.expect("control stream");
+    let reply = raw_request(&mut send, &mut recv, first).await;
+    (send, recv, reply)
+}
+
 /// Sends a control message on a raw connection's control stream and reads the reply.
 pub async fn raw_request(
     send: &mut quinn::SendStream,

@@ -279,6 +279,14 @@ impl Drop for CutProxy {
     }
 }
 
+/// A relay whose admin API (and event stream) wants [`ADMIN_TOKEN`].
+async fn relay_with_admin_token() -> TestRelay {
+    TestRelay::start_with(|config| {
+        config.admin_token = Some(ADMIN_TOKEN.to_owned());
+    })
+    .await
+}
+
 fn admin_addr(relay: &TestRelay) -> SocketAddr {
     relay.relay().admin_addr().expect("admin server")
 }
@@ -400,10 +408,7 @@ async fn webhook_events_are_printed_once_each_and_forgeries_are_refused() {
 
 #[tokio::test]
 async fn event_stream_resumes_after_a_cut_without_loss_or_repeats() {
-    let relay = TestRelay::start_with(|config| {
-        config.admin_token = Some(ADMIN_TOKEN.to_owned());
-    })
-    .await;
+    let relay = relay_with_admin_token().await;
     let proxy = CutProxy::start(Some(admin_addr(&relay))).await;
     let events_url = format!("http://{}/v1/events", proxy.addr);
     // Six events: each of three hosts' `allocation.created` and `peer.joined` (peer 0).
@@ -534,10 +539,7 @@ async fn both_sources_at_once_print_each_event_once() {
 
 #[tokio::test]
 async fn a_refused_stream_token_stops_the_lobby_with_an_error() {
-    let relay = TestRelay::start_with(|config| {
-        config.admin_token = Some(ADMIN_TOKEN.to_owned());
-    })
-    .await;
+    let relay = relay_with_admin_token().await;
     let events_url = format!("{}/v1/events", relay.admin_url());
     let mut lobby = Lobby::spawn(
         &["--events-url", &events_url],

@@ -14,7 +14,7 @@ use baton_client::{
     PeerId, ReconnectToken,
 };
 use baton_relay::hooks;
-use baton_tests::{event_matching, raw_connection, raw_read, raw_request, TestRelay, WAIT};
+use baton_tests::{event_matching, raw_connection, raw_join, raw_read, TestRelay, WAIT};
 use bytes::Bytes;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
@@ -478,16 +478,7 @@ async fn an_elected_member_that_never_takes_over_is_passed_over() {
         .unwrap();
     // Peer 1 speaks the protocol by hand and ignores `Promote`; peer 2 runs the SDK.
     let raw = raw_connection(&relay, |_| {}).await;
-    let (mut send, mut control) = raw.open_bi().await.unwrap();
-    let joined = raw_request(
-        &mut send,
-        &mut control,
-        &baton_protocol::ClientMessage::Join {
-            request_id: 1,
-            code: host.join_code(),
-        },
-    )
-    .await;
+    let (_send, mut control, joined) = raw_join(&raw, host.join_code()).await;
     assert!(matches!(
         joined,
         baton_protocol::ServerMessage::Joined {

@@ -6,7 +6,7 @@ use baton_client::{
     AllocationOptions, ClientConfig, DisconnectReason, DropReason, Error, Event, Host, LeaveReason,
     Peer, PeerId, Trust,
 };
-use baton_tests::{event_matching, raw_client, raw_request, recv, try_recv, TestRelay, WAIT};
+use baton_tests::{event_matching, raw_client, raw_join, recv, try_recv, TestRelay, WAIT};
 
 async fn host_and_peers(relay: &TestRelay, n: usize) -> (Host, Vec<Peer>) {
     let host = Host::create(&relay.client(), AllocationOptions::default())
@@ -411,7 +411,7 @@ async fn graceful_shutdown_tells_every_client() {
 /// in 4, which answers with a stateless reset.
 #[tokio::test]
 async fn several_endpoints_keep_a_client_whose_address_changes() {
-    use baton_protocol::{datagram, ClientMessage, ServerMessage};
+    use baton_protocol::{datagram, ServerMessage};
     let relay = TestRelay::start_with(|c| {
         c.set_endpoints(4).unwrap();
     })
@@ -420,16 +420,7 @@ async fn several_endpoints_keep_a_client_whose_address_changes() {
         .await
         .expect("create allocation");
     let (endpoint, peer) = raw_client(&relay, |_| {}).await;
-    let (mut send, mut recv_stream) = peer.open_bi().await.unwrap();
-    let joined = raw_request(
-        &mut send,
-        &mut recv_stream,
-        &ClientMessage::Join {
-            request_id: 1,
-            code: host.join_code(),
-        },
-    )
-    .await;
+    let (_send, _recv_stream, joined) = raw_join(&peer, host.join_code()).await;
     let ServerMessage::Joined { peer: me, .. } = joined else {
         panic!("join failed: {joined:?}");
     };
