@@ -206,14 +206,12 @@ impl RelayApi {
 
     /// `GET /v1/allocations`: the `allocations` array.
     pub async fn allocations(&self) -> anyhow::Result<Vec<Value>> {
-        let body: Value = ok(
+        let body = json(
             self.http.get(format!("{}/v1/allocations", self.admin)),
             "GET /v1/allocations",
+            "decoding /v1/allocations",
         )
-        .await?
-        .json()
-        .await
-        .context("decoding /v1/allocations")?;
+        .await?;
         match body.get("allocations").and_then(Value::as_array) {
             Some(list) => Ok(list.clone()),
             None => bail!("GET /v1/allocations answered without an `allocations` array: {body}"),
@@ -242,14 +240,12 @@ impl RelayApi {
 
     /// `POST /v1/allocations`: reserves an allocation, returns its id.
     pub async fn reserve(&self) -> anyhow::Result<u64> {
-        let body: Value = ok(
+        let body = json(
             self.http.post(format!("{}/v1/allocations", self.admin)),
             "POST /v1/allocations",
+            "decoding the reservation",
         )
-        .await?
-        .json()
-        .await
-        .context("decoding the reservation")?;
+        .await?;
         let id = body
             .get("allocation_id")
             .and_then(Value::as_str)
@@ -266,6 +262,19 @@ async fn ok(request: reqwest::RequestBuilder, what: &str) -> anyhow::Result<reqw
         .context(what.to_owned())?
         .error_for_status()
         .context(what.to_owned())
+}
+
+/// Like [`ok`], then decodes the body as JSON (`decoding` names that step in errors).
+async fn json(
+    request: reqwest::RequestBuilder,
+    what: &str,
+    decoding: &str,
+) -> anyhow::Result<Value> {
+    ok(request, what)
+        .await?
+        .json()
+        .await
+        .context(decoding.to_owned())
 }
 
 /// Error-level log lines the soak expects from the relay and does not count as failures.
