@@ -7,12 +7,13 @@
 pub mod migration_run;
 pub mod player;
 pub mod relay_process;
+pub mod seq_window;
 pub mod tls;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use baton_client::{ClientConfig, Event, PeerId, Session, Trust};
+use baton_client::{AllocationOptions, ClientConfig, Event, Host, PeerId, Session, Trust};
 use baton_relay::{Relay, RelayConfig, TlsSource};
 use bytes::Bytes;
 
@@ -50,6 +51,37 @@ impl TestRelay {
         }
     }
 
+    /// A relay on loopback that posts its webhooks, signed with `secret`, to `url`, with
+    /// `tweak` applied.
+    pub async fn start_with_webhook(
+        url: &str,
+        secret: &str,
+        tweak: impl FnOnce(&mut RelayConfig),
+    ) -> TestRelay {
+        Self::start_with(|config| {
+            config
+                .hooks
+                .set_webhooks(vec![url.parse().expect("webhook URL")], secret)
+                .expect("webhook settings");
+            tweak(config);
+        })
+        .await
+    }
+
+    /// A relay that removes members silent for `timeout`, and a host on it that pings every
+    /// `ping` (so that only the members under test time out).
+    pub async fn start_with_keepalive(timeout: Duration, ping: Duration) -> (TestRelay, Host) {
+        let relay = Self::start_with(|c| {
+            c.set_keepalive_timeout(timeout).expect("keepalive timeout");
+        })
+        .await;
+        let config = relay.client().keep_alive_interval(ping);
+        let host = Host::create(&config, AllocationOptions::default())
+            .await
+            .expect("create allocation");
+        (relay, host)
+    }
+
     /// The running relay.
     pub fn relay(&self) -> &Relay {
         self.relay.as_ref().expect("relay running")
@@ -66,6 +98,16 @@ impl TestRelay {
             "http://{}",
             self.relay().admin_addr().expect("admin server enabled")
         )
+    }
+
+    /// The text of the admin server's `/metrics`.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.admin_url()))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
     }
 
     /// An SDK configuration that pins this relay's certificate.
@@ -154,6 +196,47 @@ pub async fn raw_client(
         .await
         .expect("handshake");
     (endpoint, conn)
+}
+
+/// A raw control stream's two halves (keep them: dropping them closes the stream) and the
+/// reply to its first request.
+pub type RawControl = (
+    quinn::SendStream,
+    quinn::RecvStream,
+    baton_protocol::ServerMessage,
+);
+
+/// Opens a raw connection's control stream with `CreateAllocation` (request 1, default
+/// limits).
+pub async fn raw_create(conn: &quinn::Connection) -> RawControl {
+    raw_open(
+        conn,
+        &baton_protocol::ClientMessage::CreateAllocation {
+            request_id: 1,
+            max_peers: 0,
+            code_ttl_secs: 0,
+        },
+    )
+    .await
+}
+
+/// Opens a raw connection's control stream with `Join` (request 1) by `code`.
+pub async fn raw_join(conn: &quinn::Connection, code: baton_protocol::JoinCode) -> RawControl {
+    raw_open(
+        conn,
+        &baton_protocol::ClientMessage::Join {
+            request_id: 1,
+            code,
+        },
+    )
+    .await
+}
+
+/// Opens a raw connection's control stream and sends `first` on it.
+async fn raw_open(conn: &quinn::Connection, first: &baton_protocol::ClientMessage) -> RawControl {
+    let (mut send, mut recv) = conn.open_bi().await.expect("control stream");
+    let reply = raw_request(&mut send, &mut recv, first).await;
+    (send, recv, reply)
 }
 
 /// Sends a control message on a raw connection's control stream and reads the reply.

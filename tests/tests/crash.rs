@@ -4,23 +4,15 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use baton_client::{AllocationOptions, Event, Host, LeaveReason, PeerId};
+use baton_client::{Event, LeaveReason, PeerId};
 use baton_tests::{event_matching, recv, TestRelay, WAIT};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 #[tokio::test]
 async fn a_killed_peer_process_is_reported_within_the_keepalive_timeout() {
     let keepalive = Duration::from_millis(1500);
-    let relay = TestRelay::start_with(|c| {
-        c.set_keepalive_timeout(keepalive).unwrap();
-    })
-    .await;
-    let config = relay
-        .client()
-        .keep_alive_interval(Duration::from_millis(300));
-    let host = Host::create(&config, AllocationOptions::default())
-        .await
-        .unwrap();
+    let (relay, host) =
+        TestRelay::start_with_keepalive(keepalive, Duration::from_millis(300)).await;
 
     let fingerprint = baton_client::format_fingerprint(&relay.relay().fingerprint());
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_baton-test-peer"))

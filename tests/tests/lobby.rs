@@ -197,16 +197,9 @@ async fn post_hook(
 
 /// Waits until the relay's `/metrics` has a line `<metric> <value>`.
 async fn wait_metric(relay: &TestRelay, line: &str) {
-    let url = format!("{}/metrics", relay.admin_url());
     tokio::time::timeout(WAIT, async {
         loop {
-            let text = reqwest::get(&url)
-                .await
-                .expect("metrics")
-                .text()
-                .await
-                .expect("metrics text");
-            if text.lines().any(|l| l == line) {
+            if relay.metrics().await.lines().any(|l| l == line) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -286,6 +279,14 @@ impl Drop for CutProxy {
     }
 }
 
+/// A relay whose admin API (and event stream) wants [`ADMIN_TOKEN`].
+async fn relay_with_admin_token() -> TestRelay {
+    TestRelay::start_with(|config| {
+        config.admin_token = Some(ADMIN_TOKEN.to_owned());
+    })
+    .await
+}
+
 fn admin_addr(relay: &TestRelay) -> SocketAddr {
     relay.relay().admin_addr().expect("admin server")
 }
@@ -304,13 +305,7 @@ async fn webhook_events_are_printed_once_each_and_forgeries_are_refused() {
         &[("BATON_WEBHOOK_SECRET", SECRET)],
     );
     let url = format!("http://{}/hooks/baton", lobby.listening().await);
-    let relay = TestRelay::start_with(|config| {
-        config
-            .hooks
-            .set_webhooks(vec![url.parse().expect("webhook URL")], SECRET)
-            .expect("webhook settings");
-    })
-    .await;
+    let relay = TestRelay::start_with_webhook(&url, SECRET, |_| {}).await;
 
     // A host and a peer; the peer leaves, then the host, alone, closes: the allocation closes.
     let host = Host::create(&relay.client(), AllocationOptions::default())
@@ -413,10 +408,7 @@ async fn webhook_events_are_printed_once_each_and_forgeries_are_refused() {
 
 #[tokio::test]
 async fn event_stream_resumes_after_a_cut_without_loss_or_repeats() {
-    let relay = TestRelay::start_with(|config| {
-        config.admin_token = Some(ADMIN_TOKEN.to_owned());
-    })
-    .await;
+    let relay = relay_with_admin_token().await;
     let proxy = CutProxy::start(Some(admin_addr(&relay))).await;
     let events_url = format!("http://{}/v1/events", proxy.addr);
     // Six events: each of three hosts' `allocation.created` and `peer.joined` (peer 0).
@@ -509,13 +501,7 @@ async fn both_sources_at_once_print_each_event_once() {
         &[("BATON_WEBHOOK_SECRET", SECRET)],
     );
     let url = format!("http://{}/hooks/baton", lobby.listening().await);
-    let relay = TestRelay::start_with(|config| {
-        config
-            .hooks
-            .set_webhooks(vec![url.parse().expect("webhook URL")], SECRET)
-            .expect("webhook settings");
-    })
-    .await;
+    let relay = TestRelay::start_with_webhook(&url, SECRET, |_| {}).await;
     proxy.point_at(admin_addr(&relay));
     wait_metric(&relay, "baton_hook_stream_subscribers 1").await;
 
@@ -553,10 +539,7 @@ async fn both_sources_at_once_print_each_event_once() {
 
 #[tokio::test]
 async fn a_refused_stream_token_stops_the_lobby_with_an_error() {
-    let relay = TestRelay::start_with(|config| {
-        config.admin_token = Some(ADMIN_TOKEN.to_owned());
-    })
-    .await;
+    let relay = relay_with_admin_token().await;
     let events_url = format!("{}/v1/events", relay.admin_url());
     let mut lobby = Lobby::spawn(
         &["--events-url", &events_url],

@@ -14,7 +14,7 @@ use baton_client::{
     PeerId, ReconnectToken,
 };
 use baton_relay::hooks;
-use baton_tests::{event_matching, raw_connection, raw_read, raw_request, TestRelay, WAIT};
+use baton_tests::{event_matching, raw_connection, raw_join, raw_read, TestRelay, WAIT};
 use bytes::Bytes;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
@@ -175,14 +175,7 @@ async fn relay_with_lobby(
     lobby: &Lobby,
     tweak: impl FnOnce(&mut baton_relay::RelayConfig),
 ) -> TestRelay {
-    let url = lobby.serve().await;
-    TestRelay::start_with(|c| {
-        c.hooks
-            .set_webhooks(vec![url.parse().unwrap()], SECRET)
-            .unwrap();
-        tweak(c);
-    })
-    .await
+    TestRelay::start_with_webhook(&lobby.serve().await, SECRET, tweak).await
 }
 
 /// `n` peers joined by `code`, in id order.
@@ -409,12 +402,7 @@ async fn a_killed_host_process_is_replaced_after_the_keepalive_timeout_and_rejoi
     assert_eq!(lost.len(), 1, "{lost:?}");
     assert_eq!(lost[0].0["reason"], "timed_out");
     // Metrics tell joins by code from comebacks.
-    let metrics = reqwest::get(format!("{}/metrics", relay.admin_url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = relay.metrics().await;
     assert!(metrics.contains("baton_joins_total 3\n"), "{metrics}");
     assert!(metrics.contains("baton_rejoins_total 1\n"), "{metrics}");
 }
@@ -490,16 +478,7 @@ async fn an_elected_member_that_never_takes_over_is_passed_over() {
         .unwrap();
     // Peer 1 speaks the protocol by hand and ignores `Promote`; peer 2 runs the SDK.
     let raw = raw_connection(&relay, |_| {}).await;
-    let (mut send, mut control) = raw.open_bi().await.unwrap();
-    let joined = raw_request(
-        &mut send,
-        &mut control,
-        &baton_protocol::ClientMessage::Join {
-            request_id: 1,
-            code: host.join_code(),
-        },
-    )
-    .await;
+    let (_send, mut control, joined) = raw_join(&raw, host.join_code()).await;
     assert!(matches!(
         joined,
         baton_protocol::ServerMessage::Joined {

@@ -6,7 +6,7 @@ use baton_client::{
     AllocationOptions, ClientConfig, DisconnectReason, DropReason, Error, Event, Host, LeaveReason,
     Peer, PeerId, Trust,
 };
-use baton_tests::{event_matching, raw_client, raw_request, recv, try_recv, TestRelay, WAIT};
+use baton_tests::{event_matching, raw_client, raw_join, recv, try_recv, TestRelay, WAIT};
 
 async fn host_and_peers(relay: &TestRelay, n: usize) -> (Host, Vec<Peer>) {
     let host = Host::create(&relay.client(), AllocationOptions::default())
@@ -84,12 +84,7 @@ async fn host_and_three_peers_exchange_datagrams_in_every_direction() {
     assert_eq!(allocations.len(), 1);
     assert_eq!(allocations[0]["join_code"], host.join_code().as_str());
     assert_eq!(allocations[0]["members"].as_array().unwrap().len(), 4);
-    let metrics = reqwest::get(format!("{}/metrics", relay.admin_url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = relay.metrics().await;
     let forwarded = metric(&metrics, "baton_datagrams_forwarded_total");
     assert!(forwarded >= 14.0, "{metrics}");
     assert_eq!(metric(&metrics, "baton_connections"), 4.0);
@@ -188,16 +183,7 @@ async fn every_join_refusal_has_its_own_error() {
 #[tokio::test]
 async fn a_silent_peer_is_removed_after_the_keepalive_timeout() {
     let timeout = Duration::from_millis(800);
-    let relay = TestRelay::start_with(|c| {
-        c.set_keepalive_timeout(timeout).unwrap();
-    })
-    .await;
-    let host_config = relay
-        .client()
-        .keep_alive_interval(Duration::from_millis(100));
-    let host = Host::create(&host_config, AllocationOptions::default())
-        .await
-        .unwrap();
+    let (relay, host) = TestRelay::start_with_keepalive(timeout, Duration::from_millis(100)).await;
     // This peer never pings: after joining it is silent.
     let silent_config = relay
         .client()
@@ -425,7 +411,7 @@ async fn graceful_shutdown_tells_every_client() {
 /// in 4, which answers with a stateless reset.
 #[tokio::test]
 async fn several_endpoints_keep_a_client_whose_address_changes() {
-    use baton_protocol::{datagram, ClientMessage, ServerMessage};
+    use baton_protocol::{datagram, ServerMessage};
     let relay = TestRelay::start_with(|c| {
         c.set_endpoints(4).unwrap();
     })
@@ -434,16 +420,7 @@ async fn several_endpoints_keep_a_client_whose_address_changes() {
         .await
         .expect("create allocation");
     let (endpoint, peer) = raw_client(&relay, |_| {}).await;
-    let (mut send, mut recv_stream) = peer.open_bi().await.unwrap();
-    let joined = raw_request(
-        &mut send,
-        &mut recv_stream,
-        &ClientMessage::Join {
-            request_id: 1,
-            code: host.join_code(),
-        },
-    )
-    .await;
+    let (_send, _recv_stream, joined) = raw_join(&peer, host.join_code()).await;
     let ServerMessage::Joined { peer: me, .. } = joined else {
         panic!("join failed: {joined:?}");
     };

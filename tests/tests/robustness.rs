@@ -4,8 +4,10 @@
 use std::time::Duration;
 
 use baton_client::{AllocationOptions, Event, Host, Peer, PeerId};
-use baton_protocol::{ClientMessage, CloseCode, DropReason, ServerMessage};
-use baton_tests::{event_matching, raw_connection, raw_read, raw_request, recv, TestRelay, WAIT};
+use baton_protocol::{CloseCode, DropReason, ServerMessage};
+use baton_tests::{
+    event_matching, raw_connection, raw_create, raw_join, raw_read, recv, TestRelay, WAIT,
+};
 
 /// An allocation whose traffic must carry on undisturbed while others misbehave.
 async fn bystanders(relay: &TestRelay) -> (Host, Peer) {
@@ -66,12 +68,7 @@ async fn garbage_on_the_control_stream_closes_only_that_client() {
         );
         still_fine(&host, &peer, i as u8 + 2).await;
     }
-    let metrics = reqwest::get(format!("{}/metrics", relay.admin_url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = relay.metrics().await;
     assert!(metrics.contains("baton_connections 2"), "{metrics}");
 }
 
@@ -82,17 +79,7 @@ async fn malformed_and_oversize_datagrams_are_dropped_counted_and_reported() {
 
     // A raw host: create an allocation by hand, then send what the SDK refuses to.
     let conn = raw_connection(&relay, |_| {}).await;
-    let (mut send, mut recv_stream) = conn.open_bi().await.unwrap();
-    let created = raw_request(
-        &mut send,
-        &mut recv_stream,
-        &ClientMessage::CreateAllocation {
-            request_id: 1,
-            max_peers: 0,
-            code_ttl_secs: 0,
-        },
-    )
-    .await;
+    let (_send, mut recv_stream, created) = raw_create(&conn).await;
     let ServerMessage::AllocationCreated {
         code, max_payload, ..
     } = created
@@ -137,12 +124,7 @@ async fn malformed_and_oversize_datagrams_are_dropped_counted_and_reported() {
     assert_eq!(recv(&victim).await, (PeerId::HOST, vec![42].into()));
     still_fine(&host, &peer, 9).await;
 
-    let metrics = reqwest::get(format!("{}/metrics", relay.admin_url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = relay.metrics().await;
     assert!(
         metrics.contains("baton_datagrams_dropped_total{reason=\"too_large\"} 1"),
         "{metrics}"
@@ -161,31 +143,12 @@ async fn the_payload_limit_holds_at_the_minimum_quic_mtu() {
         t.initial_mtu(1200).mtu_discovery_config(None);
     };
     let host = raw_connection(&relay, pin).await;
-    let (mut hs, mut hr) = host.open_bi().await.unwrap();
-    let ServerMessage::AllocationCreated { code, .. } = raw_request(
-        &mut hs,
-        &mut hr,
-        &ClientMessage::CreateAllocation {
-            request_id: 1,
-            max_peers: 0,
-            code_ttl_secs: 0,
-        },
-    )
-    .await
-    else {
+    let (_hs, _hr, created) = raw_create(&host).await;
+    let ServerMessage::AllocationCreated { code, .. } = created else {
         panic!("create failed");
     };
     let peer = raw_connection(&relay, pin).await;
-    let (mut ps, mut pr) = peer.open_bi().await.unwrap();
-    let joined = raw_request(
-        &mut ps,
-        &mut pr,
-        &ClientMessage::Join {
-            request_id: 1,
-            code,
-        },
-    )
-    .await;
+    let (_ps, _pr, joined) = raw_join(&peer, code).await;
     assert!(matches!(
         joined,
         ServerMessage::Joined {
@@ -268,12 +231,7 @@ async fn connections_beyond_the_limit_are_refused_and_counted() {
         "{third:?}"
     );
     still_fine(&host, &peer, 1).await;
-    let metrics = reqwest::get(format!("{}/metrics", relay.admin_url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = relay.metrics().await;
     assert!(
         metrics.contains("baton_connections_refused_total 1"),
         "{metrics}"

@@ -21,6 +21,8 @@
 
 use std::collections::HashMap;
 
+use crate::seq_window::{Seen, SeqWindow};
+
 /// First bytes of every soak payload.
 pub const MAGIC: [u8; 4] = *b"BSK1";
 /// Bytes before the padding.
@@ -156,9 +158,7 @@ const FLOW_IDLE_US: u64 = 60_000_000;
 /// Per-flow receive state.
 #[derive(Debug, Clone, Copy)]
 struct Flow {
-    max_seq: u64,
-    /// Bit `i` set: `max_seq - i` was received (bit 0 is `max_seq` itself).
-    seen: u128,
+    window: SeqWindow<WINDOW>,
     last_us: u64,
 }
 
@@ -177,11 +177,12 @@ impl Flows {
         let key = (header.uid, header.dest == BROADCAST);
         let seq = header.seq;
         let Some(flow) = self.flows.get_mut(&key) else {
+            let mut window = SeqWindow::default();
+            window.check(seq);
             self.flows.insert(
                 key,
                 Flow {
-                    max_seq: seq,
-                    seen: 1,
+                    window,
                     last_us: now_us,
                 },
             );
@@ -189,34 +190,15 @@ impl Flows {
         };
         let prev_us = flow.last_us;
         flow.last_us = now_us;
-        if seq > flow.max_seq {
-            let advance = seq - flow.max_seq;
-            flow.seen = if advance >= 128 {
-                1
-            } else {
-                (flow.seen << advance) | 1
-            };
-            flow.max_seq = seq;
-            if advance == 1 {
-                Arrival::InOrder
-            } else {
-                Arrival::Gap {
-                    lost: advance - 1,
-                    prev_us,
-                }
-            }
-        } else {
-            let back = flow.max_seq - seq;
-            if back >= WINDOW {
-                return Arrival::Late;
-            }
-            let bit = 1u128 << back;
-            if flow.seen & bit != 0 {
-                Arrival::Duplicate
-            } else {
-                flow.seen |= bit;
-                Arrival::Late
-            }
+        let advance = flow.window.max().map_or(0, |max| seq.saturating_sub(max));
+        match flow.window.check(seq) {
+            Seen::Duplicate => Arrival::Duplicate,
+            Seen::New if advance == 1 => Arrival::InOrder,
+            Seen::New if advance > 1 => Arrival::Gap {
+                lost: advance - 1,
+                prev_us,
+            },
+            Seen::New | Seen::TooOld => Arrival::Late,
         }
     }
 

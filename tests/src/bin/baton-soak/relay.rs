@@ -193,33 +193,25 @@ pub struct RelayApi {
 impl RelayApi {
     /// The relay's metrics, or why they could not be read.
     pub async fn metrics(&self) -> anyhow::Result<Metrics> {
-        let text = self
-            .http
-            .get(format!("{}/metrics", self.admin))
-            .send()
-            .await
-            .context("GET /metrics")?
-            .error_for_status()
-            .context("GET /metrics")?
-            .text()
-            .await
-            .context("reading /metrics")?;
+        let text = ok(
+            self.http.get(format!("{}/metrics", self.admin)),
+            "GET /metrics",
+        )
+        .await?
+        .text()
+        .await
+        .context("reading /metrics")?;
         Ok(Metrics::parse(&text))
     }
 
     /// `GET /v1/allocations`: the `allocations` array.
     pub async fn allocations(&self) -> anyhow::Result<Vec<Value>> {
-        let body: Value = self
-            .http
-            .get(format!("{}/v1/allocations", self.admin))
-            .send()
-            .await
-            .context("GET /v1/allocations")?
-            .error_for_status()
-            .context("GET /v1/allocations")?
-            .json()
-            .await
-            .context("decoding /v1/allocations")?;
+        let body = json(
+            self.http.get(format!("{}/v1/allocations", self.admin)),
+            "GET /v1/allocations",
+            "decoding /v1/allocations",
+        )
+        .await?;
         match body.get("allocations").and_then(Value::as_array) {
             Some(list) => Ok(list.clone()),
             None => bail!("GET /v1/allocations answered without an `allocations` array: {body}"),
@@ -248,23 +240,41 @@ impl RelayApi {
 
     /// `POST /v1/allocations`: reserves an allocation, returns its id.
     pub async fn reserve(&self) -> anyhow::Result<u64> {
-        let body: Value = self
-            .http
-            .post(format!("{}/v1/allocations", self.admin))
-            .send()
-            .await
-            .context("POST /v1/allocations")?
-            .error_for_status()
-            .context("POST /v1/allocations")?
-            .json()
-            .await
-            .context("decoding the reservation")?;
+        let body = json(
+            self.http.post(format!("{}/v1/allocations", self.admin)),
+            "POST /v1/allocations",
+            "decoding the reservation",
+        )
+        .await?;
         let id = body
             .get("allocation_id")
             .and_then(Value::as_str)
             .with_context(|| format!("reservation without allocation_id: {body}"))?;
         u64::from_str_radix(id, 16).with_context(|| format!("allocation id {id:?}"))
     }
+}
+
+/// Sends `request` (`what` names it in errors, e.g. `GET /metrics`) and refuses an error status.
+async fn ok(request: reqwest::RequestBuilder, what: &str) -> anyhow::Result<reqwest::Response> {
+    request
+        .send()
+        .await
+        .context(what.to_owned())?
+        .error_for_status()
+        .context(what.to_owned())
+}
+
+/// Like [`ok`], then decodes the body as JSON (`decoding` names that step in errors).
+async fn json(
+    request: reqwest::RequestBuilder,
+    what: &str,
+    decoding: &str,
+) -> anyhow::Result<Value> {
+    ok(request, what)
+        .await?
+        .json()
+        .await
+        .context(decoding.to_owned())
 }
 
 /// Error-level log lines the soak expects from the relay and does not count as failures.

@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use baton_protocol::datagram;
+use baton_tests::seq_window::Seen;
 use hdrhistogram::Histogram;
 
 use super::{Shared, Stamp, BROADCAST_TARGET};
@@ -76,44 +77,7 @@ pub fn new_histogram() -> Histogram<u64> {
 }
 
 /// Per-flow duplicate detection over the last 64 sequence numbers.
-#[derive(Debug, Clone, Copy, Default)]
-struct SeqWindow {
-    /// Highest sequence number seen plus one; 0 before the first.
-    top: u64,
-    /// Bit `i` set: sequence number `top - 1 - i` was seen.
-    mask: u64,
-}
-
-/// What a sequence number turned out to be.
-#[derive(Debug, PartialEq, Eq)]
-enum Seen {
-    New,
-    Duplicate,
-    TooOld,
-}
-
-impl SeqWindow {
-    fn check(&mut self, seq: u64) -> Seen {
-        if seq >= self.top {
-            let shift = seq + 1 - self.top;
-            self.mask = if shift >= 64 { 0 } else { self.mask << shift };
-            self.mask |= 1;
-            self.top = seq + 1;
-            return Seen::New;
-        }
-        let offset = self.top - 1 - seq;
-        if offset >= 64 {
-            return Seen::TooOld;
-        }
-        let bit = 1u64 << offset;
-        if self.mask & bit != 0 {
-            Seen::Duplicate
-        } else {
-            self.mask |= bit;
-            Seen::New
-        }
-    }
-}
+type SeqWindow = baton_tests::seq_window::SeqWindow<64>;
 
 /// One client's receiving side: checks every datagram and counts it.
 pub struct Receiver {
