@@ -44,6 +44,21 @@ pub(crate) trait Kind {
     fn rebase(_file: &mut Option<Self::File>, _base: &Path) {}
 }
 
+/// An argument taking one value, parsed by `parser`.
+fn single(arg: Arg, value_name: &'static str, parser: impl Into<ValueParser>) -> Arg {
+    arg.value_name(value_name)
+        .action(ArgAction::Set)
+        .value_parser(parser)
+}
+
+/// An argument taking a list: the flag repeated, or comma-separated values.
+fn listed(arg: Arg, value_name: &'static str, parser: impl Into<ValueParser>) -> Arg {
+    arg.value_name(value_name)
+        .action(ArgAction::Append)
+        .value_delimiter(',')
+        .value_parser(parser)
+}
+
 /// Types clap parses with `value_parser!` and serde reads as they are: `kind as value =>
 /// placeholder`, then any further clap settings.
 macro_rules! plain_kind {
@@ -55,10 +70,7 @@ macro_rules! plain_kind {
             const VALUE_NAME: &'static str = $value_name;
 
             fn arg(arg: Arg, value_name: &'static str) -> Arg {
-                arg.value_name(value_name)
-                    .action(ArgAction::Set)
-                    .value_parser(value_parser!($value))
-                    $(.$extra($($x),*))*
+                single(arg, value_name, value_parser!($value))$(.$extra($($x),*))*
             }
             fn get(matches: &ArgMatches, id: &str) -> Self::Arg {
                 matches.get_one::<$value>(id).cloned()
@@ -93,9 +105,7 @@ impl Kind for PathBuf {
     const VALUE_NAME: &'static str = "PATH";
 
     fn arg(arg: Arg, value_name: &'static str) -> Arg {
-        arg.value_name(value_name)
-            .action(ArgAction::Set)
-            .value_parser(value_parser!(PathBuf))
+        single(arg, value_name, value_parser!(PathBuf))
     }
     fn get(matches: &ArgMatches, id: &str) -> Self::Arg {
         matches.get_one::<PathBuf>(id).cloned()
@@ -122,9 +132,7 @@ impl Kind for Duration {
     const VALUE_NAME: &'static str = "DURATION";
 
     fn arg(arg: Arg, value_name: &'static str) -> Arg {
-        arg.value_name(value_name)
-            .action(ArgAction::Set)
-            .value_parser(ValueParser::new(parse_duration))
+        single(arg, value_name, ValueParser::new(parse_duration))
     }
     fn get(matches: &ArgMatches, id: &str) -> Self::Arg {
         matches.get_one::<Duration>(id).copied()
@@ -169,9 +177,7 @@ impl Kind for LevelFilter {
     const VALUE_NAME: &'static str = "LEVEL";
 
     fn arg(arg: Arg, value_name: &'static str) -> Arg {
-        arg.value_name(value_name)
-            .action(ArgAction::Set)
-            .value_parser(ValueParser::new(parse_level))
+        single(arg, value_name, ValueParser::new(parse_level))
     }
     fn get(matches: &ArgMatches, id: &str) -> Self::Arg {
         matches.get_one::<LevelFilter>(id).copied()
@@ -202,10 +208,7 @@ impl Kind for Names {
     const VALUE_NAME: &'static str = "NAME";
 
     fn arg(arg: Arg, value_name: &'static str) -> Arg {
-        arg.value_name(value_name)
-            .action(ArgAction::Append)
-            .value_delimiter(',')
-            .value_parser(value_parser!(String))
+        listed(arg, value_name, value_parser!(String))
     }
     fn get(matches: &ArgMatches, id: &str) -> Self::Arg {
         matches
@@ -232,10 +235,7 @@ impl Kind for Webhooks {
     const VALUE_NAME: &'static str = "URL";
 
     fn arg(arg: Arg, value_name: &'static str) -> Arg {
-        arg.value_name(value_name)
-            .action(ArgAction::Append)
-            .value_delimiter(',')
-            .value_parser(ValueParser::new(parse_webhook_url))
+        listed(arg, value_name, ValueParser::new(parse_webhook_url))
     }
     fn get(matches: &ArgMatches, id: &str) -> Self::Arg {
         matches
