@@ -100,14 +100,17 @@ impl TestRelay {
         )
     }
 
-    /// The text of the admin server's `/metrics`.
-    pub async fn metrics(&self) -> String {
-        reqwest::get(format!("{}/metrics", self.admin_url()))
+    /// The admin server's `/metrics`, parsed: look samples up by their exact name and labels
+    /// (`baton_connections`, `baton_datagrams_dropped_total{reason="malformed"}`), never by
+    /// substring.
+    pub async fn metrics(&self) -> relay_process::Metrics {
+        let text = reqwest::get(format!("{}/metrics", self.admin_url()))
             .await
             .expect("metrics")
             .text()
             .await
-            .expect("metrics text")
+            .expect("metrics text");
+        relay_process::Metrics::parse(&text)
     }
 
     /// An SDK configuration that pins this relay's certificate.
@@ -141,12 +144,14 @@ pub async fn recv(session: &Session) -> (PeerId, Bytes) {
         .expect("session open")
 }
 
-/// Whether a datagram arrives within `within` (for asserting that one does not).
+/// Whether a datagram arrives within `within` (for asserting that one does not). Panics if the
+/// session has ended: a dead session receives nothing, which must not pass for isolation.
 pub async fn try_recv(session: &Session, within: Duration) -> Option<(PeerId, Bytes)> {
-    tokio::time::timeout(within, session.recv())
-        .await
-        .ok()
-        .and_then(Result::ok)
+    match tokio::time::timeout(within, session.recv()).await {
+        Err(_elapsed) => None,
+        Ok(Ok(datagram)) => Some(datagram),
+        Ok(Err(e)) => panic!("the session ended while waiting for a datagram: {e}"),
+    }
 }
 
 /// The next event matching `pred`, skipping others, or a panic after `within`.

@@ -196,17 +196,17 @@ async fn post_hook(
 }
 
 /// Waits until the relay's `/metrics` has a line `<metric> <value>`.
-async fn wait_metric(relay: &TestRelay, line: &str) {
+async fn wait_metric(relay: &TestRelay, name: &str, value: f64) {
     tokio::time::timeout(WAIT, async {
         loop {
-            if relay.metrics().await.lines().any(|l| l == line) {
+            if relay.metrics().await.get(name) == Some(value) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
     .await
-    .unwrap_or_else(|_| panic!("metric line {line:?} within the wait"));
+    .unwrap_or_else(|_| panic!("metric {name} = {value} within the wait"));
 }
 
 /// A TCP proxy in front of the relay's admin server that can cut every connection and refuse
@@ -428,7 +428,7 @@ async fn event_stream_resumes_after_a_cut_without_loss_or_repeats() {
         ],
         &[],
     );
-    wait_metric(&relay, "baton_hook_stream_subscribers 1").await;
+    wait_metric(&relay, "baton_hook_stream_subscribers", 1.0).await;
 
     let first = Host::create(&relay.client(), AllocationOptions::default())
         .await
@@ -443,7 +443,7 @@ async fn event_stream_resumes_after_a_cut_without_loss_or_repeats() {
     let third = Host::create(&relay.client(), AllocationOptions::default())
         .await
         .expect("create");
-    wait_metric(&relay, "baton_hook_events_published_total 6").await;
+    wait_metric(&relay, "baton_hook_events_published_total", 6.0).await;
     assert_eq!(
         lobby.line_within(Duration::from_millis(300)).await,
         None,
@@ -503,7 +503,7 @@ async fn both_sources_at_once_print_each_event_once() {
     let url = format!("http://{}/hooks/baton", lobby.listening().await);
     let relay = TestRelay::start_with_webhook(&url, SECRET, |_| {}).await;
     proxy.point_at(admin_addr(&relay));
-    wait_metric(&relay, "baton_hook_stream_subscribers 1").await;
+    wait_metric(&relay, "baton_hook_stream_subscribers", 1.0).await;
 
     let host = Host::create(&relay.client(), AllocationOptions::default())
         .await
@@ -516,7 +516,7 @@ async fn both_sources_at_once_print_each_event_once() {
     }
     // Both copies of both events have reached the lobby once the webhook delivered them and
     // the stream has had time to; still only two lines.
-    wait_metric(&relay, "baton_hook_webhook_delivered_total 2").await;
+    wait_metric(&relay, "baton_hook_webhook_delivered_total", 2.0).await;
     assert_eq!(
         lobby.line_within(Duration::from_millis(500)).await,
         None,
