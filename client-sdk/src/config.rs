@@ -257,6 +257,19 @@ impl ClientConfig {
         let setup = tls::client_config(&self.trust, &self.alpn)?;
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(setup.config)
             .map_err(|e| Error::Config(format!("TLS configuration unusable for QUIC: {e}")))?;
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        config.transport_config(Arc::new(self.transport_config()?));
+        Ok((config, setup.log))
+    }
+
+    /// The QUIC transport settings every connection of this configuration uses: a ping every
+    /// [`ClientConfig::keep_alive_interval`], the [`ClientConfig::idle_timeout`], and the stream
+    /// limits the protocol needs. Exposed so that tests and tools can drive QUIC with exactly
+    /// the SDK's settings.
+    ///
+    /// # Errors
+    /// [`Error::Config`] if the idle timeout is too large for QUIC.
+    pub fn transport_config(&self) -> Result<quinn::TransportConfig, Error> {
         let idle = quinn::IdleTimeout::try_from(self.idle_timeout).map_err(|_| {
             Error::Config(format!("idle timeout {:?} is too large", self.idle_timeout))
         })?;
@@ -268,9 +281,7 @@ impl ClientConfig {
             // stream at a time: the migration snapshot, when this client becomes host.
             .max_concurrent_bidi_streams(0u32.into())
             .max_concurrent_uni_streams(1u32.into());
-        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-        config.transport_config(Arc::new(transport));
-        Ok((config, setup.log))
+        Ok(transport)
     }
 }
 

@@ -16,16 +16,14 @@ use std::time::{Duration, Instant};
 use baton_relay::RelayConfig;
 use bytes::BytesMut;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use quinn::{ConnectionError, EndpointConfig, IdleTimeout, TransportConfig};
+use quinn::{ConnectionError, EndpointConfig, TransportConfig};
 use quinn_proto::{Connection, ConnectionHandle, DatagramEvent, Endpoint, Event};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 /// Size of the simulated clock's steps when a test advances time.
 const STEP: Duration = Duration::from_millis(100);
-/// The SDK's keep-alive interval (client-sdk `defaults::KEEP_ALIVE_INTERVAL`).
-const SDK_KEEP_ALIVE: Duration = Duration::from_secs(2);
-/// The SDK's idle timeout (client-sdk `defaults::IDLE_TIMEOUT`).
-const SDK_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The SDK's keep-alive interval.
+const SDK_KEEP_ALIVE: Duration = baton_client::defaults::KEEP_ALIVE_INTERVAL;
 /// Upper bound on loop iterations anywhere in the driver, so a bug fails instead of hanging.
 const MAX_ITERATIONS: usize = 100_000;
 
@@ -337,15 +335,13 @@ fn tls_pair() -> (QuicServerConfig, QuicClientConfig) {
     )
 }
 
-/// The SDK's QUIC transport settings: ping every 2 s, idle timeout 10 s. (client-sdk builds
-/// its transport config in a crate-private function, so the values are restated here.)
+/// The SDK's QUIC transport settings, exactly as a default `ClientConfig` builds them for its
+/// connections (a ping every 2 s, idle timeout 10 s).
 fn sdk_transport() -> TransportConfig {
-    let mut t = TransportConfig::default();
-    t.keep_alive_interval(Some(SDK_KEEP_ALIVE))
-        .max_idle_timeout(Some(
-            IdleTimeout::try_from(SDK_IDLE_TIMEOUT).expect("idle timeout"),
-        ));
-    t
+    let relay = std::net::SocketAddr::from(([127, 0, 0, 1], 7700));
+    baton_client::ClientConfig::new(relay, baton_client::Trust::Fingerprint([0; 32]))
+        .transport_config()
+        .expect("the SDK's transport config")
 }
 
 fn relay_transport(config: &RelayConfig) -> TransportConfig {
