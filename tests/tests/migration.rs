@@ -160,13 +160,18 @@ impl Lobby {
 
     /// Waits until an event of type `kind` arrived.
     async fn wait_for(&self, kind: &str) {
+        self.wait_until(kind, |e| e["type"] == kind).await;
+    }
+
+    /// Waits until an event matching `pred` arrived (`what` names it in the failure).
+    async fn wait_until(&self, what: &str, pred: impl Fn(&Value) -> bool) {
         tokio::time::timeout(WAIT, async {
-            while self.of_type(kind).is_empty() {
+            while !self.received.lock().unwrap().iter().any(|(e, _)| pred(e)) {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         })
         .await
-        .unwrap_or_else(|_| panic!("lobby never got {kind}"));
+        .unwrap_or_else(|_| panic!("lobby never got {what}"));
     }
 }
 
@@ -333,9 +338,14 @@ async fn clean_host_exit_hands_the_game_to_a_peer_and_the_lobby_hears_once() {
         Bytes::from_static(b"hello")
     );
 
-    // The lobby got exactly one signed host.disconnected and one allocation.migrated.
-    lobby.wait_for("allocation.migrated").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The lobby got exactly one signed host.disconnected and one allocation.migrated. A webhook
+    // delivers in event order, and peer 4 joined after the migration: once its peer.joined has
+    // arrived, every migration event has too, so the counts below are final.
+    lobby
+        .wait_until("peer 4's peer.joined", |e| {
+            e["type"] == "peer.joined" && e["peer"] == 4
+        })
+        .await;
     let lost = lobby.of_type("host.disconnected");
     let migrated = lobby.of_type("allocation.migrated");
     assert_eq!(lost.len(), 1, "{lost:?}");

@@ -369,10 +369,10 @@ async fn trust_and_version_errors_are_typed() {
         .await
         .expect("certificate file trust");
 
-    // Nothing listens on this port: unreachable, within the connect timeout.
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let dead = socket.local_addr().unwrap();
-    drop(socket);
+    // A bound socket that never answers: unreachable, within the connect timeout. It stays
+    // bound until the end, so no other process can take the port in between.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dead = silent.local_addr().unwrap();
     let nowhere = ClientConfig::new(dead, Trust::Fingerprint([0; 32]))
         .connect_timeout(Duration::from_millis(500));
     let started = Instant::now();
@@ -381,6 +381,7 @@ async fn trust_and_version_errors_are_typed() {
         Err(Error::RelayUnreachable { .. })
     ));
     assert!(started.elapsed() < Duration::from_secs(3));
+    drop(silent);
 }
 
 #[tokio::test]
