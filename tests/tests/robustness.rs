@@ -241,3 +241,51 @@ async fn connections_beyond_the_limit_are_refused_and_counted() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     Peer::join(&relay.client(), host.join_code()).await.unwrap();
 }
+
+/// Reads the `baton_snapshot_upload_bytes` gauge until `done` accepts it (bounded by `WAIT`);
+/// returns the last value read.
+async fn upload_bytes_until(relay: &TestRelay, done: impl Fn(i64) -> bool) -> i64 {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let metrics = relay.metrics().await;
+        let value = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("baton_snapshot_upload_bytes "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("baton_snapshot_upload_bytes in /metrics");
+        if done(value) || tokio::time::Instant::now() >= deadline {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_upload_cut_off_by_its_connection_gives_its_budget_back() {
+    let relay = TestRelay::start().await;
+    for round in 0..3u8 {
+        let conn = raw_connection(&relay, |_| {}).await;
+        let (_send, _recv, created) = raw_create(&conn).await;
+        assert!(matches!(created, ServerMessage::AllocationCreated { .. }));
+        // Half an upload, within the stream's window, then the connection dies.
+        let mut upload = conn.open_uni().await.unwrap();
+        upload.write_all(&[0x01]).await.unwrap();
+        upload.write_all(&[round; 40_000]).await.unwrap();
+        assert_eq!(upload_bytes_until(&relay, |v| v == 40_000).await, 40_000);
+        conn.close(0u32.into(), b"gone");
+        assert_eq!(
+            upload_bytes_until(&relay, |v| v == 0).await,
+            0,
+            "round {round}: the aborted upload's budget is given back"
+        );
+    }
+    // Uploads still work.
+    let host = Host::create(&relay.client(), AllocationOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        host.upload_snapshot(vec![7u8; 100_000]).await.unwrap(),
+        100_000
+    );
+    assert_eq!(upload_bytes_until(&relay, |v| v == 0).await, 0);
+}

@@ -9,7 +9,9 @@
 
 use baton_protocol::{stream_kind, CloseCode, ServerMessage};
 use bytes::{Bytes, BytesMut};
+use prometheus_client::metrics::gauge::Gauge;
 use quinn::VarInt;
+use tokio::sync::SemaphorePermit;
 use tracing::debug;
 
 use super::connection::close;
@@ -41,6 +43,9 @@ pub(super) async fn receive_snapshots(
         let mut data = BytesMut::new();
         let mut too_large = false;
         let mut reset = false;
+        // Held only while reading (once stored, the control plane's budget applies), and
+        // given back however the read ends, even when the connection's task is dropped.
+        let mut permits = UploadPermits::new(&shared.metrics.snapshot_upload_bytes);
         loop {
             let chunk = match stream.read_chunk(64 * 1024, true).await {
                 Ok(Some(chunk)) => chunk.bytes,
@@ -56,18 +61,17 @@ pub(super) async fn receive_snapshots(
                 let _ = stream.stop(VarInt::from_u32(0));
                 break;
             }
-            let Ok(permits) = shared
+            let Ok(more) = shared
                 .snapshot_inflight
                 .acquire_many(u32::try_from(chunk.len()).unwrap_or(u32::MAX))
                 .await
             else {
                 return;
             };
-            // Held only while reading: once stored, the control plane's budget applies.
-            permits.forget();
+            permits.add(more);
             data.extend_from_slice(&chunk);
         }
-        shared.snapshot_inflight.add_permits(data.len());
+        drop(permits);
         if reset {
             continue;
         }
@@ -85,6 +89,38 @@ pub(super) async fn receive_snapshots(
         };
         if shared.inputs.send(input).await.is_err() {
             return;
+        }
+    }
+}
+
+/// The permits of the relay-wide upload budget ([`SNAPSHOT_INFLIGHT`]) one upload holds while
+/// it is read, mirrored in the `snapshot_upload_bytes` gauge. Dropping it gives them all back,
+/// however the read ends: stored, rejected, reset, or cut off when the connection's task is
+/// dropped mid-upload.
+struct UploadPermits<'a> {
+    held: Option<SemaphorePermit<'a>>,
+    gauge: &'a Gauge,
+}
+
+impl<'a> UploadPermits<'a> {
+    fn new(gauge: &'a Gauge) -> Self {
+        UploadPermits { held: None, gauge }
+    }
+
+    /// Holds `more` permits too, until the guard is dropped.
+    fn add(&mut self, more: SemaphorePermit<'a>) {
+        self.gauge.inc_by(more.num_permits() as i64);
+        match &mut self.held {
+            Some(held) => held.merge(more),
+            None => self.held = Some(more),
+        }
+    }
+}
+
+impl Drop for UploadPermits<'_> {
+    fn drop(&mut self) {
+        if let Some(held) = &self.held {
+            self.gauge.dec_by(held.num_permits() as i64);
         }
     }
 }
@@ -107,4 +143,23 @@ pub(super) fn deliver(conn: ConnId, c: quinn::Connection, data: Bytes) {
             debug!(conn, cause = %e, "snapshot delivery failed");
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn upload_permits_go_back_when_the_guard_is_dropped() {
+        let budget = tokio::sync::Semaphore::new(1000);
+        let gauge = Gauge::default();
+        let mut permits = UploadPermits::new(&gauge);
+        permits.add(budget.acquire_many(300).await.unwrap());
+        permits.add(budget.acquire_many(200).await.unwrap());
+        assert_eq!(budget.available_permits(), 500);
+        assert_eq!(gauge.get(), 500);
+        drop(permits);
+        assert_eq!(budget.available_permits(), 1000);
+        assert_eq!(gauge.get(), 0);
+    }
 }
