@@ -7,7 +7,9 @@
 //! thread. `deliver` is called by the control task and spawns its own task on the caller's
 //! runtime.
 
-use baton_protocol::{stream_kind, CloseCode, ServerMessage};
+use std::sync::atomic::Ordering;
+
+use baton_protocol::{stream_kind, CloseCode, ErrorCode, ServerMessage};
 use bytes::{Bytes, BytesMut};
 use prometheus_client::metrics::gauge::Gauge;
 use quinn::VarInt;
@@ -20,6 +22,10 @@ use crate::control::{ConnId, Input};
 
 /// Bytes of snapshot uploads read concurrently across the relay, at most.
 pub(super) const SNAPSHOT_INFLIGHT: usize = 256 * 1024 * 1024;
+
+/// The application error code of the relay's `STOP_SENDING` on an upload it will not read
+/// (too large, or not from the host): SPEC section 2.5.
+const STOP_CODE: u32 = 0;
 
 /// Reads migration snapshots the client uploads on unidirectional streams, one at a time:
 /// `0x01` then the snapshot bytes until the stream ends.
@@ -40,6 +46,18 @@ pub(super) async fn receive_snapshots(
             // Reset or ended before saying what it carries: discard it.
             Err(_) => continue,
         }
+        if !me.host.load(Ordering::Acquire) {
+            // Only the host's uploads are read: anyone else's is stopped before a byte of it
+            // is buffered. A bound non-host is told why; an unbound connection is not.
+            let _ = stream.stop(VarInt::from_u32(STOP_CODE));
+            if me.route.load().is_some() {
+                let _ = me.control_tx.try_send(ServerMessage::SnapshotRejected {
+                    code: ErrorCode::NotHost,
+                    value: 0,
+                });
+            }
+            continue;
+        }
         let mut data = BytesMut::new();
         let mut too_large = false;
         let mut reset = false;
@@ -58,7 +76,7 @@ pub(super) async fn receive_snapshots(
             };
             if data.len() + chunk.len() > shared.max_snapshot {
                 too_large = true;
-                let _ = stream.stop(VarInt::from_u32(0));
+                let _ = stream.stop(VarInt::from_u32(STOP_CODE));
                 break;
             }
             let Ok(more) = shared
@@ -78,7 +96,7 @@ pub(super) async fn receive_snapshots(
         if too_large {
             let limit = u32::try_from(shared.max_snapshot).unwrap_or(u32::MAX);
             let _ = me.control_tx.try_send(ServerMessage::SnapshotRejected {
-                code: baton_protocol::ErrorCode::PayloadTooLarge,
+                code: ErrorCode::PayloadTooLarge,
                 value: limit,
             });
             continue;
