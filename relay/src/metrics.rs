@@ -89,6 +89,8 @@ pub struct Metrics {
     pub datagrams_forwarded: Counter,
     /// Payload bytes delivered to members.
     pub bytes_forwarded: Counter,
+    /// Bytes of migration-snapshot uploads being read now, across all connections.
+    pub snapshot_upload_bytes: Gauge,
     dropped: ByReason,
     refused: ByReason,
     left: ByReason,
@@ -130,6 +132,11 @@ impl Metrics {
             "bytes_forwarded",
             "Datagram payload bytes delivered to members",
         );
+        let snapshot_upload_bytes: Gauge = register(
+            &mut registry,
+            "snapshot_upload_bytes",
+            "Bytes of migration-snapshot uploads being read now (not yet stored)",
+        );
 
         let dropped = ByReason::register(
             &mut registry,
@@ -165,6 +172,7 @@ impl Metrics {
             rejoins,
             datagrams_forwarded,
             bytes_forwarded,
+            snapshot_upload_bytes,
             dropped,
             refused,
             left,

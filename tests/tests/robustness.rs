@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use baton_client::{AllocationOptions, Event, Host, Peer, PeerId};
-use baton_protocol::{CloseCode, DropReason, ServerMessage};
+use baton_protocol::{CloseCode, DropReason, ErrorCode, ServerMessage};
 use baton_tests::{
     event_matching, raw_connection, raw_create, raw_join, raw_read, recv, TestRelay, WAIT,
 };
@@ -236,4 +236,122 @@ async fn connections_beyond_the_limit_are_refused_and_counted() {
     peer.close().await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     Peer::join(&relay.client(), host.join_code()).await.unwrap();
+}
+
+/// Reads the `baton_snapshot_upload_bytes` gauge until `done` accepts it (bounded by `WAIT`);
+/// returns the last value read.
+async fn upload_bytes_until(relay: &TestRelay, done: impl Fn(i64) -> bool) -> i64 {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let value = relay
+            .metrics()
+            .await
+            .get("baton_snapshot_upload_bytes")
+            .expect("baton_snapshot_upload_bytes in /metrics") as i64;
+        if done(value) || tokio::time::Instant::now() >= deadline {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_upload_cut_off_by_its_connection_gives_its_budget_back() {
+    let relay = TestRelay::start().await;
+    for round in 0..3u8 {
+        let conn = raw_connection(&relay, |_| {}).await;
+        let (_send, _recv, created) = raw_create(&conn).await;
+        assert!(matches!(created, ServerMessage::AllocationCreated { .. }));
+        // Half an upload, within the stream's window, then the connection dies.
+        let mut upload = conn.open_uni().await.unwrap();
+        upload.write_all(&[0x01]).await.unwrap();
+        upload.write_all(&[round; 40_000]).await.unwrap();
+        assert_eq!(upload_bytes_until(&relay, |v| v == 40_000).await, 40_000);
+        conn.close(0u32.into(), b"gone");
+        assert_eq!(
+            upload_bytes_until(&relay, |v| v == 0).await,
+            0,
+            "round {round}: the aborted upload's budget is given back"
+        );
+    }
+    // Uploads still work.
+    let host = Host::create(&relay.client(), AllocationOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        host.upload_snapshot(vec![7u8; 100_000]).await.unwrap(),
+        100_000
+    );
+    assert_eq!(upload_bytes_until(&relay, |v| v == 0).await, 0);
+}
+
+/// Uploads `len` bytes of snapshot on `conn`; returns how the write ended.
+async fn try_upload(conn: &quinn::Connection, len: usize) -> Result<(), quinn::WriteError> {
+    let mut upload = conn.open_uni().await.unwrap();
+    upload.write_all(&[0x01]).await?;
+    upload.write_all(&vec![9u8; len]).await?;
+    upload.finish().unwrap();
+    Ok(())
+}
+
+/// Reads control messages until one that `want` accepts (at most 8).
+async fn read_until(
+    recv: &mut quinn::RecvStream,
+    want: impl Fn(&ServerMessage) -> bool,
+) -> ServerMessage {
+    for _ in 0..8 {
+        let msg = raw_read(recv).await;
+        if want(&msg) {
+            return msg;
+        }
+    }
+    panic!("no matching control message");
+}
+
+#[tokio::test]
+async fn snapshot_uploads_from_anyone_but_the_host_are_stopped_unread() {
+    let relay = TestRelay::start().await;
+    let host = raw_connection(&relay, |_| {}).await;
+    let (_host_send, mut host_recv, created) = raw_create(&host).await;
+    let ServerMessage::AllocationCreated { code, .. } = created else {
+        panic!("{created:?}")
+    };
+    let peer = raw_connection(&relay, |_| {}).await;
+    let (_peer_send, mut peer_recv, joined) = raw_join(&peer, code).await;
+    assert!(matches!(joined, ServerMessage::Joined { .. }), "{joined:?}");
+    let unbound = raw_connection(&relay, |_| {}).await;
+
+    // More than the stream's window: the writes can only end if the relay reads or stops.
+    for (who, conn) in [("peer", &peer), ("unbound", &unbound)] {
+        let written = tokio::time::timeout(WAIT, try_upload(conn, 1 << 20))
+            .await
+            .expect("upload ends in time");
+        assert!(
+            matches!(written, Err(quinn::WriteError::Stopped(code)) if code == 0u32.into()),
+            "{who}: {written:?}"
+        );
+    }
+    let rejected = read_until(&mut peer_recv, |m| {
+        matches!(m, ServerMessage::SnapshotRejected { .. })
+    })
+    .await;
+    assert_eq!(
+        rejected,
+        ServerMessage::SnapshotRejected {
+            code: ErrorCode::NotHost,
+            value: 0
+        }
+    );
+    assert_eq!(upload_bytes_until(&relay, |v| v == 0).await, 0);
+
+    // The host's upload is read and stored.
+    try_upload(&host, 100_000).await.unwrap();
+    let stored = read_until(&mut host_recv, |m| {
+        matches!(
+            m,
+            ServerMessage::SnapshotStored { .. } | ServerMessage::SnapshotRejected { .. }
+        )
+    })
+    .await;
+    assert_eq!(stored, ServerMessage::SnapshotStored { len: 100_000 });
 }

@@ -9,6 +9,7 @@
 //! control plane only through the `inputs` channel. [`close`] is also called by the control
 //! task.
 
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -72,6 +73,7 @@ pub(super) async fn serve_connection(id: ConnId, conn: quinn::Connection, shared
         conn: conn.clone(),
         control_tx,
         route: ArcSwapOption::empty(),
+        host: AtomicBool::new(false),
     });
     shared.conns.insert(id, conn_shared.clone());
     shared.metrics.connections.inc();

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use baton_protocol::CloseCode;
+use baton_protocol::{CloseCode, PeerId};
 use tokio::sync::mpsc;
 use tracing::warn;
 
@@ -47,14 +47,20 @@ pub(super) async fn control_task(
             _ = sleep_until_opt(deadline) => cp.handle_timeout(Instant::now()),
         }
         while let Some(output) = cp.poll_output() {
-            apply(output, &shared, &mut tables, &mut events);
+            apply(output, &cp, &shared, &mut tables, &mut events);
         }
         shared.metrics.allocations.set(cp.allocation_count() as i64);
     }
 }
 
-/// Carries out one output of the control plane.
-fn apply(output: Output, shared: &Shared, tables: &mut Tables, events: &mut EventSink) {
+/// Carries out one output of the control plane (`cp`, after the call that queued it).
+fn apply(
+    output: Output,
+    cp: &ControlPlane,
+    shared: &Shared,
+    tables: &mut Tables,
+    events: &mut EventSink,
+) {
     match output {
         Output::Send { conn, msg } => {
             let Some(c) = shared.conns.get(&conn).map(|c| c.clone()) else {
@@ -83,7 +89,15 @@ fn apply(output: Output, shared: &Shared, tables: &mut Tables, events: &mut Even
         Output::Route {
             allocation,
             members,
-        } => tables.update(shared, allocation, members),
+        } => {
+            // Who hosts it now: the host's connection is told before the host hears it.
+            let host = cp
+                .allocation(Instant::now(), allocation)
+                .filter(|a| a.host_bound)
+                .and_then(|a| a.host)
+                .map(PeerId);
+            tables.update(shared, allocation, members, host);
+        }
         Output::DeliverSnapshot { conn, data } => {
             let Some(c) = shared.conns.get(&conn).map(|c| c.conn.clone()) else {
                 return;

@@ -23,7 +23,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -90,6 +90,9 @@ struct ConnShared {
     control_tx: mpsc::Sender<ServerMessage>,
     /// Set by the control task once the connection is in an allocation; read by `forward`.
     route: ArcSwapOption<Route>,
+    /// Whether the connection hosts its allocation now: set by the control task at every
+    /// routing update, read by `snapshot` before it reads an upload.
+    host: AtomicBool,
 }
 
 /// State shared by all tasks.

@@ -7,6 +7,7 @@
 //! lanes through [`ArcSwap`]. Nothing here calls the control plane or touches a socket.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -65,12 +66,15 @@ impl Tables {
         }
     }
 
-    /// `allocation`'s membership is now exactly `members`; an empty list retires its table.
+    /// `allocation`'s membership is now exactly `members`, hosted by `host` (none while it
+    /// awaits or migrates to its host); an empty list retires its table. Each member's
+    /// connection learns whether it is the host (only the host's snapshot uploads are read).
     pub(super) fn update(
         &mut self,
         shared: &Shared,
         allocation: AllocationId,
         members: Vec<(PeerId, ConnId)>,
+        host: Option<PeerId>,
     ) {
         if members.is_empty() {
             if let Some(table) = self.tables.remove(&allocation) {
@@ -81,9 +85,12 @@ impl Tables {
         let members = members
             .into_iter()
             .filter_map(|(peer, conn)| {
-                shared.conns.get(&conn).map(|c| Member {
-                    peer,
-                    conn: c.conn.clone(),
+                shared.conns.get(&conn).map(|c| {
+                    c.host.store(host == Some(peer), Ordering::Release);
+                    Member {
+                        peer,
+                        conn: c.conn.clone(),
+                    }
                 })
             })
             .collect();
