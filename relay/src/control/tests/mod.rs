@@ -32,9 +32,13 @@ impl Harness {
     }
 
     fn with(config: RelayConfig) -> Self {
+        Self::with_secrets(config, 7)
+    }
+
+    fn with_secrets(config: RelayConfig, secrets: impl Into<Secrets>) -> Self {
         let now = Instant::now();
         Harness {
-            cp: ControlPlane::new(&config, 7, now),
+            cp: ControlPlane::new(&config, secrets, now),
             now,
             next_request: 1,
         }
@@ -251,6 +255,33 @@ fn the_same_seed_replays_the_same_codes() {
     let mut a = Harness::new();
     let mut b = Harness::new();
     assert_eq!(a.create(), b.create());
+}
+
+#[test]
+fn every_bit_of_both_256_bit_secrets_counts() {
+    let base = Secrets {
+        hmac_key: [1; 32],
+        rng_seed: [2; 32],
+    };
+    let mut seed_tail = base.clone();
+    seed_tail.rng_seed[31] ^= 1;
+    let mut key_tail = base.clone();
+    key_tail.hmac_key[31] ^= 1;
+    let mut a = Harness::with_secrets(RelayConfig::default(), base);
+    let mut b = Harness::with_secrets(RelayConfig::default(), seed_tail);
+    let mut c = Harness::with_secrets(RelayConfig::default(), key_tail);
+    let (id, code) = a.create();
+
+    // Seeds that differ in their last bit draw other ids and codes: no 64-bit prefix decides.
+    assert_ne!(b.create(), (id, code));
+    // The key is not drawn from the RNG: the same seed with another key draws the same ids
+    // and codes but signs other tokens, so seeing ids tells nothing about the key.
+    assert_eq!(c.create(), (id, code));
+    assert_eq!(a.cp.secret, [1; 32]);
+    assert_ne!(
+        a.cp.reconnect_token(id, PeerId(1)),
+        c.cp.reconnect_token(id, PeerId(1))
+    );
 }
 
 #[test]
