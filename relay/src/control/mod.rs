@@ -55,8 +55,7 @@ pub use types::{
     MemberInfo, Output, Promotion, Reservation, Secrets,
 };
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -69,7 +68,7 @@ use allocation::Allocation;
 use codes::CodeEntry;
 use membership::{Conn, ConnState};
 use ratelimit::{Bucket, SWEEP_INTERVAL};
-use timers::Timer;
+use timers::{Timer, TimerQueue};
 
 /// The relay's control plane. See the module docs for the call order.
 #[derive(Debug)]
@@ -101,7 +100,7 @@ pub struct ControlPlane {
     allocations: HashMap<AllocationId, Allocation>,
     codes: HashMap<JoinCode, CodeEntry>,
     join_buckets: HashMap<IpAddr, Bucket>,
-    timers: BinaryHeap<Reverse<(Instant, Timer)>>,
+    timers: TimerQueue,
     outputs: VecDeque<Output>,
     shutting_down: bool,
 }
@@ -136,7 +135,7 @@ impl ControlPlane {
             allocations: HashMap::new(),
             codes: HashMap::new(),
             join_buckets: HashMap::new(),
-            timers: BinaryHeap::new(),
+            timers: TimerQueue::default(),
             outputs: VecDeque::new(),
             shutting_down: false,
         };
@@ -168,7 +167,7 @@ impl ControlPlane {
     /// When [`Self::handle_timeout`] should next be called. May be early (a stale timer),
     /// never late.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((at, _))| *at)
+        self.timers.next()
     }
 
     /// Bytes of snapshots held.

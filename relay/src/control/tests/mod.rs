@@ -284,6 +284,71 @@ fn every_bit_of_both_256_bit_secrets_counts() {
     );
 }
 
+/// With the default 24 h code TTL: allocations that close, migrate or are reserved and
+/// closed, and connections that bind and leave or never bind, leave no deadline behind once
+/// their tombstones are forgotten (an hour, not a day).
+#[test]
+fn churn_leaves_no_timers_behind_with_the_default_code_ttl() {
+    let mut h = Harness::new();
+    assert_eq!(h.cp.code_ttl, defaults::JOIN_CODE_TTL);
+    let baseline = h.cp.pending_timers();
+    for round in 0..50u64 {
+        let (host, peer, idle) = (1000 + round, 5000 + round, 9000 + round);
+        // An allocation whose host leaves: its one peer takes over, then leaves too.
+        let (old, code) = h.create_with(host, 0, 0);
+        h.join_ok(peer, code);
+        let out = h.disconnect(host, LeaveReason::Closed);
+        let ticket = replies_to(&out, peer)
+            .into_iter()
+            .find_map(|m| match m {
+                ServerMessage::Promote { ticket, .. } => Some(ticket),
+                _ => None,
+            })
+            .expect("the peer is promoted");
+        let request_id = h.rid();
+        let out = h.request(
+            peer,
+            ClientMessage::MigrateAllocation {
+                request_id,
+                allocation: old,
+                ticket,
+            },
+        );
+        assert!(
+            replies_to(&out, peer)
+                .iter()
+                .any(|m| matches!(m, ServerMessage::AllocationCreated { .. })),
+            "migrated: {out:?}"
+        );
+        h.disconnect(peer, LeaveReason::Closed);
+        // A connection that never binds.
+        h.connect(idle);
+        h.disconnect(idle, LeaveReason::Closed);
+        // A reservation an operator closes before its host claims it.
+        h.cp.reserve_allocation(h.now, None).expect("reserved");
+        let reserved = h
+            .drain()
+            .into_iter()
+            .find_map(|o| match o {
+                Output::Event(Event::AllocationCreated { allocation, .. }) => Some(allocation),
+                _ => None,
+            })
+            .expect("reservation created");
+        h.cp.close_by_admin(h.now, reserved).expect("closed");
+        h.drain();
+        h.advance(Duration::from_secs(1));
+    }
+    assert_eq!(h.cp.allocation_count(), 0);
+    assert_eq!(h.cp.connection_count(), 0);
+    h.advance(defaults::CODE_TOMBSTONE_TTL + Duration::from_secs(120));
+    assert!(h.cp.codes.is_empty(), "tombstones are forgotten");
+    assert_eq!(
+        h.cp.pending_timers(),
+        baseline,
+        "only the periodic sweep remains"
+    );
+}
+
 #[test]
 fn stale_timers_do_not_accumulate_state() {
     let mut h = Harness::new();
