@@ -197,17 +197,21 @@ fn migration_moves_roster_code_and_snapshot_keeping_peer_ids() {
     assert_eq!(route_of(old), Some(vec![]));
     let routed = out
         .iter()
-        .position(|o| matches!(o, Output::Route { allocation, .. } if *allocation == new));
-    let told = out.iter().position(|o| {
-        matches!(
-            o,
-            Output::Send {
-                msg: ServerMessage::Migrated { .. },
-                ..
-            }
-        )
-    });
-    assert!(routed < told);
+        .position(|o| matches!(o, Output::Route { allocation, .. } if *allocation == new))
+        .expect("the successor is routed");
+    let told = out
+        .iter()
+        .position(|o| {
+            matches!(
+                o,
+                Output::Send {
+                    msg: ServerMessage::Migrated { .. },
+                    ..
+                }
+            )
+        })
+        .expect("the members are told to move");
+    assert!(routed < told, "routed at {routed}, told at {told}");
     assert!(events(&out).contains(&Event::AllocationMigrated {
         from: old,
         to: new,
