@@ -30,51 +30,9 @@ fn admin_revocation_tells_the_host_and_admin_close_closes_everyone() {
 
 #[test]
 fn admin_revocation_after_a_migration_tells_the_new_host_not_peer_0() {
-    let mut h = Harness::new();
-    h.connect(HOST);
-    let out = h.request(
-        HOST,
-        ClientMessage::CreateAllocation {
-            request_id: 1,
-            max_peers: 0,
-            code_ttl_secs: 0,
-        },
-    );
-    let Some(ServerMessage::AllocationCreated {
-        allocation: old,
-        code,
-        reconnect_token,
-        ..
-    }) = replies_to(&out, HOST).into_iter().next()
-    else {
-        panic!("not created");
-    };
-    h.join_ok(2, code);
-    h.join_ok(3, code);
     // Peer 1 (conn 2) takes over; the old host comes back as an ordinary peer 0 (conn 10).
-    let out = h.disconnect(HOST, LeaveReason::TimedOut);
-    let ticket = replies_to(&out, 2)
-        .into_iter()
-        .find_map(|m| match m {
-            ServerMessage::Promote { ticket, .. } => Some(ticket),
-            _ => None,
-        })
-        .expect("conn 2 is promoted");
-    let out = h.request(
-        2,
-        ClientMessage::MigrateAllocation {
-            request_id: 2,
-            allocation: old,
-            ticket,
-        },
-    );
-    let new = replies_to(&out, 2)
-        .into_iter()
-        .find_map(|m| match m {
-            ServerMessage::AllocationCreated { allocation, .. } => Some(allocation),
-            _ => None,
-        })
-        .expect("migrated");
+    let (mut h, old, code, reconnect_token, ticket) = host_lost_among_three();
+    let new = h.migrate(2, old, ticket);
     h.connect(10);
     let out = h.request(
         10,

@@ -97,6 +97,18 @@ impl Harness {
     }
 
     fn create_with(&mut self, conn: ConnId, max_peers: u16, ttl: u32) -> (AllocationId, JoinCode) {
+        let (id, code, _) = self.create_with_token(conn, max_peers, ttl);
+        (id, code)
+    }
+
+    /// `conn` connects and creates an allocation; returns its id, its code and the host's
+    /// reconnect token.
+    fn create_with_token(
+        &mut self,
+        conn: ConnId,
+        max_peers: u16,
+        ttl: u32,
+    ) -> (AllocationId, JoinCode, [u8; 16]) {
         self.connect(conn);
         let request_id = self.rid();
         let out = self.request(
@@ -107,18 +119,39 @@ impl Harness {
                 code_ttl_secs: ttl,
             },
         );
-        out.iter()
-            .find_map(|o| match o {
-                Output::Send {
-                    msg:
-                        ServerMessage::AllocationCreated {
-                            allocation, code, ..
-                        },
+        replies_to(&out, conn)
+            .into_iter()
+            .find_map(|m| match m {
+                ServerMessage::AllocationCreated {
+                    allocation,
+                    code,
+                    reconnect_token,
                     ..
-                } => Some((*allocation, *code)),
+                } => Some((allocation, code, reconnect_token)),
                 _ => None,
             })
             .expect("allocation created")
+    }
+
+    /// The elected member on `conn` opens the successor of `old` with `ticket`; returns the
+    /// successor's id.
+    fn migrate(&mut self, conn: ConnId, old: AllocationId, ticket: [u8; 16]) -> AllocationId {
+        let request_id = self.rid();
+        let out = self.request(
+            conn,
+            ClientMessage::MigrateAllocation {
+                request_id,
+                allocation: old,
+                ticket,
+            },
+        );
+        replies_to(&out, conn)
+            .into_iter()
+            .find_map(|m| match m {
+                ServerMessage::AllocationCreated { allocation, .. } => Some(allocation),
+                _ => None,
+            })
+            .expect("migrated")
     }
 
     /// `conn` connects and joins with `code`; returns the reply.
@@ -157,6 +190,29 @@ fn replies_to(out: &[Output], conn: ConnId) -> Vec<ServerMessage> {
             _ => None,
         })
         .collect()
+}
+
+/// Host `HOST` with peers on connections 2 and 3 (peer ids 1, 2), then the host times out
+/// and conn 2 is elected. Returns the allocation, its code, the old host's reconnect token
+/// and conn 2's ticket.
+fn host_lost_among_three() -> (Harness, AllocationId, JoinCode, [u8; 16], [u8; 16]) {
+    let mut h = Harness::new();
+    let (old, code, reconnect_token) = h.create_with_token(HOST, 0, 0);
+    h.join_ok(2, code);
+    h.join_ok(3, code);
+    let out = h.disconnect(HOST, LeaveReason::TimedOut);
+    let (_, ticket) = promote_of(&out, 2).expect("conn 2 is promoted");
+    (h, old, code, reconnect_token, ticket)
+}
+
+/// The allocation and ticket of the `Promote` sent to `conn` in `out`, if any.
+fn promote_of(out: &[Output], conn: ConnId) -> Option<(AllocationId, [u8; 16])> {
+    replies_to(out, conn).into_iter().find_map(|m| match m {
+        ServerMessage::Promote {
+            allocation, ticket, ..
+        } => Some((allocation, ticket)),
+        _ => None,
+    })
 }
 
 /// The code and value of the refusal that is the one reply to `conn` in `out`; panics when
@@ -298,28 +354,8 @@ fn churn_leaves_no_timers_behind_with_the_default_code_ttl() {
         let (old, code) = h.create_with(host, 0, 0);
         h.join_ok(peer, code);
         let out = h.disconnect(host, LeaveReason::Closed);
-        let ticket = replies_to(&out, peer)
-            .into_iter()
-            .find_map(|m| match m {
-                ServerMessage::Promote { ticket, .. } => Some(ticket),
-                _ => None,
-            })
-            .expect("the peer is promoted");
-        let request_id = h.rid();
-        let out = h.request(
-            peer,
-            ClientMessage::MigrateAllocation {
-                request_id,
-                allocation: old,
-                ticket,
-            },
-        );
-        assert!(
-            replies_to(&out, peer)
-                .iter()
-                .any(|m| matches!(m, ServerMessage::AllocationCreated { .. })),
-            "migrated: {out:?}"
-        );
+        let (_, ticket) = promote_of(&out, peer).expect("the peer is promoted");
+        h.migrate(peer, old, ticket);
         h.disconnect(peer, LeaveReason::Closed);
         // A connection that never binds.
         h.connect(idle);
