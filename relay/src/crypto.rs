@@ -1,11 +1,25 @@
 //! The relay's symmetric crypto: SHA-256, HMAC-SHA256 and constant-time comparison, on *ring*,
-//! the provider rustls already runs on, so the relay carries one crypto stack.
+//! the provider rustls already runs on, so the relay carries one crypto stack; and the
+//! 256-bit keys the relay draws from the operating system's RNG.
 //!
-//! Used by the control plane (migration tickets, reconnect tokens), the lobby hooks (webhook
-//! signatures), the admin API (bearer-token digests) and TLS (certificate fingerprints). Pure
-//! functions: no I/O, callable from any task.
+//! Used by the control plane (migration tickets, reconnect tokens, its secrets), the lobby
+//! hooks (webhook signatures), the admin API (bearer-token digests) and TLS (certificate
+//! fingerprints). Pure functions apart from `os_random_key`, which reads the OS RNG; callable
+//! from any task.
 
+use rand::rngs::OsRng;
+use rand::RngCore;
 use ring::{digest, hmac};
+
+/// 256 bits from the operating system's RNG, for a key or an RNG seed.
+///
+/// Panics if the operating system has no randomness to give, as `rand::random` does: a relay
+/// cannot run without it.
+pub(crate) fn os_random_key() -> [u8; 32] {
+    let mut key = [0u8; 32];
+    OsRng.fill_bytes(&mut key);
+    key
+}
 
 /// SHA-256 of `data`.
 pub(crate) fn sha256(data: &[u8]) -> [u8; 32] {
@@ -51,6 +65,11 @@ mod tests {
             hex::encode(tag),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
+    }
+
+    #[test]
+    fn os_keys_are_fresh_each_time() {
+        assert_ne!(os_random_key(), os_random_key());
     }
 
     #[test]

@@ -49,11 +49,15 @@ impl ControlPlane {
         })
     }
 
-    /// Revokes an allocation's join code on an operator's behalf and tells the host.
+    /// Revokes an allocation's join code on an operator's behalf and tells the current host
+    /// (after a migration, not peer 0; while migrating or awaiting its host, no one).
     pub fn revoke_code(&mut self, now: Instant, id: AllocationId) -> Result<JoinCode, AdminError> {
         let alloc = self.allocations.get(&id).ok_or(AdminError::NotFound(id))?;
         let code = alloc.code;
-        let host = alloc.members.get(&PeerId::HOST).map(|m| m.conn);
+        let host = alloc
+            .host_peer()
+            .and_then(|peer| alloc.members.get(&peer))
+            .map(|m| m.conn);
         self.revoke(now, id);
         if let Some(conn) = host {
             self.send(conn, ServerMessage::CodeRevoked { code });

@@ -188,6 +188,7 @@ impl ControlPlane {
             }
             None => return,
         };
+        self.cancel(Timer::HostBind(id));
         // Routing first: a member told about the host may send to it at once.
         self.add_member(now, conn, id, PeerId::HOST, JoinedVia::Host);
         let Some(alloc) = self.allocations.get(&id) else {
@@ -274,6 +275,7 @@ impl ControlPlane {
         let Some(alloc) = self.allocations.remove(&id) else {
             return;
         };
+        self.cancel_allocation_timers(id);
         self.snapshot_bytes -= alloc.snapshot.as_ref().map_or(0, Bytes::len);
         let code = match (reason, &alloc.host) {
             (CloseReason::HostLost(r), _) => CloseCode::HostLost(r),

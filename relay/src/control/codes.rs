@@ -86,6 +86,7 @@ impl ControlPlane {
             }
             alloc.code_state = CodeState::Revoked;
             let code = alloc.code;
+            self.cancel(Timer::CodeExpiry(id));
             self.tombstone(now, code, ErrorCode::Revoked);
         }
     }

@@ -263,6 +263,7 @@ impl ControlPlane {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.state = ConnState::Member { allocation, peer };
         }
+        self.cancel(Timer::Bind(conn));
         self.outputs.push_back(Output::Bound {
             conn,
             allocation,
@@ -355,6 +356,7 @@ impl ControlPlane {
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
+        self.cancel(Timer::Bind(conn));
         if let ConnState::Member { allocation, peer } = c.state {
             let is_host = self.is_host(allocation, peer);
             self.remove_member(now, allocation, peer, reason);

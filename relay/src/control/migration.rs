@@ -81,7 +81,7 @@ impl ControlPlane {
                 },
             );
         }
-        self.schedule(now + window, Timer::Migration(id, 0));
+        self.schedule(now + window, Timer::Migration(id));
     }
 
     /// A member left a migrating allocation: re-elect if it was the elected one, close if no
@@ -100,23 +100,21 @@ impl ControlPlane {
         }
     }
 
-    /// [`Timer::Migration`]: the member elected in round `epoch` (or, in round 0, the lobby)
-    /// missed its deadline; it is passed over and the relay elects again.
-    pub(super) fn migration_deadline(&mut self, now: Instant, id: AllocationId, epoch: u32) {
-        let due = matches!(
-            self.allocations.get(&id).map(|a| &a.host),
-            Some(HostSlot::Migrating(m)) if m.epoch == epoch && m.deadline <= now
-        );
-        if due {
-            // Epoch 0 is the lobby's window: no one was elected to pass over.
-            if let Some(HostSlot::Migrating(m)) = self.allocations.get_mut(&id).map(|a| &mut a.host)
-            {
-                if epoch > 0 {
-                    m.passed_over.push(m.elected);
-                }
-            }
-            self.elect(now, id, None);
+    /// [`Timer::Migration`]: the member elected in the current round (or, in round 0, the
+    /// lobby) missed its deadline; it is passed over and the relay elects again.
+    pub(super) fn migration_deadline(&mut self, now: Instant, id: AllocationId) {
+        let Some(HostSlot::Migrating(m)) = self.allocations.get_mut(&id).map(|a| &mut a.host)
+        else {
+            return;
+        };
+        if m.deadline > now {
+            return;
         }
+        // Epoch 0 is the lobby's window: no one was elected to pass over.
+        if m.epoch > 0 {
+            m.passed_over.push(m.elected);
+        }
+        self.elect(now, id, None);
     }
 
     /// Elects the next host of a migrating allocation: `choice` if a lobby named one, else the
@@ -185,7 +183,8 @@ impl ControlPlane {
                 );
             }
         }
-        self.schedule(deadline, Timer::Migration(id, epoch));
+        // Moves the previous round's deadline, if any.
+        self.schedule(deadline, Timer::Migration(id));
         self.outputs.push_back(Output::Event(Event::HostElected {
             allocation: id,
             host: elected,
@@ -221,6 +220,7 @@ impl ControlPlane {
         let Some(mut alloc) = self.allocations.remove(&from) else {
             return;
         };
+        self.cancel_allocation_timers(from);
         alloc.host = HostSlot::Bound(me);
         alloc.created = now;
         if self.code_is_live_for(alloc.code, from) {

@@ -14,8 +14,10 @@
 //! }
 //! ```
 //!
-//! Randomness (allocation ids, join codes, host tokens) comes from a seeded RNG the state
-//! machine owns, so a test with a fixed seed replays exactly.
+//! Randomness (allocation ids, join codes, host tokens) comes from an RNG the state machine
+//! owns, seeded with 256 bits, and reconnect tokens and migration tickets are HMACs under a
+//! separate 256-bit key: both come in as [`Secrets`], which the driver draws from the
+//! operating system's RNG ([`Secrets::from_os_rng`]) and tests fix, so a test replays exactly.
 //!
 //! The data plane is not in here: forwarding reads routing tables the driver builds from
 //! [`Output::Route`], without touching this state machine.
@@ -50,24 +52,23 @@ mod types;
 
 pub use types::{
     AdminError, AllocationInfo, CloseReason, ConnId, ElectedBy, Event, Input, JoinedVia,
-    MemberInfo, Output, Promotion, Reservation,
+    MemberInfo, Output, Promotion, Reservation, Secrets,
 };
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use baton_protocol::{AllocationId, ClientMessage, CloseCode, ErrorCode, JoinCode, ServerMessage};
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 
 use crate::{defaults, RelayConfig};
 use allocation::Allocation;
 use codes::CodeEntry;
 use membership::{Conn, ConnState};
 use ratelimit::{Bucket, SWEEP_INTERVAL};
-use timers::Timer;
+use timers::{Timer, TimerQueue};
 
 /// The relay's control plane. See the module docs for the call order.
 #[derive(Debug)]
@@ -99,15 +100,16 @@ pub struct ControlPlane {
     allocations: HashMap<AllocationId, Allocation>,
     codes: HashMap<JoinCode, CodeEntry>,
     join_buckets: HashMap<IpAddr, Bucket>,
-    timers: BinaryHeap<Reverse<(Instant, Timer)>>,
+    timers: TimerQueue,
     outputs: VecDeque<Output>,
     shutting_down: bool,
 }
 
 impl ControlPlane {
-    /// A control plane for `config`, with its RNG seeded from `seed` and the rate-limit sweep
-    /// scheduled from `now`.
-    pub fn new(config: &RelayConfig, seed: u64, now: Instant) -> Self {
+    /// A control plane for `config` with `secrets` (tests pass a `u64`, turned into fixed
+    /// secrets) and the rate-limit sweep scheduled from `now`.
+    pub fn new(config: &RelayConfig, secrets: impl Into<Secrets>, now: Instant) -> Self {
+        let secrets = secrets.into();
         let mut cp = ControlPlane {
             keepalive_timeout: config.keepalive_timeout(),
             bind_timeout: config.bind_timeout(),
@@ -125,19 +127,18 @@ impl ControlPlane {
             max_snapshot: config.max_snapshot(),
             snapshot_budget: config.snapshot_budget(),
             snapshot_bytes: 0,
-            secret: [0; 32],
+            secret: secrets.hmac_key,
             next_seq: 0,
             successors: HashMap::new(),
-            rng: StdRng::seed_from_u64(seed),
+            rng: StdRng::from_seed(secrets.rng_seed),
             conns: HashMap::new(),
             allocations: HashMap::new(),
             codes: HashMap::new(),
             join_buckets: HashMap::new(),
-            timers: BinaryHeap::new(),
+            timers: TimerQueue::default(),
             outputs: VecDeque::new(),
             shutting_down: false,
         };
-        cp.secret = cp.rng.gen();
         cp.schedule(now + SWEEP_INTERVAL, Timer::SweepRateLimits);
         cp
     }
@@ -166,7 +167,7 @@ impl ControlPlane {
     /// When [`Self::handle_timeout`] should next be called. May be early (a stale timer),
     /// never late.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((at, _))| *at)
+        self.timers.next()
     }
 
     /// Bytes of snapshots held.

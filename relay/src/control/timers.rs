@@ -1,26 +1,29 @@
 //! The deadline queue: every `Timer` the control plane sets (bind windows, code expiry,
-//! tombstones, host bind, migration rounds, successor links, the rate-limit sweep), the heap
-//! behind [`ControlPlane::poll_timeout`], and `fire`, which hands a due timer to the file that
-//! owns its deadline.
+//! tombstones, host bind, migration rounds, successor links, the rate-limit sweep), the
+//! `TimerQueue` behind [`ControlPlane::poll_timeout`], and `fire`, which hands a due timer to
+//! the file that owns its deadline.
 //!
-//! Timers are never cancelled: each owner checks its deadline against the state again when
-//! the timer fires, so a stale one does nothing. Runs wherever the [`ControlPlane`] is
-//! called: on the control task, with `now` passed in.
+//! A `Timer` is pending at most once: setting it again moves it, and whatever ends the thing
+//! it watches cancels it (`cancel_allocation_timers` when an allocation closes or migrates
+//! away; binding or leaving cancels a connection's bind window), so the queue holds only live
+//! deadlines and never outgrows the state it serves. Each owner still checks its deadline
+//! against the state when the timer fires. Runs wherever the [`ControlPlane`] is called: on
+//! the control task, with `now` passed in.
 
-use std::cmp::Reverse;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Instant;
 
 use baton_protocol::{AllocationId, JoinCode};
 
 use super::{ConnId, ControlPlane};
 
-/// A deadline, ordered after its instant in the heap.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// A deadline, ordered after its instant in the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(super) enum Timer {
     /// A connection's bind window ends (`membership`).
     Bind(ConnId),
-    /// A migration round's deadline, for the election of that epoch (`migration`).
-    Migration(AllocationId, u32),
+    /// The current migration round's deadline (`migration`).
+    Migration(AllocationId),
     /// A migrated allocation's successor link is forgotten (`migration`).
     Successor(AllocationId),
     /// An allocation's join code expires (`codes`).
@@ -33,25 +36,88 @@ pub(super) enum Timer {
     SweepRateLimits,
 }
 
+/// The pending deadlines: at most one instant per `Timer`, in instant order, each removable
+/// by its key.
+#[derive(Debug, Default)]
+pub(super) struct TimerQueue {
+    by_time: BTreeSet<(Instant, Timer)>,
+    by_key: HashMap<Timer, Instant>,
+}
+
+impl TimerQueue {
+    /// Sets `key` for `at`, replacing any instant it was set for.
+    fn set(&mut self, at: Instant, key: Timer) {
+        if let Some(old) = self.by_key.insert(key, at) {
+            self.by_time.remove(&(old, key));
+        }
+        self.by_time.insert((at, key));
+    }
+
+    /// Removes `key` if it is pending.
+    fn cancel(&mut self, key: Timer) {
+        if let Some(at) = self.by_key.remove(&key) {
+            self.by_time.remove(&(at, key));
+        }
+    }
+
+    /// The earliest pending instant.
+    pub(super) fn next(&self) -> Option<Instant> {
+        self.by_time.first().map(|(at, _)| *at)
+    }
+
+    /// Takes the earliest timer off the queue if it is due at `now`.
+    fn pop_due(&mut self, now: Instant) -> Option<Timer> {
+        let &(at, key) = self.by_time.first()?;
+        if at > now {
+            return None;
+        }
+        self.by_time.pop_first();
+        self.by_key.remove(&key);
+        Some(key)
+    }
+
+    /// How many timers are pending.
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        debug_assert_eq!(self.by_time.len(), self.by_key.len());
+        self.by_time.len()
+    }
+}
+
 impl ControlPlane {
-    /// Sets a timer for `at`.
+    /// Sets `key` for `at`; a `key` already set is moved there.
     pub(super) fn schedule(&mut self, at: Instant, key: Timer) {
-        self.timers.push(Reverse((at, key)));
+        self.timers.set(at, key);
+    }
+
+    /// Removes `key` if it is pending.
+    pub(super) fn cancel(&mut self, key: Timer) {
+        self.timers.cancel(key);
+    }
+
+    /// Removes every deadline of allocation `id` (code expiry, host bind, migration round):
+    /// it closed or moved to a successor.
+    pub(super) fn cancel_allocation_timers(&mut self, id: AllocationId) {
+        self.cancel(Timer::CodeExpiry(id));
+        self.cancel(Timer::HostBind(id));
+        self.cancel(Timer::Migration(id));
     }
 
     /// Takes the earliest timer off the queue if it is due at `now`.
     pub(super) fn pop_due(&mut self, now: Instant) -> Option<Timer> {
-        let Reverse((at, _)) = self.timers.peek()?;
-        if *at > now {
-            return None;
-        }
-        self.timers.pop().map(|Reverse((_, key))| key)
+        self.timers.pop_due(now)
+    }
+
+    /// How many deadlines are pending.
+    #[cfg(test)]
+    pub(super) fn pending_timers(&self) -> usize {
+        self.timers.len()
     }
 
     /// Acts on a timer that came due at `now`.
     pub(super) fn fire(&mut self, now: Instant, key: Timer) {
         match key {
-            Timer::Migration(id, epoch) => self.migration_deadline(now, id, epoch),
+            Timer::Migration(id) => self.migration_deadline(now, id),
             Timer::Successor(id) => {
                 self.successors.remove(&id);
             }

@@ -325,3 +325,43 @@ pub struct MemberInfo {
     /// Seconds since it joined.
     pub joined_secs_ago: u64,
 }
+
+/// The control plane's secrets, 256 bits each and drawn independently, so nothing a client
+/// sees of one (ids, codes, host tokens) tells anything about the other (the token key).
+#[derive(Clone)]
+pub struct Secrets {
+    /// HMAC-SHA256 key of reconnect tokens and migration tickets.
+    pub hmac_key: [u8; 32],
+    /// Seed of the RNG that draws allocation ids, join codes and host tokens.
+    pub rng_seed: [u8; 32],
+}
+
+impl Secrets {
+    /// Fresh secrets from the operating system's RNG: what a running relay uses.
+    pub fn from_os_rng() -> Self {
+        Secrets {
+            hmac_key: crate::crypto::os_random_key(),
+            rng_seed: crate::crypto::os_random_key(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secrets(..)")
+    }
+}
+
+/// Fixed secrets for tests, both drawn from an RNG seeded with the `u64`, so a test with the
+/// same number replays exactly.
+#[cfg(test)]
+impl From<u64> for Secrets {
+    fn from(seed: u64) -> Self {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        Secrets {
+            hmac_key: rng.gen(),
+            rng_seed: rng.gen(),
+        }
+    }
+}

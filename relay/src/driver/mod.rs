@@ -215,8 +215,12 @@ impl Relay {
         let tasks = TaskTracker::new();
 
         let hooks = crate::hooks::spawn(&config.hooks, metrics.clone(), shutdown.clone(), &tasks);
-        let seed = rand::random();
-        let cp = ControlPlane::new(&config, seed, Instant::now());
+        // 256-bit token key and RNG seed from the OS RNG: no 64-bit seed to search offline.
+        let cp = ControlPlane::new(
+            &config,
+            crate::control::Secrets::from_os_rng(),
+            Instant::now(),
+        );
         let control_done = tokio::spawn(
             control_task(cp, input_rx, admin_rx, shared.clone(), hooks.clone())
                 .instrument(info_span!("control")),

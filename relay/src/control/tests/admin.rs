@@ -29,6 +29,41 @@ fn admin_revocation_tells_the_host_and_admin_close_closes_everyone() {
 }
 
 #[test]
+fn admin_revocation_after_a_migration_tells_the_new_host_not_peer_0() {
+    // Peer 1 (conn 2) takes over; the old host comes back as an ordinary peer 0 (conn 10).
+    let (mut h, old, code, reconnect_token, ticket) = host_lost_among_three();
+    let new = h.migrate(2, old, ticket);
+    h.connect(10);
+    let out = h.request(
+        10,
+        ClientMessage::Rejoin {
+            request_id: 3,
+            allocation: old,
+            peer: PeerId::HOST,
+            reconnect_token,
+        },
+    );
+    assert!(matches!(
+        &replies_to(&out, 10)[..],
+        [ServerMessage::Joined {
+            peer: PeerId(0),
+            host: PeerId(1),
+            ..
+        }]
+    ));
+
+    assert_eq!(h.cp.revoke_code(h.now, new), Ok(code));
+    let out = h.drain();
+    assert_eq!(
+        replies_to(&out, 2),
+        vec![ServerMessage::CodeRevoked { code }]
+    );
+    assert_eq!(replies_to(&out, 10), vec![], "peer 0 is no longer the host");
+    assert_eq!(replies_to(&out, 3), vec![]);
+    assert_eq!(h.refusal(4, code).0, ErrorCode::Revoked);
+}
+
+#[test]
 fn relay_full_and_shutdown() {
     let mut config = RelayConfig::default();
     config.set_max_allocations(1).unwrap();

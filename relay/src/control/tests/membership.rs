@@ -44,17 +44,21 @@ fn create_then_join_routes_both_and_tells_the_host() {
     // Routing is installed before the joiner hears it joined.
     let bound = out
         .iter()
-        .position(|o| matches!(o, Output::Bound { conn: 2, .. }));
-    let joined = out.iter().position(|o| {
-        matches!(
-            o,
-            Output::Send {
-                conn: 2,
-                msg: ServerMessage::Joined { .. }
-            }
-        )
-    });
-    assert!(bound < joined);
+        .position(|o| matches!(o, Output::Bound { conn: 2, .. }))
+        .expect("the joiner is routed");
+    let joined = out
+        .iter()
+        .position(|o| {
+            matches!(
+                o,
+                Output::Send {
+                    conn: 2,
+                    msg: ServerMessage::Joined { .. }
+                }
+            )
+        })
+        .expect("the joiner is told");
+    assert!(bound < joined, "routed at {bound}, told at {joined}");
     assert_eq!(h.join_ok(3, code), PeerId(2));
     assert_eq!(h.cp.allocations(h.now)[0].members.len(), 3);
 }

@@ -18,15 +18,6 @@ fn game_of_four_with(config: RelayConfig) -> (Harness, AllocationId, JoinCode) {
     (h, id, code)
 }
 
-fn promote_of(out: &[Output], conn: ConnId) -> Option<(AllocationId, [u8; 16])> {
-    replies_to(out, conn).into_iter().find_map(|m| match m {
-        ServerMessage::Promote {
-            allocation, ticket, ..
-        } => Some((allocation, ticket)),
-        _ => None,
-    })
-}
-
 #[test]
 fn host_loss_with_no_one_left_closes_the_allocation_once() {
     let mut h = Harness::new();
@@ -197,17 +188,21 @@ fn migration_moves_roster_code_and_snapshot_keeping_peer_ids() {
     assert_eq!(route_of(old), Some(vec![]));
     let routed = out
         .iter()
-        .position(|o| matches!(o, Output::Route { allocation, .. } if *allocation == new));
-    let told = out.iter().position(|o| {
-        matches!(
-            o,
-            Output::Send {
-                msg: ServerMessage::Migrated { .. },
-                ..
-            }
-        )
-    });
-    assert!(routed < told);
+        .position(|o| matches!(o, Output::Route { allocation, .. } if *allocation == new))
+        .expect("the successor is routed");
+    let told = out
+        .iter()
+        .position(|o| {
+            matches!(
+                o,
+                Output::Send {
+                    msg: ServerMessage::Migrated { .. },
+                    ..
+                }
+            )
+        })
+        .expect("the members are told to move");
+    assert!(routed < told, "routed at {routed}, told at {told}");
     assert!(events(&out).contains(&Event::AllocationMigrated {
         from: old,
         to: new,
@@ -236,29 +231,7 @@ fn migration_moves_roster_code_and_snapshot_keeping_peer_ids() {
 
 #[test]
 fn the_old_host_rejoins_as_an_ordinary_peer_with_its_token() {
-    let mut h = Harness::new();
-    h.connect(HOST);
-    let out = h.request(
-        HOST,
-        ClientMessage::CreateAllocation {
-            request_id: 1,
-            max_peers: 0,
-            code_ttl_secs: 0,
-        },
-    );
-    let Some(ServerMessage::AllocationCreated {
-        allocation: old,
-        code,
-        reconnect_token,
-        ..
-    }) = replies_to(&out, HOST).into_iter().next()
-    else {
-        panic!("not created");
-    };
-    h.join_ok(2, code);
-    h.join_ok(3, code);
-    let out = h.disconnect(HOST, LeaveReason::TimedOut);
-    let (_, ticket) = promote_of(&out, 2).unwrap();
+    let (mut h, old, _, reconnect_token, ticket) = host_lost_among_three();
 
     // While migrating, a rejoin is told to retry.
     h.connect(10);
@@ -272,21 +245,7 @@ fn the_old_host_rejoins_as_an_ordinary_peer_with_its_token() {
     let (error, retry_ms) = refused(&out, 10);
     assert_eq!(error, ErrorCode::Migrating);
     assert!(retry_ms > 0, "{retry_ms}");
-    let out = h.request(
-        2,
-        ClientMessage::MigrateAllocation {
-            request_id: 2,
-            allocation: old,
-            ticket,
-        },
-    );
-    let new = replies_to(&out, 2)
-        .into_iter()
-        .find_map(|m| match m {
-            ServerMessage::AllocationCreated { allocation, .. } => Some(allocation),
-            _ => None,
-        })
-        .unwrap();
+    let new = h.migrate(2, old, ticket);
 
     // A wrong token is refused; the right one, naming the OLD allocation, lands in the new one.
     let mut wrong = reconnect_token;

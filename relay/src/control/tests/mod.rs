@@ -32,9 +32,13 @@ impl Harness {
     }
 
     fn with(config: RelayConfig) -> Self {
+        Self::with_secrets(config, 7)
+    }
+
+    fn with_secrets(config: RelayConfig, secrets: impl Into<Secrets>) -> Self {
         let now = Instant::now();
         Harness {
-            cp: ControlPlane::new(&config, 7, now),
+            cp: ControlPlane::new(&config, secrets, now),
             now,
             next_request: 1,
         }
@@ -93,6 +97,18 @@ impl Harness {
     }
 
     fn create_with(&mut self, conn: ConnId, max_peers: u16, ttl: u32) -> (AllocationId, JoinCode) {
+        let (id, code, _) = self.create_with_token(conn, max_peers, ttl);
+        (id, code)
+    }
+
+    /// `conn` connects and creates an allocation; returns its id, its code and the host's
+    /// reconnect token.
+    fn create_with_token(
+        &mut self,
+        conn: ConnId,
+        max_peers: u16,
+        ttl: u32,
+    ) -> (AllocationId, JoinCode, [u8; 16]) {
         self.connect(conn);
         let request_id = self.rid();
         let out = self.request(
@@ -103,18 +119,39 @@ impl Harness {
                 code_ttl_secs: ttl,
             },
         );
-        out.iter()
-            .find_map(|o| match o {
-                Output::Send {
-                    msg:
-                        ServerMessage::AllocationCreated {
-                            allocation, code, ..
-                        },
+        replies_to(&out, conn)
+            .into_iter()
+            .find_map(|m| match m {
+                ServerMessage::AllocationCreated {
+                    allocation,
+                    code,
+                    reconnect_token,
                     ..
-                } => Some((*allocation, *code)),
+                } => Some((allocation, code, reconnect_token)),
                 _ => None,
             })
             .expect("allocation created")
+    }
+
+    /// The elected member on `conn` opens the successor of `old` with `ticket`; returns the
+    /// successor's id.
+    fn migrate(&mut self, conn: ConnId, old: AllocationId, ticket: [u8; 16]) -> AllocationId {
+        let request_id = self.rid();
+        let out = self.request(
+            conn,
+            ClientMessage::MigrateAllocation {
+                request_id,
+                allocation: old,
+                ticket,
+            },
+        );
+        replies_to(&out, conn)
+            .into_iter()
+            .find_map(|m| match m {
+                ServerMessage::AllocationCreated { allocation, .. } => Some(allocation),
+                _ => None,
+            })
+            .expect("migrated")
     }
 
     /// `conn` connects and joins with `code`; returns the reply.
@@ -153,6 +190,29 @@ fn replies_to(out: &[Output], conn: ConnId) -> Vec<ServerMessage> {
             _ => None,
         })
         .collect()
+}
+
+/// Host `HOST` with peers on connections 2 and 3 (peer ids 1, 2), then the host times out
+/// and conn 2 is elected. Returns the allocation, its code, the old host's reconnect token
+/// and conn 2's ticket.
+fn host_lost_among_three() -> (Harness, AllocationId, JoinCode, [u8; 16], [u8; 16]) {
+    let mut h = Harness::new();
+    let (old, code, reconnect_token) = h.create_with_token(HOST, 0, 0);
+    h.join_ok(2, code);
+    h.join_ok(3, code);
+    let out = h.disconnect(HOST, LeaveReason::TimedOut);
+    let (_, ticket) = promote_of(&out, 2).expect("conn 2 is promoted");
+    (h, old, code, reconnect_token, ticket)
+}
+
+/// The allocation and ticket of the `Promote` sent to `conn` in `out`, if any.
+fn promote_of(out: &[Output], conn: ConnId) -> Option<(AllocationId, [u8; 16])> {
+    replies_to(out, conn).into_iter().find_map(|m| match m {
+        ServerMessage::Promote {
+            allocation, ticket, ..
+        } => Some((allocation, ticket)),
+        _ => None,
+    })
 }
 
 /// The code and value of the refusal that is the one reply to `conn` in `out`; panics when
@@ -251,6 +311,78 @@ fn the_same_seed_replays_the_same_codes() {
     let mut a = Harness::new();
     let mut b = Harness::new();
     assert_eq!(a.create(), b.create());
+}
+
+#[test]
+fn every_bit_of_both_256_bit_secrets_counts() {
+    let base = Secrets {
+        hmac_key: [1; 32],
+        rng_seed: [2; 32],
+    };
+    let mut seed_tail = base.clone();
+    seed_tail.rng_seed[31] ^= 1;
+    let mut key_tail = base.clone();
+    key_tail.hmac_key[31] ^= 1;
+    let mut a = Harness::with_secrets(RelayConfig::default(), base);
+    let mut b = Harness::with_secrets(RelayConfig::default(), seed_tail);
+    let mut c = Harness::with_secrets(RelayConfig::default(), key_tail);
+    let (id, code) = a.create();
+
+    // Seeds that differ in their last bit draw other ids and codes: no 64-bit prefix decides.
+    assert_ne!(b.create(), (id, code));
+    // The key is not drawn from the RNG: the same seed with another key draws the same ids
+    // and codes but signs other tokens, so seeing ids tells nothing about the key.
+    assert_eq!(c.create(), (id, code));
+    assert_eq!(a.cp.secret, [1; 32]);
+    assert_ne!(
+        a.cp.reconnect_token(id, PeerId(1)),
+        c.cp.reconnect_token(id, PeerId(1))
+    );
+}
+
+/// With the default 24 h code TTL: allocations that close, migrate or are reserved and
+/// closed, and connections that bind and leave or never bind, leave no deadline behind once
+/// their tombstones are forgotten (an hour, not a day).
+#[test]
+fn churn_leaves_no_timers_behind_with_the_default_code_ttl() {
+    let mut h = Harness::new();
+    assert_eq!(h.cp.code_ttl, defaults::JOIN_CODE_TTL);
+    let baseline = h.cp.pending_timers();
+    for round in 0..50u64 {
+        let (host, peer, idle) = (1000 + round, 5000 + round, 9000 + round);
+        // An allocation whose host leaves: its one peer takes over, then leaves too.
+        let (old, code) = h.create_with(host, 0, 0);
+        h.join_ok(peer, code);
+        let out = h.disconnect(host, LeaveReason::Closed);
+        let (_, ticket) = promote_of(&out, peer).expect("the peer is promoted");
+        h.migrate(peer, old, ticket);
+        h.disconnect(peer, LeaveReason::Closed);
+        // A connection that never binds.
+        h.connect(idle);
+        h.disconnect(idle, LeaveReason::Closed);
+        // A reservation an operator closes before its host claims it.
+        h.cp.reserve_allocation(h.now, None).expect("reserved");
+        let reserved = h
+            .drain()
+            .into_iter()
+            .find_map(|o| match o {
+                Output::Event(Event::AllocationCreated { allocation, .. }) => Some(allocation),
+                _ => None,
+            })
+            .expect("reservation created");
+        h.cp.close_by_admin(h.now, reserved).expect("closed");
+        h.drain();
+        h.advance(Duration::from_secs(1));
+    }
+    assert_eq!(h.cp.allocation_count(), 0);
+    assert_eq!(h.cp.connection_count(), 0);
+    h.advance(defaults::CODE_TOMBSTONE_TTL + Duration::from_secs(120));
+    assert!(h.cp.codes.is_empty(), "tombstones are forgotten");
+    assert_eq!(
+        h.cp.pending_timers(),
+        baseline,
+        "only the periodic sweep remains"
+    );
 }
 
 #[test]
