@@ -295,18 +295,17 @@ mod tests {
         m.left(LeaveReason::TimedOut).inc();
         m.connections.set(3);
         let text = m.encode();
-        assert!(
-            text.contains("baton_datagrams_dropped_total{reason=\"too_large\"} 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains("baton_requests_refused_total{reason=\"full\"} 2"),
-            "{text}"
-        );
-        assert!(
-            text.contains("baton_members_left_total{reason=\"timed_out\"} 1"),
-            "{text}"
-        );
-        assert!(text.contains("baton_connections 3"), "{text}");
+        // Whole lines: a substring check would let `... 10` pass for `... 1`.
+        for line in [
+            "baton_datagrams_dropped_total{reason=\"too_large\"} 1",
+            "baton_requests_refused_total{reason=\"full\"} 2",
+            "baton_members_left_total{reason=\"timed_out\"} 1",
+            "baton_connections 3",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "no line {line:?} in:\n{text}"
+            );
+        }
     }
 }
