@@ -71,7 +71,6 @@ use ratelimit::{Bucket, SWEEP_INTERVAL};
 use timers::{Timer, TimerQueue};
 
 /// The relay's control plane. See the module docs for the call order.
-#[derive(Debug)]
 pub struct ControlPlane {
     keepalive_timeout: Duration,
     bind_timeout: Duration,
@@ -103,6 +102,23 @@ pub struct ControlPlane {
     timers: TimerQueue,
     outputs: VecDeque<Output>,
     shutting_down: bool,
+}
+
+/// Counts and state, never the token key or the RNG (whose state would give away every id and
+/// code it draws next).
+impl std::fmt::Debug for ControlPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlane")
+            .field("allocations", &self.allocations.len())
+            .field("connections", &self.conns.len())
+            .field("codes", &self.codes.len())
+            .field("successors", &self.successors.len())
+            .field("join_buckets", &self.join_buckets.len())
+            .field("pending_outputs", &self.outputs.len())
+            .field("snapshot_bytes", &self.snapshot_bytes)
+            .field("shutting_down", &self.shutting_down)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ControlPlane {

@@ -340,6 +340,27 @@ fn every_bit_of_both_256_bit_secrets_counts() {
     );
 }
 
+#[test]
+fn debug_output_shows_counts_but_never_the_secrets() {
+    let key = [0xA7; 32];
+    let seed = [0x5C; 32];
+    let mut h = Harness::with_secrets(
+        RelayConfig::default(),
+        Secrets {
+            hmac_key: key,
+            rng_seed: seed,
+        },
+    );
+    h.create();
+    let text = format!("{:?}", h.cp);
+    // The derived Debug printed both arrays as decimal bytes: 0xA7 = 167, 0x5C = 92.
+    for byte in [key[0], seed[0]] {
+        let run = vec![byte.to_string(); 4].join(", ");
+        assert!(!text.contains(&run), "secret bytes in {text}");
+    }
+    assert!(text.contains("allocations: 1"), "{text}");
+}
+
 /// With the default 24 h code TTL: allocations that close, migrate or are reserved and
 /// closed, and connections that bind and leave or never bind, leave no deadline behind once
 /// their tombstones are forgotten (an hour, not a day).
