@@ -76,27 +76,35 @@ pub(super) async fn forward_datagrams(me: &ConnShared, shared: &Shared) -> Optio
                 continue;
             }
         };
-        if let Err((reason, value)) = forward(me, shared, datagram) {
+        forward(me, shared, datagram, &mut |reason, value| {
             shared.metrics.dropped(reason).inc();
             report.add(reason, value);
-            if report_at.is_none() {
-                report_at = Some(tokio::time::Instant::now() + DROP_REPORT_INTERVAL);
-            }
+        });
+        if report_at.is_none() && !report.is_empty() {
+            report_at = Some(tokio::time::Instant::now() + DROP_REPORT_INTERVAL);
         }
         debug_assert!(report_at.is_some() || report.is_empty());
     }
 }
 
-/// Forwards one datagram. On a drop, returns the reason and its detail value.
-fn forward(me: &ConnShared, shared: &Shared, datagram: Bytes) -> Result<(), (DropReason, u32)> {
-    let (dest, payload) = datagram::split(&datagram).map_err(|_| (DropReason::Malformed, 0))?;
+/// Forwards one datagram, calling `dropped` with the reason and its detail value for each
+/// drop: once for a datagram that goes nowhere, once per unreachable receiver of a broadcast.
+fn forward(
+    me: &ConnShared,
+    shared: &Shared,
+    datagram: Bytes,
+    dropped: &mut impl FnMut(DropReason, u32),
+) {
+    let Ok((dest, payload)) = datagram::split(&datagram) else {
+        return dropped(DropReason::Malformed, 0);
+    };
     let payload_len = payload.len();
     if payload_len > shared.max_payload {
-        return Err((DropReason::TooLarge, shared.max_payload as u32));
+        return dropped(DropReason::TooLarge, shared.max_payload as u32);
     }
     let route = me.route.load();
     let Some(route) = route.as_ref() else {
-        return Err((DropReason::NotBound, 0));
+        return dropped(DropReason::NotBound, 0);
     };
     let table = route.table.load();
     // Turn the destination header into a source header. quinn hands out datagrams that share
@@ -111,18 +119,29 @@ fn forward(me: &ConnShared, shared: &Shared, datagram: Bytes) -> Result<(), (Dro
         Destination::Peer(peer) => {
             let target = (peer != route.me).then(|| table.get(peer)).flatten();
             let Some(target) = target else {
-                return Err((DropReason::UnknownPeer, u32::from(peer.0)));
+                return dropped(DropReason::UnknownPeer, u32::from(peer.0));
             };
-            send(shared, peer, target, out, payload_len)
-        }
-        Destination::Broadcast => {
-            let mut result = Ok(());
-            for m in table.members.iter().filter(|m| m.peer != route.me) {
-                if let Err(drop) = send(shared, m.peer, &m.conn, out.clone(), payload_len) {
-                    result = Err(drop);
-                }
+            if let Err((reason, value)) = send(shared, peer, target, out, payload_len) {
+                dropped(reason, value);
             }
-            result
+        }
+        Destination::Broadcast => broadcast(
+            table.members.iter().filter(|m| m.peer != route.me),
+            |m| send(shared, m.peer, &m.conn, out.clone(), payload_len),
+            dropped,
+        ),
+    }
+}
+
+/// Sends to every receiver with `send_one`; each receiver it fails for is one drop.
+fn broadcast<R>(
+    receivers: impl IntoIterator<Item = R>,
+    mut send_one: impl FnMut(R) -> Result<(), (DropReason, u32)>,
+    dropped: &mut impl FnMut(DropReason, u32),
+) {
+    for receiver in receivers {
+        if let Err((reason, value)) = send_one(receiver) {
+            dropped(reason, value);
         }
     }
 }
@@ -160,5 +179,45 @@ fn send(
                 u32::try_from(limit).unwrap_or(u32::MAX),
             ))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_broadcast_counts_one_drop_per_unreachable_receiver() {
+        let mut drops = Vec::new();
+        broadcast(
+            [1u16, 2, 3],
+            |peer| match peer {
+                2 => Ok(()),
+                _ => Err((DropReason::Congested, u32::from(peer))),
+            },
+            &mut |reason, value| drops.push((reason, value)),
+        );
+        assert_eq!(
+            drops,
+            [(DropReason::Congested, 1), (DropReason::Congested, 3)]
+        );
+    }
+
+    #[test]
+    fn a_report_counts_every_drop_and_keeps_the_last_value() {
+        let mut report = DropReport::default();
+        report.add(DropReason::Congested, 1);
+        report.add(DropReason::Congested, 3);
+        let (tx, mut rx) = mpsc::channel(8);
+        report.flush(&tx);
+        assert!(report.is_empty());
+        assert_eq!(
+            rx.try_recv().ok(),
+            Some(ServerMessage::DatagramsDropped {
+                reason: DropReason::Congested,
+                count: 2,
+                value: 3,
+            })
+        );
     }
 }
