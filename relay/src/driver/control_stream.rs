@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use baton_protocol::{frame, ClientMessage, CloseCode, ServerMessage};
 use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 use tracing::warn;
 
@@ -49,8 +50,8 @@ pub(super) async fn control_stream(
                     return Some(CloseCode::ProtocolViolation);
                 }
             };
-            let mut body = vec![0u8; len];
-            if recv.read_exact(&mut body).await.is_err() {
+            let mut body = Vec::new();
+            if read_body(&mut recv, len, &mut body).await.is_err() {
                 return Some(CloseCode::ProtocolViolation);
             }
             let msg = match ClientMessage::decode(&body) {
@@ -92,6 +93,22 @@ pub(super) async fn control_stream(
     }
 }
 
+/// Reads a frame body of `len` bytes (already checked against `max_control_frame`) into `body`,
+/// which grows as bytes arrive: a client that announces a large frame and sends a few bytes
+/// makes the relay hold a few bytes, not the announced length.
+async fn read_body<R: AsyncRead + Unpin>(
+    recv: &mut R,
+    len: usize,
+    body: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    let want = u64::try_from(len).unwrap_or(u64::MAX);
+    recv.take(want).read_to_end(body).await?;
+    if body.len() < len {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(())
+}
+
 /// Control requests a connection may make in a burst, and their refill interval.
 const REQUEST_BURST: u32 = 32;
 const REQUEST_REFILL: Duration = Duration::from_millis(50);
@@ -125,5 +142,44 @@ impl RequestBudget {
             self.tokens = 1;
         }
         self.tokens -= 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt;
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_frame_body_takes_memory_as_its_bytes_arrive_not_as_announced() {
+        let announced = 1 << 20;
+        let (mut client, mut relay) = tokio::io::duplex(64);
+        client.write_all(&[7; 10]).await.unwrap();
+        let mut body = Vec::new();
+        // One poll: it reads the 10 bytes there are, then waits for the rest.
+        let done = read_body(&mut relay, announced, &mut body).now_or_never();
+        assert!(done.is_none(), "the body is not complete");
+        assert_eq!(body.len(), 10);
+        assert!(
+            body.capacity() < 4096,
+            "{} bytes held for 10 received",
+            body.capacity()
+        );
+        // A whole body arrives: it is read exactly.
+        let mut body = Vec::new();
+        let (mut client, mut relay) = tokio::io::duplex(1 << 16);
+        let writer = tokio::spawn(async move { client.write_all(&vec![9; announced]).await });
+        read_body(&mut relay, announced, &mut body).await.unwrap();
+        writer.await.unwrap().unwrap();
+        assert_eq!(body, vec![9; announced]);
+    }
+
+    #[tokio::test]
+    async fn a_body_cut_short_is_an_error() {
+        let mut short: &[u8] = &[1, 2, 3];
+        let mut body = Vec::new();
+        assert!(read_body(&mut short, 5, &mut body).await.is_err());
     }
 }
