@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use baton_client::{AllocationOptions, Event, Host, Peer, PeerId};
-use baton_protocol::{CloseCode, DropReason, ErrorCode, ServerMessage};
+use baton_protocol::{CloseCode, DropReason, ErrorCode, LeaveReason, ServerMessage};
 use baton_tests::{
     event_matching, raw_connection, raw_create, raw_join, raw_read, recv, TestRelay, WAIT,
 };
@@ -354,4 +354,30 @@ async fn snapshot_uploads_from_anyone_but_the_host_are_stopped_unread() {
     })
     .await;
     assert_eq!(stored, ServerMessage::SnapshotStored { len: 100_000 });
+}
+
+#[tokio::test]
+async fn a_member_closed_for_a_protocol_violation_is_reported_as_one() {
+    let relay = TestRelay::start().await;
+    let host = Host::create(&relay.client(), AllocationOptions::default())
+        .await
+        .unwrap();
+    let conn = raw_connection(&relay, |_| {}).await;
+    let (mut send, _recv, joined) = raw_join(&conn, host.join_code()).await;
+    let ServerMessage::Joined { peer, .. } = joined else {
+        panic!("join failed: {joined:?}");
+    };
+    // A frame of an unknown message type: the relay closes the connection for it.
+    send.write_all(&[0, 0, 0, 5, 0x7E, 0, 0, 0, 1])
+        .await
+        .unwrap();
+    assert_eq!(closed_with(&conn).await, CloseCode::ProtocolViolation);
+    let left = event_matching(&host, WAIT, |e| matches!(e, Event::PeerLeft { .. })).await;
+    assert_eq!(
+        left,
+        Event::PeerLeft {
+            peer,
+            reason: LeaveReason::ProtocolViolation
+        }
+    );
 }

@@ -6,10 +6,10 @@
 //! reports the end exactly once, with the reason [`leave_reason`] reads from quinn.
 //!
 //! Runs inside each connection's task on the endpoint's data-plane lane thread; reaches the
-//! control plane only through the `inputs` channel. [`close`] is also called by the control
-//! task.
+//! control plane only through the `inputs` channel. [`ConnShared::close`] is also called by the
+//! control task.
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,8 +51,9 @@ impl Drop for DisconnectGuard {
     }
 }
 
-/// Maps how a connection ended to the reason the others are told.
-fn leave_reason(err: &ConnectionError) -> LeaveReason {
+/// Maps how a connection ended to the reason the others are told; `local` is the code the relay
+/// closed it with, if it did.
+fn leave_reason(err: &ConnectionError, local: Option<CloseCode>) -> LeaveReason {
     match err {
         ConnectionError::TimedOut => LeaveReason::TimedOut,
         ConnectionError::ApplicationClosed(close) => {
@@ -61,7 +62,10 @@ fn leave_reason(err: &ConnectionError) -> LeaveReason {
                 _ => LeaveReason::Closed,
             }
         }
-        ConnectionError::LocallyClosed => LeaveReason::Closed,
+        ConnectionError::LocallyClosed => match local {
+            Some(CloseCode::ProtocolViolation) => LeaveReason::ProtocolViolation,
+            _ => LeaveReason::Closed,
+        },
         _ => LeaveReason::ConnectionLost,
     }
 }
@@ -74,6 +78,7 @@ pub(super) async fn serve_connection(id: ConnId, conn: quinn::Connection, shared
         control_tx,
         route: ArcSwapOption::empty(),
         host: AtomicBool::new(false),
+        closed_with: AtomicU32::new(0),
     });
     shared.conns.insert(id, conn_shared.clone());
     shared.metrics.connections.inc();
@@ -110,19 +115,36 @@ pub(super) async fn serve_connection(id: ConnId, conn: quinn::Connection, shared
         () = &mut rtt => None,
     };
     if let Some(code) = err {
-        close(&conn, code);
+        conn_shared.close(code);
     }
     let reason = conn.closed().await;
-    guard.reason = leave_reason(&reason);
+    guard.reason = leave_reason(&reason, conn_shared.closed_with());
     debug!(cause = %reason, reason = %guard.reason, "disconnected");
 }
 
-/// Closes `conn` with `code` and its description.
-pub(super) fn close(conn: &quinn::Connection, code: CloseCode) {
-    conn.close(
-        VarInt::from_u32(code.to_u32()),
-        code.description().as_bytes(),
-    );
+impl ConnShared {
+    /// Closes the connection with `code` and its description, and remembers the code, so that
+    /// the departure is reported for what it was (a protocol violation is not a clean leave).
+    pub(super) fn close(&self, code: CloseCode) {
+        let _ = self.closed_with.compare_exchange(
+            0,
+            code.to_u32().saturating_add(1),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+        self.conn.close(
+            VarInt::from_u32(code.to_u32()),
+            code.description().as_bytes(),
+        );
+    }
+
+    /// The code the relay closed the connection with first, if it has.
+    fn closed_with(&self) -> Option<CloseCode> {
+        match self.closed_with.load(Ordering::Relaxed) {
+            0 => None,
+            code => Some(CloseCode::from_u64(u64::from(code - 1))),
+        }
+    }
 }
 
 /// How often a connection's RTT is reported to the control plane for host election.

@@ -13,7 +13,6 @@ use baton_protocol::{CloseCode, PeerId};
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use super::connection::close;
 use super::events::{record, EventSink};
 use super::handle::AdminCall;
 use super::routing::Tables;
@@ -142,7 +141,7 @@ fn apply(
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     warn!(conn, "control queue full; closing");
-                    close(&c.conn, CloseCode::ControlBacklog);
+                    c.close(CloseCode::ControlBacklog);
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
@@ -150,7 +149,7 @@ fn apply(
         Output::Close { conn, code } => {
             if let Some(c) = shared.conns.get(&conn).map(|c| c.clone()) {
                 c.route.store(None);
-                close(&c.conn, code);
+                c.close(code);
             }
         }
         Output::Bound {

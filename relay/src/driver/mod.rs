@@ -23,7 +23,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -93,6 +93,9 @@ struct ConnShared {
     /// Whether the connection hosts its allocation now: set by the control task at every
     /// routing update, read by `snapshot` before it reads an upload.
     host: AtomicBool,
+    /// The code the relay closed the connection with, plus one; 0 while the relay has not
+    /// closed it. Read when the departure is reported (`connection::leave_reason`).
+    closed_with: AtomicU32,
 }
 
 /// State shared by all tasks.

@@ -16,7 +16,6 @@ use quinn::VarInt;
 use tokio::sync::SemaphorePermit;
 use tracing::debug;
 
-use super::connection::close;
 use super::{ConnShared, Shared};
 use crate::control::{ConnId, Input};
 
@@ -40,7 +39,7 @@ pub(super) async fn receive_snapshots(
         match stream.read_exact(&mut kind).await {
             Ok(()) if kind[0] == stream_kind::SNAPSHOT => {}
             Ok(()) => {
-                close(conn, CloseCode::ProtocolViolation);
+                me.close(CloseCode::ProtocolViolation);
                 return;
             }
             // Reset or ended before saying what it carries: discard it.
