@@ -381,3 +381,16 @@ async fn a_member_closed_for_a_protocol_violation_is_reported_as_one() {
         }
     );
 }
+
+#[tokio::test]
+async fn a_unidirectional_stream_that_ends_before_its_kind_byte_is_a_violation() {
+    let relay = TestRelay::start().await;
+    let (host, peer) = bystanders(&relay).await;
+    let conn = raw_connection(&relay, |_| {}).await;
+    let (_send, _recv, created) = raw_create(&conn).await;
+    assert!(matches!(created, ServerMessage::AllocationCreated { .. }));
+    let mut stream = conn.open_uni().await.unwrap();
+    stream.finish().unwrap();
+    assert_eq!(closed_with(&conn).await, CloseCode::ProtocolViolation);
+    still_fine(&host, &peer, 1).await;
+}

@@ -38,12 +38,13 @@ pub(super) async fn receive_snapshots(
         let mut kind = [0u8; 1];
         match stream.read_exact(&mut kind).await {
             Ok(()) if kind[0] == stream_kind::SNAPSHOT => {}
-            Ok(()) => {
+            // An unknown kind, or a stream that ends before saying what it carries (SPEC 2.5).
+            Ok(()) | Err(quinn::ReadExactError::FinishedEarly(_)) => {
                 me.close(CloseCode::ProtocolViolation);
                 return;
             }
-            // Reset or ended before saying what it carries: discard it.
-            Err(_) => continue,
+            // Reset by the client before its kind byte: nothing to read, discard it.
+            Err(quinn::ReadExactError::ReadError(_)) => continue,
         }
         if !me.host.load(Ordering::Acquire) {
             // Only the host's uploads are read: anyone else's is stopped before a byte of it
