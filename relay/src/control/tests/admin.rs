@@ -34,15 +34,7 @@ fn admin_revocation_after_a_migration_tells_the_new_host_not_peer_0() {
     let (mut h, old, code, reconnect_token, ticket) = host_lost_among_three();
     let new = h.migrate(2, old, ticket);
     h.connect(10);
-    let out = h.request(
-        10,
-        ClientMessage::Rejoin {
-            request_id: 3,
-            allocation: old,
-            peer: PeerId::HOST,
-            reconnect_token,
-        },
-    );
+    let out = h.rejoin(10, old, PeerId::HOST, reconnect_token);
     assert!(matches!(
         &replies_to(&out, 10)[..],
         [ServerMessage::Joined {

@@ -235,13 +235,7 @@ fn the_old_host_rejoins_as_an_ordinary_peer_with_its_token() {
 
     // While migrating, a rejoin is told to retry.
     h.connect(10);
-    let rejoin = |request_id| ClientMessage::Rejoin {
-        request_id,
-        allocation: old,
-        peer: PeerId::HOST,
-        reconnect_token,
-    };
-    let out = h.request(10, rejoin(1));
+    let out = h.rejoin(10, old, PeerId::HOST, reconnect_token);
     let (error, retry_ms) = refused(&out, 10);
     assert_eq!(error, ErrorCode::Migrating);
     assert!(retry_ms > 0, "{retry_ms}");
@@ -250,17 +244,9 @@ fn the_old_host_rejoins_as_an_ordinary_peer_with_its_token() {
     // A wrong token is refused; the right one, naming the OLD allocation, lands in the new one.
     let mut wrong = reconnect_token;
     wrong[0] ^= 1;
-    let out = h.request(
-        10,
-        ClientMessage::Rejoin {
-            request_id: 3,
-            allocation: old,
-            peer: PeerId::HOST,
-            reconnect_token: wrong,
-        },
-    );
+    let out = h.rejoin(10, old, PeerId::HOST, wrong);
     assert_eq!(refused(&out, 10).0, ErrorCode::Unauthorized);
-    let out = h.request(10, rejoin(4));
+    let out = h.rejoin(10, old, PeerId::HOST, reconnect_token);
     assert!(matches!(
         &replies_to(&out, 10)[..],
         [ServerMessage::Joined { allocation, peer: PeerId(0), host: PeerId(1), .. }] if *allocation == new

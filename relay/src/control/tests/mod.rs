@@ -155,6 +155,26 @@ impl Harness {
     }
 
     /// `conn` connects and joins with `code`; returns the reply.
+    /// `conn` sends `Rejoin` for `peer` of `allocation` with `reconnect_token`.
+    fn rejoin(
+        &mut self,
+        conn: ConnId,
+        allocation: AllocationId,
+        peer: PeerId,
+        reconnect_token: [u8; 16],
+    ) -> Vec<Output> {
+        let request_id = self.rid();
+        self.request(
+            conn,
+            ClientMessage::Rejoin {
+                request_id,
+                allocation,
+                peer,
+                reconnect_token,
+            },
+        )
+    }
+
     fn join(&mut self, conn: ConnId, code: JoinCode) -> (ServerMessage, Vec<Output>) {
         self.connect(conn);
         let request_id = self.rid();
