@@ -305,6 +305,7 @@ impl ControlPlane {
         self.outputs.push_back(Output::Route {
             allocation: id,
             members: Vec::new(),
+            host: None,
         });
         self.outputs
             .push_back(Output::Event(Event::AllocationClosed {

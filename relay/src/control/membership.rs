@@ -246,10 +246,12 @@ impl ControlPlane {
             },
         );
         let route = alloc.route();
+        let host = alloc.host_peer();
         self.bind_conn(conn, id, peer);
         self.outputs.push_back(Output::Route {
             allocation: id,
             members: route,
+            host,
         });
         self.outputs.push_back(Output::Event(Event::PeerJoined {
             allocation: id,
@@ -286,6 +288,7 @@ impl ControlPlane {
             return;
         }
         let route = alloc.route();
+        let host = alloc.host_peer().filter(|h| *h != peer);
         let was_host = alloc.host_peer() == Some(peer);
         self.outputs.push_back(Output::Event(Event::PeerLeft {
             allocation: id,
@@ -297,6 +300,7 @@ impl ControlPlane {
             self.outputs.push_back(Output::Route {
                 allocation: id,
                 members: route,
+                host,
             });
             return;
         }
@@ -306,6 +310,7 @@ impl ControlPlane {
         self.outputs.push_back(Output::Route {
             allocation: id,
             members: route,
+            host,
         });
     }
 

@@ -241,10 +241,12 @@ impl ControlPlane {
         self.outputs.push_back(Output::Route {
             allocation: to,
             members: route.clone(),
+            host: Some(me),
         });
         self.outputs.push_back(Output::Route {
             allocation: from,
             members: Vec::new(),
+            host: None,
         });
         self.send(conn, reply);
         // Always delivered (empty when none is stored), so the new host knows when it has it.

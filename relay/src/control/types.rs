@@ -94,6 +94,9 @@ pub enum Output {
         allocation: AllocationId,
         /// Every member with its connection, sorted by peer id.
         members: Vec<(PeerId, ConnId)>,
+        /// Who hosts it now; `None` while its host has not bound or it is migrating. Only the
+        /// host's snapshot uploads are read.
+        host: Option<PeerId>,
     },
     /// Send the allocation's latest migration snapshot to its new host (on a stream of its
     /// own, so it does not hold up datagrams or control messages).

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use baton_protocol::{CloseCode, PeerId};
+use baton_protocol::CloseCode;
 use tokio::sync::mpsc;
 use tracing::warn;
 
@@ -36,7 +36,7 @@ pub(super) async fn control_task(
 ) {
     let mut events = EventSink::new(hooks);
     let mut tables = Tables::default();
-    let mut act = |cp: &ControlPlane, output| apply(output, cp, &shared, &mut tables, &mut events);
+    let mut act = |output| apply(output, &shared, &mut tables, &mut events);
     loop {
         let done = turn(&mut cp, &mut inputs, &mut admin, Instant::now(), &mut act);
         shared.metrics.allocations.set(cp.allocation_count() as i64);
@@ -66,9 +66,9 @@ pub(super) async fn control_task(
 }
 
 /// Carries out every output the control plane has queued, in order.
-fn drain(cp: &mut ControlPlane, apply: &mut impl FnMut(&ControlPlane, Output)) {
+fn drain(cp: &mut ControlPlane, apply: &mut impl FnMut(Output)) {
     while let Some(output) = cp.poll_output() {
-        apply(cp, output);
+        apply(output);
     }
 }
 
@@ -91,7 +91,7 @@ fn turn(
     inputs: &mut mpsc::Receiver<Input>,
     admin: &mut mpsc::Receiver<AdminCall>,
     now: Instant,
-    apply: &mut impl FnMut(&ControlPlane, Output),
+    apply: &mut impl FnMut(Output),
 ) -> Turn {
     let mut done = Turn::Idle;
     if cp.poll_timeout().is_some_and(|at| at <= now) {
@@ -124,14 +124,8 @@ fn turn(
     done
 }
 
-/// Carries out one output of the control plane (`cp`, after the call that queued it).
-fn apply(
-    output: Output,
-    cp: &ControlPlane,
-    shared: &Shared,
-    tables: &mut Tables,
-    events: &mut EventSink,
-) {
+/// Carries out one output of the control plane.
+fn apply(output: Output, shared: &Shared, tables: &mut Tables, events: &mut EventSink) {
     match output {
         Output::Send { conn, msg } => {
             let Some(c) = shared.conns.get(&conn).map(|c| c.clone()) else {
@@ -160,15 +154,8 @@ fn apply(
         Output::Route {
             allocation,
             members,
-        } => {
-            // Who hosts it now: the host's connection is told before the host hears it.
-            let host = cp
-                .allocation(Instant::now(), allocation)
-                .filter(|a| a.host_bound)
-                .and_then(|a| a.host)
-                .map(PeerId);
-            tables.update(shared, allocation, members, host);
-        }
+            host,
+        } => tables.update(shared, allocation, members, host),
         Output::DeliverSnapshot { conn, data } => {
             let Some(c) = shared.conns.get(&conn).map(|c| c.conn.clone()) else {
                 return;
@@ -212,7 +199,7 @@ mod tests {
         let now = t0 + config.bind_timeout() + Duration::from_secs(1);
 
         let mut outputs = Vec::new();
-        let done = turn(&mut cp, &mut inputs, &mut admin, now, &mut |_, o| {
+        let done = turn(&mut cp, &mut inputs, &mut admin, now, &mut |o| {
             outputs.push(o)
         });
 

@@ -177,6 +177,7 @@ fn migration_moves_roster_code_and_snapshot_keeping_peer_ids() {
             Output::Route {
                 allocation,
                 members,
+                ..
             } if *allocation == alloc => Some(members.clone()),
             _ => None,
         })
@@ -523,4 +524,35 @@ fn a_lobby_may_hand_out_the_ticket_itself() {
         replies_to(&out, 3)[0],
         ServerMessage::AllocationCreated { request_id: 9, .. }
     ));
+}
+
+/// Every routing update names who hosts the allocation at that moment: the driver reads only
+/// the host's snapshot uploads from it.
+#[test]
+fn routing_updates_name_the_current_host() {
+    let host_of = |out: &[Output]| {
+        out.iter().rev().find_map(|o| match o {
+            Output::Route { host, members, .. } if !members.is_empty() => Some(*host),
+            _ => None,
+        })
+    };
+    let mut h = Harness::new();
+    let (old, code, _) = h.create_with_token(HOST, 0, 0);
+    let (_, out) = h.join(2, code);
+    assert_eq!(host_of(&out), Some(Some(PeerId::HOST)));
+    h.join_ok(3, code);
+    // The host is lost: the others' routing names no host while they migrate.
+    let out = h.disconnect(HOST, LeaveReason::TimedOut);
+    assert_eq!(host_of(&out), Some(None));
+    let (_, ticket) = promote_of(&out, 2).expect("conn 2 is promoted");
+    let request_id = h.rid();
+    let out = h.request(
+        2,
+        ClientMessage::MigrateAllocation {
+            request_id,
+            allocation: old,
+            ticket,
+        },
+    );
+    assert_eq!(host_of(&out), Some(Some(PeerId(1))));
 }
