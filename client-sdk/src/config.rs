@@ -87,6 +87,7 @@ pub struct ClientConfig {
     pub(crate) max_snapshot: usize,
     pub(crate) snapshot_interval: Duration,
     pub(crate) migration_retry: Duration,
+    pub(crate) credential: Option<String>,
 }
 
 impl ClientConfig {
@@ -105,7 +106,19 @@ impl ClientConfig {
             max_snapshot: defaults::MAX_SNAPSHOT,
             snapshot_interval: defaults::SNAPSHOT_INTERVAL,
             migration_retry: defaults::MIGRATION_RETRY,
+            credential: None,
         }
+    }
+
+    /// The lobby-minted credential sent with every create, join and rejoin (SPEC section 16).
+    /// A relay started with `--auth-secret` refuses those requests without a valid one, with
+    /// [`Error::CredentialRefused`]; an open relay ignores it. The lobby mints it for this
+    /// player; [`Host::create_with_credential`](crate::Host::create_with_credential) and
+    /// [`Peer::join_with_credential`](crate::Peer::join_with_credential) override it per call.
+    /// Mint it to outlive the game: a member that loses its connection rejoins with it.
+    pub fn credential(mut self, credential: impl Into<String>) -> Self {
+        self.credential = Some(credential.into());
+        self
     }
 
     /// The relay's address.
@@ -230,6 +243,18 @@ impl ClientConfig {
         }
         if self.max_snapshot == 0 {
             return bad("snapshot limit must be non-zero".into());
+        }
+        if let Some(credential) = &self.credential {
+            let base64url = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
+            if credential.is_empty()
+                || credential.len() > baton_protocol::credential::MAX_TEXT_LEN
+                || !credential.bytes().all(base64url)
+            {
+                return bad(format!(
+                    "a credential is 1 to {} base64url characters (A-Z a-z 0-9 - _)",
+                    baton_protocol::credential::MAX_TEXT_LEN
+                ));
+            }
         }
         if self.snapshot_interval.is_zero() {
             return bad("snapshot interval must be non-zero".into());
@@ -364,7 +389,7 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.idle_timeout, Duration::from_secs(10));
         assert_eq!(c.keep_alive_interval, Duration::from_secs(2));
-        assert_eq!(c.alpn, b"baton/1");
+        assert_eq!(c.alpn, b"baton/2");
         assert_eq!(c.local_addr(), "0.0.0.0:0".parse().unwrap());
         let v6 = ClientConfig::new("[::1]:7700".parse().unwrap(), Trust::WebPki);
         assert_eq!(v6.local_addr(), "[::]:0".parse().unwrap());
@@ -382,6 +407,10 @@ mod tests {
             config().request_timeout(Duration::ZERO),
             config().alpn(Vec::new()),
             config().bind_addr("[::]:0".parse().unwrap()),
+            config().credential(""),
+            config().credential("has space"),
+            config().credential("a+b/c="),
+            config().credential("A".repeat(513)),
         ];
         for c in bad {
             assert!(matches!(c.validate(), Err(Error::Config(_))), "{c:?}");

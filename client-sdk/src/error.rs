@@ -7,6 +7,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use baton_protocol::credential::CredentialRefusal;
 use baton_protocol::{CloseCode, ErrorCode, JoinCodeError, LeaveReason, PeerId};
 use quinn::{ConnectionError, TransportErrorCode};
 
@@ -83,9 +84,15 @@ pub enum Error {
         /// At most this long until the migration completes or the next host is elected.
         retry_after: Duration,
     },
-    /// The request lacked a valid credential.
-    #[error("the relay requires a valid credential for this request")]
+    /// The relay refused a host token, migration ticket or reconnect token (or a reconnect
+    /// token presented with another player's credential).
+    #[error("the relay refused the token or ticket this request carried")]
     Unauthorized,
+    /// The relay requires a lobby credential and refused this one (or its absence): missing,
+    /// malformed, bad signature, expired, or a scope that does not cover the request. Get a
+    /// fresh credential from the lobby.
+    #[error("the relay refused the credential: {0}")]
+    CredentialRefused(CredentialRefusal),
     /// The relay holds as many allocations as it may.
     #[error("the relay is full ({max} allocations)")]
     RelayFull {
@@ -192,6 +199,8 @@ pub enum DisconnectReason {
     AllocationClosed,
     /// The client did not read its control stream and the relay's queue for it filled up.
     ControlBacklog,
+    /// The relay no longer serves the protocol version this client negotiated.
+    UnsupportedVersion,
     /// The connection failed for another reason (network, transport error, unknown close code).
     ConnectionLost(String),
 }
@@ -214,6 +223,9 @@ impl fmt::Display for DisconnectReason {
             DisconnectReason::BindTimeout => f.write_str("no allocation created or joined in time"),
             DisconnectReason::AllocationClosed => f.write_str("allocation closed"),
             DisconnectReason::ControlBacklog => f.write_str("control stream not read in time"),
+            DisconnectReason::UnsupportedVersion => {
+                f.write_str("the relay no longer serves this protocol version")
+            }
             DisconnectReason::ConnectionLost(detail) => write!(f, "connection lost: {detail}"),
         }
     }
@@ -228,7 +240,12 @@ pub(crate) fn refusal(code: ErrorCode, value: u32) -> Error {
         ErrorCode::Full => Error::AllocationFull {
             max_peers: u16::try_from(value).unwrap_or(u16::MAX),
         },
-        ErrorCode::Unauthorized => Error::Unauthorized,
+        ErrorCode::Unauthorized => match CredentialRefusal::from_value(value) {
+            Some(refusal) => Error::CredentialRefused(refusal),
+            // 0, and credential refusals added after this SDK version.
+            None if value == 0 => Error::Unauthorized,
+            None => Error::Refused { code, value },
+        },
         ErrorCode::RateLimited => Error::RateLimited {
             retry_after: Duration::from_millis(u64::from(value)),
         },
@@ -267,6 +284,7 @@ pub(crate) fn disconnect_reason(err: &ConnectionError) -> DisconnectReason {
                 CloseCode::BindTimeout => DisconnectReason::BindTimeout,
                 CloseCode::AllocationClosed => DisconnectReason::AllocationClosed,
                 CloseCode::ControlBacklog => DisconnectReason::ControlBacklog,
+                CloseCode::UnsupportedVersion => DisconnectReason::UnsupportedVersion,
                 CloseCode::HostLost(reason) => DisconnectReason::HostLost(reason),
                 // Unknown(_) and codes added to the protocol after this SDK version.
                 code => DisconnectReason::ConnectionLost(format!(
@@ -380,6 +398,28 @@ mod tests {
             Error::Refused {
                 code: ErrorCode::Unknown(200),
                 value: 9
+            }
+        ));
+    }
+
+    #[test]
+    fn credential_refusals_are_typed() {
+        assert!(matches!(
+            refusal(ErrorCode::Unauthorized, 0),
+            Error::Unauthorized
+        ));
+        for reason in CredentialRefusal::ALL {
+            assert!(matches!(
+                refusal(ErrorCode::Unauthorized, reason.value()),
+                Error::CredentialRefused(r) if r == reason
+            ));
+        }
+        // A refusal a later relay may add is still an unauthorized refusal, with its value.
+        assert!(matches!(
+            refusal(ErrorCode::Unauthorized, 99),
+            Error::Refused {
+                code: ErrorCode::Unauthorized,
+                value: 99
             }
         ));
     }

@@ -32,7 +32,7 @@ impl Host {
     /// # Errors
     /// Connection errors ([`Error::RelayUnreachable`], [`Error::CertificateMismatch`],
     /// [`Error::UntrustedCertificate`], [`Error::ProtocolVersionMismatch`]), refusals
-    /// ([`Error::RelayFull`], [`Error::Unauthorized`], [`Error::RateLimited`],
+    /// ([`Error::RelayFull`], [`Error::CredentialRefused`], [`Error::RateLimited`],
     /// [`Error::InvalidRequest`], [`Error::ShuttingDown`]), [`Error::Config`] for bad
     /// `config` or `options`.
     pub async fn create(config: &ClientConfig, options: AllocationOptions) -> Result<Host, Error> {
@@ -41,8 +41,21 @@ impl Host {
             request_id: BIND_REQUEST_ID,
             max_peers,
             code_ttl_secs,
+            credential: config.credential.clone(),
         };
         Self::bind(config, request).await
+    }
+
+    /// [`Host::create`] with `credential` instead of the one in `config`.
+    ///
+    /// # Errors
+    /// As for [`Host::create`]; [`Error::CredentialRefused`] if the relay refuses it.
+    pub async fn create_with_credential(
+        config: &ClientConfig,
+        options: AllocationOptions,
+        credential: &str,
+    ) -> Result<Host, Error> {
+        Self::create(&config.clone().credential(credential), options).await
     }
 
     /// Connects to the relay and becomes the host of an allocation a lobby reserved through

@@ -81,6 +81,8 @@ pub use peer::{IntoJoinCode, Peer, ReconnectToken};
 pub use session::Session;
 pub use tls::{fingerprint, format_fingerprint, parse_fingerprint};
 
+/// Why the relay refused a credential ([`Error::CredentialRefused`]).
+pub use baton_protocol::credential::CredentialRefusal;
 pub use baton_protocol::{
     AllocationId, DropReason, ErrorCode, JoinCode, JoinCodeError, LeaveReason, PeerId,
 };

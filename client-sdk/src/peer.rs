@@ -65,7 +65,7 @@ impl Peer {
     /// [`Error::UntrustedCertificate`], [`Error::ProtocolVersionMismatch`]), refusals
     /// ([`Error::CodeNotFound`], [`Error::CodeExpired`], [`Error::CodeRevoked`],
     /// [`Error::AllocationClosed`], [`Error::AllocationFull`], [`Error::RateLimited`],
-    /// [`Error::Unauthorized`], [`Error::ShuttingDown`], [`Error::Migrating`] once the retry
+    /// [`Error::CredentialRefused`], [`Error::ShuttingDown`], [`Error::Migrating`] once the retry
     /// window is over), [`Error::Config`].
     pub async fn join(config: &ClientConfig, code: impl IntoJoinCode) -> Result<Peer, Error> {
         let code = code.into_join_code()?;
@@ -75,10 +75,23 @@ impl Peer {
                 ClientMessage::Join {
                     request_id: BIND_REQUEST_ID,
                     code,
+                    credential: config.credential.clone(),
                 },
             )
         })
         .await
+    }
+
+    /// [`Peer::join`] with `credential` instead of the one in `config`.
+    ///
+    /// # Errors
+    /// As for [`Peer::join`]; [`Error::CredentialRefused`] if the relay refuses it.
+    pub async fn join_with_credential(
+        config: &ClientConfig,
+        code: impl IntoJoinCode,
+        credential: &str,
+    ) -> Result<Peer, Error> {
+        Self::join(&config.clone().credential(credential), code).await
     }
 
     /// Comes back under the peer id `token` names, in its allocation or the allocation that
@@ -89,7 +102,8 @@ impl Peer {
     ///
     /// # Errors
     /// [`Error::CodeNotFound`] if the allocation is gone, [`Error::Unauthorized`] for a wrong
-    /// token, [`Error::AlreadyBound`] while the old connection is still up (the relay drops it
+    /// token (or the credential of another player than the one the token was issued to),
+    /// [`Error::CredentialRefused`] if the relay requires a credential and refuses `config`'s, [`Error::AlreadyBound`] while the old connection is still up (the relay drops it
     /// after its keepalive timeout), [`Error::AllocationFull`], [`Error::Migrating`] once the
     /// retry window is over, and connection errors as for [`Peer::join`].
     pub async fn rejoin(config: &ClientConfig, token: &ReconnectToken) -> Result<Peer, Error> {
@@ -101,6 +115,7 @@ impl Peer {
                     allocation: token.allocation,
                     peer: token.peer,
                     reconnect_token: token.token,
+                    credential: config.credential.clone(),
                 },
             )
         })

@@ -142,6 +142,7 @@ async fn bound_host(relay: &FakeRelay, config: &ClientConfig) -> (Host, RelayCon
                 request_id,
                 max_peers: 4,
                 code_ttl_secs: 0,
+                credential: None,
             } => request_id,
             other => panic!("unexpected {other:?}"),
         };
@@ -171,6 +172,7 @@ async fn bound_peer(relay: &FakeRelay) -> (Peer, RelayConn) {
             ClientMessage::Join {
                 request_id,
                 code: c,
+                credential: None,
             } if c == code() => request_id,
             other => panic!("unexpected {other:?}"),
         };
@@ -600,7 +602,7 @@ async fn an_alpn_mismatch_is_a_protocol_version_mismatch() {
     );
 
     // And the other way round: a relay of another version.
-    let relay = FakeRelay::start_with_alpn(b"baton/2");
+    let relay = FakeRelay::start_with_alpn(b"baton/3");
     relay.accept_failing();
     let result = within(Host::create(&relay.config(), AllocationOptions::default())).await;
     assert!(

@@ -159,6 +159,8 @@ pub enum CloseCode {
     AllocationClosed,
     /// The caller did not read its control stream and the relay's queue for it filled up.
     ControlBacklog,
+    /// The client negotiated a retired protocol version (ALPN [`RETIRED_ALPN`](crate::RETIRED_ALPN)).
+    UnsupportedVersion,
     /// The host of the caller's allocation was lost for this reason and the allocation closed.
     HostLost(LeaveReason),
     /// A code this protocol version does not define.
@@ -178,6 +180,7 @@ impl CloseCode {
             CloseCode::BindTimeout => 4,
             CloseCode::AllocationClosed => 5,
             CloseCode::ControlBacklog => 6,
+            CloseCode::UnsupportedVersion => 7,
             CloseCode::HostLost(reason) => Self::HOST_LOST_BASE | u32::from(reason.to_u8()),
             CloseCode::Unknown(v) => v,
         }
@@ -196,6 +199,7 @@ impl CloseCode {
             4 => CloseCode::BindTimeout,
             5 => CloseCode::AllocationClosed,
             6 => CloseCode::ControlBacklog,
+            7 => CloseCode::UnsupportedVersion,
             0x100..=0x1FF => CloseCode::HostLost(LeaveReason::from_u8((v & 0xFF) as u8)),
             other => CloseCode::Unknown(other),
         }
@@ -211,6 +215,9 @@ impl CloseCode {
             CloseCode::BindTimeout => "no allocation created or joined in time",
             CloseCode::AllocationClosed => "allocation closed",
             CloseCode::ControlBacklog => "control stream not read",
+            CloseCode::UnsupportedVersion => {
+                "baton/1 is no longer served; this relay speaks baton/2"
+            }
             CloseCode::HostLost(_) => "host lost",
             CloseCode::Unknown(_) => "unknown",
         }
@@ -252,6 +259,7 @@ mod tests {
             CloseCode::BindTimeout,
             CloseCode::AllocationClosed,
             CloseCode::ControlBacklog,
+            CloseCode::UnsupportedVersion,
             CloseCode::Unknown(77),
         ];
         all.extend(LeaveReason::ALL.iter().map(|r| CloseCode::HostLost(*r)));

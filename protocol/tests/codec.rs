@@ -17,7 +17,7 @@ use baton_protocol::frame::{
 use baton_protocol::join_code::{self, JoinCode, ALPHABET};
 use baton_protocol::{
     stream_kind, AllocationId, ClientMessage, CloseCode, DecodeError, DropReason, ErrorCode,
-    LeaveReason, PeerId, ServerMessage, ALPN, MAX_DATAGRAM_PAYLOAD, MAX_PEERS_LIMIT,
+    LeaveReason, PeerId, ServerMessage, ALPN, MAX_DATAGRAM_PAYLOAD, MAX_PEERS_LIMIT, RETIRED_ALPN,
 };
 use bytes::Bytes;
 use proptest::prelude::*;
@@ -82,22 +82,26 @@ message!(ClientMessage, ServerMessage);
 fn client_snapshots() -> Vec<(ClientMessage, &'static str)> {
     vec![
         (
-            // len = 1 type + 4 request_id + 2 max_peers + 4 code_ttl_secs = 11
-            // 150 = 0x0096, 86400 = 0x00015180
+            // len = 1 type + 4 request_id + 2 max_peers + 4 code_ttl_secs + 2 credential_len = 13
+            // 150 = 0x0096, 86400 = 0x00015180, no credential
             ClientMessage::CreateAllocation {
                 request_id: 0x0102_0304,
                 max_peers: 150,
                 code_ttl_secs: 86_400,
+                credential: None,
             },
-            "0000000b 01 01020304 0096 00015180",
+            "0000000d 01 01020304 0096 00015180 0000",
         ),
         (
-            // len = 1 + 4 + (1 + 6) = 12; "BCDF78" = 42 43 44 46 37 38
+            // len = 1 + 4 + (1 + 6) + (2 + 4) = 18 = 0x12; "BCDF78" = 42 43 44 46 37 38,
+            // credential "AQ-_" = 41 51 2d 5f (a short stand-in: the codec checks the alphabet
+            // and the length, the relay checks the rest)
             ClientMessage::Join {
                 request_id: 7,
                 code: code("BCDF78"),
+                credential: Some("AQ-_".into()),
             },
-            "0000000c 02 00000007 06 424344463738",
+            "00000012 02 00000007 06 424344463738 0004 41512d5f",
         ),
         (
             // len = 1 + 4 + 2 = 7
@@ -133,14 +137,15 @@ fn client_snapshots() -> Vec<(ClientMessage, &'static str)> {
             "0000001d 06 0000000a fedcba9876543210 f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff",
         ),
         (
-            // len = 1 + 4 + 8 + 2 + 16 = 31 = 0x1f; request_id 11 = 0x0b
+            // len = 1 + 4 + 8 + 2 + 16 + 2 = 33 = 0x21; request_id 11 = 0x0b
             ClientMessage::Rejoin {
                 request_id: 11,
                 allocation: AllocationId(0x0011_2233_4455_6677),
                 peer: PeerId(5),
                 reconnect_token: [0xAB; 16],
+                credential: None,
             },
-            "0000001f 07 0000000b 0011223344556677 0005 abababababababababababababababab",
+            "00000021 07 0000000b 0011223344556677 0005 abababababababababababababababab 0000",
         ),
     ]
 }
@@ -354,12 +359,13 @@ fn every_message_type_has_a_snapshot() {
 #[test]
 fn join_codes_on_the_wire_are_case_insensitive() {
     // "bcdf78" in lower case: 62 63 64 66 37 38.
-    let body = hex::decode(unspaced("02 00000007 06 626364663738")).expect("hex");
+    let body = hex::decode(unspaced("02 00000007 06 626364663738 0000")).expect("hex");
     assert_eq!(
         ClientMessage::decode(&body),
         Ok(ClientMessage::Join {
             request_id: 7,
             code: code("BCDF78"),
+            credential: None,
         })
     );
 }
@@ -436,6 +442,7 @@ fn close_codes_are_pinned() {
         (CloseCode::BindTimeout, 4),
         (CloseCode::AllocationClosed, 5),
         (CloseCode::ControlBacklog, 6),
+        (CloseCode::UnsupportedVersion, 7),
         (CloseCode::HostLost(LeaveReason::Closed), 0x101),
         (CloseCode::HostLost(LeaveReason::TimedOut), 0x102),
         (CloseCode::HostLost(LeaveReason::Kicked), 0x103),
@@ -448,7 +455,7 @@ fn close_codes_are_pinned() {
         assert_eq!(code.to_u32(), value, "{code:?}");
         assert_eq!(CloseCode::from_u64(u64::from(value)), code);
     }
-    assert_eq!(CloseCode::from_u64(7), CloseCode::Unknown(7));
+    assert_eq!(CloseCode::from_u64(8), CloseCode::Unknown(8));
     assert_eq!(CloseCode::from_u64(0x200), CloseCode::Unknown(0x200));
     assert_eq!(CloseCode::from_u64(u64::MAX), CloseCode::Unknown(u32::MAX));
 }
@@ -480,7 +487,8 @@ fn datagram_header_snapshots() {
 
 #[test]
 fn constants_are_pinned() {
-    assert_eq!(ALPN, b"baton/1");
+    assert_eq!(ALPN, b"baton/2");
+    assert_eq!(RETIRED_ALPN, [&b"baton/1"[..]]);
     assert_eq!(MAX_DATAGRAM_PAYLOAD, 1150);
     assert_eq!(DEFAULT_MAX_FRAME_LEN, 16_384);
     assert_eq!(MIN_MAX_FRAME_LEN, 9_216);
@@ -592,15 +600,17 @@ fn spec_sequence_example() {
                 request_id: 1,
                 max_peers: 0,
                 code_ttl_secs: 0,
+                credential: None,
             },
-            "0000000b 01 00000001 0000 00000000",
+            "0000000d 01 00000001 0000 00000000 0000",
         ),
         (
             ClientMessage::Join {
                 request_id: 1,
                 code: code("BCDF78"),
+                credential: None,
             },
-            "0000000c 02 00000001 06 424344463738",
+            "0000000e 02 00000001 06 424344463738 0000",
         ),
     ];
     let server: [(ServerMessage, &str); 4] = [
@@ -678,14 +688,15 @@ fn spec_migration_example() {
             "0000001d 06 00000002 1f2e3d4c5b6a7988 d0d1d2d3d4d5d6d7d8d9dadbdcdddedf",
         ),
         (
-            // len = 1 + 4 + 8 + 2 + 16 = 31 = 0x1f
+            // len = 1 + 4 + 8 + 2 + 16 + 2 = 33 = 0x21
             ClientMessage::Rejoin {
                 request_id: 1,
                 allocation: old,
                 peer: PeerId::HOST,
                 reconnect_token: host_token,
+                credential: None,
             },
-            "0000001f 07 00000001 1f2e3d4c5b6a7988 0000 a0a1a2a3a4a5a6a7a8a9aaabacadaeaf",
+            "00000021 07 00000001 1f2e3d4c5b6a7988 0000 a0a1a2a3a4a5a6a7a8a9aaabacadaeaf 0000",
         ),
     ];
     let server: [(ServerMessage, &str); 6] = [
@@ -908,9 +919,37 @@ fn malformed_bodies_give_typed_errors() {
         Err(DecodeError::Truncated { needed: 1 })
     );
     assert_eq!(
-        decode_c("07 00000001 0000000000000001 0002 000102030405060708090a0b0c0d0e0f 00"),
+        decode_c("07 00000001 0000000000000001 0002 000102030405060708090a0b0c0d0e0f 0000 00"),
         Err(DecodeError::TrailingBytes(1))
     );
+    // A credential field: shorter than announced, longer than 512, or outside base64url.
+    assert_eq!(
+        decode_c("01 00000001 0000 00000000 0003 4142"),
+        Err(DecodeError::Truncated { needed: 1 })
+    );
+    assert!(matches!(
+        decode_c(&format!(
+            "01 00000001 0000 00000000 0201 {}",
+            "41".repeat(513)
+        )),
+        Err(DecodeError::InvalidField {
+            field: "credential",
+            ..
+        })
+    ));
+    for bad in ["2b", "2f", "3d", "0a", "ff"] {
+        // '+', '/', '=', newline, a non-ASCII byte
+        assert!(
+            matches!(
+                decode_c(&format!("02 00000001 06 424344463738 0002 41{bad}")),
+                Err(DecodeError::InvalidField {
+                    field: "credential",
+                    ..
+                })
+            ),
+            "{bad}"
+        );
+    }
     assert_eq!(decode_s("8c 0001 00"), Err(DecodeError::TrailingBytes(1)));
     assert!(decode_s("8a 0000000000000001").is_err());
 }
@@ -986,17 +1025,30 @@ fn allocation() -> impl Strategy<Value = AllocationId> {
     any::<u64>().prop_map(AllocationId)
 }
 
+/// A credential field: absent, or up to 512 characters of the base64url alphabet.
+fn credential() -> impl Strategy<Value = Option<String>> {
+    proptest::option::of("[A-Za-z0-9_-]{1,512}")
+}
+
 fn client_message() -> impl Strategy<Value = ClientMessage> {
     prop_oneof![
-        (any::<u32>(), any::<u16>(), any::<u32>()).prop_map(
-            |(request_id, max_peers, code_ttl_secs)| ClientMessage::CreateAllocation {
-                request_id,
-                max_peers,
-                code_ttl_secs,
+        (any::<u32>(), any::<u16>(), any::<u32>(), credential()).prop_map(
+            |(request_id, max_peers, code_ttl_secs, credential)| {
+                ClientMessage::CreateAllocation {
+                    request_id,
+                    max_peers,
+                    code_ttl_secs,
+                    credential,
+                }
             }
         ),
-        (any::<u32>(), join_code_strategy())
-            .prop_map(|(request_id, code)| ClientMessage::Join { request_id, code }),
+        (any::<u32>(), join_code_strategy(), credential()).prop_map(
+            |(request_id, code, credential)| ClientMessage::Join {
+                request_id,
+                code,
+                credential,
+            }
+        ),
         (any::<u32>(), peer())
             .prop_map(|(request_id, peer)| ClientMessage::Kick { request_id, peer }),
         any::<u32>().prop_map(|request_id| ClientMessage::RevokeCode { request_id }),
@@ -1014,14 +1066,24 @@ fn client_message() -> impl Strategy<Value = ClientMessage> {
                 ticket,
             }
         ),
-        (any::<u32>(), allocation(), peer(), any::<[u8; 16]>()).prop_map(
-            |(request_id, allocation, peer, reconnect_token)| ClientMessage::Rejoin {
-                request_id,
-                allocation,
-                peer,
-                reconnect_token,
-            }
-        ),
+        (
+            any::<u32>(),
+            allocation(),
+            peer(),
+            any::<[u8; 16]>(),
+            credential()
+        )
+            .prop_map(
+                |(request_id, allocation, peer, reconnect_token, credential)| {
+                    ClientMessage::Rejoin {
+                        request_id,
+                        allocation,
+                        peer,
+                        reconnect_token,
+                        credential,
+                    }
+                }
+            ),
     ]
 }
 

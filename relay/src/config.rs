@@ -3,6 +3,7 @@
 //! (`defaults::*_RANGE`, checked by `in_range`, the one place a range check lives). The binary
 //! turns its command line and TOML file into one of these in `cli::resolve`.
 
+use crate::auth::AuthSecrets;
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
@@ -165,6 +166,9 @@ pub struct RelayConfig {
     pub admin_token: Option<String>,
     /// Lobby hooks: webhooks and the event stream.
     pub hooks: HooksConfig,
+    /// Secrets lobbies mint client credentials with (SPEC section 16); empty leaves the relay
+    /// open to anyone who can reach it.
+    pub auth_secrets: AuthSecrets,
     keepalive_timeout: Duration,
     bind_timeout: Duration,
     host_bind_timeout: Duration,
@@ -194,6 +198,7 @@ impl Default for RelayConfig {
             },
             admin_token: None,
             hooks: HooksConfig::default(),
+            auth_secrets: AuthSecrets::default(),
             keepalive_timeout: defaults::KEEPALIVE_TIMEOUT,
             bind_timeout: defaults::BIND_TIMEOUT,
             host_bind_timeout: defaults::HOST_BIND_TIMEOUT,

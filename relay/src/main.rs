@@ -10,7 +10,7 @@ use anyhow::Context;
 use baton_relay::cli::{self, Cli, LogFormat};
 use baton_relay::tls::fingerprint_hex;
 use baton_relay::Relay;
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use tracing::level_filters::LevelFilter;
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
@@ -33,7 +33,14 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> anyhow::Result<()> {
-    let settings = cli::settings(&Cli::parse())?;
+    let matches = Cli::command().get_matches();
+    if let Some((cli::credential::NAME, sub)) = matches.subcommand() {
+        let args = cli::credential::args(sub)?;
+        let text = cli::credential::mint(&args, baton_relay::auth::unix_now())?;
+        println!("{text}");
+        return Ok(());
+    }
+    let settings = cli::settings(&Cli::from_arg_matches(&matches)?)?;
     init_tracing(settings.log_format, settings.log_level)?;
     if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
         warn!(cause = %e, "jemalloc background purging unavailable; freed memory returns more slowly");

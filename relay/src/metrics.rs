@@ -8,6 +8,7 @@
 //! (connections, the control task, the hooks) and exported by [`Metrics::encode`], which the
 //! admin server's `/metrics` serves. It calls nothing but prometheus-client.
 
+use baton_protocol::credential::CredentialRefusal;
 use baton_protocol::{DropReason, ErrorCode, LeaveReason};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -93,6 +94,7 @@ pub struct Metrics {
     pub snapshot_upload_bytes: Gauge,
     dropped: ByReason,
     refused: ByReason,
+    credentials_refused: ByReason,
     left: ByReason,
     /// Lobby hook counters (see [`crate::hooks`]).
     pub hooks: HookMetrics,
@@ -152,6 +154,15 @@ impl Metrics {
             ErrorCode::ALL.iter().map(|r| (r.to_u8(), r.as_str())),
         );
 
+        let credentials_refused = ByReason::register(
+            &mut registry,
+            "credentials_refused",
+            "Create, join and rejoin requests refused for their credential, by reason",
+            CredentialRefusal::ALL
+                .iter()
+                .map(|r| (u8::try_from(r.value()).unwrap_or(0), r.as_str())),
+        );
+
         let left = ByReason::register(
             &mut registry,
             "members_left",
@@ -175,6 +186,7 @@ impl Metrics {
             snapshot_upload_bytes,
             dropped,
             refused,
+            credentials_refused,
             left,
             hooks,
         }
@@ -188,6 +200,12 @@ impl Metrics {
     /// The refusal counter for `code`.
     pub fn refused(&self, code: ErrorCode) -> &Counter {
         self.refused.get(code.to_u8())
+    }
+
+    /// The credential refusal counter for `reason`.
+    pub fn credential_refused(&self, reason: CredentialRefusal) -> &Counter {
+        self.credentials_refused
+            .get(u8::try_from(reason.value()).unwrap_or(0))
     }
 
     /// The departure counter for `reason`.

@@ -200,7 +200,11 @@ pub fn server_crypto(material: &TlsMaterial) -> Result<rustls::ServerConfig, Tls
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
         .with_single_cert(material.chain.clone(), material.key.clone_key())?;
-    config.alpn_protocols = vec![baton_protocol::ALPN.to_vec()];
+    // Retired versions are accepted only to be closed with a clear reason (SPEC section 2.2).
+    config.alpn_protocols = std::iter::once(baton_protocol::ALPN)
+        .chain(baton_protocol::RETIRED_ALPN.iter().copied())
+        .map(<[u8]>::to_vec)
+        .collect();
     config.max_early_data_size = 0;
     config.ignore_client_order = true;
     Ok(config)

@@ -220,6 +220,7 @@ pub async fn raw_create(conn: &quinn::Connection) -> RawControl {
             request_id: 1,
             max_peers: 0,
             code_ttl_secs: 0,
+            credential: None,
         },
     )
     .await
@@ -232,6 +233,7 @@ pub async fn raw_join(conn: &quinn::Connection, code: baton_protocol::JoinCode) 
         &baton_protocol::ClientMessage::Join {
             request_id: 1,
             code,
+            credential: None,
         },
     )
     .await

@@ -6,7 +6,7 @@ use crate::join_code::JoinCode;
 use crate::wire::Reader;
 use crate::{AllocationId, DecodeError, PeerId};
 
-use super::{code_len, put_code, read_code};
+use super::{code_len, credential_len, put_code, put_credential, read_code, read_credential};
 
 /// Messages a client sends to the relay on its control stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +20,8 @@ pub enum ClientMessage {
         max_peers: u16,
         /// Join code time to live in seconds; 0 asks for the relay's default.
         code_ttl_secs: u32,
+        /// The lobby-minted credential (SPEC section 16); `None` on an open relay.
+        credential: Option<String>,
     },
     /// `0x02`: join the allocation a join code names.
     Join {
@@ -27,6 +29,8 @@ pub enum ClientMessage {
         request_id: u32,
         /// The code the host shared.
         code: JoinCode,
+        /// The lobby-minted credential (SPEC section 16); `None` on an open relay.
+        credential: Option<String>,
     },
     /// `0x03`: (host only) remove a peer from the allocation.
     Kick {
@@ -72,6 +76,8 @@ pub enum ClientMessage {
         peer: PeerId,
         /// The reconnect token from `AllocationCreated` or `Joined`.
         reconnect_token: [u8; 16],
+        /// The lobby-minted credential (SPEC section 16); `None` on an open relay.
+        credential: Option<String>,
     },
 }
 
@@ -105,13 +111,17 @@ impl ClientMessage {
     /// Length of type byte + body.
     pub fn encoded_len(&self) -> usize {
         1 + match self {
-            ClientMessage::CreateAllocation { .. } => 4 + 2 + 4,
-            ClientMessage::Join { code, .. } => 4 + code_len(code),
+            ClientMessage::CreateAllocation { credential, .. } => {
+                4 + 2 + 4 + credential_len(credential)
+            }
+            ClientMessage::Join {
+                code, credential, ..
+            } => 4 + code_len(code) + credential_len(credential),
             ClientMessage::Kick { .. } => 4 + 2,
             ClientMessage::RevokeCode { .. } => 4,
             ClientMessage::ClaimHost { .. } => 4 + 8 + 16,
             ClientMessage::MigrateAllocation { .. } => 4 + 8 + 16,
-            ClientMessage::Rejoin { .. } => 4 + 8 + 2 + 16,
+            ClientMessage::Rejoin { credential, .. } => 4 + 8 + 2 + 16 + credential_len(credential),
         }
     }
 
@@ -123,12 +133,19 @@ impl ClientMessage {
             ClientMessage::CreateAllocation {
                 max_peers,
                 code_ttl_secs,
+                credential,
                 ..
             } => {
                 buf.put_u16(*max_peers);
                 buf.put_u32(*code_ttl_secs);
+                put_credential(buf, credential);
             }
-            ClientMessage::Join { code, .. } => put_code(buf, code),
+            ClientMessage::Join {
+                code, credential, ..
+            } => {
+                put_code(buf, code);
+                put_credential(buf, credential);
+            }
             ClientMessage::Kick { peer, .. } => buf.put_u16(peer.0),
             ClientMessage::RevokeCode { .. } => {}
             ClientMessage::ClaimHost {
@@ -149,11 +166,13 @@ impl ClientMessage {
                 allocation,
                 peer,
                 reconnect_token,
+                credential,
                 ..
             } => {
                 buf.put_u64(allocation.0);
                 buf.put_u16(peer.0);
                 buf.put_slice(reconnect_token);
+                put_credential(buf, credential);
             }
         }
     }
@@ -169,10 +188,12 @@ impl ClientMessage {
                 request_id,
                 max_peers: r.u16()?,
                 code_ttl_secs: r.u32()?,
+                credential: read_credential(r)?,
             },
             0x02 => ClientMessage::Join {
                 request_id,
                 code: read_code(r)?,
+                credential: read_credential(r)?,
             },
             0x03 => ClientMessage::Kick {
                 request_id,
@@ -194,6 +215,7 @@ impl ClientMessage {
                 allocation: AllocationId(r.u64()?),
                 peer: PeerId(r.u16()?),
                 reconnect_token: r.array()?,
+                credential: read_credential(r)?,
             },
         };
         Ok(msg)

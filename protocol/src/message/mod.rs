@@ -9,10 +9,10 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::frame;
 use crate::join_code::{self, JoinCode};
 use crate::wire::Reader;
 use crate::DecodeError;
+use crate::{credential, frame};
 
 mod client;
 mod server;
@@ -66,6 +66,38 @@ pub(crate) fn read_code(r: &mut Reader<'_>) -> Result<JoinCode, DecodeError> {
         field: "code",
         reason: "character outside the join-code alphabet",
     })
+}
+
+/// Bytes a credential field takes: `credential_len: u16`, then the text (SPEC section 16).
+pub(crate) fn credential_len(credential: &Option<String>) -> usize {
+    2 + credential.as_ref().map_or(0, String::len)
+}
+
+/// Writes a credential field; `None` is length 0.
+pub(crate) fn put_credential(buf: &mut impl BufMut, credential: &Option<String>) {
+    let text = credential.as_deref().unwrap_or("");
+    buf.put_u16(text.len() as u16);
+    buf.put_slice(text.as_bytes());
+}
+
+/// Reads a credential field: at most [`credential::MAX_TEXT_LEN`] bytes of the base64url
+/// alphabet; length 0 is `None`. Whether it verifies is the relay's business.
+pub(crate) fn read_credential(r: &mut Reader<'_>) -> Result<Option<String>, DecodeError> {
+    let len = usize::from(r.u16()?);
+    if len > credential::MAX_TEXT_LEN {
+        return Err(DecodeError::InvalidField {
+            field: "credential",
+            reason: "longer than 512 bytes",
+        });
+    }
+    let text = r.bytes(len)?;
+    if !credential::text_ok(text) {
+        return Err(DecodeError::InvalidField {
+            field: "credential",
+            reason: "character outside the base64url alphabet",
+        });
+    }
+    Ok((len > 0).then(|| String::from_utf8_lossy(text).into_owned()))
 }
 
 /// Decodes a frame body: its type byte, then what `read_body` reads for that type, and nothing

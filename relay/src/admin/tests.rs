@@ -481,7 +481,7 @@ impl EventStream {
 
 fn publish(admin: &Admin, peer: u16) -> u64 {
     admin.hooks.publish(
-        crate::hooks::LobbyEventKind::peer_joined(baton_protocol::PeerId(peer)),
+        crate::hooks::LobbyEventKind::peer_joined(baton_protocol::PeerId(peer), None),
         AllocationId(0xab),
         "BCDF78".parse().unwrap(),
     )
@@ -503,7 +503,7 @@ async fn event_stream_delivers_live_events_and_resumes() {
         assert_eq!(lobby.join_code, "BCDF78");
         assert_eq!(
             lobby.kind,
-            crate::hooks::LobbyEventKind::PeerJoined { peer: i as u16 + 1 }
+            crate::hooks::LobbyEventKind::peer_joined(baton_protocol::PeerId(i as u16 + 1), None)
         );
     }
     stream.expect_quiet().await;

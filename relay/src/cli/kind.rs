@@ -224,6 +224,33 @@ impl Kind for Names {
     }
 }
 
+/// Secrets listed like [`Names`] (`auth_secrets`): `--help` never shows their values, even
+/// from the environment.
+pub(crate) struct SecretList;
+
+impl Kind for SecretList {
+    type Arg = Option<Vec<String>>;
+    type File = Vec<String>;
+    type Value = Vec<String>;
+    const VALUE_NAME: &'static str = "SECRET";
+
+    fn arg(arg: Arg, value_name: &'static str) -> Arg {
+        listed(arg, value_name, value_parser!(String)).hide_env_values(true)
+    }
+    fn get(matches: &ArgMatches, id: &str) -> Self::Arg {
+        matches
+            .get_many::<String>(id)
+            .map(|secrets| secrets.cloned().collect())
+    }
+    fn merge(
+        _key: &'static str,
+        arg: Self::Arg,
+        file: Option<Self::File>,
+    ) -> Result<Option<Self::Value>, ConfigError> {
+        Ok(arg.or(file))
+    }
+}
+
 /// Webhook URLs, listed like [`Names`]. On the command line a bad URL is a syntax error naming
 /// the flag; in the file, an invalid setting naming the key.
 pub(crate) struct Webhooks;

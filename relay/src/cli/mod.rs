@@ -25,7 +25,8 @@
 //!
 //! Modules: `table` (the settings), `declare` (the macro and [`Setting`]), `kind` (how each
 //! value type is parsed and merged), `resolve` (the settings that interact), `parse` (duration,
-//! level and URL parsers). All of it runs once, on the main thread, before the relay starts.
+//! level and URL parsers), `credential` (the `baton-relay credential` subcommand, which mints a
+//! client credential). All of it runs once, on the main thread, before the relay starts.
 
 use std::path::{Path, PathBuf};
 
@@ -36,6 +37,7 @@ use tracing::level_filters::LevelFilter;
 use crate::config::{ConfigError, RelayConfig};
 use crate::defaults;
 
+pub mod credential;
 #[macro_use]
 mod declare;
 mod kind;
@@ -114,6 +116,7 @@ fn command() -> clap::Command {
              Durations take a unit: 500ms, 10s, 2m, 1h, 1d (combinations like 1m30s work).\n\
              RUST_LOG directives, when set, refine --log-level (e.g. RUST_LOG=quinn=debug).",
         )
+        .subcommand(credential::command())
 }
 
 /// Reads the config file named in `cli`, if any, and resolves the settings.

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use super::table::{Cli, FileConfig, Merged};
 use super::{CliError, Settings};
+use crate::auth::AuthSecrets;
 use crate::config::{invalid, ConfigError, RelayConfig, TlsSource};
 use crate::defaults;
 
@@ -54,6 +55,7 @@ fn network(cli: &Cli, m: &mut Merged, relay: &mut RelayConfig) -> Result<(), Con
         }
     };
 
+    relay.auth_secrets = AuthSecrets::new(m.auth_secrets.take().unwrap_or_default())?;
     relay.admin_token = m.admin_token.take();
     if let Some(token) = &relay.admin_token {
         if token.trim().is_empty() {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tracing::level_filters::LevelFilter;
 
 use super::declare::{self, Setting};
-use super::kind::{Kind, Names, Secret, Webhooks};
+use super::kind::{Kind, Names, Secret, SecretList, Webhooks};
 use super::{LogFormat, Settings};
 use crate::config::{range_text, ConfigError, Show};
 use crate::defaults;
@@ -45,6 +45,15 @@ settings! {
     /// open). Prefer the environment variable: command lines are visible to other users.
     /// Without it the API is open; keep the admin server on loopback then.
     admin_token: Secret {}
+    /// Secret shared with the lobby, which mints client credentials with it (HMAC-SHA256; at
+    /// least 32 bytes). With one, every create, join and rejoin needs a valid credential.
+    /// Repeatable, to rotate keys (any one verifies; at most 8); comma-separated in the
+    /// environment. Without it the relay is open to anyone who can reach it. Prefer the
+    /// environment variable: command lines are visible to other users.
+    auth_secrets: SecretList {
+        flag: "auth-secret",
+        env: "BATON_AUTH_SECRETS",
+    }
 
     // --- TLS ---
 

@@ -127,6 +127,7 @@ impl ControlPlane {
                         .map(|c| c.addr.to_string())
                         .unwrap_or_default(),
                     joined_secs_ago: now.saturating_duration_since(m.joined).as_secs(),
+                    subject: m.subject.as_deref().map(str::to_owned),
                 })
                 .collect(),
             age_secs: now.saturating_duration_since(a.created).as_secs(),

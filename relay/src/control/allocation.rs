@@ -8,6 +8,7 @@
 //! control task, with `now` passed in.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use baton_protocol::{
@@ -18,8 +19,9 @@ use bytes::Bytes;
 use super::codes::{CodeEntry, CodeState};
 use super::migration::Migration;
 use super::timers::Timer;
-use super::{CloseReason, ConnId, ControlPlane, Event, JoinedVia, Output};
+use super::{Authorization, CloseReason, ConnId, ControlPlane, Event, JoinedVia, Output};
 use crate::crypto;
+use baton_protocol::credential::Scope;
 
 /// Who hosts an allocation, or what it waits for to have a host again.
 #[derive(Debug)]
@@ -42,6 +44,8 @@ pub(super) struct Member {
     pub(super) seq: u64,
     /// Latest RTT sample, the election's first criterion.
     pub(super) rtt: Option<Duration>,
+    /// Who it is: its credential's subject (`None` on an open relay or for a claimed host).
+    pub(super) subject: Option<Arc<str>>,
 }
 
 /// One allocation: a game session the relay forwards for.
@@ -98,6 +102,11 @@ impl Allocation {
         None
     }
 
+    /// The subject `peer` was seated with, if it is a member and has one.
+    pub(super) fn subject(&self, peer: PeerId) -> Option<&str> {
+        self.members.get(&peer).and_then(|m| m.subject.as_deref())
+    }
+
     /// Every member with its connection, sorted by peer id: the routing table.
     pub(super) fn route(&self) -> Vec<(PeerId, ConnId)> {
         self.members.iter().map(|(p, m)| (*p, m.conn)).collect()
@@ -119,14 +128,18 @@ impl ControlPlane {
         request_id: u32,
         max_peers: u16,
         ttl: u32,
+        auth: &Authorization,
     ) {
+        if !self.authorized(conn, request_id, auth, Scope::permits_create) {
+            return;
+        }
         if self.allocations.len() >= self.max_allocations {
             let max = u32::try_from(self.max_allocations).unwrap_or(u32::MAX);
             self.refuse(conn, request_id, ErrorCode::RelayFull, max);
             return;
         }
         let (id, _) = self.open_allocation(now, max_peers, ttl, HostSlot::Bound(PeerId::HOST));
-        self.bind_host(now, conn, request_id, id);
+        self.bind_host(now, conn, request_id, id, auth.subject());
     }
 
     pub(super) fn claim_host(
@@ -149,7 +162,8 @@ impl ControlPlane {
             self.refuse(conn, request_id, ErrorCode::Unauthorized, 0);
             return;
         }
-        self.bind_host(now, conn, request_id, id);
+        // The host token is the credential; a claimed host has no subject.
+        self.bind_host(now, conn, request_id, id, None);
     }
 
     /// The `AllocationCreated` reply telling `host` it now hosts allocation `id`.
@@ -169,7 +183,7 @@ impl ControlPlane {
             code_ttl_secs: u32::try_from(ttl).unwrap_or(u32::MAX),
             max_peers: alloc.max_peers,
             max_payload: self.max_payload,
-            reconnect_token: self.reconnect_token(alloc.lineage, host),
+            reconnect_token: self.reconnect_token(alloc.lineage, host, alloc.subject(host)),
         }
     }
 
@@ -180,6 +194,7 @@ impl ControlPlane {
         conn: ConnId,
         request_id: u32,
         id: AllocationId,
+        subject: Option<Arc<str>>,
     ) {
         let others: Vec<(PeerId, ConnId)> = match self.allocations.get_mut(&id) {
             Some(alloc) => {
@@ -190,7 +205,7 @@ impl ControlPlane {
         };
         self.cancel(Timer::HostBind(id));
         // Routing first: a member told about the host may send to it at once.
-        self.add_member(now, conn, id, PeerId::HOST, JoinedVia::Host);
+        self.add_member(now, conn, id, PeerId::HOST, JoinedVia::Host, subject);
         let Some(alloc) = self.allocations.get(&id) else {
             return;
         };

@@ -8,6 +8,7 @@
 //! Runs wherever the [`ControlPlane`] is called: on the control task, with `now` passed in.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use baton_protocol::{
@@ -16,8 +17,9 @@ use baton_protocol::{
 
 use super::allocation::{HostSlot, Member};
 use super::timers::Timer;
-use super::{millis_until, ConnId, ControlPlane, Event, JoinedVia, Output};
+use super::{millis_until, Authorization, ConnId, ControlPlane, Event, JoinedVia, Output};
 use crate::crypto;
+use baton_protocol::credential::Scope;
 
 /// Where a connection stands.
 #[derive(Debug)]
@@ -98,12 +100,27 @@ impl ControlPlane {
     }
 
     /// `Join`: an unbound connection joins the allocation `code` names, as a new peer.
-    pub(super) fn join(&mut self, now: Instant, conn: ConnId, request_id: u32, code: JoinCode) {
+    pub(super) fn join(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        request_id: u32,
+        code: JoinCode,
+        auth: &Authorization,
+    ) {
         let Some(ip) = self.conns.get(&conn).map(|c| c.addr.ip()) else {
             return;
         };
         if let Err(ms) = self.join_allowed(now, ip) {
             self.refuse(conn, request_id, ErrorCode::RateLimited, ms);
+            return;
+        }
+        // Before the code is looked up, so a client without a valid credential learns nothing
+        // about which codes exist. An allocation scope needs the lookup; it is checked after.
+        let before_lookup =
+            |s: &Scope| matches!(s, Scope::Allocation(_)) || s.permits_join(Some(&code), |_| false);
+        if !self.authorized(conn, request_id, auth, before_lookup) {
+            self.charge_failed_join(ip);
             return;
         }
         let id = match self.resolve_code(now, code) {
@@ -114,6 +131,13 @@ impl ControlPlane {
                 return;
             }
         };
+        let lineage_ok = self.scope_reaches(auth, id);
+        if !self.authorized(conn, request_id, auth, |s| {
+            s.permits_join(Some(&code), |_| lineage_ok)
+        }) {
+            self.charge_failed_join(ip);
+            return;
+        }
         let Some(alloc) = self.allocations.get_mut(&id) else {
             return;
         };
@@ -133,7 +157,14 @@ impl ControlPlane {
             self.refuse(conn, request_id, ErrorCode::Full, max);
             return;
         };
-        self.admit(now, conn, request_id, id, peer, JoinedVia::Code);
+        self.admit(
+            now,
+            conn,
+            request_id,
+            (id, peer),
+            JoinedVia::Code,
+            auth.subject(),
+        );
     }
 
     /// A client takes back a peer id it held, with its reconnect token, in the allocation it
@@ -143,10 +174,14 @@ impl ControlPlane {
         now: Instant,
         conn: ConnId,
         request_id: u32,
-        named: AllocationId,
-        peer: PeerId,
+        (named, peer): (AllocationId, PeerId),
         token: [u8; 16],
+        auth: &Authorization,
     ) {
+        // A refused credential is refused before anything is looked up.
+        if !self.authorized(conn, request_id, auth, |_| true) {
+            return;
+        }
         let mut id = named;
         for _ in 0..64 {
             match self.successors.get(&id) {
@@ -154,11 +189,22 @@ impl ControlPlane {
                 None => break,
             }
         }
-        let Some(alloc) = self.allocations.get(&id) else {
+        let Some(code) = self.allocations.get(&id).map(|a| a.code) else {
             self.refuse(conn, request_id, ErrorCode::NotFound, 0);
             return;
         };
-        if !crypto::constant_time_eq(&self.reconnect_token(alloc.lineage, peer), &token) {
+        let lineage_ok = self.scope_reaches(auth, id);
+        if !self.authorized(conn, request_id, auth, |s| {
+            s.permits_rejoin(Some(&code), |_| lineage_ok)
+        }) {
+            return;
+        }
+        let subject = auth.subject();
+        let Some(alloc) = self.allocations.get(&id) else {
+            return;
+        };
+        let expected = self.reconnect_token(alloc.lineage, peer, subject.as_deref());
+        if !crypto::constant_time_eq(&expected, &token) {
             self.refuse(conn, request_id, ErrorCode::Unauthorized, 0);
             return;
         }
@@ -177,7 +223,14 @@ impl ControlPlane {
             self.refuse(conn, request_id, ErrorCode::Full, max);
             return;
         }
-        self.admit(now, conn, request_id, id, peer, JoinedVia::Rejoin);
+        self.admit(
+            now,
+            conn,
+            request_id,
+            (id, peer),
+            JoinedVia::Rejoin,
+            subject,
+        );
     }
 
     /// Seats `conn` as `peer` of `id` after a join or rejoin, replies `Joined`, and tells the
@@ -188,11 +241,11 @@ impl ControlPlane {
         now: Instant,
         conn: ConnId,
         request_id: u32,
-        id: AllocationId,
-        peer: PeerId,
+        (id, peer): (AllocationId, PeerId),
         via: JoinedVia,
+        subject: Option<Arc<str>>,
     ) {
-        self.add_member(now, conn, id, peer, via);
+        self.add_member(now, conn, id, peer, via, subject);
         let Some(alloc) = self.allocations.get(&id) else {
             return;
         };
@@ -208,7 +261,7 @@ impl ControlPlane {
             max_payload: self.max_payload,
             // A reserved allocation's host is peer 0 even before it binds.
             host: alloc.host_peer().unwrap_or(PeerId::HOST),
-            reconnect_token: self.reconnect_token(alloc.lineage, peer),
+            reconnect_token: self.reconnect_token(alloc.lineage, peer, alloc.subject(peer)),
             members: others.iter().map(|(p, _)| *p).collect(),
         };
         self.send(conn, joined);
@@ -230,6 +283,7 @@ impl ControlPlane {
         id: AllocationId,
         peer: PeerId,
         via: JoinedVia,
+        subject: Option<Arc<str>>,
     ) {
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -243,6 +297,7 @@ impl ControlPlane {
                 joined: now,
                 seq,
                 rtt: None,
+                subject: subject.clone(),
             },
         );
         let route = alloc.route();
@@ -257,6 +312,7 @@ impl ControlPlane {
             allocation: id,
             peer,
             via,
+            subject,
         }));
     }
 

@@ -40,6 +40,7 @@
 //! None of it runs on a thread of its own: the control task (`driver/control_task.rs`) owns
 //! the one `ControlPlane` and calls it with `now`; tests call it with a simulated clock.
 
+mod access;
 mod admin;
 mod allocation;
 mod codes;
@@ -50,6 +51,7 @@ mod timers;
 mod tokens;
 mod types;
 
+pub use crate::auth::Authorization;
 pub use types::{
     AdminError, AllocationInfo, CloseReason, ConnId, ElectedBy, Event, Input, JoinedVia,
     MemberInfo, Output, Promotion, Reservation, Secrets,
@@ -195,7 +197,7 @@ impl ControlPlane {
     pub fn handle(&mut self, now: Instant, input: Input) {
         match input {
             Input::Connected { conn, addr } => self.connect(now, conn, addr),
-            Input::Request { conn, msg } => self.handle_request(now, conn, msg),
+            Input::Request { conn, msg, auth } => self.handle_request(now, conn, msg, &auth),
             Input::Rtt { conn, rtt } => self.record_rtt(conn, rtt),
             Input::Snapshot { conn, data } => self.store_snapshot(conn, data),
             Input::Disconnected { conn, reason } => self.handle_disconnect(now, conn, reason),
@@ -242,7 +244,13 @@ impl ControlPlane {
             .push_back(Output::Event(Event::Refused { code }));
     }
 
-    fn handle_request(&mut self, now: Instant, conn: ConnId, msg: ClientMessage) {
+    fn handle_request(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        msg: ClientMessage,
+        auth: &Authorization,
+    ) {
         let Some(state) = self.conns.get(&conn).map(|c| &c.state) else {
             // A request racing the connection's own removal (kicked, allocation closed).
             return;
@@ -272,8 +280,10 @@ impl ControlPlane {
                     ..
                 },
                 None,
-            ) => self.create(now, conn, request_id, max_peers, code_ttl_secs),
-            (ClientMessage::Join { code, .. }, None) => self.join(now, conn, request_id, code),
+            ) => self.create(now, conn, request_id, max_peers, code_ttl_secs, auth),
+            (ClientMessage::Join { code, .. }, None) => {
+                self.join(now, conn, request_id, code, auth)
+            }
             (
                 ClientMessage::ClaimHost {
                     allocation,
@@ -299,7 +309,14 @@ impl ControlPlane {
                     ..
                 },
                 None,
-            ) => self.rejoin(now, conn, request_id, allocation, peer, reconnect_token),
+            ) => self.rejoin(
+                now,
+                conn,
+                request_id,
+                (allocation, peer),
+                reconnect_token,
+                auth,
+            ),
             (ClientMessage::Rejoin { .. }, Some(_)) => {
                 self.refuse(conn, request_id, ErrorCode::AlreadyBound, 0);
             }

@@ -28,12 +28,24 @@ impl ControlPlane {
         ])
     }
 
-    /// The token that lets `peer` take its id back in any allocation of `lineage`.
-    pub(super) fn reconnect_token(&self, lineage: AllocationId, peer: PeerId) -> [u8; 16] {
+    /// The token that lets `peer` take its id back in any allocation of `lineage`, bound to
+    /// the subject of the credential it was issued with (`None` on an open relay), so a
+    /// stolen token is useless without that player's credential.
+    pub(super) fn reconnect_token(
+        &self,
+        lineage: AllocationId,
+        peer: PeerId,
+        subject: Option<&str>,
+    ) -> [u8; 16] {
+        let subject = subject.unwrap_or("").as_bytes();
+        // Subjects are at most 64 bytes, so one length byte keeps the encoding unambiguous.
+        let len = u8::try_from(subject.len()).unwrap_or(u8::MAX);
         self.mac(&[
             b"baton rejoin",
             &lineage.0.to_be_bytes(),
             &peer.0.to_be_bytes(),
+            &[len],
+            subject,
         ])
     }
 }

@@ -6,6 +6,7 @@
 //! Plain data: no state, no time, nothing runs here.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use baton_protocol::{
@@ -13,6 +14,10 @@ use baton_protocol::{
 };
 use bytes::Bytes;
 use serde::Serialize;
+
+use baton_protocol::credential::CredentialRefusal;
+
+use crate::auth::Authorization;
 
 /// The driver's handle for one QUIC connection.
 pub type ConnId = u64;
@@ -33,6 +38,9 @@ pub enum Input {
         conn: ConnId,
         /// The message.
         msg: ClientMessage,
+        /// What the driver made of its credential (`AuthSecrets::check`); the control plane
+        /// checks the scope.
+        auth: Authorization,
     },
     /// A round-trip-time sample for a connection (used to elect the best-placed next host).
     Rtt {
@@ -128,6 +136,8 @@ pub enum Event {
         peer: PeerId,
         /// How it came in.
         via: JoinedVia,
+        /// Who it is, from its credential (`None` on an open relay).
+        subject: Option<Arc<str>>,
     },
     /// A member left.
     PeerLeft {
@@ -172,6 +182,11 @@ pub enum Event {
         allocation: AllocationId,
         /// Why.
         reason: CloseReason,
+    },
+    /// A request's credential was refused (the request was also `Refused`).
+    CredentialRefused {
+        /// Why.
+        reason: CredentialRefusal,
     },
     /// A request was refused.
     Refused {
@@ -327,6 +342,9 @@ pub struct MemberInfo {
     pub addr: String,
     /// Seconds since it joined.
     pub joined_secs_ago: u64,
+    /// Who it is: the subject of its credential (`null` on an open relay, and for a
+    /// lobby-reserved allocation's host, which proves itself with the host token).
+    pub subject: Option<String>,
 }
 
 /// The control plane's secrets, 256 bits each and drawn independently, so nothing a client

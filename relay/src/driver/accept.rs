@@ -8,6 +8,8 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use baton_protocol::CloseCode;
+use quinn::VarInt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info_span, Instrument};
@@ -43,6 +45,14 @@ pub(super) async fn accept_loop(
             async move {
                 let _open = OpenGuard(&shared.open);
                 match incoming.await {
+                    Ok(conn) if !speaks_current_version(&conn) => {
+                        debug!("retired protocol version; closing");
+                        let code = CloseCode::UnsupportedVersion;
+                        conn.close(
+                            VarInt::from_u32(code.to_u32()),
+                            code.description().as_bytes(),
+                        );
+                    }
                     Ok(conn) => serve_connection(id, conn, &shared).await,
                     Err(e) => debug!(cause = %e, "handshake failed"),
                 }
@@ -50,6 +60,15 @@ pub(super) async fn accept_loop(
             .instrument(span),
         );
     }
+}
+
+/// Whether `conn` negotiated the current protocol version: the TLS config also accepts the
+/// retired ones, only so that they can be closed with a reason (SPEC section 2.2).
+fn speaks_current_version(conn: &quinn::Connection) -> bool {
+    conn.handshake_data()
+        .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|data| data.protocol)
+        .is_some_and(|alpn| alpn == baton_protocol::ALPN)
 }
 
 /// Decrements the open-connection count however the connection task ends.

@@ -62,9 +62,14 @@ pub(super) async fn control_stream(
                 }
             };
             budget.take().await;
+            let auth = shared.auth.check(&msg, crate::auth::unix_now());
             if shared
                 .inputs
-                .send(Input::Request { conn: id, msg })
+                .send(Input::Request {
+                    conn: id,
+                    msg,
+                    auth,
+                })
                 .await
                 .is_err()
             {

@@ -39,8 +39,17 @@ impl EventSink {
                 (allocation, Kind::AllocationCreated {})
             }
             Event::PeerJoined {
-                allocation, peer, ..
-            } => (allocation, Kind::PeerJoined { peer: peer.0 }),
+                allocation,
+                peer,
+                subject,
+                ..
+            } => (
+                allocation,
+                Kind::PeerJoined {
+                    peer: peer.0,
+                    subject: subject.as_deref().map(str::to_owned),
+                },
+            ),
             Event::PeerLeft {
                 allocation,
                 peer,
@@ -96,7 +105,7 @@ impl EventSink {
                 }
                 return;
             }
-            Event::Refused { .. } => return,
+            Event::Refused { .. } | Event::CredentialRefused { .. } => return,
         };
         if let Some(code) = self.codes.get(&allocation) {
             self.hooks.publish(kind, allocation, *code);
@@ -115,6 +124,7 @@ pub(super) fn record(event: &Event, metrics: &Metrics) {
             allocation,
             peer,
             via,
+            subject,
         } => {
             match via {
                 JoinedVia::Code => {
@@ -125,7 +135,11 @@ pub(super) fn record(event: &Event, metrics: &Metrics) {
                 }
                 JoinedVia::Host => {}
             }
-            info!(%allocation, %peer, ?via, "peer joined");
+            // A subject is 1-64 printable characters (SPEC section 16.1): safe to log as is.
+            match subject {
+                Some(subject) => info!(%allocation, %peer, ?via, %subject, "peer joined"),
+                None => info!(%allocation, %peer, ?via, "peer joined"),
+            }
         }
         Event::PeerLeft {
             allocation,
@@ -154,6 +168,10 @@ pub(super) fn record(event: &Event, metrics: &Metrics) {
         }
         Event::AllocationClosed { allocation, reason } => {
             info!(%allocation, reason = reason.as_str(), "allocation closed");
+        }
+        Event::CredentialRefused { reason } => {
+            metrics.credential_refused(*reason).inc();
+            debug!(reason = reason.as_str(), "credential refused");
         }
         Event::Refused { code } => {
             metrics.refused(*code).inc();

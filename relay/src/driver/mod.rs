@@ -34,7 +34,7 @@ use quinn::VarInt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, info_span, Instrument};
+use tracing::{info, info_span, warn, Instrument};
 
 use crate::control::{ConnId, ControlPlane, Input};
 use crate::metrics::Metrics;
@@ -105,6 +105,9 @@ struct Shared {
     inputs: mpsc::Sender<Input>,
     max_payload: usize,
     max_control_frame: usize,
+    /// Credential secrets; each control request's credential is checked against them on its
+    /// connection's task.
+    auth: crate::auth::AuthSecrets,
     max_connections: usize,
     max_snapshot: usize,
     /// Bytes of snapshot uploads being read, across all connections; a reader waits for
@@ -197,6 +200,13 @@ impl Relay {
             lanes.push(lane);
         }
 
+        if config.auth_secrets.is_open() && !config.listen.ip().is_loopback() {
+            warn!(
+                listen = %config.listen,
+                "no --auth-secret: this relay is open; anyone who can reach it may create \
+                 allocations and relay traffic through it"
+            );
+        }
         let metrics = Arc::new(Metrics::new());
         let (input_tx, input_rx) = mpsc::channel(4096);
         let (admin_tx, admin_rx) = mpsc::channel(64);
@@ -206,6 +216,7 @@ impl Relay {
             inputs: input_tx,
             max_payload: config.max_datagram_payload(),
             max_control_frame: config.max_control_frame(),
+            auth: config.auth_secrets.clone(),
             max_connections: config.max_connections(),
             max_snapshot: config.max_snapshot(),
             snapshot_inflight: Arc::new(tokio::sync::Semaphore::new(

@@ -42,6 +42,10 @@ pub enum LobbyEventKind {
     PeerJoined {
         /// Its peer id.
         peer: u16,
+        /// Who it is: the subject of the credential it joined with, so the lobby can tell its
+        /// players apart; `null` on an open relay and for a lobby-reserved allocation's host.
+        #[serde(default)]
+        subject: Option<String>,
     },
     /// A member left.
     #[serde(rename = "peer.left")]
@@ -88,9 +92,12 @@ pub enum LobbyEventKind {
 pub use crate::control::ElectedBy;
 
 impl LobbyEventKind {
-    /// `peer.joined` for `peer`.
-    pub fn peer_joined(peer: PeerId) -> Self {
-        LobbyEventKind::PeerJoined { peer: peer.0 }
+    /// `peer.joined` for `peer`, with its credential's subject if any.
+    pub fn peer_joined(peer: PeerId, subject: Option<&str>) -> Self {
+        LobbyEventKind::PeerJoined {
+            peer: peer.0,
+            subject: subject.map(str::to_owned),
+        }
     }
 
     /// `peer.left` for `peer`, with `reason`.

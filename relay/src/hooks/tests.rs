@@ -75,8 +75,11 @@ impl Hooks {
     fn publish_peers(&self, first: u16, n: u16) -> Vec<u64> {
         (first..first + n)
             .map(|p| {
-                self.sender
-                    .publish(LobbyEventKind::peer_joined(PeerId(p)), alloc(), code())
+                self.sender.publish(
+                    LobbyEventKind::peer_joined(PeerId(p), None),
+                    alloc(),
+                    code(),
+                )
             })
             .collect()
     }
@@ -233,7 +236,14 @@ fn assert_strictly_increasing(ids: &[u64]) {
 fn events_have_the_documented_json_shape() {
     let cases = [
         (LobbyEventKind::AllocationCreated {}, json!({})),
-        (LobbyEventKind::peer_joined(PeerId(3)), json!({ "peer": 3 })),
+        (
+            LobbyEventKind::peer_joined(PeerId(3), None),
+            json!({ "peer": 3, "subject": null }),
+        ),
+        (
+            LobbyEventKind::peer_joined(PeerId(4), Some("player-42")),
+            json!({ "peer": 4, "subject": "player-42" }),
+        ),
         (
             LobbyEventKind::peer_left(PeerId(2), LeaveReason::TimedOut),
             json!({ "peer": 2, "reason": "timed_out" }),

@@ -12,6 +12,7 @@ use bytes::Bytes;
 
 use super::*;
 
+mod access;
 mod admin;
 mod allocation;
 mod membership;
@@ -59,7 +60,14 @@ impl Harness {
     }
 
     fn request(&mut self, conn: ConnId, msg: ClientMessage) -> Vec<Output> {
-        self.cp.handle(self.now, Input::Request { conn, msg });
+        self.cp.handle(
+            self.now,
+            Input::Request {
+                conn,
+                msg,
+                auth: Authorization::Open,
+            },
+        );
         self.drain()
     }
 
@@ -117,6 +125,7 @@ impl Harness {
                 request_id,
                 max_peers,
                 code_ttl_secs: ttl,
+                credential: None,
             },
         );
         replies_to(&out, conn)
@@ -171,6 +180,7 @@ impl Harness {
                 allocation,
                 peer,
                 reconnect_token,
+                credential: None,
             },
         )
     }
@@ -178,7 +188,14 @@ impl Harness {
     fn join(&mut self, conn: ConnId, code: JoinCode) -> (ServerMessage, Vec<Output>) {
         self.connect(conn);
         let request_id = self.rid();
-        let out = self.request(conn, ClientMessage::Join { request_id, code });
+        let out = self.request(
+            conn,
+            ClientMessage::Join {
+                request_id,
+                code,
+                credential: None,
+            },
+        );
         let reply = replies_to(&out, conn)
             .into_iter()
             .find(|m| {
@@ -314,7 +331,14 @@ fn every_refusal_names_its_cause() {
     assert_eq!(refused(&out, 30).0, ErrorCode::NotBound);
     // A member cannot create or join again on the same connection.
     let request_id = h.rid();
-    let out = h.request(2, ClientMessage::Join { request_id, code });
+    let out = h.request(
+        2,
+        ClientMessage::Join {
+            request_id,
+            code,
+            credential: None,
+        },
+    );
     assert_eq!(refused(&out, 2).0, ErrorCode::AlreadyBound);
 }
 
@@ -355,8 +379,8 @@ fn every_bit_of_both_256_bit_secrets_counts() {
     assert_eq!(c.create(), (id, code));
     assert_eq!(a.cp.secret, [1; 32]);
     assert_ne!(
-        a.cp.reconnect_token(id, PeerId(1)),
-        c.cp.reconnect_token(id, PeerId(1))
+        a.cp.reconnect_token(id, PeerId(1), None),
+        c.cp.reconnect_token(id, PeerId(1), None)
     );
 }
 

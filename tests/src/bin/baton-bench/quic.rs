@@ -97,6 +97,7 @@ impl Clients {
             request_id: 1,
             max_peers,
             code_ttl_secs: 0,
+            credential: None,
         };
         let b = self.bind(index, &msg).await?;
         match b.reply {
@@ -115,6 +116,7 @@ impl Clients {
         let msg = ClientMessage::Join {
             request_id: 1,
             code,
+            credential: None,
         };
         let b = self.bind(index, &msg).await?;
         match b.reply {

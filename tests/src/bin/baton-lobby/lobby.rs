@@ -291,7 +291,7 @@ impl Rooms {
             LobbyEventKind::AllocationCreated {} => {
                 self.rooms.entry(alloc.clone()).or_default();
             }
-            LobbyEventKind::PeerJoined { peer } => {
+            LobbyEventKind::PeerJoined { peer, .. } => {
                 self.rooms
                     .entry(alloc.clone())
                     .or_default()
@@ -391,7 +391,10 @@ mod tests {
         let mut rooms = Rooms::default();
         rooms.observe(&event(LobbyEventKind::AllocationCreated {}));
         for peer in 0..4 {
-            rooms.observe(&event(LobbyEventKind::PeerJoined { peer }));
+            rooms.observe(&event(LobbyEventKind::peer_joined(
+                baton_protocol::PeerId(peer),
+                None,
+            )));
         }
         rooms.observe(&event(LobbyEventKind::PeerLeft {
             peer: 1,
@@ -425,7 +428,10 @@ mod tests {
     fn names_the_lowest_when_the_host_is_lost_and_forgets_closed_rooms() {
         let mut rooms = Rooms::default();
         for peer in 0..3 {
-            rooms.observe(&event(LobbyEventKind::PeerJoined { peer }));
+            rooms.observe(&event(LobbyEventKind::peer_joined(
+                baton_protocol::PeerId(peer),
+                None,
+            )));
         }
         assert_eq!(
             rooms.observe(&event(LobbyEventKind::HostDisconnected {
