@@ -169,6 +169,8 @@ pub struct RelayConfig {
     /// Secrets lobbies mint client credentials with (SPEC section 16); empty leaves the relay
     /// open to anyone who can reach it.
     pub auth_secrets: AuthSecrets,
+    /// Limits of the admin HTTP server.
+    pub admin_limits: AdminLimits,
     keepalive_timeout: Duration,
     bind_timeout: Duration,
     host_bind_timeout: Duration,
@@ -199,6 +201,7 @@ impl Default for RelayConfig {
             admin_token: None,
             hooks: HooksConfig::default(),
             auth_secrets: AuthSecrets::default(),
+            admin_limits: AdminLimits::default(),
             keepalive_timeout: defaults::KEEPALIVE_TIMEOUT,
             bind_timeout: defaults::BIND_TIMEOUT,
             host_bind_timeout: defaults::HOST_BIND_TIMEOUT,
@@ -353,6 +356,7 @@ pub struct HooksConfig {
     stream_token: Option<String>,
     queue: usize,
     replay: usize,
+    max_subscribers: usize,
     backoff_initial: Duration,
     backoff_max: Duration,
     request_timeout: Duration,
@@ -366,6 +370,7 @@ impl Default for HooksConfig {
             stream_token: None,
             queue: defaults::HOOK_QUEUE,
             replay: defaults::EVENT_REPLAY,
+            max_subscribers: defaults::EVENT_STREAM_MAX_SUBSCRIBERS,
             backoff_initial: defaults::WEBHOOK_BACKOFF_INITIAL,
             backoff_max: defaults::WEBHOOK_BACKOFF_MAX,
             request_timeout: defaults::WEBHOOK_TIMEOUT,
@@ -390,6 +395,7 @@ impl std::fmt::Debug for HooksConfig {
             .field("stream_token", &redacted(&self.stream_token))
             .field("queue", &self.queue)
             .field("replay", &self.replay)
+            .field("max_subscribers", &self.max_subscribers)
             .field("backoff_initial", &self.backoff_initial)
             .field("backoff_max", &self.backoff_max)
             .field("request_timeout", &self.request_timeout)
@@ -400,6 +406,7 @@ impl std::fmt::Debug for HooksConfig {
 impl HooksConfig {
     getter!(queue: usize, "Events queued per webhook before new ones are dropped.");
     getter!(replay: usize, "Events the event stream keeps for subscribers that resume.");
+    getter!(max_subscribers: usize, "Event-stream subscribers at once; more are refused.");
     getter!(backoff_initial: Duration, "Delay before the first retry of a failed webhook request.");
     getter!(backoff_max: Duration, "Longest delay between webhook retries.");
     getter!(request_timeout: Duration, "Time one webhook request may take, connecting included.");
@@ -477,6 +484,12 @@ impl HooksConfig {
         /// Sets the event stream's replay buffer, within [`defaults::EVENT_REPLAY_RANGE`].
         set_replay, replay: usize, "event_replay", defaults::EVENT_REPLAY_RANGE
     );
+    ranged_setter!(
+        /// Sets the event stream's subscriber limit, within
+        /// [`defaults::EVENT_STREAM_MAX_SUBSCRIBERS_RANGE`].
+        set_max_subscribers, max_subscribers: usize, "event_stream_max_subscribers",
+        defaults::EVENT_STREAM_MAX_SUBSCRIBERS_RANGE
+    );
 
     /// Sets the retry backoff: the first delay (within
     /// [`defaults::WEBHOOK_BACKOFF_INITIAL_RANGE`]), doubled after each failure up to `max`
@@ -511,6 +524,40 @@ impl HooksConfig {
         /// Sets the webhook request timeout, within [`defaults::WEBHOOK_TIMEOUT_RANGE`].
         set_request_timeout, request_timeout: Duration, "webhook_timeout",
         defaults::WEBHOOK_TIMEOUT_RANGE
+    );
+}
+
+/// Limits of the admin HTTP server (see [`crate::admin`]): how long a client may take to send
+/// a request's headers, and how many connections it may hold. `AdminLimits::default()` is
+/// 10 s and 256.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminLimits {
+    header_timeout: Duration,
+    max_connections: usize,
+}
+
+impl Default for AdminLimits {
+    fn default() -> Self {
+        AdminLimits {
+            header_timeout: defaults::ADMIN_HEADER_TIMEOUT,
+            max_connections: defaults::ADMIN_MAX_CONNECTIONS,
+        }
+    }
+}
+
+impl AdminLimits {
+    getter!(header_timeout: Duration, "Time a client has to send a request's headers, on a new or a kept-alive connection.");
+    getter!(max_connections: usize, "Concurrent admin connections; more are closed at accept.");
+
+    ranged_setter!(
+        /// Sets the header-read timeout, within [`defaults::ADMIN_HEADER_TIMEOUT_RANGE`].
+        set_header_timeout, header_timeout: Duration, "admin_header_timeout",
+        defaults::ADMIN_HEADER_TIMEOUT_RANGE
+    );
+    ranged_setter!(
+        /// Sets the connection limit, within [`defaults::ADMIN_MAX_CONNECTIONS_RANGE`].
+        set_max_connections, max_connections: usize, "admin_max_connections",
+        defaults::ADMIN_MAX_CONNECTIONS_RANGE
     );
 }
 

@@ -153,6 +153,21 @@ pub const WEBHOOK_BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// and process later; one that takes longer is treated as failed and retried.
 pub const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Time an admin HTTP client has to send a request's headers, on a new connection or between
+/// requests on a kept-alive one. Scrapers, probes and lobbies send theirs at once; a client
+/// that dribbles them (slowloris) or idles holds a connection no longer than this.
+pub const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Concurrent admin HTTP connections. Probes, a scraper and a few lobby servers need a
+/// handful; 256 leaves room for those and the event-stream subscribers while bounding the file
+/// descriptors and memory a flood of connections can take.
+pub const ADMIN_MAX_CONNECTIONS: usize = 256;
+
+/// Event-stream subscribers at once. A lobby needs one or two streams per service; 64 is far
+/// beyond that and leaves most admin connections (`ADMIN_MAX_CONNECTIONS`) for the API and
+/// probes.
+pub const EVENT_STREAM_MAX_SUBSCRIBERS: usize = 64;
+
 // Accepted ranges. Each bounds what a typo could make absurd, not what a deployment may want.
 
 /// Keepalive timeout: shorter than 100 ms loses clients to a scheduling hiccup, longer than
@@ -228,3 +243,13 @@ pub const WEBHOOK_BACKOFF_MAX_RANGE: RangeInclusive<Duration> =
 /// Webhook request timeout: 100 ms to 5 min.
 pub const WEBHOOK_TIMEOUT_RANGE: RangeInclusive<Duration> =
     Duration::from_millis(100)..=Duration::from_secs(300);
+
+/// Admin header timeout: 100 ms to 5 min.
+pub const ADMIN_HEADER_TIMEOUT_RANGE: RangeInclusive<Duration> =
+    Duration::from_millis(100)..=Duration::from_secs(300);
+
+/// Admin connections: at least one, at most a million (file descriptors run out first).
+pub const ADMIN_MAX_CONNECTIONS_RANGE: RangeInclusive<usize> = 1..=1_000_000;
+
+/// Event-stream subscribers: at least one, at most a million.
+pub const EVENT_STREAM_MAX_SUBSCRIBERS_RANGE: RangeInclusive<usize> = 1..=1_000_000;

@@ -28,6 +28,11 @@ fn register<M: Metric + Clone + Default>(registry: &mut Registry, name: &str, he
     metric
 }
 
+/// The counter of `reason` in `family`.
+fn reason_counter(family: &Family<ReasonLabel, Counter>, reason: &'static str) -> Counter {
+    family.get_or_create(&ReasonLabel { reason }).clone()
+}
+
 /// Counters indexed by a wire enum's byte value, pre-registered for every defined variant.
 #[derive(Debug)]
 pub struct ByReason {
@@ -98,6 +103,8 @@ pub struct Metrics {
     left: ByReason,
     /// Lobby hook counters (see [`crate::hooks`]).
     pub hooks: HookMetrics,
+    /// Admin HTTP server connections (see [`crate::admin`]).
+    pub admin: AdminMetrics,
 }
 
 impl Metrics {
@@ -171,6 +178,7 @@ impl Metrics {
         );
 
         let hooks = HookMetrics::register(&mut registry);
+        let admin = AdminMetrics::register(&mut registry);
 
         Metrics {
             registry,
@@ -189,6 +197,7 @@ impl Metrics {
             credentials_refused,
             left,
             hooks,
+            admin,
         }
     }
 
@@ -253,6 +262,8 @@ pub struct HookMetrics {
     pub stream_dropped: Counter,
     /// Open event-stream (`GET /v1/events`) subscriptions.
     pub stream_subscribers: Gauge,
+    /// Event stream subscriptions refused at the subscriber limit.
+    pub stream_refused: Counter,
 }
 
 impl HookMetrics {
@@ -289,6 +300,12 @@ impl HookMetrics {
             "hook_stream_subscribers",
             "Open event stream subscriptions",
         );
+        let refused: Family<ReasonLabel, Counter> = register(
+            registry,
+            "hook_stream_subscriptions_refused",
+            "Event stream subscriptions refused, by reason (subscriber_limit)",
+        );
+        let stream_refused = reason_counter(&refused, "subscriber_limit");
         HookMetrics {
             published,
             webhook_delivered,
@@ -297,6 +314,68 @@ impl HookMetrics {
             webhook_dropped,
             stream_dropped,
             stream_subscribers,
+            stream_refused,
+        }
+    }
+}
+
+/// Admin HTTP server metrics: open connections, and connections refused by reason.
+#[derive(Debug)]
+pub struct AdminMetrics {
+    /// Open admin HTTP connections.
+    pub connections: Gauge,
+    /// Connections closed at accept because the admin connection limit was reached.
+    pub refused_at_limit: Counter,
+    /// Connections closed because a request's headers did not arrive within the header
+    /// timeout (a new connection's first request, or the next one on a kept-alive connection).
+    pub refused_header_timeout: Counter,
+}
+
+impl AdminMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let connections: Gauge =
+            register(registry, "admin_connections", "Open admin HTTP connections");
+        let family: Family<ReasonLabel, Counter> = register(
+            registry,
+            "admin_connections_refused",
+            "Admin HTTP connections refused, by reason: closed at accept over the connection limit (connection_limit), or closed when a request's headers did not arrive in time (header_timeout)",
+        );
+        let refused_at_limit = reason_counter(&family, "connection_limit");
+        let refused_header_timeout = reason_counter(&family, "header_timeout");
+        AdminMetrics {
+            connections,
+            refused_at_limit,
+            refused_header_timeout,
+        }
+    }
+}
+
+/// Reading metrics in tests: whole exposition lines, never substrings.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::time::Duration;
+
+    use super::Metrics;
+
+    /// The value on the line that starts with `line_start` (a name with its labels, and for an
+    /// unlabelled metric a trailing space, so `baton_x ` does not match `baton_x_total`).
+    pub(crate) fn value(metrics: &Metrics, line_start: &str) -> u64 {
+        let text = metrics.encode();
+        text.lines()
+            .find_map(|l| l.strip_prefix(line_start)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no metric {line_start}:\n{text}"))
+    }
+
+    /// Waits, polling for at most `within`, until the metric on `line_start` is `want`.
+    pub(crate) async fn wait_for(metrics: &Metrics, line_start: &str, want: u64, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        while value(metrics, line_start) != want {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{line_start} is {}, not {want}",
+                value(metrics, line_start)
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 }

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use crate::control::AdminError;
+use crate::hooks::SubscriberLimit;
 
 /// An admin API error, rendered as `{"error": .., "code": ..}`.
 #[derive(Debug)]
@@ -44,6 +45,16 @@ impl From<AdminError> for ApiError {
             AdminError::UnknownPeer(_) => (StatusCode::NOT_FOUND, "unknown_peer"),
         };
         ApiError::new(status, code, err.to_string())
+    }
+}
+
+impl From<SubscriberLimit> for ApiError {
+    fn from(err: SubscriberLimit) -> Self {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_subscribers",
+            err.to_string(),
+        )
     }
 }
 

@@ -57,7 +57,7 @@ pub(super) async fn events(
             None => None,
         },
     };
-    let subscription = state.hooks.subscribe(last);
+    let subscription = state.hooks.subscribe(last)?;
     let stream = futures_util::stream::unfold(subscription, |mut subscription| async move {
         let item = subscription.next().await?;
         Some((Ok::<_, Infallible>(sse_event(&item)), subscription))

@@ -20,6 +20,11 @@
 //! scrapers. `/v1/events` requires the event stream's own token instead when one is configured
 //! (so a lobby can read events without being able to close allocations).
 //!
+//! Limits ([`AdminLimits`]): a client has `header_timeout` to send each request's headers (on
+//! a new connection and between requests on a kept-alive one), or its connection is closed;
+//! connections beyond `max_connections` are closed at accept; event streams beyond the hooks'
+//! `max_subscribers` are answered 503 `too_many_subscribers`.
+//!
 //! Each stream event is `id: <id>`, `event: <type>`, `data: <LobbyEvent JSON>`; a
 //! `replay.gap` event (no `id`) says some events were missed; a comment every 15 s keeps idle
 //! streams open. Streams end [`crate::hooks::SHUTDOWN_FLUSH`] after shutdown begins, so the
@@ -33,6 +38,8 @@
 //! ## Code map
 //! - this module: `spawn` and the router (which route goes to which handler, behind which
 //!   token), and [`MAX_BODY`];
+//! - `serve`: the accept loop: hyper HTTP/1 connections with the header-read timeout, the
+//!   connection limit and graceful shutdown;
 //! - `auth`: bearer tokens, compared as SHA-256 digests in constant time (`crate::crypto`);
 //! - `probes`: `/healthz`, `/readyz` and `/metrics`;
 //! - `allocations`: the `/v1/allocations` routes and their JSON bodies;
@@ -51,8 +58,9 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{info_span, warn, Instrument};
+use tracing::{info_span, Instrument};
 
+use crate::config::AdminLimits;
 use crate::hooks::HookSender;
 use crate::RelayHandle;
 
@@ -61,6 +69,7 @@ mod auth;
 mod error;
 mod events;
 mod probes;
+mod serve;
 
 use allocations::{
     allocation, close_allocation, elect_host, list_allocations, reserve_allocation, revoke_code,
@@ -74,30 +83,26 @@ use probes::{healthz, metrics, readyz};
 /// client can make the relay buffer.
 pub const MAX_BODY: usize = 16 * 1024;
 
-/// Binds the admin server on `listen` and serves it until `shutdown` is cancelled, then lets
-/// in-flight requests finish (event streams end [`crate::hooks::SHUTDOWN_FLUSH`] later).
+/// Binds the admin server on `listen` and serves it within `limits` until `shutdown` is
+/// cancelled, then lets in-flight requests finish (event streams end
+/// [`crate::hooks::SHUTDOWN_FLUSH`] later).
 /// `hooks` feeds `GET /v1/events`. Returns the bound address (useful with port 0) and the
 /// server task.
 pub(crate) async fn spawn(
     listen: SocketAddr,
     handle: RelayHandle,
     token: Option<String>,
+    limits: AdminLimits,
     hooks: HookSender,
     shutdown: CancellationToken,
 ) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
+    let metrics = handle.metrics.clone();
     let app = router(handle, token, hooks);
     let task = tokio::spawn(
-        async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await;
-            if let Err(err) = served {
-                warn!(cause = %err, "admin server stopped");
-            }
-        }
-        .instrument(info_span!("admin", %addr)),
+        serve::serve(listener, app, limits, metrics, shutdown)
+            .instrument(info_span!("admin", %addr)),
     );
     Ok((addr, task))
 }

@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 use baton_protocol::AllocationId;
 use reqwest::Method;
 use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use super::*;
@@ -33,6 +35,7 @@ fn control_task(config: RelayConfig) -> (RelayHandle, JoinHandle<()>) {
 }
 
 struct Admin {
+    addr: SocketAddr,
     base: String,
     http: reqwest::Client,
     shutdown: CancellationToken,
@@ -44,6 +47,7 @@ struct Admin {
 
 async fn start(config: RelayConfig, token: Option<&str>) -> Admin {
     let hooks_config = config.hooks.clone();
+    let admin_limits = config.admin_limits.clone();
     let (handle, control) = control_task(config);
     let metrics = handle.metrics.clone();
     let shutdown = CancellationToken::new();
@@ -58,6 +62,7 @@ async fn start(config: RelayConfig, token: Option<&str>) -> Admin {
         listen,
         handle,
         token.map(str::to_owned),
+        admin_limits,
         hooks.clone(),
         shutdown.clone(),
     )
@@ -65,6 +70,7 @@ async fn start(config: RelayConfig, token: Option<&str>) -> Admin {
     .unwrap();
     assert_ne!(addr.port(), 0);
     Admin {
+        addr,
         base: format!("http://{addr}"),
         http: reqwest::Client::new(),
         shutdown,
@@ -654,5 +660,174 @@ async fn event_stream_token_rules() {
     assert_eq!(status(&admin, "/v1/events", None).await, 401);
     assert_eq!(status(&admin, "/v1/events", Some("stream-t")).await, 200);
     assert_eq!(status(&admin, "/v1/allocations", None).await, 200);
+    admin.stop().await;
+}
+
+/// Reads until the server closes the connection (EOF or reset), discarding what it sends
+/// first; panics if it is still open after `within`.
+async fn expect_closed(stream: &mut (impl tokio::io::AsyncRead + Unpin), within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => panic!("connection still open after {within:?}"),
+            Ok(Ok(0) | Err(_)) => return,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// Sends a whole `GET path` on `stream` and reads the answer's head and `ok`-sized body:
+/// returns the status line.
+async fn raw_get(stream: &mut TcpStream, path: &str) -> String {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: relay\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    let read = async {
+        // Short answers (probes, errors) end with their body; stop once it is in.
+        while !got.ends_with(b"ok") && !got.ends_with(b"}") {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert_ne!(n, 0, "closed: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(WAIT, read).await.expect("an answer");
+    let text = String::from_utf8_lossy(&got).into_owned();
+    text.lines().next().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn slow_and_idle_clients_are_cut_off_at_the_header_timeout() {
+    const TIMEOUT: Duration = Duration::from_millis(300);
+    let mut config = RelayConfig::default();
+    config.admin_limits.set_header_timeout(TIMEOUT).unwrap();
+    let admin = start(config, None).await;
+
+    // A partial request line, then nothing.
+    let started = Instant::now();
+    let mut stalled = TcpStream::connect(admin.addr).await.unwrap();
+    stalled.write_all(b"GET /heal").await.unwrap();
+    // Headers dribbled a byte at a time, each well within the timeout: the timeout bounds the
+    // whole head, not the gap between bytes.
+    let mut dribbler = TcpStream::connect(admin.addr).await.unwrap();
+    dribbler
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: relay\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let (mut reader, mut writer) = dribbler.into_split();
+    let dribble = tokio::spawn(async move {
+        // Bounded: 200 bytes at 20 ms is 4 s, far past the timeout.
+        for _ in 0..200 {
+            if writer.write_all(b"a").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    // A kept-alive connection that goes idle after a request.
+    let mut idle = TcpStream::connect(admin.addr).await.unwrap();
+    assert_eq!(raw_get(&mut idle, "/healthz").await, "HTTP/1.1 200 OK");
+
+    expect_closed(&mut stalled, WAIT).await;
+    assert!(started.elapsed() >= TIMEOUT, "closed early");
+    expect_closed(&mut reader, WAIT).await;
+    dribble.abort();
+    expect_closed(&mut idle, WAIT).await;
+
+    // A client that sends its request at once is served.
+    let mut prompt = TcpStream::connect(admin.addr).await.unwrap();
+    assert_eq!(raw_get(&mut prompt, "/healthz").await, "HTTP/1.1 200 OK");
+    admin.stop().await;
+}
+
+impl Admin {
+    /// The value of the metric line starting with `line_start`.
+    fn metric(&self, line_start: &str) -> u64 {
+        crate::metrics::testing::value(&self.metrics, line_start)
+    }
+
+    /// Waits (bounded) until the metric starting with `line_start` is `want`.
+    async fn wait_metric(&self, line_start: &str, want: u64) {
+        crate::metrics::testing::wait_for(&self.metrics, line_start, want, WAIT).await;
+    }
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_are_closed_at_accept() {
+    const LIMIT: usize = 3;
+    let mut config = RelayConfig::default();
+    config.admin_limits.set_max_connections(LIMIT).unwrap();
+    let admin = start(config, None).await;
+
+    // LIMIT kept-alive connections, each served once.
+    let mut open = Vec::new();
+    for _ in 0..LIMIT {
+        let mut stream = TcpStream::connect(admin.addr).await.unwrap();
+        assert_eq!(raw_get(&mut stream, "/healthz").await, "HTTP/1.1 200 OK");
+        open.push(stream);
+    }
+    assert_eq!(admin.metric("baton_admin_connections "), LIMIT as u64);
+
+    // One more is closed before it is read, and counted.
+    let mut extra = TcpStream::connect(admin.addr).await.unwrap();
+    let _ = extra
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: relay\r\n\r\n")
+        .await;
+    expect_closed(&mut extra, WAIT).await;
+    admin
+        .wait_metric(
+            "baton_admin_connections_refused_total{reason=\"connection_limit\"}",
+            1,
+        )
+        .await;
+    assert_eq!(admin.metric("baton_admin_connections "), LIMIT as u64);
+
+    // Closing one frees its slot.
+    drop(open.pop());
+    admin
+        .wait_metric("baton_admin_connections ", LIMIT as u64 - 1)
+        .await;
+    let mut next = TcpStream::connect(admin.addr).await.unwrap();
+    assert_eq!(raw_get(&mut next, "/healthz").await, "HTTP/1.1 200 OK");
+    assert_eq!(
+        admin.metric("baton_admin_connections_refused_total{reason=\"connection_limit\"}"),
+        1
+    );
+    drop(open);
+    drop(next);
+    admin.stop().await;
+}
+
+#[tokio::test]
+async fn event_stream_subscribers_over_the_limit_get_503() {
+    let mut config = RelayConfig::default();
+    config.hooks.set_max_subscribers(2).unwrap();
+    let admin = start(config, None).await;
+
+    let first = EventStream::open(&admin, "", &[]).await;
+    let mut second = EventStream::open(&admin, "", &[]).await;
+    assert_eq!(admin.metric("baton_hook_stream_subscribers "), 2);
+
+    // The third is refused with a JSON error, and counted.
+    let (status, body) = admin.json(Method::GET, "/v1/events").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["code"], "too_many_subscribers");
+    assert!(body["error"].as_str().unwrap().contains('2'), "{body}");
+    assert_eq!(
+        admin.metric("baton_hook_stream_subscriptions_refused_total{reason=\"subscriber_limit\"}"),
+        1
+    );
+    assert_eq!(admin.metric("baton_hook_stream_subscribers "), 2);
+
+    // The open streams still get events; closing one frees its place.
+    let id = publish(&admin, 1);
+    assert_eq!(second.expect_event().await.id(), id);
+    drop(first);
+    admin.wait_metric("baton_hook_stream_subscribers ", 1).await;
+    let mut third = EventStream::open(&admin, "", &[]).await;
+    let id = publish(&admin, 2);
+    assert_eq!(third.expect_event().await.id(), id);
+    drop((second, third));
     admin.stop().await;
 }

@@ -259,4 +259,26 @@ settings! {
     log_level: LevelFilter {
         default: defaults::LOG_LEVEL,
     }
+
+    // --- Admin server limits ---
+
+    /// Time an admin HTTP client has to send a request's headers, on a new connection or
+    /// between requests on a kept-alive one; then the connection is closed.
+    admin_header_timeout: Duration {
+        default: defaults::ADMIN_HEADER_TIMEOUT,
+        range: defaults::ADMIN_HEADER_TIMEOUT_RANGE,
+        apply: relay.admin_limits.set_header_timeout,
+    }
+    /// Concurrent admin HTTP connections; more are closed at accept.
+    admin_max_connections: usize {
+        default: defaults::ADMIN_MAX_CONNECTIONS,
+        range: defaults::ADMIN_MAX_CONNECTIONS_RANGE,
+        apply: relay.admin_limits.set_max_connections,
+    }
+    /// Event stream (GET /v1/events) subscribers at once; more are answered 503.
+    event_stream_max_subscribers: usize {
+        default: defaults::EVENT_STREAM_MAX_SUBSCRIBERS,
+        range: defaults::EVENT_STREAM_MAX_SUBSCRIBERS_RANGE,
+        apply: relay.hooks.set_max_subscribers,
+    }
 }

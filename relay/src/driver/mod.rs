@@ -250,6 +250,7 @@ impl Relay {
                     addr,
                     handle.clone(),
                     config.admin_token.clone(),
+                    config.admin_limits.clone(),
                     hooks,
                     shutdown.clone(),
                 )

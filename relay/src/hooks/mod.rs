@@ -45,8 +45,11 @@
 //!   holds). An event leaves a webhook only by delivery, by queue overflow or by relay stop.
 //! - Each stream subscriber is a [`Subscription`]: a cursor (the last id it was given), a
 //!   broadcast receiver for live events, and the replay ring to catch up from. A subscriber
-//!   that falls behind the broadcast channel catches up from the ring; one that falls behind the
-//!   ring too (or resumes from an id older than it) is first sent a [`Gap`].
+//!   that resumes, or falls behind the broadcast channel, catches up from the ring a bounded
+//!   slice per lock, so publishing never waits behind a long copy; one that falls behind the
+//!   ring too (or resumes from an id older than it) is first sent a [`Gap`]. The stream takes
+//!   at most `HooksConfig::max_subscribers` subscribers; more are refused with
+//!   [`SubscriberLimit`] and counted.
 //! - Shutdown: when the relay's shutdown token fires, webhooks and streams get
 //!   [`SHUTDOWN_FLUSH`] more to deliver the last events (the `allocation.closed` of the
 //!   shutdown), then stop; what a webhook still held is counted as dropped.
@@ -80,7 +83,7 @@ pub use reqwest::Url;
 
 pub use event::{ElectedBy, LobbyEvent, LobbyEventKind, Published};
 pub use publisher::{spawn, HookSender, DROP_LOG_INTERVAL, SHUTDOWN_FLUSH};
-pub use replay::{Gap, StreamItem, Subscription, STREAM_KEEPALIVE};
+pub use replay::{Gap, StreamItem, SubscriberLimit, Subscription, STREAM_KEEPALIVE};
 pub use signature::{
     sign, verify_signature, SignatureError, DEFAULT_TOLERANCE, SIGNATURE_HEADER, TIMESTAMP_HEADER,
 };

@@ -14,13 +14,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use baton_protocol::{AllocationId, JoinCode};
 use bytes::Bytes;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, warn};
 
 use super::event::{first_id, unix_millis, LobbyEvent, LobbyEventKind, Published};
-use super::replay::{Core, State, Subscription, LIVE_CAPACITY};
+use super::replay::{Core, State, SubscriberLimit, Subscription, LIVE_CAPACITY};
 use super::webhook::{self, DropLog, WebhookQueue};
 use crate::config::HooksConfig;
 use crate::metrics::Metrics;
@@ -81,6 +81,8 @@ pub fn spawn(
         }),
         replay: config.replay(),
         live,
+        subscribers: Arc::new(Semaphore::new(config.max_subscribers())),
+        max_subscribers: config.max_subscribers(),
         metrics: metrics.clone(),
         stopped: CancellationToken::new(),
         closed: CancellationToken::new(),
@@ -174,8 +176,9 @@ impl HookSender {
 
     /// Subscribes to the event stream. With `last_event_id`, the subscription first replays
     /// the buffered events after it (preceded by a [`Gap`](super::Gap) when some are no longer
-    /// buffered); without, it starts with the next event published.
-    pub fn subscribe(&self, last_event_id: Option<u64>) -> Subscription {
+    /// buffered); without, it starts with the next event published. Refused with
+    /// [`SubscriberLimit`] (and counted) when the stream has its maximum of subscribers.
+    pub fn subscribe(&self, last_event_id: Option<u64>) -> Result<Subscription, SubscriberLimit> {
         Subscription::new(self.shared.core.clone(), last_event_id)
     }
 

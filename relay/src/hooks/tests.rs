@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::event::{first_id, unix_millis};
-use super::replay::LIVE_CAPACITY;
+use super::replay::{CATCH_UP_SLICE, LIVE_CAPACITY};
 use super::*;
 use crate::config::HooksConfig;
 use crate::metrics::Metrics;
@@ -85,29 +85,14 @@ impl Hooks {
     }
 
     fn metric(&self, line_start: &str) -> u64 {
-        metric(&self.metrics, line_start)
+        crate::metrics::testing::value(&self.metrics, line_start)
     }
 
     /// Waits until a metric reaches `want`: the task counts after the lobby's answer arrives,
     /// a moment after the lobby recorded the request.
     async fn wait_metric(&self, line_start: &str, want: u64) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while self.metric(line_start) != want {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{line_start} is {}, not {want}",
-                self.metric(line_start)
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        crate::metrics::testing::wait_for(&self.metrics, line_start, want, WAIT).await;
     }
-}
-
-fn metric(metrics: &Metrics, line_start: &str) -> u64 {
-    let text = metrics.encode();
-    text.lines()
-        .find_map(|l| l.strip_prefix(line_start)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no metric {line_start}:\n{text}"))
 }
 
 /// Fast retries for tests.
@@ -587,7 +572,7 @@ async fn full_queue_drops_and_counts() {
         2
     );
     // The stream is not affected by a slow webhook: all seven are in its buffer.
-    let mut sub = hooks.sender.subscribe(Some(first[0] - 1));
+    let mut sub = hooks.sender.subscribe(Some(first[0] - 1)).unwrap();
     expect_events(&mut sub, first.iter().chain(&queued).chain(&dropped)).await;
 
     gate.add_permits(100);
@@ -646,7 +631,7 @@ async fn subscription_resumes_replays_and_reports_gaps() {
     config.set_replay(5).unwrap();
     let hooks = start(&config);
 
-    let mut live = hooks.sender.subscribe(None);
+    let mut live = hooks.sender.subscribe(None).unwrap();
     let ids = hooks.publish_peers(1, 8);
     expect_events(&mut live, &ids).await;
 
@@ -664,29 +649,29 @@ async fn subscription_resumes_replays_and_reports_gaps() {
     };
 
     // Resuming inside the buffer: exactly the missed events, then nothing.
-    let mut sub = hooks.sender.subscribe(Some(ids[5]));
+    let mut sub = hooks.sender.subscribe(Some(ids[5])).unwrap();
     assert_eq!(
         next_ids(&mut sub, 3),
         [ids[6].to_string(), ids[7].to_string(), "pending".into()]
     );
     // Up to date: nothing.
-    sub = hooks.sender.subscribe(Some(ids[7]));
+    sub = hooks.sender.subscribe(Some(ids[7])).unwrap();
     assert_eq!(next_ids(&mut sub, 1), ["pending"]);
     // Older than the buffer (it holds the last 5): a gap, then the buffer.
-    sub = hooks.sender.subscribe(Some(ids[0]));
+    sub = hooks.sender.subscribe(Some(ids[0])).unwrap();
     let mut want = vec![format!("gap {}..{}", ids[0], ids[3])];
     want.extend(ids[3..].iter().map(u64::to_string));
     want.push("pending".into());
     assert_eq!(next_ids(&mut sub, 7), want);
     // An id this run never issued (from another run, or garbage): a gap, then the buffer.
-    sub = hooks.sender.subscribe(Some(ids[7] + 100));
+    sub = hooks.sender.subscribe(Some(ids[7] + 100)).unwrap();
     assert_eq!(
         next_ids(&mut sub, 1),
         [format!("gap {}..{}", ids[7] + 100, ids[3])]
     );
     // ...and live events continue after replays.
     let more = hooks.publish_peers(20, 1);
-    sub = hooks.sender.subscribe(Some(ids[6]));
+    sub = hooks.sender.subscribe(Some(ids[6])).unwrap();
     assert_eq!(
         next_ids(&mut sub, 3),
         [ids[7].to_string(), more[0].to_string(), "pending".into()]
@@ -700,7 +685,7 @@ async fn subscription_resumes_replays_and_reports_gaps() {
 #[tokio::test]
 async fn lagging_subscriber_catches_up_from_the_buffer() {
     let hooks = start(&HooksConfig::default());
-    let mut sub = hooks.sender.subscribe(None);
+    let mut sub = hooks.sender.subscribe(None).unwrap();
     // Far more than the live channel holds, fewer than the replay buffer.
     let ids = hooks.publish_peers(0, (LIVE_CAPACITY * 3) as u16);
     expect_events(&mut sub, &ids).await;
@@ -713,8 +698,8 @@ async fn lagging_subscriber_catches_up_from_the_buffer() {
     let mut config = HooksConfig::default();
     config.set_replay(100).unwrap();
     let hooks = start(&config);
-    let mut sub = hooks.sender.subscribe(None);
-    let before = hooks.sender.subscribe(None).last;
+    let mut sub = hooks.sender.subscribe(None).unwrap();
+    let before = hooks.sender.subscribe(None).unwrap().last;
     let ids = hooks.publish_peers(0, 2000);
     match sub.next().await {
         Some(StreamItem::Gap(gap)) => assert_eq!(
@@ -736,7 +721,7 @@ async fn lagging_subscriber_catches_up_from_the_buffer() {
 #[tokio::test]
 async fn streams_end_after_the_shutdown_flush() {
     let hooks = start(&HooksConfig::default());
-    let mut sub = hooks.sender.subscribe(None);
+    let mut sub = hooks.sender.subscribe(None).unwrap();
     let started = Instant::now();
     let id = hooks.shut_down();
     expect_events(&mut sub, &[id]).await;
@@ -748,8 +733,49 @@ async fn streams_end_after_the_shutdown_flush() {
 
     // Dropping every sender ends streams too.
     let hooks = start(&HooksConfig::default());
-    let mut sub = hooks.sender.subscribe(None);
+    let mut sub = hooks.sender.subscribe(None).unwrap();
     drop(hooks.sender);
     let end = tokio::time::timeout(WAIT, sub.next()).await.unwrap();
     assert!(end.is_none());
+}
+
+#[tokio::test]
+async fn catch_up_copies_one_bounded_slice_per_lock_and_publishing_goes_on() {
+    // The default replay buffer, full.
+    let hooks = start(&HooksConfig::default());
+    let mut live = hooks.sender.subscribe(None).unwrap();
+    let ids = hooks.publish_peers(0, 10_000);
+
+    // Resuming from the oldest buffered event copies one slice under the publishing lock, not
+    // the 10,000 events: the backlog is all a subscription ever copies while it holds the lock.
+    let mut sub = hooks.sender.subscribe(Some(ids[0] - 1)).unwrap();
+    assert!(
+        sub.backlog.len() <= CATCH_UP_SLICE,
+        "subscribe copied {} events under the lock",
+        sub.backlog.len()
+    );
+    // So does a live subscriber that fell behind the live channel.
+    expect_events(&mut live, &ids[..1]).await;
+    assert!(
+        live.backlog.len() <= CATCH_UP_SLICE,
+        "catch-up copied {} events under the lock",
+        live.backlog.len()
+    );
+
+    // Halfway through the catch-up, publishing goes on (more than the live channel holds), and
+    // both subscribers still get every event once, in order, without a gap.
+    // (The new events push the oldest 2048 out of the ring: both have read past them.)
+    expect_events(&mut sub, &ids[..5_000]).await;
+    expect_events(&mut live, &ids[1..5_000]).await;
+    let more = hooks.publish_peers(10_000, (LIVE_CAPACITY * 2) as u16);
+    assert!(sub.backlog.len() <= CATCH_UP_SLICE);
+    expect_events(&mut sub, ids[5_000..].iter().chain(&more)).await;
+    expect_events(&mut live, ids[5_000..].iter().chain(&more)).await;
+    for sub in [&mut sub, &mut live] {
+        assert!(sub.next().now_or_never().is_none(), "nothing more");
+    }
+    assert_eq!(
+        hooks.metric("baton_hook_events_dropped_total{sink=\"stream\"}"),
+        0
+    );
 }
