@@ -81,7 +81,8 @@ pub enum Event {
         reason: DropReason,
         /// Datagrams dropped since the last report for this reason.
         count: u32,
-        /// Reason-specific detail (see [`DropReason`]): the size limit, or the destination id.
+        /// Reason-specific detail (see [`DropReason`]): the size limit, the destination id, or
+        /// the rate limit hit ([`DropReason::RateLimited`]).
         value: u32,
     },
     /// The relay refused a snapshot the SDK uploaded in the background
@@ -144,5 +145,49 @@ impl fmt::Display for Event {
             }
             Event::Disconnected { reason } => write!(f, "disconnected: {reason}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use baton_protocol::ServerMessage;
+
+    use super::*;
+
+    /// The event a `DatagramsDropped` frame with drop reason `reason` becomes.
+    fn dropped(reason: u8) -> Event {
+        let frame = [0x88, reason, 0, 0, 0, 3, 0, 0, 1, 0xf4];
+        match ServerMessage::decode(&frame) {
+            Ok(ServerMessage::DatagramsDropped {
+                reason,
+                count,
+                value,
+            }) => Event::DatagramsDropped {
+                reason,
+                count,
+                value,
+            },
+            other => panic!("not a drop report: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn rate_limited_drops_are_named_and_unknown_reasons_still_decode() {
+        assert_eq!(
+            dropped(6),
+            Event::DatagramsDropped {
+                reason: DropReason::RateLimited,
+                count: 3,
+                value: 500,
+            }
+        );
+        assert_eq!(
+            dropped(6).to_string(),
+            "relay dropped 3 datagrams (rate_limited, value 500)"
+        );
+        assert_eq!(
+            dropped(0x42).to_string(),
+            "relay dropped 3 datagrams (unknown(66), value 500)"
+        );
     }
 }

@@ -134,6 +134,9 @@ wire_enum! {
         NotBound = 4 => "not_bound",
         /// Shorter than the datagram header. `value` = 0.
         Malformed = 5 => "malformed",
+        /// Over a rate limit: the sender's datagrams or bytes per second, or its allocation's
+        /// bandwidth cap. `value` = that limit (datagrams or bytes per second).
+        RateLimited = 6 => "rate_limited",
     }
 }
 

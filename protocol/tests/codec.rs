@@ -424,6 +424,7 @@ fn wire_code_values_are_pinned() {
             (3, "congested"),
             (4, "not_bound"),
             (5, "malformed"),
+            (6, "rate_limited"),
         ]
     );
     // 0 is reserved in every byte enum and decodes as unknown.

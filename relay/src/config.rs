@@ -187,6 +187,10 @@ pub struct RelayConfig {
     snapshot_budget: usize,
     udp_buffer: usize,
     endpoints: usize,
+    client_datagrams_per_second: usize,
+    client_bytes_per_second: usize,
+    allocation_bytes_per_second: usize,
+    client_requests_per_second: usize,
 }
 
 impl Default for RelayConfig {
@@ -218,6 +222,10 @@ impl Default for RelayConfig {
             snapshot_budget: defaults::SNAPSHOT_BUDGET,
             udp_buffer: defaults::UDP_BUFFER,
             endpoints: defaults::ENDPOINTS,
+            client_datagrams_per_second: defaults::CLIENT_DATAGRAMS_PER_SECOND,
+            client_bytes_per_second: defaults::CLIENT_BYTES_PER_SECOND,
+            allocation_bytes_per_second: defaults::ALLOCATION_BYTES_PER_SECOND,
+            client_requests_per_second: defaults::CLIENT_REQUESTS_PER_SECOND,
         }
     }
 }
@@ -248,6 +256,10 @@ impl RelayConfig {
     getter!(snapshot_budget: usize, "Bytes all stored snapshots may take together.");
     getter!(udp_buffer: usize, "Requested kernel receive and send buffer of each QUIC socket, in bytes.");
     getter!(endpoints: usize, "QUIC endpoints sharing the listen port (SO_REUSEPORT when more than one).");
+    getter!(client_datagrams_per_second: usize, "Datagrams a client may send per second.");
+    getter!(client_bytes_per_second: usize, "Payload bytes a client may send per second.");
+    getter!(allocation_bytes_per_second: usize, "Payload bytes an allocation may have delivered per second; 0 is no cap.");
+    getter!(client_requests_per_second: usize, "Control requests a client may make per second after its burst.");
 
     ranged_setter!(
         /// Sets the requested socket buffer size, within [`defaults::UDP_BUFFER_RANGE`].
@@ -328,6 +340,30 @@ impl RelayConfig {
         /// path).
         set_max_datagram_payload, max_datagram_payload: usize, "max_datagram_payload",
         defaults::MAX_DATAGRAM_PAYLOAD_RANGE
+    );
+    ranged_setter!(
+        /// Sets the datagrams a client may send per second, within
+        /// [`defaults::CLIENT_DATAGRAMS_PER_SECOND_RANGE`].
+        set_client_datagrams_per_second, client_datagrams_per_second: usize,
+        "client_datagrams_per_second", defaults::CLIENT_DATAGRAMS_PER_SECOND_RANGE
+    );
+    ranged_setter!(
+        /// Sets the payload bytes a client may send per second, within
+        /// [`defaults::CLIENT_BYTES_PER_SECOND_RANGE`].
+        set_client_bytes_per_second, client_bytes_per_second: usize,
+        "client_bytes_per_second", defaults::CLIENT_BYTES_PER_SECOND_RANGE
+    );
+    ranged_setter!(
+        /// Sets the payload bytes an allocation may have delivered per second (0: no cap),
+        /// within [`defaults::ALLOCATION_BYTES_PER_SECOND_RANGE`].
+        set_allocation_bytes_per_second, allocation_bytes_per_second: usize,
+        "allocation_bytes_per_second", defaults::ALLOCATION_BYTES_PER_SECOND_RANGE
+    );
+    ranged_setter!(
+        /// Sets the control requests a client may make per second after its burst, within
+        /// [`defaults::CLIENT_REQUESTS_PER_SECOND_RANGE`].
+        set_client_requests_per_second, client_requests_per_second: usize,
+        "client_requests_per_second", defaults::CLIENT_REQUESTS_PER_SECOND_RANGE
     );
     ranged_setter!(
         /// Sets the join-code length, within [`defaults::JOIN_CODE_LEN_RANGE`].

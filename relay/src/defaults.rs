@@ -86,6 +86,33 @@ pub const DATAGRAM_SEND_BUFFER: usize = 64 * 1024;
 /// Bytes of incoming datagrams quinn buffers per connection before dropping.
 pub const DATAGRAM_RECV_BUFFER: usize = 64 * 1024;
 
+/// Datagrams a client may send per second (a token bucket; its burst is one second's worth).
+/// A game at 60 Hz sends one datagram per tick to its host, and a host one broadcast per tick
+/// (a broadcast is one datagram, however many receive it); 500 also covers a host that sends
+/// to each of 8 peers separately at 60 Hz (480). More is dropped as `rate_limited`.
+pub const CLIENT_DATAGRAMS_PER_SECOND: usize = 500;
+
+/// Payload bytes a client may send per second (a token bucket; its burst is one second's worth,
+/// and at least one largest datagram). At the default datagram rate, full-size datagrams come to
+/// 575,000 bytes a second, so with the defaults the datagram limit binds first; this one bounds
+/// what a relay whose operator raised the datagram limit carries for one client.
+pub const CLIENT_BYTES_PER_SECOND: usize = 1024 * 1024;
+
+/// Payload bytes an allocation's members may have delivered per second, all together (a token
+/// bucket; a broadcast counts once per receiver). Off (0) by default: the per-client limits
+/// already bound each member, and an allocation's size is capped; operators who sell
+/// bandwidth per game set it.
+pub const ALLOCATION_BYTES_PER_SECOND: usize = 0;
+
+/// Control requests a client may make per second once its burst ([`REQUEST_BURST`]) is spent.
+/// A client makes a handful per membership change (create or join, a kick, a code revocation);
+/// 20 a second keeps the control task fair between clients, and a chatty one is delayed, never
+/// refused.
+pub const CLIENT_REQUESTS_PER_SECOND: usize = 20;
+
+/// Control requests a client may make at once before it is paced: a game's start-up burst.
+pub const REQUEST_BURST: u64 = 32;
+
 /// How long graceful shutdown waits for clients to acknowledge their close.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -253,3 +280,15 @@ pub const ADMIN_MAX_CONNECTIONS_RANGE: RangeInclusive<usize> = 1..=1_000_000;
 
 /// Event-stream subscribers: at least one, at most a million.
 pub const EVENT_STREAM_MAX_SUBSCRIBERS_RANGE: RangeInclusive<usize> = 1..=1_000_000;
+
+/// Datagrams per second per client: at least 1, at most a million (no game sends more).
+pub const CLIENT_DATAGRAMS_PER_SECOND_RANGE: RangeInclusive<usize> = 1..=1_000_000;
+
+/// Bytes per second per client: 1 KiB to 1 GiB.
+pub const CLIENT_BYTES_PER_SECOND_RANGE: RangeInclusive<usize> = 1024..=1 << 30;
+
+/// Bytes per second per allocation: 0 (off) to 1 GiB.
+pub const ALLOCATION_BYTES_PER_SECOND_RANGE: RangeInclusive<usize> = 0..=1 << 30;
+
+/// Control requests per second per client: 1 to 10,000.
+pub const CLIENT_REQUESTS_PER_SECOND_RANGE: RangeInclusive<usize> = 1..=10_000;

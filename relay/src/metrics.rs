@@ -105,6 +105,8 @@ pub struct Metrics {
     pub hooks: HookMetrics,
     /// Admin HTTP server connections (see [`crate::admin`]).
     pub admin: AdminMetrics,
+    /// What each per-client limit held back.
+    pub limited: LimitMetrics,
 }
 
 impl Metrics {
@@ -179,6 +181,7 @@ impl Metrics {
 
         let hooks = HookMetrics::register(&mut registry);
         let admin = AdminMetrics::register(&mut registry);
+        let limited = LimitMetrics::register(&mut registry);
 
         Metrics {
             registry,
@@ -198,6 +201,7 @@ impl Metrics {
             left,
             hooks,
             admin,
+            limited,
         }
     }
 
@@ -380,6 +384,43 @@ pub(crate) mod testing {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabel {
+    limit: &'static str,
+}
+
+/// What each per-client limit held back, as `baton_rate_limited_total{limit=...}`: datagrams
+/// dropped by the sender's datagram and byte limits and by its allocation's bandwidth cap
+/// (all reported as `rate_limited`), and control requests delayed by the request budget.
+#[derive(Debug)]
+pub struct LimitMetrics {
+    /// Datagrams dropped by `client_datagrams_per_second`.
+    pub client_datagrams: Counter,
+    /// Datagrams dropped by `client_bytes_per_second`.
+    pub client_bytes: Counter,
+    /// Datagrams (one per receiver) dropped by `allocation_bytes_per_second`.
+    pub allocation_bytes: Counter,
+    /// Control requests delayed by `client_requests_per_second`.
+    pub client_requests: Counter,
+}
+
+impl LimitMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let family: Family<LimitLabel, Counter> = register(
+            registry,
+            "rate_limited",
+            "Datagrams dropped (client_datagrams, client_bytes, allocation_bytes) and control requests delayed (client_requests), by per-client limit",
+        );
+        let counter = |limit| family.get_or_create(&LimitLabel { limit }).clone();
+        LimitMetrics {
+            client_datagrams: counter("client_datagrams"),
+            client_bytes: counter("client_bytes"),
+            allocation_bytes: counter("allocation_bytes"),
+            client_requests: counter("client_requests"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -391,6 +432,7 @@ mod tests {
         m.refused(ErrorCode::Full).inc_by(2);
         m.left(LeaveReason::TimedOut).inc();
         m.connections.set(3);
+        m.limited.allocation_bytes.inc();
         let text = m.encode();
         // Whole lines: a substring check would let `... 10` pass for `... 1`.
         for line in [
@@ -398,6 +440,8 @@ mod tests {
             "baton_requests_refused_total{reason=\"full\"} 2",
             "baton_members_left_total{reason=\"timed_out\"} 1",
             "baton_connections 3",
+            "baton_rate_limited_total{limit=\"allocation_bytes\"} 1",
+            "baton_rate_limited_total{limit=\"client_requests\"} 0",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -394,3 +394,175 @@ async fn a_unidirectional_stream_that_ends_before_its_kind_byte_is_a_violation()
     assert_eq!(closed_with(&conn).await, CloseCode::ProtocolViolation);
     still_fine(&host, &peer, 1).await;
 }
+
+/// Receives datagrams on `session` until none comes for `quiet`, counting them by sender; panics
+/// after [`WAIT`].
+async fn count_until_quiet(
+    session: &baton_client::Session,
+    quiet: Duration,
+) -> std::collections::HashMap<PeerId, usize> {
+    let mut counts = std::collections::HashMap::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while let Some((from, _)) = baton_tests::try_recv(session, quiet).await {
+        *counts.entry(from).or_default() += 1;
+        assert!(tokio::time::Instant::now() < deadline, "no quiet moment");
+    }
+    counts
+}
+
+/// Waits for `rate_limited` reports on `session` until they count `total` drops, checking each
+/// report's value; panics after [`WAIT`].
+async fn rate_limited_reports(session: &baton_client::Session, total: u64, limit: u32) {
+    let mut reported = 0;
+    while reported < total {
+        let event = event_matching(session, WAIT, |e| {
+            matches!(
+                e,
+                Event::DatagramsDropped {
+                    reason: DropReason::RateLimited,
+                    ..
+                }
+            )
+        })
+        .await;
+        let Event::DatagramsDropped { count, value, .. } = event else {
+            unreachable!()
+        };
+        assert_eq!(value, limit, "the report names the limit hit");
+        reported += u64::from(count);
+    }
+    assert_eq!(reported, total, "every rate-limited drop is reported once");
+}
+
+#[tokio::test]
+async fn a_client_over_its_datagram_rate_is_limited_alone() {
+    const LIMIT: usize = 100;
+    const SENT: usize = 1000;
+    const FAIR: usize = 50;
+    let relay = TestRelay::start_with(|c| {
+        c.set_client_datagrams_per_second(LIMIT).unwrap();
+    })
+    .await;
+    let (host, member) = bystanders(&relay).await;
+    let flooder = Peer::join(&relay.client(), host.join_code()).await.unwrap();
+    let (other_host, other_peer) = bystanders(&relay).await;
+
+    // The flooder sends ten times its rate in one go; everyone else sends within theirs.
+    let start = tokio::time::Instant::now();
+    for i in 0..SENT as u32 {
+        flooder.send_to_host(&i.to_be_bytes()).unwrap();
+    }
+    for round in 0..FAIR as u8 {
+        member.send_to_host(&[round]).unwrap();
+        host.broadcast(&[round]).unwrap();
+        other_peer.send_to_host(&[round]).unwrap();
+        other_host.broadcast(&[round]).unwrap();
+    }
+    let at_host = count_until_quiet(&host, Duration::from_millis(500)).await;
+    let took = start.elapsed().as_secs_f64();
+
+    // The same allocation's other member, and the other allocation, lost nothing.
+    assert_eq!(
+        at_host.get(&member.local_peer()),
+        Some(&FAIR),
+        "{at_host:?}"
+    );
+    let at_member = count_until_quiet(&member, Duration::from_millis(200)).await;
+    assert_eq!(at_member.get(&PeerId::HOST), Some(&FAIR), "{at_member:?}");
+    let at_other_host = count_until_quiet(&other_host, Duration::from_millis(200)).await;
+    assert_eq!(at_other_host.get(&PeerId(1)), Some(&FAIR));
+    let at_other_peer = count_until_quiet(&other_peer, Duration::from_millis(200)).await;
+    assert_eq!(at_other_peer.get(&PeerId::HOST), Some(&FAIR));
+
+    // The flooder got its burst and what refilled while it was being read, no more.
+    let delivered = at_host.get(&flooder.local_peer()).copied().unwrap_or(0);
+    let most = LIMIT + (LIMIT as f64 * took).ceil() as usize;
+    assert!(
+        (LIMIT..=most).contains(&delivered),
+        "{delivered} delivered of {SENT}, expected {LIMIT} to {most}"
+    );
+
+    // Every other datagram was dropped, counted and reported to the flooder as rate_limited.
+    let dropped = (SENT - delivered) as u64;
+    let metrics = relay.metrics().await;
+    let by_limit = metrics.by_label("baton_rate_limited_total", "limit");
+    assert_eq!(
+        by_limit.get("client_datagrams"),
+        Some(&dropped),
+        "{metrics:?}"
+    );
+    assert_eq!(
+        metrics.get("baton_rate_limited_total{limit=\"client_bytes\"}"),
+        Some(0.0),
+        "{metrics:?}"
+    );
+    let by_reason = metrics.by_label("baton_datagrams_dropped_total", "reason");
+    assert_eq!(by_reason.get("rate_limited"), Some(&dropped), "{metrics:?}");
+    rate_limited_reports(&flooder, dropped, LIMIT as u32).await;
+    // Nothing else was dropped: the relay forwarded the flooder's share and every one of the
+    // others' datagrams (the host's broadcasts reach two members).
+    assert_eq!(
+        metrics.get("baton_datagrams_forwarded_total"),
+        Some((delivered + 5 * FAIR) as f64),
+        "{metrics:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_allocation_over_its_bandwidth_cap_is_limited_alone() {
+    const CAP: usize = 10_000;
+    const PAYLOAD: usize = 1000;
+    const EACH: usize = 20;
+    let relay = TestRelay::start_with(|c| {
+        c.set_allocation_bytes_per_second(CAP).unwrap();
+    })
+    .await;
+    let (host, first) = bystanders(&relay).await;
+    let second = Peer::join(&relay.client(), host.join_code()).await.unwrap();
+    let (other_host, other_peer) = bystanders(&relay).await;
+
+    // Two members send 40,000 bytes together, four times the cap's burst; each is far within
+    // its own limits. The other allocation, with a cap of its own, sends within it.
+    const OTHER: usize = 8;
+    let start = tokio::time::Instant::now();
+    for i in 0..EACH {
+        first.send_to_host(&[1; PAYLOAD]).unwrap();
+        second.send_to_host(&[2; PAYLOAD]).unwrap();
+        if i < OTHER {
+            other_peer.send_to_host(&[3; PAYLOAD]).unwrap();
+        }
+    }
+    let at_host = count_until_quiet(&host, Duration::from_millis(500)).await;
+    let took = start.elapsed().as_secs_f64();
+    let delivered: usize = at_host.values().sum();
+    let most = (CAP + (CAP as f64 * took).ceil() as usize) / PAYLOAD;
+    assert!(
+        (CAP / PAYLOAD..=most).contains(&delivered),
+        "{delivered} of {} delivered, expected {} to {most}: {at_host:?}",
+        2 * EACH,
+        CAP / PAYLOAD
+    );
+    // The other allocation's bucket is its own: all of its traffic passed.
+    let at_other_host = count_until_quiet(&other_host, Duration::from_millis(200)).await;
+    assert_eq!(at_other_host.get(&PeerId(1)), Some(&OTHER));
+
+    let dropped = (2 * EACH - delivered) as u64;
+    let metrics = relay.metrics().await;
+    let by_limit = metrics.by_label("baton_rate_limited_total", "limit");
+    assert_eq!(
+        by_limit.get("allocation_bytes"),
+        Some(&dropped),
+        "{metrics:?}"
+    );
+    let by_reason = metrics.by_label("baton_datagrams_dropped_total", "reason");
+    assert_eq!(by_reason.get("rate_limited"), Some(&dropped), "{metrics:?}");
+    // Each sender is told of its own drops, with the cap as the value.
+    let first_dropped = (EACH - at_host.get(&first.local_peer()).copied().unwrap_or(0)) as u64;
+    let second_dropped = (EACH - at_host.get(&second.local_peer()).copied().unwrap_or(0)) as u64;
+    assert_eq!(first_dropped + second_dropped, dropped);
+    for (sender, dropped) in [(&first, first_dropped), (&second, second_dropped)] {
+        if dropped > 0 {
+            rate_limited_reports(sender, dropped, CAP as u32).await;
+        }
+    }
+}

@@ -131,6 +131,37 @@ settings! {
         range: defaults::MAX_DATAGRAM_PAYLOAD_RANGE,
         apply: relay.set_max_datagram_payload,
     }
+    /// Datagrams a client may send per second (burst: one second's worth); more are dropped
+    /// and reported as rate_limited.
+    client_datagrams_per_second: usize {
+        default: defaults::CLIENT_DATAGRAMS_PER_SECOND,
+        range: defaults::CLIENT_DATAGRAMS_PER_SECOND_RANGE,
+        apply: relay.set_client_datagrams_per_second,
+    }
+    /// Datagram payload bytes a client may send per second (burst: one second's worth); more
+    /// are dropped and reported as rate_limited.
+    client_bytes_per_second: usize {
+        value_name: "BYTES",
+        default: defaults::CLIENT_BYTES_PER_SECOND,
+        range: defaults::CLIENT_BYTES_PER_SECOND_RANGE,
+        apply: relay.set_client_bytes_per_second,
+    }
+    /// Datagram payload bytes an allocation's members may have delivered per second, all
+    /// together (a broadcast counts once per receiver); more are dropped and reported as
+    /// rate_limited. 0: no cap.
+    allocation_bytes_per_second: usize {
+        value_name: "BYTES",
+        default: defaults::ALLOCATION_BYTES_PER_SECOND,
+        range: defaults::ALLOCATION_BYTES_PER_SECOND_RANGE,
+        apply: relay.set_allocation_bytes_per_second,
+    }
+    /// Control requests a client may make per second after a burst of 32; faster ones are
+    /// delayed, never refused.
+    client_requests_per_second: usize {
+        default: defaults::CLIENT_REQUESTS_PER_SECOND,
+        range: defaults::CLIENT_REQUESTS_PER_SECOND_RANGE,
+        apply: relay.set_client_requests_per_second,
+    }
 
     // --- Join codes and migration ---
 

@@ -1,7 +1,8 @@
 //! The control stream, one bidirectional stream per connection. Its reader takes length-prefixed
 //! frames (at most `max_control_frame`), decodes them and sends them to the control task as
-//! `Input::Request`, paced by a [`RequestBudget`]; its writer batches the control task's
-//! `ServerMessage`s into writes.
+//! `Input::Request`, paced by a [`RequestBudget`] (`client_requests_per_second` after a burst of
+//! [`crate::defaults::REQUEST_BURST`]): a request beyond it waits for its turn, and no further frame is
+//! read meanwhile. Its writer batches the control task's `ServerMessage`s into writes.
 //!
 //! Runs inside each connection's task on the endpoint's data-plane lane thread; reaches the
 //! control plane only through the `inputs` channel and the connection's control queue.
@@ -14,6 +15,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 use tracing::warn;
 
+use super::bucket::Rate;
 use super::Shared;
 use crate::control::{ConnId, Input};
 
@@ -32,7 +34,7 @@ pub(super) async fn control_stream(
     let reader = async {
         // A client has little to say; a token bucket keeps a chatty one from monopolising
         // the control task (it is slowed down, not cut off).
-        let mut budget = RequestBudget::new();
+        let mut budget = RequestBudget::new(shared.client_requests);
         loop {
             let mut prefix = [0u8; frame::LEN_PREFIX];
             match recv.read_exact(&mut prefix).await {
@@ -61,7 +63,9 @@ pub(super) async fn control_stream(
                     return Some(CloseCode::ProtocolViolation);
                 }
             };
-            budget.take().await;
+            if budget.take().await {
+                shared.metrics.limited.client_requests.inc();
+            }
             let auth = shared.auth.check(&msg, crate::auth::unix_now());
             if shared
                 .inputs
@@ -114,39 +118,34 @@ async fn read_body<R: AsyncRead + Unpin>(
     Ok(())
 }
 
-/// Control requests a connection may make in a burst, and their refill interval.
-const REQUEST_BURST: u32 = 32;
-const REQUEST_REFILL: Duration = Duration::from_millis(50);
-
-/// A token bucket of control requests: [`REQUEST_BURST`] at once, one more every
-/// [`REQUEST_REFILL`].
+/// A connection's control-request budget: a token bucket of `rate`, which delays the request
+/// that finds it empty until its token has refilled.
 struct RequestBudget {
-    tokens: u32,
-    last: tokio::time::Instant,
+    rate: Rate,
+    /// The bucket's state (see `bucket`), in nanoseconds since `epoch`.
+    tat: u64,
+    epoch: tokio::time::Instant,
 }
 
 impl RequestBudget {
-    fn new() -> Self {
+    fn new(rate: Rate) -> Self {
         RequestBudget {
-            tokens: REQUEST_BURST,
-            last: tokio::time::Instant::now(),
+            rate,
+            tat: 0,
+            epoch: tokio::time::Instant::now(),
         }
     }
 
-    async fn take(&mut self) {
-        let now = tokio::time::Instant::now();
-        let earned =
-            (now.duration_since(self.last).as_millis() / REQUEST_REFILL.as_millis()) as u32;
-        if earned > 0 {
-            self.tokens = (self.tokens + earned).min(REQUEST_BURST);
-            self.last = now;
+    /// Takes one request's token, waiting for it if the bucket is empty. Returns whether the
+    /// request was delayed.
+    async fn take(&mut self) -> bool {
+        let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let wait = self.rate.pace(&mut self.tat, now);
+        if wait == 0 {
+            return false;
         }
-        if self.tokens == 0 {
-            tokio::time::sleep(REQUEST_REFILL).await;
-            self.last = tokio::time::Instant::now();
-            self.tokens = 1;
-        }
-        self.tokens -= 1;
+        tokio::time::sleep(Duration::from_nanos(wait)).await;
+        true
     }
 }
 
@@ -179,6 +178,51 @@ mod tests {
         read_body(&mut relay, announced, &mut body).await.unwrap();
         writer.await.unwrap().unwrap();
         assert_eq!(body, vec![9; announced]);
+    }
+
+    /// When each of `count` requests, made at `at` (offsets from the start), may go ahead.
+    async fn paced(rate: Rate, at: &[Duration]) -> Vec<Duration> {
+        let start = tokio::time::Instant::now();
+        let mut budget = RequestBudget::new(rate);
+        let mut went = Vec::new();
+        for offset in at {
+            tokio::time::sleep_until((start + *offset).max(tokio::time::Instant::now())).await;
+            budget.take().await;
+            went.push(start.elapsed());
+        }
+        went
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_beyond_the_burst_are_paced_at_the_configured_rate() {
+        let ms = Duration::from_millis;
+        let rate = Rate::new(
+            crate::defaults::CLIENT_REQUESTS_PER_SECOND as u64,
+            crate::defaults::REQUEST_BURST,
+        );
+        // 40 requests at once: the first 32 go at once, then one every 50 ms (20 a second).
+        let went = paced(rate, &[Duration::ZERO; 40]).await;
+        assert!(went[..32].iter().all(|t| *t == Duration::ZERO), "{went:?}");
+        let paced_at: Vec<_> = (1..=8).map(|i| ms(50 * i)).collect();
+        assert_eq!(went[32..], paced_at[..]);
+
+        // After the burst, a request that comes 30 ms later waits only the 20 ms left of its
+        // token's refill, not a whole interval.
+        let mut at = vec![Duration::ZERO; 32];
+        at.push(ms(30));
+        let went = paced(rate, &at).await;
+        assert_eq!(went[32], ms(50));
+
+        // A client at the rate is never delayed; after a quiet second the burst is back.
+        let at: Vec<_> = (0..40)
+            .map(|i| ms(50 * i))
+            .chain((0..32).map(|_| ms(3000)))
+            .collect();
+        assert_eq!(paced(rate, &at).await, at);
+
+        // The setting sets the rate: 100 a second is one every 10 ms.
+        let went = paced(Rate::new(100, 32), &[Duration::ZERO; 34]).await;
+        assert_eq!(went[32..], [ms(10), ms(20)]);
     }
 
     #[tokio::test]

@@ -1,10 +1,13 @@
 //! The datagram hot path: [`forward_datagrams`] reads a connection's datagrams, [`forward`]
-//! looks up the sender's [`Route`](super::routing::Route) and rewrites the header, and [`send`]
-//! queues the datagram on each destination connection. What cannot be sent is dropped, counted
-//! by reason and reported back to the sender at most once a second ([`DropReport`]).
+//! checks the sender's limits, looks up the sender's [`Route`](super::routing::Route) and
+//! rewrites the header, and [`Delivery::send`] queues the datagram on each destination
+//! connection, within the allocation's bandwidth cap. What cannot be sent is dropped, counted by
+//! reason and reported back to the sender at most once a second ([`DropReport`]).
 //!
 //! Runs on the endpoint's data-plane lane thread, inside each connection's task; reads only the
 //! routing tables and metrics, takes no relay-wide lock, and never touches the `ControlPlane`.
+//! The sender's limits ([`ClientLimits`]) are the task's own; the allocation's cap is one atomic
+//! its members share.
 
 use std::time::Duration;
 
@@ -13,26 +16,22 @@ use baton_protocol::{CloseCode, DropReason, PeerId, ServerMessage};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 
+use super::bucket::{ClientLimits, Limit, SharedBucket};
 use super::{sleep_until_opt, ConnShared, Shared};
+
+/// Drop reasons this relay reports.
+const REASONS: usize = DropReason::ALL.len();
 
 /// Drops a client caused, reported back to it at most once a second per reason.
 #[derive(Default)]
 struct DropReport {
-    counts: [u32; 5],
-    values: [u32; 5],
+    counts: [u32; REASONS],
+    values: [u32; REASONS],
 }
 
 impl DropReport {
-    const REASONS: [DropReason; 5] = [
-        DropReason::TooLarge,
-        DropReason::UnknownPeer,
-        DropReason::Congested,
-        DropReason::NotBound,
-        DropReason::Malformed,
-    ];
-
     fn add(&mut self, reason: DropReason, value: u32) {
-        if let Some(i) = Self::REASONS.iter().position(|r| *r == reason) {
+        if let Some(i) = DropReason::ALL.iter().position(|r| *r == reason) {
             self.counts[i] = self.counts[i].saturating_add(1);
             self.values[i] = value;
         }
@@ -43,7 +42,7 @@ impl DropReport {
     }
 
     fn flush(&mut self, tx: &mpsc::Sender<ServerMessage>) {
-        for (i, reason) in Self::REASONS.iter().enumerate() {
+        for (i, reason) in DropReason::ALL.iter().enumerate() {
             if self.counts[i] > 0 {
                 // Best effort: a full control queue means the client is not listening anyway.
                 let _ = tx.try_send(ServerMessage::DatagramsDropped {
@@ -62,6 +61,7 @@ const DROP_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 /// The data plane for one connection: runs until the connection ends.
 pub(super) async fn forward_datagrams(me: &ConnShared, shared: &Shared) -> Option<CloseCode> {
     let mut report = DropReport::default();
+    let mut limits = ClientLimits::new(shared.client_datagrams, shared.client_bytes);
     let mut report_at: Option<tokio::time::Instant> = None;
     loop {
         let datagram = tokio::select! {
@@ -76,7 +76,7 @@ pub(super) async fn forward_datagrams(me: &ConnShared, shared: &Shared) -> Optio
                 continue;
             }
         };
-        forward(me, shared, datagram, &mut |reason, value| {
+        forward(me, shared, datagram, &mut limits, &mut |reason, value| {
             shared.metrics.dropped(reason).inc();
             report.add(reason, value);
         });
@@ -87,12 +87,14 @@ pub(super) async fn forward_datagrams(me: &ConnShared, shared: &Shared) -> Optio
     }
 }
 
-/// Forwards one datagram, calling `dropped` with the reason and its detail value for each
-/// drop: once for a datagram that goes nowhere, once per unreachable receiver of a broadcast.
+/// Forwards one datagram within the sender's `limits`, calling `dropped` with the reason and
+/// its detail value for each drop: once for a datagram that goes nowhere, once per unreachable
+/// receiver of a broadcast.
 fn forward(
     me: &ConnShared,
     shared: &Shared,
     datagram: Bytes,
+    limits: &mut ClientLimits,
     dropped: &mut impl FnMut(DropReason, u32),
 ) {
     let Ok((dest, payload)) = datagram::split(&datagram) else {
@@ -106,7 +108,15 @@ fn forward(
     let Some(route) = route.as_ref() else {
         return dropped(DropReason::NotBound, 0);
     };
-    let table = route.table.load();
+    let now = shared.clock.now();
+    if let Err((limit, value)) = limits.take(now, payload_len) {
+        match limit {
+            Limit::ClientDatagrams => shared.metrics.limited.client_datagrams.inc(),
+            Limit::ClientBytes => shared.metrics.limited.client_bytes.inc(),
+        };
+        return dropped(DropReason::RateLimited, saturate(value));
+    }
+    let table = route.allocation.table.load();
     // Turn the destination header into a source header. quinn hands out datagrams that share
     // their packet's buffer, so this is usually one small copy.
     let mut buf = match datagram.try_into_mut() {
@@ -115,22 +125,33 @@ fn forward(
     };
     datagram::write_header(&mut buf, route.me.0);
     let out = buf.freeze();
+    let delivery = Delivery {
+        shared,
+        bandwidth: route.allocation.bandwidth.as_ref(),
+        now,
+        payload_len,
+    };
     match Destination::from_u16(dest) {
         Destination::Peer(peer) => {
             let target = (peer != route.me).then(|| table.get(peer)).flatten();
             let Some(target) = target else {
                 return dropped(DropReason::UnknownPeer, u32::from(peer.0));
             };
-            if let Err((reason, value)) = send(shared, peer, target, out, payload_len) {
+            if let Err((reason, value)) = delivery.send(peer, target, out) {
                 dropped(reason, value);
             }
         }
         Destination::Broadcast => broadcast(
             table.members.iter().filter(|m| m.peer != route.me),
-            |m| send(shared, m.peer, &m.conn, out.clone(), payload_len),
+            |m| delivery.send(m.peer, &m.conn, out.clone()),
             dropped,
         ),
     }
+}
+
+/// A limit's value as a drop report carries it.
+fn saturate(value: u64) -> u32 {
+    u32::try_from(value).unwrap_or(u32::MAX)
 }
 
 /// Sends to every receiver with `send_one`; each receiver it fails for is one drop.
@@ -146,38 +167,59 @@ fn broadcast<R>(
     }
 }
 
-/// Sends one datagram to `target` (peer `peer`). On a drop, returns the reason and its value.
-fn send(
-    shared: &Shared,
-    peer: PeerId,
-    target: &quinn::Connection,
-    datagram: Bytes,
+/// What every send of one datagram shares.
+struct Delivery<'a> {
+    shared: &'a Shared,
+    /// The allocation's bandwidth cap, if it has one.
+    bandwidth: Option<&'a SharedBucket>,
+    now: u64,
     payload_len: usize,
-) -> Result<(), (DropReason, u32)> {
-    // Drop the newest rather than let quinn silently discard the oldest queued datagrams.
-    if target.datagram_send_buffer_space() < datagram.len() {
-        return Err((DropReason::Congested, u32::from(peer.0)));
-    }
-    match target.send_datagram(datagram) {
-        Ok(()) => {
-            shared.metrics.datagrams_forwarded.inc();
-            shared.metrics.bytes_forwarded.inc_by(payload_len as u64);
-            Ok(())
+}
+
+impl Delivery<'_> {
+    /// Sends one datagram to `target` (peer `peer`). On a drop, returns the reason and its
+    /// value.
+    fn send(
+        &self,
+        peer: PeerId,
+        target: &quinn::Connection,
+        datagram: Bytes,
+    ) -> Result<(), (DropReason, u32)> {
+        let shared = self.shared;
+        // Drop the newest rather than let quinn silently discard the oldest queued datagrams.
+        if target.datagram_send_buffer_space() < datagram.len() {
+            return Err((DropReason::Congested, u32::from(peer.0)));
         }
-        // The receiver is leaving; its departure is reported through the control plane.
-        Err(quinn::SendDatagramError::ConnectionLost(_)) => {
-            Err((DropReason::UnknownPeer, u32::from(peer.0)))
+        if let Some(cap) = self.bandwidth {
+            if !cap.take(self.now, self.payload_len as u64) {
+                shared.metrics.limited.allocation_bytes.inc();
+                return Err((DropReason::RateLimited, saturate(cap.rate().per_second())));
+            }
         }
-        // The receiver's transport takes less than Baton promises (a non-conforming client):
-        // report the limit that applies to it.
-        Err(_) => {
-            let limit = target
-                .max_datagram_size()
-                .map_or(0, |max| max.saturating_sub(datagram::HEADER_LEN));
-            Err((
-                DropReason::TooLarge,
-                u32::try_from(limit).unwrap_or(u32::MAX),
-            ))
+        match target.send_datagram(datagram) {
+            Ok(()) => {
+                shared.metrics.datagrams_forwarded.inc();
+                shared
+                    .metrics
+                    .bytes_forwarded
+                    .inc_by(self.payload_len as u64);
+                Ok(())
+            }
+            // The receiver is leaving; its departure is reported through the control plane.
+            Err(quinn::SendDatagramError::ConnectionLost(_)) => {
+                Err((DropReason::UnknownPeer, u32::from(peer.0)))
+            }
+            // The receiver's transport takes less than Baton promises (a non-conforming
+            // client): report the limit that applies to it.
+            Err(_) => {
+                let limit = target
+                    .max_datagram_size()
+                    .map_or(0, |max| max.saturating_sub(datagram::HEADER_LEN));
+                Err((
+                    DropReason::TooLarge,
+                    u32::try_from(limit).unwrap_or(u32::MAX),
+                ))
+            }
         }
     }
 }

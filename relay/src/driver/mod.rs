@@ -41,6 +41,7 @@ use crate::metrics::Metrics;
 use crate::{defaults, tls, RelayConfig};
 
 mod accept;
+mod bucket;
 mod connection;
 mod control_stream;
 mod control_task;
@@ -54,6 +55,7 @@ mod socket;
 pub mod steering;
 
 use accept::accept_loop;
+use bucket::{Clock, Rate};
 use control_task::control_task;
 use handle::AdminCall;
 pub use handle::RelayHandle;
@@ -115,6 +117,16 @@ struct Shared {
     snapshot_inflight: Arc<tokio::sync::Semaphore>,
     open: AtomicUsize,
     next_conn: AtomicU64,
+    /// The per-client limits' clock.
+    clock: Clock,
+    /// Datagrams and payload bytes each connection may send (`ClientLimits` in `forward`).
+    client_datagrams: Rate,
+    client_bytes: Rate,
+    /// Payload bytes each allocation may have delivered, if capped (its routing entry's
+    /// bucket).
+    allocation_bytes: Option<Rate>,
+    /// Control requests each connection may make (paced in `control_stream`).
+    client_requests: Rate,
 }
 
 /// A running relay. Call [`Relay::shutdown`] for a graceful stop. Dropping it instead stops its
@@ -224,6 +236,21 @@ impl Relay {
             )),
             open: AtomicUsize::new(0),
             next_conn: AtomicU64::new(1),
+            clock: Clock::start(),
+            client_datagrams: per_second(config.client_datagrams_per_second(), 0),
+            // A byte budget smaller than one datagram would stop the largest ones for good.
+            client_bytes: per_second(
+                config.client_bytes_per_second(),
+                config.max_datagram_payload(),
+            ),
+            allocation_bytes: match config.allocation_bytes_per_second() {
+                0 => None,
+                cap => Some(per_second(cap, config.max_datagram_payload())),
+            },
+            client_requests: Rate::new(
+                config.client_requests_per_second() as u64,
+                defaults::REQUEST_BURST,
+            ),
         });
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -366,6 +393,12 @@ impl Relay {
         }
         info!("relay stopped");
     }
+}
+
+/// A rate of `per_second` whose burst is one second's worth, and at least `min_burst`.
+fn per_second(per_second: usize, min_burst: usize) -> Rate {
+    let per_second = per_second as u64;
+    Rate::new(per_second, per_second.max(min_burst as u64))
 }
 
 /// Sleeps until `at`, or forever if there is none.

@@ -1,6 +1,6 @@
-//! The routing tables the datagram hot path reads: per allocation a [`Table`] of its members'
-//! connections sorted by peer id, and per bound connection a [`Route`] (its own peer id and its
-//! allocation's table).
+//! The routing tables the datagram hot path reads: per allocation an [`Allocation`] entry (a
+//! [`Table`] of its members' connections sorted by peer id, and its bandwidth cap's bucket), and
+//! per bound connection a [`Route`] (its own peer id and its allocation's entry).
 //!
 //! Only the control task writes them, through [`Tables`], when the control plane reports
 //! `Output::Bound` or `Output::Route`; [`forward`](super::forward) reads them lock-free on the
@@ -13,6 +13,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use baton_protocol::{AllocationId, PeerId};
 
+use super::bucket::SharedBucket;
 use super::Shared;
 use crate::control::ConnId;
 
@@ -38,16 +39,33 @@ impl Table {
     }
 }
 
-/// Where a bound connection's datagrams go: its own peer id and its allocation's table.
-pub(super) struct Route {
-    pub(super) me: PeerId,
-    pub(super) table: Arc<ArcSwap<Table>>,
+/// One allocation's routing entry, shared by its members' routes: its table, replaced at each
+/// membership change, and its bandwidth cap, which outlives those changes.
+pub(super) struct Allocation {
+    pub(super) table: ArcSwap<Table>,
+    /// Payload bytes its members may have delivered, all together; `None` when uncapped.
+    pub(super) bandwidth: Option<SharedBucket>,
 }
 
-/// The write side of every allocation's table, owned by the control task.
+impl Allocation {
+    fn new(shared: &Shared) -> Arc<Allocation> {
+        Arc::new(Allocation {
+            table: ArcSwap::default(),
+            bandwidth: shared.allocation_bytes.map(SharedBucket::new),
+        })
+    }
+}
+
+/// Where a bound connection's datagrams go: its own peer id and its allocation's entry.
+pub(super) struct Route {
+    pub(super) me: PeerId,
+    pub(super) allocation: Arc<Allocation>,
+}
+
+/// The write side of every allocation's entry, owned by the control task.
 #[derive(Default)]
 pub(super) struct Tables {
-    tables: HashMap<AllocationId, Arc<ArcSwap<Table>>>,
+    tables: HashMap<AllocationId, Arc<Allocation>>,
 }
 
 impl Tables {
@@ -60,9 +78,16 @@ impl Tables {
         allocation: AllocationId,
         peer: PeerId,
     ) {
-        let table = self.tables.entry(allocation).or_default().clone();
+        let allocation = self
+            .tables
+            .entry(allocation)
+            .or_insert_with(|| Allocation::new(shared))
+            .clone();
         if let Some(c) = shared.conns.get(&conn).map(|c| c.clone()) {
-            c.route.store(Some(Arc::new(Route { me: peer, table })));
+            c.route.store(Some(Arc::new(Route {
+                me: peer,
+                allocation,
+            })));
         }
     }
 
@@ -77,8 +102,8 @@ impl Tables {
         host: Option<PeerId>,
     ) {
         if members.is_empty() {
-            if let Some(table) = self.tables.remove(&allocation) {
-                table.store(Arc::new(Table::default()));
+            if let Some(entry) = self.tables.remove(&allocation) {
+                entry.table.store(Arc::new(Table::default()));
             }
             return;
         }
@@ -96,7 +121,8 @@ impl Tables {
             .collect();
         self.tables
             .entry(allocation)
-            .or_default()
+            .or_insert_with(|| Allocation::new(shared))
+            .table
             .store(Arc::new(Table { members }));
     }
 }

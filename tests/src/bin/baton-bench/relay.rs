@@ -117,6 +117,11 @@ impl Relay {
             .arg(allocations.to_string())
             .arg("--max-peers-per-allocation")
             .arg(members.to_string())
+            // The bench measures throughput: `--find-max` drives one connection far past the
+            // per-client limits (default 500 datagrams/s), so they are lifted to their maximum
+            // and the relay's forwarding, not its rate limiting, is what saturates.
+            .args(["--client-datagrams-per-second", "1000000"])
+            .args(["--client-bytes-per-second", "1073741824"])
             // The binary's own target still logs `relay running` (the bench reads its ports
             // from it) whatever the level; every module of the library keeps `level`.
             .env(
@@ -148,7 +153,8 @@ impl Relay {
             pid,
             description: format!(
                 "child {} (pid {}, --max-connections {connections} --max-allocations {allocations} \
-                 --max-peers-per-allocation {members} --log-level {level})",
+                 --max-peers-per-allocation {members} --client-datagrams-per-second 1000000 \
+                 --client-bytes-per-second 1073741824 --log-level {level})",
                 bin.display(),
                 pid.map_or_else(|| "?".to_owned(), |p| p.to_string())
             ),
