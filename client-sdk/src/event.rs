@@ -63,8 +63,9 @@ pub enum Event {
         /// uploaded none); always `None` on the other members.
         snapshot: Option<Bytes>,
     },
-    /// (On the host) a member came back: moved here by a host migration, or reconnected with
-    /// its reconnect token ([`Peer::rejoin`](crate::Peer::rejoin)). It keeps its old peer id.
+    /// A member came back under its old peer id: on every other member when it reconnected
+    /// with its reconnect token ([`Peer::rejoin`](crate::Peer::rejoin)); on the new host only,
+    /// once per member a host migration moved with it.
     PeerRejoined {
         /// Its id.
         peer: PeerId,

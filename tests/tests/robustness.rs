@@ -232,9 +232,16 @@ async fn connections_beyond_the_limit_are_refused_and_counted() {
         Some(1.0),
         "{metrics:?}"
     );
-    // A slot frees when a member leaves.
+    // A slot frees when a member leaves: once the relay counts one connection, a join works.
     peer.close().await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while relay.metrics().await.get("baton_connections") != Some(1.0) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the closed peer's slot was never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     Peer::join(&relay.client(), host.join_code()).await.unwrap();
 }
 
