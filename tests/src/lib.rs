@@ -4,8 +4,10 @@
 //! Every test binary in `tests/tests/` uses these, so a relay is started the same way
 //! everywhere: QUIC and admin on `127.0.0.1:0`, dev certificate pinned by fingerprint.
 
+pub mod attack_known;
 pub mod migration_run;
 pub mod player;
+pub mod procstat;
 pub mod relay_process;
 pub mod seq_window;
 pub mod tls;

@@ -180,6 +180,17 @@ impl Metrics {
         self.get(name).unwrap_or(0.0)
     }
 
+    /// Every sample whose name starts with one of `prefixes` and whose value differs from
+    /// `earlier`'s, with the change, in name order.
+    pub fn changed_since(&self, earlier: &Metrics, prefixes: &[&str]) -> Vec<(String, f64)> {
+        self.samples
+            .iter()
+            .filter(|(name, _)| prefixes.iter().any(|p| name.starts_with(p)))
+            .map(|(name, value)| (name.clone(), value - earlier.value(name)))
+            .filter(|(_, delta)| *delta != 0.0)
+            .collect()
+    }
+
     /// Every sample of family `family` with label `label`, keyed by the label's value,
     /// leaving out zeros.
     pub fn by_label(&self, family: &str, label: &str) -> BTreeMap<String, u64> {
@@ -227,5 +238,16 @@ mod tests {
         assert_eq!(drops.get("congested"), Some(&4));
         let delta = after.delta_by_label(&before, "baton_datagrams_dropped_total", "reason");
         assert_eq!(delta.get("congested"), Some(&3));
+        let changed = after.changed_since(&before, &["baton_datagrams", "baton_conn"]);
+        assert_eq!(
+            changed,
+            vec![
+                ("baton_connections".to_owned(), 2.0),
+                (
+                    "baton_datagrams_dropped_total{reason=\"congested\"}".to_owned(),
+                    3.0
+                ),
+            ]
+        );
     }
 }

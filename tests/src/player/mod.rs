@@ -90,6 +90,10 @@ pub struct PlayerArgs {
     /// host must get one of its game.
     #[arg(long)]
     pub game_snapshots: bool,
+    /// The lobby-minted credential sent with the create, join or rejoin (a relay started
+    /// with `--auth-secret` requires one).
+    #[arg(long)]
+    pub credential: Option<String>,
     /// What to be.
     #[command(subcommand)]
     pub role: Role,
@@ -145,6 +149,9 @@ impl PlayerArgs {
         }
         if self.game_snapshots {
             args.push("--game-snapshots".to_owned());
+        }
+        if let Some(credential) = &self.credential {
+            args.extend(["--credential".to_owned(), credential.clone()]);
         }
         match &self.role {
             Role::Host { snapshot_bytes } => args.extend([
@@ -246,8 +253,11 @@ pub async fn play(
 /// Connects and binds as `args.role` says, retrying (bounded) while the relay asks to wait.
 async fn enter(args: &PlayerArgs) -> Result<Session, String> {
     let trust = Trust::fingerprint_hex(&args.fingerprint).map_err(|e| e.to_string())?;
-    let config = ClientConfig::new(args.relay, trust)
+    let mut config = ClientConfig::new(args.relay, trust)
         .keep_alive_interval(Duration::from_millis(args.keepalive_ms));
+    if let Some(credential) = &args.credential {
+        config = config.credential(credential.clone());
+    }
     let mut attempt = 0;
     loop {
         attempt += 1;

@@ -28,7 +28,6 @@ mod churn;
 mod idle;
 mod load;
 mod probe;
-mod procstat;
 mod quic;
 mod relay;
 mod report;
@@ -41,6 +40,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use baton_tests::procstat;
 use clap::{Parser, Subcommand};
 
 use crate::churn::{ChurnArgs, JoinArgs};

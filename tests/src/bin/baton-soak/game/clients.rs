@@ -37,6 +37,7 @@ impl Game {
             p2p_every: ctx.opts.p2p_every,
             stats_ms: STATS_EVERY.as_millis() as u64,
             game_snapshots: true,
+            credential: None,
             role,
         };
         let mut client = Client {

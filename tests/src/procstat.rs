@@ -2,7 +2,8 @@
 //! (`/proc/<pid>/stat`, `/proc/<pid>/status`), the machine's CPU time (`/proc/stat`) and the
 //! kernel's UDP error counters (`/proc/net/snmp`).
 //!
-//! Everything here is Linux-only; on other systems the readers return `None` and the report
+//! Used by `baton-bench` and `baton-attack` to sample a relay process. Everything here is
+//! Linux-only; on other systems the readers return `None` and the report
 //! leaves those figures out.
 
 /// Clock ticks per second of the CPU times in `/proc` (`USER_HZ`). The kernel fixes it at 100
