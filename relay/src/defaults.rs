@@ -70,10 +70,22 @@ pub const JOIN_CODE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 /// `not_found`, so a late player gets the precise reason.
 pub const CODE_TOMBSTONE_TTL: Duration = Duration::from_secs(60 * 60);
 
-/// Failed join attempts allowed per client IP address in a burst...
-pub const JOIN_FAILURE_BURST: u32 = 10;
-/// ...refilled at this rate: guessing one code in 64 million at one per second is hopeless.
+/// Failed join attempts allowed per client (an IPv4 address or an IPv6 /64: one subscriber
+/// gets a whole /64) in a burst: enough for a player's typos...
+pub const JOIN_FAILURE_BURST: usize = 10;
+/// ...then one more per this interval. At 10,000 live 6-character codes (one guess in 6,400
+/// hits) one client needs about 74 minutes for an even chance of a hit (README, "Join-code
+/// guessing"); a relay open to anonymous clients is meant for trusted networks, and
+/// `--auth-secret` makes guessing moot.
 pub const JOIN_FAILURE_REFILL: Duration = Duration::from_secs(1);
+
+/// Failed join attempts the whole relay allows in a burst, from all clients together...
+pub const RELAY_JOIN_FAILURE_BURST: usize = 200;
+/// ...refilled at this many per second, so guessing from many addresses is bounded too. Typos
+/// on a busy relay (tens of joins a second, a few percent mistyped) stay far below it; spent by
+/// an attacker it refuses joins by code relay-wide for the moment it takes to refill, a milder
+/// failure than letting guesses through (rejoins, creates and lobby reservations go on).
+pub const RELAY_JOIN_FAILURES_PER_SECOND: usize = 100;
 
 /// Control messages queued for one client before the relay gives up on it as not reading its
 /// control stream. Control traffic is a few messages per membership change.
@@ -292,3 +304,16 @@ pub const ALLOCATION_BYTES_PER_SECOND_RANGE: RangeInclusive<usize> = 0..=1 << 30
 
 /// Control requests per second per client: 1 to 10,000.
 pub const CLIENT_REQUESTS_PER_SECOND_RANGE: RangeInclusive<usize> = 1..=10_000;
+
+/// Failed-join burst per client: at least one, at most what no typo needs.
+pub const JOIN_FAILURE_BURST_RANGE: RangeInclusive<usize> = 1..=10_000;
+
+/// Failed-join refill interval per client.
+pub const JOIN_FAILURE_REFILL_RANGE: RangeInclusive<Duration> =
+    Duration::from_millis(1)..=Duration::from_secs(60 * 60);
+
+/// Relay-wide failed-join burst.
+pub const RELAY_JOIN_FAILURE_BURST_RANGE: RangeInclusive<usize> = 1..=1_000_000;
+
+/// Relay-wide failed joins per second.
+pub const RELAY_JOIN_FAILURES_PER_SECOND_RANGE: RangeInclusive<usize> = 1..=1_000_000;

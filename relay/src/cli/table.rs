@@ -162,6 +162,33 @@ settings! {
         range: defaults::CLIENT_REQUESTS_PER_SECOND_RANGE,
         apply: relay.set_client_requests_per_second,
     }
+    /// Failed joins (unknown, expired or revoked code, or no credential for it) a client may
+    /// make in a burst; a client is an IPv4 address or an IPv6 /64. Then it is refused
+    /// rate_limited, even for a valid code, until it regains one.
+    join_failure_burst: usize {
+        default: defaults::JOIN_FAILURE_BURST,
+        range: defaults::JOIN_FAILURE_BURST_RANGE,
+        apply: relay.set_join_failure_burst,
+    }
+    /// A client regains one failed join per this interval.
+    join_failure_refill: Duration {
+        default: defaults::JOIN_FAILURE_REFILL,
+        range: defaults::JOIN_FAILURE_REFILL_RANGE,
+        apply: relay.set_join_failure_refill,
+    }
+    /// Failed joins the whole relay allows in a burst, from all clients together; once spent,
+    /// every join by code is refused rate_limited until the budget refills.
+    relay_join_failure_burst: usize {
+        default: defaults::RELAY_JOIN_FAILURE_BURST,
+        range: defaults::RELAY_JOIN_FAILURE_BURST_RANGE,
+        apply: relay.set_relay_join_failure_burst,
+    }
+    /// Failed joins the whole relay allows per second after its burst.
+    relay_join_failures_per_second: usize {
+        default: defaults::RELAY_JOIN_FAILURES_PER_SECOND,
+        range: defaults::RELAY_JOIN_FAILURES_PER_SECOND_RANGE,
+        apply: relay.set_relay_join_failures_per_second,
+    }
 
     // --- Join codes and migration ---
 
