@@ -195,6 +195,11 @@ pub struct RelayConfig {
     join_failure_refill: Duration,
     relay_join_failure_burst: usize,
     relay_join_failures_per_second: usize,
+    max_connections_per_ipv4_address: usize,
+    max_connections_per_ipv4_24: usize,
+    max_connections_per_ipv6_64: usize,
+    max_connections_per_ipv6_48: usize,
+    handshake_retry_threshold: usize,
 }
 
 impl Default for RelayConfig {
@@ -234,6 +239,11 @@ impl Default for RelayConfig {
             join_failure_refill: defaults::JOIN_FAILURE_REFILL,
             relay_join_failure_burst: defaults::RELAY_JOIN_FAILURE_BURST,
             relay_join_failures_per_second: defaults::RELAY_JOIN_FAILURES_PER_SECOND,
+            max_connections_per_ipv4_address: defaults::MAX_CONNECTIONS_PER_IPV4_ADDRESS,
+            max_connections_per_ipv4_24: defaults::MAX_CONNECTIONS_PER_IPV4_24,
+            max_connections_per_ipv6_64: defaults::MAX_CONNECTIONS_PER_IPV6_64,
+            max_connections_per_ipv6_48: defaults::MAX_CONNECTIONS_PER_IPV6_48,
+            handshake_retry_threshold: defaults::HANDSHAKE_RETRY_THRESHOLD,
         }
     }
 }
@@ -272,6 +282,11 @@ impl RelayConfig {
     getter!(join_failure_refill: Duration, "A client regains one failed join per this interval.");
     getter!(relay_join_failure_burst: usize, "Failed joins the whole relay allows in a burst.");
     getter!(relay_join_failures_per_second: usize, "Failed joins the whole relay allows per second after its burst.");
+    getter!(max_connections_per_ipv4_address: usize, "Connections (half-open or established) per IPv4 address.");
+    getter!(max_connections_per_ipv4_24: usize, "Connections (half-open or established) per IPv4 /24.");
+    getter!(max_connections_per_ipv6_64: usize, "Connections (half-open or established) per IPv6 /64.");
+    getter!(max_connections_per_ipv6_48: usize, "Connections (half-open or established) per IPv6 /48.");
+    getter!(handshake_retry_threshold: usize, "Handshakes in flight above which unvalidated clients get a QUIC Retry.");
 
     ranged_setter!(
         /// Sets the requested socket buffer size, within [`defaults::UDP_BUFFER_RANGE`].
@@ -400,6 +415,31 @@ impl RelayConfig {
         /// [`defaults::RELAY_JOIN_FAILURES_PER_SECOND_RANGE`].
         set_relay_join_failures_per_second, relay_join_failures_per_second: usize,
         "relay_join_failures_per_second", defaults::RELAY_JOIN_FAILURES_PER_SECOND_RANGE
+    );
+    ranged_setter!(
+        /// Sets the cap on connections (half-open or established) per IPv4 address, within
+        /// [`defaults::MAX_CONNECTIONS_PER_PREFIX_RANGE`].
+        set_max_connections_per_ipv4_address, max_connections_per_ipv4_address: usize, "max_connections_per_ipv4_address", defaults::MAX_CONNECTIONS_PER_PREFIX_RANGE
+    );
+    ranged_setter!(
+        /// Sets the cap on connections (half-open or established) per IPv4 /24, within
+        /// [`defaults::MAX_CONNECTIONS_PER_PREFIX_RANGE`].
+        set_max_connections_per_ipv4_24, max_connections_per_ipv4_24: usize, "max_connections_per_ipv4_24", defaults::MAX_CONNECTIONS_PER_PREFIX_RANGE
+    );
+    ranged_setter!(
+        /// Sets the cap on connections (half-open or established) per IPv6 /64, within
+        /// [`defaults::MAX_CONNECTIONS_PER_PREFIX_RANGE`].
+        set_max_connections_per_ipv6_64, max_connections_per_ipv6_64: usize, "max_connections_per_ipv6_64", defaults::MAX_CONNECTIONS_PER_PREFIX_RANGE
+    );
+    ranged_setter!(
+        /// Sets the cap on connections (half-open or established) per IPv6 /48, within
+        /// [`defaults::MAX_CONNECTIONS_PER_PREFIX_RANGE`].
+        set_max_connections_per_ipv6_48, max_connections_per_ipv6_48: usize, "max_connections_per_ipv6_48", defaults::MAX_CONNECTIONS_PER_PREFIX_RANGE
+    );
+    ranged_setter!(
+        /// Sets the handshakes in flight above which unvalidated clients get a QUIC Retry, within
+        /// [`defaults::HANDSHAKE_RETRY_THRESHOLD_RANGE`].
+        set_handshake_retry_threshold, handshake_retry_threshold: usize, "handshake_retry_threshold", defaults::HANDSHAKE_RETRY_THRESHOLD_RANGE
     );
     ranged_setter!(
         /// Sets the join-code length, within [`defaults::JOIN_CODE_LEN_RANGE`].

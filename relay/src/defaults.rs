@@ -87,6 +87,31 @@ pub const RELAY_JOIN_FAILURE_BURST: usize = 200;
 /// failure than letting guesses through (rejoins, creates and lobby reservations go on).
 pub const RELAY_JOIN_FAILURES_PER_SECOND: usize = 100;
 
+/// Connections (half-open or established) from one IPv4 address. Carrier-grade NAT puts many
+/// subscribers behind one address, so this is not "one household": 64 players of games on
+/// this relay behind one carrier address at once is rare, and an attacker with one address
+/// holds 64 of the 20,000 connection slots.
+pub const MAX_CONNECTIONS_PER_IPV4_ADDRESS: usize = 64;
+
+/// Connections from one IPv4 /24, four addresses' worth: a /24 is one site or one carrier
+/// pool, and filling the relay from /24s takes about 80 of them.
+pub const MAX_CONNECTIONS_PER_IPV4_24: usize = 256;
+
+/// Connections from one IPv6 /64: one subscriber's network (ISPs hand out a /64 or more per
+/// customer, so every address in it is the same client). A household rarely runs more than a
+/// few game clients; 16 leaves room for a LAN party.
+pub const MAX_CONNECTIONS_PER_IPV6_64: usize = 16;
+
+/// Connections from one IPv6 /48: one site (many ISPs give a customer a /48 of 65,536 /64s,
+/// so without this one customer could open 16 connections from each).
+pub const MAX_CONNECTIONS_PER_IPV6_48: usize = 256;
+
+/// Half-open handshakes above which a new, unvalidated client is answered with a QUIC Retry
+/// (one round trip more, and a spoofed source can no longer hold a slot). A handshake takes
+/// one or two round trips, so even 1,000 connects a second at 100 ms RTT keep about 100 in
+/// flight: below this, clients pay nothing extra.
+pub const HANDSHAKE_RETRY_THRESHOLD: usize = 256;
+
 /// Control messages queued for one client before the relay gives up on it as not reading its
 /// control stream. Control traffic is a few messages per membership change.
 pub const CONTROL_QUEUE: usize = 256;
@@ -317,3 +342,9 @@ pub const RELAY_JOIN_FAILURE_BURST_RANGE: RangeInclusive<usize> = 1..=1_000_000;
 
 /// Relay-wide failed joins per second.
 pub const RELAY_JOIN_FAILURES_PER_SECOND_RANGE: RangeInclusive<usize> = 1..=1_000_000;
+
+/// Connections per IPv4 address, IPv4 /24, IPv6 /64 and IPv6 /48.
+pub const MAX_CONNECTIONS_PER_PREFIX_RANGE: RangeInclusive<usize> = 1..=usize::MAX;
+
+/// Handshake Retry threshold: 0 sends a Retry to every new client.
+pub const HANDSHAKE_RETRY_THRESHOLD_RANGE: RangeInclusive<usize> = 0..=usize::MAX;

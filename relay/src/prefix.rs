@@ -41,6 +41,13 @@ impl Prefix {
     }
 }
 
+impl Prefix {
+    /// Whether this is an IPv4 prefix.
+    pub fn is_ipv4(&self) -> bool {
+        self.network.is_ipv4()
+    }
+}
+
 impl fmt::Display for Prefix {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.network, self.len)
@@ -66,6 +73,14 @@ pub fn host(ip: IpAddr) -> Prefix {
     }
 }
 
+/// The network a source address is in: the IPv4 /24 or the IPv6 /48.
+pub fn network(ip: IpAddr) -> Prefix {
+    match canonical(ip) {
+        IpAddr::V4(_) => Prefix::of(ip, 24),
+        IpAddr::V6(_) => Prefix::of(ip, 48),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,25 +90,35 @@ mod tests {
     }
 
     #[test]
-    fn ipv4_is_keyed_by_address() {
+    fn ipv4_is_keyed_by_address_and_24() {
         assert_eq!(host(ip("192.0.2.77")).to_string(), "192.0.2.77/32");
+        assert_eq!(network(ip("192.0.2.77")).to_string(), "192.0.2.0/24");
         assert_ne!(host(ip("192.0.2.77")), host(ip("192.0.2.78")));
+        assert!(host(ip("192.0.2.77")).is_ipv4());
+        assert_eq!(network(ip("192.0.2.77")), network(ip("192.0.2.1")));
+        assert_ne!(network(ip("192.0.2.77")), network(ip("192.0.3.77")));
     }
 
     #[test]
-    fn ipv6_is_keyed_by_64() {
+    fn ipv6_is_keyed_by_64_and_48() {
         let a = ip("2001:db8:1:2:aaaa::1");
         let same_64 = ip("2001:db8:1:2:ffff:ffff:ffff:ffff");
         let same_48 = ip("2001:db8:1:3::1");
+        let other_48 = ip("2001:db8:2:2::1");
         assert_eq!(host(a).to_string(), "2001:db8:1:2::/64");
+        assert_eq!(network(a).to_string(), "2001:db8:1::/48");
         assert_eq!(host(a), host(same_64));
         assert_ne!(host(a), host(same_48));
+        assert_eq!(network(a), network(same_48));
+        assert_ne!(network(a), network(other_48));
+        assert!(!host(a).is_ipv4());
     }
 
     #[test]
     fn an_ipv4_mapped_address_counts_as_ipv4() {
         let mapped = ip("::ffff:192.0.2.77");
         assert_eq!(host(mapped), host(ip("192.0.2.77")));
+        assert_eq!(network(mapped), network(ip("192.0.2.9")));
         assert_eq!(canonical(mapped), ip("192.0.2.77"));
         // Not an IPv6 /64 that would lump every IPv4 client together.
         assert_ne!(host(mapped), host(ip("::ffff:192.0.2.78")));

@@ -189,6 +189,38 @@ settings! {
         range: defaults::RELAY_JOIN_FAILURES_PER_SECOND_RANGE,
         apply: relay.set_relay_join_failures_per_second,
     }
+    /// Connections, half-open or established, from one IPv4 address (an IPv4-mapped IPv6
+    /// address counts as IPv4); more are refused at accept.
+    max_connections_per_ipv4_address: usize {
+        default: defaults::MAX_CONNECTIONS_PER_IPV4_ADDRESS,
+        range: defaults::MAX_CONNECTIONS_PER_PREFIX_RANGE,
+        apply: relay.set_max_connections_per_ipv4_address,
+    }
+    /// Connections, half-open or established, from one IPv4 /24; more are refused at accept.
+    max_connections_per_ipv4_24: usize {
+        default: defaults::MAX_CONNECTIONS_PER_IPV4_24,
+        range: defaults::MAX_CONNECTIONS_PER_PREFIX_RANGE,
+        apply: relay.set_max_connections_per_ipv4_24,
+    }
+    /// Connections, half-open or established, from one IPv6 /64; more are refused at accept.
+    max_connections_per_ipv6_64: usize {
+        default: defaults::MAX_CONNECTIONS_PER_IPV6_64,
+        range: defaults::MAX_CONNECTIONS_PER_PREFIX_RANGE,
+        apply: relay.set_max_connections_per_ipv6_64,
+    }
+    /// Connections, half-open or established, from one IPv6 /48; more are refused at accept.
+    max_connections_per_ipv6_48: usize {
+        default: defaults::MAX_CONNECTIONS_PER_IPV6_48,
+        range: defaults::MAX_CONNECTIONS_PER_PREFIX_RANGE,
+        apply: relay.set_max_connections_per_ipv6_48,
+    }
+    /// QUIC handshakes in flight above which a new client is answered with a Retry, so that it
+    /// proves its address before it holds a slot; 0 sends every client a Retry.
+    handshake_retry_threshold: usize {
+        default: defaults::HANDSHAKE_RETRY_THRESHOLD,
+        range: defaults::HANDSHAKE_RETRY_THRESHOLD_RANGE,
+        apply: relay.set_handshake_retry_threshold,
+    }
 
     // --- Join codes and migration ---
 
