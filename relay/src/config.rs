@@ -191,6 +191,15 @@ pub struct RelayConfig {
     client_bytes_per_second: usize,
     allocation_bytes_per_second: usize,
     client_requests_per_second: usize,
+    join_failure_burst: usize,
+    join_failure_refill: Duration,
+    relay_join_failure_burst: usize,
+    relay_join_failures_per_second: usize,
+    max_connections_per_ipv4_address: usize,
+    max_connections_per_ipv4_24: usize,
+    max_connections_per_ipv6_64: usize,
+    max_connections_per_ipv6_48: usize,
+    handshake_retry_threshold: usize,
 }
 
 impl Default for RelayConfig {
@@ -226,6 +235,15 @@ impl Default for RelayConfig {
             client_bytes_per_second: defaults::CLIENT_BYTES_PER_SECOND,
             allocation_bytes_per_second: defaults::ALLOCATION_BYTES_PER_SECOND,
             client_requests_per_second: defaults::CLIENT_REQUESTS_PER_SECOND,
+            join_failure_burst: defaults::JOIN_FAILURE_BURST,
+            join_failure_refill: defaults::JOIN_FAILURE_REFILL,
+            relay_join_failure_burst: defaults::RELAY_JOIN_FAILURE_BURST,
+            relay_join_failures_per_second: defaults::RELAY_JOIN_FAILURES_PER_SECOND,
+            max_connections_per_ipv4_address: defaults::MAX_CONNECTIONS_PER_IPV4_ADDRESS,
+            max_connections_per_ipv4_24: defaults::MAX_CONNECTIONS_PER_IPV4_24,
+            max_connections_per_ipv6_64: defaults::MAX_CONNECTIONS_PER_IPV6_64,
+            max_connections_per_ipv6_48: defaults::MAX_CONNECTIONS_PER_IPV6_48,
+            handshake_retry_threshold: defaults::HANDSHAKE_RETRY_THRESHOLD,
         }
     }
 }
@@ -260,6 +278,15 @@ impl RelayConfig {
     getter!(client_bytes_per_second: usize, "Payload bytes a client may send per second.");
     getter!(allocation_bytes_per_second: usize, "Payload bytes an allocation may have delivered per second; 0 is no cap.");
     getter!(client_requests_per_second: usize, "Control requests a client may make per second after its burst.");
+    getter!(join_failure_burst: usize, "Failed joins a client (IPv4 address, IPv6 /64) may make in a burst.");
+    getter!(join_failure_refill: Duration, "A client regains one failed join per this interval.");
+    getter!(relay_join_failure_burst: usize, "Failed joins the whole relay allows in a burst.");
+    getter!(relay_join_failures_per_second: usize, "Failed joins the whole relay allows per second after its burst.");
+    getter!(max_connections_per_ipv4_address: usize, "Connections (half-open or established) per IPv4 address.");
+    getter!(max_connections_per_ipv4_24: usize, "Connections (half-open or established) per IPv4 /24.");
+    getter!(max_connections_per_ipv6_64: usize, "Connections (half-open or established) per IPv6 /64.");
+    getter!(max_connections_per_ipv6_48: usize, "Connections (half-open or established) per IPv6 /48.");
+    getter!(handshake_retry_threshold: usize, "Handshakes in flight above which unvalidated clients get a QUIC Retry.");
 
     ranged_setter!(
         /// Sets the requested socket buffer size, within [`defaults::UDP_BUFFER_RANGE`].
@@ -364,6 +391,55 @@ impl RelayConfig {
         /// [`defaults::CLIENT_REQUESTS_PER_SECOND_RANGE`].
         set_client_requests_per_second, client_requests_per_second: usize,
         "client_requests_per_second", defaults::CLIENT_REQUESTS_PER_SECOND_RANGE
+    );
+    ranged_setter!(
+        /// Sets the failed joins a client may make in a burst, within
+        /// [`defaults::JOIN_FAILURE_BURST_RANGE`].
+        set_join_failure_burst, join_failure_burst: usize, "join_failure_burst",
+        defaults::JOIN_FAILURE_BURST_RANGE
+    );
+    ranged_setter!(
+        /// Sets the interval a client regains one failed join in, within
+        /// [`defaults::JOIN_FAILURE_REFILL_RANGE`].
+        set_join_failure_refill, join_failure_refill: Duration, "join_failure_refill",
+        defaults::JOIN_FAILURE_REFILL_RANGE
+    );
+    ranged_setter!(
+        /// Sets the relay-wide burst of failed joins, within
+        /// [`defaults::RELAY_JOIN_FAILURE_BURST_RANGE`].
+        set_relay_join_failure_burst, relay_join_failure_burst: usize,
+        "relay_join_failure_burst", defaults::RELAY_JOIN_FAILURE_BURST_RANGE
+    );
+    ranged_setter!(
+        /// Sets the relay-wide failed joins per second, within
+        /// [`defaults::RELAY_JOIN_FAILURES_PER_SECOND_RANGE`].
+        set_relay_join_failures_per_second, relay_join_failures_per_second: usize,
+        "relay_join_failures_per_second", defaults::RELAY_JOIN_FAILURES_PER_SECOND_RANGE
+    );
+    ranged_setter!(
+        /// Sets the cap on connections (half-open or established) per IPv4 address, within
+        /// [`defaults::MAX_CONNECTIONS_PER_PREFIX_RANGE`].
+        set_max_connections_per_ipv4_address, max_connections_per_ipv4_address: usize, "max_connections_per_ipv4_address", defaults::MAX_CONNECTIONS_PER_PREFIX_RANGE
+    );
+    ranged_setter!(
+        /// Sets the cap on connections (half-open or established) per IPv4 /24, within
+        /// [`defaults::MAX_CONNECTIONS_PER_PREFIX_RANGE`].
+        set_max_connections_per_ipv4_24, max_connections_per_ipv4_24: usize, "max_connections_per_ipv4_24", defaults::MAX_CONNECTIONS_PER_PREFIX_RANGE
+    );
+    ranged_setter!(
+        /// Sets the cap on connections (half-open or established) per IPv6 /64, within
+        /// [`defaults::MAX_CONNECTIONS_PER_PREFIX_RANGE`].
+        set_max_connections_per_ipv6_64, max_connections_per_ipv6_64: usize, "max_connections_per_ipv6_64", defaults::MAX_CONNECTIONS_PER_PREFIX_RANGE
+    );
+    ranged_setter!(
+        /// Sets the cap on connections (half-open or established) per IPv6 /48, within
+        /// [`defaults::MAX_CONNECTIONS_PER_PREFIX_RANGE`].
+        set_max_connections_per_ipv6_48, max_connections_per_ipv6_48: usize, "max_connections_per_ipv6_48", defaults::MAX_CONNECTIONS_PER_PREFIX_RANGE
+    );
+    ranged_setter!(
+        /// Sets the handshakes in flight above which unvalidated clients get a QUIC Retry, within
+        /// [`defaults::HANDSHAKE_RETRY_THRESHOLD_RANGE`].
+        set_handshake_retry_threshold, handshake_retry_threshold: usize, "handshake_retry_threshold", defaults::HANDSHAKE_RETRY_THRESHOLD_RANGE
     );
     ranged_setter!(
         /// Sets the join-code length, within [`defaults::JOIN_CODE_LEN_RANGE`].

@@ -70,10 +70,47 @@ pub const JOIN_CODE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 /// `not_found`, so a late player gets the precise reason.
 pub const CODE_TOMBSTONE_TTL: Duration = Duration::from_secs(60 * 60);
 
-/// Failed join attempts allowed per client IP address in a burst...
-pub const JOIN_FAILURE_BURST: u32 = 10;
-/// ...refilled at this rate: guessing one code in 64 million at one per second is hopeless.
+/// Failed join attempts allowed per client (an IPv4 address or an IPv6 /64: one subscriber
+/// gets a whole /64) in a burst: enough for a player's typos...
+pub const JOIN_FAILURE_BURST: usize = 10;
+/// ...then one more per this interval. At 10,000 live 6-character codes (one guess in 6,400
+/// hits) one client needs about 74 minutes for an even chance of a hit (README, "Join-code
+/// guessing"); a relay open to anonymous clients is meant for trusted networks, and
+/// `--auth-secret` makes guessing moot.
 pub const JOIN_FAILURE_REFILL: Duration = Duration::from_secs(1);
+
+/// Failed join attempts the whole relay allows in a burst, from all clients together...
+pub const RELAY_JOIN_FAILURE_BURST: usize = 200;
+/// ...refilled at this many per second, so guessing from many addresses is bounded too. Typos
+/// on a busy relay (tens of joins a second, a few percent mistyped) stay far below it; spent by
+/// an attacker it refuses joins by code relay-wide for the moment it takes to refill, a milder
+/// failure than letting guesses through (rejoins, creates and lobby reservations go on).
+pub const RELAY_JOIN_FAILURES_PER_SECOND: usize = 100;
+
+/// Connections (half-open or established) from one IPv4 address. Carrier-grade NAT puts many
+/// subscribers behind one address, so this is not "one household": 64 players of games on
+/// this relay behind one carrier address at once is rare, and an attacker with one address
+/// holds 64 of the 20,000 connection slots.
+pub const MAX_CONNECTIONS_PER_IPV4_ADDRESS: usize = 64;
+
+/// Connections from one IPv4 /24, four addresses' worth: a /24 is one site or one carrier
+/// pool, and filling the relay from /24s takes about 80 of them.
+pub const MAX_CONNECTIONS_PER_IPV4_24: usize = 256;
+
+/// Connections from one IPv6 /64: one subscriber's network (ISPs hand out a /64 or more per
+/// customer, so every address in it is the same client). A household rarely runs more than a
+/// few game clients; 16 leaves room for a LAN party.
+pub const MAX_CONNECTIONS_PER_IPV6_64: usize = 16;
+
+/// Connections from one IPv6 /48: one site (many ISPs give a customer a /48 of 65,536 /64s,
+/// so without this one customer could open 16 connections from each).
+pub const MAX_CONNECTIONS_PER_IPV6_48: usize = 256;
+
+/// Half-open handshakes above which a new, unvalidated client is answered with a QUIC Retry
+/// (one round trip more, and a spoofed source can no longer hold a slot). A handshake takes
+/// one or two round trips, so even 1,000 connects a second at 100 ms RTT keep about 100 in
+/// flight: below this, clients pay nothing extra.
+pub const HANDSHAKE_RETRY_THRESHOLD: usize = 256;
 
 /// Control messages queued for one client before the relay gives up on it as not reading its
 /// control stream. Control traffic is a few messages per membership change.
@@ -292,3 +329,22 @@ pub const ALLOCATION_BYTES_PER_SECOND_RANGE: RangeInclusive<usize> = 0..=1 << 30
 
 /// Control requests per second per client: 1 to 10,000.
 pub const CLIENT_REQUESTS_PER_SECOND_RANGE: RangeInclusive<usize> = 1..=10_000;
+
+/// Failed-join burst per client: at least one, at most what no typo needs.
+pub const JOIN_FAILURE_BURST_RANGE: RangeInclusive<usize> = 1..=10_000;
+
+/// Failed-join refill interval per client.
+pub const JOIN_FAILURE_REFILL_RANGE: RangeInclusive<Duration> =
+    Duration::from_millis(1)..=Duration::from_secs(60 * 60);
+
+/// Relay-wide failed-join burst.
+pub const RELAY_JOIN_FAILURE_BURST_RANGE: RangeInclusive<usize> = 1..=1_000_000;
+
+/// Relay-wide failed joins per second.
+pub const RELAY_JOIN_FAILURES_PER_SECOND_RANGE: RangeInclusive<usize> = 1..=1_000_000;
+
+/// Connections per IPv4 address, IPv4 /24, IPv6 /64 and IPv6 /48.
+pub const MAX_CONNECTIONS_PER_PREFIX_RANGE: RangeInclusive<usize> = 1..=usize::MAX;
+
+/// Handshake Retry threshold: 0 sends a Retry to every new client.
+pub const HANDSHAKE_RETRY_THRESHOLD_RANGE: RangeInclusive<usize> = 0..=usize::MAX;

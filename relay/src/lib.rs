@@ -39,6 +39,7 @@ pub mod defaults;
 mod driver;
 pub mod hooks;
 pub mod metrics;
+mod prefix;
 pub mod tls;
 
 pub use config::{ConfigError, RelayConfig, TlsSource};

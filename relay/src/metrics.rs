@@ -81,8 +81,13 @@ pub struct Metrics {
     pub connections: Gauge,
     /// Connections accepted since start.
     pub connections_accepted: Counter,
-    /// Connection attempts refused because `max_connections` was reached.
-    pub connections_refused: Counter,
+    /// Connection attempts refused at accept (or closed at the end of their handshake), by
+    /// reason.
+    pub connections_refused: ConnectionRefusals,
+    /// QUIC handshakes in flight: accepted, not yet established.
+    pub handshakes_in_flight: Gauge,
+    /// QUIC Retry packets sent (address validation above the handshake threshold).
+    pub retries_sent: Counter,
     /// Live allocations.
     pub allocations: Gauge,
     /// Allocations created since start.
@@ -119,10 +124,26 @@ impl Metrics {
             "connections_accepted",
             "QUIC connections accepted",
         );
-        let connections_refused: Counter = register(
+        let family: Family<ReasonLabel, Counter> = register(
             &mut registry,
             "connections_refused",
-            "QUIC connection attempts refused at the connection limit",
+            "QUIC connection attempts refused, by reason: their IPv4 address or IPv6 /64 (per_address) or IPv4 /24 or IPv6 /48 (per_prefix) holds its share of connections, the relay holds max_connections established connections (max_connections), or as many handshakes are in flight (handshakes)",
+        );
+        let connections_refused = ConnectionRefusals {
+            per_address: reason_counter(&family, "per_address"),
+            per_prefix: reason_counter(&family, "per_prefix"),
+            max_connections: reason_counter(&family, "max_connections"),
+            handshakes: reason_counter(&family, "handshakes"),
+        };
+        let handshakes_in_flight: Gauge = register(
+            &mut registry,
+            "handshakes_in_flight",
+            "QUIC handshakes accepted and not yet established",
+        );
+        let retries_sent: Counter = register(
+            &mut registry,
+            "retries_sent",
+            "QUIC Retry packets sent to validate a new client's address, above the handshake threshold",
         );
         let allocations: Gauge = register(&mut registry, "allocations", "Live allocations");
         let allocations_created: Counter =
@@ -188,6 +209,8 @@ impl Metrics {
             connections,
             connections_accepted,
             connections_refused,
+            handshakes_in_flight,
+            retries_sent,
             allocations,
             allocations_created,
             joins,
@@ -321,6 +344,19 @@ impl HookMetrics {
             stream_refused,
         }
     }
+}
+
+/// `baton_connections_refused_total{reason=...}`: QUIC connection attempts refused, by reason.
+#[derive(Debug)]
+pub struct ConnectionRefusals {
+    /// Its IPv4 address or IPv6 /64 held its share of connections.
+    pub per_address: Counter,
+    /// Its IPv4 /24 or IPv6 /48 held its share of connections.
+    pub per_prefix: Counter,
+    /// The relay held `max_connections` established connections.
+    pub max_connections: Counter,
+    /// As many handshakes were in flight as `max_connections`.
+    pub handshakes: Counter,
 }
 
 /// Admin HTTP server metrics: open connections, and connections refused by reason.

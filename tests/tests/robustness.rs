@@ -228,7 +228,7 @@ async fn connections_beyond_the_limit_are_refused_and_counted() {
     still_fine(&host, &peer, 1).await;
     let metrics = relay.metrics().await;
     assert_eq!(
-        metrics.get("baton_connections_refused_total"),
+        metrics.get("baton_connections_refused_total{reason=\"max_connections\"}"),
         Some(1.0),
         "{metrics:?}"
     );
@@ -572,4 +572,141 @@ async fn an_allocation_over_its_bandwidth_cap_is_limited_alone() {
             rate_limited_reports(sender, dropped, CAP as u32).await;
         }
     }
+}
+
+/// A QUIC client configuration that trusts `relay`'s certificate.
+fn quic_client_config(relay: &TestRelay) -> quinn::ClientConfig {
+    let pem = std::fs::read(relay.relay().cert_path()).unwrap();
+    let crypto = baton_tests::tls::quic_crypto(&pem).unwrap();
+    quinn::ClientConfig::new(std::sync::Arc::new(crypto))
+}
+
+/// A QUIC client endpoint bound to `ip` (any 127.0.0.0/8 address routes to loopback on Linux).
+fn endpoint_at(ip: [u8; 4]) -> quinn::Endpoint {
+    quinn::Endpoint::client(std::net::SocketAddr::from((ip, 0))).unwrap()
+}
+
+/// Whether a QUIC handshake from `endpoint` to `relay` completes.
+async fn handshake(relay: &TestRelay, endpoint: &quinn::Endpoint) -> Option<quinn::Connection> {
+    let connecting = endpoint
+        .connect_with(quic_client_config(relay), relay.addr(), "localhost")
+        .unwrap();
+    tokio::time::timeout(WAIT, connecting).await.unwrap().ok()
+}
+
+#[tokio::test]
+async fn connections_are_capped_per_address_and_per_24_and_released_when_they_end() {
+    let relay = TestRelay::start_with(|c| {
+        c.set_max_connections_per_ipv4_address(2).unwrap();
+        c.set_max_connections_per_ipv4_24(3).unwrap();
+    })
+    .await;
+    let (a, b, c) = (
+        endpoint_at([127, 0, 0, 2]),
+        endpoint_at([127, 0, 0, 3]),
+        endpoint_at([127, 0, 0, 4]),
+    );
+    let first = handshake(&relay, &a).await.expect("first from .2");
+    let _second = handshake(&relay, &a).await.expect("second from .2");
+    assert!(handshake(&relay, &a).await.is_none(), "third from .2");
+    let _third = handshake(&relay, &b).await.expect("one from .3");
+    assert!(handshake(&relay, &c).await.is_none(), "the /24 is full");
+    let metrics = relay.metrics().await;
+    let refused = metrics.by_label("baton_connections_refused_total", "reason");
+    assert_eq!(refused.get("per_address"), Some(&1), "{refused:?}");
+    assert_eq!(refused.get("per_prefix"), Some(&1), "{refused:?}");
+    // A connection that ends gives its slots back, once.
+    first.close(0u32.into(), b"bye");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let again = loop {
+        if let Some(conn) = handshake(&relay, &c).await {
+            break conn;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "slot never freed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        handshake(&relay, &a).await.is_none(),
+        "the /24 is full again"
+    );
+    drop(again);
+}
+
+/// Captures the first Initial datagram of `count` QUIC connection attempts (each with its own
+/// connection id) by pointing a client at a plain UDP socket that never answers.
+async fn capture_initials(relay: &TestRelay, count: usize) -> Vec<Vec<u8>> {
+    let sink = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let client = endpoint_at([127, 0, 0, 1]);
+    let _attempts: Vec<_> = (0..count)
+        .map(|_| {
+            client
+                .connect_with(
+                    quic_client_config(relay),
+                    sink.local_addr().unwrap(),
+                    "localhost",
+                )
+                .unwrap()
+        })
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    let mut initials = Vec::new();
+    let mut buf = vec![0u8; 2048];
+    while initials.len() < count {
+        let (n, _) = tokio::time::timeout(WAIT, sink.recv_from(&mut buf))
+            .await
+            .expect("an Initial")
+            .unwrap();
+        let packet = &buf[..n];
+        // Long header: form bit, then version (4), DCID length (1), DCID.
+        assert!(packet[0] & 0x80 != 0 && n >= 1200, "not an Initial");
+        let dcid = packet[6..6 + usize::from(packet[5])].to_vec();
+        if seen.insert(dcid) {
+            initials.push(packet.to_vec());
+        }
+    }
+    client.close(0u32.into(), b"");
+    initials
+}
+
+#[tokio::test]
+async fn half_open_handshakes_get_a_retry_and_hold_no_connection_slot() {
+    const HALF_OPEN: usize = 12;
+    let relay = TestRelay::start_with(|c| {
+        c.set_max_connections(3).unwrap();
+        c.set_handshake_retry_threshold(2).unwrap();
+    })
+    .await;
+    // Initials that are never followed up, each from its own source address and port.
+    let initials = capture_initials(&relay, HALF_OPEN).await;
+    let mut sockets = Vec::new();
+    for (i, initial) in initials.iter().enumerate() {
+        let socket =
+            std::net::UdpSocket::bind(("127.0.0.".to_owned() + &(10 + i).to_string(), 0)).unwrap();
+        socket.send_to(initial, relay.addr()).unwrap();
+        sockets.push(socket);
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let m = relay.metrics().await;
+        let (in_flight, retries) = (
+            m.value("baton_handshakes_in_flight"),
+            m.value("baton_retries_sent_total"),
+        );
+        if in_flight == 2.0 && retries == (HALF_OPEN - 2) as f64 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "in flight {in_flight}, retries {retries}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Real clients still get in: they pass the Retry, and half-open handshakes hold none of
+    // the three connection slots.
+    let (host, peer) = bystanders(&relay).await;
+    still_fine(&host, &peer, 1).await;
+    let m = relay.metrics().await;
+    assert_eq!(m.value("baton_handshakes_in_flight"), 2.0);
+    assert!(m.value("baton_retries_sent_total") >= (HALF_OPEN) as f64);
+    assert_eq!(m.value("baton_connections"), 2.0);
 }

@@ -162,6 +162,65 @@ settings! {
         range: defaults::CLIENT_REQUESTS_PER_SECOND_RANGE,
         apply: relay.set_client_requests_per_second,
     }
+    /// Failed joins (unknown, expired or revoked code, or no credential for it) a client may
+    /// make in a burst; a client is an IPv4 address or an IPv6 /64. Then it is refused
+    /// rate_limited, even for a valid code, until it regains one.
+    join_failure_burst: usize {
+        default: defaults::JOIN_FAILURE_BURST,
+        range: defaults::JOIN_FAILURE_BURST_RANGE,
+        apply: relay.set_join_failure_burst,
+    }
+    /// A client regains one failed join per this interval.
+    join_failure_refill: Duration {
+        default: defaults::JOIN_FAILURE_REFILL,
+        range: defaults::JOIN_FAILURE_REFILL_RANGE,
+        apply: relay.set_join_failure_refill,
+    }
+    /// Failed joins the whole relay allows in a burst, from all clients together; once spent,
+    /// every join by code is refused rate_limited until the budget refills.
+    relay_join_failure_burst: usize {
+        default: defaults::RELAY_JOIN_FAILURE_BURST,
+        range: defaults::RELAY_JOIN_FAILURE_BURST_RANGE,
+        apply: relay.set_relay_join_failure_burst,
+    }
+    /// Failed joins the whole relay allows per second after its burst.
+    relay_join_failures_per_second: usize {
+        default: defaults::RELAY_JOIN_FAILURES_PER_SECOND,
+        range: defaults::RELAY_JOIN_FAILURES_PER_SECOND_RANGE,
+        apply: relay.set_relay_join_failures_per_second,
+    }
+    /// Connections, half-open or established, from one IPv4 address (an IPv4-mapped IPv6
+    /// address counts as IPv4); more are refused at accept.
+    max_connections_per_ipv4_address: usize {
+        default: defaults::MAX_CONNECTIONS_PER_IPV4_ADDRESS,
+        range: defaults::MAX_CONNECTIONS_PER_PREFIX_RANGE,
+        apply: relay.set_max_connections_per_ipv4_address,
+    }
+    /// Connections, half-open or established, from one IPv4 /24; more are refused at accept.
+    max_connections_per_ipv4_24: usize {
+        default: defaults::MAX_CONNECTIONS_PER_IPV4_24,
+        range: defaults::MAX_CONNECTIONS_PER_PREFIX_RANGE,
+        apply: relay.set_max_connections_per_ipv4_24,
+    }
+    /// Connections, half-open or established, from one IPv6 /64; more are refused at accept.
+    max_connections_per_ipv6_64: usize {
+        default: defaults::MAX_CONNECTIONS_PER_IPV6_64,
+        range: defaults::MAX_CONNECTIONS_PER_PREFIX_RANGE,
+        apply: relay.set_max_connections_per_ipv6_64,
+    }
+    /// Connections, half-open or established, from one IPv6 /48; more are refused at accept.
+    max_connections_per_ipv6_48: usize {
+        default: defaults::MAX_CONNECTIONS_PER_IPV6_48,
+        range: defaults::MAX_CONNECTIONS_PER_PREFIX_RANGE,
+        apply: relay.set_max_connections_per_ipv6_48,
+    }
+    /// QUIC handshakes in flight above which a new client is answered with a Retry, so that it
+    /// proves its address before it holds a slot; 0 sends every client a Retry.
+    handshake_retry_threshold: usize {
+        default: defaults::HANDSHAKE_RETRY_THRESHOLD,
+        range: defaults::HANDSHAKE_RETRY_THRESHOLD_RANGE,
+        apply: relay.set_handshake_retry_threshold,
+    }
 
     // --- Join codes and migration ---
 

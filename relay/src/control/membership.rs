@@ -123,10 +123,16 @@ impl ControlPlane {
             self.charge_failed_join(ip);
             return;
         }
+        // Only now: anonymous clients refused above can neither spend nor be held up by the
+        // relay-wide budget.
+        if let Err(ms) = self.relay_join_allowed(now) {
+            self.refuse(conn, request_id, ErrorCode::RateLimited, ms);
+            return;
+        }
         let id = match self.resolve_code(now, code) {
             Ok(id) => id,
             Err(code) => {
-                self.charge_failed_join(ip);
+                self.charge_failed_guess(ip);
                 self.refuse(conn, request_id, code, 0);
                 return;
             }
@@ -135,7 +141,7 @@ impl ControlPlane {
         if !self.authorized(conn, request_id, auth, |s| {
             s.permits_join(Some(&code), |_| lineage_ok)
         }) {
-            self.charge_failed_join(ip);
+            self.charge_failed_guess(ip);
             return;
         }
         let Some(alloc) = self.allocations.get_mut(&id) else {

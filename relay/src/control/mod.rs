@@ -58,18 +58,18 @@ pub use types::{
 };
 
 use std::collections::{HashMap, VecDeque};
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use baton_protocol::{AllocationId, ClientMessage, CloseCode, ErrorCode, JoinCode, ServerMessage};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
+use crate::prefix::Prefix;
 use crate::{defaults, RelayConfig};
 use allocation::Allocation;
 use codes::CodeEntry;
 use membership::{Conn, ConnState};
-use ratelimit::{Bucket, SWEEP_INTERVAL};
+use ratelimit::{Bucket, Limit, SWEEP_INTERVAL};
 use timers::{Timer, TimerQueue};
 
 /// The relay's control plane. See the module docs for the call order.
@@ -83,8 +83,9 @@ pub struct ControlPlane {
     code_len: usize,
     code_ttl: Duration,
     tombstone_ttl: Duration,
-    join_burst: u32,
-    join_refill: Duration,
+    /// Failed joins per client (IPv4 address, IPv6 /64) and relay-wide (`ratelimit`).
+    join_limit: Limit,
+    relay_join_limit: Limit,
     migration_timeout: Duration,
     lobby_election_window: Duration,
     max_snapshot: usize,
@@ -100,7 +101,8 @@ pub struct ControlPlane {
     conns: HashMap<ConnId, Conn>,
     allocations: HashMap<AllocationId, Allocation>,
     codes: HashMap<JoinCode, CodeEntry>,
-    join_buckets: HashMap<IpAddr, Bucket>,
+    join_buckets: HashMap<Prefix, Bucket>,
+    relay_joins: Bucket,
     timers: TimerQueue,
     outputs: VecDeque<Output>,
     shutting_down: bool,
@@ -138,8 +140,11 @@ impl ControlPlane {
             code_len: config.join_code_len(),
             code_ttl: config.join_code_ttl(),
             tombstone_ttl: defaults::CODE_TOMBSTONE_TTL,
-            join_burst: defaults::JOIN_FAILURE_BURST,
-            join_refill: defaults::JOIN_FAILURE_REFILL,
+            join_limit: Limit::new(config.join_failure_burst(), config.join_failure_refill()),
+            relay_join_limit: Limit::per_second(
+                config.relay_join_failure_burst(),
+                config.relay_join_failures_per_second(),
+            ),
             migration_timeout: config.migration_timeout(),
             lobby_election_window: config.lobby_election_window(),
             max_snapshot: config.max_snapshot(),
@@ -153,6 +158,10 @@ impl ControlPlane {
             allocations: HashMap::new(),
             codes: HashMap::new(),
             join_buckets: HashMap::new(),
+            relay_joins: Bucket::full(
+                u32::try_from(config.relay_join_failure_burst()).unwrap_or(u32::MAX),
+                now,
+            ),
             timers: TimerQueue::default(),
             outputs: VecDeque::new(),
             shutting_down: false,

@@ -1,11 +1,16 @@
-//! The accept loop, one per endpoint: refuses connections over `max_connections` (counted by
-//! [`OpenGuard`]) and spawns one task per connection, which runs [`serve_connection`].
+//! The accept loop, one per endpoint: asks [`Admission`] about each new connection attempt
+//! before any handshake state is kept, answers with a QUIC Retry or a refusal, or spawns one
+//! task per connection, which runs [`serve_connection`] once the handshake completes.
+//!
+//! A refusal is `Incoming::refuse`, not `ignore`: the client learns at once (a small
+//! CONNECTION_CLOSE, smaller than the padded 1200-byte Initial that caused it, so it cannot
+//! amplify traffic towards a spoofed source) instead of retrying until its timeout.
 //!
 //! Runs on the endpoint's data-plane lane thread (`Relay::bind` spawns it there), and so do the
-//! connection tasks it spawns. Calls only [`connection`](super::connection); never the control
-//! plane.
+//! connection tasks it spawns. Calls only [`connection`](super::connection) and
+//! [`admission`](super::admission); never the control plane.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use baton_protocol::CloseCode;
@@ -14,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info_span, Instrument};
 
+use super::admission::Decision;
 use super::connection::serve_connection;
 use super::Shared;
 
@@ -32,18 +38,29 @@ pub(super) async fn accept_loop(
                 None => break,
             },
         };
-        if shared.open.load(Ordering::Relaxed) >= shared.max_connections {
-            shared.metrics.connections_refused.inc();
-            incoming.refuse();
-            continue;
-        }
-        shared.open.fetch_add(1, Ordering::Relaxed);
+        let remote = incoming.remote_address();
+        let handshake = match shared
+            .admission
+            .admit(remote.ip(), incoming.remote_address_validated())
+        {
+            Decision::Accept(handshake) => handshake,
+            Decision::Retry => {
+                if let Err(e) = incoming.retry() {
+                    e.into_incoming().refuse();
+                }
+                continue;
+            }
+            Decision::Refuse(reason) => {
+                debug!(%remote, ?reason, "connection refused");
+                incoming.refuse();
+                continue;
+            }
+        };
         let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
-        let span = info_span!("conn", id, remote = %incoming.remote_address());
+        let span = info_span!("conn", id, %remote);
         let shared = shared.clone();
         tasks.spawn(
             async move {
-                let _open = OpenGuard(&shared.open);
                 match incoming.await {
                     Ok(conn) if !speaks_current_version(&conn) => {
                         debug!("retired protocol version; closing");
@@ -53,7 +70,13 @@ pub(super) async fn accept_loop(
                             code.description().as_bytes(),
                         );
                     }
-                    Ok(conn) => serve_connection(id, conn, &shared).await,
+                    Ok(conn) => match handshake.established() {
+                        Ok(_established) => serve_connection(id, conn, &shared).await,
+                        Err(reason) => {
+                            debug!(?reason, "established over max_connections; closing");
+                            conn.close(VarInt::from_u32(CloseCode::Normal.to_u32()), b"relay full");
+                        }
+                    },
                     Err(e) => debug!(cause = %e, "handshake failed"),
                 }
             }
@@ -69,13 +92,4 @@ fn speaks_current_version(conn: &quinn::Connection) -> bool {
         .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
         .and_then(|data| data.protocol)
         .is_some_and(|alpn| alpn == baton_protocol::ALPN)
-}
-
-/// Decrements the open-connection count however the connection task ends.
-struct OpenGuard<'a>(&'a AtomicUsize);
-
-impl Drop for OpenGuard<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
 }

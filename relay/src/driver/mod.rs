@@ -5,7 +5,8 @@
 //!   the state every task shares ([`Shared`], one [`ConnShared`] per connection);
 //! - `socket`: the UDP sockets and connection-ID steering ([`steering`]) across endpoints;
 //! - `lane`: one single-threaded runtime per endpoint, where its connections run;
-//! - `accept`: the accept loop and the connection limit;
+//! - `accept`: the accept loop; `admission`: the connection, handshake and per-address
+//!   limits it applies;
 //! - `connection`: one task per connection, running with a `biased` select, in priority order,
 //!   1. datagrams (the hot path, `forward`): read, look up the allocation's routing table
 //!      (`routing`), send;
@@ -23,7 +24,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,6 +42,7 @@ use crate::metrics::Metrics;
 use crate::{defaults, tls, RelayConfig};
 
 mod accept;
+mod admission;
 mod bucket;
 mod connection;
 mod control_stream;
@@ -110,12 +112,12 @@ struct Shared {
     /// Credential secrets; each control request's credential is checked against them on its
     /// connection's task.
     auth: crate::auth::AuthSecrets,
-    max_connections: usize,
+    /// Who may start a handshake: connection, handshake and per-address limits.
+    admission: Arc<admission::Admission>,
     max_snapshot: usize,
     /// Bytes of snapshot uploads being read, across all connections; a reader waits for
     /// permits chunk by chunk, so uploads cannot exhaust memory before they are stored.
     snapshot_inflight: Arc<tokio::sync::Semaphore>,
-    open: AtomicUsize,
     next_conn: AtomicU64,
     /// The per-client limits' clock.
     clock: Clock,
@@ -229,12 +231,11 @@ impl Relay {
             max_payload: config.max_datagram_payload(),
             max_control_frame: config.max_control_frame(),
             auth: config.auth_secrets.clone(),
-            max_connections: config.max_connections(),
+            admission: admission::Admission::new(&config, metrics.clone()),
             max_snapshot: config.max_snapshot(),
             snapshot_inflight: Arc::new(tokio::sync::Semaphore::new(
                 config.snapshot_budget().min(SNAPSHOT_INFLIGHT),
             )),
-            open: AtomicUsize::new(0),
             next_conn: AtomicU64::new(1),
             clock: Clock::start(),
             client_datagrams: per_second(config.client_datagrams_per_second(), 0),

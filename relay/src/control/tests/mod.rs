@@ -17,6 +17,7 @@ mod admin;
 mod allocation;
 mod membership;
 mod migration;
+mod ratelimit;
 
 const HOST: ConnId = 1;
 
@@ -186,7 +187,17 @@ impl Harness {
     }
 
     fn join(&mut self, conn: ConnId, code: JoinCode) -> (ServerMessage, Vec<Output>) {
-        self.connect(conn);
+        self.join_from(conn, Self::addr(conn), code)
+    }
+
+    /// `conn` connects from `addr` and joins by `code`; returns the reply and every output.
+    fn join_from(
+        &mut self,
+        conn: ConnId,
+        addr: SocketAddr,
+        code: JoinCode,
+    ) -> (ServerMessage, Vec<Output>) {
+        self.cp.handle(self.now, Input::Connected { conn, addr });
         let request_id = self.rid();
         let out = self.request(
             conn,
