@@ -11,9 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use baton_protocol::{
-    AllocationId, CloseCode, ErrorCode, JoinCode, LeaveReason, PeerId, ServerMessage,
-};
+use baton_protocol::{AllocationId, CloseCode, ErrorCode, JoinCode, PeerId, ServerMessage};
 use bytes::Bytes;
 
 use super::codes::{CodeEntry, CodeState};
@@ -298,10 +296,7 @@ impl ControlPlane {
             (CloseReason::Shutdown, _) => CloseCode::RelayShuttingDown,
             _ => CloseCode::AllocationClosed,
         };
-        let leave = match reason {
-            CloseReason::Shutdown => LeaveReason::RelayShuttingDown,
-            _ => LeaveReason::Kicked,
-        };
+        let leave = reason.leave_reason();
         for (peer, member) in &alloc.members {
             self.conns.remove(&member.conn);
             self.outputs.push_back(Output::Close {
