@@ -108,7 +108,7 @@ wire_enum! {
         Closed = 1 => "closed",
         /// Nothing was heard from it for the keepalive timeout (10 s by default).
         TimedOut = 2 => "timed_out",
-        /// The host or an operator removed it.
+        /// The host removed it.
         Kicked = 3 => "kicked",
         /// Its connection failed for another transport reason (reset, protocol error on the
         /// QUIC layer).
@@ -117,6 +117,13 @@ wire_enum! {
         ProtocolViolation = 5 => "protocol_violation",
         /// The relay is shutting down or draining.
         RelayShuttingDown = 6 => "relay_shutting_down",
+        /// An operator closed its allocation.
+        AllocationClosed = 7 => "allocation_closed",
+        /// Its allocation's host was lost and no member took over in time, so the allocation
+        /// closed.
+        MigrationFailed = 8 => "migration_failed",
+        /// Its allocation was reserved by a lobby and the host never claimed it in time.
+        HostNeverBound = 9 => "host_never_bound",
     }
 }
 

@@ -410,6 +410,9 @@ fn wire_code_values_are_pinned() {
             (4, "connection_lost"),
             (5, "protocol_violation"),
             (6, "relay_shutting_down"),
+            (7, "allocation_closed"),
+            (8, "migration_failed"),
+            (9, "host_never_bound"),
         ]
     );
     let drops: Vec<(u8, &str)> = DropReason::ALL

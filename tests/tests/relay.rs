@@ -335,6 +335,38 @@ async fn the_host_can_kick_and_the_others_are_told() {
 }
 
 #[tokio::test]
+async fn a_kicked_peer_cannot_rejoin_with_its_token() {
+    let relay = TestRelay::start().await;
+    let (host, peers) = host_and_peers(&relay, 2).await;
+    let kicked_token = peers[0].reconnect_token();
+    let stays_token = peers[1].reconnect_token();
+    host.kick(kicked_token.peer).await.unwrap();
+    event_matching(&host, WAIT, |e| matches!(e, Event::PeerLeft { .. })).await;
+    assert!(matches!(
+        Peer::rejoin(&relay.client(), &kicked_token).await,
+        Err(Error::Unauthorized)
+    ));
+    // The kicked player may come back by code, as a new peer with a token of its own.
+    let again = Peer::join(&relay.client(), host.join_code())
+        .await
+        .expect("join again by code");
+    assert_eq!(again.local_peer(), PeerId(3));
+    assert_ne!(again.reconnect_token(), kicked_token);
+    // Members that were not kicked keep their tokens: one that lost its connection rejoins.
+    drop(peers);
+    event_matching(
+        &host,
+        WAIT,
+        |e| matches!(e, Event::PeerLeft { peer, .. } if *peer == stays_token.peer),
+    )
+    .await;
+    let back = Peer::rejoin(&relay.client(), &stays_token)
+        .await
+        .expect("rejoin");
+    assert_eq!(back.local_peer(), stays_token.peer);
+}
+
+#[tokio::test]
 async fn payload_limit_is_reported_not_silently_dropped() {
     let relay = TestRelay::start().await;
     let (host, _peers) = host_and_peers(&relay, 1).await;

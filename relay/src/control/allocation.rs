@@ -11,9 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use baton_protocol::{
-    AllocationId, CloseCode, ErrorCode, JoinCode, LeaveReason, PeerId, ServerMessage,
-};
+use baton_protocol::{AllocationId, CloseCode, ErrorCode, JoinCode, PeerId, ServerMessage};
 use bytes::Bytes;
 
 use super::codes::{CodeEntry, CodeState};
@@ -63,6 +61,17 @@ pub(super) struct Allocation {
     pub(super) host: HostSlot,
     pub(super) members: BTreeMap<PeerId, Member>,
     pub(super) next_peer: u16,
+    /// Whether `next_peer` has wrapped: from then on every id handed out was handed out
+    /// before, so it is issued at a new token generation.
+    pub(super) peer_ids_wrapped: bool,
+    /// The reconnect-token generation of each peer id whose token was revoked (by a kick, or
+    /// because the id was handed out again); every other id is at generation 0. Lineage-wide:
+    /// it moves with the allocation to its successor. Bounded: keys are peer ids, at most
+    /// 65,535 (0..=0xFFFE; 0xFFFF is the broadcast address and never a member), and an entry
+    /// is added only by a kick, which needs a member to kick, or by handing an id out again,
+    /// which needs 65,534 joins first; so a lineage holds at most 65,535 entries of 6 bytes
+    /// (about 1 MiB at worst with the map's nodes, after at least 65,535 joins).
+    pub(super) token_generations: BTreeMap<PeerId, u32>,
     pub(super) created: Instant,
 }
 
@@ -85,21 +94,42 @@ impl Allocation {
         self.seats_taken() >= usize::from(self.max_peers)
     }
 
-    /// The lowest free peer id at or after `next_peer`, wrapping within 1..0xFFFF.
+    /// The lowest free peer id at or after `next_peer`, wrapping within 1..0xFFFF. An id
+    /// handed out again after the wrap gets a new token generation, so no earlier holder's
+    /// reconnect token takes over the new holder's seat.
     pub(super) fn assign_peer_id(&mut self) -> Option<PeerId> {
         let span = u32::from(baton_protocol::datagram::BROADCAST) - 1;
         for _ in 0..span {
             let candidate = PeerId(self.next_peer);
+            // Before the first wrap, ids at or after `next_peer` were never handed out.
+            let reused = self.peer_ids_wrapped;
             self.next_peer = if self.next_peer >= baton_protocol::datagram::BROADCAST - 1 {
+                self.peer_ids_wrapped = true;
                 1
             } else {
                 self.next_peer + 1
             };
             if !self.members.contains_key(&candidate) {
+                if reused {
+                    self.revoke_token(candidate);
+                }
                 return Some(candidate);
             }
         }
         None
+    }
+
+    /// The generation `peer`'s reconnect token is issued and checked at.
+    pub(super) fn token_generation(&self, peer: PeerId) -> u32 {
+        self.token_generations.get(&peer).copied().unwrap_or(0)
+    }
+
+    /// Revokes `peer`'s reconnect token: its generation goes up, so every token issued
+    /// before no longer matches. (A `u32` cannot wrap back: each bump needs a kick or 65,534
+    /// joins.)
+    pub(super) fn revoke_token(&mut self, peer: PeerId) {
+        let generation = self.token_generations.entry(peer).or_insert(0);
+        *generation = generation.wrapping_add(1);
     }
 
     /// The subject `peer` was seated with, if it is a member and has one.
@@ -183,7 +213,11 @@ impl ControlPlane {
             code_ttl_secs: u32::try_from(ttl).unwrap_or(u32::MAX),
             max_peers: alloc.max_peers,
             max_payload: self.max_payload,
-            reconnect_token: self.reconnect_token(alloc.lineage, host, alloc.subject(host)),
+            reconnect_token: self.reconnect_token(
+                alloc.lineage,
+                (host, alloc.token_generation(host)),
+                alloc.subject(host),
+            ),
         }
     }
 
@@ -259,6 +293,8 @@ impl ControlPlane {
                 host,
                 members: BTreeMap::new(),
                 next_peer: 1,
+                peer_ids_wrapped: false,
+                token_generations: BTreeMap::new(),
                 created: now,
             },
         );
@@ -298,10 +334,7 @@ impl ControlPlane {
             (CloseReason::Shutdown, _) => CloseCode::RelayShuttingDown,
             _ => CloseCode::AllocationClosed,
         };
-        let leave = match reason {
-            CloseReason::Shutdown => LeaveReason::RelayShuttingDown,
-            _ => LeaveReason::Kicked,
-        };
+        let leave = reason.leave_reason();
         for (peer, member) in &alloc.members {
             self.conns.remove(&member.conn);
             self.outputs.push_back(Output::Close {

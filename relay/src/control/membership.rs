@@ -209,7 +209,8 @@ impl ControlPlane {
         let Some(alloc) = self.allocations.get(&id) else {
             return;
         };
-        let expected = self.reconnect_token(alloc.lineage, peer, subject.as_deref());
+        let generation = alloc.token_generation(peer);
+        let expected = self.reconnect_token(alloc.lineage, (peer, generation), subject.as_deref());
         if !crypto::constant_time_eq(&expected, &token) {
             self.refuse(conn, request_id, ErrorCode::Unauthorized, 0);
             return;
@@ -267,7 +268,11 @@ impl ControlPlane {
             max_payload: self.max_payload,
             // A reserved allocation's host is peer 0 even before it binds.
             host: alloc.host_peer().unwrap_or(PeerId::HOST),
-            reconnect_token: self.reconnect_token(alloc.lineage, peer, alloc.subject(peer)),
+            reconnect_token: self.reconnect_token(
+                alloc.lineage,
+                (peer, alloc.token_generation(peer)),
+                alloc.subject(peer),
+            ),
             members: others.iter().map(|(p, _)| *p).collect(),
         };
         self.send(conn, joined);
@@ -376,7 +381,8 @@ impl ControlPlane {
         });
     }
 
-    /// `Kick`: the host removes another member; its connection is closed.
+    /// `Kick`: the host removes another member; its connection is closed and its reconnect
+    /// token revoked, so it can come back only by code, as a new peer.
     pub(super) fn kick(
         &mut self,
         now: Instant,
@@ -394,12 +400,10 @@ impl ControlPlane {
             self.refuse(conn, request_id, ErrorCode::InvalidRequest, 0);
             return;
         }
-        let Some(target_conn) = self
-            .allocations
-            .get(&id)
-            .and_then(|a| a.members.get(&target))
-            .map(|m| m.conn)
-        else {
+        let Some(alloc) = self.allocations.get_mut(&id) else {
+            return;
+        };
+        let Some(target_conn) = alloc.members.get(&target).map(|m| m.conn) else {
             self.refuse(
                 conn,
                 request_id,
@@ -408,6 +412,7 @@ impl ControlPlane {
             );
             return;
         };
+        alloc.revoke_token(target);
         self.conns.remove(&target_conn);
         self.outputs.push_back(Output::Close {
             conn: target_conn,

@@ -1,6 +1,8 @@
 //! Reconnect tokens and migration tickets: HMAC-SHA256 under the relay's secret
-//! (`crate::crypto::hmac_sha256`), truncated to 128 bits. Nothing is stored; a token is
-//! checked by computing it again and comparing with `crypto::constant_time_eq`.
+//! (`crate::crypto::hmac_sha256`), truncated to 128 bits. No token is stored; a token is
+//! checked by computing it again and comparing with `crypto::constant_time_eq`. What a
+//! reconnect token is bound to, the peer id's generation, is kept with the lineage
+//! (`Allocation::token_generation`); bumping it revokes the token.
 //!
 //! Pure functions of the secret and their arguments; run wherever the [`ControlPlane`] is
 //! called (the control task).
@@ -29,12 +31,13 @@ impl ControlPlane {
     }
 
     /// The token that lets `peer` take its id back in any allocation of `lineage`, bound to
-    /// the subject of the credential it was issued with (`None` on an open relay), so a
-    /// stolen token is useless without that player's credential.
+    /// the id's `generation` in the lineage (a kick or a reuse of the id bumps it, so earlier
+    /// tokens stop matching) and to the subject of the credential it was issued with (`None`
+    /// on an open relay), so a stolen token is useless without that player's credential.
     pub(super) fn reconnect_token(
         &self,
         lineage: AllocationId,
-        peer: PeerId,
+        (peer, generation): (PeerId, u32),
         subject: Option<&str>,
     ) -> [u8; 16] {
         let subject = subject.unwrap_or("").as_bytes();
@@ -44,6 +47,7 @@ impl ControlPlane {
             b"baton rejoin",
             &lineage.0.to_be_bytes(),
             &peer.0.to_be_bytes(),
+            &generation.to_be_bytes(),
             &[len],
             subject,
         ])

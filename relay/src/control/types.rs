@@ -241,6 +241,18 @@ impl CloseReason {
             CloseReason::Shutdown => "shutdown",
         }
     }
+
+    /// Why the members still in the allocation left when it closed for this reason.
+    pub fn leave_reason(self) -> LeaveReason {
+        match self {
+            // The host's loss closes an allocation only when no member is left; were one
+            // there, it would be leaving because no one took over.
+            CloseReason::HostLost(_) | CloseReason::MigrationFailed => LeaveReason::MigrationFailed,
+            CloseReason::HostNeverBound => LeaveReason::HostNeverBound,
+            CloseReason::Admin => LeaveReason::AllocationClosed,
+            CloseReason::Shutdown => LeaveReason::RelayShuttingDown,
+        }
+    }
 }
 
 /// How a member came into an allocation.

@@ -107,3 +107,70 @@ fn a_reserved_allocation_is_claimed_with_its_token_only() {
     );
     assert_eq!(refused(&out, 9).0, ErrorCode::Unauthorized);
 }
+
+/// The `PeerLeft` events of the members an allocation closes on: one reason per cause.
+fn left_reasons(out: &[Output]) -> Vec<(PeerId, LeaveReason)> {
+    events(out)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::PeerLeft { peer, reason, .. } => Some((peer, reason)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn each_close_cause_gives_the_members_its_own_leave_reason() {
+    // Closed by an operator.
+    let mut h = Harness::new();
+    let (id, code) = h.create();
+    h.join_ok(2, code);
+    h.cp.close_by_admin(h.now, id).unwrap();
+    let mut left = left_reasons(&h.drain());
+    left.sort_by_key(|(peer, _)| *peer);
+    assert_eq!(
+        left,
+        vec![
+            (PeerId::HOST, LeaveReason::AllocationClosed),
+            (PeerId(1), LeaveReason::AllocationClosed)
+        ]
+    );
+
+    // A lobby's reservation whose host never bound.
+    let r = h.cp.reserve_allocation(h.now, None).unwrap();
+    h.drain();
+    h.join_ok(3, JoinCode::parse(&r.join_code).unwrap());
+    let out = h.advance(defaults::HOST_BIND_TIMEOUT);
+    assert_eq!(
+        left_reasons(&out),
+        vec![(PeerId(1), LeaveReason::HostNeverBound)]
+    );
+
+    // A migration no one completed.
+    let (_, code) = h.create_with(20, 0, 0);
+    h.join_ok(21, code);
+    let out = h.disconnect(20, LeaveReason::TimedOut);
+    assert_eq!(
+        left_reasons(&out),
+        vec![(PeerId::HOST, LeaveReason::TimedOut)]
+    );
+    let out = h.advance(defaults::MIGRATION_TIMEOUT);
+    assert_eq!(
+        left_reasons(&out),
+        vec![(PeerId(1), LeaveReason::MigrationFailed)]
+    );
+
+    // The relay shutting down.
+    let (_, code) = h.create_with(30, 0, 0);
+    h.join_ok(31, code);
+    h.cp.shutdown(h.now);
+    let mut left = left_reasons(&h.drain());
+    left.sort_by_key(|(peer, _)| *peer);
+    assert_eq!(
+        left,
+        vec![
+            (PeerId::HOST, LeaveReason::RelayShuttingDown),
+            (PeerId(1), LeaveReason::RelayShuttingDown)
+        ]
+    );
+}

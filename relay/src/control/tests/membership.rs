@@ -192,3 +192,78 @@ fn peer_ids_are_not_reused_while_their_holder_could_return() {
     assert_eq!(h.join_ok(3, code), PeerId(2));
     assert_eq!(h.join_ok(4, code), PeerId(3));
 }
+
+#[test]
+fn a_kicked_peer_cannot_rejoin_with_its_token_but_may_join_again_as_a_new_peer() {
+    let mut h = Harness::new();
+    let (id, code) = h.create();
+    let (kicked, kicked_token) = h.join_with_token(2, code);
+    let (stays, stays_token) = h.join_with_token(3, code);
+    h.kick(HOST, kicked);
+    h.connect(12);
+    assert_eq!(
+        h.rejoin_result(12, id, kicked, kicked_token),
+        Err((ErrorCode::Unauthorized, 0))
+    );
+
+    // An ordinary disconnected peer still rejoins with its token.
+    h.disconnect(3, LeaveReason::TimedOut);
+    h.connect(13);
+    assert_eq!(h.rejoin_result(13, id, stays, stays_token), Ok(id));
+
+    // The kicked player may join again by code, as a new peer, and its new token works.
+    let (again, again_token) = h.join_with_token(14, code);
+    assert_eq!(again, PeerId(3));
+    assert_ne!(again_token, kicked_token);
+    h.disconnect(14, LeaveReason::ConnectionLost);
+    h.connect(15);
+    assert_eq!(h.rejoin_result(15, id, again, again_token), Ok(id));
+    // The kicked id's old token stays dead.
+    assert_eq!(
+        h.rejoin_result(12, id, kicked, kicked_token),
+        Err((ErrorCode::Unauthorized, 0))
+    );
+}
+
+/// Peer ids come back only after the 16-bit space wraps; whoever gets one then gets a token
+/// of its own, and the id's earlier holders (kicked or merely gone) cannot take it over.
+#[test]
+fn a_reused_peer_id_comes_with_a_fresh_token() {
+    let mut h = Harness::new();
+    let (id, code) = h.create();
+    let (kicked, kicked_token) = h.join_with_token(2, code);
+    let (gone, gone_token) = h.join_with_token(3, code);
+    assert_eq!((kicked, gone), (PeerId(1), PeerId(2)));
+    h.kick(HOST, kicked);
+    h.disconnect(3, LeaveReason::Closed);
+    // Ids 3..=0xFFFE, each joined and left, until the space wraps back to 1.
+    for expected in 3..baton_protocol::datagram::BROADCAST {
+        assert_eq!(h.join_ok(100, code), PeerId(expected));
+        h.disconnect(100, LeaveReason::Closed);
+    }
+    let (one, one_token) = h.join_with_token(4, code);
+    let (two, two_token) = h.join_with_token(5, code);
+    assert_eq!((one, two), (kicked, gone));
+    assert_ne!(one_token, kicked_token);
+    assert_ne!(two_token, gone_token);
+    h.disconnect(4, LeaveReason::Closed);
+    h.disconnect(5, LeaveReason::Closed);
+    h.connect(12);
+    assert_eq!(
+        h.rejoin_result(12, id, one, kicked_token),
+        Err((ErrorCode::Unauthorized, 0))
+    );
+    assert_eq!(
+        h.rejoin_result(12, id, two, gone_token),
+        Err((ErrorCode::Unauthorized, 0))
+    );
+    assert_eq!(h.rejoin_result(12, id, one, one_token), Ok(id));
+    h.connect(13);
+    assert_eq!(h.rejoin_result(13, id, two, two_token), Ok(id));
+    // Only the ids given out again or kicked are remembered, not every id ever used.
+    let alloc = &h.cp.allocations[&id];
+    assert_eq!(
+        alloc.token_generations.keys().copied().collect::<Vec<_>>(),
+        [one, two]
+    );
+}

@@ -556,3 +556,68 @@ fn routing_updates_name_the_current_host() {
     );
     assert_eq!(host_of(&out), Some(Some(PeerId(1))));
 }
+
+#[test]
+fn a_kick_outlives_the_migration_and_a_new_host_can_kick_too() {
+    let mut h = Harness::new();
+    let (old, code, host_token) = h.create_with_token(HOST, 0, 0);
+    let (elected, _) = h.join_with_token(2, code);
+    let (kicked, kicked_token) = h.join_with_token(3, code);
+    let (stays, stays_token) = h.join_with_token(4, code);
+    h.kick(HOST, kicked);
+    let out = h.disconnect(HOST, LeaveReason::TimedOut);
+    let (_, ticket) = promote_of(&out, 2).expect("conn 2 is promoted");
+    let new = h.migrate(2, old, ticket);
+
+    // Kicked before the migration: still refused, naming either allocation.
+    h.connect(10);
+    assert_eq!(
+        h.rejoin_result(10, old, kicked, kicked_token),
+        Err((ErrorCode::Unauthorized, 0))
+    );
+    assert_eq!(
+        h.rejoin_result(10, new, kicked, kicked_token),
+        Err((ErrorCode::Unauthorized, 0))
+    );
+    // The old host comes back as peer 0; the new host kicks it, and its token dies.
+    assert_eq!(h.rejoin_result(10, old, PeerId::HOST, host_token), Ok(new));
+    h.kick(2, PeerId::HOST);
+    h.connect(11);
+    assert_eq!(
+        h.rejoin_result(11, old, PeerId::HOST, host_token),
+        Err((ErrorCode::Unauthorized, 0))
+    );
+    // A member that was not kicked still rejoins across the migration.
+    h.disconnect(4, LeaveReason::TimedOut);
+    assert_eq!(h.rejoin_result(11, old, stays, stays_token), Ok(new));
+    assert_eq!(h.cp.allocation(h.now, new).unwrap().host, Some(elected.0));
+}
+
+/// At the default settings: once every allocation of a lineage has closed and its successor
+/// links have expired, nothing of it is left to rejoin, whichever allocation is named.
+#[test]
+fn a_closed_lineage_leaves_no_way_to_rejoin() {
+    let (mut h, old, _, host_token, ticket) = host_lost_among_three();
+    let new = h.migrate(2, old, ticket);
+    h.connect(10);
+    assert_eq!(h.rejoin_result(10, old, PeerId::HOST, host_token), Ok(new));
+    h.disconnect(10, LeaveReason::ConnectionLost);
+    h.cp.close_by_admin(h.now, new).expect("closed");
+    h.drain();
+    h.connect(11);
+    for named in [old, new] {
+        assert_eq!(
+            h.rejoin_result(11, named, PeerId::HOST, host_token),
+            Err((ErrorCode::NotFound, 0))
+        );
+    }
+    h.advance(defaults::CODE_TOMBSTONE_TTL + Duration::from_secs(1));
+    assert!(h.cp.successors.is_empty(), "successor links expired");
+    h.connect(12);
+    for named in [old, new] {
+        assert_eq!(
+            h.rejoin_result(12, named, PeerId::HOST, host_token),
+            Err((ErrorCode::NotFound, 0))
+        );
+    }
+}

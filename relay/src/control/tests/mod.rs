@@ -223,6 +223,50 @@ impl Harness {
         }
     }
 
+    /// `conn` connects and joins with `code`; returns its peer id and reconnect token.
+    fn join_with_token(&mut self, conn: ConnId, code: JoinCode) -> (PeerId, [u8; 16]) {
+        match self.join(conn, code).0 {
+            ServerMessage::Joined {
+                peer,
+                reconnect_token,
+                ..
+            } => (peer, reconnect_token),
+            other => panic!("join refused: {other:?}"),
+        }
+    }
+
+    /// The host on `host` kicks `peer`; panics unless the kick is done.
+    fn kick(&mut self, host: ConnId, peer: PeerId) -> Vec<Output> {
+        let request_id = self.rid();
+        let out = self.request(host, ClientMessage::Kick { request_id, peer });
+        assert!(
+            replies_to(&out, host).contains(&ServerMessage::Done { request_id }),
+            "kick of {peer} refused: {out:?}"
+        );
+        out
+    }
+
+    /// `conn` (connected, unbound) rejoins as `peer` of `allocation`; returns the allocation
+    /// it landed in, or the refusal.
+    fn rejoin_result(
+        &mut self,
+        conn: ConnId,
+        allocation: AllocationId,
+        peer: PeerId,
+        token: [u8; 16],
+    ) -> Result<AllocationId, (ErrorCode, u32)> {
+        let out = self.rejoin(conn, allocation, peer, token);
+        match &replies_to(&out, conn)[..] {
+            [ServerMessage::Joined {
+                allocation,
+                peer: p,
+                ..
+            }] if *p == peer => Ok(*allocation),
+            [ServerMessage::Refused { code, value, .. }] => Err((*code, *value)),
+            other => panic!("rejoin of {peer} answered {other:?}"),
+        }
+    }
+
     fn refusal(&mut self, conn: ConnId, code: JoinCode) -> (ErrorCode, u32) {
         match self.join(conn, code).0 {
             ServerMessage::Refused { code, value, .. } => (code, value),
@@ -390,8 +434,8 @@ fn every_bit_of_both_256_bit_secrets_counts() {
     assert_eq!(c.create(), (id, code));
     assert_eq!(a.cp.secret, [1; 32]);
     assert_ne!(
-        a.cp.reconnect_token(id, PeerId(1), None),
-        c.cp.reconnect_token(id, PeerId(1), None)
+        a.cp.reconnect_token(id, (PeerId(1), 0), None),
+        c.cp.reconnect_token(id, (PeerId(1), 0), None)
     );
 }
 
