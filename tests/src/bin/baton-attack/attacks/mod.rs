@@ -26,6 +26,7 @@ use crate::games::GameInfo;
 use crate::report::Findings;
 
 /// What every attack gets.
+#[derive(Clone)]
 pub struct Ctx {
     /// The relay's QUIC address.
     pub relay: SocketAddr,
@@ -41,6 +42,8 @@ pub struct Ctx {
     pub games: Vec<GameInfo>,
     /// Short form (CI) rather than full.
     pub quick: bool,
+    /// The runtime attacks run on, at the lowest scheduling priority.
+    pub attackers: tokio::runtime::Handle,
 }
 
 impl Ctx {
