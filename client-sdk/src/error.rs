@@ -201,6 +201,8 @@ pub enum DisconnectReason {
     ControlBacklog,
     /// The relay no longer serves the protocol version this client negotiated.
     UnsupportedVersion,
+    /// The relay holds its maximum number of connections; try again later.
+    RelayFull,
     /// The connection failed for another reason (network, transport error, unknown close code).
     ConnectionLost(String),
 }
@@ -226,6 +228,7 @@ impl fmt::Display for DisconnectReason {
             DisconnectReason::UnsupportedVersion => {
                 f.write_str("the relay no longer serves this protocol version")
             }
+            DisconnectReason::RelayFull => f.write_str("the relay is full"),
             DisconnectReason::ConnectionLost(detail) => write!(f, "connection lost: {detail}"),
         }
     }
@@ -285,6 +288,7 @@ pub(crate) fn disconnect_reason(err: &ConnectionError) -> DisconnectReason {
                 CloseCode::AllocationClosed => DisconnectReason::AllocationClosed,
                 CloseCode::ControlBacklog => DisconnectReason::ControlBacklog,
                 CloseCode::UnsupportedVersion => DisconnectReason::UnsupportedVersion,
+                CloseCode::RelayFull => DisconnectReason::RelayFull,
                 CloseCode::HostLost(reason) => DisconnectReason::HostLost(reason),
                 // Unknown(_) and codes added to the protocol after this SDK version.
                 code => DisconnectReason::ConnectionLost(format!(
@@ -487,6 +491,11 @@ mod tests {
                 DisconnectReason::AllocationClosed,
             ),
             (CloseCode::ControlBacklog, DisconnectReason::ControlBacklog),
+            (
+                CloseCode::UnsupportedVersion,
+                DisconnectReason::UnsupportedVersion,
+            ),
+            (CloseCode::RelayFull, DisconnectReason::RelayFull),
         ];
         for (code, reason) in cases {
             assert_eq!(disconnect_reason(&app_close(code.to_u32().into())), reason);

@@ -171,6 +171,9 @@ pub enum CloseCode {
     ControlBacklog,
     /// The client negotiated a retired protocol version (ALPN [`RETIRED_ALPN`](crate::RETIRED_ALPN)).
     UnsupportedVersion,
+    /// The relay holds its maximum number of connections (the handshake completed just as it
+    /// reached it); retry later.
+    RelayFull,
     /// The host of the caller's allocation was lost for this reason and the allocation closed.
     HostLost(LeaveReason),
     /// A code this protocol version does not define.
@@ -191,6 +194,7 @@ impl CloseCode {
             CloseCode::AllocationClosed => 5,
             CloseCode::ControlBacklog => 6,
             CloseCode::UnsupportedVersion => 7,
+            CloseCode::RelayFull => 8,
             CloseCode::HostLost(reason) => Self::HOST_LOST_BASE | u32::from(reason.to_u8()),
             CloseCode::Unknown(v) => v,
         }
@@ -210,6 +214,7 @@ impl CloseCode {
             5 => CloseCode::AllocationClosed,
             6 => CloseCode::ControlBacklog,
             7 => CloseCode::UnsupportedVersion,
+            8 => CloseCode::RelayFull,
             0x100..=0x1FF => CloseCode::HostLost(LeaveReason::from_u8((v & 0xFF) as u8)),
             other => CloseCode::Unknown(other),
         }
@@ -228,6 +233,7 @@ impl CloseCode {
             CloseCode::UnsupportedVersion => {
                 "baton/1 is no longer served; this relay speaks baton/2"
             }
+            CloseCode::RelayFull => "relay full",
             CloseCode::HostLost(_) => "host lost",
             CloseCode::Unknown(_) => "unknown",
         }
@@ -270,6 +276,7 @@ mod tests {
             CloseCode::AllocationClosed,
             CloseCode::ControlBacklog,
             CloseCode::UnsupportedVersion,
+            CloseCode::RelayFull,
             CloseCode::Unknown(77),
         ];
         all.extend(LeaveReason::ALL.iter().map(|r| CloseCode::HostLost(*r)));

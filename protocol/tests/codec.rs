@@ -447,6 +447,7 @@ fn close_codes_are_pinned() {
         (CloseCode::AllocationClosed, 5),
         (CloseCode::ControlBacklog, 6),
         (CloseCode::UnsupportedVersion, 7),
+        (CloseCode::RelayFull, 8),
         (CloseCode::HostLost(LeaveReason::Closed), 0x101),
         (CloseCode::HostLost(LeaveReason::TimedOut), 0x102),
         (CloseCode::HostLost(LeaveReason::Kicked), 0x103),
@@ -459,7 +460,7 @@ fn close_codes_are_pinned() {
         assert_eq!(code.to_u32(), value, "{code:?}");
         assert_eq!(CloseCode::from_u64(u64::from(value)), code);
     }
-    assert_eq!(CloseCode::from_u64(8), CloseCode::Unknown(8));
+    assert_eq!(CloseCode::from_u64(9), CloseCode::Unknown(9));
     assert_eq!(CloseCode::from_u64(0x200), CloseCode::Unknown(0x200));
     assert_eq!(CloseCode::from_u64(u64::MAX), CloseCode::Unknown(u32::MAX));
 }

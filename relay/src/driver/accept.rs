@@ -74,7 +74,11 @@ pub(super) async fn accept_loop(
                         Ok(_established) => serve_connection(id, conn, &shared).await,
                         Err(reason) => {
                             debug!(?reason, "established over max_connections; closing");
-                            conn.close(VarInt::from_u32(CloseCode::Normal.to_u32()), b"relay full");
+                            let code = CloseCode::RelayFull;
+                            conn.close(
+                                VarInt::from_u32(code.to_u32()),
+                                code.description().as_bytes(),
+                            );
                         }
                     },
                     Err(e) => debug!(cause = %e, "handshake failed"),
