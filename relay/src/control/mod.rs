@@ -217,7 +217,10 @@ impl ControlPlane {
         for id in ids {
             self.close_allocation(now, id, CloseReason::Shutdown);
         }
-        for (conn, _) in self.conns.drain() {
+        let conns: Vec<ConnId> = self.conns.drain().map(|(conn, _)| conn).collect();
+        for conn in conns {
+            // A connection still in its bind window leaves no deadline behind.
+            self.cancel(Timer::Bind(conn));
             self.outputs.push_back(Output::Close {
                 conn,
                 code: CloseCode::RelayShuttingDown,

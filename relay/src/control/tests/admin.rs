@@ -83,3 +83,17 @@ fn relay_full_and_shutdown() {
     h.connect(3);
     assert_eq!(closes(&h.drain()), vec![(3, CloseCode::RelayShuttingDown)]);
 }
+
+#[test]
+fn shutdown_leaves_no_bind_deadline_of_a_connection_it_forgot() {
+    let mut h = Harness::new();
+    let baseline = h.cp.pending_timers();
+    h.connect(2);
+    h.cp.shutdown(h.now);
+    assert_eq!(closes(&h.drain()), vec![(2, CloseCode::RelayShuttingDown)]);
+    assert_eq!(
+        h.cp.pending_timers(),
+        baseline,
+        "the unbound connection's bind window is cancelled with it"
+    );
+}
