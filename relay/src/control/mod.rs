@@ -43,6 +43,7 @@
 mod admin;
 mod allocation;
 mod codes;
+mod invariants;
 mod membership;
 mod migration;
 mod ratelimit;
@@ -50,6 +51,7 @@ mod timers;
 mod tokens;
 mod types;
 
+pub use invariants::InvariantViolation;
 pub use types::{
     AdminError, AllocationInfo, CloseReason, ConnId, ElectedBy, Event, Input, JoinedVia,
     MemberInfo, Output, Promotion, Reservation, Secrets,
