@@ -78,7 +78,7 @@ impl ControlPlane {
         }
     }
 
-    /// Revokes allocation `id`'s code (once).
+    /// Revokes allocation `id`'s code (once); a code already expired keeps its tombstone.
     pub(super) fn revoke(&mut self, now: Instant, id: AllocationId) {
         if let Some(alloc) = self.allocations.get_mut(&id) {
             if alloc.code_state == CodeState::Revoked {
@@ -87,7 +87,11 @@ impl ControlPlane {
             alloc.code_state = CodeState::Revoked;
             let code = alloc.code;
             self.cancel(Timer::CodeExpiry(id));
-            self.tombstone(now, code, ErrorCode::Revoked);
+            // Only a code this allocation still holds: once an expired code's tombstone is
+            // forgotten, the code may have been drawn again for another allocation.
+            if self.code_is_live_for(code, id) {
+                self.tombstone(now, code, ErrorCode::Revoked);
+            }
         }
     }
 

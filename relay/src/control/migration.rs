@@ -223,10 +223,11 @@ impl ControlPlane {
         self.cancel_allocation_timers(from);
         alloc.host = HostSlot::Bound(me);
         alloc.created = now;
+        // An active code moves with its expiry; an expired or revoked one has none to wait for.
         if self.code_is_live_for(alloc.code, from) {
             self.codes.insert(alloc.code, CodeEntry::Live(to));
+            self.schedule(alloc.code_expires, Timer::CodeExpiry(to));
         }
-        self.schedule(alloc.code_expires, Timer::CodeExpiry(to));
         self.successors.insert(from, to);
         self.schedule(now + self.tombstone_ttl, Timer::Successor(from));
         let route = alloc.route();

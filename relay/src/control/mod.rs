@@ -44,6 +44,7 @@ mod access;
 mod admin;
 mod allocation;
 mod codes;
+mod invariants;
 mod membership;
 mod migration;
 mod ratelimit;
@@ -52,6 +53,7 @@ mod tokens;
 mod types;
 
 pub use crate::auth::Authorization;
+pub use invariants::InvariantViolation;
 pub use types::{
     AdminError, AllocationInfo, CloseReason, ConnId, ElectedBy, Event, Input, JoinedVia,
     MemberInfo, Output, Promotion, Reservation, Secrets,
@@ -228,7 +230,10 @@ impl ControlPlane {
         for id in ids {
             self.close_allocation(now, id, CloseReason::Shutdown);
         }
-        for (conn, _) in self.conns.drain() {
+        let conns: Vec<ConnId> = self.conns.drain().map(|(conn, _)| conn).collect();
+        for conn in conns {
+            // A connection still in its bind window leaves no deadline behind.
+            self.cancel(Timer::Bind(conn));
             self.outputs.push_back(Output::Close {
                 conn,
                 code: CloseCode::RelayShuttingDown,

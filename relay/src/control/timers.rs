@@ -76,6 +76,20 @@ impl TimerQueue {
         Some(key)
     }
 
+    /// Every pending deadline with its instant, earliest first.
+    pub(super) fn entries(&self) -> impl Iterator<Item = (Instant, Timer)> + '_ {
+        self.by_time.iter().copied()
+    }
+
+    /// Whether the two indexes agree: each pending timer once, at the instant its key names.
+    pub(super) fn is_consistent(&self) -> bool {
+        self.by_time.len() == self.by_key.len()
+            && self
+                .by_time
+                .iter()
+                .all(|(at, key)| self.by_key.get(key) == Some(at))
+    }
+
     /// How many timers are pending.
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {

@@ -84,3 +84,41 @@ fn relay_full_and_shutdown() {
     h.connect(3);
     assert_eq!(closes(&h.drain()), vec![(3, CloseCode::RelayShuttingDown)]);
 }
+
+#[test]
+fn shutdown_leaves_no_bind_deadline_of_a_connection_it_forgot() {
+    let mut h = Harness::new();
+    let baseline = h.cp.pending_timers();
+    h.connect(2);
+    h.cp.shutdown(h.now);
+    assert_eq!(closes(&h.drain()), vec![(2, CloseCode::RelayShuttingDown)]);
+    assert_eq!(
+        h.cp.pending_timers(),
+        baseline,
+        "the unbound connection's bind window is cancelled with it"
+    );
+}
+
+/// Once an expired code's tombstone is forgotten, `fresh_code` may draw that code for another
+/// allocation; revoking the first allocation's code afterwards must leave the second's alone.
+#[test]
+fn revoking_an_expired_code_spares_the_allocation_that_holds_it_now() {
+    let mut h = Harness::new();
+    let (first, code) = h.create_with(HOST, 0, 5);
+    h.advance(Duration::from_secs(5) + defaults::CODE_TOMBSTONE_TTL);
+    assert!(!h.cp.codes.contains_key(&code), "the code is free again");
+    // The next allocation draws it: its own draw is swapped for `code`, as a draw may give.
+    let (second, drawn) = h.create_with(2, 0, 0);
+    h.cp.codes.remove(&drawn);
+    h.cp.codes.insert(code, CodeEntry::Live(second));
+    h.cp.allocations.get_mut(&second).unwrap().code = code;
+
+    assert_eq!(h.cp.revoke_code(h.now, first), Ok(code));
+    h.drain();
+    assert_eq!(h.cp.allocation(h.now, first).unwrap().code_state, "revoked");
+    let (reply, _) = h.join(3, code);
+    assert!(
+        matches!(reply, ServerMessage::Joined { allocation, .. } if allocation == second),
+        "{reply:?}"
+    );
+}

@@ -621,3 +621,27 @@ fn a_closed_lineage_leaves_no_way_to_rejoin() {
         );
     }
 }
+
+#[test]
+fn a_successor_whose_code_was_revoked_sets_no_code_expiry() {
+    let mut h = Harness::new();
+    let (old, code) = h.create();
+    h.join_ok(2, code);
+    let request_id = h.rid();
+    let out = h.request(HOST, ClientMessage::RevokeCode { request_id });
+    assert_eq!(
+        replies_to(&out, HOST),
+        vec![ServerMessage::Done { request_id }]
+    );
+    let out = h.disconnect(HOST, LeaveReason::Closed);
+    let (_, ticket) = promote_of(&out, 2).expect("conn 2 is promoted");
+    let new = h.migrate(2, old, ticket);
+    assert!(
+        !h.cp
+            .timers
+            .entries()
+            .any(|(_, timer)| timer == Timer::CodeExpiry(new)),
+        "a revoked code has no expiry to wait for"
+    );
+    assert_eq!(h.refusal(3, code).0, ErrorCode::Revoked);
+}

@@ -58,6 +58,14 @@ impl Harness {
                 addr: Self::addr(conn),
             },
         );
+        self.check();
+    }
+
+    /// Panics unless the control plane's invariants hold: every step checks them.
+    fn check(&self) {
+        if let Err(violation) = self.cp.check_invariants() {
+            panic!("{violation}\n{:?}", self.cp);
+        }
     }
 
     fn request(&mut self, conn: ConnId, msg: ClientMessage) -> Vec<Output> {
@@ -78,6 +86,7 @@ impl Harness {
     }
 
     fn drain(&mut self) -> Vec<Output> {
+        self.check();
         std::iter::from_fn(|| self.cp.poll_output()).collect()
     }
 
