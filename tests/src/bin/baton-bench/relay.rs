@@ -122,6 +122,13 @@ impl Relay {
             // and the relay's forwarding, not its rate limiting, is what saturates.
             .args(["--client-datagrams-per-second", "1000000"])
             .args(["--client-bytes-per-second", "1073741824"])
+            // Every simulated client connects from 127.0.0.1, standing for as many addresses
+            // as there are clients: the per-address caps (default 64 per IPv4 address) would
+            // otherwise refuse the crowd the idle benchmark measures.
+            .arg("--max-connections-per-ipv4-address")
+            .arg(connections.to_string())
+            .arg("--max-connections-per-ipv4-24")
+            .arg(connections.to_string())
             // The binary's own target still logs `relay running` (the bench reads its ports
             // from it) whatever the level; every module of the library keeps `level`.
             .env(
@@ -154,7 +161,8 @@ impl Relay {
             description: format!(
                 "child {} (pid {}, --max-connections {connections} --max-allocations {allocations} \
                  --max-peers-per-allocation {members} --client-datagrams-per-second 1000000 \
-                 --client-bytes-per-second 1073741824 --log-level {level})",
+                 --client-bytes-per-second 1073741824 --max-connections-per-ipv4-address \
+                 {connections} --max-connections-per-ipv4-24 {connections} --log-level {level})",
                 bin.display(),
                 pid.map_or_else(|| "?".to_owned(), |p| p.to_string())
             ),
