@@ -235,19 +235,17 @@ impl Kind for SecretList {
     const VALUE_NAME: &'static str = "SECRET";
 
     fn arg(arg: Arg, value_name: &'static str) -> Arg {
-        listed(arg, value_name, value_parser!(String)).hide_env_values(true)
+        Names::arg(arg, value_name).hide_env_values(true)
     }
     fn get(matches: &ArgMatches, id: &str) -> Self::Arg {
-        matches
-            .get_many::<String>(id)
-            .map(|secrets| secrets.cloned().collect())
+        Names::get(matches, id)
     }
     fn merge(
-        _key: &'static str,
+        key: &'static str,
         arg: Self::Arg,
         file: Option<Self::File>,
     ) -> Result<Option<Self::Value>, ConfigError> {
-        Ok(arg.or(file))
+        Names::merge(key, arg, file)
     }
 }
 

@@ -791,3 +791,22 @@ fn example_config_mentions_every_key() {
         }
     }
 }
+
+#[test]
+fn secrets_never_show_their_environment_values_in_help() {
+    let command = Cli::command();
+    let secrets = [
+        "admin_token",
+        "webhook_secret",
+        "event_stream_token",
+        "auth_secrets",
+    ];
+    for arg in command.get_arguments() {
+        let id = arg.get_id().as_str();
+        assert_eq!(
+            arg.is_hide_env_values_set(),
+            secrets.contains(&id),
+            "--{id}: hide_env_values"
+        );
+    }
+}
