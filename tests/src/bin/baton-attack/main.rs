@@ -240,7 +240,11 @@ async fn run(args: Args, attackers: tokio::runtime::Handle) -> anyhow::Result<bo
             failed.join(" | ")
         }
     );
-    Ok(failed.is_empty())
+    // Attacks listed in KNOWN_FAILING are reported as failed (above and in the table) but do
+    // not fail the run: the exit code says whether anything else broke a bound.
+    Ok(failed
+        .iter()
+        .all(|name| KNOWN_FAILING.iter().any(|(known, _)| known == name)))
 }
 
 /// Runs `run` for `window` while sampling the relay; what the games and the relay did.
