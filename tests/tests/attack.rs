@@ -39,8 +39,8 @@ fn attacks_with_defences_hold_the_games_bounds() {
     let relay = relay_bin();
     let out = Command::new(env!("CARGO_BIN_EXE_baton-attack"))
         .arg("--quick")
-        // A test build is unoptimised: its latency says nothing about the relay's. CI's
-        // release run (`.ci/run`) holds the games to the p99 bound too.
+        // A test build is unoptimised: its latency says nothing about the relay's. The full
+        // run (`baton-attack` without --quick, README) measures the p99 bound.
         .arg("--no-latency-bound")
         .arg("--relay-bin")
         .arg(&relay)
