@@ -245,10 +245,7 @@ impl ClientConfig {
             return bad("snapshot limit must be non-zero".into());
         }
         if let Some(credential) = &self.credential {
-            let base64url = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
-            if credential.is_empty()
-                || credential.len() > baton_protocol::credential::MAX_TEXT_LEN
-                || !credential.bytes().all(base64url)
+            if credential.is_empty() || !baton_protocol::credential::text_ok(credential.as_bytes())
             {
                 return bad(format!(
                     "a credential is 1 to {} base64url characters (A-Z a-z 0-9 - _)",

@@ -293,8 +293,9 @@ fn subject_ok(subject: &str) -> bool {
 }
 
 /// Whether `text` could be a credential on the wire: at most [`MAX_TEXT_LEN`] bytes of the
-/// base64url alphabet. Decoders check this so nothing else reaches logs.
-pub(crate) fn text_ok(text: &[u8]) -> bool {
+/// base64url alphabet. Decoders check this so nothing else reaches logs; clients check it
+/// before sending.
+pub fn text_ok(text: &[u8]) -> bool {
     text.len() <= MAX_TEXT_LEN
         && text
             .iter()
