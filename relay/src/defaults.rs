@@ -112,6 +112,20 @@ pub const MAX_CONNECTIONS_PER_IPV6_48: usize = 256;
 /// flight: below this, clients pay nothing extra.
 pub const HANDSHAKE_RETRY_THRESHOLD: usize = 256;
 
+/// Connection attempts one endpoint holds before its accept loop has decided on them (not a
+/// setting). The accept loop starts one handshake per turn of its lane (see
+/// `driver::accept`), so under a flood attempts wait here; beyond this many, quinn refuses
+/// new ones at once. At a few microseconds per decision, a lane clears it in milliseconds.
+pub const INCOMING_QUEUE: usize = 4096;
+
+/// Bytes quinn buffers for one connection attempt before the accept loop has decided on it
+/// (not a setting): the client's first flight, one or two datagrams (0-RTT is off).
+pub const INCOMING_BUFFER: u64 = 16 * 1024;
+
+/// Bytes quinn buffers for all undecided connection attempts of one endpoint together (not a
+/// setting): [`INCOMING_QUEUE`] Initials of 2 KiB.
+pub const INCOMING_BUFFER_TOTAL: u64 = INCOMING_QUEUE as u64 * 2048;
+
 /// Control messages queued for one client before the relay gives up on it as not reading its
 /// control stream. Control traffic is a few messages per membership change.
 pub const CONTROL_QUEUE: usize = 256;

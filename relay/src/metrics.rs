@@ -14,6 +14,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Metric, Registry};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -112,7 +113,14 @@ pub struct Metrics {
     pub admin: AdminMetrics,
     /// What each per-client limit held back.
     pub limited: LimitMetrics,
+    /// How late each data-plane lane's probe timer fired (see `driver::lane`): how long a lane
+    /// thread was busy or blocked while a ready task waited, every datagram it carries with it.
+    pub lane_delay: Histogram,
 }
+
+/// Bucket bounds of [`Metrics::lane_delay`], in seconds. Tokio's timers tick in milliseconds,
+/// so the first bucket holds every on-time probe.
+pub const LANE_DELAY_BUCKETS: [f64; 9] = [0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
 
 impl Metrics {
     /// Registers every metric.
@@ -203,6 +211,12 @@ impl Metrics {
         let hooks = HookMetrics::register(&mut registry);
         let admin = AdminMetrics::register(&mut registry);
         let limited = LimitMetrics::register(&mut registry);
+        let lane_delay = Histogram::new(LANE_DELAY_BUCKETS);
+        registry.register(
+            "lane_delay_seconds",
+            "How late a data-plane lane's periodic probe timer fired: how long the lane thread was busy or blocked while its ready tasks, and the datagrams they carry, waited (timer resolution 1 ms)",
+            lane_delay.clone(),
+        );
 
         Metrics {
             registry,
@@ -225,6 +239,7 @@ impl Metrics {
             hooks,
             admin,
             limited,
+            lane_delay,
         }
     }
 

@@ -67,6 +67,9 @@ fn status_field(status: &str, key: &str) -> Option<u64> {
 pub struct MachineSample {
     /// Seconds of CPU time spent busy (everything but idle and iowait), summed over CPUs.
     pub busy_s: f64,
+    /// Seconds the hypervisor ran something else while this machine's virtual CPUs had work
+    /// (steal time), summed over CPUs: every thread on a stolen CPU stalls, timers included.
+    pub steal_s: f64,
 }
 
 /// Reads the aggregate `cpu` line of `/proc/stat`.
@@ -83,6 +86,7 @@ pub fn machine() -> Option<MachineSample> {
     let idle = values.get(3).copied().unwrap_or(0) + values.get(4).copied().unwrap_or(0);
     Some(MachineSample {
         busy_s: total.saturating_sub(idle) as f64 / CLOCK_TICKS_PER_SEC,
+        steal_s: values.get(7).copied().unwrap_or(0) as f64 / CLOCK_TICKS_PER_SEC,
     })
 }
 

@@ -197,6 +197,26 @@ impl Metrics {
         self.delta_by_label(&Metrics::default(), family, label)
     }
 
+    /// The upper bound of the highest bucket of histogram `family` that gained an observation
+    /// since `earlier` (`f64::INFINITY` for the `+Inf` bucket), or `None` if none did: the
+    /// largest value observed in between, rounded up to its bucket.
+    pub fn histogram_max_since(&self, earlier: &Metrics, family: &str) -> Option<f64> {
+        let count = format!("{family}_count");
+        let observed = self.value(&count) - earlier.value(&count);
+        if observed <= 0.0 {
+            return None;
+        }
+        // Buckets are cumulative: the first whose change holds every new observation.
+        self.delta_by_label(earlier, &format!("{family}_bucket"), "le")
+            .into_iter()
+            .filter(|(_, delta)| *delta as f64 >= observed)
+            .filter_map(|(le, _)| match le.as_str() {
+                "+Inf" => Some(f64::INFINITY),
+                le => le.parse::<f64>().ok(),
+            })
+            .min_by(f64::total_cmp)
+    }
+
     /// `self - earlier` for every sample of family `family` with label `label`, keyed by the
     /// label's value, keeping only those that grew.
     pub fn delta_by_label(
@@ -249,5 +269,26 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    #[test]
+    fn finds_the_highest_bucket_a_histogram_filled() {
+        let text = |b: [u32; 4]| {
+            format!(
+                "h_bucket{{le=\"0.002\"}} {}\nh_bucket{{le=\"0.01\"}} {}\n\
+                 h_bucket{{le=\"0.1\"}} {}\nh_bucket{{le=\"+Inf\"}} {}\nh_count {}\n",
+                b[0], b[1], b[2], b[3], b[3]
+            )
+        };
+        let before = Metrics::parse(&text([10, 12, 12, 12]));
+        assert_eq!(before.histogram_max_since(&before, "h"), None);
+        // Two more on time, one in (0.002, 0.01]: the worst is bounded by 0.01.
+        let after = Metrics::parse(&text([12, 15, 15, 15]));
+        assert_eq!(after.histogram_max_since(&before, "h"), Some(0.01));
+        // One more above every bound.
+        let later = Metrics::parse(&text([12, 15, 15, 16]));
+        assert_eq!(later.histogram_max_since(&after, "h"), Some(f64::INFINITY));
+        assert_eq!(later.histogram_max_since(&before, "h"), Some(f64::INFINITY));
+        assert_eq!(Metrics::default().histogram_max_since(&before, "h"), None);
     }
 }

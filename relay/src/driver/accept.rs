@@ -6,6 +6,13 @@
 //! CONNECTION_CLOSE, smaller than the padded 1200-byte Initial that caused it, so it cannot
 //! amplify traffic towards a spoofed source) instead of retrying until its timeout.
 //!
+//! A handshake's costliest step is its first: the server's key exchange and certificate
+//! signature, done when the attempt is accepted. The loop accepts one attempt per turn of its
+//! lane and then yields, so the lane's ready tasks (datagrams of established connections) run
+//! between two handshakes instead of queueing behind a burst of them: a flood of handshakes
+//! adds at most one handshake's work to a datagram's wait. Attempts waiting meanwhile are
+//! bounded by quinn's incoming queue ([`defaults::INCOMING_QUEUE`](crate::defaults)).
+//!
 //! Runs on the endpoint's data-plane lane thread (`Relay::bind` spawns it there), and so do the
 //! connection tasks it spawns. Calls only [`connection`](super::connection) and
 //! [`admission`](super::admission); never the control plane.
@@ -58,10 +65,19 @@ pub(super) async fn accept_loop(
         };
         let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
         let span = info_span!("conn", id, %remote);
+        // The handshake's first flight is computed here, on this task.
+        let connecting = span.in_scope(|| incoming.accept());
         let shared = shared.clone();
         tasks.spawn(
             async move {
-                match incoming.await {
+                let connecting = match connecting {
+                    Ok(connecting) => connecting,
+                    Err(e) => {
+                        debug!(cause = %e, "handshake failed at its first packet");
+                        return;
+                    }
+                };
+                match connecting.await {
                     Ok(conn) if !speaks_current_version(&conn) => {
                         debug!("retired protocol version; closing");
                         let code = CloseCode::UnsupportedVersion;
@@ -86,6 +102,9 @@ pub(super) async fn accept_loop(
             }
             .instrument(span),
         );
+        // Let every task that became ready meanwhile run, and the lane poll its sockets,
+        // before the next handshake.
+        tokio::task::yield_now().await;
     }
 }
 

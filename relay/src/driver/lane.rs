@@ -13,6 +13,10 @@
 //!
 //! `Relay::bind` starts one [`Lane`] per endpoint and spawns the endpoint's accept loop on it;
 //! `Relay::shutdown` stops them. A lane knows nothing of connections or the control plane.
+//!
+//! A lane runs one task at a time, so a task that runs long (or a burst of tasks queued ahead)
+//! delays every datagram on the lane. [`Lane::spawn_probe`] measures this: a timer every
+//! [`PROBE_PERIOD`], and how late it fired, exported as `baton_lane_delay_seconds`.
 
 use std::fmt;
 use std::future::Future;
@@ -26,6 +30,9 @@ use tokio::sync::oneshot;
 
 /// How long a stopping lane lets its remaining tasks finish before they are dropped.
 const STOP_GRACE: Duration = Duration::from_secs(1);
+
+/// How often a lane's probe timer fires: 100 wake-ups a second, a few microseconds of CPU.
+pub(crate) const PROBE_PERIOD: Duration = Duration::from_millis(10);
 
 /// One data-plane thread and its runtime. Dropping the lane stops the thread: tasks still on
 /// it are dropped (their connections with them).
@@ -62,6 +69,20 @@ impl Lane {
     /// The lane's runtime, to spawn tasks on.
     pub(crate) fn handle(&self) -> &Handle {
         &self.handle
+    }
+
+    /// Runs a probe on the lane until it stops: a timer every [`PROBE_PERIOD`], and `report`
+    /// called with how late it fired, the time the lane made a ready task wait.
+    pub(crate) fn spawn_probe(&self, report: impl Fn(Duration) + Send + 'static) {
+        self.handle.spawn(async move {
+            let mut due = tokio::time::Instant::now() + PROBE_PERIOD;
+            loop {
+                tokio::time::sleep_until(due).await;
+                let now = tokio::time::Instant::now();
+                report(now.saturating_duration_since(due));
+                due = now + PROBE_PERIOD;
+            }
+        });
     }
 
     /// A quinn runtime that runs endpoint and connection drivers on this lane.
@@ -150,6 +171,35 @@ mod tests {
         lane.stop().await;
         // The runtime is gone: new tasks are cancelled rather than run.
         assert!(handle.spawn(async {}).await.unwrap_err().is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn the_probe_reports_how_long_a_task_held_the_lane() {
+        let lane = Lane::start(1).unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        lane.spawn_probe(move |late| {
+            let _ = tx.send(late);
+        });
+        // The probe runs: it reports every period.
+        for _ in 0..3 {
+            rx.recv().await.unwrap();
+        }
+        // A task that holds the thread for 60 ms: the next probe is late by 50-60 ms (it was
+        // due within 10 ms of the block's start), plus whatever else held up the machine.
+        lane.handle()
+            .spawn(async { std::thread::sleep(Duration::from_millis(60)) })
+            .await
+            .unwrap();
+        let mut worst = Duration::ZERO;
+        for _ in 0..20 {
+            worst = worst.max(rx.recv().await.unwrap());
+            if worst >= Duration::from_millis(20) {
+                break;
+            }
+        }
+        assert!(worst >= Duration::from_millis(45), "{worst:?}");
+        assert!(worst <= Duration::from_millis(500), "{worst:?}");
+        lane.stop().await;
     }
 
     #[tokio::test]

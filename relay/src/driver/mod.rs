@@ -191,6 +191,10 @@ impl Relay {
             .map_err(|e| RelayError::Quic(e.to_string()))?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic_crypto));
         server_config.transport_config(Arc::new(transport_config(&config)?));
+        server_config
+            .max_incoming(defaults::INCOMING_QUEUE)
+            .incoming_buffer_size(defaults::INCOMING_BUFFER)
+            .incoming_buffer_size_total(defaults::INCOMING_BUFFER_TOTAL);
         let bind_error = |source| RelayError::Bind {
             addr: config.listen,
             source,
@@ -293,6 +297,8 @@ impl Relay {
         };
 
         for (endpoint, lane) in endpoints.iter().zip(&lanes) {
+            let delay = shared.metrics.lane_delay.clone();
+            lane.spawn_probe(move |late| delay.observe(late.as_secs_f64()));
             tasks.spawn_on(
                 accept_loop(
                     endpoint.clone(),

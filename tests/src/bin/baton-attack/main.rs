@@ -32,6 +32,7 @@ use crate::relay::Relay;
 use crate::report::{Bounds, Findings, Outcome};
 
 use baton_tests::attack_known::KNOWN_FAILING;
+use baton_tests::procstat;
 
 /// Command line.
 #[derive(Debug, Parser)]
@@ -260,6 +261,7 @@ async fn measure(
     let before = relay.metrics().await.unwrap_or_default();
     let start = Instant::now();
     let cpu_before = relay.sample().map(|s| s.cpu_s);
+    let machine_before = procstat::machine();
     let until = start + window;
     let mut rss_kib = relay.sample().map_or(0, |s| s.rss_kib);
     // Every attack ends by itself, bounded; this bound only guards against a hung one.
@@ -285,6 +287,7 @@ async fn measure(
     };
     let secs = start.elapsed().as_secs_f64();
     let cpu_after = relay.sample().map(|s| s.cpu_s);
+    let machine_after = procstat::machine();
     let games_window = games.take_window();
     let after = relay.metrics().await.unwrap_or_default();
     let (findings, error) = match result {
@@ -304,6 +307,12 @@ async fn measure(
             _ => 0.0,
         },
         rss_mib: rss_kib as f64 / 1024.0,
+        lane_delay_ms: after
+            .histogram_max_since(&before, "baton_lane_delay_seconds")
+            .map(|s| s * 1000.0),
+        steal_ms: machine_before
+            .zip(machine_after)
+            .map(|(b, a)| (a.steal_s - b.steal_s) * 1000.0),
         counters: after.changed_since(&before, counters),
         checks: findings.checks,
         figures: findings.figures,

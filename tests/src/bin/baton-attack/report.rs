@@ -5,6 +5,13 @@ use std::fmt::Write;
 
 use crate::games::Window;
 
+/// The last finite bound of `baton_lane_delay_seconds`, ms.
+fn lane_delay_top_ms() -> f64 {
+    baton_relay::metrics::LANE_DELAY_BUCKETS
+        .last()
+        .map_or(0.0, |s| s * 1000.0)
+}
+
 /// Loss bound: game datagram loss stays under this, percent.
 pub const MAX_LOSS_PCT: f64 = 1.0;
 /// Latency bound: game p99 stays under this multiple of the baseline p99...
@@ -113,6 +120,12 @@ pub struct Outcome {
     pub cpu_pct: f64,
     /// Largest relay RSS sampled during the window, MiB.
     pub rss_mib: f64,
+    /// The longest a relay lane made its ready tasks wait during the window, ms, rounded up to
+    /// its `baton_lane_delay_seconds` bucket (infinite above the last bound).
+    pub lane_delay_ms: Option<f64>,
+    /// CPU time the hypervisor stole from this machine during the window, ms summed over CPUs
+    /// (`/proc/stat`; 10 ms resolution): stalls it causes are the machine's, not the relay's.
+    pub steal_ms: Option<f64>,
     /// The relevant relay counters that changed (name, change).
     pub counters: Vec<(String, f64)>,
     /// The attacker's figures and checks.
@@ -130,9 +143,9 @@ pub fn markdown(outcomes: &[Outcome], bounds: &Bounds, known_failing: &[(&str, &
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| attack | s | loss % | p50 ms | p99 ms | max ms | disconnects | relay CPU % | relay RSS MiB | result |"
+        "| attack | s | loss % | p50 ms | p99 ms | max ms | disconnects | relay CPU % | relay RSS MiB | lane delay ms | steal ms | result |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|");
     for o in outcomes {
         let result = if o.name == "baseline" {
             "—".to_owned()
@@ -148,7 +161,7 @@ pub fn markdown(outcomes: &[Outcome], bounds: &Bounds, known_failing: &[(&str, &
         };
         let _ = writeln!(
             out,
-            "| {} | {:.1} | {:.3} | {:.2} | {:.2} | {:.1} | {} | {:.0} | {:.0} | {} |",
+            "| {} | {:.1} | {:.3} | {:.2} | {:.2} | {:.1} | {} | {:.0} | {:.0} | {} | {} | {} |",
             o.name,
             o.secs,
             o.games.loss_pct(),
@@ -158,6 +171,12 @@ pub fn markdown(outcomes: &[Outcome], bounds: &Bounds, known_failing: &[(&str, &
             o.games.disconnects,
             o.cpu_pct,
             o.rss_mib,
+            match o.lane_delay_ms {
+                Some(ms) if ms.is_finite() => format!("≤ {ms}"),
+                Some(_) => format!("> {}", lane_delay_top_ms()),
+                None => "—".to_owned(),
+            },
+            o.steal_ms.map_or("—".to_owned(), |ms| format!("{ms:.0}")),
             result
         );
     }
