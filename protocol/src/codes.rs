@@ -97,6 +97,9 @@ wire_enum! {
         /// The allocation is migrating to a new host; retry shortly. `value` = milliseconds
         /// until the migration deadline.
         Migrating = 16 => "migrating",
+        /// The fleet directory cannot be reached, so this node cannot place new work or find
+        /// the node holding a code. `value` = milliseconds after which to retry.
+        DirectoryUnavailable = 17 => "directory_unavailable",
     }
 }
 

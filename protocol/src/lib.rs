@@ -32,6 +32,7 @@ pub mod frame;
 pub mod ids;
 pub mod join_code;
 pub mod message;
+pub mod server_name;
 mod wire;
 
 /// The first byte of every unidirectional stream, saying what it carries.

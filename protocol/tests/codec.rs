@@ -314,6 +314,26 @@ fn server_snapshots() -> Vec<(ServerMessage, &'static str)> {
             },
             "00000006 8e 07 00a00000",
         ),
+        (
+            // len = 1 + 4 + (1 + 4 + 2) + (2 + 19) = 33 = 0x21; family 4, 192.0.2.10 =
+            // c0 00 02 0a, port 7700 = 0x1e14, "relay-2.example.com" (19 = 0x13 bytes)
+            ServerMessage::Redirect {
+                request_id: 2,
+                address: "192.0.2.10:7700".parse().expect("address"),
+                server_name: "relay-2.example.com".into(),
+            },
+            "00000021 8f 00000002 04 c000020a 1e14 0013 72656c61792d322e6578616d706c652e636f6d",
+        ),
+        (
+            // len = 1 + 4 + (1 + 16 + 2) + (2 + 11) = 37 = 0x25; family 6, 2001:db8::2, port
+            // 7700, the IP literal "2001:db8::2" (11 = 0x0b bytes) as server name
+            ServerMessage::Redirect {
+                request_id: 3,
+                address: "[2001:db8::2]:7700".parse().expect("address"),
+                server_name: "2001:db8::2".into(),
+            },
+            "00000025 8f 00000003 06 20010db8000000000000000000000002 1e14 000b 323030313a6462383a3a32",
+        ),
     ]
 }
 
@@ -353,7 +373,7 @@ fn check_snapshot_types<M: Message>(snapshots: &[(M, &str)], expected: RangeIncl
 #[test]
 fn every_message_type_has_a_snapshot() {
     check_snapshot_types(&client_snapshots(), 0x01..=0x07);
-    check_snapshot_types(&server_snapshots(), 0x81..=0x8E);
+    check_snapshot_types(&server_snapshots(), 0x81..=0x8F);
 }
 
 #[test]
@@ -395,6 +415,7 @@ fn wire_code_values_are_pinned() {
             (14, "not_bound"),
             (15, "closed"),
             (16, "migrating"),
+            (17, "directory_unavailable"),
         ]
     );
     let leaves: Vec<(u8, &str)> = LeaveReason::ALL
@@ -960,6 +981,93 @@ fn malformed_bodies_give_typed_errors() {
 }
 
 #[test]
+fn malformed_redirects_give_typed_errors() {
+    let decode = |h: &str| ServerMessage::decode(&hex::decode(unspaced(h)).expect("hex"));
+    let invalid = |h: &str, field: &str| match decode(h) {
+        Err(DecodeError::InvalidField { field: f, .. }) => assert_eq!(f, field, "{h}"),
+        other => panic!("{h}: expected an invalid {field}, got {other:?}"),
+    };
+    // "localhost" = 6c6f63616c686f7374 (9 bytes)
+    let name = "0009 6c6f63616c686f7374";
+    assert_eq!(
+        decode(&format!("8f 00000001 04 7f000001 1e14 {name}")),
+        Ok(ServerMessage::Redirect {
+            request_id: 1,
+            address: "127.0.0.1:7700".parse().expect("address"),
+            server_name: "localhost".into(),
+        })
+    );
+    // Families other than 4 and 6; unspecified and multicast addresses; port 0.
+    for family in ["00", "05", "29", "ff"] {
+        invalid(
+            &format!("8f 00000001 {family} 7f000001 1e14 {name}"),
+            "address",
+        );
+    }
+    invalid(&format!("8f 00000001 04 00000000 1e14 {name}"), "address");
+    invalid(&format!("8f 00000001 04 e0000001 1e14 {name}"), "address");
+    invalid(
+        &format!("8f 00000001 06 {} 1e14 {name}", "00".repeat(16)),
+        "address",
+    );
+    invalid(
+        &format!("8f 00000001 06 ff02{} 1e14 {name}", "00".repeat(13) + "01"),
+        "address",
+    );
+    invalid(&format!("8f 00000001 04 7f000001 0000 {name}"), "address");
+    // Server names: empty, longer than 253, not UTF-8, not a DNS name or an IP literal.
+    invalid("8f 00000001 04 7f000001 1e14 0000", "server_name");
+    invalid(
+        &format!("8f 00000001 04 7f000001 1e14 00fe {}", "61".repeat(254)),
+        "server_name",
+    );
+    invalid(
+        &format!("8f 00000001 04 7f000001 1e14 ffff {}", "61".repeat(300)),
+        "server_name",
+    );
+    invalid("8f 00000001 04 7f000001 1e14 0002 c328", "server_name");
+    for bad in ["a b", "a..b", "-a", "a_b", "a.", "1.2.3", "[::1]", "x:1"] {
+        invalid(
+            &format!(
+                "8f 00000001 04 7f000001 1e14 {:04x} {}",
+                bad.len(),
+                hex::encode(bad)
+            ),
+            "server_name",
+        );
+    }
+    // Shorter than announced, and bytes after the name.
+    assert_eq!(
+        decode("8f 00000001 04 7f000001 1e14 0009 6c6f63616c686f73"),
+        Err(DecodeError::Truncated { needed: 1 })
+    );
+    assert_eq!(
+        decode(&format!("8f 00000001 04 7f000001 1e14 {name} 00")),
+        Err(DecodeError::TrailingBytes(1))
+    );
+    // An IPv6 family with IPv4-sized address bytes runs short.
+    assert!(matches!(
+        decode(&format!("8f 00000001 06 7f000001 1e14 {name}")),
+        Err(DecodeError::Truncated { .. })
+    ));
+    // The longest name fits.
+    let longest = [
+        "a".repeat(63),
+        "b".repeat(63),
+        "c".repeat(63),
+        "d".repeat(61),
+    ]
+    .join(".");
+    assert!(matches!(
+        decode(&format!(
+            "8f 00000001 04 7f000001 1e14 00fd {}",
+            hex::encode(&longest)
+        )),
+        Ok(ServerMessage::Redirect { server_name, .. }) if server_name == longest
+    ));
+}
+
+#[test]
 fn a_stream_of_frames_decodes_in_order() {
     let msgs: Vec<ServerMessage> = server_snapshots().into_iter().map(|(m, _)| m).collect();
     let mut stream = bytes::BytesMut::new();
@@ -1189,6 +1297,34 @@ fn server_message() -> impl Strategy<Value = ServerMessage> {
             code: ErrorCode::from_u8(code),
             value,
         }),
+        (any::<u32>(), redirect_address(), server_name()).prop_map(
+            |(request_id, address, server_name)| ServerMessage::Redirect {
+                request_id,
+                address,
+                server_name,
+            }
+        ),
+    ]
+}
+
+/// Addresses a `Redirect` may carry: not unspecified, not multicast, port not 0, no IPv6
+/// flow label or scope id (the wire does not carry them).
+fn redirect_address() -> impl Strategy<Value = std::net::SocketAddr> {
+    let ip = prop_oneof![
+        any::<[u8; 4]>().prop_map(|b| std::net::IpAddr::from(b)),
+        any::<[u8; 16]>().prop_map(|b| std::net::IpAddr::from(b)),
+    ]
+    .prop_filter("connectable", |ip| {
+        !ip.is_unspecified() && !ip.is_multicast()
+    });
+    (ip, 1..=u16::MAX).prop_map(|(ip, port)| std::net::SocketAddr::new(ip, port))
+}
+
+/// Server names a `Redirect` may carry: DNS names and IP literals.
+fn server_name() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[a-z]([a-z0-9-]{0,20}[a-z0-9])?(\\.[a-z]([a-z0-9-]{0,20}[a-z0-9])?){0,4}",
+        any::<std::net::IpAddr>().prop_map(|ip| ip.to_string()),
     ]
 }
 

@@ -1,6 +1,6 @@
 //! Control messages. Client → relay messages carry a `request_id` chosen by the client; the
-//! relay echoes it in the reply (`AllocationCreated`, `Joined`, `Done` or `Refused`) so replies
-//! can be matched to requests. Relay → client events carry no request id.
+//! relay echoes it in the reply (`AllocationCreated`, `Joined`, `Done`, `Refused` or, from a
+//! fleet node, `Redirect`) so replies can be matched to requests. Relay → client events carry no request id.
 //!
 //! All integers are big-endian. A join code is `len: u8` followed by `len` ASCII characters.
 //!

@@ -1,12 +1,15 @@
 //! [`ServerMessage`]: what the relay sends to a client on its control stream (replies and
 //! events), with its codec.
 
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+
 use bytes::BufMut;
 
 use crate::join_code::JoinCode;
 use crate::wire::Reader;
 use crate::{
-    AllocationId, DecodeError, DropReason, ErrorCode, LeaveReason, PeerId, MAX_PEERS_LIMIT,
+    server_name, AllocationId, DecodeError, DropReason, ErrorCode, LeaveReason, PeerId,
+    MAX_PEERS_LIMIT,
 };
 
 use super::{code_len, put_code, read_code};
@@ -138,6 +141,23 @@ pub enum ServerMessage {
         /// Code-specific detail.
         value: u32,
     },
+    /// `0x8F`: reply to `Join` or `Rejoin` from a relay of a fleet that does not hold the
+    /// allocation: the node at `address` does. The client closes this connection normally,
+    /// connects to `address` checking its certificate for `server_name` with the same trust,
+    /// and sends the same request there; it follows at most one `Redirect` per request.
+    Redirect {
+        /// The request this answers.
+        request_id: u32,
+        /// The relay to send the request to. On the wire: family (4 or 6), the address bytes,
+        /// the port; never port 0, an unspecified or a multicast address. An IPv6 address's
+        /// flow label and scope id are not carried (they decode as 0).
+        address: SocketAddr,
+        /// The TLS server name to present to that relay and check its certificate against: a
+        /// DNS name or an IP literal, 1 to [`server_name::MAX_LEN`] bytes, as
+        /// [`server_name::is_valid`] accepts. A sender must only send valid names (encoding
+        /// does not check); decoding refuses others.
+        server_name: String,
+    },
 }
 
 impl ServerMessage {
@@ -158,6 +178,7 @@ impl ServerMessage {
             ServerMessage::PeerRejoined { .. } => 0x8C,
             ServerMessage::SnapshotStored { .. } => 0x8D,
             ServerMessage::SnapshotRejected { .. } => 0x8E,
+            ServerMessage::Redirect { .. } => 0x8F,
         }
     }
 
@@ -180,6 +201,11 @@ impl ServerMessage {
             ServerMessage::PeerRejoined { .. } => 2,
             ServerMessage::SnapshotStored { .. } => 4,
             ServerMessage::SnapshotRejected { .. } => 1 + 4,
+            ServerMessage::Redirect {
+                address,
+                server_name,
+                ..
+            } => 4 + address_len(address) + 2 + server_name.len(),
         }
     }
 
@@ -277,6 +303,16 @@ impl ServerMessage {
                 buf.put_u8(code.to_u8());
                 buf.put_u32(*value);
             }
+            ServerMessage::Redirect {
+                request_id,
+                address,
+                server_name,
+            } => {
+                buf.put_u32(*request_id);
+                put_address(buf, address);
+                buf.put_u16(server_name.len() as u16);
+                buf.put_slice(server_name.as_bytes());
+            }
         }
     }
 
@@ -372,8 +408,80 @@ impl ServerMessage {
                 code: ErrorCode::from_u8(r.u8()?),
                 value: r.u32()?,
             },
+            0x8F => ServerMessage::Redirect {
+                request_id: r.u32()?,
+                address: read_address(r)?,
+                server_name: read_server_name(r)?,
+            },
             other => return Err(DecodeError::UnknownType(other)),
         };
         Ok(msg)
     }
+}
+
+/// Family byte of an IPv4 address.
+const FAMILY_V4: u8 = 4;
+/// Family byte of an IPv6 address.
+const FAMILY_V6: u8 = 6;
+
+/// Bytes a socket address takes: family, address, port.
+fn address_len(address: &SocketAddr) -> usize {
+    1 + match address {
+        SocketAddr::V4(_) => 4,
+        SocketAddr::V6(_) => 16,
+    } + 2
+}
+
+fn put_address(buf: &mut impl BufMut, address: &SocketAddr) {
+    match address {
+        SocketAddr::V4(v4) => {
+            buf.put_u8(FAMILY_V4);
+            buf.put_slice(&v4.ip().octets());
+        }
+        SocketAddr::V6(v6) => {
+            buf.put_u8(FAMILY_V6);
+            buf.put_slice(&v6.ip().octets());
+        }
+    }
+    buf.put_u16(address.port());
+}
+
+/// Reads a socket address a client can connect to: a known family, an address that is neither
+/// unspecified nor multicast, a port that is not 0.
+fn read_address(r: &mut Reader<'_>) -> Result<SocketAddr, DecodeError> {
+    let invalid = |reason| DecodeError::InvalidField {
+        field: "address",
+        reason,
+    };
+    let ip: std::net::IpAddr = match r.u8()? {
+        FAMILY_V4 => Ipv4Addr::from(r.array::<4>()?).into(),
+        FAMILY_V6 => Ipv6Addr::from(r.array::<16>()?).into(),
+        _ => return Err(invalid("family is neither 4 nor 6")),
+    };
+    let port = r.u16()?;
+    if ip.is_unspecified() || ip.is_multicast() {
+        return Err(invalid("unspecified or multicast address"));
+    }
+    if port == 0 {
+        return Err(invalid("port 0"));
+    }
+    Ok(SocketAddr::new(ip, port))
+}
+
+/// Reads a server name: `len: u16` (1 to 253), then that many bytes of a DNS name or an IP
+/// literal ([`server_name::is_valid`]).
+fn read_server_name(r: &mut Reader<'_>) -> Result<String, DecodeError> {
+    let invalid = |reason| DecodeError::InvalidField {
+        field: "server_name",
+        reason,
+    };
+    let len = usize::from(r.u16()?);
+    if !(1..=server_name::MAX_LEN).contains(&len) {
+        return Err(invalid("length outside 1..=253"));
+    }
+    let name = std::str::from_utf8(r.bytes(len)?).map_err(|_| invalid("not UTF-8"))?;
+    if !server_name::is_valid(name) {
+        return Err(invalid("neither a DNS name nor an IP literal"));
+    }
+    Ok(name.to_owned())
 }
