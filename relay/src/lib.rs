@@ -36,6 +36,7 @@ pub mod config;
 pub mod control;
 mod crypto;
 pub mod defaults;
+pub mod directory;
 mod driver;
 pub mod hooks;
 pub mod metrics;

@@ -116,6 +116,8 @@ pub struct Metrics {
     /// How late each data-plane lane's probe timer fired (see `driver::lane`): how long a lane
     /// thread was busy or blocked while a ready task waited, every datagram it carries with it.
     pub lane_delay: Histogram,
+    /// Fleet directory operations (see [`crate::directory`]).
+    pub directory: DirectoryMetrics,
 }
 
 /// Bucket bounds of [`Metrics::lane_delay`], in seconds. Tokio's timers tick in milliseconds,
@@ -218,6 +220,8 @@ impl Metrics {
             lane_delay.clone(),
         );
 
+        let directory = DirectoryMetrics::register(&mut registry);
+
         Metrics {
             registry,
             connections,
@@ -240,6 +244,7 @@ impl Metrics {
             admin,
             limited,
             lane_delay,
+            directory,
         }
     }
 
@@ -472,6 +477,135 @@ impl LimitMetrics {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpLabel {
+    op: &'static str,
+}
+
+/// A fleet directory operation, as the `op` label of the directory metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DirectoryOp {
+    /// Connecting to the store.
+    Connect,
+    /// Writing this node's record.
+    Heartbeat,
+    /// Listing live nodes.
+    Nodes,
+    /// Reading one node's record.
+    Node,
+    /// Removing this node's record.
+    RemoveNode,
+    /// Claiming join codes.
+    ClaimCodes,
+    /// Binding a claimed code to an allocation.
+    BindCode,
+    /// Resolving a join code.
+    LookupCode,
+    /// Releasing a join code.
+    ReleaseCode,
+    /// Recording which node holds an allocation.
+    BindAllocation,
+    /// Finding the node that holds an allocation.
+    LookupAllocation,
+    /// Releasing an allocation record.
+    ReleaseAllocation,
+}
+
+impl DirectoryOp {
+    /// Every operation, in label order.
+    pub const ALL: [DirectoryOp; 12] = [
+        DirectoryOp::Connect,
+        DirectoryOp::Heartbeat,
+        DirectoryOp::Nodes,
+        DirectoryOp::Node,
+        DirectoryOp::RemoveNode,
+        DirectoryOp::ClaimCodes,
+        DirectoryOp::BindCode,
+        DirectoryOp::LookupCode,
+        DirectoryOp::ReleaseCode,
+        DirectoryOp::BindAllocation,
+        DirectoryOp::LookupAllocation,
+        DirectoryOp::ReleaseAllocation,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DirectoryOp::Connect => "connect",
+            DirectoryOp::Heartbeat => "heartbeat",
+            DirectoryOp::Nodes => "nodes",
+            DirectoryOp::Node => "node",
+            DirectoryOp::RemoveNode => "remove_node",
+            DirectoryOp::ClaimCodes => "claim_codes",
+            DirectoryOp::BindCode => "bind_code",
+            DirectoryOp::LookupCode => "lookup_code",
+            DirectoryOp::ReleaseCode => "release_code",
+            DirectoryOp::BindAllocation => "bind_allocation",
+            DirectoryOp::LookupAllocation => "lookup_allocation",
+            DirectoryOp::ReleaseAllocation => "release_allocation",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Bucket bounds of `baton_directory_op_seconds`, in seconds: a same-region store answers in
+/// about a millisecond; the last bound is the directory's operation timeout (500 ms).
+pub const DIRECTORY_OP_BUCKETS: [f64; 10] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+];
+
+/// Fleet directory metrics: `baton_directory_op_seconds{op}` (every operation's duration,
+/// failed ones included) and `baton_directory_errors_total{op}` (operations that failed:
+/// store unavailable or timed out, or a corrupt value), each label pre-registered.
+#[derive(Debug)]
+pub struct DirectoryMetrics {
+    seconds: Vec<Histogram>,
+    errors: Vec<Counter>,
+}
+
+impl DirectoryMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let seconds: Family<OpLabel, Histogram> =
+            Family::new_with_constructor(|| Histogram::new(DIRECTORY_OP_BUCKETS));
+        registry.register(
+            "directory_op_seconds",
+            "Duration of fleet directory operations, failed ones included, by operation",
+            seconds.clone(),
+        );
+        let errors: Family<OpLabel, Counter> = register(
+            registry,
+            "directory_errors",
+            "Fleet directory operations that failed (store unavailable or timed out, or a corrupt value), by operation",
+        );
+        let label = |op: DirectoryOp| OpLabel { op: op.as_str() };
+        DirectoryMetrics {
+            seconds: DirectoryOp::ALL
+                .iter()
+                .map(|&op| seconds.get_or_create(&label(op)).clone())
+                .collect(),
+            errors: DirectoryOp::ALL
+                .iter()
+                .map(|&op| errors.get_or_create(&label(op)).clone())
+                .collect(),
+        }
+    }
+
+    /// Records one `op` that took `seconds`, and whether it failed.
+    pub fn record(&self, op: DirectoryOp, seconds: f64, failed: bool) {
+        if let Some(h) = self.seconds.get(op.index()) {
+            h.observe(seconds);
+        }
+        if failed {
+            if let Some(c) = self.errors.get(op.index()) {
+                c.inc();
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -484,6 +618,8 @@ mod tests {
         m.left(LeaveReason::TimedOut).inc();
         m.connections.set(3);
         m.limited.allocation_bytes.inc();
+        m.directory.record(DirectoryOp::LookupCode, 0.002, true);
+        m.directory.record(DirectoryOp::LookupCode, 0.003, false);
         let text = m.encode();
         // Whole lines: a substring check would let `... 10` pass for `... 1`.
         for line in [
@@ -493,6 +629,10 @@ mod tests {
             "baton_connections 3",
             "baton_rate_limited_total{limit=\"allocation_bytes\"} 1",
             "baton_rate_limited_total{limit=\"client_requests\"} 0",
+            "baton_directory_errors_total{op=\"lookup_code\"} 1",
+            "baton_directory_errors_total{op=\"heartbeat\"} 0",
+            "baton_directory_op_seconds_count{op=\"lookup_code\"} 2",
+            "baton_directory_op_seconds_count{op=\"nodes\"} 0",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -1,0 +1,521 @@
+//! What the directory stores, and its text form: node ids, node records, join-code and
+//! allocation records. Every value read back is length-checked before it is parsed, and parsed
+//! strictly (no whitespace, no sign, no case folding): a value this module did not write is
+//! reported, never guessed at.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+/// Longest node id, in bytes.
+pub const MAX_NODE_ID_LEN: usize = 64;
+/// Longest TLS server name a node may advertise (a DNS name's limit).
+pub const MAX_SERVER_NAME_LEN: usize = 253;
+/// Longest region name.
+pub const MAX_REGION_LEN: usize = 64;
+/// Longest join code the directory accepts, in bytes.
+pub const MAX_CODE_LEN: usize = 32;
+/// Longest single value (a hash field or a string key's value) read from the store; anything
+/// longer is corrupt without being looked at.
+pub const MAX_VALUE_LEN: usize = 256;
+
+/// Why a string is not a node id (or another name the directory stores).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    /// Empty, or longer than the limit.
+    #[error("must be 1 to {max} bytes, got {len}")]
+    Length {
+        /// Its length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A byte outside the allowed set.
+    #[error("byte {0:#04x} is not allowed")]
+    Byte(u8),
+}
+
+/// Checks `s` is 1 to `max` bytes, each accepted by `allowed`.
+fn check_name(s: &[u8], max: usize, allowed: impl Fn(u8) -> bool) -> Result<(), NameError> {
+    if s.is_empty() || s.len() > max {
+        return Err(NameError::Length { len: s.len(), max });
+    }
+    match s.iter().find(|&&b| !allowed(b)) {
+        Some(&b) => Err(NameError::Byte(b)),
+        None => Ok(()),
+    }
+}
+
+/// `[A-Za-z0-9._-]`: the bytes of node ids and regions.
+fn id_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')
+}
+
+/// A relay node's id in the fleet: 1 to 64 bytes of `[A-Za-z0-9._-]`, so it is safe inside a
+/// key and a space-separated value.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(String);
+
+impl NodeId {
+    /// Validates `s` as a node id.
+    pub fn parse(s: &str) -> Result<NodeId, NameError> {
+        check_name(s.as_bytes(), MAX_NODE_ID_LEN, id_byte)?;
+        Ok(NodeId(s.to_owned()))
+    }
+
+    /// Validates raw bytes read from the store.
+    fn from_bytes(raw: &[u8]) -> Result<NodeId, NameError> {
+        check_name(raw, MAX_NODE_ID_LEN, id_byte)?;
+        // Checked ASCII above.
+        Ok(NodeId(String::from_utf8_lossy(raw).into_owned()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "NodeId({})", self.0)
+    }
+}
+
+/// Checks a join code the directory is asked to store or look up: 1 to [`MAX_CODE_LEN`] bytes
+/// of `[A-Za-z0-9]` (the relay's codes are a subset).
+pub fn check_code(code: &str) -> Result<(), NameError> {
+    check_name(code.as_bytes(), MAX_CODE_LEN, |b| b.is_ascii_alphanumeric())
+}
+
+/// Whether a node takes new allocations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NodeState {
+    /// Takes new allocations.
+    Active,
+    /// Takes none; its allocations are being moved elsewhere.
+    Draining,
+}
+
+impl NodeState {
+    /// The stored form: `active` or `draining`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Active => "active",
+            NodeState::Draining => "draining",
+        }
+    }
+
+    fn parse(raw: &[u8]) -> Option<NodeState> {
+        match raw {
+            b"active" => Some(NodeState::Active),
+            b"draining" => Some(NodeState::Draining),
+            _ => None,
+        }
+    }
+}
+
+/// One node as its heartbeat describes it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeInfo {
+    /// The node's id.
+    pub id: NodeId,
+    /// The QUIC address clients are sent to.
+    pub addr: SocketAddr,
+    /// The TLS server name clients check the node's certificate against: 1 to 253 bytes of
+    /// printable ASCII without spaces.
+    pub server_name: String,
+    /// The node's region: 1 to 64 bytes of `[A-Za-z0-9._-]`.
+    pub region: String,
+    /// Whether it takes new allocations.
+    pub state: NodeState,
+    /// Live allocations on the node.
+    pub allocations: u64,
+    /// Open QUIC connections on the node.
+    pub connections: u64,
+    /// CPU use, percent of one core (may exceed 100 on several cores); finite, not negative.
+    pub cpu_pct: f32,
+}
+
+/// The hash fields of a node record, in the order [`NodeInfo::fields`] writes them and
+/// [`NodeInfo::from_fields`] reads them.
+pub(crate) const NODE_FIELDS: [&str; 7] = [
+    "addr",
+    "server_name",
+    "region",
+    "state",
+    "allocations",
+    "connections",
+    "cpu_pct",
+];
+
+impl NodeInfo {
+    /// Checks what the node is about to publish, so that nothing it writes fails to parse.
+    pub fn validate(&self) -> Result<(), String> {
+        check_name(self.server_name.as_bytes(), MAX_SERVER_NAME_LEN, |b| {
+            b.is_ascii_graphic()
+        })
+        .map_err(|e| format!("server name: {e}"))?;
+        check_name(self.region.as_bytes(), MAX_REGION_LEN, id_byte)
+            .map_err(|e| format!("region: {e}"))?;
+        if !self.cpu_pct.is_finite() || self.cpu_pct < 0.0 {
+            return Err(format!(
+                "cpu_pct {} is not a finite non-negative number",
+                self.cpu_pct
+            ));
+        }
+        Ok(())
+    }
+
+    /// The record's hash fields and values, in [`NODE_FIELDS`] order.
+    pub(crate) fn fields(&self) -> [(&'static str, String); 7] {
+        [
+            (NODE_FIELDS[0], self.addr.to_string()),
+            (NODE_FIELDS[1], self.server_name.clone()),
+            (NODE_FIELDS[2], self.region.clone()),
+            (NODE_FIELDS[3], self.state.as_str().to_owned()),
+            (NODE_FIELDS[4], self.allocations.to_string()),
+            (NODE_FIELDS[5], self.connections.to_string()),
+            (NODE_FIELDS[6], self.cpu_pct.to_string()),
+        ]
+    }
+
+    /// Parses a node record from its hash values in [`NODE_FIELDS`] order. `Ok(None)` when no
+    /// field exists (the record expired); an error names what is wrong otherwise.
+    pub(crate) fn from_fields(
+        id: NodeId,
+        values: &[Option<Vec<u8>>],
+    ) -> Result<Option<NodeInfo>, String> {
+        if values.len() != NODE_FIELDS.len() {
+            return Err(format!(
+                "{} fields, not {}",
+                values.len(),
+                NODE_FIELDS.len()
+            ));
+        }
+        if values.iter().all(Option::is_none) {
+            return Ok(None);
+        }
+        let mut text = Vec::with_capacity(NODE_FIELDS.len());
+        for (name, value) in NODE_FIELDS.iter().zip(values) {
+            let value = value
+                .as_deref()
+                .ok_or_else(|| format!("field {name} is missing"))?;
+            text.push(bounded_str(value).map_err(|e| format!("field {name}: {e}"))?);
+        }
+        let field = |i: usize| text[i];
+        let addr: SocketAddr = field(0)
+            .parse()
+            .map_err(|_| format!("addr {:?} is not a socket address", field(0)))?;
+        let state = NodeState::parse(field(3).as_bytes())
+            .ok_or_else(|| format!("state {:?} is neither active nor draining", field(3)))?;
+        let allocations = parse_decimal(field(4)).ok_or("allocations is not a decimal u64")?;
+        let connections = parse_decimal(field(5)).ok_or("connections is not a decimal u64")?;
+        let cpu_pct = parse_cpu(field(6)).ok_or("cpu_pct is not a finite non-negative number")?;
+        let info = NodeInfo {
+            id,
+            addr,
+            server_name: field(1).to_owned(),
+            region: field(2).to_owned(),
+            state,
+            allocations,
+            connections,
+            cpu_pct,
+        };
+        info.validate()?;
+        Ok(Some(info))
+    }
+}
+
+/// `raw` as text, if it is at most [`MAX_VALUE_LEN`] bytes of UTF-8.
+fn bounded_str(raw: &[u8]) -> Result<&str, String> {
+    if raw.len() > MAX_VALUE_LEN {
+        return Err(format!(
+            "{} bytes, over the {MAX_VALUE_LEN}-byte limit",
+            raw.len()
+        ));
+    }
+    std::str::from_utf8(raw).map_err(|_| "not UTF-8".to_owned())
+}
+
+/// A decimal `u64` with digits only (no sign, no spaces, no leading zeros but `0` itself).
+fn parse_decimal(s: &str) -> Option<u64> {
+    let digits = !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits || (s.len() > 1 && s.starts_with('0')) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// A CPU percentage as `f32`'s `Display` writes it: digits and at most one dot.
+fn parse_cpu(s: &str) -> Option<f32> {
+    let shape = !s.is_empty()
+        && s.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && s.bytes().filter(|&b| b == b'.').count() <= 1
+        && !s.starts_with('.')
+        && !s.ends_with('.');
+    let v: f32 = if shape { s.parse().ok()? } else { return None };
+    (v.is_finite() && v >= 0.0).then_some(v)
+}
+
+/// An allocation id's stored form: 16 lower-case hex digits, as the relay prints
+/// `AllocationId`.
+pub(crate) fn allocation_hex(allocation: u64) -> String {
+    format!("{allocation:016x}")
+}
+
+/// Parses exactly 16 lower-case hex digits.
+fn parse_allocation_hex(s: &[u8]) -> Option<u64> {
+    let ok = s.len() == 16 && s.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if !ok {
+        return None;
+    }
+    u64::from_str_radix(std::str::from_utf8(s).ok()?, 16).ok()
+}
+
+/// Who holds a join code: the node that claimed it, and the allocation once it is bound.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CodeRecord {
+    /// The node that won the code.
+    pub node: NodeId,
+    /// The allocation the code opens, once bound (`None` between claim and bind).
+    pub allocation: Option<u64>,
+}
+
+impl CodeRecord {
+    /// The stored form: `{node}` or `{node} {allocation as 16 hex digits}`.
+    pub(crate) fn to_value(&self) -> String {
+        match self.allocation {
+            None => self.node.to_string(),
+            Some(a) => format!("{} {}", self.node, allocation_hex(a)),
+        }
+    }
+
+    /// Parses the stored form strictly.
+    pub(crate) fn parse(raw: &[u8]) -> Result<CodeRecord, String> {
+        if raw.len() > MAX_VALUE_LEN {
+            return Err(format!(
+                "{} bytes, over the {MAX_VALUE_LEN}-byte limit",
+                raw.len()
+            ));
+        }
+        let mut parts = raw.splitn(2, |&b| b == b' ');
+        let node = parts.next().unwrap_or_default();
+        let node = NodeId::from_bytes(node).map_err(|e| format!("node id: {e}"))?;
+        let allocation = match parts.next() {
+            None => None,
+            Some(hex) => Some(
+                parse_allocation_hex(hex).ok_or("allocation is not 16 lower-case hex digits")?,
+            ),
+        };
+        Ok(CodeRecord { node, allocation })
+    }
+}
+
+/// Parses an allocation record's value: the holding node's id.
+pub(crate) fn parse_node_value(raw: &[u8]) -> Result<NodeId, String> {
+    if raw.len() > MAX_VALUE_LEN {
+        return Err(format!(
+            "{} bytes, over the {MAX_VALUE_LEN}-byte limit",
+            raw.len()
+        ));
+    }
+    NodeId::from_bytes(raw).map_err(|e| format!("node id: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node() -> NodeInfo {
+        NodeInfo {
+            id: NodeId::parse("relay-1.eu_west").unwrap(),
+            addr: "[2001:db8::1]:4433".parse().unwrap(),
+            server_name: "relay-1.example.net".into(),
+            region: "eu-west".into(),
+            state: NodeState::Draining,
+            allocations: 12,
+            connections: 0,
+            cpu_pct: 37.5,
+        }
+    }
+
+    fn values(info: &NodeInfo) -> Vec<Option<Vec<u8>>> {
+        info.fields()
+            .into_iter()
+            .map(|(_, v)| Some(v.into_bytes()))
+            .collect()
+    }
+
+    #[test]
+    fn node_ids() {
+        for ok in ["a", "relay-1", "A.b_c-9", &"x".repeat(64)] {
+            assert_eq!(NodeId::parse(ok).unwrap().as_str(), ok);
+        }
+        assert_eq!(
+            NodeId::parse(""),
+            Err(NameError::Length { len: 0, max: 64 })
+        );
+        assert_eq!(
+            NodeId::parse(&"x".repeat(65)),
+            Err(NameError::Length { len: 65, max: 64 })
+        );
+        for (bad, byte) in [
+            ("a b", b' '),
+            ("a:b", b':'),
+            ("né", 0xc3),
+            ("a\n", b'\n'),
+            ("{a}", b'{'),
+        ] {
+            assert_eq!(NodeId::parse(bad), Err(NameError::Byte(byte)), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn codes() {
+        assert!(check_code("BCDF78").is_ok());
+        assert!(check_code(&"A".repeat(32)).is_ok());
+        assert!(check_code("").is_err());
+        assert!(check_code(&"A".repeat(33)).is_err());
+        assert!(check_code("AB CD").is_err());
+        assert!(check_code("AB*").is_err());
+    }
+
+    #[test]
+    fn node_record_round_trips() {
+        let info = node();
+        let back = NodeInfo::from_fields(info.id.clone(), &values(&info)).unwrap();
+        assert_eq!(back, Some(info));
+    }
+
+    #[test]
+    fn node_record_absent_or_partial() {
+        let info = node();
+        assert_eq!(
+            NodeInfo::from_fields(info.id.clone(), &[None, None, None, None, None, None, None]),
+            Ok(None)
+        );
+        let mut v = values(&info);
+        v[3] = None;
+        assert_eq!(
+            NodeInfo::from_fields(info.id.clone(), &v).unwrap_err(),
+            "field state is missing"
+        );
+        assert!(NodeInfo::from_fields(info.id.clone(), &v[..6]).is_err());
+    }
+
+    #[test]
+    fn node_record_rejects_bad_values() {
+        let info = node();
+        let cases: [(usize, &[u8]); 14] = [
+            (0, b"not an address"),
+            (0, b"1.2.3.4"),
+            (1, b"has space"),
+            (1, b""),
+            (2, b"eu/west"),
+            (3, b"Active"),
+            (3, b"gone"),
+            (4, b"+5"),
+            (4, b" 5"),
+            (4, b"05"),
+            (4, b"18446744073709551616"),
+            (5, b"-1"),
+            (6, b"NaN"),
+            (6, b"inf"),
+        ];
+        for (i, bad) in cases {
+            let mut v = values(&info);
+            v[i] = Some(bad.to_vec());
+            assert!(
+                NodeInfo::from_fields(info.id.clone(), &v).is_err(),
+                "field {} = {:?} accepted",
+                NODE_FIELDS[i],
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let mut v = values(&info);
+        v[1] = Some(vec![b'a'; MAX_VALUE_LEN + 1]);
+        assert!(NodeInfo::from_fields(info.id.clone(), &v)
+            .unwrap_err()
+            .contains("over the 256-byte limit"));
+        v[1] = Some(vec![0xff, 0xfe]);
+        assert!(NodeInfo::from_fields(info.id.clone(), &v).is_err());
+    }
+
+    #[test]
+    fn validate_refuses_what_would_not_parse() {
+        let mut info = node();
+        info.cpu_pct = f32::NAN;
+        assert!(info.validate().is_err());
+        info.cpu_pct = -1.0;
+        assert!(info.validate().is_err());
+        info = node();
+        info.region = String::new();
+        assert!(info.validate().is_err());
+        info = node();
+        info.server_name = "a b".into();
+        assert!(info.validate().is_err());
+    }
+
+    #[test]
+    fn cpu_values() {
+        assert_eq!(parse_cpu("0"), Some(0.0));
+        assert_eq!(parse_cpu("37.5"), Some(37.5));
+        assert_eq!(parse_cpu("350"), Some(350.0));
+        for bad in ["", ".5", "5.", "1.2.3", "-0", "1e3", "1_0"] {
+            assert_eq!(parse_cpu(bad), None, "{bad:?}");
+        }
+        for v in [0.0f32, 0.1, 99.99, 1234.5678] {
+            assert_eq!(parse_cpu(&v.to_string()), Some(v));
+        }
+    }
+
+    #[test]
+    fn code_records() {
+        let node = NodeId::parse("relay-1").unwrap();
+        let claimed = CodeRecord {
+            node: node.clone(),
+            allocation: None,
+        };
+        assert_eq!(claimed.to_value(), "relay-1");
+        assert_eq!(CodeRecord::parse(b"relay-1"), Ok(claimed));
+        let bound = CodeRecord {
+            node,
+            allocation: Some(0x00ab_cdef_0123_4567),
+        };
+        assert_eq!(bound.to_value(), "relay-1 00abcdef01234567");
+        assert_eq!(CodeRecord::parse(b"relay-1 00abcdef01234567"), Ok(bound));
+        for bad in [
+            &b""[..],
+            b"relay-1 ",
+            b"relay-1 abcdef01234567",
+            b"relay-1 00ABCDEF01234567",
+            b"relay-1 00abcdef012345678",
+            b"relay-1  00abcdef01234567",
+            b"relay-1 00abcdef0123456g",
+            b"relay 1 00abcdef01234567",
+            b" relay-1",
+        ] {
+            assert!(
+                CodeRecord::parse(bad).is_err(),
+                "{:?} accepted",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert!(CodeRecord::parse(&[b'a'; MAX_VALUE_LEN + 1]).is_err());
+    }
+
+    #[test]
+    fn allocation_values() {
+        assert_eq!(allocation_hex(1), "0000000000000001");
+        assert_eq!(allocation_hex(u64::MAX), "ffffffffffffffff");
+        assert_eq!(parse_node_value(b"relay-2").unwrap().as_str(), "relay-2");
+        assert!(parse_node_value(b"relay 2").is_err());
+        assert!(parse_node_value(b"").is_err());
+    }
+}
