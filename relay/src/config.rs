@@ -4,6 +4,7 @@
 //! turns its command line and TOML file into one of these in `cli::resolve`.
 
 use crate::auth::AuthSecrets;
+use std::fmt;
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
@@ -152,6 +153,38 @@ pub enum TlsSource {
     },
 }
 
+/// A fleet node's settings: the directory it shares with the other nodes, how clients reach it,
+/// and the secret every node verifies reconnect tokens and migration tickets with.
+#[derive(Clone)]
+pub struct FleetConfig {
+    /// The directory's URL: `redis://[:password@]host:port/db`, or `rediss://` for TLS.
+    pub directory: String,
+    /// This node's id in the directory: 1-64 characters of `A-Z a-z 0-9 . _ -`, unique in the
+    /// fleet.
+    pub node_id: String,
+    /// The UDP address clients reach this node at (what other nodes redirect them to).
+    pub public_addr: SocketAddr,
+    /// The name this node's certificate is valid for, sent with redirects.
+    pub server_name: String,
+    /// A label for placement (`POST /v1/allocations` may ask for a region).
+    pub region: String,
+    /// Key of reconnect tokens and migration tickets, the same on every node (at least 32
+    /// bytes), so a token issued by one node verifies on another.
+    pub fleet_secret: String,
+}
+
+/// Never prints the directory URL (it may hold a password) or the fleet secret.
+impl fmt::Debug for FleetConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FleetConfig")
+            .field("node_id", &self.node_id)
+            .field("public_addr", &self.public_addr)
+            .field("server_name", &self.server_name)
+            .field("region", &self.region)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Everything a relay needs to run. `RelayConfig::default()` is a working development relay.
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
@@ -171,6 +204,9 @@ pub struct RelayConfig {
     pub auth_secrets: AuthSecrets,
     /// Limits of the admin HTTP server.
     pub admin_limits: AdminLimits,
+    /// Fleet mode: this node's place in a fleet sharing one directory; `None` runs a single
+    /// relay with everything in-process.
+    pub fleet: Option<FleetConfig>,
     keepalive_timeout: Duration,
     bind_timeout: Duration,
     host_bind_timeout: Duration,
@@ -215,6 +251,7 @@ impl Default for RelayConfig {
             hooks: HooksConfig::default(),
             auth_secrets: AuthSecrets::default(),
             admin_limits: AdminLimits::default(),
+            fleet: None,
             keepalive_timeout: defaults::KEEPALIVE_TIMEOUT,
             bind_timeout: defaults::BIND_TIMEOUT,
             host_bind_timeout: defaults::HOST_BIND_TIMEOUT,

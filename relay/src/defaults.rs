@@ -112,6 +112,15 @@ pub const MAX_CONNECTIONS_PER_IPV6_48: usize = 256;
 /// flight: below this, clients pay nothing extra.
 pub const HANDSHAKE_RETRY_THRESHOLD: usize = 256;
 
+/// The TLS server name a fleet node announces for redirects: the development certificate's.
+pub const SERVER_NAME: &str = "localhost";
+
+/// A fleet node's region label when none is given.
+pub const REGION: &str = "default";
+
+/// Shortest fleet secret accepted, in bytes.
+pub const MIN_FLEET_SECRET: usize = 32;
+
 /// Connection attempts one endpoint holds before its accept loop has decided on them (not a
 /// setting). The accept loop starts one handshake per turn of its lane (see
 /// `driver::accept`), so under a flood attempts wait here; beyond this many, quinn refuses

@@ -118,6 +118,9 @@ pub struct Metrics {
     pub lane_delay: Histogram,
     /// Fleet directory operations (see [`crate::directory`]).
     pub directory: DirectoryMetrics,
+    /// Fleet mode: directory record writes dropped because the writer's queue was full (the
+    /// records they would have refreshed expire by their TTL).
+    pub directory_records_dropped: Counter,
 }
 
 /// Bucket bounds of [`Metrics::lane_delay`], in seconds. Tokio's timers tick in milliseconds,
@@ -222,6 +225,12 @@ impl Metrics {
 
         let directory = DirectoryMetrics::register(&mut registry);
 
+        let directory_records_dropped: Counter = register(
+            &mut registry,
+            "directory_records_dropped",
+            "Fleet directory record writes dropped because the writer's queue was full (their records expire by TTL)",
+        );
+
         Metrics {
             registry,
             connections,
@@ -245,6 +254,7 @@ impl Metrics {
             limited,
             lane_delay,
             directory,
+            directory_records_dropped,
         }
     }
 

@@ -677,6 +677,10 @@ impl World {
                     assert!(data.len() <= 1024, "snapshot over the limit delivered");
                 }
                 Output::Event(event) => self.replay(event),
+                // This target runs a relay without a directory.
+                out @ (Output::ClaimCodes { .. } | Output::Locate { .. }) => {
+                    panic!("fleet output without a directory: {out:?}")
+                }
             }
         }
         if asked.is_some() {

@@ -43,6 +43,9 @@ impl From<AdminError> for ApiError {
             AdminError::Stopped => (StatusCode::SERVICE_UNAVAILABLE, "stopped"),
             AdminError::NotMigrating(_) => (StatusCode::CONFLICT, "not_migrating"),
             AdminError::UnknownPeer(_) => (StatusCode::NOT_FOUND, "unknown_peer"),
+            AdminError::DirectoryUnavailable => {
+                (StatusCode::SERVICE_UNAVAILABLE, "directory_unavailable")
+            }
         };
         ApiError::new(status, code, err.to_string())
     }

@@ -1,5 +1,5 @@
 //! What each type of setting means to clap and serde: the [`Kind`] trait, one impl per value
-//! type the settings table uses (`SocketAddr`, `PathBuf`, `usize`, `u16`, `Duration`, `bool`,
+//! type the settings table uses (`SocketAddr`, `PathBuf`, `usize`, `u16`, `Duration`, `bool`, `String`,
 //! `LogFormat`, `LevelFilter`, and the markers [`Secret`], [`Names`], [`Webhooks`]). The
 //! `settings!` macro (`cli/declare.rs`) calls these for every table entry; nothing here knows a
 //! setting by name. Runs on the main thread, once, at start-up.
@@ -90,6 +90,7 @@ plain_kind! {
     usize as usize => "N";
     u16 as u16 => "N";
     LogFormat as LogFormat => "FORMAT";
+    String as String => "TEXT";
     // A token or secret: --help never shows its value, even from the environment.
     Secret as String => "TOKEN" .hide_env_values(true);
 }

@@ -26,7 +26,81 @@ pub fn resolve(cli: &Cli, file: FileConfig) -> Result<Settings, CliError> {
     tls(&mut m, &mut settings.relay)?;
     m.apply(&mut settings)?;
     hooks(&mut m, &mut settings.relay)?;
+    fleet(&mut m, &mut settings.relay)?;
     Ok(settings)
+}
+
+/// Fleet mode: the directory and this node's place in the fleet, all or nothing.
+fn fleet(m: &mut Merged, relay: &mut RelayConfig) -> Result<(), ConfigError> {
+    let node_id = m.node_id.take();
+    let public_addr = m.public_addr.take();
+    let fleet_secret = m.fleet_secret.take();
+    let server_name = m.server_name.take();
+    let region = m.region.take();
+    let Some(directory) = m.directory.take() else {
+        for (key, set) in [
+            ("node_id", node_id.is_some()),
+            ("public_addr", public_addr.is_some()),
+            ("fleet_secret", fleet_secret.is_some()),
+            // Their defaults are what a relay standing alone has anyway.
+            (
+                "server_name",
+                server_name.is_some_and(|n| n != defaults::SERVER_NAME),
+            ),
+            ("region", region.is_some_and(|r| r != defaults::REGION)),
+        ] {
+            if set {
+                return Err(invalid(key, "is only used with directory"));
+            }
+        }
+        return Ok(());
+    };
+    if !(directory.starts_with("redis://") || directory.starts_with("rediss://")) {
+        return Err(invalid("directory", "must be a redis:// or rediss:// URL"));
+    }
+    let node_id = node_id.ok_or_else(|| invalid("node_id", "is required with directory"))?;
+    crate::directory::NodeId::parse(&node_id).map_err(|e| invalid("node_id", e.to_string()))?;
+    let public_addr = match public_addr {
+        Some(addr) if addr.ip().is_unspecified() || addr.port() == 0 => {
+            return Err(invalid("public_addr", "must name one address and a port"))
+        }
+        Some(addr) => addr,
+        None if !relay.listen.ip().is_unspecified() && relay.listen.port() != 0 => relay.listen,
+        None => {
+            return Err(invalid(
+                "public_addr",
+                "is required with directory when listen is a wildcard address or port 0",
+            ))
+        }
+    };
+    let fleet_secret =
+        fleet_secret.ok_or_else(|| invalid("fleet_secret", "is required with directory"))?;
+    if fleet_secret.len() < defaults::MIN_FLEET_SECRET {
+        return Err(invalid(
+            "fleet_secret",
+            format!("must be at least {} bytes", defaults::MIN_FLEET_SECRET),
+        ));
+    }
+    let server_name = server_name.unwrap_or_else(|| defaults::SERVER_NAME.to_owned());
+    if !baton_protocol::server_name::is_valid(&server_name) {
+        return Err(invalid(
+            "server_name",
+            "must be a DNS name or an IP address, 1-253 bytes",
+        ));
+    }
+    let region = region.unwrap_or_else(|| defaults::REGION.to_owned());
+    if region.is_empty() || region.len() > 64 {
+        return Err(invalid("region", "must be 1-64 characters"));
+    }
+    relay.fleet = Some(crate::config::FleetConfig {
+        directory,
+        node_id,
+        public_addr,
+        server_name,
+        region,
+        fleet_secret,
+    });
+    Ok(())
 }
 
 /// The QUIC address, the admin server and its token.

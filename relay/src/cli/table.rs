@@ -338,6 +338,38 @@ settings! {
     /// the admin token; without it the admin token guards the stream.
     event_stream_token: Secret {}
 
+    // --- Fleet ---
+
+    /// Fleet directory, Redis or Valkey: redis://[:password@]host:port/db, or rediss:// for
+    /// TLS. With it this relay is one node of a fleet: join codes are unique fleet-wide and a
+    /// join reaching the wrong node is redirected. Without it the relay stands alone. The URL
+    /// may hold a password: prefer the environment variable.
+    directory: Secret {
+        value_name: "URL",
+    }
+    /// This node's id in the fleet directory, unique in the fleet: 1-64 characters of A-Z a-z
+    /// 0-9 . _ -. Required with --directory.
+    node_id: String {
+        value_name: "ID",
+    }
+    /// The UDP address clients reach this node at, which other nodes redirect them to.
+    /// Required with --directory unless --listen names one address (not 0.0.0.0 or ::).
+    public_addr: SocketAddr {}
+    /// The name this node's certificate is valid for, sent with redirects to it.
+    server_name: String {
+        value_name: "NAME",
+        default: defaults::SERVER_NAME,
+    }
+    /// This node's region label, for placing reservations.
+    region: String {
+        value_name: "NAME",
+        default: defaults::REGION,
+    }
+    /// Key of reconnect tokens and migration tickets, the same on every node of a fleet so a
+    /// token issued by one node verifies on another (at least 32 bytes). Required with
+    /// --directory. Prefer the environment variable.
+    fleet_secret: Secret {}
+
     // --- Logging ---
 
     /// Log output format.

@@ -372,6 +372,75 @@ fn invalid_values_name_the_setting() {
         ),
         (&["--admin-token", " "], "admin_token"),
         (&["--admin-token", "t", "--no-admin"], "admin_token"),
+        (&["--node-id", "a"], "node_id"),
+        (&["--region", "eu"], "region"),
+        (&["--directory", "http://x"], "directory"),
+        (
+            &["--directory", "redis://r", "--fleet-secret", FLEET_SECRET],
+            "node_id",
+        ),
+        (
+            &[
+                "--directory",
+                "redis://r",
+                "--node-id",
+                "a b",
+                "--fleet-secret",
+                FLEET_SECRET,
+            ],
+            "node_id",
+        ),
+        // The default listen address is a wildcard: clients could not be sent to it.
+        (
+            &[
+                "--directory",
+                "redis://r",
+                "--node-id",
+                "a",
+                "--fleet-secret",
+                FLEET_SECRET,
+            ],
+            "public_addr",
+        ),
+        (
+            &[
+                "--directory",
+                "redis://r",
+                "--node-id",
+                "a",
+                "--public-addr",
+                "1.2.3.4:7700",
+            ],
+            "fleet_secret",
+        ),
+        (
+            &[
+                "--directory",
+                "redis://r",
+                "--node-id",
+                "a",
+                "--public-addr",
+                "1.2.3.4:7700",
+                "--fleet-secret",
+                "short",
+            ],
+            "fleet_secret",
+        ),
+        (
+            &[
+                "--directory",
+                "redis://r",
+                "--node-id",
+                "a",
+                "--public-addr",
+                "1.2.3.4:7700",
+                "--fleet-secret",
+                FLEET_SECRET,
+                "--server-name",
+                "bad name",
+            ],
+            "server_name",
+        ),
     ];
     for (args, setting) in cases {
         let err = resolve(&cli(args), FileConfig::default()).unwrap_err();
@@ -392,6 +461,46 @@ fn invalid_values_name_the_setting() {
         err.to_string(),
         "invalid max_datagram_payload: must be between 1 and 1150"
     );
+}
+
+/// A fleet secret long enough.
+const FLEET_SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+#[test]
+fn fleet_settings_make_a_fleet_node() {
+    let s = resolve(
+        &cli(&[
+            "--directory",
+            "redis://:pw@10.0.0.5:6379/2",
+            "--node-id",
+            "relay-1",
+            "--listen",
+            "10.0.0.7:7700",
+            "--fleet-secret",
+            FLEET_SECRET,
+            "--region",
+            "eu-west",
+        ]),
+        FileConfig::default(),
+    )
+    .unwrap();
+    let fleet = s.relay.fleet.expect("a fleet node");
+    assert_eq!(fleet.node_id, "relay-1");
+    assert_eq!(fleet.public_addr, "10.0.0.7:7700".parse().unwrap());
+    assert_eq!(fleet.server_name, "localhost");
+    assert_eq!(fleet.region, "eu-west");
+    assert_eq!(fleet.directory, "redis://:pw@10.0.0.5:6379/2");
+    // Its Debug (logs, panics) shows neither the URL's password nor the secret.
+    let shown = format!("{fleet:?}");
+    assert!(
+        !shown.contains("pw") && !shown.contains(FLEET_SECRET),
+        "{shown}"
+    );
+    assert!(resolve(&cli(&[]), FileConfig::default())
+        .unwrap()
+        .relay
+        .fleet
+        .is_none());
 }
 
 #[test]
@@ -800,6 +909,8 @@ fn secrets_never_show_their_environment_values_in_help() {
         "webhook_secret",
         "event_stream_token",
         "auth_secrets",
+        "directory",
+        "fleet_secret",
     ];
     for arg in command.get_arguments() {
         let id = arg.get_id().as_str();

@@ -32,10 +32,12 @@ impl ControlPlane {
         if self.allocations.len() >= self.max_allocations {
             return Err(AdminError::RelayFull(self.max_allocations));
         }
+        let code = self.new_code(now).ok_or(AdminError::DirectoryUnavailable)?;
         let token: [u8; 16] = self.rng.gen();
         let deadline = now + self.host_bind_timeout;
         let (id, code) = self.open_allocation(
             now,
+            code,
             max_peers.unwrap_or(0),
             0,
             HostSlot::Awaiting { token, deadline },

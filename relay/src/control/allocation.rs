@@ -168,7 +168,17 @@ impl ControlPlane {
             self.refuse(conn, request_id, ErrorCode::RelayFull, max);
             return;
         }
-        let (id, _) = self.open_allocation(now, max_peers, ttl, HostSlot::Bound(PeerId::HOST));
+        let Some(code) = self.new_code(now) else {
+            self.refuse(
+                conn,
+                request_id,
+                ErrorCode::DirectoryUnavailable,
+                super::fleet::RETRY_MS,
+            );
+            return;
+        };
+        let (id, _) =
+            self.open_allocation(now, code, max_peers, ttl, HostSlot::Bound(PeerId::HOST));
         self.bind_host(now, conn, request_id, id, auth.subject());
     }
 
@@ -262,10 +272,12 @@ impl ControlPlane {
         }
     }
 
-    /// Creates an allocation with a fresh id and code and schedules its code expiry.
+    /// Creates an allocation with a fresh id and `code` (from [`Self::new_code`]) and
+    /// schedules its code expiry.
     pub(super) fn open_allocation(
         &mut self,
         now: Instant,
+        code: JoinCode,
         max_peers: u16,
         ttl_secs: u32,
         host: HostSlot,
@@ -279,7 +291,6 @@ impl ControlPlane {
             n => Duration::from_secs(u64::from(n)).min(self.code_ttl),
         };
         let id = self.fresh_allocation_id();
-        let code = self.fresh_code();
         let code_expires = now + ttl;
         self.allocations.insert(
             id,

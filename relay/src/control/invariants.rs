@@ -67,6 +67,16 @@ impl ControlPlane {
         self.check_codes()?;
         self.check_timers()?;
         self.check_snapshots()?;
+        for conn in self.lookups() {
+            ensure!(
+                matches!(
+                    self.conns.get(&conn).map(|c| &c.state),
+                    Some(ConnState::Unbound { .. })
+                ),
+                "lookups",
+                "connection {conn} awaits a directory lookup but is not a known unbound connection"
+            );
+        }
         ensure!(
             !self.shutting_down || (self.allocations.is_empty() && self.conns.is_empty()),
             "shutdown",

@@ -17,7 +17,7 @@ use baton_protocol::{
 
 use super::allocation::{HostSlot, Member};
 use super::timers::Timer;
-use super::{millis_until, Authorization, ConnId, ControlPlane, Event, JoinedVia, Output};
+use super::{millis_until, Authorization, ConnId, ControlPlane, Event, JoinedVia, Locate, Output};
 use crate::crypto;
 use baton_protocol::credential::Scope;
 
@@ -71,6 +71,7 @@ impl ControlPlane {
         );
         if due {
             self.conns.remove(&conn);
+            self.forget_lookup(conn);
             self.outputs.push_back(Output::Close {
                 conn,
                 code: CloseCode::BindTimeout,
@@ -131,6 +132,11 @@ impl ControlPlane {
         }
         let id = match self.resolve_code(now, code) {
             Ok(id) => id,
+            // Perhaps another node of the fleet holds it: charged only if none does.
+            Err(ErrorCode::NotFound) if self.in_fleet() => {
+                self.locate(conn, request_id, Locate::Code(code));
+                return;
+            }
             Err(code) => {
                 self.charge_failed_guess(ip);
                 self.refuse(conn, request_id, code, 0);
@@ -196,7 +202,11 @@ impl ControlPlane {
             }
         }
         let Some(code) = self.allocations.get(&id).map(|a| a.code) else {
-            self.refuse(conn, request_id, ErrorCode::NotFound, 0);
+            if self.in_fleet() {
+                self.locate(conn, request_id, Locate::Allocation(named));
+            } else {
+                self.refuse(conn, request_id, ErrorCode::NotFound, 0);
+            }
             return;
         };
         let lineage_ok = self.scope_reaches(auth, id);
@@ -298,6 +308,8 @@ impl ControlPlane {
     ) {
         let seq = self.next_seq;
         self.next_seq += 1;
+        // A bound connection is past any lookup it was waiting for.
+        self.forget_lookup(conn);
         let Some(alloc) = self.allocations.get_mut(&id) else {
             return;
         };

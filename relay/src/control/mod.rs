@@ -30,6 +30,8 @@
 //!   closing;
 //! - `membership`: which connection is which member (`Conn`), join, rejoin, kick, disconnect;
 //! - `codes`: join codes, their expiry, revocation and tombstones;
+//! - `fleet`: fleet mode's pool of directory-claimed codes and directory lookups for joins
+//!   this node cannot serve;
 //! - `migration`: host loss, elections, `migrate` to the successor, snapshots;
 //! - `timers`: the `Timer` queue behind [`ControlPlane::poll_timeout`];
 //! - `ratelimit`: the per-IP `Bucket`s of failed joins;
@@ -44,6 +46,7 @@ mod access;
 mod admin;
 mod allocation;
 mod codes;
+mod fleet;
 mod invariants;
 mod membership;
 mod migration;
@@ -53,10 +56,11 @@ mod tokens;
 mod types;
 
 pub use crate::auth::Authorization;
+pub use fleet::{MAX_LOCATING, POOL_LOW, POOL_MAX_AGE, POOL_TARGET};
 pub use invariants::InvariantViolation;
 pub use types::{
-    AdminError, AllocationInfo, CloseReason, ConnId, ElectedBy, Event, Input, JoinedVia,
-    MemberInfo, Output, Promotion, Reservation, Secrets,
+    AdminError, AllocationInfo, CloseReason, ConnId, ElectedBy, Event, Input, JoinedVia, Locate,
+    Location, MemberInfo, Output, Promotion, Reservation, Secrets,
 };
 
 use std::collections::{HashMap, VecDeque};
@@ -108,6 +112,8 @@ pub struct ControlPlane {
     timers: TimerQueue,
     outputs: VecDeque<Output>,
     shutting_down: bool,
+    /// Fleet mode's state; `None` on a relay without a directory.
+    fleet: Option<fleet::Fleet>,
 }
 
 /// Counts and state, never the token key or the RNG (whose state would give away every id and
@@ -167,8 +173,10 @@ impl ControlPlane {
             timers: TimerQueue::default(),
             outputs: VecDeque::new(),
             shutting_down: false,
+            fleet: config.fleet.as_ref().map(|_| fleet::Fleet::new()),
         };
         cp.schedule(now + SWEEP_INTERVAL, Timer::SweepRateLimits);
+        cp.refill_pool();
         cp
     }
 
@@ -211,7 +219,17 @@ impl ControlPlane {
             Input::Request { conn, msg, auth } => self.handle_request(now, conn, msg, &auth),
             Input::Rtt { conn, rtt } => self.record_rtt(conn, rtt),
             Input::Snapshot { conn, data } => self.store_snapshot(conn, data),
-            Input::Disconnected { conn, reason } => self.handle_disconnect(now, conn, reason),
+            Input::Disconnected { conn, reason } => {
+                self.forget_lookup(conn);
+                self.handle_disconnect(now, conn, reason)
+            }
+            Input::CodesClaimed { codes } => self.codes_claimed(now, codes),
+            Input::DirectoryHealth { reachable } => self.directory_health(reachable),
+            Input::Located {
+                conn,
+                request_id,
+                location,
+            } => self.located(conn, request_id, location),
         }
     }
 
@@ -231,6 +249,9 @@ impl ControlPlane {
             self.close_allocation(now, id, CloseReason::Shutdown);
         }
         let conns: Vec<ConnId> = self.conns.drain().map(|(conn, _)| conn).collect();
+        for conn in &conns {
+            self.forget_lookup(*conn);
+        }
         for conn in conns {
             // A connection still in its bind window leaves no deadline behind.
             self.cancel(Timer::Bind(conn));

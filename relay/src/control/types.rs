@@ -65,6 +65,52 @@ pub enum Input {
         /// Why, as seen by the transport.
         reason: LeaveReason,
     },
+    /// Fleet mode: join codes the driver claimed in the directory for this node, in answer
+    /// to [`Output::ClaimCodes`] (possibly fewer than asked, even none).
+    CodesClaimed {
+        /// The codes won.
+        codes: Vec<JoinCode>,
+    },
+    /// Fleet mode: whether the directory answers. While it does not, creates and lookups
+    /// are refused `directory_unavailable`.
+    DirectoryHealth {
+        /// The directory answered its last operation.
+        reachable: bool,
+    },
+    /// Fleet mode: the answer to an [`Output::Locate`].
+    Located {
+        /// The connection that asked.
+        conn: ConnId,
+        /// The request it answers.
+        request_id: u32,
+        /// Where the code or allocation is.
+        location: Location,
+    },
+}
+
+/// What a fleet node looks up in the directory for a `Join` or `Rejoin` it cannot serve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Locate {
+    /// The node holding this join code.
+    Code(JoinCode),
+    /// The node holding this allocation.
+    Allocation(AllocationId),
+}
+
+/// Where the directory says a code or allocation lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// On another node, reached at this address with this TLS server name.
+    Node {
+        /// The node's public QUIC address.
+        address: SocketAddr,
+        /// The name its certificate is valid for.
+        server_name: String,
+    },
+    /// On no live node.
+    Nowhere,
+    /// The directory did not answer.
+    Unavailable,
 }
 
 /// Something the driver must do, drained with
@@ -116,6 +162,24 @@ pub enum Output {
     },
     /// A lifecycle event, for logs, metrics and lobby hooks.
     Event(Event),
+    /// Fleet mode: claim `count` fresh join codes of `len` characters in the directory for
+    /// this node, and answer with [`Input::CodesClaimed`]. At most one is outstanding.
+    ClaimCodes {
+        /// How many codes to claim.
+        count: usize,
+        /// Their length.
+        len: usize,
+    },
+    /// Fleet mode: find which node holds `what`, and answer with [`Input::Located`]. At most
+    /// one is outstanding per connection.
+    Locate {
+        /// The connection that asked.
+        conn: ConnId,
+        /// Its request.
+        request_id: u32,
+        /// What to look up.
+        what: Locate,
+    },
 }
 
 /// Lifecycle events. Each happens exactly once per occurrence.
@@ -303,6 +367,9 @@ pub enum AdminError {
     /// The peer is not a member of the allocation.
     #[error("peer {0} is not a member")]
     UnknownPeer(PeerId),
+    /// Fleet mode: the directory cannot record a new allocation now.
+    #[error("the fleet directory is unavailable")]
+    DirectoryUnavailable,
 }
 
 /// A lobby's reservation: the allocation exists, peers may join by code, and the host binds

@@ -164,8 +164,23 @@ fn apply(output: Output, shared: &Shared, tables: &mut Tables, events: &mut Even
         }
         Output::Event(event) => {
             record(&event, &shared.metrics);
+            if let Some(fleet) = &shared.fleet {
+                fleet.event(&event);
+            }
             events.publish(event);
         }
+        Output::ClaimCodes { count, len } => match &shared.fleet {
+            Some(fleet) => fleet.claim_codes(count, len),
+            None => warn!("code claim asked for without a directory"),
+        },
+        Output::Locate {
+            conn,
+            request_id,
+            what,
+        } => match &shared.fleet {
+            Some(fleet) => fleet.locate(conn, request_id, what),
+            None => warn!(conn, "lookup asked for without a directory"),
+        },
     }
 }
 

@@ -48,6 +48,7 @@ mod connection;
 mod control_stream;
 mod control_task;
 mod events;
+mod fleet;
 mod forward;
 pub(crate) mod handle;
 mod lane;
@@ -86,6 +87,9 @@ pub enum RelayError {
     /// A data-plane thread or its runtime could not be started.
     #[error("starting a data-plane thread: {0}")]
     Thread(#[source] std::io::Error),
+    /// Fleet mode could not start: a bad node id, or the directory could not be reached.
+    #[error("{0}")]
+    Fleet(String),
 }
 
 /// What every part of the relay knows about one connection.
@@ -129,6 +133,8 @@ struct Shared {
     allocation_bytes: Option<Rate>,
     /// Control requests each connection may make (paced in `control_stream`).
     client_requests: Rate,
+    /// Fleet mode's link to the directory; `None` on a relay standing alone.
+    fleet: Option<fleet::FleetLink>,
 }
 
 /// A running relay. Call [`Relay::shutdown`] for a graceful stop. Dropping it instead stops its
@@ -228,6 +234,23 @@ impl Relay {
         let metrics = Arc::new(Metrics::new());
         let (input_tx, input_rx) = mpsc::channel(4096);
         let (admin_tx, admin_rx) = mpsc::channel(64);
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let fleet = match &config.fleet {
+            Some(fleet) => Some(
+                fleet::FleetLink::start(
+                    &config,
+                    fleet,
+                    input_tx.clone(),
+                    metrics.clone(),
+                    shutdown.clone(),
+                    &tasks,
+                )
+                .await
+                .map_err(|e| RelayError::Fleet(e.to_string()))?,
+            ),
+            None => None,
+        };
         let shared = Arc::new(Shared {
             metrics: metrics.clone(),
             conns: DashMap::new(),
@@ -256,17 +279,19 @@ impl Relay {
                 config.client_requests_per_second() as u64,
                 defaults::REQUEST_BURST,
             ),
+            fleet,
         });
-        let shutdown = CancellationToken::new();
-        let tasks = TaskTracker::new();
 
         let hooks = crate::hooks::spawn(&config.hooks, metrics.clone(), shutdown.clone(), &tasks);
         // 256-bit token key and RNG seed from the OS RNG: no 64-bit seed to search offline.
-        let cp = ControlPlane::new(
-            &config,
-            crate::control::Secrets::from_os_rng(),
-            Instant::now(),
-        );
+        // A fleet node's token key comes from the fleet secret instead, so every node issues
+        // and verifies the same reconnect tokens and migration tickets.
+        let mut secrets = crate::control::Secrets::from_os_rng();
+        if let Some(fleet) = &config.fleet {
+            secrets.hmac_key =
+                crate::crypto::hmac_sha256(fleet.fleet_secret.as_bytes(), &[b"baton token key"]);
+        }
+        let cp = ControlPlane::new(&config, secrets, Instant::now());
         let control_done = tokio::spawn(
             control_task(cp, input_rx, admin_rx, shared.clone(), hooks.clone())
                 .instrument(info_span!("control")),

@@ -1,0 +1,452 @@
+//! Fleet mode's side of the driver: carries out the control plane's directory outputs against
+//! the [`RedisDirectory`] and feeds the answers back as inputs, keeps this node's directory
+//! entry alive, and mirrors its allocations and codes into the directory.
+//!
+//! - [`FleetLink::claim_codes`] wakes the claimer task, which claims fresh codes (retrying
+//!   with backoff while the directory is down) and answers [`Input::CodesClaimed`] once it has
+//!   some: an unanswered claim keeps the control plane from asking again, so claims never
+//!   pile up.
+//! - [`FleetLink::locate`] spawns one lookup; the control plane bounds how many are
+//!   outstanding ([`crate::control::MAX_LOCATING`]).
+//! - [`FleetLink::event`] turns lifecycle events into record writes (a code bound to its
+//!   allocation, an allocation to this node; both released when the lineage closes), done in
+//!   order by one writer task from a bounded queue. They are best-effort: every record has a
+//!   time to live, so a write lost to an outage only means a record lives until it expires.
+//! - The heartbeat task writes this node's entry every [`HEARTBEAT_INTERVAL`] with a time to
+//!   live of [`HEARTBEAT_TTL`], and tells the control plane when the directory stops or starts
+//!   answering ([`Input::DirectoryHealth`]).
+//!
+//! Runs on the caller's runtime, beside the control task; never on a lane.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use baton_protocol::{AllocationId, JoinCode};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::config::FleetConfig;
+use crate::control::{Event, Input, Locate, Location, POOL_MAX_AGE};
+use crate::directory::{DirectoryError, NodeId, NodeInfo, NodeState, RedisDirectory};
+use crate::metrics::Metrics;
+use crate::{defaults, RelayConfig};
+
+/// How often this node writes its directory entry.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// How long the entry lives without a heartbeat: a node silent this long is gone.
+pub const HEARTBEAT_TTL: Duration = Duration::from_secs(3);
+/// Record writes queued for the writer before new ones are dropped (and counted).
+const RECORD_QUEUE: usize = 4096;
+/// First and longest wait between failed code claims.
+const CLAIM_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
+
+/// One record write.
+#[derive(Debug)]
+enum Record {
+    /// A new allocation holds `code`.
+    Created {
+        allocation: AllocationId,
+        code: JoinCode,
+    },
+    /// `from` moved to its successor `to`, with the same code.
+    Migrated {
+        from: AllocationId,
+        to: AllocationId,
+    },
+    /// The lineage whose latest allocation is `allocation` ended.
+    Closed { allocation: AllocationId },
+}
+
+/// The driver's handle on fleet mode, kept in `Shared`.
+#[derive(Debug)]
+pub(super) struct FleetLink {
+    directory: RedisDirectory,
+    node: NodeId,
+    inputs: mpsc::Sender<Input>,
+    records: mpsc::Sender<Record>,
+    claim: Arc<ClaimRequest>,
+    metrics: Arc<Metrics>,
+}
+
+/// The one outstanding code claim, if any.
+#[derive(Debug, Default)]
+struct ClaimRequest {
+    wanted: std::sync::Mutex<Option<(usize, usize)>>,
+    notify: Notify,
+}
+
+/// Why fleet mode could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    /// The node id is not a valid directory name.
+    #[error("--node-id: {0}")]
+    NodeId(String),
+    /// The directory could not be reached or set up.
+    #[error("the fleet directory: {0}")]
+    Directory(#[from] DirectoryError),
+}
+
+impl FleetLink {
+    /// Connects to the directory and starts the claimer, writer and heartbeat tasks.
+    pub(super) async fn start(
+        config: &RelayConfig,
+        fleet: &FleetConfig,
+        inputs: mpsc::Sender<Input>,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+        tasks: &TaskTracker,
+    ) -> Result<FleetLink, FleetError> {
+        let node = NodeId::parse(&fleet.node_id).map_err(|e| FleetError::NodeId(e.to_string()))?;
+        let directory = RedisDirectory::connect(&fleet.directory, metrics.clone()).await?;
+        let (records, record_rx) = mpsc::channel(RECORD_QUEUE);
+        let claim = Arc::new(ClaimRequest::default());
+        let record_ttl = config.join_code_ttl() + defaults::CODE_TOMBSTONE_TTL;
+        let claim_ttl = POOL_MAX_AGE + record_ttl;
+
+        tasks.spawn(claimer(
+            directory.clone(),
+            node.clone(),
+            claim.clone(),
+            claim_ttl,
+            inputs.clone(),
+            shutdown.clone(),
+        ));
+        tasks.spawn(writer(
+            directory.clone(),
+            node.clone(),
+            record_rx,
+            record_ttl,
+            shutdown.clone(),
+        ));
+        tasks.spawn(heartbeat(
+            directory.clone(),
+            node_info(fleet, &node),
+            inputs.clone(),
+            metrics.clone(),
+            shutdown,
+        ));
+        info!(node = %node, region = %fleet.region, "fleet mode: directory connected");
+        Ok(FleetLink {
+            directory,
+            node,
+            inputs,
+            records,
+            claim,
+            metrics,
+        })
+    }
+
+    /// [`Output::ClaimCodes`](crate::control::Output::ClaimCodes).
+    pub(super) fn claim_codes(&self, count: usize, len: usize) {
+        if let Ok(mut wanted) = self.claim.wanted.lock() {
+            *wanted = Some((count, len));
+        }
+        self.claim.notify.notify_one();
+    }
+
+    /// [`Output::Locate`](crate::control::Output::Locate): looks `what` up on a task of its
+    /// own and answers [`Input::Located`].
+    pub(super) fn locate(&self, conn: u64, request_id: u32, what: Locate) {
+        let directory = self.directory.clone();
+        let node = self.node.clone();
+        let inputs = self.inputs.clone();
+        tokio::spawn(async move {
+            let location = match locate(&directory, &node, &what).await {
+                Ok(location) => location,
+                Err(e) => {
+                    debug!(conn, cause = %e, "directory lookup failed");
+                    Location::Unavailable
+                }
+            };
+            let _ = inputs
+                .send(Input::Located {
+                    conn,
+                    request_id,
+                    location,
+                })
+                .await;
+        });
+    }
+
+    /// Mirrors a lifecycle event into the directory's records, if it changes one.
+    pub(super) fn event(&self, event: &Event) {
+        let record = match event {
+            Event::AllocationCreated { allocation, code } => Record::Created {
+                allocation: *allocation,
+                code: *code,
+            },
+            Event::AllocationMigrated { from, to, .. } => Record::Migrated {
+                from: *from,
+                to: *to,
+            },
+            Event::AllocationClosed { allocation, .. } => Record::Closed {
+                allocation: *allocation,
+            },
+            _ => return,
+        };
+        if self.records.try_send(record).is_err() {
+            self.metrics.directory_records_dropped.inc();
+            warn!("directory record queue full; a record is left to expire");
+        }
+    }
+}
+
+/// The node `what` lives on, as a [`Location`].
+async fn locate(
+    directory: &RedisDirectory,
+    me: &NodeId,
+    what: &Locate,
+) -> Result<Location, DirectoryError> {
+    let owner = match what {
+        Locate::Code(code) => directory
+            .lookup_code(&code.to_string())
+            .await?
+            .map(|record| record.node),
+        Locate::Allocation(id) => directory.lookup_allocation(id.0).await?,
+    };
+    // Held by this node after all (a pooled code, a record outliving its allocation): no one
+    // else has it.
+    let Some(owner) = owner.filter(|n| n != me) else {
+        return Ok(Location::Nowhere);
+    };
+    Ok(match directory.node(&owner).await? {
+        // A draining node still serves the allocations it holds.
+        Some(info) => Location::Node {
+            address: info.addr,
+            server_name: info.server_name,
+        },
+        // Its heartbeat lapsed: the node is gone, and the allocation with it.
+        None => Location::Nowhere,
+    })
+}
+
+/// This node's directory entry, without its load (the heartbeat fills that in).
+fn node_info(fleet: &FleetConfig, node: &NodeId) -> NodeInfo {
+    NodeInfo {
+        id: node.clone(),
+        addr: fleet.public_addr,
+        server_name: fleet.server_name.clone(),
+        region: fleet.region.clone(),
+        state: NodeState::Active,
+        allocations: 0,
+        connections: 0,
+        cpu_pct: 0.0,
+    }
+}
+
+/// Claims codes whenever asked, until it has some to answer with.
+async fn claimer(
+    directory: RedisDirectory,
+    node: NodeId,
+    request: Arc<ClaimRequest>,
+    ttl: Duration,
+    inputs: mpsc::Sender<Input>,
+    shutdown: CancellationToken,
+) {
+    let mut rng = StdRng::from_entropy();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = request.notify.notified() => {}
+        }
+        let Some((count, len)) = request.wanted.lock().ok().and_then(|mut w| w.take()) else {
+            continue;
+        };
+        let mut backoff = CLAIM_BACKOFF.0;
+        let codes = loop {
+            let candidates: Vec<JoinCode> = (0..count)
+                .map(|_| JoinCode::random(&mut rng, len))
+                .collect();
+            let texts: Vec<String> = candidates.iter().map(ToString::to_string).collect();
+            match directory.claim_codes(&node, &texts, ttl).await {
+                Ok(won) if !won.is_empty() => {
+                    break candidates
+                        .into_iter()
+                        .filter(|c| won.contains(&c.to_string()))
+                        .collect::<Vec<_>>();
+                }
+                Ok(_) => debug!("no code claimed this round; drawing again"),
+                Err(e) => debug!(cause = %e, "claiming codes failed; retrying"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(CLAIM_BACKOFF.1);
+        };
+        if inputs.send(Input::CodesClaimed { codes }).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Writes records in order, one at a time.
+async fn writer(
+    directory: RedisDirectory,
+    node: NodeId,
+    mut records: mpsc::Receiver<Record>,
+    ttl: Duration,
+    shutdown: CancellationToken,
+) {
+    // Each live lineage's code and allocation ids, to release them when it closes.
+    let mut lineages: HashMap<AllocationId, (JoinCode, Vec<AllocationId>)> = HashMap::new();
+    loop {
+        let record = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            record = records.recv() => match record {
+                Some(record) => record,
+                None => return,
+            },
+        };
+        let result = match record {
+            Record::Created { allocation, code } => {
+                lineages.insert(allocation, (code, vec![allocation]));
+                write_binding(&directory, &node, code, allocation, ttl).await
+            }
+            Record::Migrated { from, to } => match lineages.remove(&from) {
+                Some((code, mut ids)) => {
+                    ids.push(to);
+                    lineages.insert(to, (code, ids));
+                    write_binding(&directory, &node, code, to, ttl).await
+                }
+                None => Ok(()),
+            },
+            Record::Closed { allocation } => match lineages.remove(&allocation) {
+                Some((code, ids)) => release(&directory, &node, code, &ids).await,
+                None => Ok(()),
+            },
+        };
+        if let Err(e) = result {
+            debug!(cause = %e, "directory record write failed; it is left to expire");
+        }
+    }
+}
+
+/// Points `code` and `allocation` at this node.
+async fn write_binding(
+    directory: &RedisDirectory,
+    node: &NodeId,
+    code: JoinCode,
+    allocation: AllocationId,
+    ttl: Duration,
+) -> Result<(), DirectoryError> {
+    directory
+        .bind_code(&code.to_string(), node, allocation.0, ttl)
+        .await?;
+    directory.bind_allocation(allocation.0, node, ttl).await?;
+    Ok(())
+}
+
+/// Releases a closed lineage's code and allocation records (only those still this node's).
+async fn release(
+    directory: &RedisDirectory,
+    node: &NodeId,
+    code: JoinCode,
+    ids: &[AllocationId],
+) -> Result<(), DirectoryError> {
+    directory.release_code(&code.to_string(), node).await?;
+    for id in ids {
+        directory.release_allocation(id.0, node).await?;
+    }
+    Ok(())
+}
+
+/// Keeps this node's entry alive and tells the control plane whether the directory answers.
+async fn heartbeat(
+    directory: RedisDirectory,
+    mut info: NodeInfo,
+    inputs: mpsc::Sender<Input>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let mut reachable = true;
+    let mut cpu = CpuMeter::start();
+    let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        info.allocations = u64::try_from(metrics.allocations.get()).unwrap_or(0);
+        info.connections = u64::try_from(metrics.connections.get()).unwrap_or(0);
+        info.cpu_pct = cpu.sample();
+        let ok = match directory.heartbeat(&info, HEARTBEAT_TTL).await {
+            Ok(()) => true,
+            Err(e) => {
+                debug!(cause = %e, "heartbeat failed");
+                false
+            }
+        };
+        if ok != reachable {
+            reachable = ok;
+            if ok {
+                info!("fleet directory reachable again");
+            } else {
+                warn!(
+                    "fleet directory unreachable: new allocations and cross-node joins are refused"
+                );
+            }
+            if inputs
+                .send(Input::DirectoryHealth { reachable: ok })
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    }
+    // A clean stop: leave the directory at once rather than after the TTL.
+    let _ = directory.remove_node(&info.id).await;
+}
+
+/// This process's CPU use between samples, percent of one core (Linux `/proc/self/stat`; 0
+/// elsewhere).
+struct CpuMeter {
+    last: Option<(std::time::Instant, f64)>,
+}
+
+impl CpuMeter {
+    fn start() -> Self {
+        CpuMeter {
+            last: cpu_seconds().map(|s| (std::time::Instant::now(), s)),
+        }
+    }
+
+    fn sample(&mut self) -> f32 {
+        let now = std::time::Instant::now();
+        let Some(seconds) = cpu_seconds() else {
+            return 0.0;
+        };
+        let pct = match self.last {
+            Some((at, before)) => {
+                let wall = now.duration_since(at).as_secs_f64();
+                if wall > 0.0 {
+                    (100.0 * (seconds - before) / wall) as f32
+                } else {
+                    0.0
+                }
+            }
+            None => 0.0,
+        };
+        self.last = Some((now, seconds));
+        pct
+    }
+}
+
+/// User plus system CPU seconds of this process.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) start after its closing ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
