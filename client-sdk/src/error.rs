@@ -53,6 +53,17 @@ pub enum Error {
     /// (TLS alert `no_application_protocol`).
     #[error("the relay does not support this SDK's protocol version (ALPN negotiation failed)")]
     ProtocolVersionMismatch,
+    /// A relay of a fleet redirected a join or rejoin in a way the SDK does not follow: the
+    /// relay it was redirected to redirected it again (the SDK follows one redirect per
+    /// request), or the redirect named the very relay that sent it. The fleet's directory is
+    /// inconsistent or the relays are misconfigured; nothing was joined.
+    #[error("relay {relay} redirected the request to {target}, which the SDK does not follow (one redirect per request, never back to the same relay)")]
+    RedirectLoop {
+        /// The relay that sent the redirect not followed.
+        relay: SocketAddr,
+        /// The address it redirected to.
+        target: SocketAddr,
+    },
     /// No allocation has this join code.
     #[error("no allocation has this join code")]
     CodeNotFound,
@@ -93,6 +104,14 @@ pub enum Error {
     /// fresh credential from the lobby.
     #[error("the relay refused the credential: {0}")]
     CredentialRefused(CredentialRefusal),
+    /// A relay of a fleet cannot reach the fleet's directory, so it can neither place a new
+    /// allocation nor find the relay holding a join code or allocation. Transient: try again
+    /// after `retry_after`.
+    #[error("the relay cannot reach its fleet directory; retry after {retry_after:?}")]
+    DirectoryUnavailable {
+        /// How long to wait before retrying.
+        retry_after: Duration,
+    },
     /// The relay holds as many allocations as it may.
     #[error("the relay is full ({max} allocations)")]
     RelayFull {
@@ -118,7 +137,8 @@ pub enum Error {
     /// The relay is shutting down and takes no new work.
     #[error("the relay is shutting down")]
     ShuttingDown,
-    /// The relay refused with a code this SDK version does not know.
+    /// The relay refused with a code this SDK version does not know (every code it knows has
+    /// its own variant, e.g. `directory_unavailable` is [`Error::DirectoryUnavailable`]).
     #[error("the relay refused the request with {code} (value {value})")]
     Refused {
         /// The wire code.
@@ -253,6 +273,9 @@ pub(crate) fn refusal(code: ErrorCode, value: u32) -> Error {
             retry_after: Duration::from_millis(u64::from(value)),
         },
         ErrorCode::Migrating => Error::Migrating {
+            retry_after: Duration::from_millis(u64::from(value)),
+        },
+        ErrorCode::DirectoryUnavailable => Error::DirectoryUnavailable {
             retry_after: Duration::from_millis(u64::from(value)),
         },
         ErrorCode::PayloadTooLarge => Error::PayloadTooLarge {
@@ -403,6 +426,14 @@ mod tests {
                 code: ErrorCode::Unknown(200),
                 value: 9
             }
+        ));
+    }
+
+    #[test]
+    fn directory_unavailable_carries_its_retry_delay() {
+        assert!(matches!(
+            refusal(ErrorCode::DirectoryUnavailable, 1500),
+            Error::DirectoryUnavailable { retry_after } if retry_after == Duration::from_millis(1500)
         ));
     }
 

@@ -33,8 +33,8 @@ impl Host {
     /// Connection errors ([`Error::RelayUnreachable`], [`Error::CertificateMismatch`],
     /// [`Error::UntrustedCertificate`], [`Error::ProtocolVersionMismatch`]), refusals
     /// ([`Error::RelayFull`], [`Error::CredentialRefused`], [`Error::RateLimited`],
-    /// [`Error::InvalidRequest`], [`Error::ShuttingDown`]), [`Error::Config`] for bad
-    /// `config` or `options`.
+    /// [`Error::InvalidRequest`], [`Error::ShuttingDown`], [`Error::DirectoryUnavailable`]),
+    /// [`Error::Config`] for bad `config` or `options`.
     pub async fn create(config: &ClientConfig, options: AllocationOptions) -> Result<Host, Error> {
         let (max_peers, code_ttl_secs) = options.wire_values()?;
         let request = ClientMessage::CreateAllocation {

@@ -13,6 +13,10 @@
 //!   ends always says why;
 //! - [`Session::members`] is the current member set.
 //!
+//! A relay of a fleet that does not hold the allocation a join or rejoin names redirects it to
+//! the relay that does; the SDK follows one such redirect by itself, with the same trust and
+//! settings ([`Error::RedirectLoop`] for more).
+//!
 //! The relay is trusted by pinning its certificate's SHA-256 fingerprint
 //! ([`Trust::Fingerprint`], for the relay's self-signed development certificate), by a PEM
 //! certificate file, or by the web PKI ([`Trust`]).

@@ -57,7 +57,9 @@ pub struct Peer {
 impl Peer {
     /// Connects to the relay and joins the allocation `code` names. While the allocation is
     /// migrating to a new host the relay answers "retry shortly"; the SDK retries for
-    /// [`ClientConfig::migration_retry`] and then joins the successor.
+    /// [`ClientConfig::migration_retry`] and then joins the successor. A relay of a fleet that
+    /// does not hold the allocation redirects the join to the relay that does; the SDK follows
+    /// (once), and the session is the other relay's.
     ///
     /// # Errors
     /// [`Error::InvalidJoinCode`] (nothing is sent), connection errors
@@ -66,7 +68,8 @@ impl Peer {
     /// ([`Error::CodeNotFound`], [`Error::CodeExpired`], [`Error::CodeRevoked`],
     /// [`Error::AllocationClosed`], [`Error::AllocationFull`], [`Error::RateLimited`],
     /// [`Error::CredentialRefused`], [`Error::ShuttingDown`], [`Error::Migrating`] once the retry
-    /// window is over), [`Error::Config`].
+    /// window is over, [`Error::DirectoryUnavailable`]), [`Error::RedirectLoop`] for a redirect
+    /// the SDK does not follow, [`Error::Config`].
     pub async fn join(config: &ClientConfig, code: impl IntoJoinCode) -> Result<Peer, Error> {
         let code = code.into_join_code()?;
         retry_while_migrating(config.migration_retry, || {
@@ -98,14 +101,15 @@ impl Peer {
     /// succeeded it in host migrations: after a crash, a network change, or as a host that
     /// lost its role (it comes back as an ordinary member). The others see
     /// [`Event::PeerRejoined`](crate::Event::PeerRejoined). Retries while the allocation is
-    /// migrating, as [`Peer::join`] does.
+    /// migrating and follows a fleet's redirect, as [`Peer::join`] does.
     ///
     /// # Errors
     /// [`Error::CodeNotFound`] if the allocation is gone, [`Error::Unauthorized`] for a wrong
     /// token (or the credential of another player than the one the token was issued to),
     /// [`Error::CredentialRefused`] if the relay requires a credential and refuses `config`'s, [`Error::AlreadyBound`] while the old connection is still up (the relay drops it
     /// after its keepalive timeout), [`Error::AllocationFull`], [`Error::Migrating`] once the
-    /// retry window is over, and connection errors as for [`Peer::join`].
+    /// retry window is over, [`Error::DirectoryUnavailable`], [`Error::RedirectLoop`], and
+    /// connection errors as for [`Peer::join`].
     pub async fn rejoin(config: &ClientConfig, token: &ReconnectToken) -> Result<Peer, Error> {
         retry_while_migrating(config.migration_retry, || {
             Self::bind(

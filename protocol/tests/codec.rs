@@ -1311,8 +1311,8 @@ fn server_message() -> impl Strategy<Value = ServerMessage> {
 /// flow label or scope id (the wire does not carry them).
 fn redirect_address() -> impl Strategy<Value = std::net::SocketAddr> {
     let ip = prop_oneof![
-        any::<[u8; 4]>().prop_map(|b| std::net::IpAddr::from(b)),
-        any::<[u8; 16]>().prop_map(|b| std::net::IpAddr::from(b)),
+        any::<[u8; 4]>().prop_map(std::net::IpAddr::from),
+        any::<[u8; 16]>().prop_map(std::net::IpAddr::from),
     ]
     .prop_filter("connectable", |ip| {
         !ip.is_unspecified() && !ip.is_multicast()

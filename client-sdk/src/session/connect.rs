@@ -1,7 +1,9 @@
 //! Connecting a session: [`connect()`] makes the QUIC connection, sends the bind request
 //! ([`BIND_REQUEST_ID`]) and reads until its reply with [`bind_on`], then builds the [`Session`]
-//! from what the relay granted ([`Bound`]) and spawns its tasks. [`retry_while_migrating`] runs
-//! a join again while the allocation is migrating.
+//! from what the relay granted ([`Bound`]) and spawns its tasks. A relay of a fleet may answer a
+//! `Join` or `Rejoin` with `Redirect` instead: the connection is closed normally and the same
+//! request is sent to the relay it names, once ([`Error::RedirectLoop`] for a second
+//! redirect). [`retry_while_migrating`] runs a join again while the allocation is migrating.
 //!
 //! Runs on the caller's task ([`Host::create`](crate::Host::create),
 //! [`Peer::join`](crate::Peer::join), ...), before any session task exists. Calls the reader's
@@ -9,6 +11,7 @@
 //! and the snapshot tasks ([`crate::snapshot`]).
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,14 +47,86 @@ pub(crate) enum Bound {
 }
 
 /// Connects to the relay, sends `bind` (which must carry [`BIND_REQUEST_ID`]) and returns the
-/// session with what the relay granted.
+/// session with what the relay granted. Follows one `Redirect` (SPEC section 5.3).
 pub(crate) async fn connect(
     config: &ClientConfig,
     bind: ClientMessage,
 ) -> Result<(Session, Bound), Error> {
+    config.validate()?;
+    let endpoint = quinn::Endpoint::client(config.local_addr())?;
+    let (conn, reply) = match attempt(config, &endpoint, &bind).await? {
+        Attempt::Replied(conn, reply) => (conn, reply),
+        Attempt::Redirected {
+            target,
+            server_name,
+        } => {
+            let redirected = redirected_config(config, target, server_name)?;
+            // Same local socket when it can reach the new relay (a configured bind address
+            // stays in use by the closing connection, so it could not be bound twice).
+            let endpoint = match endpoint.local_addr() {
+                Ok(local) if local.is_ipv4() == target.is_ipv4() => endpoint,
+                _ => quinn::Endpoint::client(redirected.local_addr())?,
+            };
+            match attempt(&redirected, &endpoint, &bind).await? {
+                Attempt::Replied(conn, reply) => {
+                    return establish(&redirected, endpoint, bind, conn, reply).await;
+                }
+                Attempt::Redirected { target: again, .. } => {
+                    tracing::debug!(relay = %target, target = %again, "second redirect refused");
+                    return Err(Error::RedirectLoop {
+                        relay: target,
+                        target: again,
+                    });
+                }
+            }
+        }
+    };
+    establish(config, endpoint, bind, conn, reply).await
+}
+
+/// What one connection attempt got in answer to the bind request.
+enum Attempt {
+    /// The relay replied; the control stream and the reply, with the messages before it.
+    Replied(quinn::Connection, BindResult),
+    /// The relay redirected the request to another relay of its fleet; this connection is
+    /// closed.
+    Redirected {
+        target: SocketAddr,
+        server_name: String,
+    },
+}
+
+/// The configuration for following a redirect: `config` with the relay and server name the
+/// redirect named. A redirect to the relay that sent it is refused.
+fn redirected_config(
+    config: &ClientConfig,
+    target: SocketAddr,
+    server_name: String,
+) -> Result<ClientConfig, Error> {
+    if target == config.relay {
+        return Err(Error::RedirectLoop {
+            relay: config.relay,
+            target,
+        });
+    }
+    tracing::debug!(relay = %config.relay, %target, %server_name, "redirected");
+    let mut redirected = config.clone().server_name(server_name);
+    redirected.relay = target;
+    // The name decoded as a DNS name or IP literal; this also checks that a configured bind
+    // address can reach the new relay's address family.
+    redirected.validate()?;
+    Ok(redirected)
+}
+
+/// Connects to `config.relay` on `endpoint`, sends `bind` and reads its reply. A `Redirect`
+/// answering a `Join` or `Rejoin` closes the connection normally and is returned.
+async fn attempt(
+    config: &ClientConfig,
+    endpoint: &quinn::Endpoint,
+    bind: &ClientMessage,
+) -> Result<Attempt, Error> {
     let (quinn_config, verify_log) = config.quinn_config()?;
     let relay = config.relay;
-    let endpoint = quinn::Endpoint::client(config.local_addr())?;
     let connecting = endpoint
         .connect_with(quinn_config, relay, &config.server_name)
         .map_err(|e| match e {
@@ -82,13 +157,46 @@ pub(crate) async fn connect(
     };
     tracing::debug!(%relay, rtt = ?conn.rtt(), "connected to relay");
 
-    let (send, recv, reply, early) = match bind_on(&conn, &bind, config.request_timeout).await {
-        Ok(bound) => bound,
+    let result = match bind_on(&conn, bind, config.request_timeout).await {
+        Ok(result) => result,
         Err(err) => {
             close_normally(&conn);
             return Err(err);
         }
     };
+    match (bind, result.2) {
+        (
+            ClientMessage::Join { .. } | ClientMessage::Rejoin { .. },
+            ServerMessage::Redirect {
+                address,
+                server_name,
+                ..
+            },
+        ) => {
+            // The relay never bound this connection: a normal close tells it we are done.
+            close_normally(&conn);
+            Ok(Attempt::Redirected {
+                target: address,
+                server_name,
+            })
+        }
+        (_, reply) => Ok(Attempt::Replied(
+            conn,
+            (result.0, result.1, reply, result.3),
+        )),
+    }
+}
+
+/// Builds the session from the relay's reply to `bind` on `conn`, or the error its refusal
+/// means.
+async fn establish(
+    config: &ClientConfig,
+    endpoint: quinn::Endpoint,
+    bind: ClientMessage,
+    conn: quinn::Connection,
+    (send, recv, reply, early): BindResult,
+) -> Result<(Session, Bound), Error> {
+    let relay = config.relay;
     let join_code = match &bind {
         ClientMessage::Join { code, .. } => Some(*code),
         _ => None,

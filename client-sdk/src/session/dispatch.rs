@@ -167,6 +167,13 @@ impl Shared {
             other @ ServerMessage::Joined { .. } => {
                 tracing::warn!(message = ?other, "ignoring a second bind reply");
             }
+            // A relay redirects only a Join or Rejoin, which `connect` follows before the
+            // session exists; here it answers some other request (SPEC section 5.3).
+            ServerMessage::Redirect { request_id, .. } => {
+                self.abort(format!(
+                    "the relay answered request {request_id} with Redirect"
+                ));
+            }
             // Messages added to the protocol after this SDK version.
             other => tracing::debug!(message = ?other, "ignoring message this SDK does not handle"),
         }
@@ -191,7 +198,8 @@ pub(super) fn reply_id(message: &ServerMessage) -> Option<u32> {
         ServerMessage::AllocationCreated { request_id, .. }
         | ServerMessage::Joined { request_id, .. }
         | ServerMessage::Refused { request_id, .. }
-        | ServerMessage::Done { request_id } => Some(*request_id),
+        | ServerMessage::Done { request_id }
+        | ServerMessage::Redirect { request_id, .. } => Some(*request_id),
         _ => None,
     }
 }
@@ -272,6 +280,14 @@ mod tests {
     #[test]
     fn replies_are_told_apart_from_events() {
         assert_eq!(reply_id(&ServerMessage::Done { request_id: 7 }), Some(7));
+        assert_eq!(
+            reply_id(&ServerMessage::Redirect {
+                request_id: 8,
+                address: "127.0.0.1:7700".parse().unwrap(),
+                server_name: "localhost".into(),
+            }),
+            Some(8)
+        );
         assert_eq!(
             reply_id(&ServerMessage::PeerJoined { peer: PeerId(3) }),
             None

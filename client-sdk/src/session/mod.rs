@@ -14,7 +14,10 @@
 //! [`connect()`] builds a fresh quinn endpoint, completes the QUIC handshake within the connect
 //! timeout, opens the control stream, sends the bind request (`CreateAllocation`, `ClaimHost`,
 //! `Join` or `Rejoin`) at once (quinn only tells the relay about a stream when data is sent on
-//! it) and reads frames until the reply carrying the bind request's id.
+//! it) and reads frames until the reply carrying the bind request's id. A relay of a fleet may
+//! answer a `Join` or `Rejoin` with `Redirect`: [`connect()`] closes that connection normally
+//! and sends the same request to the named relay (same trust and settings, the redirect's
+//! server name), following at most one redirect per request.
 //!
 //! ## Concurrency model
 //! A [`Session`] owns its background tasks in a [`JoinSet`], so all are aborted when it is
