@@ -162,7 +162,8 @@ pub struct FleetConfig {
     /// This node's id in the directory: 1-64 characters of `A-Z a-z 0-9 . _ -`, unique in the
     /// fleet.
     pub node_id: String,
-    /// The UDP address clients reach this node at (what other nodes redirect them to).
+    /// The UDP address clients reach this node at (what other nodes redirect them to). Port
+    /// 0 stands for the port the relay binds (for relays on a port the kernel picks).
     pub public_addr: SocketAddr,
     /// The name this node's certificate is valid for, sent with redirects.
     pub server_name: String,

@@ -22,6 +22,9 @@ use bytes::Bytes;
 /// How long any single wait in a test may take before the test fails instead of hanging.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// The fleet secret of test fleets.
+pub const TEST_FLEET_SECRET: &str = "baton-test-fleet-secret-0123456789abcdef";
+
 /// A relay running in this process on loopback, with its own data directory.
 pub struct TestRelay {
     relay: Option<Relay>,
@@ -51,6 +54,35 @@ impl TestRelay {
             relay: Some(relay),
             _dir: dir,
         }
+    }
+
+    /// Node `node` of a fleet whose directory is at `directory`, on loopback, with `tweak`
+    /// applied. Its development certificate is kept in `cert_dir`: give every node of a fleet
+    /// the same one, so that a client pinning its fingerprint trusts them all (as it must to
+    /// follow a redirect), and start the first node alone (it generates the certificate).
+    pub async fn start_fleet_node(
+        node: &str,
+        directory: &str,
+        cert_dir: &std::path::Path,
+        tweak: impl FnOnce(&mut RelayConfig),
+    ) -> TestRelay {
+        Self::start_with(|config| {
+            config.tls = TlsSource::SelfSigned {
+                data_dir: cert_dir.to_owned(),
+                extra_names: Vec::new(),
+            };
+            config.fleet = Some(baton_relay::config::FleetConfig {
+                directory: directory.to_owned(),
+                node_id: node.to_owned(),
+                // Port 0: the port the node binds.
+                public_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+                server_name: "localhost".to_owned(),
+                region: "default".to_owned(),
+                fleet_secret: TEST_FLEET_SECRET.to_owned(),
+            });
+            tweak(config);
+        })
+        .await
     }
 
     /// A relay on loopback that posts its webhooks, signed with `secret`, to `url`, with

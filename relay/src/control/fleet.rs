@@ -118,10 +118,18 @@ impl ControlPlane {
         self.refill_pool();
     }
 
-    /// [`Input::DirectoryHealth`].
+    /// [`Input::DirectoryHealth`]. When the directory comes back, the pool is dropped and
+    /// claimed again: a directory that lost its data (a restart without persistence) no
+    /// longer holds those claims, and another node could claim the same codes.
     pub(super) fn directory_health(&mut self, reachable: bool) {
-        if let Some(fleet) = self.fleet.as_mut() {
-            fleet.reachable = reachable;
+        let Some(fleet) = self.fleet.as_mut() else {
+            return;
+        };
+        let back = reachable && !fleet.reachable;
+        fleet.reachable = reachable;
+        if back {
+            fleet.pool.clear();
+            self.refill_pool();
         }
     }
 

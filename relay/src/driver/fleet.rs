@@ -60,6 +60,9 @@ enum Record {
     },
     /// The lineage whose latest allocation is `allocation` ended.
     Closed { allocation: AllocationId },
+    /// The directory is back after an outage: write every live lineage's records again
+    /// (it may have lost them).
+    Republish,
 }
 
 /// The driver's handle on fleet mode, kept in `Shared`.
@@ -127,6 +130,7 @@ impl FleetLink {
             directory.clone(),
             node_info(fleet, &node),
             inputs.clone(),
+            records.clone(),
             metrics.clone(),
             shutdown,
         ));
@@ -320,6 +324,7 @@ async fn writer(
                 Some((code, ids)) => release(&directory, &node, code, &ids).await,
                 None => Ok(()),
             },
+            Record::Republish => republish(&directory, &node, &lineages, ttl).await,
         };
         if let Err(e) = result {
             debug!(cause = %e, "directory record write failed; it is left to expire");
@@ -342,6 +347,38 @@ async fn write_binding(
     Ok(())
 }
 
+/// Writes every live lineage's records again: its code claimed for this node if no one holds
+/// it, then bound to its latest allocation, and every allocation id of it pointed here.
+async fn republish(
+    directory: &RedisDirectory,
+    node: &NodeId,
+    lineages: &HashMap<AllocationId, (JoinCode, Vec<AllocationId>)>,
+    ttl: Duration,
+) -> Result<(), DirectoryError> {
+    let mut conflicts = 0;
+    for (latest, (code, ids)) in lineages {
+        let text = code.to_string();
+        // Won, or already ours (then binding refreshes it); another node's otherwise.
+        directory
+            .claim_codes(node, std::slice::from_ref(&text), ttl)
+            .await?;
+        if !directory.bind_code(&text, node, latest.0, ttl).await? {
+            conflicts += 1;
+        }
+        for id in ids {
+            directory.bind_allocation(id.0, node, ttl).await?;
+        }
+    }
+    if conflicts > 0 {
+        warn!(
+            conflicts,
+            "codes of live allocations were claimed by other nodes during a directory outage"
+        );
+    }
+    info!(lineages = lineages.len(), "records published again");
+    Ok(())
+}
+
 /// Releases a closed lineage's code and allocation records (only those still this node's).
 async fn release(
     directory: &RedisDirectory,
@@ -361,6 +398,7 @@ async fn heartbeat(
     directory: RedisDirectory,
     mut info: NodeInfo,
     inputs: mpsc::Sender<Input>,
+    records: mpsc::Sender<Record>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
@@ -387,6 +425,9 @@ async fn heartbeat(
             reachable = ok;
             if ok {
                 info!("fleet directory reachable again");
+                if records.try_send(Record::Republish).is_err() {
+                    metrics.directory_records_dropped.inc();
+                }
             } else {
                 warn!(
                     "fleet directory unreachable: new allocations and cross-node joins are refused"

@@ -237,18 +237,28 @@ impl Relay {
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let fleet = match &config.fleet {
-            Some(fleet) => Some(
-                fleet::FleetLink::start(
-                    &config,
-                    fleet,
-                    input_tx.clone(),
-                    metrics.clone(),
-                    shutdown.clone(),
-                    &tasks,
+            Some(fleet) => {
+                // Port 0 (an in-process relay on a port the kernel picks) announces the port
+                // it was given.
+                let mut fleet = fleet.clone();
+                if fleet.public_addr.port() == 0 {
+                    if let Ok(bound) = endpoints[0].local_addr() {
+                        fleet.public_addr.set_port(bound.port());
+                    }
+                }
+                Some(
+                    fleet::FleetLink::start(
+                        &config,
+                        &fleet,
+                        input_tx.clone(),
+                        metrics.clone(),
+                        shutdown.clone(),
+                        &tasks,
+                    )
+                    .await
+                    .map_err(|e| RelayError::Fleet(e.to_string()))?,
                 )
-                .await
-                .map_err(|e| RelayError::Fleet(e.to_string()))?,
-            ),
+            }
             None => None,
         };
         let shared = Arc::new(Shared {

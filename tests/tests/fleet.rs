@@ -1,0 +1,172 @@
+//! A fleet over real sockets: three relay nodes on loopback sharing a real `redis-server`
+//! (started by the test on a free port), the real SDK, real QUIC.
+//!
+//! Joins by code through a node that does not hold the allocation are redirected to the one
+//! that does; codes are unique fleet-wide and recorded in the directory; a code no node holds
+//! is not found; while the directory is down new allocations are refused
+//! `directory_unavailable` and existing ones keep forwarding; when it is back, so is everything.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use baton_client::{AllocationOptions, Error, Event, Host, Peer, PeerId};
+use baton_relay::directory::{NodeId, RedisDirectory};
+use baton_relay::metrics::Metrics;
+use baton_tests::redis_server::RedisServer;
+use baton_tests::{event_matching, recv, TestRelay, WAIT};
+
+/// Three nodes, `a`, `b` and `c`, sharing one certificate, and the directory they share.
+async fn fleet() -> (RedisServer, tempfile::TempDir, Vec<TestRelay>) {
+    let redis = RedisServer::start().expect("redis-server starts (install redis-server)");
+    let certs = tempfile::tempdir().expect("temp dir");
+    let mut nodes = Vec::new();
+    // One at a time: the first generates the certificate the others reuse.
+    for id in ["a", "b", "c"] {
+        nodes.push(TestRelay::start_fleet_node(id, &redis.url(), certs.path(), |_| {}).await);
+    }
+    (redis, certs, nodes)
+}
+
+async fn directory(redis: &RedisServer) -> RedisDirectory {
+    RedisDirectory::connect(&redis.url(), std::sync::Arc::new(Metrics::new()))
+        .await
+        .expect("directory")
+}
+
+/// Waits (bounded) until `check` holds.
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what}: not within {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_join_through_another_node_is_redirected_to_the_allocation() {
+    let (redis, _certs, nodes) = fleet().await;
+    let host = Host::create(&nodes[0].client(), AllocationOptions::default())
+        .await
+        .expect("create on a");
+    // Every node registered itself, and the code points at node a.
+    let dir = directory(&redis).await;
+    let record = dir
+        .lookup_code(host.join_code().as_str())
+        .await
+        .unwrap()
+        .expect("the code is in the directory");
+    assert_eq!(record.node, NodeId::parse("a").unwrap());
+    eventually("three nodes registered", async || {
+        dir.nodes().await.map(|n| n.len()) == Ok(3)
+    })
+    .await;
+
+    // Peers join through b and through c: each lands on a, as the next peer of its allocation.
+    for (n, via) in [(1u16, &nodes[1]), (2, &nodes[2])] {
+        let peer = Peer::join(&via.client(), host.join_code())
+            .await
+            .expect("join through another node");
+        assert_eq!(peer.local_peer(), PeerId(n));
+        assert_eq!(peer.relay_addr(), nodes[0].addr(), "redirected to node a");
+        assert_eq!(peer.allocation(), host.allocation());
+        event_matching(
+            &host,
+            WAIT,
+            |e| matches!(e, Event::PeerJoined { peer: p } if *p == PeerId(n)),
+        )
+        .await;
+        peer.send_to_host(b"hello via redirect").unwrap();
+        assert_eq!(
+            recv(&host).await,
+            (PeerId(n), b"hello via redirect"[..].into())
+        );
+        host.send_to(PeerId(n), b"welcome").unwrap();
+        assert_eq!(recv(&peer).await, (PeerId::HOST, b"welcome"[..].into()));
+    }
+    let joins = |m: &baton_tests::relay_process::Metrics| m.value("baton_joins_total");
+    assert_eq!(joins(&nodes[0].metrics().await), 2.0);
+    assert_eq!(joins(&nodes[1].metrics().await), 0.0);
+    assert_eq!(joins(&nodes[2].metrics().await), 0.0);
+}
+
+#[tokio::test]
+async fn codes_are_unique_across_the_fleet_and_unknown_ones_are_not_found() {
+    let (redis, _certs, nodes) = fleet().await;
+    let dir = directory(&redis).await;
+    let mut hosts = Vec::new();
+    let mut codes = HashSet::new();
+    for round in 0..20 {
+        for (i, node) in nodes.iter().enumerate() {
+            let host = Host::create(&node.client(), AllocationOptions::default())
+                .await
+                .unwrap_or_else(|e| panic!("create {round} on node {i}: {e}"));
+            assert!(codes.insert(host.join_code()), "a code given out twice");
+            let record = dir
+                .lookup_code(host.join_code().as_str())
+                .await
+                .unwrap()
+                .expect("recorded");
+            assert_eq!(record.node.as_str(), ["a", "b", "c"][i]);
+            hosts.push(host);
+        }
+    }
+    // A code no node holds: looked up, found nowhere, refused as on a single relay.
+    let free = ["BCDFGH", "BCDFGJ", "BCDFGK"]
+        .into_iter()
+        .find(|free| !codes.iter().any(|c| c.as_str() == *free))
+        .expect("60 codes cannot cover all three");
+    assert!(matches!(
+        Peer::join(&nodes[1].client(), free).await,
+        Err(Error::CodeNotFound)
+    ));
+
+    // A closed allocation's records leave the directory.
+    let gone = hosts.remove(0);
+    let code = gone.join_code();
+    drop(gone);
+    eventually("the closed allocation's code released", async || {
+        dir.lookup_code(code.as_str()).await == Ok(None)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn while_the_directory_is_down_games_go_on_and_new_ones_wait() {
+    let (mut redis, _certs, nodes) = fleet().await;
+    let host = Host::create(&nodes[0].client(), AllocationOptions::default())
+        .await
+        .expect("create");
+    let peer = Peer::join(&nodes[1].client(), host.join_code())
+        .await
+        .expect("join through b");
+
+    redis.stop();
+    // Within a few heartbeats every node knows: creates are refused, with a time to retry.
+    let client = nodes[2].client();
+    eventually("creates refused directory_unavailable", async || {
+        matches!(
+            Host::create(&client, AllocationOptions::default()).await,
+            Err(Error::DirectoryUnavailable { .. })
+        )
+    })
+    .await;
+    // The game that was running still runs.
+    for i in 0..10u8 {
+        peer.send_to_host(&[i]).unwrap();
+        assert_eq!(recv(&host).await, (peer.local_peer(), vec![i].into()));
+    }
+
+    redis.restart().expect("redis-server restarts");
+    // The nodes notice and re-register; creating works again, through any node.
+    eventually("creates work again", async || {
+        Host::create(&client, AllocationOptions::default())
+            .await
+            .is_ok()
+    })
+    .await;
+    let dir = directory(&redis).await;
+    eventually("every node registered again", async || {
+        dir.nodes().await.map(|n| n.len()) == Ok(3)
+    })
+    .await;
+}
