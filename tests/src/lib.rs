@@ -8,6 +8,7 @@ pub mod attack_known;
 pub mod migration_run;
 pub mod player;
 pub mod procstat;
+pub mod redis_server;
 pub mod relay_process;
 pub mod seq_window;
 pub mod tls;

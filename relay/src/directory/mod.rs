@@ -350,25 +350,39 @@ impl RedisDirectory {
             if ids.is_empty() {
                 return Ok(Vec::new());
             }
+            // Errors are answered per record, so one record of the wrong type is skipped
+            // like any other corrupt one.
             let mut pipe = redis::pipe();
+            pipe.ignore_errors();
             for id in &ids {
                 pipe.cmd("HMGET").arg(node_key(id)).arg(&NODE_FIELDS[..]);
             }
-            let records: Vec<Vec<Option<Vec<u8>>>> = pipe
+            let records: Vec<redis::RedisResult<Vec<Option<Vec<u8>>>>> = pipe
                 .query_async(&mut conn)
                 .await
                 .map_err(|e| store_error(NODES_KEY, e))?;
+            if records.len() != ids.len() {
+                return Err(corrupt(
+                    NODES_KEY,
+                    format!("{} answers to {} reads", records.len(), ids.len()),
+                ));
+            }
             let mut live = Vec::with_capacity(ids.len());
             let mut expired = Vec::new();
             for (id, values) in ids.into_iter().zip(records) {
-                match NodeInfo::from_fields(id.clone(), &values) {
+                let key = node_key(&id);
+                let parsed = values.map_err(|e| store_error(&key, e)).and_then(|values| {
+                    NodeInfo::from_fields(id.clone(), &values).map_err(|d| corrupt(&key, d))
+                });
+                match parsed {
                     Ok(Some(info)) => live.push(info),
                     Ok(None) => expired.push(id),
-                    Err(detail) => tracing::warn!(
-                        key = %node_key(&id),
+                    Err(DirectoryError::Corrupt { key, detail }) => tracing::warn!(
+                        %key,
                         %detail,
                         "directory: a node record does not parse; skipped"
                     ),
+                    Err(e) => return Err(e),
                 }
             }
             if !expired.is_empty() {
