@@ -169,4 +169,22 @@ async fn while_the_directory_is_down_games_go_on_and_new_ones_wait() {
         dir.nodes().await.map(|n| n.len()) == Ok(3)
     })
     .await;
+    // The restarted directory had lost everything: node a published its allocation again,
+    // so a join through yet another node finds it.
+    eventually(
+        "the running allocation's code published again",
+        async || {
+            matches!(
+                dir.lookup_code(host.join_code().as_str()).await,
+                Ok(Some(record)) if record.node.as_str() == "a"
+            )
+        },
+    )
+    .await;
+    let late = Peer::join(&nodes[2].client(), host.join_code())
+        .await
+        .expect("join through c after the outage");
+    assert_eq!(late.relay_addr(), nodes[0].addr());
+    late.send_to_host(b"late").unwrap();
+    assert_eq!(recv(&host).await, (late.local_peer(), b"late"[..].into()));
 }

@@ -3,7 +3,8 @@
 //!
 //! - **Join codes unique fleet-wide.** New allocations take their code from a pool of codes
 //!   the driver has already claimed in the directory ([`Output::ClaimCodes`], answered with
-//!   [`Input::CodesClaimed`]). The pool is refilled below [`POOL_LOW`] codes, to
+//!   [`Input::CodesClaimed`]; the driver claims the first pool before the relay serves
+//!   anyone). The pool is refilled below [`POOL_LOW`] codes, to
 //!   [`POOL_TARGET`]; a code waits in it at most [`POOL_MAX_AGE`] (its claim outlives that,
 //!   see the driver). With the pool empty, or the directory unreachable
 //!   ([`Input::DirectoryHealth`]), creates are refused `directory_unavailable`: an allocation

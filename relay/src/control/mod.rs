@@ -176,7 +176,6 @@ impl ControlPlane {
             fleet: config.fleet.as_ref().map(|_| fleet::Fleet::new()),
         };
         cp.schedule(now + SWEEP_INTERVAL, Timer::SweepRateLimits);
-        cp.refill_pool();
         cp
     }
 

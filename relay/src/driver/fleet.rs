@@ -31,7 +31,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::config::FleetConfig;
-use crate::control::{Event, Input, Locate, Location, POOL_MAX_AGE};
+use crate::control::{Event, Input, Locate, Location, POOL_MAX_AGE, POOL_TARGET};
 use crate::directory::{DirectoryError, NodeId, NodeInfo, NodeState, RedisDirectory};
 use crate::metrics::Metrics;
 use crate::{defaults, RelayConfig};
@@ -95,7 +95,10 @@ pub enum FleetError {
 }
 
 impl FleetLink {
-    /// Connects to the directory and starts the claimer, writer and heartbeat tasks.
+    /// Connects to the directory, registers this node, claims its first pool of codes
+    /// (returned, for the control plane) and starts the claimer, writer and heartbeat tasks.
+    /// Fails if the directory does not answer: a node that cannot register is no use to the
+    /// fleet, and an orchestrator restarts it.
     pub(super) async fn start(
         config: &RelayConfig,
         fleet: &FleetConfig,
@@ -103,13 +106,26 @@ impl FleetLink {
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
         tasks: &TaskTracker,
-    ) -> Result<FleetLink, FleetError> {
+    ) -> Result<(FleetLink, Vec<JoinCode>), FleetError> {
         let node = NodeId::parse(&fleet.node_id).map_err(|e| FleetError::NodeId(e.to_string()))?;
         let directory = RedisDirectory::connect(&fleet.directory, metrics.clone()).await?;
-        let (records, record_rx) = mpsc::channel(RECORD_QUEUE);
-        let claim = Arc::new(ClaimRequest::default());
         let record_ttl = config.join_code_ttl() + defaults::CODE_TOMBSTONE_TTL;
         let claim_ttl = POOL_MAX_AGE + record_ttl;
+        directory
+            .heartbeat(&node_info(fleet, &node), HEARTBEAT_TTL)
+            .await?;
+        let mut rng = StdRng::from_entropy();
+        let first = claim_once(
+            &directory,
+            &node,
+            &mut rng,
+            POOL_TARGET,
+            config.join_code_len(),
+            claim_ttl,
+        )
+        .await?;
+        let (records, record_rx) = mpsc::channel(RECORD_QUEUE);
+        let claim = Arc::new(ClaimRequest::default());
 
         tasks.spawn(claimer(
             directory.clone(),
@@ -135,14 +151,15 @@ impl FleetLink {
             shutdown,
         ));
         info!(node = %node, region = %fleet.region, "fleet mode: directory connected");
-        Ok(FleetLink {
+        let link = FleetLink {
             directory,
             node,
             inputs,
             records,
             claim,
             metrics,
-        })
+        };
+        Ok((link, first))
     }
 
     /// [`Output::ClaimCodes`](crate::control::Output::ClaimCodes).
@@ -287,6 +304,24 @@ async fn claimer(
             return;
         }
     }
+}
+
+/// Draws `count` random codes of `len` characters and claims them for `node`; the ones won.
+async fn claim_once(
+    directory: &RedisDirectory,
+    node: &NodeId,
+    rng: &mut StdRng,
+    count: usize,
+    len: usize,
+    ttl: Duration,
+) -> Result<Vec<JoinCode>, DirectoryError> {
+    let candidates: Vec<JoinCode> = (0..count).map(|_| JoinCode::random(rng, len)).collect();
+    let texts: Vec<String> = candidates.iter().map(ToString::to_string).collect();
+    let won = directory.claim_codes(node, &texts, ttl).await?;
+    Ok(candidates
+        .into_iter()
+        .filter(|c| won.contains(&c.to_string()))
+        .collect())
 }
 
 /// Writes records in order, one at a time.

@@ -236,6 +236,7 @@ impl Relay {
         let (admin_tx, admin_rx) = mpsc::channel(64);
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
+        let mut first_codes = Vec::new();
         let fleet = match &config.fleet {
             Some(fleet) => {
                 // Port 0 (an in-process relay on a port the kernel picks) announces the port
@@ -246,18 +247,18 @@ impl Relay {
                         fleet.public_addr.set_port(bound.port());
                     }
                 }
-                Some(
-                    fleet::FleetLink::start(
-                        &config,
-                        &fleet,
-                        input_tx.clone(),
-                        metrics.clone(),
-                        shutdown.clone(),
-                        &tasks,
-                    )
-                    .await
-                    .map_err(|e| RelayError::Fleet(e.to_string()))?,
+                let (link, codes) = fleet::FleetLink::start(
+                    &config,
+                    &fleet,
+                    input_tx.clone(),
+                    metrics.clone(),
+                    shutdown.clone(),
+                    &tasks,
                 )
+                .await
+                .map_err(|e| RelayError::Fleet(e.to_string()))?;
+                first_codes = codes;
+                Some(link)
             }
             None => None,
         };
@@ -301,7 +302,11 @@ impl Relay {
             secrets.hmac_key =
                 crate::crypto::hmac_sha256(fleet.fleet_secret.as_bytes(), &[b"baton token key"]);
         }
-        let cp = ControlPlane::new(&config, secrets, Instant::now());
+        let mut cp = ControlPlane::new(&config, secrets, Instant::now());
+        if config.fleet.is_some() {
+            // Before anyone can connect: a new node can place allocations at once.
+            cp.handle(Instant::now(), Input::CodesClaimed { codes: first_codes });
+        }
         let control_done = tokio::spawn(
             control_task(cp, input_rx, admin_rx, shared.clone(), hooks.clone())
                 .instrument(info_span!("control")),

@@ -59,8 +59,7 @@ fn codes(n: usize) -> Vec<JoinCode> {
 /// A fleet harness with `n` codes in its pool.
 fn with_pool(n: usize) -> (Harness, Vec<JoinCode>) {
     let mut h = Harness::with(fleet_config());
-    let first = h.drain();
-    assert_eq!(claims(&first), vec![(POOL_TARGET, 6)], "a claim at start");
+    assert!(h.drain().is_empty(), "the driver claims the first pool");
     let pool = codes(n);
     h.cp.handle(
         h.now,
@@ -89,10 +88,13 @@ fn create_request(h: &mut Harness, conn: ConnId) -> Vec<Output> {
 #[test]
 fn a_new_allocation_takes_a_claimed_code_and_none_without_one() {
     let mut h = Harness::with(fleet_config());
-    assert_eq!(claims(&h.drain()), vec![(POOL_TARGET, 6)]);
-    // Nothing claimed yet: refused, and the claim already asked for is not asked again.
+    assert!(h.drain().is_empty(), "the driver claims the first pool");
+    // Nothing claimed yet: refused, and a claim asked for, once.
     let out = create_request(&mut h, HOST);
     assert_eq!(refused(&out, HOST), (ErrorCode::DirectoryUnavailable, 1000));
+    assert_eq!(claims(&out), vec![(POOL_TARGET, 6)]);
+    let out = create_request(&mut h, 9);
+    assert_eq!(refused(&out, 9).0, ErrorCode::DirectoryUnavailable);
     assert!(claims(&out).is_empty(), "{out:?}");
     assert_eq!(h.cp.allocation_count(), 0);
 
@@ -179,9 +181,21 @@ fn while_the_directory_is_away_creates_reservations_and_lookups_are_refused() {
     let (code, _) = h.refusal(5, codes(1)[0]);
     assert_eq!(code, ErrorCode::DirectoryUnavailable);
 
+    // Back: the old pool is dropped (the directory may have lost its claims) and claimed
+    // afresh.
     h.cp.handle(h.now, Input::DirectoryHealth { reachable: true });
+    assert_eq!(claims(&h.drain()), vec![(POOL_TARGET, 6)]);
+    assert_eq!(h.cp.pooled_codes(), 0);
+    let fresh = codes(POOL_TARGET + 1)[POOL_TARGET..].to_vec();
+    h.cp.handle(
+        h.now,
+        Input::CodesClaimed {
+            codes: fresh.clone(),
+        },
+    );
     h.drain();
     let (_, code) = h.create_with(6, 0, 0);
+    assert_eq!(code, fresh[0]);
     assert_eq!(h.join_ok(7, code), PeerId(1), "local joins never needed it");
 }
 
