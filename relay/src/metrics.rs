@@ -628,6 +628,10 @@ mod tests {
         m.left(LeaveReason::TimedOut).inc();
         m.connections.set(3);
         m.limited.allocation_bytes.inc();
+        // Each operation's metrics sit at its position in `ALL`.
+        for (i, op) in DirectoryOp::ALL.iter().enumerate() {
+            assert_eq!(op.index(), i, "{op:?}");
+        }
         m.directory.record(DirectoryOp::LookupCode, 0.002, true);
         m.directory.record(DirectoryOp::LookupCode, 0.003, false);
         let text = m.encode();

@@ -19,11 +19,31 @@ const PORT_ATTEMPTS: usize = 5;
 /// The server binaries looked for on `PATH`, in order.
 const BINARIES: [&str; 2] = ["redis-server", "valkey-server"];
 
+/// How a [`RedisServer`] is started beyond the defaults (plain TCP, no password).
+#[derive(Clone, Debug, Default)]
+pub struct RedisOptions {
+    /// Require this password (`requirepass`); [`RedisServer::url`] carries it.
+    pub password: Option<String>,
+    /// Serve TLS only, with this certificate and key (PEM); clients are not asked for a
+    /// certificate. [`RedisServer::url`] is then `rediss://`.
+    pub tls: Option<RedisTls>,
+}
+
+/// A TLS server's certificate (also its clients' trust anchor: self-signed) and key, PEM.
+#[derive(Clone, Debug)]
+pub struct RedisTls {
+    /// The certificate, valid for `127.0.0.1`.
+    pub cert_pem: String,
+    /// Its private key.
+    pub key_pem: String,
+}
+
 /// A running Redis-compatible server on `127.0.0.1`.
 pub struct RedisServer {
     bin: PathBuf,
     port: u16,
     dir: tempfile::TempDir,
+    options: RedisOptions,
     child: Option<Child>,
 }
 
@@ -58,15 +78,28 @@ impl RedisServer {
     /// If no server binary is on `PATH` (the message says to install `redis-server`), or it
     /// does not start and answer in time.
     pub fn start() -> anyhow::Result<RedisServer> {
+        Self::start_with(RedisOptions::default())
+    }
+
+    /// Like [`Self::start`], with a password or TLS.
+    ///
+    /// # Errors
+    /// As [`Self::start`], or if the TLS files cannot be written.
+    pub fn start_with(options: RedisOptions) -> anyhow::Result<RedisServer> {
         let bin = find_binary()?;
         let dir = tempfile::Builder::new()
             .prefix("baton-redis-")
             .tempdir()
             .context("creating the server's directory")?;
+        if let Some(tls) = &options.tls {
+            std::fs::write(dir.path().join("cert.pem"), &tls.cert_pem).context("cert.pem")?;
+            std::fs::write(dir.path().join("key.pem"), &tls.key_pem).context("key.pem")?;
+        }
         let mut server = RedisServer {
             bin,
             port: 0,
             dir,
+            options,
             child: None,
         };
         let mut last = None;
@@ -81,14 +114,24 @@ impl RedisServer {
             .context(format!("starting {}", server.bin.display()))
     }
 
-    /// The server's URL, database 0: `redis://127.0.0.1:{port}/0`.
+    /// The server's URL, database 0: `redis://127.0.0.1:{port}/0` (`rediss://` with TLS, and
+    /// `:{password}@` before the host with a password).
     pub fn url(&self) -> String {
         self.url_db(0)
     }
 
     /// The server's URL for database `db`.
     pub fn url_db(&self, db: u8) -> String {
-        format!("redis://127.0.0.1:{}/{db}", self.port)
+        let scheme = if self.options.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        let auth = match &self.options.password {
+            Some(password) => format!(":{password}@"),
+            None => String::new(),
+        };
+        format!("{scheme}://{auth}127.0.0.1:{}/{db}", self.port)
     }
 
     /// The server's TCP port on 127.0.0.1.
@@ -132,13 +175,28 @@ impl RedisServer {
     /// # Errors
     /// If the server does not accept a connection.
     pub fn connection(&self) -> anyhow::Result<redis::Connection> {
-        let client = redis::Client::open(self.url()).context("server URL")?;
-        let conn = client
+        let conn = self
+            .client()?
             .get_connection_with_timeout(Duration::from_secs(2))
             .context("connecting to the test server")?;
         conn.set_read_timeout(Some(Duration::from_secs(2)))?;
         conn.set_write_timeout(Some(Duration::from_secs(2)))?;
         Ok(conn)
+    }
+
+    /// A client for [`Self::url`], trusting the server's own certificate with TLS.
+    fn client(&self) -> anyhow::Result<redis::Client> {
+        let client = match &self.options.tls {
+            None => redis::Client::open(self.url()),
+            Some(tls) => redis::Client::build_with_tls(
+                self.url(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(tls.cert_pem.clone().into_bytes()),
+                },
+            ),
+        };
+        client.context("server URL")
     }
 
     /// The server's log file.
@@ -161,9 +219,26 @@ impl RedisServer {
             .append(true)
             .open(self.log_path())
             .context("server log file")?;
-        let child = Command::new(&self.bin)
-            .arg("--port")
-            .arg(self.port.to_string())
+        let mut command = Command::new(&self.bin);
+        if self.options.tls.is_some() {
+            let file = |name: &str| self.dir.path().join(name);
+            command
+                .args(["--port", "0", "--tls-port"])
+                .arg(self.port.to_string())
+                .arg("--tls-cert-file")
+                .arg(file("cert.pem"))
+                .arg("--tls-key-file")
+                .arg(file("key.pem"))
+                .arg("--tls-ca-cert-file")
+                .arg(file("cert.pem"))
+                .args(["--tls-auth-clients", "no"]);
+        } else {
+            command.arg("--port").arg(self.port.to_string());
+        }
+        if let Some(password) = &self.options.password {
+            command.arg("--requirepass").arg(password);
+        }
+        let child = command
             .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
             .args(["--appendonly", "no"])
@@ -208,8 +283,9 @@ impl RedisServer {
 
     /// One `PING`, with short timeouts.
     fn ping(&self) -> anyhow::Result<()> {
-        let client = redis::Client::open(self.url())?;
-        let mut conn = client.get_connection_with_timeout(Duration::from_millis(200))?;
+        let mut conn = self
+            .client()?
+            .get_connection_with_timeout(Duration::from_millis(200))?;
         conn.set_read_timeout(Some(Duration::from_millis(500)))?;
         let pong: String = redis::cmd("PING").query(&mut conn)?;
         if pong != "PONG" {

@@ -11,7 +11,7 @@ use baton_relay::directory::{
     CodeRecord, DirectoryError, NodeId, NodeInfo, NodeState, RedisDirectory, OP_TIMEOUT,
 };
 use baton_relay::metrics::Metrics;
-use baton_tests::redis_server::RedisServer;
+use baton_tests::redis_server::{RedisOptions, RedisServer, RedisTls};
 use baton_tests::relay_process::Metrics as ParsedMetrics;
 use baton_tests::WAIT;
 
@@ -591,4 +591,100 @@ async fn a_stopped_store_fails_fast_and_a_restarted_one_is_used_again() {
     assert_eq!(dir.nodes().await.unwrap(), vec![info("n", 1)]);
     let won = dir.claim_codes(&node, &["X1".into()], LONG).await.unwrap();
     assert_eq!(won, vec!["X1".to_owned()]);
+}
+
+#[tokio::test]
+async fn the_password_comes_from_the_url() {
+    let server = RedisServer::start_with(RedisOptions {
+        password: Some("fleet-secret".into()),
+        tls: None,
+    })
+    .expect("redis-server starts");
+    let metrics = Arc::new(Metrics::new());
+    let dir = RedisDirectory::connect(&server.url(), metrics.clone())
+        .await
+        .expect("connects with the password");
+    dir.heartbeat(&info("n", 1), LONG).await.unwrap();
+    assert_eq!(dir.nodes().await.unwrap(), vec![info("n", 1)]);
+
+    let wrong = server.url().replace("fleet-secret", "guess");
+    match RedisDirectory::connect(&wrong, metrics.clone()).await {
+        Err(DirectoryError::Unavailable(e)) => {
+            assert!(!e.contains("guess"), "the password is not echoed: {e}")
+        }
+        other => panic!("a wrong password: {other:?}"),
+    }
+    // Without a password the connection opens but nothing is served.
+    let without = server.url().replace(":fleet-secret@", "");
+    if let Ok(dir) = RedisDirectory::connect(&without, metrics).await {
+        assert!(matches!(
+            dir.nodes().await,
+            Err(DirectoryError::Unavailable(_))
+        ));
+    }
+}
+
+/// A self-signed certificate for 127.0.0.1, as the server's certificate and its CA.
+fn self_signed() -> RedisTls {
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).expect("certificate");
+    RedisTls {
+        cert_pem: certified.cert.pem(),
+        key_pem: certified.key_pair.serialize_pem(),
+    }
+}
+
+#[tokio::test]
+async fn rediss_verifies_the_server_against_the_given_ca() {
+    let tls = self_signed();
+    let server = RedisServer::start_with(RedisOptions {
+        password: Some("tls-secret".into()),
+        tls: Some(tls.clone()),
+    })
+    .expect("redis-server starts with TLS");
+    assert!(server.url().starts_with("rediss://"));
+    let metrics = Arc::new(Metrics::new());
+
+    let dir =
+        RedisDirectory::connect_with_ca(&server.url(), tls.cert_pem.as_bytes(), metrics.clone())
+            .await
+            .expect("connects over TLS");
+    let won = dir
+        .claim_codes(&id("n"), &["TLS1".into()], LONG)
+        .await
+        .unwrap();
+    assert_eq!(won, vec!["TLS1".to_owned()]);
+    assert_eq!(
+        dir.lookup_code("TLS1").await.unwrap().map(|r| r.node),
+        Some(id("n"))
+    );
+
+    // Another CA, or the system's roots: the server's certificate is refused.
+    let stranger = self_signed();
+    for (what, result) in [
+        (
+            "another CA",
+            RedisDirectory::connect_with_ca(
+                &server.url(),
+                stranger.cert_pem.as_bytes(),
+                metrics.clone(),
+            )
+            .await,
+        ),
+        (
+            "the system's roots",
+            RedisDirectory::connect(&server.url(), metrics.clone()).await,
+        ),
+    ] {
+        match result {
+            Err(DirectoryError::Unavailable(e)) if e.contains("certificate") => {}
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+    // A CA only makes sense with TLS.
+    let plain = server.url().replacen("rediss://", "redis://", 1);
+    assert!(matches!(
+        RedisDirectory::connect_with_ca(&plain, tls.cert_pem.as_bytes(), metrics).await,
+        Err(DirectoryError::InvalidUrl(_))
+    ));
 }

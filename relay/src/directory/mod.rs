@@ -215,6 +215,18 @@ fn ttl_ms(ttl: Duration) -> Result<u64, DirectoryError> {
     Ok(u64::try_from(ms).unwrap_or(u64::MAX))
 }
 
+/// Refuses a URL that is neither `redis://` nor `rediss://` (the URL itself is never echoed:
+/// it may hold a password).
+fn check_scheme(url: &str) -> Result<(), DirectoryError> {
+    if url.starts_with("redis://") || url.starts_with("rediss://") {
+        Ok(())
+    } else {
+        Err(DirectoryError::InvalidUrl(
+            "the scheme must be redis:// or rediss://".into(),
+        ))
+    }
+}
+
 fn valid_code(code: &str) -> Result<(), DirectoryError> {
     check_code(code).map_err(|e| DirectoryError::Invalid(format!("join code: {e}")))
 }
@@ -240,16 +252,43 @@ fn bytes_or_nil(key: &str, v: Value) -> Result<Option<Vec<u8>>, DirectoryError> 
 
 impl RedisDirectory {
     /// Connects to the store at `url` (`redis://[:password@]host[:port][/db]` or `rediss://`
-    /// for TLS; a username may precede the password), within [`CONNECT_TIMEOUT`]. Every
-    /// operation is recorded in `metrics.directory`.
+    /// for TLS, verified against the system's roots; a username may precede the password),
+    /// within [`CONNECT_TIMEOUT`]. Every operation is recorded in `metrics.directory`.
     pub async fn connect(url: &str, metrics: Arc<Metrics>) -> Result<Self, DirectoryError> {
-        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-            return Err(DirectoryError::InvalidUrl(
-                "the scheme must be redis:// or rediss://".into(),
-            ));
-        }
+        check_scheme(url)?;
         let client =
             redis::Client::open(url).map_err(|e| DirectoryError::InvalidUrl(e.to_string()))?;
+        Self::connect_client(client, metrics).await
+    }
+
+    /// Like [`Self::connect`] for a `rediss://` URL whose server certificate is verified
+    /// against the certificates in `ca_pem` (PEM) alone, not the system's roots: a store with
+    /// a private CA.
+    pub async fn connect_with_ca(
+        url: &str,
+        ca_pem: &[u8],
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, DirectoryError> {
+        check_scheme(url)?;
+        if !url.starts_with("rediss://") {
+            return Err(DirectoryError::InvalidUrl(
+                "a CA is given, so the scheme must be rediss://".into(),
+            ));
+        }
+        let certs = redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(ca_pem.to_vec()),
+        };
+        let client = redis::Client::build_with_tls(url, certs)
+            .map_err(|e| DirectoryError::InvalidUrl(e.to_string()))?;
+        Self::connect_client(client, metrics).await
+    }
+
+    /// Opens `client`'s managed connection within [`CONNECT_TIMEOUT`].
+    async fn connect_client(
+        client: redis::Client,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, DirectoryError> {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(OP_TIMEOUT))
             .set_response_timeout(Some(OP_TIMEOUT))
