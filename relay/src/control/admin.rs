@@ -110,12 +110,14 @@ impl ControlPlane {
             host: match &a.host {
                 HostSlot::Bound(p) => Some(p.0),
                 HostSlot::Migrating(m) => Some(m.elected.0),
+                HostSlot::Returning { host, .. } => Some(host.0),
                 HostSlot::Awaiting { .. } => None,
             },
             state: match a.host {
                 HostSlot::Bound(_) => "active",
                 HostSlot::Awaiting { .. } => "awaiting_host",
                 HostSlot::Migrating(_) => "migrating",
+                HostSlot::Returning { .. } => "returning",
             },
             max_peers: a.max_peers,
             members: a

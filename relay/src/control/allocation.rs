@@ -11,7 +11,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use baton_protocol::{AllocationId, CloseCode, ErrorCode, JoinCode, PeerId, ServerMessage};
+use baton_protocol::{
+    AllocationId, CloseCode, ErrorCode, JoinCode, LeaveReason, PeerId, ServerMessage,
+};
 use bytes::Bytes;
 
 use super::codes::{CodeEntry, CodeState};
@@ -31,6 +33,9 @@ pub(super) enum HostSlot {
     Awaiting { token: [u8; 16], deadline: Instant },
     /// The host was lost; `elected` must open the successor allocation before `deadline`.
     Migrating(Migration),
+    /// Taken over from another node's record (`record`): `host` hosts it again once it
+    /// rejoins, if it does before `deadline`; until then joins by code wait.
+    Returning { host: PeerId, deadline: Instant },
 }
 
 /// One member of an allocation (the host too, as peer 0).
@@ -319,7 +324,8 @@ impl ControlPlane {
         (id, code)
     }
 
-    /// [`Timer::HostBind`]: a reserved allocation whose host has not bound by its deadline
+    /// [`Timer::HostBind`]: a taken-over allocation whose host has not returned by its
+    /// deadline loses it; a reserved allocation whose host has not bound by its deadline
     /// closes.
     pub(super) fn host_bind_deadline(&mut self, now: Instant, id: AllocationId) {
         let due = matches!(
@@ -328,6 +334,16 @@ impl ControlPlane {
         );
         if due {
             self.close_allocation(now, id, CloseReason::HostNeverBound);
+            return;
+        }
+        // A taken-over allocation whose host did not come back: lost, as if it had timed out
+        // here, and the members who did come back elect a new one.
+        let returning = match self.allocations.get(&id).map(|a| &a.host) {
+            Some(HostSlot::Returning { host, deadline }) if *deadline <= now => Some(*host),
+            _ => None,
+        };
+        if let Some(host) = returning {
+            self.lose_host(now, id, host, LeaveReason::TimedOut);
         }
     }
 

@@ -143,6 +143,11 @@ impl ControlPlane {
                     );
                 }
                 HostSlot::Awaiting { .. } => {}
+                HostSlot::Returning { host, .. } => ensure!(
+                    !alloc.members.contains_key(host),
+                    "host",
+                    "{id} awaits its host {host}, which is already a member"
+                ),
             }
             let seats =
                 alloc.members.len() + usize::from(matches!(alloc.host, HostSlot::Awaiting { .. }));
@@ -207,7 +212,8 @@ impl ControlPlane {
                     .filter(|a| a.code_state == CodeState::Active)
                     .map(|a| a.code_expires),
                 Timer::HostBind(id) => match self.allocations.get(&id).map(|a| &a.host) {
-                    Some(HostSlot::Awaiting { deadline, .. }) => Some(*deadline),
+                    Some(HostSlot::Awaiting { deadline, .. })
+                    | Some(HostSlot::Returning { deadline, .. }) => Some(*deadline),
                     _ => None,
                 },
                 Timer::Tombstone(code) => match self.codes.get(&code) {
@@ -232,7 +238,9 @@ impl ControlPlane {
                 wanted.push(Timer::CodeExpiry(*id));
             }
             match alloc.host {
-                HostSlot::Awaiting { .. } => wanted.push(Timer::HostBind(*id)),
+                HostSlot::Awaiting { .. } | HostSlot::Returning { .. } => {
+                    wanted.push(Timer::HostBind(*id))
+                }
                 HostSlot::Migrating(_) => wanted.push(Timer::Migration(*id)),
                 HostSlot::Bound(_) => {}
             }

@@ -153,9 +153,15 @@ impl ControlPlane {
         let Some(alloc) = self.allocations.get_mut(&id) else {
             return;
         };
-        if let HostSlot::Migrating(m) = &alloc.host {
+        let waiting = match &alloc.host {
             // The code moves to the successor in a moment; a retry lands there.
-            let ms = millis_until(now, m.deadline);
+            HostSlot::Migrating(m) => Some(m.deadline),
+            // Taken over from a lost node: its members come back first, then newcomers.
+            HostSlot::Returning { deadline, .. } => Some(*deadline),
+            _ => None,
+        };
+        if let Some(deadline) = waiting {
+            let ms = millis_until(now, deadline);
             self.refuse(conn, request_id, ErrorCode::Migrating, ms);
             return;
         }
@@ -239,6 +245,14 @@ impl ControlPlane {
             let max = u32::from(alloc.max_peers);
             self.refuse(conn, request_id, ErrorCode::Full, max);
             return;
+        }
+        if matches!(alloc.host, HostSlot::Returning { host, .. } if host == peer) {
+            // The host of a taken-over allocation is back: it hosts again (set first, so the
+            // routing table published as it is seated names it host).
+            if let Some(alloc) = self.allocations.get_mut(&id) {
+                alloc.host = HostSlot::Bound(peer);
+            }
+            self.cancel(Timer::HostBind(id));
         }
         self.admit(
             now,

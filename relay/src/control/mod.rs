@@ -51,6 +51,7 @@ mod invariants;
 mod membership;
 mod migration;
 mod ratelimit;
+mod record;
 mod timers;
 mod tokens;
 mod types;
@@ -58,6 +59,7 @@ mod types;
 pub use crate::auth::Authorization;
 pub use fleet::{MAX_LOCATING, POOL_LOW, POOL_MAX_AGE, POOL_TARGET};
 pub use invariants::InvariantViolation;
+pub use record::{AdoptError, AllocationRecord, RecordMember, MAX_RECORD_BYTES, RECORD_VERSION};
 pub use types::{
     AdminError, AllocationInfo, CloseReason, ConnId, ElectedBy, Event, Input, JoinedVia, Locate,
     Location, MemberInfo, Output, Promotion, Reservation, Secrets,

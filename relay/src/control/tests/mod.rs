@@ -19,6 +19,7 @@ mod fleet;
 mod membership;
 mod migration;
 mod ratelimit;
+mod record;
 
 const HOST: ConnId = 1;
 

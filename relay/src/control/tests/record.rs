@@ -1,0 +1,174 @@
+//! Allocation records (`control/record.rs`): one node exports, another adopts, and members
+//! come back with their reconnect tokens; the host is awaited, then lost if it does not come.
+
+use super::*;
+
+/// A unix clock for the records: any fixed value works, both nodes read the same.
+const UNIX: u64 = 1_800_000_000;
+
+/// A node with a host and two peers (subjects on an open relay are `None`), and their
+/// reconnect tokens, exported. Both harnesses share the token key (`7`), as fleet nodes do.
+fn exported() -> (AllocationRecord, JoinCode, Vec<[u8; 16]>) {
+    let mut a = Harness::new();
+    let (id, code, host_token) = a.create_with_token(HOST, 0, 0);
+    let (_, t1) = a.join_with_token(2, code);
+    let (_, t2) = a.join_with_token(3, code);
+    let record =
+        a.cp.export(id, a.now, UNIX)
+            .expect("a hosted allocation exports");
+    (record, code, vec![host_token, t1, t2])
+}
+
+#[test]
+fn a_record_carries_what_a_takeover_needs() {
+    let (record, code, _) = exported();
+    assert_eq!(record.version, RECORD_VERSION);
+    assert_eq!(record.code, code.to_string());
+    assert_eq!(record.host, 0);
+    assert_eq!(
+        record.members.iter().map(|m| m.peer).collect::<Vec<_>>(),
+        vec![0, 1, 2]
+    );
+    assert_eq!(record.next_peer, 3);
+    assert_eq!(record.code_state, "active");
+    assert_eq!(
+        record.code_expires_unix,
+        UNIX + RelayConfig::default().join_code_ttl().as_secs()
+    );
+    // It survives the directory's JSON.
+    let json = serde_json::to_string(&record).unwrap();
+    assert_eq!(
+        serde_json::from_str::<AllocationRecord>(&json).unwrap(),
+        record
+    );
+}
+
+#[test]
+fn members_rejoin_an_adopted_allocation_and_the_host_hosts_again() {
+    let (record, code, tokens) = exported();
+    let id = AllocationId(record.allocation);
+    let mut b = Harness::new();
+    assert_eq!(b.cp.adopt(b.now, UNIX, &record), Ok(id));
+    assert_eq!(b.cp.adopt(b.now, UNIX, &record), Err(AdoptError::Held));
+    b.check();
+
+    // A newcomer by code waits for the members to come back.
+    let (refusal, _) = b.refusal(9, code);
+    assert_eq!(refusal, ErrorCode::Migrating);
+    // A peer comes back first: seated with its id; no host yet.
+    b.connect(12);
+    assert_eq!(b.rejoin_result(12, id, PeerId(1), tokens[1]), Ok(id));
+    // The host comes back: it hosts again, and the peer hears it rejoined.
+    b.connect(11);
+    let out = b.rejoin(11, id, PeerId::HOST, tokens[0]);
+    assert!(matches!(
+        replies_to(&out, 11)[..],
+        [
+            ServerMessage::Joined {
+                peer: PeerId::HOST,
+                ..
+            },
+            ..
+        ]
+    ));
+    assert!(replies_to(&out, 12).contains(&ServerMessage::PeerRejoined { peer: PeerId::HOST }));
+    assert!(out.iter().any(|o| matches!(
+        o,
+        Output::Route { allocation, host: Some(PeerId::HOST), .. } if *allocation == id
+    )));
+    // A wrong token is refused as anywhere else.
+    b.connect(13);
+    assert_eq!(
+        b.rejoin_result(13, id, PeerId(2), tokens[1]),
+        Err((ErrorCode::Unauthorized, 0))
+    );
+    // Newcomers are welcome again, with the next id after the adopted ones.
+    assert_eq!(b.join_ok(14, code), PeerId(3));
+    // Nothing fires at the old deadline.
+    let out = b.advance(RelayConfig::default().keepalive_timeout() * 2);
+    assert!(
+        !out.iter()
+            .any(|o| matches!(o, Output::Event(Event::HostDisconnected { .. }))),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_host_that_does_not_come_back_is_lost_and_a_returned_member_elected() {
+    let (record, _, tokens) = exported();
+    let id = AllocationId(record.allocation);
+    let mut b = Harness::new();
+    b.cp.adopt(b.now, UNIX, &record).unwrap();
+    b.connect(12);
+    assert_eq!(b.rejoin_result(12, id, PeerId(1), tokens[1]), Ok(id));
+    let out = b.advance(RelayConfig::default().keepalive_timeout() + Duration::from_millis(1));
+    assert!(out.iter().any(|o| matches!(
+        o,
+        Output::Event(Event::HostDisconnected {
+            host: PeerId::HOST,
+            reason: LeaveReason::TimedOut,
+            ..
+        })
+    )));
+    assert!(
+        promote_of(&out, 12).is_some(),
+        "the returned peer is elected: {out:?}"
+    );
+}
+
+#[test]
+fn an_allocation_no_one_returns_to_closes() {
+    let (record, code, _) = exported();
+    let mut b = Harness::new();
+    b.cp.adopt(b.now, UNIX, &record).unwrap();
+    b.advance(RelayConfig::default().keepalive_timeout() + Duration::from_millis(1));
+    assert_eq!(b.cp.allocation_count(), 0);
+    let (refusal, _) = b.refusal(5, code);
+    assert_eq!(refusal, ErrorCode::Closed);
+}
+
+/// A change that makes a record bad.
+type Spoil = fn(&mut AllocationRecord);
+
+#[test]
+fn bad_records_are_refused() {
+    let (record, _, _) = exported();
+    let mut b = Harness::new();
+    let cases: Vec<(Spoil, AdoptError)> = vec![
+        (|r| r.version = 9, AdoptError::Invalid("version")),
+        (|r| r.code = "AEIOU!".into(), AdoptError::Invalid("code")),
+        (
+            |r| r.code_state = "odd".into(),
+            AdoptError::Invalid("code_state"),
+        ),
+        (|r| r.max_peers = 1, AdoptError::Invalid("limits")),
+        (|r| r.max_peers = u16::MAX, AdoptError::Invalid("limits")),
+        (|r| r.next_peer = 0, AdoptError::Invalid("limits")),
+        (|r| r.host = 0xFFFF, AdoptError::Invalid("limits")),
+        (
+            |r| r.members[1].subject = Some("x".repeat(65)),
+            AdoptError::Invalid("limits"),
+        ),
+    ];
+    for (spoil, want) in cases {
+        let mut bad = record.clone();
+        spoil(&mut bad);
+        assert_eq!(b.cp.adopt(b.now, UNIX, &bad), Err(want), "{bad:?}");
+    }
+    assert_eq!(b.cp.allocation_count(), 0);
+    b.check();
+}
+
+#[test]
+fn an_expired_code_stays_expired_after_a_takeover() {
+    let (mut record, code, tokens) = exported();
+    record.code_state = "expired".into();
+    let id = AllocationId(record.allocation);
+    let mut b = Harness::new();
+    b.cp.adopt(b.now, UNIX, &record).unwrap();
+    let (refusal, _) = b.refusal(9, code);
+    assert_eq!(refusal, ErrorCode::Expired);
+    // Members still come back: tokens, not the code, bring them.
+    b.connect(11);
+    assert_eq!(b.rejoin_result(11, id, PeerId::HOST, tokens[0]), Ok(id));
+}
