@@ -519,11 +519,21 @@ pub enum DirectoryOp {
     LookupAllocation,
     /// Releasing an allocation record.
     ReleaseAllocation,
+    /// Writing an allocation's takeover record.
+    PutRecord,
+    /// Reading an allocation's takeover record.
+    GetRecord,
+    /// Deleting an allocation's takeover record.
+    DeleteRecord,
+    /// Moving an allocation from a lost node to this one.
+    TakeAllocation,
+    /// Moving a join code from a lost node to this one.
+    TakeCode,
 }
 
 impl DirectoryOp {
     /// Every operation, in label order.
-    pub const ALL: [DirectoryOp; 12] = [
+    pub const ALL: [DirectoryOp; 17] = [
         DirectoryOp::Connect,
         DirectoryOp::Heartbeat,
         DirectoryOp::Nodes,
@@ -536,6 +546,11 @@ impl DirectoryOp {
         DirectoryOp::BindAllocation,
         DirectoryOp::LookupAllocation,
         DirectoryOp::ReleaseAllocation,
+        DirectoryOp::PutRecord,
+        DirectoryOp::GetRecord,
+        DirectoryOp::DeleteRecord,
+        DirectoryOp::TakeAllocation,
+        DirectoryOp::TakeCode,
     ];
 
     /// The label value.
@@ -553,6 +568,11 @@ impl DirectoryOp {
             DirectoryOp::BindAllocation => "bind_allocation",
             DirectoryOp::LookupAllocation => "lookup_allocation",
             DirectoryOp::ReleaseAllocation => "release_allocation",
+            DirectoryOp::PutRecord => "put_record",
+            DirectoryOp::GetRecord => "get_record",
+            DirectoryOp::DeleteRecord => "delete_record",
+            DirectoryOp::TakeAllocation => "take_allocation",
+            DirectoryOp::TakeCode => "take_code",
         }
     }
 

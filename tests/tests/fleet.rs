@@ -188,3 +188,117 @@ async fn while_the_directory_is_down_games_go_on_and_new_ones_wait() {
     late.send_to_host(b"late").unwrap();
     assert_eq!(recv(&host).await, (late.local_peer(), b"late"[..].into()));
 }
+
+/// `baton-relay` as built for these tests (beside the test binary's directory, `deps/`).
+fn relay_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().expect("deps directory");
+    [dir, dir.parent().unwrap_or(dir)]
+        .iter()
+        .map(|d| d.join("baton-relay"))
+        .find(|p| p.is_file())
+        .expect("target/<profile>/baton-relay: run `cargo test --workspace` (it builds it)")
+}
+
+#[tokio::test]
+async fn when_a_node_is_killed_its_allocation_is_taken_over_and_members_keep_their_ids() {
+    let redis = RedisServer::start().expect("redis-server starts (install redis-server)");
+    // Node a is a real process, killed with SIGKILL below; it makes the shared certificate.
+    let (data, stdout, stderr) =
+        baton_tests::relay_process::DataDir::create("baton-fleet-").expect("data dir");
+    let bin = relay_bin();
+    let mut child = tokio::process::Command::new(&bin)
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(["--directory", &redis.url(), "--node-id", "a"])
+        .args(["--fleet-secret", baton_tests::TEST_FLEET_SECRET])
+        .args(["--log-format", "json"])
+        .arg("--data-dir")
+        .arg(data.dir.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn node a");
+    let running = baton_tests::relay_process::wait_until_running(
+        &mut child,
+        &bin,
+        &data.log_path,
+        &data.err_path,
+        WAIT,
+    )
+    .await
+    .expect("node a runs");
+    let b = TestRelay::start_fleet_node("b", &redis.url(), data.dir.path(), |_| {}).await;
+    let c = TestRelay::start_fleet_node("c", &redis.url(), data.dir.path(), |_| {}).await;
+    // The same certificate everywhere: one pinned fingerprint trusts every node.
+    let trust = baton_client::Trust::Fingerprint(b.relay().fingerprint());
+    let on = |addr| baton_client::ClientConfig::new(addr, trust.clone());
+    assert_eq!(
+        baton_client::format_fingerprint(&b.relay().fingerprint()).to_lowercase(),
+        running.fingerprint.replace(':', "").to_lowercase()
+    );
+
+    let host = Host::create(&on(running.quic), AllocationOptions::default())
+        .await
+        .expect("create on a");
+    let peer = Peer::join(&on(running.quic), host.join_code())
+        .await
+        .expect("join on a");
+    event_matching(&host, WAIT, |e| matches!(e, Event::PeerJoined { .. })).await;
+    peer.send_to_host(b"before").unwrap();
+    assert_eq!(recv(&host).await, (PeerId(1), b"before"[..].into()));
+    let (code, allocation) = (host.join_code(), host.allocation());
+    let (host_token, peer_token) = (host.reconnect_token(), peer.reconnect_token());
+
+    child.start_kill().expect("SIGKILL node a");
+    child.wait().await.expect("node a reaped");
+    let killed = Instant::now();
+
+    // The host comes back through b: once a's heartbeat has lapsed, b takes the allocation
+    // over (before that, b sends it to a, which does not answer).
+    let host = loop {
+        match Peer::rejoin(
+            &on(b.addr()).connect_timeout(Duration::from_millis(500)),
+            &host_token,
+        )
+        .await
+        {
+            Ok(session) => break session,
+            Err(e) => {
+                assert!(killed.elapsed() < WAIT, "host never rejoined: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let host_back = killed.elapsed();
+    assert_eq!(host.local_peer(), PeerId::HOST);
+    assert_eq!(host.allocation(), allocation);
+    assert_eq!(host.relay_addr(), b.addr());
+    // The peer comes back through c, which sends it to b, the new holder.
+    let peer = Peer::rejoin(&on(c.addr()), &peer_token)
+        .await
+        .expect("peer rejoins through c");
+    let all_back = killed.elapsed();
+    assert_eq!(peer.local_peer(), PeerId(1));
+    assert_eq!(peer.relay_addr(), b.addr(), "redirected to the new holder");
+    peer.send_to_host(b"after").unwrap();
+    assert_eq!(recv(&host).await, (PeerId(1), b"after"[..].into()));
+    host.send_to(PeerId(1), b"still hosting").unwrap();
+    assert_eq!(
+        recv(&peer).await,
+        (PeerId::HOST, b"still hosting"[..].into())
+    );
+    // The code followed: a newcomer joining through c lands on b as peer 2.
+    let late = Peer::join(&on(c.addr()), code).await.expect("join by code");
+    assert_eq!(
+        (late.local_peer(), late.relay_addr()),
+        (PeerId(2), b.addr())
+    );
+    let dir = directory(&redis).await;
+    assert_eq!(
+        dir.lookup_allocation(allocation.0).await.unwrap(),
+        Some(NodeId::parse("b").unwrap())
+    );
+    eprintln!("node a killed: host back after {host_back:?}, every member after {all_back:?}");
+}

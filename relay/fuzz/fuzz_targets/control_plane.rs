@@ -678,7 +678,9 @@ impl World {
                 }
                 Output::Event(event) => self.replay(event),
                 // This target runs a relay without a directory.
-                out @ (Output::ClaimCodes { .. } | Output::Locate { .. }) => {
+                out @ (Output::ClaimCodes { .. }
+                | Output::Locate { .. }
+                | Output::Publish { .. }) => {
                     panic!("fleet output without a directory: {out:?}")
                 }
             }

@@ -60,16 +60,17 @@ fn fleet(m: &mut Merged, relay: &mut RelayConfig) -> Result<(), ConfigError> {
     }
     let node_id = node_id.ok_or_else(|| invalid("node_id", "is required with directory"))?;
     crate::directory::NodeId::parse(&node_id).map_err(|e| invalid("node_id", e.to_string()))?;
+    // Port 0 stands for the port the relay binds.
     let public_addr = match public_addr {
-        Some(addr) if addr.ip().is_unspecified() || addr.port() == 0 => {
-            return Err(invalid("public_addr", "must name one address and a port"))
+        Some(addr) if addr.ip().is_unspecified() => {
+            return Err(invalid("public_addr", "must name one address"))
         }
         Some(addr) => addr,
-        None if !relay.listen.ip().is_unspecified() && relay.listen.port() != 0 => relay.listen,
+        None if !relay.listen.ip().is_unspecified() => relay.listen,
         None => {
             return Err(invalid(
                 "public_addr",
-                "is required with directory when listen is a wildcard address or port 0",
+                "is required with directory when listen is a wildcard address",
             ))
         }
     };

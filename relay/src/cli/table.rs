@@ -352,8 +352,9 @@ settings! {
     node_id: String {
         value_name: "ID",
     }
-    /// The UDP address clients reach this node at, which other nodes redirect them to.
-    /// Required with --directory unless --listen names one address (not 0.0.0.0 or ::).
+    /// The UDP address clients reach this node at, which other nodes redirect them to; port 0
+    /// stands for the port the relay binds. Required with --directory unless --listen names
+    /// one address (not 0.0.0.0 or ::).
     public_addr: SocketAddr {}
     /// The name this node's certificate is valid for, sent with redirects to it.
     server_name: String {

@@ -23,10 +23,11 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use baton_protocol::{ErrorCode, JoinCode, ServerMessage};
+use baton_protocol::{AllocationId, ClientMessage, ErrorCode, JoinCode, ServerMessage};
 
+use super::record::{AdoptError, AllocationRecord};
 use super::types::{ConnId, Locate, Location, Output};
-use super::ControlPlane;
+use super::{Authorization, ControlPlane};
 
 /// Pooled codes below which a refill is asked for.
 pub const POOL_LOW: usize = 16;
@@ -49,17 +50,40 @@ pub(super) struct Fleet {
     claiming: bool,
     /// Whether the directory answered its last operation.
     reachable: bool,
-    /// Lookups outstanding: the connection and the request they answer.
-    locating: HashMap<ConnId, u32>,
+    /// Lookups outstanding: the connection and the request they answer, kept to be served
+    /// here if the lookup ends in a takeover.
+    locating: HashMap<ConnId, Pending>,
+    /// Unix time at an instant, to write code expiries into records as wall-clock times.
+    unix_base: Option<(Instant, u64)>,
+    /// When the control plane started (unix time 0 in records, until a base is set).
+    started: Instant,
+}
+
+/// A request waiting for its lookup.
+#[derive(Debug)]
+struct Pending {
+    request_id: u32,
+    msg: ClientMessage,
+    auth: Authorization,
 }
 
 impl Fleet {
-    pub(super) fn new() -> Fleet {
+    /// Unix time at `now`, from the base the driver set (0-based without one).
+    fn unix_now(&self, now: Instant) -> u64 {
+        match self.unix_base {
+            Some((at, unix)) => unix + now.saturating_duration_since(at).as_secs(),
+            None => now.saturating_duration_since(self.started).as_secs(),
+        }
+    }
+
+    pub(super) fn new(started: Instant) -> Fleet {
         Fleet {
             pool: VecDeque::new(),
             claiming: false,
             reachable: true,
             locating: HashMap::new(),
+            unix_base: None,
+            started,
         }
     }
 }
@@ -142,7 +166,13 @@ impl ControlPlane {
 
     /// Asks the driver to locate `what` for `conn`'s request, or refuses it at once when the
     /// directory is known unreachable or too many lookups are outstanding.
-    pub(super) fn locate(&mut self, conn: ConnId, request_id: u32, what: Locate) {
+    pub(super) fn locate(
+        &mut self,
+        conn: ConnId,
+        (msg, auth): (&ClientMessage, &Authorization),
+        what: Locate,
+    ) {
+        let request_id = msg.request_id();
         let Some(fleet) = self.fleet.as_mut() else {
             return;
         };
@@ -154,7 +184,14 @@ impl ControlPlane {
             self.refuse(conn, request_id, ErrorCode::RateLimited, RETRY_MS);
             return;
         }
-        fleet.locating.insert(conn, request_id);
+        fleet.locating.insert(
+            conn,
+            Pending {
+                request_id,
+                msg: msg.clone(),
+                auth: auth.clone(),
+            },
+        );
         self.outputs.push_back(Output::Locate {
             conn,
             request_id,
@@ -163,15 +200,24 @@ impl ControlPlane {
     }
 
     /// [`Input::Located`]: the answer to an [`Output::Locate`].
-    pub(super) fn located(&mut self, conn: ConnId, request_id: u32, location: Location) {
+    pub(super) fn located(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        request_id: u32,
+        location: Location,
+    ) {
         let Some(fleet) = self.fleet.as_mut() else {
             return;
         };
-        if fleet.locating.get(&conn) != Some(&request_id) {
+        if fleet.locating.get(&conn).map(|p| p.request_id) != Some(request_id) {
             // The connection ended (or this is not the lookup it asked for): nobody to answer.
             return;
         }
-        fleet.locating.remove(&conn);
+        let Some(pending) = fleet.locating.remove(&conn) else {
+            return;
+        };
+        let unix_now = fleet.unix_now(now);
         let Some(ip) = self.conns.get(&conn).map(|c| c.addr.ip()) else {
             return;
         };
@@ -195,7 +241,29 @@ impl ControlPlane {
             Location::Unavailable => {
                 self.refuse(conn, request_id, ErrorCode::DirectoryUnavailable, RETRY_MS);
             }
+            Location::Adopt(record) => match self.adopt(now, unix_now, &record) {
+                // Held here now: the request is served as if it had found it here.
+                Ok(_) | Err(AdoptError::Held) => {
+                    self.handle_request(now, conn, pending.msg, &pending.auth)
+                }
+                Err(_) => self.refuse(conn, request_id, ErrorCode::NotFound, 0),
+            },
         }
+    }
+
+    /// Sets the unix time at `at` (fleet mode writes code expiries into records as unix
+    /// times; the control plane reads no clock).
+    pub fn set_unix_clock(&mut self, at: Instant, unix: u64) {
+        if let Some(fleet) = self.fleet.as_mut() {
+            fleet.unix_base = Some((at, unix));
+        }
+    }
+
+    /// The record to publish after `allocation`'s routing changed, in fleet mode.
+    pub(super) fn record_to_publish(&self, allocation: AllocationId) -> Option<AllocationRecord> {
+        let fleet = self.fleet.as_ref()?;
+        let (at, unix) = fleet.unix_base.unwrap_or((fleet.started, 0));
+        self.export(allocation, at, unix)
     }
 
     /// Forgets `conn`'s outstanding lookup, if any (it disconnected).

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use baton_protocol::{
-    AllocationId, CloseCode, ErrorCode, JoinCode, LeaveReason, PeerId, ServerMessage,
+    AllocationId, ClientMessage, CloseCode, ErrorCode, JoinCode, LeaveReason, PeerId, ServerMessage,
 };
 
 use super::allocation::{HostSlot, Member};
@@ -134,7 +134,12 @@ impl ControlPlane {
             Ok(id) => id,
             // Perhaps another node of the fleet holds it: charged only if none does.
             Err(ErrorCode::NotFound) if self.in_fleet() => {
-                self.locate(conn, request_id, Locate::Code(code));
+                let msg = ClientMessage::Join {
+                    request_id,
+                    code,
+                    credential: None,
+                };
+                self.locate(conn, (&msg, auth), Locate::Code(code));
                 return;
             }
             Err(code) => {
@@ -209,7 +214,14 @@ impl ControlPlane {
         }
         let Some(code) = self.allocations.get(&id).map(|a| a.code) else {
             if self.in_fleet() {
-                self.locate(conn, request_id, Locate::Allocation(named));
+                let msg = ClientMessage::Rejoin {
+                    request_id,
+                    allocation: named,
+                    peer,
+                    reconnect_token: token,
+                    credential: None,
+                };
+                self.locate(conn, (&msg, auth), Locate::Allocation(named));
             } else {
                 self.refuse(conn, request_id, ErrorCode::NotFound, 0);
             }

@@ -175,7 +175,7 @@ impl ControlPlane {
             timers: TimerQueue::default(),
             outputs: VecDeque::new(),
             shutting_down: false,
-            fleet: config.fleet.as_ref().map(|_| fleet::Fleet::new()),
+            fleet: config.fleet.as_ref().map(|_| fleet::Fleet::new(now)),
         };
         cp.schedule(now + SWEEP_INTERVAL, Timer::SweepRateLimits);
         cp
@@ -199,7 +199,22 @@ impl ControlPlane {
 
     /// The next output to act on.
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.outputs.pop_front()
+        let output = self.outputs.pop_front()?;
+        // Fleet mode: a routing change is a membership or host change, which the directory's
+        // takeover record must follow. (Exported now, it holds the latest state.)
+        if let Output::Route {
+            allocation,
+            members,
+            ..
+        } = &output
+        {
+            if !members.is_empty() {
+                if let Some(record) = self.record_to_publish(*allocation) {
+                    self.outputs.push_front(Output::Publish { record });
+                }
+            }
+        }
+        Some(output)
     }
 
     /// When [`Self::handle_timeout`] should next be called. May be early (a stale timer),
@@ -230,7 +245,7 @@ impl ControlPlane {
                 conn,
                 request_id,
                 location,
-            } => self.located(conn, request_id, location),
+            } => self.located(now, conn, request_id, location),
         }
     }
 

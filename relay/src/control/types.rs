@@ -109,6 +109,9 @@ pub enum Location {
     },
     /// On no live node.
     Nowhere,
+    /// Its node was lost and this node won the takeover: adopt this record, then serve the
+    /// request here.
+    Adopt(Box<super::record::AllocationRecord>),
     /// The directory did not answer.
     Unavailable,
 }
@@ -169,6 +172,12 @@ pub enum Output {
         count: usize,
         /// Their length.
         len: usize,
+    },
+    /// Fleet mode: store this allocation's takeover record in the directory (its membership
+    /// or host changed).
+    Publish {
+        /// The record.
+        record: super::record::AllocationRecord,
     },
     /// Fleet mode: find which node holds `what`, and answer with [`Input::Located`]. At most
     /// one is outstanding per connection.

@@ -17,6 +17,8 @@
 //! - `baton:code:{code}`: string `{node}` once claimed, `{node} {allocation}` once bound
 //!   (allocation as 16 lower-case hex digits), with the code's TTL.
 //! - `baton:alloc:{allocation}`: string `{node}`, the node holding the allocation.
+//! - `baton:record:{allocation}`: string, the allocation's takeover record (JSON,
+//!   `control::AllocationRecord`), rewritten by its node after every membership change.
 //!
 //! ## Bounds
 //! Every operation gives up after [`OP_TIMEOUT`] and reports
@@ -50,6 +52,7 @@ pub use record::{
     MAX_REGION_LEN, MAX_SERVER_NAME_LEN, MAX_VALUE_LEN,
 };
 
+use crate::control::MAX_RECORD_BYTES;
 use crate::metrics::{DirectoryMetrics, DirectoryOp, Metrics};
 use record::{allocation_hex, parse_node_value, NODE_FIELDS};
 
@@ -87,6 +90,10 @@ fn code_key(code: &str) -> String {
     format!("baton:code:{code}")
 }
 
+fn record_key(allocation: u64) -> String {
+    format!("baton:record:{}", allocation_hex(allocation))
+}
+
 fn alloc_key(allocation: u64) -> String {
     format!("baton:alloc:{}", allocation_hex(allocation))
 }
@@ -108,6 +115,27 @@ const RELEASE_CODE: &str = r"
 local v = redis.call('GET', KEYS[1])
 if v and (v == ARGV[1] or string.sub(v, 1, #ARGV[1] + 1) == ARGV[1] .. ' ') then
   return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+/// Moves a key whose value is exactly `ARGV[1]` to `ARGV[2]` for `ARGV[3]` ms. Returns 1 if
+/// it did (one winner when nodes race for a lost node's allocation).
+const TAKE_IF_EQUAL: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0
+";
+
+/// Moves a code held by `ARGV[1]` (alone or with an allocation) to the value `ARGV[2]` for
+/// `ARGV[3]` ms. Returns 1 if it did.
+const TAKE_CODE: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v and (v == ARGV[1] or string.sub(v, 1, #ARGV[1] + 1) == ARGV[1] .. ' ') then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
 end
 return 0
 ";
@@ -139,6 +167,8 @@ struct Scripts {
     release_code: Script,
     delete_if_equal: Script,
     prune_nodes: Script,
+    take_if_equal: Script,
+    take_code: Script,
 }
 
 /// A client of the fleet directory. Cheap to clone: clones share one multiplexed connection
@@ -318,6 +348,8 @@ impl RedisDirectory {
                 release_code: Script::new(RELEASE_CODE),
                 delete_if_equal: Script::new(DELETE_IF_EQUAL),
                 prune_nodes: Script::new(PRUNE_NODES),
+                take_if_equal: Script::new(TAKE_IF_EQUAL),
+                take_code: Script::new(TAKE_CODE),
             }),
             metrics,
         })
@@ -676,6 +708,139 @@ impl RedisDirectory {
                 .delete_if_equal
                 .key(&key)
                 .arg(node.as_str())
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| store_error(&key, e))?;
+            done(&key, answer)
+        })
+        .await
+    }
+
+    /// Stores `allocation`'s takeover record (at most [`MAX_RECORD_BYTES`]) for `ttl`.
+    pub async fn put_record(
+        &self,
+        allocation: u64,
+        record: &[u8],
+        ttl: Duration,
+    ) -> Result<(), DirectoryError> {
+        if record.len() > MAX_RECORD_BYTES {
+            return Err(DirectoryError::Invalid(format!(
+                "a record of {} bytes is over {MAX_RECORD_BYTES}",
+                record.len()
+            )));
+        }
+        let ms = ttl_ms(ttl)?;
+        let key = record_key(allocation);
+        let mut conn = self.conn.clone();
+        self.run(DirectoryOp::PutRecord, async {
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(record)
+                .arg("PX")
+                .arg(ms)
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(|e| store_error(&key, e))
+        })
+        .await
+    }
+
+    /// `allocation`'s takeover record, if stored; never more than [`MAX_RECORD_BYTES`] are
+    /// read (a longer value is `Corrupt`).
+    pub async fn get_record(&self, allocation: u64) -> Result<Option<Vec<u8>>, DirectoryError> {
+        let key = record_key(allocation);
+        let mut conn = self.conn.clone();
+        self.run(DirectoryOp::GetRecord, async {
+            let (exists, answer): (bool, Value) = redis::pipe()
+                .cmd("EXISTS")
+                .arg(&key)
+                .cmd("GETRANGE")
+                .arg(&key)
+                .arg(0)
+                .arg(MAX_RECORD_BYTES)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| store_error(&key, e))?;
+            if !exists {
+                return Ok(None);
+            }
+            let raw = bytes_or_nil(&key, answer)?.unwrap_or_default();
+            if raw.len() > MAX_RECORD_BYTES {
+                return Err(corrupt(
+                    &key,
+                    format!("longer than {MAX_RECORD_BYTES} bytes"),
+                ));
+            }
+            Ok(Some(raw))
+        })
+        .await
+    }
+
+    /// Deletes `allocation`'s takeover record.
+    pub async fn delete_record(&self, allocation: u64) -> Result<(), DirectoryError> {
+        let key = record_key(allocation);
+        let mut conn = self.conn.clone();
+        self.run(DirectoryOp::DeleteRecord, async {
+            redis::cmd("DEL")
+                .arg(&key)
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(|e| store_error(&key, e))
+        })
+        .await
+    }
+
+    /// Moves `allocation` from node `from` to node `to` for `ttl`, only if `from` still holds
+    /// it: when several nodes race to take over a lost node's allocation, exactly one wins.
+    pub async fn take_allocation(
+        &self,
+        allocation: u64,
+        from: &NodeId,
+        to: &NodeId,
+        ttl: Duration,
+    ) -> Result<bool, DirectoryError> {
+        let ms = ttl_ms(ttl)?;
+        let key = alloc_key(allocation);
+        let mut conn = self.conn.clone();
+        self.run(DirectoryOp::TakeAllocation, async {
+            let answer: Value = self
+                .scripts
+                .take_if_equal
+                .key(&key)
+                .arg(from.as_str())
+                .arg(to.as_str())
+                .arg(ms)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| store_error(&key, e))?;
+            done(&key, answer)
+        })
+        .await
+    }
+
+    /// Moves `code` from node `from` (claimed or bound) to node `to`, bound to `allocation`,
+    /// for `ttl`, only if `from` still holds it. Returns whether it did.
+    pub async fn take_code(
+        &self,
+        code: &str,
+        from: &NodeId,
+        to: &NodeId,
+        allocation: u64,
+        ttl: Duration,
+    ) -> Result<bool, DirectoryError> {
+        valid_code(code)?;
+        let ms = ttl_ms(ttl)?;
+        let key = code_key(code);
+        let value = format!("{to} {}", allocation_hex(allocation));
+        let mut conn = self.conn.clone();
+        self.run(DirectoryOp::TakeCode, async {
+            let answer: Value = self
+                .scripts
+                .take_code
+                .key(&key)
+                .arg(from.as_str())
+                .arg(value)
+                .arg(ms)
                 .invoke_async(&mut conn)
                 .await
                 .map_err(|e| store_error(&key, e))?;

@@ -169,6 +169,10 @@ fn apply(output: Output, shared: &Shared, tables: &mut Tables, events: &mut Even
             }
             events.publish(event);
         }
+        Output::Publish { record } => match &shared.fleet {
+            Some(fleet) => fleet.publish(record),
+            None => warn!("record publish asked for without a directory"),
+        },
         Output::ClaimCodes { count, len } => match &shared.fleet {
             Some(fleet) => fleet.claim_codes(count, len),
             None => warn!("code claim asked for without a directory"),

@@ -31,7 +31,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::config::FleetConfig;
-use crate::control::{Event, Input, Locate, Location, POOL_MAX_AGE, POOL_TARGET};
+use crate::control::{AllocationRecord, Event, Input, Locate, Location, POOL_MAX_AGE, POOL_TARGET};
 use crate::directory::{DirectoryError, NodeId, NodeInfo, NodeState, RedisDirectory};
 use crate::metrics::Metrics;
 use crate::{defaults, RelayConfig};
@@ -63,6 +63,8 @@ enum Record {
     /// The directory is back after an outage: write every live lineage's records again
     /// (it may have lost them).
     Republish,
+    /// An allocation's takeover record changed.
+    Put(Box<AllocationRecord>),
 }
 
 /// The driver's handle on fleet mode, kept in `Shared`.
@@ -74,6 +76,8 @@ pub(super) struct FleetLink {
     records: mpsc::Sender<Record>,
     claim: Arc<ClaimRequest>,
     metrics: Arc<Metrics>,
+    /// Time to live of code and allocation records.
+    record_ttl: Duration,
 }
 
 /// The one outstanding code claim, if any.
@@ -158,6 +162,7 @@ impl FleetLink {
             records,
             claim,
             metrics,
+            record_ttl,
         };
         Ok((link, first))
     }
@@ -176,8 +181,9 @@ impl FleetLink {
         let directory = self.directory.clone();
         let node = self.node.clone();
         let inputs = self.inputs.clone();
+        let ttl = self.record_ttl;
         tokio::spawn(async move {
-            let location = match locate(&directory, &node, &what).await {
+            let location = match locate(&directory, &node, &what, ttl).await {
                 Ok(location) => location,
                 Err(e) => {
                     debug!(conn, cause = %e, "directory lookup failed");
@@ -192,6 +198,19 @@ impl FleetLink {
                 })
                 .await;
         });
+    }
+
+    /// [`Output::Publish`](crate::control::Output::Publish): stores the record, in order with
+    /// the other writes.
+    pub(super) fn publish(&self, record: AllocationRecord) {
+        if self
+            .records
+            .try_send(Record::Put(Box::new(record)))
+            .is_err()
+        {
+            self.metrics.directory_records_dropped.inc();
+            warn!("directory record queue full; a takeover record is left stale");
+        }
     }
 
     /// Mirrors a lifecycle event into the directory's records, if it changes one.
@@ -217,33 +236,76 @@ impl FleetLink {
     }
 }
 
-/// The node `what` lives on, as a [`Location`].
+/// The node `what` lives on, as a [`Location`]; or, when the node holding it is gone (or is
+/// this node after a restart), the takeover: this node claims it in the directory (one winner
+/// among racing nodes) and answers with its record to adopt.
 async fn locate(
     directory: &RedisDirectory,
     me: &NodeId,
     what: &Locate,
+    ttl: Duration,
 ) -> Result<Location, DirectoryError> {
-    let owner = match what {
-        Locate::Code(code) => directory
-            .lookup_code(&code.to_string())
-            .await?
-            .map(|record| record.node),
-        Locate::Allocation(id) => directory.lookup_allocation(id.0).await?,
+    let (owner, allocation) = match what {
+        Locate::Code(code) => match directory.lookup_code(&code.to_string()).await? {
+            Some(record) => (record.node, record.allocation),
+            None => return Ok(Location::Nowhere),
+        },
+        Locate::Allocation(id) => match directory.lookup_allocation(id.0).await? {
+            Some(node) => (node, Some(id.0)),
+            None => return Ok(Location::Nowhere),
+        },
     };
-    // Held by this node after all (a pooled code, a record outliving its allocation): no one
-    // else has it.
-    let Some(owner) = owner.filter(|n| n != me) else {
+    if &owner != me {
+        // A draining node still serves the allocations it holds.
+        if let Some(info) = directory.node(&owner).await? {
+            return Ok(Location::Node {
+                address: info.addr,
+                server_name: info.server_name,
+            });
+        }
+    }
+    // Its node is gone (its heartbeat lapsed), or it is this node, which no longer holds it
+    // (a restart): take it over, if there is a record to resume from.
+    let Some(allocation) = allocation else {
         return Ok(Location::Nowhere);
     };
-    Ok(match directory.node(&owner).await? {
-        // A draining node still serves the allocations it holds.
-        Some(info) => Location::Node {
-            address: info.addr,
-            server_name: info.server_name,
-        },
-        // Its heartbeat lapsed: the node is gone, and the allocation with it.
-        None => Location::Nowhere,
-    })
+    let Some(raw) = directory.get_record(allocation).await? else {
+        return Ok(Location::Nowhere);
+    };
+    let record: AllocationRecord = match serde_json::from_slice(&raw) {
+        Ok(record) => record,
+        Err(e) => {
+            warn!(cause = %e, "an allocation record in the directory does not parse");
+            return Ok(Location::Nowhere);
+        }
+    };
+    if &owner != me
+        && !directory
+            .take_allocation(allocation, &owner, me, ttl)
+            .await?
+    {
+        // Another node won the race: it serves the allocation now.
+        return match directory.lookup_allocation(allocation).await? {
+            Some(winner) if &winner != me => match directory.node(&winner).await? {
+                Some(info) => Ok(Location::Node {
+                    address: info.addr,
+                    server_name: info.server_name,
+                }),
+                None => Ok(Location::Nowhere),
+            },
+            _ => Ok(Location::Nowhere),
+        };
+    }
+    // The code follows (only if the lost node still holds it), then every allocation id of
+    // the lineage the record names.
+    directory
+        .take_code(&record.code, &owner, me, record.allocation, ttl)
+        .await?;
+    if record.lineage != record.allocation {
+        directory.bind_allocation(record.lineage, me, ttl).await?;
+    }
+    info!(allocation = %AllocationId(allocation), from = %owner, "taking an allocation over");
+    Ok(Location::Adopt(Box::new(record)))
 }
 
 /// This node's directory entry, without its load (the heartbeat fills that in).
@@ -360,6 +422,22 @@ async fn writer(
                 None => Ok(()),
             },
             Record::Republish => republish(&directory, &node, &lineages, ttl).await,
+            Record::Put(record) => {
+                let id = AllocationId(record.allocation);
+                // An allocation taken over from a lost node: its lineage starts here.
+                if let (std::collections::hash_map::Entry::Vacant(entry), Ok(code)) =
+                    (lineages.entry(id), record.code.parse::<JoinCode>())
+                {
+                    entry.insert((code, vec![id]));
+                }
+                match serde_json::to_vec(&record) {
+                    Ok(json) => directory.put_record(record.allocation, &json, ttl).await,
+                    Err(e) => {
+                        warn!(cause = %e, "an allocation record did not serialize");
+                        Ok(())
+                    }
+                }
+            }
         };
         if let Err(e) = result {
             debug!(cause = %e, "directory record write failed; it is left to expire");
@@ -424,6 +502,7 @@ async fn release(
     directory.release_code(&code.to_string(), node).await?;
     for id in ids {
         directory.release_allocation(id.0, node).await?;
+        directory.delete_record(id.0).await?;
     }
     Ok(())
 }

@@ -304,6 +304,7 @@ impl Relay {
         }
         let mut cp = ControlPlane::new(&config, secrets, Instant::now());
         if config.fleet.is_some() {
+            cp.set_unix_clock(Instant::now(), crate::auth::unix_now());
             // Before anyone can connect: a new node can place allocations at once.
             cp.handle(Instant::now(), Input::CodesClaimed { codes: first_codes });
         }
