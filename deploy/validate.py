@@ -129,12 +129,30 @@ def check_kubernetes_object(doc: object, where: str, fails: Failures) -> None:
         return
     try:
         kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
-    except kubernetes_validate.ValidationError as e:
-        path = "/".join(str(p) for p in e.path)
-        fails.add(where, f"{doc['kind']} {doc.get('metadata', {}).get('name')}: "
-                         f"at /{path}: {e.message}")
+    except kubernetes_validate.ValidationError as first:
+        # validate() stops at the first error; list them all with the same schema.
+        for e in all_schema_errors(doc) or [first]:
+            path = "/".join(str(p) for p in e.path)
+            fails.add(where, f"{doc['kind']} {doc.get('metadata', {}).get('name')}: "
+                             f"at /{path}: {e.message}")
     except kubernetes_validate.SchemaNotFoundError:
         fails.add(where, f"no schema for {doc['apiVersion']} {doc['kind']}")
+
+
+def all_schema_errors(doc: dict) -> list:
+    """Every error of `doc` against the strict schema kubernetes_validate.validate uses."""
+    from kubernetes_validate import utils
+    from referencing import Registry, Resource
+
+    version = [v for v in utils.all_versions()
+               if utils.major_minor(v) <= utils.major_minor(KUBERNETES_VERSION)][-1]
+    api = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", doc["apiVersion"])
+    folder = f"kubernetes-json-schema/v{version}-local-strict"
+    schema = utils.schema_contents(f"{folder}/{doc['kind'].lower()}-{api}.json", KUBERNETES_VERSION)
+    definitions = utils.schema_contents(f"{folder}/_definitions.json", KUBERNETES_VERSION)
+    registry = Resource.from_contents(definitions) @ (Resource.from_contents(schema) @ Registry())
+    validator = jsonschema.validators.Draft202012Validator(schema, registry=registry)
+    return list(validator.iter_errors(doc))
 
 
 def check_kustomization(doc: dict, path: Path, fails: Failures) -> set[Path]:
