@@ -121,6 +121,13 @@ pub struct Metrics {
     /// Fleet mode: directory record writes dropped because the writer's queue was full (the
     /// records they would have refreshed expire by their TTL).
     pub directory_records_dropped: Counter,
+    node_info: Family<NodeLabels, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeLabels {
+    node: String,
+    region: String,
 }
 
 /// Bucket bounds of [`Metrics::lane_delay`], in seconds. Tokio's timers tick in milliseconds,
@@ -225,6 +232,11 @@ impl Metrics {
 
         let directory = DirectoryMetrics::register(&mut registry);
 
+        let node_info: Family<NodeLabels, Gauge> = register(
+            &mut registry,
+            "node_info",
+            "1, labelled with this fleet node's id and region (absent on a relay standing alone)",
+        );
         let directory_records_dropped: Counter = register(
             &mut registry,
             "directory_records_dropped",
@@ -255,7 +267,18 @@ impl Metrics {
             lane_delay,
             directory,
             directory_records_dropped,
+            node_info,
         }
+    }
+
+    /// Labels this relay as fleet node `node` in `region` (`baton_node_info`).
+    pub fn set_node(&self, node: &str, region: &str) {
+        self.node_info
+            .get_or_create(&NodeLabels {
+                node: node.to_owned(),
+                region: region.to_owned(),
+            })
+            .set(1);
     }
 
     /// The drop counter for `reason`.

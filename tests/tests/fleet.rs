@@ -83,6 +83,11 @@ async fn a_join_through_another_node_is_redirected_to_the_allocation() {
         host.send_to(PeerId(n), b"welcome").unwrap();
         assert_eq!(recv(&peer).await, (PeerId::HOST, b"welcome"[..].into()));
     }
+    // Each node says which node it is.
+    for (node, id) in nodes.iter().zip(["a", "b", "c"]) {
+        let info = format!("baton_node_info{{node=\"{id}\",region=\"default\"}}");
+        assert_eq!(node.metrics().await.get(&info), Some(1.0), "{info}");
+    }
     let joins = |m: &baton_tests::relay_process::Metrics| m.value("baton_joins_total");
     assert_eq!(joins(&nodes[0].metrics().await), 2.0);
     assert_eq!(joins(&nodes[1].metrics().await), 0.0);

@@ -53,6 +53,7 @@ async fn start(config: RelayConfig, token: Option<&str>) -> Admin {
     let shutdown = CancellationToken::new();
     let hooks = crate::hooks::spawn(
         &hooks_config,
+        None,
         handle.metrics.clone(),
         shutdown.clone(),
         &tokio_util::task::TaskTracker::new(),

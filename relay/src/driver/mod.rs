@@ -293,7 +293,17 @@ impl Relay {
             fleet,
         });
 
-        let hooks = crate::hooks::spawn(&config.hooks, metrics.clone(), shutdown.clone(), &tasks);
+        let node = config.fleet.as_ref().map(|f| f.node_id.clone());
+        let hooks = crate::hooks::spawn(
+            &config.hooks,
+            node,
+            metrics.clone(),
+            shutdown.clone(),
+            &tasks,
+        );
+        if let Some(fleet) = &config.fleet {
+            metrics.set_node(&fleet.node_id, &fleet.region);
+        }
         // 256-bit token key and RNG seed from the OS RNG: no 64-bit seed to search offline.
         // A fleet node's token key comes from the fleet secret instead, so every node issues
         // and verifies the same reconnect tokens and migration tickets.

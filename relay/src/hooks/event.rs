@@ -17,6 +17,10 @@ pub struct LobbyEvent {
     /// Unique, increasing id (see the module docs); SSE `id:` and
     /// [`EVENT_ID_HEADER`](super::EVENT_ID_HEADER).
     pub id: u64,
+    /// The fleet node that published it (its `--node-id`); absent on a relay standing alone.
+    /// In a fleet, `(node, id)` is unique.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     /// When the relay published it, unix milliseconds.
     pub time_ms: u64,
     /// The allocation, 16 hex digits (after a migration, the new allocation).

@@ -20,6 +20,9 @@
 //! | `allocation.migrated` | `from`, `to`, `host` | the session moved to a new allocation (`allocation` is the new one) |
 //! | `allocation.closed` | `reason` | the allocation closed and released everything |
 //!
+//! A fleet node (`--directory`) adds `"node":"<its --node-id>"` after `id`; a relay standing
+//! alone sends no `node` key.
+//!
 //! Reasons of `peer.left` and `host.disconnected` are
 //! [`LeaveReason`](baton_protocol::LeaveReason) names: `closed`, `timed_out`, `kicked`,
 //! `connection_lost`, `protocol_violation`, `relay_shutting_down`.
@@ -29,7 +32,9 @@
 //! time in unix milliseconds × 1000, so ids keep increasing across restarts as long as the wall
 //! clock does not step back between runs and a run averages fewer than 1000 events per
 //! millisecond. Ids stay below 2^53 until the year 2255, so JavaScript reads them exactly.
-//! Lobbies deduplicate by id: delivery is at least once.
+//! Lobbies deduplicate by id: delivery is at least once. In a fleet, ids are per node: the
+//! pair `(node, id)` is unique fleet-wide, and a lobby subscribed to several nodes deduplicates
+//! by that pair.
 //!
 //! ## Flow and concurrency
 //! - [`HookSender::publish`] runs on the relay's control task and never awaits: under one short

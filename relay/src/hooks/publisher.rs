@@ -37,6 +37,8 @@ struct Shared {
     webhooks: Vec<WebhookQueue>,
     queue: usize,
     stream_token: Option<String>,
+    /// This fleet node's id, stamped on every event; `None` on a relay standing alone.
+    node: Option<String>,
 }
 
 impl Drop for Shared {
@@ -64,6 +66,7 @@ impl fmt::Debug for HookSender {
 /// [`HookSender`] is dropped). Must be called inside a tokio runtime.
 pub fn spawn(
     config: &HooksConfig,
+    node: Option<String>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     tracker: &TaskTracker,
@@ -106,6 +109,7 @@ pub fn spawn(
             webhooks,
             queue: config.queue(),
             stream_token: config.stream_token().map(str::to_owned),
+            node,
         }),
     }
 }
@@ -125,6 +129,7 @@ impl HookSender {
         let id = state.next_id;
         let event = LobbyEvent {
             id,
+            node: self.shared.node.clone(),
             time_ms,
             allocation: allocation.to_string(),
             join_code: join_code.as_str().to_owned(),

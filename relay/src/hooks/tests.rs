@@ -47,10 +47,16 @@ struct Hooks {
 }
 
 fn start(config: &HooksConfig) -> Hooks {
+    start_on(config, None)
+}
+
+/// As [`start`], on fleet node `node`.
+fn start_on(config: &HooksConfig, node: Option<&str>) -> Hooks {
     let metrics = Arc::new(Metrics::new());
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let sender = spawn(config, metrics.clone(), shutdown.clone(), &tracker);
+    let node = node.map(str::to_owned);
+    let sender = spawn(config, node, metrics.clone(), shutdown.clone(), &tracker);
     Hooks {
         sender,
         metrics,
@@ -254,6 +260,7 @@ fn events_have_the_documented_json_shape() {
         let name = kind.name();
         let event = LobbyEvent {
             id: 1_732_170_000_123_000,
+            node: None,
             time_ms: 1_732_170_000_123,
             allocation: alloc().to_string(),
             join_code: "BCDF78".into(),
@@ -286,6 +293,27 @@ fn events_have_the_documented_json_shape() {
         serde_json::from_str::<serde_json::Value>(&gap.json()).unwrap(),
         json!({ "type": "replay.gap", "after": 5, "next": 9 })
     );
+}
+
+#[tokio::test]
+async fn a_fleet_node_stamps_its_id_on_every_event() {
+    for node in [Some("relay-7"), None] {
+        let hooks = start_on(&HooksConfig::default(), node);
+        let mut sub = hooks.sender.subscribe(None).unwrap();
+        hooks
+            .sender
+            .publish(LobbyEventKind::AllocationCreated {}, alloc(), code());
+        let Some(StreamItem::Event(published)) = sub.next().await else {
+            panic!("no event");
+        };
+        let json: serde_json::Value = serde_json::from_slice(published.json()).unwrap();
+        match node {
+            Some(node) => assert_eq!(json["node"], node),
+            // A relay standing alone sends the same JSON as before: no `node` key.
+            None => assert!(json.get("node").is_none(), "{json}"),
+        }
+        assert_eq!(published.event().node.as_deref(), node);
+    }
 }
 
 #[test]

@@ -359,6 +359,7 @@ mod tests {
     fn event(kind: LobbyEventKind) -> LobbyEvent {
         LobbyEvent {
             id: 1,
+            node: None,
             time_ms: 0,
             allocation: "00000000000000aa".into(),
             join_code: "BCDF78".into(),
