@@ -334,6 +334,14 @@ fn server_snapshots() -> Vec<(ServerMessage, &'static str)> {
             },
             "00000025 8f 00000003 06 20010db8000000000000000000000002 1e14 000b 323030313a6462383a3a32",
         ),
+        (
+            // len = 1 + (1 + 4 + 2) + (2 + 19) = 29 = 0x1d: as Redirect, without a request id
+            ServerMessage::Relocate {
+                address: "192.0.2.10:7700".parse().expect("address"),
+                server_name: "relay-2.example.com".into(),
+            },
+            "0000001d 90 04 c000020a 1e14 0013 72656c61792d322e6578616d706c652e636f6d",
+        ),
     ]
 }
 
@@ -373,7 +381,7 @@ fn check_snapshot_types<M: Message>(snapshots: &[(M, &str)], expected: RangeIncl
 #[test]
 fn every_message_type_has_a_snapshot() {
     check_snapshot_types(&client_snapshots(), 0x01..=0x07);
-    check_snapshot_types(&server_snapshots(), 0x81..=0x8F);
+    check_snapshot_types(&server_snapshots(), 0x81..=0x90);
 }
 
 #[test]
@@ -1304,6 +1312,12 @@ fn server_message() -> impl Strategy<Value = ServerMessage> {
                 server_name,
             }
         ),
+        (redirect_address(), server_name()).prop_map(|(address, server_name)| {
+            ServerMessage::Relocate {
+                address,
+                server_name,
+            }
+        }),
     ]
 }
 

@@ -219,6 +219,7 @@ pub struct RelayConfig {
     join_code_len: usize,
     join_code_ttl: Duration,
     migration_timeout: Duration,
+    drain_timeout: Duration,
     lobby_election_window: Duration,
     max_snapshot: usize,
     snapshot_budget: usize,
@@ -264,6 +265,7 @@ impl Default for RelayConfig {
             join_code_len: defaults::JOIN_CODE_LEN,
             join_code_ttl: defaults::JOIN_CODE_TTL,
             migration_timeout: defaults::MIGRATION_TIMEOUT,
+            drain_timeout: defaults::DRAIN_TIMEOUT,
             lobby_election_window: defaults::LOBBY_ELECTION_WINDOW,
             max_snapshot: defaults::MAX_SNAPSHOT,
             snapshot_budget: defaults::SNAPSHOT_BUDGET,
@@ -307,6 +309,7 @@ impl RelayConfig {
     getter!(join_code_len: usize, "Characters in issued join codes.");
     getter!(join_code_ttl: Duration, "Join-code time to live (default and cap).");
     getter!(migration_timeout: Duration, "Time an elected member has to open the successor allocation.");
+    getter!(drain_timeout: Duration, "On SIGTERM, how long a fleet node drains before it stops; 0 stops at once.");
     getter!(lobby_election_window: Duration, "Time a lobby has to name the next host before the relay elects one.");
     getter!(max_snapshot: usize, "Largest migration snapshot a host may upload, in bytes.");
     getter!(snapshot_budget: usize, "Bytes all stored snapshots may take together.");
@@ -333,6 +336,11 @@ impl RelayConfig {
     ranged_setter!(
         /// Sets the number of QUIC endpoints, within [`defaults::ENDPOINTS_RANGE`].
         set_endpoints, endpoints: usize, "endpoints", defaults::ENDPOINTS_RANGE
+    );
+    ranged_setter!(
+        /// Sets the drain timeout, within [`defaults::DRAIN_TIMEOUT_RANGE`].
+        set_drain_timeout, drain_timeout: Duration, "drain_timeout",
+        defaults::DRAIN_TIMEOUT_RANGE
     );
     ranged_setter!(
         /// Sets the migration timeout, within [`defaults::MIGRATION_TIMEOUT_RANGE`].

@@ -112,6 +112,14 @@ pub const MAX_CONNECTIONS_PER_IPV6_48: usize = 256;
 /// flight: below this, clients pay nothing extra.
 pub const HANDSHAKE_RETRY_THRESHOLD: usize = 256;
 
+/// On SIGTERM, how long a fleet node drains (moves its allocations to other nodes) before it
+/// stops: a rolling upgrade's pause per node. An orchestrator's grace period must be longer.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Accepted drain timeouts: 0 (stop at once, as a relay standing alone does) to an hour.
+pub const DRAIN_TIMEOUT_RANGE: RangeInclusive<Duration> =
+    Duration::ZERO..=Duration::from_secs(60 * 60);
+
 /// The TLS server name a fleet node announces for redirects: the development certificate's.
 pub const SERVER_NAME: &str = "localhost";
 

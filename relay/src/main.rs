@@ -1,5 +1,7 @@
 //! `baton-relay`: parses the command line and config file, sets up logging and runs the relay
-//! library until SIGINT or SIGTERM, then shuts down gracefully. Everything else lives in the
+//! library until SIGINT or SIGTERM, then shuts down gracefully (a fleet node drains first on
+//! SIGTERM, for `--drain-timeout`), or until a drain begun through the admin API has emptied
+//! the node. Everything else lives in the
 //! library (see `baton_relay::cli` for the settings and their precedence).
 
 use std::io::IsTerminal;
@@ -60,6 +62,8 @@ async fn run() -> anyhow::Result<()> {
         );
     }
 
+    let fleet_node = settings.relay.fleet.is_some();
+    let drain_timeout = settings.relay.drain_timeout();
     let relay = Relay::bind(settings.relay)
         .await
         .map_err(|e| anyhow::anyhow!("starting the relay: {e}"))?;
@@ -79,8 +83,31 @@ async fn run() -> anyhow::Result<()> {
         fingerprint
     );
 
-    let signal = signals.next().await;
-    info!(signal, "shutting down");
+    // Runs until a signal, or until a drain begun through the admin API has emptied the node.
+    let handle = relay.handle();
+    let signal = tokio::select! {
+        signal = signals.next() => Some(signal),
+        () = drained(&handle) => None,
+    };
+    match signal {
+        Some("SIGTERM") if fleet_node && !drain_timeout.is_zero() => {
+            // A rolling upgrade or scale-in: move every allocation to another node first.
+            match handle.drain().await {
+                Ok(left) => info!(allocations = left, timeout = ?drain_timeout, "draining"),
+                Err(e) => warn!(cause = %e, "cannot drain; stopping now"),
+            }
+            tokio::select! {
+                () = drained(&handle) => info!("drained"),
+                () = tokio::time::sleep(drain_timeout) => {
+                    let left = handle.drain_state().await.map(|(_, n)| n).unwrap_or(0);
+                    warn!(allocations = left, "drain timeout; stopping with allocations left");
+                }
+                signal = signals.next() => warn!(signal, "second signal while draining; stopping now"),
+            }
+        }
+        Some(signal) => info!(signal, "shutting down"),
+        None => info!("drained; shutting down"),
+    }
     tokio::select! {
         () = relay.shutdown() => {}
         signal = signals.next() => {
@@ -90,6 +117,20 @@ async fn run() -> anyhow::Result<()> {
     }
     info!("relay stopped");
     Ok(())
+}
+
+/// Returns once this node drains and holds no allocation (never on a node that is not
+/// draining).
+async fn drained(handle: &baton_relay::RelayHandle) {
+    loop {
+        match handle.drain_state().await {
+            Ok((true, 0)) => return,
+            Ok(_) => {}
+            // The control task is gone: nothing left to drain.
+            Err(_) => return,
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 /// Logs to stdout as text or JSON. `level` is the default; `RUST_LOG` directives refine it.

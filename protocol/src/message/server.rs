@@ -158,6 +158,18 @@ pub enum ServerMessage {
         /// does not check); decoding refuses others.
         server_name: String,
     },
+    /// `0x90`: unsolicited, from a fleet node that is draining: the client's allocation now
+    /// lives on the node at `address`. The client connects there (checking its certificate for
+    /// `server_name` with the same trust) and sends `Rejoin` with its allocation, peer id and
+    /// reconnect token, while it keeps this connection and goes on sending and receiving here;
+    /// once the new node has seated it (`Joined`), it sends there only and closes this
+    /// connection normally. Its reconnect token is its ticket: it verifies on every node.
+    Relocate {
+        /// The node to move to, encoded as in `Redirect`.
+        address: SocketAddr,
+        /// Its TLS server name, as in `Redirect`.
+        server_name: String,
+    },
 }
 
 impl ServerMessage {
@@ -179,6 +191,7 @@ impl ServerMessage {
             ServerMessage::SnapshotStored { .. } => 0x8D,
             ServerMessage::SnapshotRejected { .. } => 0x8E,
             ServerMessage::Redirect { .. } => 0x8F,
+            ServerMessage::Relocate { .. } => 0x90,
         }
     }
 
@@ -206,6 +219,10 @@ impl ServerMessage {
                 server_name,
                 ..
             } => 4 + address_len(address) + 2 + server_name.len(),
+            ServerMessage::Relocate {
+                address,
+                server_name,
+            } => address_len(address) + 2 + server_name.len(),
         }
     }
 
@@ -313,6 +330,14 @@ impl ServerMessage {
                 buf.put_u16(server_name.len() as u16);
                 buf.put_slice(server_name.as_bytes());
             }
+            ServerMessage::Relocate {
+                address,
+                server_name,
+            } => {
+                put_address(buf, address);
+                buf.put_u16(server_name.len() as u16);
+                buf.put_slice(server_name.as_bytes());
+            }
         }
     }
 
@@ -410,6 +435,10 @@ impl ServerMessage {
             },
             0x8F => ServerMessage::Redirect {
                 request_id: r.u32()?,
+                address: read_address(r)?,
+                server_name: read_server_name(r)?,
+            },
+            0x90 => ServerMessage::Relocate {
                 address: read_address(r)?,
                 server_name: read_server_name(r)?,
             },

@@ -680,7 +680,9 @@ impl World {
                 // This target runs a relay without a directory.
                 out @ (Output::ClaimCodes { .. }
                 | Output::Locate { .. }
-                | Output::Publish { .. }) => {
+                | Output::Publish { .. }
+                | Output::Relocate { .. }
+                | Output::Draining) => {
                     panic!("fleet output without a directory: {out:?}")
                 }
             }

@@ -138,3 +138,16 @@ pub(super) async fn close_allocation(
     info!(alloc = %id, "allocation closed by admin API");
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// `POST /v1/drain`: a fleet node starts draining (its allocations move to other nodes; it
+/// takes no new ones and exits once empty). 202 with the allocations left to move; 409
+/// `not_a_fleet_node` on a relay standing alone.
+pub(super) async fn drain(State(state): State<AdminState>) -> Result<Response, ApiError> {
+    let left = state.handle.drain().await?;
+    info!(allocations = left, "drain started by admin API");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "draining": true, "allocations": left })),
+    )
+        .into_response())
+}

@@ -43,6 +43,7 @@ impl From<AdminError> for ApiError {
             AdminError::Stopped => (StatusCode::SERVICE_UNAVAILABLE, "stopped"),
             AdminError::NotMigrating(_) => (StatusCode::CONFLICT, "not_migrating"),
             AdminError::UnknownPeer(_) => (StatusCode::NOT_FOUND, "unknown_peer"),
+            AdminError::NotAFleetNode => (StatusCode::CONFLICT, "not_a_fleet_node"),
             AdminError::DirectoryUnavailable => {
                 (StatusCode::SERVICE_UNAVAILABLE, "directory_unavailable")
             }

@@ -72,7 +72,8 @@ mod probes;
 mod serve;
 
 use allocations::{
-    allocation, close_allocation, elect_host, list_allocations, reserve_allocation, revoke_code,
+    allocation, close_allocation, drain, elect_host, list_allocations, reserve_allocation,
+    revoke_code,
 };
 use auth::{digest, require_stream_token, require_token};
 use error::ApiError;
@@ -149,6 +150,7 @@ fn router(handle: RelayHandle, token: Option<String>, hooks: HookSender) -> Rout
         )
         .route("/v1/allocations/{id}/revoke-code", post(revoke_code))
         .route("/v1/allocations/{id}/elect", post(elect_host))
+        .route("/v1/drain", post(drain))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(healthz))

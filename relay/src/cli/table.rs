@@ -366,6 +366,14 @@ settings! {
         value_name: "NAME",
         default: defaults::REGION,
     }
+    /// On SIGTERM, a fleet node drains first: its allocations move to other nodes, their games
+    /// going on, and it stops once empty or after this long; 0 stops at once. (POST /v1/drain
+    /// drains too, and the node exits once empty.) A relay standing alone stops at once.
+    drain_timeout: Duration {
+        default: defaults::DRAIN_TIMEOUT,
+        range: defaults::DRAIN_TIMEOUT_RANGE,
+        apply: relay.set_drain_timeout,
+    }
     /// Key of reconnect tokens and migration tickets, the same on every node of a fleet so a
     /// token issued by one node verifies on another (at least 32 bytes). Required with
     /// --directory. Prefer the environment variable.

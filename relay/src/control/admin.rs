@@ -26,7 +26,7 @@ impl ControlPlane {
         now: Instant,
         max_peers: Option<u16>,
     ) -> Result<Reservation, AdminError> {
-        if self.shutting_down {
+        if self.shutting_down || self.is_draining() {
             return Err(AdminError::ShuttingDown);
         }
         if self.allocations.len() >= self.max_allocations {

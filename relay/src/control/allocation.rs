@@ -168,6 +168,11 @@ impl ControlPlane {
         if !self.authorized(conn, request_id, auth, Scope::permits_create) {
             return;
         }
+        if self.is_draining() {
+            // This node is emptying: a client goes to another node of the fleet.
+            self.refuse(conn, request_id, ErrorCode::ShuttingDown, 0);
+            return;
+        }
         if self.allocations.len() >= self.max_allocations {
             let max = u32::try_from(self.max_allocations).unwrap_or(u32::MAX);
             self.refuse(conn, request_id, ErrorCode::RelayFull, max);
@@ -343,7 +348,12 @@ impl ControlPlane {
             _ => None,
         };
         if let Some(host) = returning {
-            self.lose_host(now, id, host, LeaveReason::TimedOut);
+            if self.relocated_to(id).is_some() {
+                // Moved away: whoever has not followed by now is closed here.
+                self.close_allocation(now, id, CloseReason::Relocated);
+            } else {
+                self.lose_host(now, id, host, LeaveReason::TimedOut);
+            }
         }
     }
 
@@ -353,12 +363,13 @@ impl ControlPlane {
         let Some(alloc) = self.allocations.remove(&id) else {
             return;
         };
+        self.forget_relocation(id);
         self.cancel_allocation_timers(id);
         self.snapshot_bytes -= alloc.snapshot.as_ref().map_or(0, Bytes::len);
         let code = match (reason, &alloc.host) {
             (CloseReason::HostLost(r), _) => CloseCode::HostLost(r),
             (CloseReason::MigrationFailed, HostSlot::Migrating(m)) => CloseCode::HostLost(m.reason),
-            (CloseReason::Shutdown, _) => CloseCode::RelayShuttingDown,
+            (CloseReason::Shutdown | CloseReason::Relocated, _) => CloseCode::RelayShuttingDown,
             _ => CloseCode::AllocationClosed,
         };
         let leave = reason.leave_reason();

@@ -262,6 +262,14 @@ impl ControlPlane {
     /// The record to publish after `allocation`'s routing changed, in fleet mode.
     pub(super) fn record_to_publish(&self, allocation: AllocationId) -> Option<AllocationRecord> {
         let fleet = self.fleet.as_ref()?;
+        // Handed to another node (or being handed): the record is that node's to write now.
+        if self
+            .drain
+            .as_ref()
+            .is_some_and(|d| d.relocations.contains_key(&allocation))
+        {
+            return None;
+        }
         let (at, unix) = fleet.unix_base.unwrap_or((fleet.started, 0));
         self.export(allocation, at, unix)
     }

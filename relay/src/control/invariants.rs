@@ -221,6 +221,9 @@ impl ControlPlane {
                     _ => None,
                 },
                 Timer::SweepRateLimits => Some(at),
+                // Pending while draining (the sweep after the last allocation left finds
+                // nothing and stops).
+                Timer::DrainSweep => self.drain.is_some().then_some(at),
             };
             ensure!(
                 due == Some(at),
@@ -244,6 +247,9 @@ impl ControlPlane {
                 HostSlot::Migrating(_) => wanted.push(Timer::Migration(*id)),
                 HostSlot::Bound(_) => {}
             }
+        }
+        if self.drain.is_some() && !self.allocations.is_empty() {
+            wanted.push(Timer::DrainSweep);
         }
         wanted.extend(self.successors.keys().map(|id| Timer::Successor(*id)));
         wanted.extend(self.codes.iter().filter_map(|(code, entry)| {

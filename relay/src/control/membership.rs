@@ -155,6 +155,18 @@ impl ControlPlane {
             self.charge_failed_guess(ip);
             return;
         }
+        if let Some((address, server_name)) = self.relocated_to(id) {
+            // Moved to another node: the joiner follows it there.
+            self.send(
+                conn,
+                ServerMessage::Redirect {
+                    request_id,
+                    address,
+                    server_name,
+                },
+            );
+            return;
+        }
         let Some(alloc) = self.allocations.get_mut(&id) else {
             return;
         };
@@ -231,6 +243,17 @@ impl ControlPlane {
         if !self.authorized(conn, request_id, auth, |s| {
             s.permits_rejoin(Some(&code), |_| lineage_ok)
         }) {
+            return;
+        }
+        if let Some((address, server_name)) = self.relocated_to(id) {
+            self.send(
+                conn,
+                ServerMessage::Redirect {
+                    request_id,
+                    address,
+                    server_name,
+                },
+            );
             return;
         }
         let subject = auth.subject();
@@ -468,6 +491,9 @@ impl ControlPlane {
         };
         self.cancel(Timer::Bind(conn));
         if let ConnState::Member { allocation, peer } = c.state {
+            if self.depart_relocated(now, allocation, peer) {
+                return;
+            }
             let is_host = self.is_host(allocation, peer);
             self.remove_member(now, allocation, peer, reason);
             if is_host {

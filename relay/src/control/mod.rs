@@ -30,6 +30,7 @@
 //!   closing;
 //! - `membership`: which connection is which member (`Conn`), join, rejoin, kick, disconnect;
 //! - `codes`: join codes, their expiry, revocation and tombstones;
+//! - `drain`: a draining fleet node moving its allocations to other nodes;
 //! - `fleet`: fleet mode's pool of directory-claimed codes and directory lookups for joins
 //!   this node cannot serve;
 //! - `migration`: host loss, elections, `migrate` to the successor, snapshots;
@@ -46,6 +47,7 @@ mod access;
 mod admin;
 mod allocation;
 mod codes;
+mod drain;
 mod fleet;
 mod invariants;
 mod membership;
@@ -57,6 +59,7 @@ mod tokens;
 mod types;
 
 pub use crate::auth::Authorization;
+pub use drain::DRAIN_SWEEP;
 pub use fleet::{MAX_LOCATING, POOL_LOW, POOL_MAX_AGE, POOL_TARGET};
 pub use invariants::InvariantViolation;
 pub use record::{AdoptError, AllocationRecord, RecordMember, MAX_RECORD_BYTES, RECORD_VERSION};
@@ -116,6 +119,8 @@ pub struct ControlPlane {
     shutting_down: bool,
     /// Fleet mode's state; `None` on a relay without a directory.
     fleet: Option<fleet::Fleet>,
+    /// A draining fleet node's state; `None` unless draining.
+    drain: Option<drain::Drain>,
 }
 
 /// Counts and state, never the token key or the RNG (whose state would give away every id and
@@ -176,6 +181,7 @@ impl ControlPlane {
             outputs: VecDeque::new(),
             shutting_down: false,
             fleet: config.fleet.as_ref().map(|_| fleet::Fleet::new(now)),
+            drain: None,
         };
         cp.schedule(now + SWEEP_INTERVAL, Timer::SweepRateLimits);
         cp
@@ -240,6 +246,13 @@ impl ControlPlane {
                 self.handle_disconnect(now, conn, reason)
             }
             Input::CodesClaimed { codes } => self.codes_claimed(now, codes),
+            Input::RelocationReady {
+                allocation,
+                address,
+                server_name,
+                node,
+            } => self.relocation_ready(allocation, address, server_name, node),
+            Input::RelocationFailed { allocation } => self.relocation_failed(allocation),
             Input::DirectoryHealth { reachable } => self.directory_health(reachable),
             Input::Located {
                 conn,

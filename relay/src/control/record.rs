@@ -203,6 +203,11 @@ impl ControlPlane {
             CodeState::Revoked => self.tombstone(now, code, ErrorCode::Revoked),
         }
         self.schedule(deadline, Timer::HostBind(id));
+        self.outputs
+            .push_back(super::Output::Event(super::Event::AllocationAdopted {
+                allocation: id,
+                code,
+            }));
         Ok(id)
     }
 }

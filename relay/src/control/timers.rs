@@ -34,6 +34,8 @@ pub(super) enum Timer {
     Tombstone(JoinCode),
     /// Full rate-limit buckets are dropped (`ratelimit`).
     SweepRateLimits,
+    /// A draining node looks again for allocations to move (`drain`).
+    DrainSweep,
 }
 
 /// The pending deadlines: at most one instant per `Timer`, in instant order, each removable
@@ -140,6 +142,7 @@ impl ControlPlane {
             Timer::HostBind(id) => self.host_bind_deadline(now, id),
             Timer::Tombstone(code) => self.forget_tombstone(now, code),
             Timer::SweepRateLimits => self.sweep_rate_limits(now),
+            Timer::DrainSweep => self.sweep_drain(now),
         }
     }
 }

@@ -77,6 +77,23 @@ pub enum Input {
         /// The directory answered its last operation.
         reachable: bool,
     },
+    /// Draining: the allocation named in an [`Output::Relocate`] now belongs to another node.
+    RelocationReady {
+        /// The allocation.
+        allocation: AllocationId,
+        /// The node's public address.
+        address: SocketAddr,
+        /// Its TLS server name.
+        server_name: String,
+        /// Its node id (for the lobby event).
+        node: String,
+    },
+    /// Draining: the allocation named in an [`Output::Relocate`] could not be handed over (no
+    /// other active node, or the directory did not answer); the next sweep tries again.
+    RelocationFailed {
+        /// The allocation.
+        allocation: AllocationId,
+    },
     /// Fleet mode: the answer to an [`Output::Locate`].
     Located {
         /// The connection that asked.
@@ -173,6 +190,15 @@ pub enum Output {
         /// Their length.
         len: usize,
     },
+    /// Draining started: mark this node `draining` in the directory, so no node sends it
+    /// work.
+    Draining,
+    /// Draining: hand this allocation to another node (pick one, move the directory's records
+    /// to it) and answer [`Input::RelocationReady`] or [`Input::RelocationFailed`].
+    Relocate {
+        /// The allocation's takeover record.
+        record: super::record::AllocationRecord,
+    },
     /// Fleet mode: store this allocation's takeover record in the directory (its membership
     /// or host changed).
     Publish {
@@ -249,6 +275,21 @@ pub enum Event {
         /// The new host.
         host: PeerId,
     },
+    /// Fleet mode: this node took over an allocation from a lost node's record (its members
+    /// rejoin next).
+    AllocationAdopted {
+        /// The allocation (the id it had).
+        allocation: AllocationId,
+        /// Its join code.
+        code: JoinCode,
+    },
+    /// Draining: an allocation was handed to another node, and its members told to move.
+    AllocationRelocated {
+        /// The allocation (its id is kept on the new node).
+        allocation: AllocationId,
+        /// The node it moved to.
+        to_node: String,
+    },
     /// An allocation closed and released everything it held.
     AllocationClosed {
         /// The allocation.
@@ -301,6 +342,8 @@ pub enum CloseReason {
     Admin,
     /// The relay shut down.
     Shutdown,
+    /// Its members moved to another node of the fleet (this node drained).
+    Relocated,
 }
 
 impl CloseReason {
@@ -312,6 +355,7 @@ impl CloseReason {
             CloseReason::MigrationFailed => "migration_failed",
             CloseReason::Admin => "admin",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::Relocated => "relocated",
         }
     }
 
@@ -323,7 +367,7 @@ impl CloseReason {
             CloseReason::HostLost(_) | CloseReason::MigrationFailed => LeaveReason::MigrationFailed,
             CloseReason::HostNeverBound => LeaveReason::HostNeverBound,
             CloseReason::Admin => LeaveReason::AllocationClosed,
-            CloseReason::Shutdown => LeaveReason::RelayShuttingDown,
+            CloseReason::Shutdown | CloseReason::Relocated => LeaveReason::RelayShuttingDown,
         }
     }
 }
@@ -379,6 +423,9 @@ pub enum AdminError {
     /// Fleet mode: the directory cannot record a new allocation now.
     #[error("the fleet directory is unavailable")]
     DirectoryUnavailable,
+    /// Only a node of a fleet can drain (a relay standing alone has nowhere to move to).
+    #[error("not a fleet node: nothing to drain to")]
+    NotAFleetNode,
 }
 
 /// A lobby's reservation: the allocation exists, peers may join by code, and the host binds

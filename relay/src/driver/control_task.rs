@@ -34,7 +34,7 @@ pub(super) async fn control_task(
     shared: Arc<Shared>,
     hooks: HookSender,
 ) {
-    let mut events = EventSink::new(hooks);
+    let mut events = EventSink::new(hooks, shared.fleet.as_ref().map(|f| f.node_id()));
     let mut tables = Tables::default();
     let mut act = |output| apply(output, &shared, &mut tables, &mut events);
     loop {
@@ -169,6 +169,15 @@ fn apply(output: Output, shared: &Shared, tables: &mut Tables, events: &mut Even
             }
             events.publish(event);
         }
+        Output::Draining => {
+            if let Some(fleet) = &shared.fleet {
+                fleet.set_draining();
+            }
+        }
+        Output::Relocate { record } => match &shared.fleet {
+            Some(fleet) => fleet.relocate(record),
+            None => warn!("relocation asked for without a directory"),
+        },
         Output::Publish { record } => match &shared.fleet {
             Some(fleet) => fleet.publish(record),
             None => warn!("record publish asked for without a directory"),

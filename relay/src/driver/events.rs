@@ -19,14 +19,17 @@ use crate::metrics::Metrics;
 pub(super) struct EventSink {
     hooks: HookSender,
     codes: HashMap<AllocationId, JoinCode>,
+    /// This fleet node's id (`allocation.relocated` names it as `from_node`).
+    node: Option<String>,
 }
 
 impl EventSink {
     /// A sink publishing to `hooks`.
-    pub(super) fn new(hooks: HookSender) -> Self {
+    pub(super) fn new(hooks: HookSender, node: Option<String>) -> Self {
         EventSink {
             hooks,
             codes: HashMap::new(),
+            node,
         }
     }
 
@@ -95,6 +98,21 @@ impl EventSink {
                         host: host.0,
                     },
                 )
+            }
+            Event::AllocationRelocated {
+                allocation,
+                to_node,
+            } => (
+                allocation,
+                Kind::AllocationRelocated {
+                    from_node: self.node.clone().unwrap_or_default(),
+                    to_node,
+                },
+            ),
+            Event::AllocationAdopted { allocation, code } => {
+                // Taken over from a lost node: its events carry its code from now on.
+                self.codes.insert(allocation, code);
+                return;
             }
             Event::AllocationClosed { allocation, reason } => {
                 let kind = Kind::AllocationClosed {
@@ -165,6 +183,15 @@ pub(super) fn record(event: &Event, metrics: &Metrics) {
         }
         Event::AllocationMigrated { from, to, host } => {
             info!(%from, %to, %host, "allocation migrated");
+        }
+        Event::AllocationRelocated {
+            allocation,
+            to_node,
+        } => {
+            info!(%allocation, %to_node, "allocation relocated");
+        }
+        Event::AllocationAdopted { allocation, code } => {
+            info!(%allocation, %code, "allocation taken over");
         }
         Event::AllocationClosed { allocation, reason } => {
             info!(%allocation, reason = reason.as_str(), "allocation closed");

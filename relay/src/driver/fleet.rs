@@ -78,6 +78,8 @@ pub(super) struct FleetLink {
     metrics: Arc<Metrics>,
     /// Time to live of code and allocation records.
     record_ttl: Duration,
+    /// Whether this node drains: its heartbeat then says `draining`, so no node sends it work.
+    draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The one outstanding code claim, if any.
@@ -130,6 +132,7 @@ impl FleetLink {
         .await?;
         let (records, record_rx) = mpsc::channel(RECORD_QUEUE);
         let claim = Arc::new(ClaimRequest::default());
+        let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
 
         tasks.spawn(claimer(
             directory.clone(),
@@ -149,6 +152,7 @@ impl FleetLink {
         tasks.spawn(heartbeat(
             directory.clone(),
             node_info(fleet, &node),
+            draining.clone(),
             inputs.clone(),
             records.clone(),
             metrics.clone(),
@@ -163,6 +167,7 @@ impl FleetLink {
             claim,
             metrics,
             record_ttl,
+            draining,
         };
         Ok((link, first))
     }
@@ -197,6 +202,48 @@ impl FleetLink {
                     location,
                 })
                 .await;
+        });
+    }
+
+    /// This node's id.
+    pub(super) fn node_id(&self) -> String {
+        self.node.to_string()
+    }
+
+    /// Marks this node draining in the directory from its next heartbeat on.
+    pub(super) fn set_draining(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// [`Output::Relocate`](crate::control::Output::Relocate): hands the allocation to the
+    /// least-loaded active node, on a task of its own, and answers `RelocationReady` or
+    /// `RelocationFailed`.
+    pub(super) fn relocate(&self, record: AllocationRecord) {
+        self.set_draining();
+        let directory = self.directory.clone();
+        let node = self.node.clone();
+        let inputs = self.inputs.clone();
+        let ttl = self.record_ttl;
+        tokio::spawn(async move {
+            let allocation = AllocationId(record.allocation);
+            let input = match hand_over(&directory, &node, &record, ttl).await {
+                Ok(Some(target)) => Input::RelocationReady {
+                    allocation,
+                    address: target.addr,
+                    server_name: target.server_name,
+                    node: target.id.to_string(),
+                },
+                Ok(None) => {
+                    debug!(%allocation, "no active node to relocate to; trying again");
+                    Input::RelocationFailed { allocation }
+                }
+                Err(e) => {
+                    debug!(%allocation, cause = %e, "relocation failed; trying again");
+                    Input::RelocationFailed { allocation }
+                }
+            };
+            let _ = inputs.send(input).await;
         });
     }
 
@@ -306,6 +353,51 @@ async fn locate(
     }
     info!(allocation = %AllocationId(allocation), from = %owner, "taking an allocation over");
     Ok(Location::Adopt(Box::new(record)))
+}
+
+/// Picks the least-loaded active node other than `me` (fewest allocations, then connections)
+/// and moves `record`'s allocation to it in the directory: the record first, then the
+/// allocation and its code (compare-and-set, from this node), so the target finds everything
+/// when the first member rejoins there. `None` when there is no other active node.
+async fn hand_over(
+    directory: &RedisDirectory,
+    me: &NodeId,
+    record: &AllocationRecord,
+    ttl: Duration,
+) -> Result<Option<NodeInfo>, DirectoryError> {
+    let target = directory
+        .nodes()
+        .await?
+        .into_iter()
+        .filter(|n| &n.id != me && n.state == NodeState::Active)
+        .min_by_key(|n| (n.allocations, n.connections));
+    let Some(target) = target else {
+        return Ok(None);
+    };
+    let json =
+        serde_json::to_vec(record).map_err(|e| DirectoryError::Invalid(format!("record: {e}")))?;
+    directory.put_record(record.allocation, &json, ttl).await?;
+    if !directory
+        .take_allocation(record.allocation, me, &target.id, ttl)
+        .await?
+    {
+        // Not this node's any more (it was taken over meanwhile): nothing to hand over.
+        return Ok(None);
+    }
+    directory
+        .take_code(&record.code, me, &target.id, record.allocation, ttl)
+        .await?;
+    if record.lineage != record.allocation {
+        directory
+            .bind_allocation(record.lineage, &target.id, ttl)
+            .await?;
+    }
+    info!(
+        allocation = %AllocationId(record.allocation),
+        to = %target.id,
+        "allocation handed over"
+    );
+    Ok(Some(target))
 }
 
 /// This node's directory entry, without its load (the heartbeat fills that in).
@@ -476,7 +568,10 @@ async fn republish(
             .claim_codes(node, std::slice::from_ref(&text), ttl)
             .await?;
         if !directory.bind_code(&text, node, latest.0, ttl).await? {
+            // Another node holds it (it claimed it during the outage, or this allocation
+            // was handed over): its records are not this node's to write.
             conflicts += 1;
+            continue;
         }
         for id in ids {
             directory.bind_allocation(id.0, node, ttl).await?;
@@ -501,8 +596,10 @@ async fn release(
 ) -> Result<(), DirectoryError> {
     directory.release_code(&code.to_string(), node).await?;
     for id in ids {
-        directory.release_allocation(id.0, node).await?;
-        directory.delete_record(id.0).await?;
+        // Only this node's: a relocated allocation's records are its new node's now.
+        if directory.release_allocation(id.0, node).await? {
+            directory.delete_record(id.0).await?;
+        }
     }
     Ok(())
 }
@@ -511,6 +608,7 @@ async fn release(
 async fn heartbeat(
     directory: RedisDirectory,
     mut info: NodeInfo,
+    draining: Arc<std::sync::atomic::AtomicBool>,
     inputs: mpsc::Sender<Input>,
     records: mpsc::Sender<Record>,
     metrics: Arc<Metrics>,
@@ -528,6 +626,11 @@ async fn heartbeat(
         info.allocations = u64::try_from(metrics.allocations.get()).unwrap_or(0);
         info.connections = u64::try_from(metrics.connections.get()).unwrap_or(0);
         info.cpu_pct = cpu.sample();
+        info.state = if draining.load(std::sync::atomic::Ordering::Relaxed) {
+            NodeState::Draining
+        } else {
+            NodeState::Active
+        };
         let ok = match directory.heartbeat(&info, HEARTBEAT_TTL).await {
             Ok(()) => true,
             Err(e) => {

@@ -92,6 +92,18 @@ impl RelayHandle {
             .await?
     }
 
+    /// Starts draining this fleet node (see [`ControlPlane::drain`]); returns how many
+    /// allocations are left to move.
+    pub async fn drain(&self) -> Result<usize, AdminError> {
+        self.call(|cp, now| cp.drain(now)).await?
+    }
+
+    /// Whether this node drains, and how many allocations it still holds.
+    pub async fn drain_state(&self) -> Result<(bool, usize), AdminError> {
+        self.call(|cp, _| (cp.is_draining(), cp.allocation_count()))
+            .await
+    }
+
     /// Live allocations and connections as the control plane counts them.
     pub async fn counts(&self) -> Result<(usize, usize), AdminError> {
         self.call(|cp, _| (cp.allocation_count(), cp.connection_count()))

@@ -85,6 +85,15 @@ pub enum LobbyEventKind {
         /// The new host's peer id.
         host: u16,
     },
+    /// A draining fleet node handed the allocation to another node and told its members to
+    /// move there (the allocation keeps its id and code).
+    #[serde(rename = "allocation.relocated")]
+    AllocationRelocated {
+        /// The node it left (the one publishing this event).
+        from_node: String,
+        /// The node it moved to.
+        to_node: String,
+    },
     /// The allocation closed and released everything it held.
     #[serde(rename = "allocation.closed")]
     AllocationClosed {
@@ -153,6 +162,7 @@ impl LobbyEventKind {
             LobbyEventKind::HostDisconnected { .. } => "host.disconnected",
             LobbyEventKind::HostElected { .. } => "host.elected",
             LobbyEventKind::AllocationMigrated { .. } => "allocation.migrated",
+            LobbyEventKind::AllocationRelocated { .. } => "allocation.relocated",
             LobbyEventKind::AllocationClosed { .. } => "allocation.closed",
         }
     }

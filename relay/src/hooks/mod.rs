@@ -18,6 +18,7 @@
 //! | `host.disconnected` | `host`, `reason` | the host was lost (exactly once per loss) |
 //! | `host.elected` | `host`, `by` (`relay` or `lobby`) | the next host was chosen |
 //! | `allocation.migrated` | `from`, `to`, `host` | the session moved to a new allocation (`allocation` is the new one) |
+//! | `allocation.relocated` | `from_node`, `to_node` | a draining fleet node handed the allocation to another node |
 //! | `allocation.closed` | `reason` | the allocation closed and released everything |
 //!
 //! A fleet node (`--directory`) adds `"node":"<its --node-id>"` after `id`; a relay standing

@@ -6,7 +6,7 @@ use rand::SeedableRng;
 use super::*;
 use crate::config::FleetConfig;
 
-fn fleet_config() -> RelayConfig {
+pub(super) fn fleet_config() -> RelayConfig {
     let mut config = RelayConfig::default();
     config.fleet = Some(FleetConfig {
         directory: "redis://127.0.0.1:1/0".into(),
@@ -41,6 +41,11 @@ fn locates(out: &[Output]) -> Vec<(ConnId, u32, Locate)> {
             _ => None,
         })
         .collect()
+}
+
+/// A full pool's worth of codes.
+pub(super) fn codes_for_pool() -> Vec<JoinCode> {
+    codes(POOL_TARGET)
 }
 
 /// `n` distinct codes, as the directory would hand out.

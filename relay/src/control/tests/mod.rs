@@ -15,6 +15,7 @@ use super::*;
 mod access;
 mod admin;
 mod allocation;
+mod drain;
 mod fleet;
 mod membership;
 mod migration;

@@ -1,0 +1,190 @@
+//! Draining a fleet node (`control/drain.rs`), in simulated time.
+
+use super::fleet::{codes_for_pool, fleet_config};
+use super::*;
+
+/// Outputs asking to relocate, as allocation ids.
+fn relocations(out: &[Output]) -> Vec<AllocationId> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Relocate { record } => Some(AllocationId(record.allocation)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A fleet node with a code pool, hosting one allocation with two peers (conns 1, 2, 3).
+fn hosting() -> (Harness, AllocationId, JoinCode) {
+    let mut h = Harness::with(fleet_config());
+    h.cp.handle(
+        h.now,
+        Input::CodesClaimed {
+            codes: codes_for_pool(),
+        },
+    );
+    h.drain();
+    let (id, code) = h.create();
+    h.join_ok(2, code);
+    h.join_ok(3, code);
+    (h, id, code)
+}
+
+const B: &str = "127.0.0.2:7700";
+
+fn ready(h: &mut Harness, id: AllocationId) -> Vec<Output> {
+    h.cp.handle(
+        h.now,
+        Input::RelocationReady {
+            allocation: id,
+            address: B.parse().unwrap(),
+            server_name: "localhost".into(),
+            node: "b".into(),
+        },
+    );
+    h.drain()
+}
+
+#[test]
+fn a_relay_standing_alone_has_nothing_to_drain_to() {
+    let mut h = Harness::new();
+    assert_eq!(h.cp.drain(h.now), Err(AdminError::NotAFleetNode));
+    assert!(!h.cp.is_draining());
+}
+
+#[test]
+fn draining_moves_every_allocation_and_tells_every_member() {
+    let (mut h, id, code) = hosting();
+    assert_eq!(h.cp.drain(h.now), Ok(1));
+    let out = h.drain();
+    assert!(out.contains(&Output::Draining));
+    assert_eq!(relocations(&out), vec![id]);
+    // No new allocations here any more.
+    let request_id = h.rid();
+    h.connect(9);
+    let out = h.request(
+        9,
+        ClientMessage::CreateAllocation {
+            request_id,
+            max_peers: 0,
+            code_ttl_secs: 0,
+            credential: None,
+        },
+    );
+    assert_eq!(refused(&out, 9), (ErrorCode::ShuttingDown, 0));
+    assert_eq!(
+        h.cp.reserve_allocation(h.now, None),
+        Err(AdminError::ShuttingDown)
+    );
+
+    let out = ready(&mut h, id);
+    let relocate = ServerMessage::Relocate {
+        address: B.parse().unwrap(),
+        server_name: "localhost".into(),
+    };
+    for conn in [HOST, 2, 3] {
+        assert_eq!(
+            replies_to(&out, conn),
+            vec![relocate.clone()],
+            "conn {conn}"
+        );
+    }
+    assert!(out.iter().any(|o| matches!(
+        o,
+        Output::Event(Event::AllocationRelocated { allocation, to_node }) if *allocation == id && to_node == "b"
+    )));
+    // A join reaching this node now follows the allocation.
+    h.connect(10);
+    let request_id = h.rid();
+    let out = h.request(
+        10,
+        ClientMessage::Join {
+            request_id,
+            code,
+            credential: None,
+        },
+    );
+    assert!(matches!(
+        replies_to(&out, 10)[..],
+        [ServerMessage::Redirect { address, .. }] if address == B.parse().unwrap()
+    ));
+}
+
+#[test]
+fn members_leave_quietly_and_the_last_one_closes_it_as_relocated() {
+    let (mut h, id, _) = hosting();
+    h.cp.drain(h.now).unwrap();
+    h.drain();
+    ready(&mut h, id);
+    // The host moves first: nobody is told, and no migration starts.
+    let out = h.disconnect(HOST, LeaveReason::Closed);
+    assert!(replies_to(&out, 2).is_empty(), "{out:?}");
+    assert!(
+        !out.iter().any(|o| matches!(
+            o,
+            Output::Event(Event::HostDisconnected { .. } | Event::PeerLeft { .. })
+        )),
+        "{out:?}"
+    );
+    assert!(!out.iter().any(|o| matches!(o, Output::Publish { .. })));
+    h.disconnect(2, LeaveReason::Closed);
+    let out = h.disconnect(3, LeaveReason::Closed);
+    assert!(out.iter().any(|o| matches!(
+        o,
+        Output::Event(Event::AllocationClosed {
+            reason: CloseReason::Relocated,
+            ..
+        })
+    )));
+    assert_eq!(h.cp.allocation_count(), 0);
+}
+
+#[test]
+fn stragglers_are_closed_a_keepalive_after_the_host_moved() {
+    let (mut h, id, _) = hosting();
+    h.cp.drain(h.now).unwrap();
+    h.drain();
+    ready(&mut h, id);
+    h.disconnect(HOST, LeaveReason::Closed);
+    let out = h.advance(RelayConfig::default().keepalive_timeout() + Duration::from_millis(1));
+    assert_eq!(
+        closes_by_conn(&out),
+        vec![
+            (2, CloseCode::RelayShuttingDown),
+            (3, CloseCode::RelayShuttingDown)
+        ]
+    );
+    assert_eq!(h.cp.allocation_count(), 0);
+}
+
+#[test]
+fn a_failed_handover_is_tried_again_on_the_next_sweep() {
+    let (mut h, id, _) = hosting();
+    h.cp.drain(h.now).unwrap();
+    h.drain();
+    h.cp.handle(h.now, Input::RelocationFailed { allocation: id });
+    assert!(relocations(&h.drain()).is_empty());
+    let out = h.advance(DRAIN_SWEEP);
+    assert_eq!(relocations(&out), vec![id]);
+    // Asked once per sweep at most: while it is being handed over, not again.
+    let out = h.advance(DRAIN_SWEEP);
+    assert!(relocations(&out).is_empty());
+}
+
+#[test]
+fn an_allocation_between_hosts_moves_once_its_new_host_took_over() {
+    let (mut h, id, _) = hosting();
+    // The host is lost; a member is elected and has not taken over yet.
+    let out = h.disconnect(HOST, LeaveReason::TimedOut);
+    let (elected, ticket) = [2, 3]
+        .into_iter()
+        .find_map(|conn| promote_of(&out, conn).map(|(_, t)| (conn, t)))
+        .expect("someone is promoted");
+    h.cp.drain(h.now).unwrap();
+    assert!(
+        relocations(&h.drain()).is_empty(),
+        "migrating: nothing to move yet"
+    );
+    let successor = h.migrate(elected, id, ticket);
+    let out = h.advance(DRAIN_SWEEP);
+    assert_eq!(relocations(&out), vec![successor]);
+}
