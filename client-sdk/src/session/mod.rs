@@ -61,10 +61,12 @@ use crate::{defaults, DisconnectReason, Error, Event, ReconnectToken};
 
 mod connect;
 mod dispatch;
+mod resume;
 mod shared;
 mod take_over;
 
 pub(crate) use connect::{connect, retry_while_migrating, Bound, BIND_REQUEST_ID};
+use shared::LinkState;
 use shared::PendingGuard;
 pub(crate) use shared::{lock, Shared};
 
@@ -96,7 +98,7 @@ pub struct Session {
 impl fmt::Debug for Session {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Session")
-            .field("relay", &self.shared.conn.remote_address())
+            .field("relay", &self.shared.conn().remote_address())
             .field("allocation", &self.allocation())
             .field("local_peer", &self.local_peer)
             .field("host", &self.host())
@@ -154,9 +156,9 @@ impl Session {
         self.max_payload
     }
 
-    /// The relay's address.
+    /// The relay's address: after [`Event::Resumed`], the relay the session resumed through.
     pub fn relay_addr(&self) -> SocketAddr {
-        self.shared.conn.remote_address()
+        self.shared.conn().remote_address()
     }
 
     /// The current members of the allocation, this client and the host included, in id
@@ -168,15 +170,28 @@ impl Session {
 
     /// The current round-trip time estimate to the relay.
     pub fn rtt(&self) -> Duration {
-        self.shared.conn.rtt()
+        self.shared.conn().rtt()
     }
 
-    /// Why the connection ended, or `None` while it is up.
+    /// Why the session ended, or `None` while it is up (or resuming after losing its relay).
     pub fn disconnect_reason(&self) -> Option<DisconnectReason> {
-        self.shared
-            .conn
-            .close_reason()
-            .map(|e| self.shared.reason(&e))
+        let link = self.shared.link();
+        match link.state {
+            LinkState::Ended => Some(self.shared.final_reason()),
+            LinkState::Resuming => None,
+            LinkState::Up => link
+                .conn
+                .close_reason()
+                .filter(|e| !self.shared.may_resume(e))
+                .map(|e| self.shared.reason(&e)),
+        }
+    }
+
+    /// Datagrams [`Session::send_to`], [`Session::send_to_host`] and [`Session::broadcast`]
+    /// dropped because the session was resuming after losing its relay (see
+    /// [`ClientConfig::fallback_relays`](crate::ClientConfig::fallback_relays)).
+    pub fn dropped_while_resuming(&self) -> u64 {
+        self.shared.dropped_while_resuming.load(Ordering::Relaxed)
     }
 
     /// Datagrams received from the relay that were too short to carry a header and were
@@ -201,7 +216,9 @@ impl Session {
     /// # Errors
     /// [`Error::PayloadTooLarge`] if `payload` exceeds [`Session::max_payload`] (nothing is
     /// sent), [`Error::UnknownPeer`] for the reserved broadcast id, [`Error::Disconnected`] once
-    /// the connection has ended.
+    /// the session has ended. While the session is resuming after losing its relay, the
+    /// datagram is dropped and counted ([`Session::dropped_while_resuming`]) and this returns
+    /// `Ok`: datagrams are unreliable anyway, and a game loop goes on unchanged.
     pub fn send_to(&self, peer: PeerId, payload: &[u8]) -> Result<(), Error> {
         if peer.0 == datagram::BROADCAST {
             return Err(Error::UnknownPeer(peer));
@@ -232,16 +249,25 @@ impl Session {
     fn send(&self, destination: Destination, payload: &[u8]) -> Result<(), Error> {
         check_payload(payload.len(), self.max_payload)?;
         // One copy: header and payload into the buffer quinn takes ownership of.
+        let link = self.shared.link();
+        if link.state == LinkState::Resuming {
+            self.shared.drop_while_resuming();
+            return Ok(());
+        }
         let datagram = Bytes::from(datagram::encode(destination.to_u16(), payload));
-        self.shared
-            .conn
-            .send_datagram(datagram)
-            .map_err(|e| match e {
+        let conn = link.conn;
+        match conn.send_datagram(datagram) {
+            // Lost a moment ago: the reader is about to resume.
+            Err(SendDatagramError::ConnectionLost(e))
+                if link.state == LinkState::Up && self.shared.may_resume(&e) =>
+            {
+                self.shared.drop_while_resuming();
+                Ok(())
+            }
+            other => other.map_err(|e| match e {
                 SendDatagramError::TooLarge => Error::PayloadTooLarge {
                     len: payload.len(),
-                    limit: self
-                        .shared
-                        .conn
+                    limit: conn
                         .max_datagram_size()
                         .map_or(0, |max| max.saturating_sub(datagram::HEADER_LEN)),
                 },
@@ -252,25 +278,32 @@ impl Session {
                     Error::Config("QUIC datagrams are disabled locally".into())
                 }
                 SendDatagramError::ConnectionLost(e) => Error::Disconnected(self.shared.reason(&e)),
-            })
+            }),
+        }
     }
 
     /// Receives the next datagram: the sender's peer id (stamped by the relay, so it cannot be
     /// spoofed) and the payload. Datagrams too short to carry a header are skipped and counted
     /// ([`Session::malformed_datagrams`]).
     ///
-    /// Cancel-safe: dropping the future loses no datagram.
+    /// Cancel-safe: dropping the future loses no datagram. While the session resumes after
+    /// losing its relay this waits, and goes on with the new relay's datagrams.
     ///
     /// # Errors
-    /// [`Error::Disconnected`] once the connection has ended.
+    /// [`Error::Disconnected`] once the session has ended.
     pub async fn recv(&self) -> Result<(PeerId, Bytes), Error> {
         loop {
-            let datagram = self
-                .shared
-                .conn
-                .read_datagram()
-                .await
-                .map_err(|e| Error::Disconnected(self.shared.reason(&e)))?;
+            let link = self.shared.link();
+            let datagram = match link.conn.read_datagram().await {
+                Ok(datagram) => datagram,
+                Err(e) if self.shared.may_resume(&e) => {
+                    if self.shared.await_new_link(link.generation).await {
+                        continue;
+                    }
+                    return Err(Error::Disconnected(self.shared.final_reason()));
+                }
+                Err(e) => return Err(Error::Disconnected(self.shared.reason(&e))),
+            };
             match datagram::split(&datagram) {
                 Ok((source, _)) => {
                     return Ok((PeerId(source), datagram.slice(datagram::HEADER_LEN..)));
@@ -421,7 +454,8 @@ impl Session {
     ///
     /// If this client is the host, the relay starts a host migration for the others.
     pub async fn close(&self) {
-        close_normally(&self.shared.conn);
+        self.shared.closing.store(true, Ordering::Relaxed);
+        close_normally(&self.shared.conn());
         if tokio::time::timeout(defaults::CLOSE_WAIT, self.endpoint.wait_idle())
             .await
             .is_err()
@@ -454,7 +488,8 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        close_normally(&self.shared.conn);
+        self.shared.closing.store(true, Ordering::Relaxed);
+        close_normally(&self.shared.conn());
     }
 }
 
