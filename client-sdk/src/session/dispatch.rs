@@ -2,8 +2,10 @@
 //! stream ([`read_message`]) and hands each to [`Shared::dispatch`]: a reply completes the
 //! pending request with its request id ([`reply_id`]), an event updates the member set and goes
 //! into the bounded event queue ([`Shared::emit`]: drop-and-count when full); host-migration
-//! messages go to `take_over.rs`. When the connection ends the reader records why, once
-//! ([`Shared::end`]). [`run_writer`] writes queued request frames.
+//! messages go to `take_over.rs`. When the connection ends unexpectedly and the session has
+//! fallback relays, the reader resumes it (`resume.rs`) and reads the new connection on;
+//! otherwise it records why the session ended, once ([`Shared::end`]). [`run_writer`] writes
+//! queued request frames, on the new connection's control stream after a resume.
 //!
 //! `run_reader` and `dispatch` run on the session's reader task (`dispatch` also on the
 //! connecting task, for the messages that came before the bind reply), `run_writer` on its

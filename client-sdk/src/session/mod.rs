@@ -8,7 +8,8 @@
 //!   pending requests and their ids, how the connection ended;
 //! - `dispatch.rs`: the reader and writer tasks, and what the reader does with each relay
 //!   message;
-//! - `take_over.rs`: host migration, this client's take-over as host included.
+//! - `take_over.rs`: host migration, this client's take-over as host included;
+//! - `resume.rs`: resuming through another relay of the fleet when the relay is lost.
 //!
 //! ## Connecting
 //! [`connect()`] builds a fresh quinn endpoint, completes the QUIC handshake within the connect
@@ -19,10 +20,35 @@
 //! and sends the same request to the named relay (same trust and settings, the redirect's
 //! server name), following at most one redirect per request.
 //!
+//! ## Resuming after losing the relay
+//! With [`ClientConfig::fallback_relays`](crate::ClientConfig::fallback_relays) configured, a
+//! connection that ends unexpectedly (idle timeout, reset or aborted connection, the relay
+//! shutting down) does not end the session. The reader marks the session resuming and sends
+//! `Rejoin` with the session's own reconnect token and credential to the other relays in turn
+//! (following one redirect each, retrying the list with a short backoff) until one takes it
+//! back or [`ClientConfig::resume_window`](crate::ClientConfig::resume_window) runs out; then
+//! the session ends as it would have, with the reason the relay was lost. Meanwhile:
+//! - [`Session::send_to`], [`Session::send_to_host`] and [`Session::broadcast`] drop the
+//!   datagram, count it ([`Session::dropped_while_resuming`]) and return `Ok`;
+//! - [`Session::recv`] waits, and goes on with the new relay's datagrams;
+//! - requests ([`Session::kick`], ...) wait for the new relay within their timeout; one the
+//!   lost relay had received but not answered times out; a take-over or snapshot upload in
+//!   flight fails with [`Error::Disconnected`].
+//!
+//! On success the new connection replaces the old one (the same [`Session`], [`Host`] or
+//! [`Peer`]), the peer id and role are kept (a host comes back as peer 0, host again), and
+//! [`Event::Resumed`] is queued. The connection a session ends deliberately never resumes: it
+//! closed, was kicked, its allocation closed, its host was lost (that is a host migration),
+//! or the relay refused it.
+//!
+//! [`Host`]: crate::Host
+//! [`Peer`]: crate::Peer
+//!
 //! ## Concurrency model
 //! A [`Session`] owns its background tasks in a [`JoinSet`], so all are aborted when it is
 //! dropped:
-//! - the **reader** (`dispatch.rs`) reads relay frames from the control stream. Replies
+//! - the **reader** (`dispatch.rs`) reads relay frames from the control stream (and resumes
+//!   the session when the relay is lost, `resume.rs`). Replies
 //!   complete the pending request with the same request id; events update the member set and
 //!   the session's role and go into a bounded event queue (drop-and-count when full). It also
 //!   drives a host migration (`take_over.rs`): on `Promote` it sends `MigrateAllocation` by
@@ -33,14 +59,14 @@
 //!   events.
 //! - the **writer** (`dispatch.rs`) owns the send half of the control stream and writes queued
 //!   request frames, so a request future dropped half-way can never leave half a frame on the
-//!   stream.
+//!   stream; after a resume the reader hands it the new connection's stream.
 //! - the **snapshot receiver** accepts the relay's unidirectional streams (one at a time) and
 //!   hands a delivered snapshot to the reader ([`crate::snapshot`]).
 //! - the **snapshot stager** uploads the latest snapshot staged with
 //!   [`Session::stage_snapshot`] at most once per snapshot interval while this client is host.
 //!
 //! Datagrams bypass all of them: [`Session::send_to`] and [`Session::recv`] use the quinn
-//! connection directly.
+//! connection directly (the current one, which a resume replaces).
 use std::collections::VecDeque;
 use std::fmt;
 use std::net::SocketAddr;
