@@ -410,16 +410,20 @@ async fn when_a_node_is_killed_sessions_with_fallback_relays_resume_on_another_n
         got = &mut across => panic!("recv returned while the relay was lost: {got:?}"),
     };
     let all_back = host_back.max(peer_back);
+    let name = |addr: SocketAddr| if addr == b.addr() { "b" } else { "c" };
     eprintln!(
-        "node a killed: host resumed on {host_relay} after {host_back:?}, \
-         peer on {peer_relay} after {peer_back:?}; both after {all_back:?}"
+        "node a killed: host resumed on {} after {host_back:?}, peer on {} after \
+         {peer_back:?}; both after {all_back:?}",
+        name(host_relay),
+        name(peer_relay)
     );
     assert!([b.addr(), c.addr()].contains(&host_relay), "{host_relay}");
     assert_eq!(peer_relay, host_relay, "both on the node that took over");
     assert_eq!(host.relay_addr(), host_relay);
     assert_eq!(peer.relay_addr(), peer_relay);
-    // Bounded below by the node heartbeat TTL (3 s): no node takes over before it lapses.
-    assert!(all_back >= Duration::from_secs(3), "{all_back:?}");
+    // Bounded below by the dead node's heartbeat lapsing: written every second with a 3 s
+    // time to live, it lapses 2 to 3 s after the kill, and no node takes over before.
+    assert!(all_back >= Duration::from_secs(2), "{all_back:?}");
     // Same ids, same roles, same allocation.
     assert_eq!(host.local_peer(), PeerId::HOST);
     assert!(host.is_host());
@@ -467,7 +471,7 @@ async fn when_a_node_is_killed_sessions_with_fallback_relays_resume_on_another_n
             .await
             .unwrap()
             .map(|n| n.as_str().to_owned()),
-        Some(if host_relay == b.addr() { "b" } else { "c" }.to_owned())
+        Some(name(host_relay).to_owned())
     );
 }
 
