@@ -459,11 +459,25 @@ mod tests {
             config().credential("has space"),
             config().credential("a+b/c="),
             config().credential("A".repeat(513)),
+            config().fallback_relays(vec!["[::1]:7700".parse().unwrap()]),
         ];
         for c in bad {
             assert!(matches!(c.validate(), Err(Error::Config(_))), "{c:?}");
             assert!(matches!(c.quinn_config(), Err(Error::Config(_))), "{c:?}");
         }
+    }
+
+    #[test]
+    fn the_resume_window_defaults_to_the_idle_timeout_plus_a_margin() {
+        let c = config().idle_timeout(Duration::from_secs(1));
+        assert_eq!(c.effective_resume_window(), Duration::from_secs(6));
+        assert_eq!(
+            c.resume_window(Duration::from_secs(2))
+                .effective_resume_window(),
+            Duration::from_secs(2)
+        );
+        let fleet = config().fallback_relays(vec!["127.0.0.2:7700".parse().unwrap()]);
+        assert!(fleet.validate().is_ok());
     }
 
     #[test]

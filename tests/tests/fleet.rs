@@ -520,6 +520,56 @@ async fn when_a_node_is_killed_sessions_without_fallback_relays_end_as_before() 
 }
 
 #[tokio::test]
+async fn a_session_no_fallback_relay_takes_back_ends_after_the_window_with_the_original_reason() {
+    let redis = RedisServer::start().expect("redis-server starts (install redis-server)");
+    let (mut child, running, data) = start_node_a(&redis).await;
+    let b = TestRelay::start_fleet_node("b", &redis.url(), data.dir.path(), |_| {}).await;
+    let trust = Trust::Fingerprint(b.relay().fingerprint());
+    // The only fallback is a UDP socket that never answers a handshake.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind a silent socket");
+    let window = Duration::from_millis(1500);
+    let config = fast_config(
+        running.quic,
+        &trust,
+        vec![silent.local_addr().expect("its address")],
+    )
+    .resume_window(window);
+    let host = Host::create(&config, AllocationOptions::default())
+        .await
+        .expect("create on a");
+
+    child.start_kill().expect("SIGKILL node a");
+    child.wait().await.expect("node a reaped");
+    let killed = Instant::now();
+    let reason = match event_matching(&host, WAIT, |e| {
+        matches!(e, Event::Resumed { .. } | Event::Disconnected { .. })
+    })
+    .await
+    {
+        Event::Disconnected { reason } => reason,
+        other => panic!("resumed through a silent socket: {other}"),
+    };
+    let ended = killed.elapsed();
+    eprintln!("no fallback answered: the session ended after {ended:?}");
+    // The reason the relay was lost, after the idle timeout (1 s) and the window.
+    assert_eq!(reason, DisconnectReason::TimedOut);
+    assert!(ended >= window, "{ended:?}");
+    assert_eq!(host.disconnect_reason(), Some(DisconnectReason::TimedOut));
+    assert!(matches!(
+        host.recv().await,
+        Err(Error::Disconnected(DisconnectReason::TimedOut))
+    ));
+    assert!(matches!(
+        host.broadcast(b"gone"),
+        Err(Error::Disconnected(DisconnectReason::TimedOut))
+    ));
+    assert!(matches!(
+        host.kick(PeerId(1)).await,
+        Err(Error::Disconnected(DisconnectReason::TimedOut))
+    ));
+}
+
+#[tokio::test]
 async fn a_deliberate_end_never_resumes() {
     let (_redis, _certs, nodes) = fleet().await;
     let fallbacks = vec![nodes[1].addr(), nodes[2].addr()];
