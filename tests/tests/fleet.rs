@@ -570,6 +570,63 @@ async fn a_session_no_fallback_relay_takes_back_ends_after_the_window_with_the_o
 }
 
 #[tokio::test]
+async fn when_a_node_shuts_down_sessions_with_fallback_relays_resume_or_end_at_once() {
+    let (_redis, _certs, mut nodes) = fleet().await;
+    let trust = Trust::Fingerprint(nodes[1].relay().fingerprint());
+    let fallbacks = vec![nodes[1].addr(), nodes[2].addr()];
+    let config = fast_config(nodes[0].addr(), &trust, fallbacks).resume_window(WAIT);
+    let host = Host::create(&config, AllocationOptions::default())
+        .await
+        .expect("create");
+    let peer = Peer::join(&config, host.join_code()).await.expect("join");
+    event_matching(&host, WAIT, |e| matches!(e, Event::PeerJoined { .. })).await;
+
+    // A graceful shutdown closes every connection with `relay_shutting_down`, a reason to
+    // resume. The node leaves the directory and releases its allocations' records, in either
+    // order: the sessions come back through another node if it can still take the allocation
+    // over, and otherwise end at once, as every node says the allocation does not exist.
+    let started = Instant::now();
+    nodes[0].shutdown().await;
+    let mut outcomes = Vec::new();
+    for session in [&*host, &*peer] {
+        outcomes.push(
+            match event_matching(session, WAIT, |e| {
+                matches!(e, Event::Resumed { .. } | Event::Disconnected { .. })
+            })
+            .await
+            {
+                Event::Resumed { relay } => Some(relay),
+                Event::Disconnected { reason } => {
+                    assert_eq!(reason, DisconnectReason::RelayShuttingDown);
+                    None
+                }
+                other => unreachable!("{other}"),
+            },
+        );
+    }
+    let elapsed = started.elapsed();
+    eprintln!("node shut down: {outcomes:?} after {elapsed:?}");
+    // Well within the window either way: neither waits for a heartbeat to lapse.
+    assert!(elapsed < WAIT / 2, "{elapsed:?}");
+    match (outcomes[0], outcomes[1]) {
+        (Some(host_relay), Some(peer_relay)) => {
+            assert_eq!(host_relay, peer_relay);
+            assert!([nodes[1].addr(), nodes[2].addr()].contains(&host_relay));
+            assert!(host.is_host());
+            assert_eq!(peer.local_peer(), PeerId(1));
+            peer.send_to_host(b"after").unwrap();
+            assert_eq!(recv(&host).await, (PeerId(1), b"after"[..].into()));
+        }
+        // The allocation was released before the host asked: the peer finds nothing either.
+        (None, None) => {}
+        // Released between the two: the host may have taken it over and the peer not, never
+        // the other way round without the host.
+        (Some(_), None) => {}
+        (None, Some(relay)) => panic!("the peer resumed on {relay} without the host"),
+    }
+}
+
+#[tokio::test]
 async fn a_deliberate_end_never_resumes() {
     let (_redis, _certs, nodes) = fleet().await;
     let fallbacks = vec![nodes[1].addr(), nodes[2].addr()];

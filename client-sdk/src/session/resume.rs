@@ -9,7 +9,8 @@
 //! redirect per attempt, retrying the list with a backoff ([`defaults::RESUME_BACKOFF_MIN`] to
 //! [`defaults::RESUME_BACKOFF_MAX`]) until the resume window runs out. A refusal that no other
 //! relay would answer differently (wrong token or credential, allocation closed, unsupported
-//! version) stops at once; `migrating` is retried at the same relay after its delay.
+//! version) stops at once, and so does a round in which every relay says the allocation does
+//! not exist; `migrating` is retried at the same relay after its delay.
 //!
 //! On success the new connection replaces the old one in [`Shared`] (the application's calls,
 //! the snapshot tasks and the datagram receivers move to it), the writer gets the new control
@@ -160,12 +161,15 @@ impl Resume {
     }
 
     /// Tries the candidate relays in rounds until one takes the session back (`Some`), a
-    /// refusal says none will, or the application closes the session (`None`). Unbounded: the
-    /// caller bounds it with the window.
+    /// refusal says none will, every relay of a round says the allocation does not exist, or
+    /// the application closes the session (`None`). Unbounded: the caller bounds it with the
+    /// window.
     async fn attempts(&self, shared: &Shared, lost: SocketAddr) -> Option<Rebound> {
         let candidates = self.candidates(lost);
         let mut backoff = defaults::RESUME_BACKOFF_MIN;
         loop {
+            // Whether every relay of this round said the allocation does not exist.
+            let mut gone_everywhere = true;
             let mut i = 0;
             while let Some(&relay) = candidates.get(i) {
                 if shared.closing.load(Ordering::Relaxed) {
@@ -185,9 +189,18 @@ impl Resume {
                         tracing::warn!(%relay, error = %e, "rejoin refused; not resuming");
                         return None;
                     }
-                    Err(e) => tracing::debug!(%relay, error = %e, "rejoin failed; next relay"),
+                    Err(e) => {
+                        gone_everywhere &= matches!(e, Error::CodeNotFound);
+                        tracing::debug!(%relay, error = %e, "rejoin failed; next relay");
+                    }
                 }
                 i += 1;
+            }
+            if gone_everywhere {
+                // A relay that closed its allocations (a graceful shutdown does) left nothing
+                // to come back to.
+                tracing::warn!("no relay knows the allocation; not resuming");
+                return None;
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(defaults::RESUME_BACKOFF_MAX);
