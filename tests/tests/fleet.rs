@@ -537,6 +537,13 @@ async fn a_session_no_fallback_relay_takes_back_ends_after_the_window_with_the_o
     let host = Host::create(&config, AllocationOptions::default())
         .await
         .expect("create on a");
+    // Another game whose window is long: it is still resuming when the first one gives up.
+    let patient = Host::create(
+        &config.clone().resume_window(3 * WAIT),
+        AllocationOptions::default(),
+    )
+    .await
+    .expect("create on a");
 
     child.start_kill().expect("SIGKILL node a");
     child.wait().await.expect("node a reaped");
@@ -566,6 +573,33 @@ async fn a_session_no_fallback_relay_takes_back_ends_after_the_window_with_the_o
     assert!(matches!(
         host.kick(PeerId(1)).await,
         Err(Error::Disconnected(DisconnectReason::TimedOut))
+    ));
+
+    // The game closes the session that is still resuming: it stops, closed locally.
+    assert_eq!(patient.disconnect_reason(), None, "still resuming");
+    patient
+        .broadcast(b"while resuming")
+        .expect("dropped, not an error");
+    assert_eq!(patient.dropped_while_resuming(), 1);
+    let closing = Instant::now();
+    patient.close().await;
+    match event_matching(&patient, WAIT, |e| {
+        matches!(e, Event::Resumed { .. } | Event::Disconnected { .. })
+    })
+    .await
+    {
+        Event::Disconnected { reason } => assert_eq!(reason, DisconnectReason::ClosedLocally),
+        other => panic!("resumed through a silent socket: {other}"),
+    }
+    // Within the attempt in progress (a connect timeout), not the window.
+    assert!(
+        closing.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        closing.elapsed()
+    );
+    assert!(matches!(
+        patient.recv().await,
+        Err(Error::Disconnected(DisconnectReason::ClosedLocally))
     ));
 }
 

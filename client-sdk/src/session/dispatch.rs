@@ -59,6 +59,10 @@ pub(super) async fn run_reader(
                     recv = next;
                     continue;
                 }
+                // The application closed the session while it was resuming.
+                if shared.closing.load(Ordering::Relaxed) {
+                    break DisconnectReason::ClosedLocally;
+                }
             }
         }
         break reason;

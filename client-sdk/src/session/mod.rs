@@ -303,7 +303,9 @@ impl Session {
                 SendDatagramError::Disabled => {
                     Error::Config("QUIC datagrams are disabled locally".into())
                 }
-                SendDatagramError::ConnectionLost(e) => Error::Disconnected(self.shared.reason(&e)),
+                SendDatagramError::ConnectionLost(e) => {
+                    Error::Disconnected(self.shared.ended_reason(&e))
+                }
             }),
         }
     }
@@ -328,7 +330,7 @@ impl Session {
                     }
                     return Err(Error::Disconnected(self.shared.final_reason()));
                 }
-                Err(e) => return Err(Error::Disconnected(self.shared.reason(&e))),
+                Err(e) => return Err(Error::Disconnected(self.shared.ended_reason(&e))),
             };
             match datagram::split(&datagram) {
                 Ok((source, _)) => {

@@ -234,6 +234,19 @@ impl Shared {
         disconnect_reason(err)
     }
 
+    /// Why the session ended, for a call that found its connection ended with `err`: the
+    /// session's final reason once recorded, closed locally if the application closed it
+    /// while it was resuming, otherwise what `err` means.
+    pub(crate) fn ended_reason(&self, err: &ConnectionError) -> DisconnectReason {
+        if let Some(reason) = lock(&self.pending).ended.clone() {
+            return reason;
+        }
+        if self.link.borrow().state == LinkState::Resuming && self.closing.load(Ordering::Relaxed) {
+            return DisconnectReason::ClosedLocally;
+        }
+        self.reason(err)
+    }
+
     /// The reason the connection ended, as best known.
     pub(crate) fn final_reason(&self) -> DisconnectReason {
         if let Some(reason) = lock(&self.pending).ended.clone() {
