@@ -88,6 +88,8 @@ pub struct ClientConfig {
     pub(crate) snapshot_interval: Duration,
     pub(crate) migration_retry: Duration,
     pub(crate) credential: Option<String>,
+    pub(crate) fallback_relays: Vec<SocketAddr>,
+    pub(crate) resume_window: Option<Duration>,
 }
 
 impl ClientConfig {
@@ -107,7 +109,46 @@ impl ClientConfig {
             snapshot_interval: defaults::SNAPSHOT_INTERVAL,
             migration_retry: defaults::MIGRATION_RETRY,
             credential: None,
+            fallback_relays: Vec::new(),
+            resume_window: None,
         }
+    }
+
+    /// Other relays of the same fleet, in the order to try them, for resuming a session whose
+    /// relay is lost (default: none, and a lost relay ends the session).
+    ///
+    /// When a session's connection ends unexpectedly (the relay went silent for the idle
+    /// timeout, reset the connection, or closed it because it is shutting down), the session
+    /// comes back under its peer id through these relays by itself: it sends its reconnect
+    /// token to each in turn (following one redirect per attempt, the relay the session first
+    /// connected to tried first unless it is the one lost), retrying the list with a short
+    /// backoff for at most [`ClientConfig::resume_window`]. The game keeps its
+    /// [`Session`](crate::Session) and gets [`Event::Resumed`](crate::Event::Resumed); see the
+    /// session's documentation for what happens meanwhile. A deliberate end (closed, kicked,
+    /// allocation closed, host lost) never resumes.
+    ///
+    /// Every relay listed must present a certificate this configuration's [`Trust`] accepts
+    /// (a fleet shares one certificate, or its nodes have certificates for the same name under
+    /// [`Trust::WebPki`]): the [`ClientConfig::server_name`] is reused for each. They must be
+    /// of the relay's address family, since the session's local socket is reused.
+    pub fn fallback_relays(mut self, relays: Vec<SocketAddr>) -> Self {
+        self.fallback_relays = relays;
+        self
+    }
+
+    /// How long a session whose relay was lost keeps trying to resume through the
+    /// [`ClientConfig::fallback_relays`] before it ends with the reason it lost its relay
+    /// (default: the idle timeout plus [`defaults::RESUME_MARGIN`], see there why). Zero never
+    /// resumes.
+    pub fn resume_window(mut self, window: Duration) -> Self {
+        self.resume_window = Some(window);
+        self
+    }
+
+    /// The effective resume window.
+    pub(crate) fn effective_resume_window(&self) -> Duration {
+        self.resume_window
+            .unwrap_or_else(|| self.idle_timeout.saturating_add(defaults::RESUME_MARGIN))
     }
 
     /// The lobby-minted credential sent with every create, join and rejoin (SPEC section 16).
@@ -262,6 +303,16 @@ impl ClientConfig {
                 self.alpn.len()
             ));
         }
+        if let Some(fallback) = self
+            .fallback_relays
+            .iter()
+            .find(|f| f.is_ipv4() != self.relay.is_ipv4())
+        {
+            return bad(format!(
+                "fallback relay {fallback} and relay address {} are of different families",
+                self.relay
+            ));
+        }
         if let Some(bind) = self.bind_addr {
             if bind.is_ipv4() != self.relay.is_ipv4() {
                 return bad(format!(
@@ -408,11 +459,25 @@ mod tests {
             config().credential("has space"),
             config().credential("a+b/c="),
             config().credential("A".repeat(513)),
+            config().fallback_relays(vec!["[::1]:7700".parse().unwrap()]),
         ];
         for c in bad {
             assert!(matches!(c.validate(), Err(Error::Config(_))), "{c:?}");
             assert!(matches!(c.quinn_config(), Err(Error::Config(_))), "{c:?}");
         }
+    }
+
+    #[test]
+    fn the_resume_window_defaults_to_the_idle_timeout_plus_a_margin() {
+        let c = config().idle_timeout(Duration::from_secs(1));
+        assert_eq!(c.effective_resume_window(), Duration::from_secs(6));
+        assert_eq!(
+            c.resume_window(Duration::from_secs(2))
+                .effective_resume_window(),
+            Duration::from_secs(2)
+        );
+        let fleet = config().fallback_relays(vec!["127.0.0.2:7700".parse().unwrap()]);
+        assert!(fleet.validate().is_ok());
     }
 
     #[test]

@@ -85,3 +85,24 @@ pub const MIGRATION_POLL_MIN: Duration = Duration::from_millis(20);
 /// Longest wait between join retries while an allocation migrates: the relay's hint is the
 /// elected member's whole deadline, but a responsive one takes over in milliseconds.
 pub const MIGRATION_POLL_MAX: Duration = Duration::from_millis(250);
+
+/// What the default resume window adds to the idle timeout
+/// ([`ClientConfig::resume_window`](crate::ClientConfig::resume_window)).
+///
+/// The members of a game on a relay that dies notice one after the other, each one idle
+/// timeout after it last heard from the relay, so the last of them notices up to an idle
+/// timeout after the first: a window of one idle timeout lets the first to notice keep trying
+/// until the others can come back too. The 5 s on top cover the fleet: another node takes an
+/// allocation over only once the dead node's heartbeat has lapsed in the directory (3 s), and
+/// until then a rejoin is redirected to the dead node, which costs a connect attempt.
+pub const RESUME_MARGIN: Duration = Duration::from_secs(5);
+
+/// First wait before trying the fallback relays again, after every one of them failed; it
+/// doubles after each round up to [`RESUME_BACKOFF_MAX`].
+///
+/// Short: a node takes an allocation over as soon as the directory lets it, and the game is
+/// frozen until then.
+pub const RESUME_BACKOFF_MIN: Duration = Duration::from_millis(100);
+
+/// Longest wait between two rounds of resume attempts.
+pub const RESUME_BACKOFF_MAX: Duration = Duration::from_secs(1);

@@ -1,6 +1,7 @@
 //! Session events.
 
 use std::fmt;
+use std::net::SocketAddr;
 
 use baton_protocol::{AllocationId, DropReason, ErrorCode, JoinCode, LeaveReason, PeerId};
 use bytes::Bytes;
@@ -96,6 +97,15 @@ pub enum Event {
         /// Code-specific detail.
         value: u32,
     },
+    /// The session's relay was lost and the session came back through another relay of the
+    /// fleet ([`ClientConfig::fallback_relays`](crate::ClientConfig::fallback_relays)), under
+    /// the same peer id and role; datagrams flow through `relay` from now on. Informational:
+    /// the session goes on. Datagrams sent while it was resuming were dropped
+    /// ([`Session::dropped_while_resuming`](crate::Session::dropped_while_resuming)).
+    Resumed {
+        /// The relay the session is connected to now.
+        relay: SocketAddr,
+    },
     /// The connection to the relay ended. Always the last event.
     Disconnected {
         /// Why.
@@ -144,6 +154,7 @@ impl fmt::Display for Event {
             Event::SnapshotRejected { code, value } => {
                 write!(f, "snapshot rejected ({code}, value {value})")
             }
+            Event::Resumed { relay } => write!(f, "resumed through relay {relay}"),
             Event::Disconnected { reason } => write!(f, "disconnected: {reason}"),
         }
     }

@@ -15,7 +15,9 @@
 //!
 //! A relay of a fleet that does not hold the allocation a join or rejoin names redirects it to
 //! the relay that does; the SDK follows one such redirect by itself, with the same trust and
-//! settings ([`Error::RedirectLoop`] for more).
+//! settings ([`Error::RedirectLoop`] for more). When the relay a session is on is lost, a
+//! session configured with [`ClientConfig::fallback_relays`] resumes through another relay of
+//! the fleet by itself, under the same peer id and role ([`Event::Resumed`]).
 //!
 //! The relay is trusted by pinning its certificate's SHA-256 fingerprint
 //! ([`Trust::Fingerprint`], for the relay's self-signed development certificate), by a PEM

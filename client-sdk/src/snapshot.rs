@@ -107,13 +107,16 @@ impl Uploads {
         }
     }
 
-    /// Fails every upload waiting for a reply: the connection ended.
+    /// Fails every upload waiting for a reply: the session ended.
     pub(crate) fn end(&self, reason: &DisconnectReason) {
-        let slots = {
-            let mut replies = lock(&self.replies);
-            replies.ended = Some(reason.clone());
-            std::mem::take(&mut replies.slots)
-        };
+        lock(&self.replies).ended = Some(reason.clone());
+        self.interrupt(reason);
+    }
+
+    /// Fails every upload waiting for a reply: the connection they were sent on ended (the
+    /// session resumes on another one, whose replies must not be taken for theirs).
+    pub(crate) fn interrupt(&self, reason: &DisconnectReason) {
+        let slots = std::mem::take(&mut lock(&self.replies).slots);
         for (_, tx) in slots {
             let _ = tx.send(Err(UploadError::Failed(Error::Disconnected(
                 reason.clone(),
@@ -155,7 +158,7 @@ impl Shared {
         }
         let _one_at_a_time = self.uploads.serial.lock().await;
         let send = self
-            .conn
+            .conn()
             .open_uni()
             .await
             .map_err(|e| failed(Error::Disconnected(self.reason(&e))))?;
@@ -204,10 +207,28 @@ pub(crate) struct Delivered {
     pub(crate) snapshot: Option<Bytes>,
 }
 
-/// Accepts the relay's unidirectional streams until the connection ends and hands snapshot
-/// streams to the reader. At most `max` bytes are buffered per stream.
+/// Accepts the relay's unidirectional streams until the session ends (on each connection in
+/// turn when it resumes) and hands snapshot streams to the reader. At most `max` bytes are
+/// buffered per stream.
 pub(crate) async fn receive(shared: Arc<Shared>, snapshots: mpsc::Sender<Delivered>, max: usize) {
-    while let Ok(mut recv) = shared.conn.accept_uni().await {
+    loop {
+        let link = shared.link();
+        if !receive_on(&shared, &link.conn, &snapshots, max).await
+            || !shared.await_new_link(link.generation).await
+        {
+            return;
+        }
+    }
+}
+
+/// [`receive`] on one connection, until it ends (true) or the reader is gone (false).
+async fn receive_on(
+    shared: &Shared,
+    conn: &quinn::Connection,
+    snapshots: &mpsc::Sender<Delivered>,
+    max: usize,
+) -> bool {
+    while let Ok(mut recv) = conn.accept_uni().await {
         let snapshot = match read_snapshot(&mut recv, max).await {
             Received::Snapshot(bytes) => Some(bytes),
             Received::Unusable(detail) => {
@@ -229,9 +250,10 @@ pub(crate) async fn receive(shared: Arc<Shared>, snapshots: mpsc::Sender<Deliver
             .await
             .is_err()
         {
-            return;
+            return false;
         }
     }
+    true
 }
 
 /// What one unidirectional stream carried.
@@ -266,7 +288,8 @@ async fn read_snapshot(recv: &mut RecvStream, max: usize) -> Received {
 }
 
 /// Uploads the latest staged snapshot at most once per `interval` while this client is host,
-/// until the connection ends. Refusals become [`Event::SnapshotRejected`].
+/// until the session ends (pausing while it resumes). Refusals become
+/// [`Event::SnapshotRejected`].
 pub(crate) async fn stage(
     shared: Arc<Shared>,
     events: mpsc::Sender<Event>,
@@ -277,9 +300,16 @@ pub(crate) async fn stage(
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut uploaded = 0;
     loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = shared.conn.closed() => return,
+        let link = shared.link();
+        let lost = tokio::select! {
+            _ = ticker.tick() => false,
+            _ = link.conn.closed() => true,
+        };
+        if lost {
+            if shared.await_new_link(link.generation).await {
+                continue;
+            }
+            return;
         }
         let Some((generation, data)) = shared.uploads.staged_after(uploaded) else {
             continue;
@@ -298,7 +328,12 @@ pub(crate) async fn stage(
                 tracing::warn!(%code, value, "staged snapshot rejected");
                 shared.emit(&events, Event::SnapshotRejected { code, value });
             }
-            Err(UploadError::Failed(Error::Disconnected(_))) => return,
+            Err(UploadError::Failed(Error::Disconnected(_))) => {
+                // The connection ended: go on on the next one, if the session resumes.
+                if !shared.await_new_link(link.generation).await {
+                    return;
+                }
+            }
             Err(UploadError::Failed(e)) => {
                 tracing::warn!(error = %e, "staged snapshot upload failed; retrying");
             }

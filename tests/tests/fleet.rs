@@ -9,7 +9,11 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use baton_client::{AllocationOptions, Error, Event, Host, Peer, PeerId};
+use std::net::SocketAddr;
+
+use baton_client::{
+    AllocationOptions, ClientConfig, DisconnectReason, Error, Event, Host, Peer, PeerId, Trust,
+};
 use baton_relay::directory::{NodeId, RedisDirectory};
 use baton_relay::metrics::Metrics;
 use baton_tests::redis_server::RedisServer;
@@ -205,10 +209,16 @@ fn relay_bin() -> std::path::PathBuf {
         .expect("target/<profile>/baton-relay: run `cargo test --workspace` (it builds it)")
 }
 
-#[tokio::test]
-async fn when_a_node_is_killed_its_allocation_is_taken_over_and_members_keep_their_ids() {
-    let redis = RedisServer::start().expect("redis-server starts (install redis-server)");
-    // Node a is a real process, killed with SIGKILL below; it makes the shared certificate.
+/// Node `a` as a real `baton-relay` process (for SIGKILL), sharing `redis`: the process, what
+/// it printed at start-up, and its data directory, where it wrote the certificate the other
+/// nodes reuse.
+async fn start_node_a(
+    redis: &RedisServer,
+) -> (
+    tokio::process::Child,
+    baton_tests::relay_process::Running,
+    baton_tests::relay_process::DataDir,
+) {
     let (data, stdout, stderr) =
         baton_tests::relay_process::DataDir::create("baton-fleet-").expect("data dir");
     let bin = relay_bin();
@@ -234,6 +244,14 @@ async fn when_a_node_is_killed_its_allocation_is_taken_over_and_members_keep_the
     )
     .await
     .expect("node a runs");
+    (child, running, data)
+}
+
+#[tokio::test]
+async fn when_a_node_is_killed_its_allocation_is_taken_over_and_members_keep_their_ids() {
+    let redis = RedisServer::start().expect("redis-server starts (install redis-server)");
+    // Node a is a real process, killed with SIGKILL below; it makes the shared certificate.
+    let (mut child, running, data) = start_node_a(&redis).await;
     let b = TestRelay::start_fleet_node("b", &redis.url(), data.dir.path(), |_| {}).await;
     let c = TestRelay::start_fleet_node("c", &redis.url(), data.dir.path(), |_| {}).await;
     // The same certificate everywhere: one pinned fingerprint trusts every node.
@@ -306,4 +324,387 @@ async fn when_a_node_is_killed_its_allocation_is_taken_over_and_members_keep_the
         Some(NodeId::parse("b").unwrap())
     );
     eprintln!("node a killed: host back after {host_back:?}, every member after {all_back:?}");
+}
+
+/// A client of the fleet that notices a lost relay fast: a ping every 250 ms and a 1 s idle
+/// timeout, a short connect timeout (a rejoin redirected to the dead node waits that long),
+/// and `fallbacks`.
+fn fast_config(relay: SocketAddr, trust: &Trust, fallbacks: Vec<SocketAddr>) -> ClientConfig {
+    ClientConfig::new(relay, trust.clone())
+        .keep_alive_interval(Duration::from_millis(250))
+        .idle_timeout(Duration::from_secs(1))
+        .connect_timeout(Duration::from_millis(500))
+        .fallback_relays(fallbacks)
+}
+
+/// Waits (bounded) for `session`'s `Event::Resumed` and returns its relay, sending a datagram
+/// to the host every 20 ms meanwhile: none of those sends may fail. Panics if the session ends.
+async fn resumed_while_sending(session: &baton_client::Session, within: Duration) -> SocketAddr {
+    let deadline = Instant::now() + within;
+    loop {
+        session
+            .send_to_host(b"during")
+            .expect("sending while the relay is lost is not an error");
+        match tokio::time::timeout(Duration::from_millis(20), session.next_event()).await {
+            Ok(Some(Event::Resumed { relay })) => return relay,
+            Ok(Some(Event::Disconnected { reason })) => panic!("the session ended: {reason}"),
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("event stream ended"),
+            Err(_) => assert!(Instant::now() < deadline, "not resumed within {within:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn when_a_node_is_killed_sessions_with_fallback_relays_resume_on_another_node() {
+    let redis = RedisServer::start().expect("redis-server starts (install redis-server)");
+    let (mut child, running, data) = start_node_a(&redis).await;
+    let b = TestRelay::start_fleet_node("b", &redis.url(), data.dir.path(), |_| {}).await;
+    let c = TestRelay::start_fleet_node("c", &redis.url(), data.dir.path(), |_| {}).await;
+    let trust = Trust::Fingerprint(b.relay().fingerprint());
+    // The host falls back to b then c, the peer to c then b: whichever node takes the
+    // allocation over, one of them is redirected there.
+    let host = Host::create(
+        &fast_config(running.quic, &trust, vec![b.addr(), c.addr()]),
+        AllocationOptions::default(),
+    )
+    .await
+    .expect("create on a");
+    let peer = Peer::join(
+        &fast_config(running.quic, &trust, vec![c.addr(), b.addr()]),
+        host.join_code(),
+    )
+    .await
+    .expect("join on a");
+    event_matching(&host, WAIT, |e| matches!(e, Event::PeerJoined { .. })).await;
+    peer.send_to_host(b"before").unwrap();
+    assert_eq!(recv(&host).await, (PeerId(1), b"before"[..].into()));
+    let allocation = host.allocation();
+
+    // The host is already waiting for a datagram when its relay dies: the same call returns
+    // the first datagram through the new node.
+    let across = host.recv();
+    tokio::pin!(across);
+    child.start_kill().expect("SIGKILL node a");
+    child.wait().await.expect("node a reaped");
+    let killed = Instant::now();
+
+    // Nobody calls rejoin: both sessions find the allocation's new node by themselves.
+    let within = 2 * WAIT;
+    let both = async {
+        let host_relay = async {
+            let relay = match event_matching(&host, within, |e| {
+                matches!(e, Event::Resumed { .. } | Event::Disconnected { .. })
+            })
+            .await
+            {
+                Event::Resumed { relay } => relay,
+                other => panic!("the host did not resume: {other}"),
+            };
+            (relay, killed.elapsed())
+        };
+        let peer_relay = async {
+            let relay = resumed_while_sending(&peer, within).await;
+            (relay, killed.elapsed())
+        };
+        tokio::join!(host_relay, peer_relay)
+    };
+    tokio::pin!(both);
+    let ((host_relay, host_back), (peer_relay, peer_back)) = tokio::select! {
+        both = &mut both => both,
+        got = &mut across => panic!("recv returned while the relay was lost: {got:?}"),
+    };
+    let all_back = host_back.max(peer_back);
+    let name = |addr: SocketAddr| if addr == b.addr() { "b" } else { "c" };
+    eprintln!(
+        "node a killed: host resumed on {} after {host_back:?}, peer on {} after \
+         {peer_back:?}; both after {all_back:?}",
+        name(host_relay),
+        name(peer_relay)
+    );
+    assert!([b.addr(), c.addr()].contains(&host_relay), "{host_relay}");
+    assert_eq!(peer_relay, host_relay, "both on the node that took over");
+    assert_eq!(host.relay_addr(), host_relay);
+    assert_eq!(peer.relay_addr(), peer_relay);
+    // Bounded below by the dead node's heartbeat lapsing: written every second with a 3 s
+    // time to live, it lapses 2 to 3 s after the kill, and no node takes over before.
+    assert!(all_back >= Duration::from_secs(2), "{all_back:?}");
+    // Same ids, same roles, same allocation.
+    assert_eq!(host.local_peer(), PeerId::HOST);
+    assert!(host.is_host());
+    assert_eq!(peer.local_peer(), PeerId(1));
+    assert_eq!(peer.host(), Some(PeerId::HOST));
+    assert_eq!(
+        (host.allocation(), peer.allocation()),
+        (allocation, allocation)
+    );
+    assert!(host.disconnect_reason().is_none());
+    assert!(
+        peer.dropped_while_resuming() > 0,
+        "datagrams sent while resuming are counted"
+    );
+
+    // Datagrams flow again through the new node, into the recv that was waiting all along.
+    peer.send_to_host(b"after").unwrap();
+    let got = tokio::time::timeout(WAIT, async {
+        loop {
+            // A datagram the peer sent in the instant between its resume and its event may
+            // arrive first.
+            match (&mut across).await {
+                Ok((from, payload)) if &payload[..] == b"during" => {
+                    assert_eq!(from, PeerId(1));
+                    across.set(host.recv());
+                }
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("a datagram through the new node");
+    assert_eq!(got.unwrap(), (PeerId(1), b"after"[..].into()));
+    host.send_to(PeerId(1), b"still hosting").unwrap();
+    loop {
+        let (from, payload) = recv(&peer).await;
+        assert_eq!(from, PeerId::HOST);
+        if &payload[..] == b"still hosting" {
+            break;
+        }
+    }
+    let dir = directory(&redis).await;
+    assert_eq!(
+        dir.lookup_allocation(allocation.0)
+            .await
+            .unwrap()
+            .map(|n| n.as_str().to_owned()),
+        Some(name(host_relay).to_owned())
+    );
+}
+
+#[tokio::test]
+async fn when_a_node_is_killed_sessions_without_fallback_relays_end_as_before() {
+    let redis = RedisServer::start().expect("redis-server starts (install redis-server)");
+    let (mut child, running, data) = start_node_a(&redis).await;
+    let b = TestRelay::start_fleet_node("b", &redis.url(), data.dir.path(), |_| {}).await;
+    let trust = Trust::Fingerprint(b.relay().fingerprint());
+    let config = fast_config(running.quic, &trust, Vec::new());
+    let host = Host::create(&config, AllocationOptions::default())
+        .await
+        .expect("create on a");
+    let peer = Peer::join(&config, host.join_code())
+        .await
+        .expect("join on a");
+    event_matching(&host, WAIT, |e| matches!(e, Event::PeerJoined { .. })).await;
+
+    child.start_kill().expect("SIGKILL node a");
+    child.wait().await.expect("node a reaped");
+    for session in [&*host, &*peer] {
+        let reason = match event_matching(session, WAIT, |e| {
+            matches!(e, Event::Resumed { .. } | Event::Disconnected { .. })
+        })
+        .await
+        {
+            Event::Disconnected { reason } => reason,
+            other => panic!("a session without fallback relays resumed: {other}"),
+        };
+        assert_eq!(reason, DisconnectReason::TimedOut);
+        assert_eq!(
+            session.disconnect_reason(),
+            Some(DisconnectReason::TimedOut)
+        );
+        assert!(matches!(
+            session.recv().await,
+            Err(Error::Disconnected(DisconnectReason::TimedOut))
+        ));
+        assert!(matches!(
+            session.broadcast(b"gone"),
+            Err(Error::Disconnected(DisconnectReason::TimedOut))
+        ));
+        assert_eq!(session.relay_addr(), running.quic);
+        assert_eq!(session.dropped_while_resuming(), 0);
+    }
+}
+
+#[tokio::test]
+async fn a_session_no_fallback_relay_takes_back_ends_after_the_window_with_the_original_reason() {
+    let redis = RedisServer::start().expect("redis-server starts (install redis-server)");
+    let (mut child, running, data) = start_node_a(&redis).await;
+    let b = TestRelay::start_fleet_node("b", &redis.url(), data.dir.path(), |_| {}).await;
+    let trust = Trust::Fingerprint(b.relay().fingerprint());
+    // The only fallback is a UDP socket that never answers a handshake.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind a silent socket");
+    let window = Duration::from_millis(1500);
+    let config = fast_config(
+        running.quic,
+        &trust,
+        vec![silent.local_addr().expect("its address")],
+    )
+    .resume_window(window);
+    let host = Host::create(&config, AllocationOptions::default())
+        .await
+        .expect("create on a");
+    // Another game whose window is long: it is still resuming when the first one gives up.
+    let patient = Host::create(
+        &config.clone().resume_window(3 * WAIT),
+        AllocationOptions::default(),
+    )
+    .await
+    .expect("create on a");
+
+    child.start_kill().expect("SIGKILL node a");
+    child.wait().await.expect("node a reaped");
+    let killed = Instant::now();
+    let reason = match event_matching(&host, WAIT, |e| {
+        matches!(e, Event::Resumed { .. } | Event::Disconnected { .. })
+    })
+    .await
+    {
+        Event::Disconnected { reason } => reason,
+        other => panic!("resumed through a silent socket: {other}"),
+    };
+    let ended = killed.elapsed();
+    eprintln!("no fallback answered: the session ended after {ended:?}");
+    // The reason the relay was lost, after the idle timeout (1 s) and the window.
+    assert_eq!(reason, DisconnectReason::TimedOut);
+    assert!(ended >= window, "{ended:?}");
+    assert_eq!(host.disconnect_reason(), Some(DisconnectReason::TimedOut));
+    assert!(matches!(
+        host.recv().await,
+        Err(Error::Disconnected(DisconnectReason::TimedOut))
+    ));
+    assert!(matches!(
+        host.broadcast(b"gone"),
+        Err(Error::Disconnected(DisconnectReason::TimedOut))
+    ));
+    assert!(matches!(
+        host.kick(PeerId(1)).await,
+        Err(Error::Disconnected(DisconnectReason::TimedOut))
+    ));
+
+    // The game closes the session that is still resuming: it stops, closed locally.
+    assert_eq!(patient.disconnect_reason(), None, "still resuming");
+    patient
+        .broadcast(b"while resuming")
+        .expect("dropped, not an error");
+    assert_eq!(patient.dropped_while_resuming(), 1);
+    let closing = Instant::now();
+    patient.close().await;
+    match event_matching(&patient, WAIT, |e| {
+        matches!(e, Event::Resumed { .. } | Event::Disconnected { .. })
+    })
+    .await
+    {
+        Event::Disconnected { reason } => assert_eq!(reason, DisconnectReason::ClosedLocally),
+        other => panic!("resumed through a silent socket: {other}"),
+    }
+    // Within the attempt in progress (a connect timeout), not the window.
+    assert!(
+        closing.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        closing.elapsed()
+    );
+    assert!(matches!(
+        patient.recv().await,
+        Err(Error::Disconnected(DisconnectReason::ClosedLocally))
+    ));
+}
+
+#[tokio::test]
+async fn when_a_node_shuts_down_sessions_with_fallback_relays_resume_or_end_at_once() {
+    let (_redis, _certs, mut nodes) = fleet().await;
+    let trust = Trust::Fingerprint(nodes[1].relay().fingerprint());
+    let fallbacks = vec![nodes[1].addr(), nodes[2].addr()];
+    let config = fast_config(nodes[0].addr(), &trust, fallbacks).resume_window(WAIT);
+    let host = Host::create(&config, AllocationOptions::default())
+        .await
+        .expect("create");
+    let peer = Peer::join(&config, host.join_code()).await.expect("join");
+    event_matching(&host, WAIT, |e| matches!(e, Event::PeerJoined { .. })).await;
+
+    // A graceful shutdown closes every connection with `relay_shutting_down`, a reason to
+    // resume. The node leaves the directory and releases its allocations' records, in either
+    // order: the sessions come back through another node if it can still take the allocation
+    // over, and otherwise end at once, as every node says the allocation does not exist.
+    let started = Instant::now();
+    nodes[0].shutdown().await;
+    let mut outcomes = Vec::new();
+    for session in [&*host, &*peer] {
+        outcomes.push(
+            match event_matching(session, WAIT, |e| {
+                matches!(e, Event::Resumed { .. } | Event::Disconnected { .. })
+            })
+            .await
+            {
+                Event::Resumed { relay } => Some(relay),
+                Event::Disconnected { reason } => {
+                    assert_eq!(reason, DisconnectReason::RelayShuttingDown);
+                    None
+                }
+                other => unreachable!("{other}"),
+            },
+        );
+    }
+    let elapsed = started.elapsed();
+    eprintln!("node shut down: {outcomes:?} after {elapsed:?}");
+    // Well within the window either way: neither waits for a heartbeat to lapse.
+    assert!(elapsed < WAIT / 2, "{elapsed:?}");
+    match (outcomes[0], outcomes[1]) {
+        (Some(host_relay), Some(peer_relay)) => {
+            assert_eq!(host_relay, peer_relay);
+            assert!([nodes[1].addr(), nodes[2].addr()].contains(&host_relay));
+            assert!(host.is_host());
+            assert_eq!(peer.local_peer(), PeerId(1));
+            peer.send_to_host(b"after").unwrap();
+            assert_eq!(recv(&host).await, (PeerId(1), b"after"[..].into()));
+        }
+        // The allocation was released before the host asked: the peer finds nothing either.
+        (None, None) => {}
+        // Released between the two: the host may have taken it over and the peer not, never
+        // the other way round without the host.
+        (Some(_), None) => {}
+        (None, Some(relay)) => panic!("the peer resumed on {relay} without the host"),
+    }
+}
+
+#[tokio::test]
+async fn a_deliberate_end_never_resumes() {
+    let (_redis, _certs, nodes) = fleet().await;
+    let fallbacks = vec![nodes[1].addr(), nodes[2].addr()];
+    let config = nodes[0].client().fallback_relays(fallbacks);
+    let host = Host::create(&config, AllocationOptions::default())
+        .await
+        .expect("create");
+    let peer = Peer::join(&config, host.join_code()).await.expect("join");
+    event_matching(&host, WAIT, |e| matches!(e, Event::PeerJoined { .. })).await;
+
+    // Kicked: the session ends, and no relay hears from it again.
+    host.kick(peer.local_peer()).await.expect("kick");
+    match event_matching(&peer, WAIT, |e| {
+        matches!(e, Event::Resumed { .. } | Event::Disconnected { .. })
+    })
+    .await
+    {
+        Event::Disconnected { reason } => assert_eq!(reason, DisconnectReason::Kicked),
+        other => panic!("a kicked peer resumed: {other}"),
+    }
+    assert!(peer.next_event().await.is_none());
+    assert_eq!(peer.relay_addr(), nodes[0].addr());
+
+    // Closed by the game: ends at once, as without fallback relays.
+    host.close().await;
+    assert!(matches!(
+        host.recv().await,
+        Err(Error::Disconnected(DisconnectReason::ClosedLocally))
+    ));
+    match event_matching(&host, WAIT, |e| {
+        matches!(e, Event::Resumed { .. } | Event::Disconnected { .. })
+    })
+    .await
+    {
+        Event::Disconnected { reason } => assert_eq!(reason, DisconnectReason::ClosedLocally),
+        other => panic!("a closed host resumed: {other}"),
+    }
+    let rejoins = |m: &baton_tests::relay_process::Metrics| m.value("baton_rejoins_total");
+    for node in &nodes[1..] {
+        assert_eq!(rejoins(&node.metrics().await), 0.0);
+    }
 }

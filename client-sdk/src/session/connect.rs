@@ -24,6 +24,7 @@ use tracing::Instrument;
 use super::dispatch::{
     close_after_stream_end, read_message, reply_id, run_reader, run_writer, ReadFailure, ReaderIo,
 };
+use super::resume::Resume;
 use super::shared::{Role, Shared};
 use super::{close_normally, EventQueue, Session};
 use crate::error::{disconnect_reason, handshake_error, refusal};
@@ -69,7 +70,7 @@ pub(crate) async fn connect(
             };
             match attempt(&redirected, &endpoint, &bind).await? {
                 Attempt::Replied(conn, reply) => {
-                    return establish(&redirected, endpoint, bind, conn, reply).await;
+                    return establish(config, &redirected, endpoint, bind, conn, reply).await;
                 }
                 Attempt::Redirected { target: again, .. } => {
                     tracing::debug!(relay = %target, target = %again, "second redirect refused");
@@ -81,7 +82,38 @@ pub(crate) async fn connect(
             }
         }
     };
-    establish(config, endpoint, bind, conn, reply).await
+    establish(config, config, endpoint, bind, conn, reply).await
+}
+
+/// Connects to `config.relay` on `endpoint` (the session's, when resuming), sends `bind` and
+/// returns the connection with its reply, following one `Redirect` to a relay of the
+/// endpoint's address family.
+pub(super) async fn rebind(
+    config: &ClientConfig,
+    endpoint: &quinn::Endpoint,
+    bind: &ClientMessage,
+) -> Result<(quinn::Connection, BindResult), Error> {
+    match attempt(config, endpoint, bind).await? {
+        Attempt::Replied(conn, reply) => Ok((conn, reply)),
+        Attempt::Redirected {
+            target,
+            server_name,
+        } => {
+            let redirected = redirected_config(config, target, server_name)?;
+            if endpoint.local_addr()?.is_ipv4() != target.is_ipv4() {
+                return Err(Error::Config(format!(
+                    "redirected to {target}, of another address family than this session"
+                )));
+            }
+            match attempt(&redirected, endpoint, bind).await? {
+                Attempt::Replied(conn, reply) => Ok((conn, reply)),
+                Attempt::Redirected { target: again, .. } => Err(Error::RedirectLoop {
+                    relay: target,
+                    target: again,
+                }),
+            }
+        }
+    }
 }
 
 /// What one connection attempt got in answer to the bind request.
@@ -188,8 +220,10 @@ async fn attempt(
 }
 
 /// Builds the session from the relay's reply to `bind` on `conn`, or the error its refusal
-/// means.
+/// means. `config` is the relay's (a redirect's target), `origin` the application's, which a
+/// resume starts from.
 async fn establish(
+    origin: &ClientConfig,
     config: &ClientConfig,
     endpoint: quinn::Endpoint,
     bind: ClientMessage,
@@ -264,7 +298,15 @@ async fn establish(
         member_set.insert(host);
     }
     member_set.insert(local_peer);
-    let shared = Arc::new(Shared::new(conn, local_peer, role, member_set));
+    let (stream_tx, stream_rx) = mpsc::channel(1);
+    let resume = Resume::new(origin, &endpoint, stream_tx);
+    let shared = Arc::new(Shared::new(
+        conn,
+        local_peer,
+        role,
+        member_set,
+        resume.is_some(),
+    ));
     let (event_tx, event_rx) = mpsc::channel(defaults::EVENT_QUEUE);
     let (request_tx, request_rx) = mpsc::channel(defaults::REQUEST_QUEUE);
     let (snapshot_tx, snapshot_rx) = mpsc::channel(1);
@@ -279,8 +321,8 @@ async fn establish(
     }
     let span = tracing::info_span!("baton", alloc = %allocation, peer = %local_peer);
     let mut tasks = JoinSet::new();
-    tasks.spawn(run_reader(shared.clone(), recv, reader).instrument(span.clone()));
-    tasks.spawn(run_writer(shared.clone(), send, request_rx).instrument(span.clone()));
+    tasks.spawn(run_reader(shared.clone(), recv, reader, resume).instrument(span.clone()));
+    tasks.spawn(run_writer(shared.clone(), send, request_rx, stream_rx).instrument(span.clone()));
     tasks.spawn(
         snapshot::receive(shared.clone(), snapshot_tx, config.max_snapshot)
             .instrument(span.clone()),

@@ -2,8 +2,10 @@
 //! stream ([`read_message`]) and hands each to [`Shared::dispatch`]: a reply completes the
 //! pending request with its request id ([`reply_id`]), an event updates the member set and goes
 //! into the bounded event queue ([`Shared::emit`]: drop-and-count when full); host-migration
-//! messages go to `take_over.rs`. When the connection ends the reader records why, once
-//! ([`Shared::end`]). [`run_writer`] writes queued request frames.
+//! messages go to `take_over.rs`. When the connection ends unexpectedly and the session has
+//! fallback relays, the reader resumes it (`resume.rs`) and reads the new connection on;
+//! otherwise it records why the session ended, once ([`Shared::end`]). [`run_writer`] writes
+//! queued request frames, on the new connection's control stream after a resume.
 //!
 //! `run_reader` and `dispatch` run on the session's reader task (`dispatch` also on the
 //! connecting task, for the messages that came before the bind reply), `run_writer` on its
@@ -22,10 +24,11 @@ use bytes::Bytes;
 use quinn::{ConnectionError, ReadError, ReadExactError, RecvStream, SendStream, WriteError};
 use tokio::sync::mpsc;
 
+use super::resume::Resume;
 use super::shared::{lock, Shared};
 use crate::error::refusal;
 use crate::snapshot::{Delivered, UploadError};
-use crate::{defaults, Event};
+use crate::{defaults, DisconnectReason, Event};
 
 /// What the reader needs besides the shared state.
 pub(super) struct ReaderIo {
@@ -39,40 +42,95 @@ pub(super) struct ReaderIo {
     pub(super) wait: Duration,
 }
 
-/// Reads the control stream until the connection ends.
-pub(super) async fn run_reader(shared: Arc<Shared>, mut recv: RecvStream, mut io: ReaderIo) {
+/// Reads the control stream until the session ends. When the connection ends unexpectedly and
+/// the session resumes (`resume`), reads the new connection's control stream on.
+pub(super) async fn run_reader(
+    shared: Arc<Shared>,
+    mut recv: RecvStream,
+    mut io: ReaderIo,
+    resume: Option<Resume>,
+) {
     let mut buf = Vec::new();
     let reason = loop {
-        match read_message(&mut recv, &mut buf).await {
-            Ok(message) => shared.dispatch(message, &mut io).await,
-            Err(ReadFailure::Connection(e)) => break shared.reason(&e),
-            Err(ReadFailure::Ended(detail)) => match close_after_stream_end(&shared.conn).await {
-                Some(e) => break shared.reason(&e),
-                None => break shared.abort(detail),
-            },
-            Err(ReadFailure::Invalid(detail)) => break shared.abort(detail),
+        let (reason, err) = read_until_end(&shared, &mut recv, &mut io, &mut buf).await;
+        if let (Some(resume), Some(err)) = (&resume, &err) {
+            if shared.may_resume(err) {
+                if let Some(next) = resume.run(&shared, &reason, &mut io).await {
+                    recv = next;
+                    continue;
+                }
+                // The application closed the session while it was resuming.
+                if shared.closing.load(Ordering::Relaxed) {
+                    break DisconnectReason::ClosedLocally;
+                }
+            }
         }
+        break reason;
     };
     tracing::info!(%reason, "disconnected from relay");
     shared.end(reason);
-    // Dropping `io.events` (and the stager's clone, which stops with the connection) ends the
+    // Dropping `io.events` (and the stager's clone, which stops with the session) ends the
     // queue; `next_event` then yields the terminal events.
 }
 
-/// Writes queued request frames to the control stream.
+/// Reads one connection's control stream until it ends: why, and quinn's error when the
+/// connection itself ended (`None` when this side aborted it).
+async fn read_until_end(
+    shared: &Shared,
+    recv: &mut RecvStream,
+    io: &mut ReaderIo,
+    buf: &mut Vec<u8>,
+) -> (DisconnectReason, Option<ConnectionError>) {
+    loop {
+        match read_message(recv, buf).await {
+            Ok(message) => shared.dispatch(message, io).await,
+            Err(ReadFailure::Connection(e)) => return (shared.reason(&e), Some(e)),
+            Err(ReadFailure::Ended(detail)) => {
+                return match close_after_stream_end(&shared.conn()).await {
+                    Some(e) => (shared.reason(&e), Some(e)),
+                    None => (shared.abort(detail), None),
+                }
+            }
+            Err(ReadFailure::Invalid(detail)) => return (shared.abort(detail), None),
+        }
+    }
+}
+
+/// Writes queued request frames to the control stream; after a resume, to the new
+/// connection's (`streams` brings it). A frame whose connection ended under it is written
+/// again on the next connection.
 pub(super) async fn run_writer(
     shared: Arc<Shared>,
     mut send: SendStream,
     mut frames: mpsc::Receiver<Bytes>,
+    mut streams: mpsc::Receiver<SendStream>,
 ) {
-    while let Some(frame) = frames.recv().await {
-        match send.write_all(&frame).await {
-            Ok(()) => {}
-            // The reader reports the connection's end.
-            Err(WriteError::ConnectionLost(_)) => return,
-            Err(other) => {
-                shared.abort(format!("cannot write the control stream: {other}"));
-                return;
+    loop {
+        let frame = tokio::select! {
+            biased;
+            Some(stream) = streams.recv() => {
+                send = stream;
+                continue;
+            }
+            frame = frames.recv() => match frame {
+                Some(frame) => frame,
+                None => return,
+            },
+        };
+        loop {
+            match send.write_all(&frame).await {
+                Ok(()) => break,
+                // The reader reports the connection's end, and hands over the next
+                // connection's stream if the session resumes; it drops its sender when the
+                // session ends.
+                Err(WriteError::ConnectionLost(_)) => match streams.recv().await {
+                    Some(stream) => send = stream,
+                    None => return,
+                },
+                Err(other) => {
+                    shared.abort(format!("cannot write the control stream: {other}"));
+                    return;
+                }
             }
         }
     }

@@ -8,7 +8,8 @@
 //!   pending requests and their ids, how the connection ended;
 //! - `dispatch.rs`: the reader and writer tasks, and what the reader does with each relay
 //!   message;
-//! - `take_over.rs`: host migration, this client's take-over as host included.
+//! - `take_over.rs`: host migration, this client's take-over as host included;
+//! - `resume.rs`: resuming through another relay of the fleet when the relay is lost.
 //!
 //! ## Connecting
 //! [`connect()`] builds a fresh quinn endpoint, completes the QUIC handshake within the connect
@@ -19,10 +20,35 @@
 //! and sends the same request to the named relay (same trust and settings, the redirect's
 //! server name), following at most one redirect per request.
 //!
+//! ## Resuming after losing the relay
+//! With [`ClientConfig::fallback_relays`](crate::ClientConfig::fallback_relays) configured, a
+//! connection that ends unexpectedly (idle timeout, reset or aborted connection, the relay
+//! shutting down) does not end the session. The reader marks the session resuming and sends
+//! `Rejoin` with the session's own reconnect token and credential to the other relays in turn
+//! (following one redirect each, retrying the list with a short backoff) until one takes it
+//! back or [`ClientConfig::resume_window`](crate::ClientConfig::resume_window) runs out; then
+//! the session ends as it would have, with the reason the relay was lost. Meanwhile:
+//! - [`Session::send_to`], [`Session::send_to_host`] and [`Session::broadcast`] drop the
+//!   datagram, count it ([`Session::dropped_while_resuming`]) and return `Ok`;
+//! - [`Session::recv`] waits, and goes on with the new relay's datagrams;
+//! - requests ([`Session::kick`], ...) wait for the new relay within their timeout; one the
+//!   lost relay had received but not answered times out; a take-over or snapshot upload in
+//!   flight fails with [`Error::Disconnected`].
+//!
+//! On success the new connection replaces the old one (the same [`Session`], [`Host`] or
+//! [`Peer`]), the peer id and role are kept (a host comes back as peer 0, host again), and
+//! [`Event::Resumed`] is queued. The connection a session ends deliberately never resumes: it
+//! closed, was kicked, its allocation closed, its host was lost (that is a host migration),
+//! or the relay refused it.
+//!
+//! [`Host`]: crate::Host
+//! [`Peer`]: crate::Peer
+//!
 //! ## Concurrency model
 //! A [`Session`] owns its background tasks in a [`JoinSet`], so all are aborted when it is
 //! dropped:
-//! - the **reader** (`dispatch.rs`) reads relay frames from the control stream. Replies
+//! - the **reader** (`dispatch.rs`) reads relay frames from the control stream (and resumes
+//!   the session when the relay is lost, `resume.rs`). Replies
 //!   complete the pending request with the same request id; events update the member set and
 //!   the session's role and go into a bounded event queue (drop-and-count when full). It also
 //!   drives a host migration (`take_over.rs`): on `Promote` it sends `MigrateAllocation` by
@@ -33,14 +59,14 @@
 //!   events.
 //! - the **writer** (`dispatch.rs`) owns the send half of the control stream and writes queued
 //!   request frames, so a request future dropped half-way can never leave half a frame on the
-//!   stream.
+//!   stream; after a resume the reader hands it the new connection's stream.
 //! - the **snapshot receiver** accepts the relay's unidirectional streams (one at a time) and
 //!   hands a delivered snapshot to the reader ([`crate::snapshot`]).
 //! - the **snapshot stager** uploads the latest snapshot staged with
 //!   [`Session::stage_snapshot`] at most once per snapshot interval while this client is host.
 //!
 //! Datagrams bypass all of them: [`Session::send_to`] and [`Session::recv`] use the quinn
-//! connection directly.
+//! connection directly (the current one, which a resume replaces).
 use std::collections::VecDeque;
 use std::fmt;
 use std::net::SocketAddr;
@@ -61,10 +87,12 @@ use crate::{defaults, DisconnectReason, Error, Event, ReconnectToken};
 
 mod connect;
 mod dispatch;
+mod resume;
 mod shared;
 mod take_over;
 
 pub(crate) use connect::{connect, retry_while_migrating, Bound, BIND_REQUEST_ID};
+use shared::LinkState;
 use shared::PendingGuard;
 pub(crate) use shared::{lock, Shared};
 
@@ -96,7 +124,7 @@ pub struct Session {
 impl fmt::Debug for Session {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Session")
-            .field("relay", &self.shared.conn.remote_address())
+            .field("relay", &self.shared.conn().remote_address())
             .field("allocation", &self.allocation())
             .field("local_peer", &self.local_peer)
             .field("host", &self.host())
@@ -154,9 +182,9 @@ impl Session {
         self.max_payload
     }
 
-    /// The relay's address.
+    /// The relay's address: after [`Event::Resumed`], the relay the session resumed through.
     pub fn relay_addr(&self) -> SocketAddr {
-        self.shared.conn.remote_address()
+        self.shared.conn().remote_address()
     }
 
     /// The current members of the allocation, this client and the host included, in id
@@ -168,15 +196,28 @@ impl Session {
 
     /// The current round-trip time estimate to the relay.
     pub fn rtt(&self) -> Duration {
-        self.shared.conn.rtt()
+        self.shared.conn().rtt()
     }
 
-    /// Why the connection ended, or `None` while it is up.
+    /// Why the session ended, or `None` while it is up (or resuming after losing its relay).
     pub fn disconnect_reason(&self) -> Option<DisconnectReason> {
-        self.shared
-            .conn
-            .close_reason()
-            .map(|e| self.shared.reason(&e))
+        let link = self.shared.link();
+        match link.state {
+            LinkState::Ended => Some(self.shared.final_reason()),
+            LinkState::Resuming => None,
+            LinkState::Up => link
+                .conn
+                .close_reason()
+                .filter(|e| !self.shared.may_resume(e))
+                .map(|e| self.shared.reason(&e)),
+        }
+    }
+
+    /// Datagrams [`Session::send_to`], [`Session::send_to_host`] and [`Session::broadcast`]
+    /// dropped because the session was resuming after losing its relay (see
+    /// [`ClientConfig::fallback_relays`](crate::ClientConfig::fallback_relays)).
+    pub fn dropped_while_resuming(&self) -> u64 {
+        self.shared.dropped_while_resuming.load(Ordering::Relaxed)
     }
 
     /// Datagrams received from the relay that were too short to carry a header and were
@@ -201,7 +242,9 @@ impl Session {
     /// # Errors
     /// [`Error::PayloadTooLarge`] if `payload` exceeds [`Session::max_payload`] (nothing is
     /// sent), [`Error::UnknownPeer`] for the reserved broadcast id, [`Error::Disconnected`] once
-    /// the connection has ended.
+    /// the session has ended. While the session is resuming after losing its relay, the
+    /// datagram is dropped and counted ([`Session::dropped_while_resuming`]) and this returns
+    /// `Ok`: datagrams are unreliable anyway, and a game loop goes on unchanged.
     pub fn send_to(&self, peer: PeerId, payload: &[u8]) -> Result<(), Error> {
         if peer.0 == datagram::BROADCAST {
             return Err(Error::UnknownPeer(peer));
@@ -232,16 +275,25 @@ impl Session {
     fn send(&self, destination: Destination, payload: &[u8]) -> Result<(), Error> {
         check_payload(payload.len(), self.max_payload)?;
         // One copy: header and payload into the buffer quinn takes ownership of.
+        let link = self.shared.link();
+        if link.state == LinkState::Resuming {
+            self.shared.drop_while_resuming();
+            return Ok(());
+        }
         let datagram = Bytes::from(datagram::encode(destination.to_u16(), payload));
-        self.shared
-            .conn
-            .send_datagram(datagram)
-            .map_err(|e| match e {
+        let conn = link.conn;
+        match conn.send_datagram(datagram) {
+            // Lost a moment ago: the reader is about to resume.
+            Err(SendDatagramError::ConnectionLost(e))
+                if link.state == LinkState::Up && self.shared.may_resume(&e) =>
+            {
+                self.shared.drop_while_resuming();
+                Ok(())
+            }
+            other => other.map_err(|e| match e {
                 SendDatagramError::TooLarge => Error::PayloadTooLarge {
                     len: payload.len(),
-                    limit: self
-                        .shared
-                        .conn
+                    limit: conn
                         .max_datagram_size()
                         .map_or(0, |max| max.saturating_sub(datagram::HEADER_LEN)),
                 },
@@ -251,26 +303,35 @@ impl Session {
                 SendDatagramError::Disabled => {
                     Error::Config("QUIC datagrams are disabled locally".into())
                 }
-                SendDatagramError::ConnectionLost(e) => Error::Disconnected(self.shared.reason(&e)),
-            })
+                SendDatagramError::ConnectionLost(e) => {
+                    Error::Disconnected(self.shared.ended_reason(&e))
+                }
+            }),
+        }
     }
 
     /// Receives the next datagram: the sender's peer id (stamped by the relay, so it cannot be
     /// spoofed) and the payload. Datagrams too short to carry a header are skipped and counted
     /// ([`Session::malformed_datagrams`]).
     ///
-    /// Cancel-safe: dropping the future loses no datagram.
+    /// Cancel-safe: dropping the future loses no datagram. While the session resumes after
+    /// losing its relay this waits, and goes on with the new relay's datagrams.
     ///
     /// # Errors
-    /// [`Error::Disconnected`] once the connection has ended.
+    /// [`Error::Disconnected`] once the session has ended.
     pub async fn recv(&self) -> Result<(PeerId, Bytes), Error> {
         loop {
-            let datagram = self
-                .shared
-                .conn
-                .read_datagram()
-                .await
-                .map_err(|e| Error::Disconnected(self.shared.reason(&e)))?;
+            let link = self.shared.link();
+            let datagram = match link.conn.read_datagram().await {
+                Ok(datagram) => datagram,
+                Err(e) if self.shared.may_resume(&e) => {
+                    if self.shared.await_new_link(link.generation).await {
+                        continue;
+                    }
+                    return Err(Error::Disconnected(self.shared.final_reason()));
+                }
+                Err(e) => return Err(Error::Disconnected(self.shared.ended_reason(&e))),
+            };
             match datagram::split(&datagram) {
                 Ok((source, _)) => {
                     return Ok((PeerId(source), datagram.slice(datagram::HEADER_LEN..)));
@@ -421,7 +482,8 @@ impl Session {
     ///
     /// If this client is the host, the relay starts a host migration for the others.
     pub async fn close(&self) {
-        close_normally(&self.shared.conn);
+        self.shared.closing.store(true, Ordering::Relaxed);
+        close_normally(&self.shared.conn());
         if tokio::time::timeout(defaults::CLOSE_WAIT, self.endpoint.wait_idle())
             .await
             .is_err()
@@ -454,7 +516,8 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        close_normally(&self.shared.conn);
+        self.shared.closing.store(true, Ordering::Relaxed);
+        close_normally(&self.shared.conn());
     }
 }
 

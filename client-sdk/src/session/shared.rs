@@ -1,5 +1,6 @@
-//! The state a session shares with its tasks ([`Shared`], behind an `Arc`): the connection,
-//! the member set, the [`Role`] (allocation and host, which a host migration changes), the
+//! The state a session shares with its tasks ([`Shared`], behind an `Arc`): the connection
+//! ([`Link`]: which one, and whether the session is up, resuming through another relay or
+//! ended), the member set, the [`Role`] (allocation and host, which a host migration changes), the
 //! requests waiting for their reply ([`Pending`], request ids, [`PendingGuard`],
 //! [`Shared::send_request`], [`Shared::await_reply`]) and how the connection ended
 //! ([`Shared::end`], [`Shared::reason`], [`Shared::abort`]).
@@ -10,14 +11,14 @@
 //! connection ends, [`Uploads`] ([`crate::snapshot`]).
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use baton_protocol::{AllocationId, ClientMessage, CloseCode, JoinCode, PeerId};
 use bytes::Bytes;
 use quinn::{ConnectionError, VarInt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::connect::BIND_REQUEST_ID;
 use super::take_over::TakeOver;
@@ -68,9 +69,41 @@ impl Role {
     }
 }
 
+/// The session's current connection and what the session is doing with it.
+#[derive(Debug, Clone)]
+pub(crate) struct Link {
+    /// The connection to the relay: the first one, or the last one a resume made.
+    pub(crate) conn: quinn::Connection,
+    /// Counts the connections the session had: 0 for the first, one more per resume.
+    pub(crate) generation: u64,
+    /// What the session is doing.
+    pub(crate) state: LinkState,
+}
+
+/// Where a session is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LinkState {
+    /// Bound to its allocation through [`Link::conn`] (which may have just ended, before the
+    /// reader noticed).
+    Up,
+    /// [`Link::conn`] ended unexpectedly; the reader is looking for another relay.
+    Resuming,
+    /// The session has ended for good.
+    Ended,
+}
+
 /// State shared by a session and its tasks.
 pub(crate) struct Shared {
-    pub(crate) conn: quinn::Connection,
+    /// The connection, replaced when the session resumes; watched by the tasks that wait for
+    /// a resume to finish ([`Shared::await_new_link`]).
+    link: watch::Sender<Link>,
+    /// Whether the session resumes through other relays when its connection is lost
+    /// unexpectedly (fallback relays are configured).
+    pub(super) resumes: bool,
+    /// Set by [`Session::close`](super::Session::close): a resume in progress stops.
+    pub(super) closing: AtomicBool,
+    /// Datagrams dropped because they were sent while the session was resuming.
+    pub(super) dropped_while_resuming: AtomicU64,
     pub(super) local_peer: PeerId,
     pub(super) pending: Mutex<Pending>,
     pub(super) members: Mutex<BTreeSet<PeerId>>,
@@ -110,9 +143,17 @@ impl Shared {
         local_peer: PeerId,
         role: Role,
         members: BTreeSet<PeerId>,
+        resumes: bool,
     ) -> Self {
         Shared {
-            conn,
+            link: watch::Sender::new(Link {
+                conn,
+                generation: 0,
+                state: LinkState::Up,
+            }),
+            resumes,
+            closing: AtomicBool::new(false),
+            dropped_while_resuming: AtomicU64::new(0),
             local_peer,
             pending: Mutex::new(Pending {
                 ended: None,
@@ -127,6 +168,55 @@ impl Shared {
             dropped_events: AtomicU64::new(0),
             code_revoked: AtomicBool::new(false),
         }
+    }
+
+    /// The current connection.
+    pub(crate) fn conn(&self) -> quinn::Connection {
+        self.link.borrow().conn.clone()
+    }
+
+    /// The current connection, its generation and state.
+    pub(crate) fn link(&self) -> Link {
+        self.link.borrow().clone()
+    }
+
+    /// Marks the session as resuming (its connection was lost unexpectedly).
+    pub(super) fn set_resuming(&self) {
+        self.link
+            .send_modify(|link| link.state = LinkState::Resuming);
+    }
+
+    /// Installs `conn`, the connection a resume made, and marks the session up again.
+    pub(super) fn install(&self, conn: quinn::Connection) {
+        self.link.send_modify(|link| {
+            link.conn = conn;
+            link.generation += 1;
+            link.state = LinkState::Up;
+        });
+    }
+
+    /// Whether a connection that ended with `err` is resumed rather than ending the session:
+    /// fallback relays are configured, the application did not close the session, and the
+    /// end was not deliberate ([`resumable`]).
+    pub(crate) fn may_resume(&self, err: &ConnectionError) -> bool {
+        self.resumes && !self.closing.load(Ordering::Relaxed) && resumable(err)
+    }
+
+    /// Waits until the session has a connection newer than `generation` (true) or has ended
+    /// (false). Cancel-safe.
+    pub(crate) async fn await_new_link(&self, generation: u64) -> bool {
+        let mut rx = self.link.subscribe();
+        let newer = rx
+            .wait_for(|l| l.generation != generation || l.state == LinkState::Ended)
+            .await
+            .map(|link| link.state != LinkState::Ended);
+        // An error cannot happen: `self` holds the sender.
+        newer.unwrap_or(false)
+    }
+
+    /// Counts a datagram dropped while resuming.
+    pub(crate) fn drop_while_resuming(&self) {
+        self.dropped_while_resuming.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Whether this client holds the host role.
@@ -144,12 +234,25 @@ impl Shared {
         disconnect_reason(err)
     }
 
+    /// Why the session ended, for a call that found its connection ended with `err`: the
+    /// session's final reason once recorded, closed locally if the application closed it
+    /// while it was resuming, otherwise what `err` means.
+    pub(crate) fn ended_reason(&self, err: &ConnectionError) -> DisconnectReason {
+        if let Some(reason) = lock(&self.pending).ended.clone() {
+            return reason;
+        }
+        if self.link.borrow().state == LinkState::Resuming && self.closing.load(Ordering::Relaxed) {
+            return DisconnectReason::ClosedLocally;
+        }
+        self.reason(err)
+    }
+
     /// The reason the connection ended, as best known.
     pub(crate) fn final_reason(&self) -> DisconnectReason {
         if let Some(reason) = lock(&self.pending).ended.clone() {
             return reason;
         }
-        match self.conn.close_reason() {
+        match self.conn().close_reason() {
             Some(e) => self.reason(&e),
             None => DisconnectReason::ConnectionLost("the control stream stopped".into()),
         }
@@ -159,14 +262,15 @@ impl Shared {
     pub(crate) fn abort(&self, detail: String) -> DisconnectReason {
         tracing::warn!(%detail, "relay broke the protocol; closing the connection");
         *lock(&self.local_close) = Some(DisconnectReason::InvalidRelayMessage(detail.clone()));
-        close(&self.conn, CloseCode::ProtocolViolation);
-        match self.conn.close_reason() {
+        let conn = self.conn();
+        close(&conn, CloseCode::ProtocolViolation);
+        match conn.close_reason() {
             Some(e) => self.reason(&e),
             None => DisconnectReason::InvalidRelayMessage(detail),
         }
     }
 
-    /// Records the end of the connection and fails every pending request.
+    /// Records the end of the session and fails every pending request.
     pub(super) fn end(&self, reason: DisconnectReason) {
         let (reason, waiting) = {
             let mut pending = lock(&self.pending);
@@ -176,11 +280,21 @@ impl Shared {
         for tx in waiting.into_values() {
             let _ = tx.send(Err(Error::Disconnected(reason.clone())));
         }
-        let take_over = lock(&self.role).take_over.take();
+        self.fail_take_over(&reason);
+        self.uploads.end(&reason);
+        self.link.send_modify(|link| link.state = LinkState::Ended);
+    }
+
+    /// Fails the take-over in flight, if any: the connection it was sent on ended.
+    pub(super) fn fail_take_over(&self, reason: &DisconnectReason) {
+        let take_over = {
+            let mut role = lock(&self.role);
+            role.awaiting_snapshot = None;
+            role.take_over.take()
+        };
         for tx in take_over.into_iter().flat_map(|t| t.waiters) {
             let _ = tx.send(Err(Error::Disconnected(reason.clone())));
         }
-        self.uploads.end(&reason);
     }
 
     /// A request id not in use (nor the bind request's), or [`Error::Disconnected`] once the
@@ -242,6 +356,26 @@ impl Shared {
             }
             None => tracing::debug!(request_id = id, "reply to a request nobody waits for"),
         }
+    }
+}
+
+/// Whether a connection that ended with `err` ended by accident, so that a session with
+/// fallback relays resumes: the relay went silent (idle timeout), reset or aborted the
+/// connection, or closed it because it is shutting down. Every other close is deliberate
+/// (this side closed, kicked, allocation closed, host lost, unsupported version, ...) or a
+/// local failure, and ends the session.
+pub(crate) fn resumable(err: &ConnectionError) -> bool {
+    match err {
+        ConnectionError::TimedOut
+        | ConnectionError::Reset
+        | ConnectionError::ConnectionClosed(_) => true,
+        ConnectionError::ApplicationClosed(close) => {
+            CloseCode::from_u64(close.error_code.into_inner()) == CloseCode::RelayShuttingDown
+        }
+        ConnectionError::LocallyClosed
+        | ConnectionError::TransportError(_)
+        | ConnectionError::VersionMismatch
+        | ConnectionError::CidsExhausted => false,
     }
 }
 

@@ -1,0 +1,319 @@
+//! Resuming a session whose relay was lost, through another relay of its fleet
+//! ([`ClientConfig::fallback_relays`]).
+//!
+//! When the connection ends unexpectedly ([`Shared::may_resume`]), the reader calls
+//! [`Resume::run`] instead of ending the session: the session is marked resuming (datagrams
+//! sent meanwhile are dropped and counted), the take-over and snapshot uploads in flight on the
+//! lost relay are failed (nothing will answer them), and the session sends `Rejoin` with its
+//! own reconnect token to each candidate relay in turn ([`Resume::candidates`]), following one
+//! redirect per attempt, retrying the list with a backoff ([`defaults::RESUME_BACKOFF_MIN`] to
+//! [`defaults::RESUME_BACKOFF_MAX`]) until the resume window runs out. A refusal that no other
+//! relay would answer differently (wrong token or credential, allocation closed, unsupported
+//! version) stops at once, and so does a round in which every relay says the allocation does
+//! not exist; `migrating` is retried at the same relay after its delay.
+//!
+//! On success the new connection replaces the old one in [`Shared`] (the application's calls,
+//! the snapshot tasks and the datagram receivers move to it), the writer gets the new control
+//! stream, the role and member set become what the relay granted, [`Event::Resumed`] is queued
+//! and the reader reads on from the new control stream.
+//!
+//! Runs on the session's reader task. Calls `connect.rs` (one rejoin attempt), `shared.rs`
+//! and [`Shared::dispatch`] for the messages that came before the rejoin's reply.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+
+use baton_protocol::{ClientMessage, ServerMessage};
+use quinn::{RecvStream, SendStream};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::close_normally;
+use super::connect::{rebind, BIND_REQUEST_ID};
+use super::dispatch::ReaderIo;
+use super::shared::{lock, Shared};
+use crate::error::refusal;
+use crate::{defaults, ClientConfig, DisconnectReason, Error, Event};
+
+/// What a session needs to resume: built when fallback relays are configured.
+pub(crate) struct Resume {
+    /// The configuration the session was created with: trust, server name, timings, the
+    /// credential, the relay and the fallback relays.
+    config: ClientConfig,
+    /// The session's endpoint (its local socket), reused for every attempt.
+    endpoint: quinn::Endpoint,
+    /// Hands the writer the control stream of each new connection.
+    streams: mpsc::Sender<SendStream>,
+}
+
+/// What a successful rejoin brought.
+struct Rebound {
+    conn: quinn::Connection,
+    send: SendStream,
+    recv: RecvStream,
+    reply: ServerMessage,
+    early: Vec<ServerMessage>,
+}
+
+impl Resume {
+    /// The resume plan of a session connected with `config`, or `None` if it does not resume
+    /// (no fallback relays, or a zero window).
+    pub(super) fn new(
+        config: &ClientConfig,
+        endpoint: &quinn::Endpoint,
+        streams: mpsc::Sender<SendStream>,
+    ) -> Option<Self> {
+        if config.fallback_relays.is_empty() || config.effective_resume_window().is_zero() {
+            return None;
+        }
+        Some(Resume {
+            config: config.clone(),
+            endpoint: endpoint.clone(),
+            streams,
+        })
+    }
+
+    /// The relays to try after losing `lost`, in order: the relay the session was created
+    /// with (unless it is the one lost), then the fallback relays, each once.
+    fn candidates(&self, lost: SocketAddr) -> Vec<SocketAddr> {
+        let mut list = Vec::new();
+        for relay in std::iter::once(self.config.relay).chain(self.config.fallback_relays.clone()) {
+            if relay != lost && !list.contains(&relay) {
+                list.push(relay);
+            }
+        }
+        list
+    }
+
+    /// Resumes the session, whose connection ended with `reason`, within the resume window:
+    /// the new connection's control stream, or `None` if the session ends.
+    pub(super) async fn run(
+        &self,
+        shared: &Shared,
+        reason: &DisconnectReason,
+        io: &mut ReaderIo,
+    ) -> Option<RecvStream> {
+        let lost = shared.conn().remote_address();
+        let window = self.config.effective_resume_window();
+        shared.set_resuming();
+        tracing::warn!(%lost, %reason, ?window, "relay lost; resuming through another relay");
+        // The lost relay will answer none of these; replies on the next connection are not
+        // theirs.
+        shared.fail_take_over(reason);
+        shared.uploads.interrupt(reason);
+
+        let started = Instant::now();
+        let rebound = match tokio::time::timeout(window, self.attempts(shared, lost)).await {
+            Ok(Some(rebound)) => rebound,
+            Ok(None) => return None,
+            Err(_) => {
+                tracing::warn!(?window, "no relay took the session back within the window");
+                return None;
+            }
+        };
+        let relay = rebound.conn.remote_address();
+        if shared.closing.load(Ordering::Relaxed) {
+            close_normally(&rebound.conn);
+            return None;
+        }
+        let ServerMessage::Joined {
+            allocation,
+            host,
+            reconnect_token,
+            members,
+            ..
+        } = rebound.reply
+        else {
+            // `attempt_at` returns only a `Joined` reply.
+            close_normally(&rebound.conn);
+            return None;
+        };
+        {
+            let mut role = lock(&shared.role);
+            role.allocation = allocation;
+            role.host = Some(host);
+            role.last_host = host;
+            role.reconnect_token = reconnect_token;
+            role.heard_host_lost = false;
+        }
+        {
+            let mut set: BTreeSet<_> = members.into_iter().collect();
+            set.insert(host);
+            set.insert(shared.local_peer);
+            *lock(&shared.members) = set;
+        }
+        shared.install(rebound.conn);
+        // The writer is gone only if the session is being dropped.
+        let _ = self.streams.send(rebound.send).await;
+        tracing::info!(
+            %relay,
+            %allocation,
+            %host,
+            elapsed = ?started.elapsed(),
+            "resumed through another relay"
+        );
+        shared.emit(&io.events, Event::Resumed { relay });
+        for message in rebound.early {
+            shared.dispatch(message, io).await;
+        }
+        Some(rebound.recv)
+    }
+
+    /// Tries the candidate relays in rounds until one takes the session back (`Some`), a
+    /// refusal says none will, every relay of a round says the allocation does not exist, or
+    /// the application closes the session (`None`). Unbounded: the caller bounds it with the
+    /// window.
+    async fn attempts(&self, shared: &Shared, lost: SocketAddr) -> Option<Rebound> {
+        let candidates = self.candidates(lost);
+        let mut backoff = defaults::RESUME_BACKOFF_MIN;
+        loop {
+            // Whether every relay of this round said the allocation does not exist.
+            let mut gone_everywhere = true;
+            let mut i = 0;
+            while let Some(&relay) = candidates.get(i) {
+                if shared.closing.load(Ordering::Relaxed) {
+                    return None;
+                }
+                match self.attempt_at(shared, relay).await {
+                    Ok(rebound) => return Some(rebound),
+                    Err(Error::Migrating { retry_after }) => {
+                        let wait = retry_after
+                            .clamp(defaults::MIGRATION_POLL_MIN, defaults::MIGRATION_POLL_MAX);
+                        tracing::debug!(%relay, ?wait, "allocation migrating; retrying");
+                        tokio::time::sleep(wait).await;
+                        // The same relay again.
+                        continue;
+                    }
+                    Err(e) if is_final(&e) => {
+                        tracing::warn!(%relay, error = %e, "rejoin refused; not resuming");
+                        return None;
+                    }
+                    Err(e) => {
+                        gone_everywhere &= matches!(e, Error::CodeNotFound);
+                        tracing::debug!(%relay, error = %e, "rejoin failed; next relay");
+                    }
+                }
+                i += 1;
+            }
+            if gone_everywhere {
+                // A relay that closed its allocations (a graceful shutdown does) left nothing
+                // to come back to.
+                tracing::warn!("no relay knows the allocation; not resuming");
+                return None;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(defaults::RESUME_BACKOFF_MAX);
+        }
+    }
+
+    /// One rejoin at `relay` (following one redirect): the new connection, or why not.
+    async fn attempt_at(&self, shared: &Shared, relay: SocketAddr) -> Result<Rebound, Error> {
+        let bind = {
+            let role = lock(&shared.role);
+            ClientMessage::Rejoin {
+                request_id: BIND_REQUEST_ID,
+                allocation: role.allocation,
+                peer: shared.local_peer,
+                reconnect_token: role.reconnect_token,
+                credential: self.config.credential.clone(),
+            }
+        };
+        let mut config = self.config.clone();
+        config.relay = relay;
+        let (conn, (send, recv, reply, early)) = rebind(&config, &self.endpoint, &bind).await?;
+        match reply {
+            ServerMessage::Joined { peer, .. } if peer == shared.local_peer => Ok(Rebound {
+                conn,
+                send,
+                recv,
+                reply,
+                early,
+            }),
+            ServerMessage::Refused { code, value, .. } => {
+                close_normally(&conn);
+                Err(refusal(code, value))
+            }
+            other => {
+                close_normally(&conn);
+                Err(Error::Protocol(format!(
+                    "relay answered a rejoin with message type 0x{:02x}",
+                    other.type_byte()
+                )))
+            }
+        }
+    }
+}
+
+/// Whether a rejoin refused with `err` would be refused by every relay of the fleet alike, so
+/// that resuming stops at once.
+fn is_final(err: &Error) -> bool {
+    matches!(
+        err,
+        Error::Unauthorized
+            | Error::CredentialRefused(_)
+            | Error::AllocationClosed
+            | Error::ProtocolVersionMismatch
+            | Error::Config(_)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Trust;
+
+    #[tokio::test]
+    async fn candidates_skip_the_lost_relay_and_repeats() {
+        let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        let config = ClientConfig::new(addr(1), Trust::WebPki).fallback_relays(vec![
+            addr(2),
+            addr(1),
+            addr(3),
+            addr(2),
+        ]);
+        let endpoint = quinn::Endpoint::client(config.local_addr()).unwrap();
+        let (tx, _rx) = mpsc::channel(1);
+        let resume = Resume::new(&config, &endpoint, tx).expect("fallbacks configured");
+        // Lost the first relay: the others, in order.
+        assert_eq!(resume.candidates(addr(1)), vec![addr(2), addr(3)]);
+        // Lost a relay the session moved to: the first relay comes first.
+        assert_eq!(resume.candidates(addr(2)), vec![addr(1), addr(3)]);
+        assert_eq!(resume.candidates(addr(9)), vec![addr(1), addr(2), addr(3)]);
+
+        let (tx, _rx) = mpsc::channel(1);
+        let off = ClientConfig::new(addr(1), Trust::WebPki);
+        assert!(Resume::new(&off, &endpoint, tx.clone()).is_none());
+        let zero = config.clone().resume_window(std::time::Duration::ZERO);
+        assert!(Resume::new(&zero, &endpoint, tx).is_none());
+    }
+
+    #[test]
+    fn only_accidental_ends_are_resumed() {
+        use baton_protocol::{CloseCode, LeaveReason};
+        use quinn::{ApplicationClose, ConnectionError, VarInt};
+
+        use crate::session::shared::resumable;
+
+        let app_close = |code: CloseCode| {
+            ConnectionError::ApplicationClosed(ApplicationClose {
+                error_code: VarInt::from_u32(code.to_u32()),
+                reason: bytes::Bytes::new(),
+            })
+        };
+        assert!(resumable(&ConnectionError::TimedOut));
+        assert!(resumable(&ConnectionError::Reset));
+        assert!(resumable(&app_close(CloseCode::RelayShuttingDown)));
+        assert!(!resumable(&ConnectionError::LocallyClosed));
+        for deliberate in [
+            CloseCode::Normal,
+            CloseCode::Kicked,
+            CloseCode::AllocationClosed,
+            CloseCode::UnsupportedVersion,
+            CloseCode::ProtocolViolation,
+            CloseCode::HostLost(LeaveReason::TimedOut),
+        ] {
+            assert!(!resumable(&app_close(deliberate)), "{deliberate:?}");
+        }
+    }
+}
