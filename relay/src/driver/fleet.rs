@@ -31,7 +31,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::config::FleetConfig;
-use crate::control::{AllocationRecord, Event, Input, Locate, Location, POOL_MAX_AGE, POOL_TARGET};
+use crate::control::{
+    AllocationRecord, CloseReason, Event, Input, Locate, Location, POOL_MAX_AGE, POOL_TARGET,
+};
 use crate::directory::{DirectoryError, NodeId, NodeInfo, NodeState, RedisDirectory};
 use crate::metrics::Metrics;
 use crate::{defaults, RelayConfig};
@@ -271,6 +273,12 @@ impl FleetLink {
                 from: *from,
                 to: *to,
             },
+            // A node stopping without a drain leaves its allocations' records in place: their
+            // members rejoin through other nodes, and the first one reached takes each over.
+            Event::AllocationClosed {
+                reason: CloseReason::Shutdown,
+                ..
+            } => return,
             Event::AllocationClosed { allocation, .. } => Record::Closed {
                 allocation: *allocation,
             },
