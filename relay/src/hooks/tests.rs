@@ -252,6 +252,13 @@ fn events_have_the_documented_json_shape() {
             json!({ "from": "0000000000000001", "to": "8f3a51c2d07e9b14", "host": 4 }),
         ),
         (
+            LobbyEventKind::AllocationRelocated {
+                from_node: "relay-1".into(),
+                to_node: "relay-2".into(),
+            },
+            json!({ "from_node": "relay-1", "to_node": "relay-2" }),
+        ),
+        (
             LobbyEventKind::allocation_closed("host_lost"),
             json!({ "reason": "host_lost" }),
         ),
