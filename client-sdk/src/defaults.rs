@@ -106,3 +106,10 @@ pub const RESUME_BACKOFF_MIN: Duration = Duration::from_millis(100);
 
 /// Longest wait between two rounds of resume attempts.
 pub const RESUME_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// How long a session moving to another node on `Relocate` (its relay is draining) tries to
+/// rejoin there, `migrating` retries included, before it gives up and stays on the old relay.
+///
+/// The old connection carries the game meanwhile, so this only bounds the attempt: the default
+/// connect timeout and bind timeout of one connection (5 s + 10 s) fit in it.
+pub const RELOCATE_TIMEOUT: Duration = Duration::from_secs(20);

@@ -15,9 +15,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use baton_protocol::{AllocationId, ClientMessage, CloseCode, JoinCode, PeerId};
+use baton_protocol::{AllocationId, ClientMessage, CloseCode, JoinCode, PeerId, ServerMessage};
 use bytes::Bytes;
-use quinn::{ConnectionError, VarInt};
+use quinn::{ConnectionError, RecvStream, VarInt};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::connect::BIND_REQUEST_ID;
@@ -92,6 +92,18 @@ pub(crate) enum LinkState {
     Ended,
 }
 
+/// Where the session is in moving to another node on `Relocate` (`resume.rs`).
+#[derive(Debug)]
+pub(super) enum Relocation {
+    /// Not moving.
+    Idle,
+    /// Rejoining at the new node while the connection of this generation carries the game.
+    Moving(u64),
+    /// Moved: the new connection is installed; the reader reads its control stream (and the
+    /// messages that came before the rejoin's reply) once the old one has ended.
+    Moved(RecvStream, Vec<ServerMessage>),
+}
+
 /// State shared by a session and its tasks.
 pub(crate) struct Shared {
     /// The connection, replaced when the session resumes; watched by the tasks that wait for
@@ -114,6 +126,8 @@ pub(crate) struct Shared {
     pub(super) malformed_datagrams: AtomicU64,
     pub(super) dropped_events: AtomicU64,
     pub(super) code_revoked: AtomicBool,
+    /// Moving to another node on `Relocate`.
+    pub(super) relocation: Mutex<Relocation>,
 }
 
 /// Requests waiting for their reply.
@@ -167,6 +181,7 @@ impl Shared {
             malformed_datagrams: AtomicU64::new(0),
             dropped_events: AtomicU64::new(0),
             code_revoked: AtomicBool::new(false),
+            relocation: Mutex::new(Relocation::Idle),
         }
     }
 
@@ -212,6 +227,16 @@ impl Shared {
             .map(|link| link.state != LinkState::Ended);
         // An error cannot happen: `self` holds the sender.
         newer.unwrap_or(false)
+    }
+
+    /// For the reader, whose control stream just ended: the new connection's control stream
+    /// and early messages if the session moved to another node, else `None`, and a move still
+    /// under way is called off (the connection it started from is gone).
+    pub(super) fn take_moved(&self) -> Option<(RecvStream, Vec<ServerMessage>)> {
+        match std::mem::replace(&mut *lock(&self.relocation), Relocation::Idle) {
+            Relocation::Moved(recv, early) => Some((recv, early)),
+            Relocation::Idle | Relocation::Moving(_) => None,
+        }
     }
 
     /// Counts a datagram dropped while resuming.
