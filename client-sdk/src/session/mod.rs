@@ -50,8 +50,9 @@
 //! timeouts, one redirect followed, `migrating` retried; at most
 //! [`defaults::RELOCATE_TIMEOUT`]). Once the new node answers `Joined`, the new connection
 //! replaces the old one as after a resume (same peer id and role: a host stays host; datagrams
-//! are sent on the new connection from then on), [`Event::Relocated`] is queued and the old
-//! connection is closed normally. A request the old relay had not answered by then times out.
+//! are sent on the new connection from then on) and [`Event::Relocated`] is queued; the old
+//! connection goes on delivering datagrams for [`defaults::RELOCATE_LINGER`] (members that
+//! have not moved yet send through the old node), then is closed normally. A request the old relay had not answered by then times out.
 //! If the new node cannot be reached the session stays on the old relay, which closes it with
 //! `relay_shutting_down` when its drain ends: the session then resumes through its fallback
 //! relays, or ends, as above. A second `Relocate` during a move is ignored.
@@ -351,7 +352,22 @@ impl Session {
     pub async fn recv(&self) -> Result<(PeerId, Bytes), Error> {
         loop {
             let link = self.shared.link();
-            let datagram = match link.conn.read_datagram().await {
+            let read = match &link.lingering {
+                None => link.conn.read_datagram().await,
+                // Just moved to another node: members that have not moved yet still send
+                // through the old one.
+                Some(old) => tokio::select! {
+                    read = link.conn.read_datagram() => read,
+                    read = old.read_datagram() => match read {
+                        Ok(datagram) => Ok(datagram),
+                        Err(_) => {
+                            self.shared.end_linger(old);
+                            continue;
+                        }
+                    },
+                },
+            };
+            let datagram = match read {
                 Ok(datagram) => datagram,
                 // The session moved to another node and closed this connection.
                 Err(_) if self.shared.link().generation != link.generation => continue,

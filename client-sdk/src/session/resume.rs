@@ -24,9 +24,11 @@
 //! timeouts; one redirect followed, `migrating` retried) within
 //! [`defaults::RELOCATE_TIMEOUT`], while the reader goes on reading the old control stream
 //! and datagrams go on flowing on the old connection. On `Joined` the same [`Resume::swap`]
-//! installs the new connection (sends go there from then on), [`Event::Relocated`] is queued
-//! and the old connection is closed normally; the reader, whose old stream ends with it, reads
-//! on from the new one ([`Shared::take_moved`]). A failed move leaves the session on the old
+//! installs the new connection (sends go there from then on) and [`Event::Relocated`] is
+//! queued; the old connection still delivers datagrams for [`defaults::RELOCATE_LINGER`]
+//! (members that have not moved yet send through the old node) and is then closed normally;
+//! the reader, whose old stream ends with it, reads on from the new one
+//! ([`Shared::take_moved`]). A failed move leaves the session on the old
 //! relay; a `Relocate` while one is under way is ignored; a move still under way when the old
 //! connection ends is called off (the reader resumes or ends the session as usual). Requests
 //! sent on the old connection and not answered before the swap time out; snapshot uploads in
@@ -292,8 +294,6 @@ impl Resume {
         };
         // Replies to uploads sent on the old connection will not come on the new one.
         shared.uploads.interrupt(&DisconnectReason::ClosedLocally);
-        // The reader's old control stream ends with it; it then reads the new one.
-        close_normally(&old);
         tracing::info!(
             %relay,
             %allocation,
@@ -301,6 +301,15 @@ impl Resume {
             elapsed = ?started.elapsed(),
             "moved to another node"
         );
+        // Members that have not moved yet still send through the old node for a moment.
+        shared.linger(old.clone());
+        tokio::select! {
+            () = tokio::time::sleep(defaults::RELOCATE_LINGER) => {}
+            _ = old.closed() => {}
+        }
+        shared.end_linger(&old);
+        // The reader's old control stream ends with it; it then reads the new one.
+        close_normally(&old);
     }
 
     /// Tries the candidate relays in rounds until one takes the session back (`Some`), a

@@ -72,9 +72,15 @@ impl Role {
 /// The session's current connection and what the session is doing with it.
 #[derive(Debug, Clone)]
 pub(crate) struct Link {
-    /// The connection to the relay: the first one, or the last one a resume made.
+    /// The connection to the relay: the first one, or the last one a resume or a move made.
     pub(crate) conn: quinn::Connection,
-    /// Counts the connections the session had: 0 for the first, one more per resume.
+    /// Just after a move to another node, the previous connection, which still delivers the
+    /// datagrams of members that have not moved yet ([`defaults::RELOCATE_LINGER`]); nothing
+    /// is sent on it.
+    ///
+    /// [`defaults::RELOCATE_LINGER`]: crate::defaults::RELOCATE_LINGER
+    pub(crate) lingering: Option<quinn::Connection>,
+    /// Counts the connections the session had: 0 for the first, one more per resume or move.
     pub(crate) generation: u64,
     /// What the session is doing.
     pub(crate) state: LinkState,
@@ -162,6 +168,7 @@ impl Shared {
         Shared {
             link: watch::Sender::new(Link {
                 conn,
+                lingering: None,
                 generation: 0,
                 state: LinkState::Up,
             }),
@@ -205,8 +212,28 @@ impl Shared {
     pub(super) fn install(&self, conn: quinn::Connection) {
         self.link.send_modify(|link| {
             link.conn = conn;
+            link.lingering = None;
             link.generation += 1;
             link.state = LinkState::Up;
+        });
+    }
+
+    /// Keeps delivering the datagrams `old`, the connection a move replaced, still brings.
+    pub(super) fn linger(&self, old: quinn::Connection) {
+        self.link.send_modify(|link| link.lingering = Some(old));
+    }
+
+    /// Stops reading datagrams from `old`, the lingering connection (if it still is).
+    pub(crate) fn end_linger(&self, old: &quinn::Connection) {
+        self.link.send_if_modified(|link| {
+            let ends = link
+                .lingering
+                .as_ref()
+                .is_some_and(|l| l.stable_id() == old.stable_id());
+            if ends {
+                link.lingering = None;
+            }
+            ends
         });
     }
 
