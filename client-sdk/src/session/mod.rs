@@ -198,7 +198,8 @@ impl Session {
         self.max_payload
     }
 
-    /// The relay's address: after [`Event::Resumed`], the relay the session resumed through.
+    /// The relay's address: after [`Event::Resumed`], the relay the session resumed through;
+    /// after [`Event::Relocated`], the node it moved to.
     pub fn relay_addr(&self) -> SocketAddr {
         self.shared.conn().remote_address()
     }

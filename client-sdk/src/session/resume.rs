@@ -52,7 +52,7 @@ use tracing::Instrument;
 use super::close_normally;
 use super::connect::{rebind, retry_while_migrating, BIND_REQUEST_ID};
 use super::dispatch::ReaderIo;
-use super::shared::{lock, LinkState, Relocation, Shared};
+use super::shared::{lock, Link, LinkState, Relocation, Shared};
 use crate::error::refusal;
 use crate::{defaults, ClientConfig, DisconnectReason, Error, Event};
 
@@ -224,25 +224,25 @@ impl Resume {
         let shared = Arc::clone(shared);
         tokio::spawn(
             async move {
-                this.relocate(&shared, link.generation, address, server_name, &events)
+                this.relocate(&shared, link, address, server_name, &events)
                     .await;
             }
             .in_current_span(),
         );
     }
 
-    /// Moves the session, whose connection of `generation` carries the game meanwhile, to the
-    /// node at `address`, or leaves it where it is if that fails within
-    /// [`defaults::RELOCATE_TIMEOUT`].
+    /// Moves the session, whose connection `from` carries the game meanwhile, to the node at
+    /// `address`, or leaves it where it is if that fails within [`defaults::RELOCATE_TIMEOUT`].
     async fn relocate(
         &self,
         shared: &Shared,
-        generation: u64,
+        from: Link,
         address: SocketAddr,
         server_name: String,
         events: &mpsc::Sender<Event>,
     ) {
-        let old = shared.conn();
+        let (old, generation) = (from.conn, from.generation);
+        let was_host = shared.is_host();
         let started = Instant::now();
         let window = defaults::RELOCATE_TIMEOUT;
         let attempt = retry_while_migrating(window, || {
@@ -292,6 +292,11 @@ impl Resume {
             close_normally(&conn);
             return;
         };
+        if was_host && host != shared.local_peer {
+            // A host rejoins as host (SPEC section 14.3); should a relay decide otherwise, the
+            // session follows the relay.
+            tracing::warn!(%host, "this host rejoined the new node as a peer");
+        }
         // Replies to uploads sent on the old connection will not come on the new one.
         shared.uploads.interrupt(&DisconnectReason::ClosedLocally);
         tracing::info!(
