@@ -388,11 +388,11 @@ impl Resume {
             config = config.server_name(name);
             // The name decoded as a DNS name or IP literal.
             config.validate()?;
-        }
-        if self.endpoint.local_addr()?.is_ipv4() != relay.is_ipv4() {
-            return Err(Error::Config(format!(
-                "{relay} is of another address family than this session"
-            )));
+            if self.endpoint.local_addr()?.is_ipv4() != relay.is_ipv4() {
+                return Err(Error::Config(format!(
+                    "{relay} is of another address family than this session"
+                )));
+            }
         }
         let (conn, (send, recv, reply, early)) = rebind(&config, &self.endpoint, &bind).await?;
         match reply {
