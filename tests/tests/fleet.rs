@@ -960,21 +960,27 @@ async fn a_draining_node_moves_its_games_to_other_nodes_while_they_play() {
 }
 
 #[tokio::test]
-async fn a_member_that_cannot_reach_the_new_node_stays_until_the_old_one_stops() {
+async fn a_member_that_cannot_reach_the_new_node_stays_until_the_old_one_stops_then_resumes_or_ends(
+) {
     let redis = RedisServer::start().expect("redis-server starts (install redis-server)");
     let certs = tempfile::tempdir().expect("temp dir");
     let mut a = TestRelay::start_fleet_node("a", &redis.url(), certs.path(), |_| {}).await;
     // Node b advertises an address where nothing answers: a socket that reads nothing.
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
     let nowhere = silent.local_addr().expect("addr");
-    let _b = TestRelay::start_fleet_node("b", &redis.url(), certs.path(), |config| {
+    let b = TestRelay::start_fleet_node("b", &redis.url(), certs.path(), |config| {
         if let Some(fleet) = config.fleet.as_mut() {
             fleet.public_addr = nowhere;
         }
     })
     .await;
+    // The host knows node b's real address as a fallback relay; the peer knows no other node.
     let config = a.client().connect_timeout(Duration::from_millis(500));
-    let host = Host::create(&config, AllocationOptions::default())
+    let with_fallback = config
+        .clone()
+        .fallback_relays(vec![b.addr()])
+        .resume_window(WAIT);
+    let host = Host::create(&with_fallback, AllocationOptions::default())
         .await
         .expect("create");
     let peer = Peer::join(&config, host.join_code()).await.expect("join");
@@ -1012,19 +1018,40 @@ async fn a_member_that_cannot_reach_the_new_node_stays_until_the_old_one_stops()
     }
     assert_eq!(host.relay_addr(), a.addr());
     assert_eq!(peer.relay_addr(), a.addr());
+    // Both did try the address they were sent to: QUIC handshakes from two sockets.
+    silent.set_nonblocking(true).expect("nonblocking");
+    let mut buf = [0u8; 2048];
+    let mut tried = HashSet::new();
+    while let Ok((_, from)) = silent.recv_from(&mut buf) {
+        tried.insert(from);
+    }
+    assert_eq!(tried.len(), 2, "handshakes from {tried:?}");
 
-    // The drain ends: a stops, and sessions without fallback relays end as before.
+    // The drain ends: a stops. The host resumes through its fallback relay on node b, which
+    // holds the allocation now; the peer, without fallback relays, ends as before.
+    let allocation = host.allocation();
     a.shutdown().await;
-    for session in [&*host, &*peer] {
-        match event_matching(session, WAIT, |e| {
-            matches!(e, Event::Relocated { .. } | Event::Disconnected { .. })
-        })
-        .await
-        {
-            Event::Disconnected { reason } => {
-                assert_eq!(reason, DisconnectReason::RelayShuttingDown);
-            }
-            other => panic!("{other}"),
+    match event_matching(&host, WAIT, |e| {
+        matches!(
+            e,
+            Event::Relocated { .. } | Event::Resumed { .. } | Event::Disconnected { .. }
+        )
+    })
+    .await
+    {
+        Event::Resumed { relay } => assert_eq!(relay, b.addr()),
+        other => panic!("the host did not resume: {other}"),
+    }
+    assert!(host.is_host());
+    assert_eq!(host.allocation(), allocation);
+    match event_matching(&peer, WAIT, |e| {
+        matches!(e, Event::Relocated { .. } | Event::Disconnected { .. })
+    })
+    .await
+    {
+        Event::Disconnected { reason } => {
+            assert_eq!(reason, DisconnectReason::RelayShuttingDown);
         }
+        other => panic!("{other}"),
     }
 }
