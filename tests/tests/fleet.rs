@@ -5,6 +5,9 @@
 //! that does; codes are unique fleet-wide and recorded in the directory; a code no node holds
 //! is not found; while the directory is down new allocations are refused
 //! `directory_unavailable` and existing ones keep forwarding; when it is back, so is everything.
+//! A node drained under live games moves every one of them to the other nodes while they play
+//! (`Event::Relocated`; the drain time and the datagrams lost per member are printed); a member
+//! that cannot reach its new node plays on through the old one until it stops.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
