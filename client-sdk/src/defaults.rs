@@ -106,3 +106,19 @@ pub const RESUME_BACKOFF_MIN: Duration = Duration::from_millis(100);
 
 /// Longest wait between two rounds of resume attempts.
 pub const RESUME_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// How long a session moving to another node on `Relocate` (its relay is draining) tries to
+/// rejoin there, `migrating` retries included, before it gives up and stays on the old relay.
+///
+/// The old connection carries the game meanwhile, so this only bounds the attempt: the default
+/// connect timeout and bind timeout of one connection (5 s + 10 s) fit in it.
+pub const RELOCATE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long, after a move to another node (`Relocate`), the session still takes datagrams
+/// from its old connection before closing it.
+///
+/// The members of a game move one after the other, each when its rejoin completes; until the
+/// others have moved too, what they send still comes through the old node. Most moves of a
+/// game complete within a few ticks of each other; 200 ms (12 ticks at 60 Hz) covers a slow
+/// one while delaying the old node's drain only that much.
+pub const RELOCATE_LINGER: Duration = Duration::from_millis(200);

@@ -106,6 +106,17 @@ pub enum Event {
         /// The relay the session is connected to now.
         relay: SocketAddr,
     },
+    /// The session's relay is draining (being scaled in or upgraded) and moved the allocation
+    /// to another node of its fleet; the session rejoined there while its old connection kept
+    /// carrying the game (make-before-break) and now sends and receives through `relay`, under
+    /// the same peer id and role. Informational, never an error: the session goes on. If the
+    /// new node cannot be reached the session stays on the old relay and no event is queued;
+    /// when the old relay finally shuts down the session resumes like after losing its relay
+    /// ([`Event::Resumed`], with fallback relays) or ends.
+    Relocated {
+        /// The relay the session is connected to now.
+        relay: SocketAddr,
+    },
     /// The connection to the relay ended. Always the last event.
     Disconnected {
         /// Why.
@@ -155,6 +166,7 @@ impl fmt::Display for Event {
                 write!(f, "snapshot rejected ({code}, value {value})")
             }
             Event::Resumed { relay } => write!(f, "resumed through relay {relay}"),
+            Event::Relocated { relay } => write!(f, "relocated to relay {relay}"),
             Event::Disconnected { reason } => write!(f, "disconnected: {reason}"),
         }
     }

@@ -17,7 +17,9 @@
 //! the relay that does; the SDK follows one such redirect by itself, with the same trust and
 //! settings ([`Error::RedirectLoop`] for more). When the relay a session is on is lost, a
 //! session configured with [`ClientConfig::fallback_relays`] resumes through another relay of
-//! the fleet by itself, under the same peer id and role ([`Event::Resumed`]).
+//! the fleet by itself, under the same peer id and role ([`Event::Resumed`]). When its relay
+//! drains, a session moves to the node its allocation went to by itself, without interrupting
+//! the game ([`Event::Relocated`]).
 //!
 //! The relay is trusted by pinning its certificate's SHA-256 fingerprint
 //! ([`Trust::Fingerprint`], for the relay's self-signed development certificate), by a PEM

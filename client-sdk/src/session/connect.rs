@@ -298,14 +298,14 @@ async fn establish(
         member_set.insert(host);
     }
     member_set.insert(local_peer);
-    let (stream_tx, stream_rx) = mpsc::channel(1);
-    let resume = Resume::new(origin, &endpoint, stream_tx);
+    let (stream_tx, stream_rx) = mpsc::channel(2);
+    let resume = Arc::new(Resume::new(origin, &endpoint, stream_tx));
     let shared = Arc::new(Shared::new(
         conn,
         local_peer,
         role,
         member_set,
-        resume.is_some(),
+        Resume::enabled(origin),
     ));
     let (event_tx, event_rx) = mpsc::channel(defaults::EVENT_QUEUE);
     let (request_tx, request_rx) = mpsc::channel(defaults::REQUEST_QUEUE);

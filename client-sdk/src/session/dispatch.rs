@@ -2,8 +2,10 @@
 //! stream ([`read_message`]) and hands each to [`Shared::dispatch`]: a reply completes the
 //! pending request with its request id ([`reply_id`]), an event updates the member set and goes
 //! into the bounded event queue ([`Shared::emit`]: drop-and-count when full); host-migration
-//! messages go to `take_over.rs`. When the connection ends unexpectedly and the session has
-//! fallback relays, the reader resumes it (`resume.rs`) and reads the new connection on;
+//! messages go to `take_over.rs`; `Relocate` starts a move to another node (`resume.rs`), and
+//! once the move has swapped connections the reader reads the new one on. When the connection
+//! ends unexpectedly and the session has fallback relays, the reader resumes it (`resume.rs`)
+//! and reads the new connection on;
 //! otherwise it records why the session ended, once ([`Shared::end`]). [`run_writer`] writes
 //! queued request frames, on the new connection's control stream after a resume.
 //!
@@ -42,18 +44,29 @@ pub(super) struct ReaderIo {
     pub(super) wait: Duration,
 }
 
-/// Reads the control stream until the session ends. When the connection ends unexpectedly and
-/// the session resumes (`resume`), reads the new connection's control stream on.
+/// Reads the control stream until the session ends. When the session moved to another node
+/// (`Relocate`), or its connection ended unexpectedly and it resumes (`resume`), reads the new
+/// connection's control stream on.
 pub(super) async fn run_reader(
     shared: Arc<Shared>,
     mut recv: RecvStream,
     mut io: ReaderIo,
-    resume: Option<Resume>,
+    resume: Arc<Resume>,
 ) {
     let mut buf = Vec::new();
     let reason = loop {
-        let (reason, err) = read_until_end(&shared, &mut recv, &mut io, &mut buf).await;
-        if let (Some(resume), Some(err)) = (&resume, &err) {
+        let (reason, err) =
+            match read_until_end(&shared, &mut recv, &mut io, &mut buf, &resume).await {
+                StreamEnd::Moved(next, early) => {
+                    for message in early {
+                        shared.dispatch(message, &mut io).await;
+                    }
+                    recv = next;
+                    continue;
+                }
+                StreamEnd::Ended(reason, err) => (reason, err),
+            };
+        if let Some(err) = &err {
             if shared.may_resume(err) {
                 if let Some(next) = resume.run(&shared, &reason, &mut io).await {
                     recv = next;
@@ -73,26 +86,52 @@ pub(super) async fn run_reader(
     // queue; `next_event` then yields the terminal events.
 }
 
-/// Reads one connection's control stream until it ends: why, and quinn's error when the
-/// connection itself ended (`None` when this side aborted it).
+/// How one connection's control stream ended.
+enum StreamEnd {
+    /// The session moved to another node: its control stream, and the messages that came
+    /// before the rejoin's reply.
+    Moved(RecvStream, Vec<ServerMessage>),
+    /// The connection ended: why, and quinn's error when the connection itself ended (`None`
+    /// when this side aborted it).
+    Ended(DisconnectReason, Option<ConnectionError>),
+}
+
+/// Reads one connection's control stream until it ends. `Relocate` starts a move to another
+/// node (`resume`), which goes on while this stream is read.
 async fn read_until_end(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     recv: &mut RecvStream,
     io: &mut ReaderIo,
     buf: &mut Vec<u8>,
-) -> (DisconnectReason, Option<ConnectionError>) {
+    resume: &Arc<Resume>,
+) -> StreamEnd {
     loop {
-        match read_message(recv, buf).await {
-            Ok(message) => shared.dispatch(message, io).await,
-            Err(ReadFailure::Connection(e)) => return (shared.reason(&e), Some(e)),
-            Err(ReadFailure::Ended(detail)) => {
-                return match close_after_stream_end(&shared.conn()).await {
-                    Some(e) => (shared.reason(&e), Some(e)),
-                    None => (shared.abort(detail), None),
-                }
+        let failure = match read_message(recv, buf).await {
+            Ok(ServerMessage::Relocate {
+                address,
+                server_name,
+            }) => {
+                resume.start_relocation(shared, address, server_name, io.events.clone());
+                continue;
             }
-            Err(ReadFailure::Invalid(detail)) => return (shared.abort(detail), None),
+            Ok(message) => {
+                shared.dispatch(message, io).await;
+                continue;
+            }
+            Err(failure) => failure,
+        };
+        // The move closes the old connection once the new one is installed.
+        if let Some((next, early)) = shared.take_moved() {
+            return StreamEnd::Moved(next, early);
         }
+        return match failure {
+            ReadFailure::Connection(e) => StreamEnd::Ended(shared.reason(&e), Some(e)),
+            ReadFailure::Ended(detail) => match close_after_stream_end(&shared.conn()).await {
+                Some(e) => StreamEnd::Ended(shared.reason(&e), Some(e)),
+                None => StreamEnd::Ended(shared.abort(detail), None),
+            },
+            ReadFailure::Invalid(detail) => StreamEnd::Ended(shared.abort(detail), None),
+        };
     }
 }
 

@@ -9,7 +9,8 @@
 //! - `dispatch.rs`: the reader and writer tasks, and what the reader does with each relay
 //!   message;
 //! - `take_over.rs`: host migration, this client's take-over as host included;
-//! - `resume.rs`: resuming through another relay of the fleet when the relay is lost.
+//! - `resume.rs`: resuming through another relay of the fleet when the relay is lost, and
+//!   moving to another node when the relay drains (`Relocate`).
 //!
 //! ## Connecting
 //! [`connect()`] builds a fresh quinn endpoint, completes the QUIC handshake within the connect
@@ -40,6 +41,21 @@
 //! [`Event::Resumed`] is queued. The connection a session ends deliberately never resumes: it
 //! closed, was kicked, its allocation closed, its host was lost (that is a host migration),
 //! or the relay refused it.
+//!
+//! ## Moving when the relay drains
+//! A node of a fleet that is draining (scaled in, upgraded) hands each allocation to another
+//! node and sends every member `Relocate`. The session moves make-before-break, with or without
+//! fallback relays: the old connection goes on carrying datagrams, events and requests while a
+//! task sends `Rejoin` to the named node (its server name, the session's trust, credential and
+//! timeouts, one redirect followed, `migrating` retried; at most
+//! [`defaults::RELOCATE_TIMEOUT`]). Once the new node answers `Joined`, the new connection
+//! replaces the old one as after a resume (same peer id and role: a host stays host; datagrams
+//! are sent on the new connection from then on) and [`Event::Relocated`] is queued; the old
+//! connection goes on delivering datagrams for [`defaults::RELOCATE_LINGER`] (members that
+//! have not moved yet send through the old node), then is closed normally. A request the old relay had not answered by then times out.
+//! If the new node cannot be reached the session stays on the old relay, which closes it with
+//! `relay_shutting_down` when its drain ends: the session then resumes through its fallback
+//! relays, or ends, as above. A second `Relocate` during a move is ignored.
 //!
 //! [`Host`]: crate::Host
 //! [`Peer`]: crate::Peer
@@ -92,9 +108,9 @@ mod shared;
 mod take_over;
 
 pub(crate) use connect::{connect, retry_while_migrating, Bound, BIND_REQUEST_ID};
-use shared::LinkState;
 use shared::PendingGuard;
 pub(crate) use shared::{lock, Shared};
+use shared::{Link, LinkState};
 
 /// An established connection to the relay, bound to one allocation: datagrams, events, the
 /// member set and the host role. Obtained through [`Host`](crate::Host) or
@@ -182,7 +198,8 @@ impl Session {
         self.max_payload
     }
 
-    /// The relay's address: after [`Event::Resumed`], the relay the session resumed through.
+    /// The relay's address: after [`Event::Resumed`], the relay the session resumed through;
+    /// after [`Event::Relocated`], the node it moved to.
     pub fn relay_addr(&self) -> SocketAddr {
         self.shared.conn().remote_address()
     }
@@ -275,14 +292,19 @@ impl Session {
     fn send(&self, destination: Destination, payload: &[u8]) -> Result<(), Error> {
         check_payload(payload.len(), self.max_payload)?;
         // One copy: header and payload into the buffer quinn takes ownership of.
-        let link = self.shared.link();
-        if link.state == LinkState::Resuming {
-            self.shared.drop_while_resuming();
-            return Ok(());
-        }
         let datagram = Bytes::from(datagram::encode(destination.to_u16(), payload));
+        let mut link = self.shared.link();
+        let mut result = self.send_on(&link, datagram.clone());
+        if matches!(result, Err(SendDatagramError::ConnectionLost(_))) {
+            let now = self.shared.link();
+            // The session moved to another node a moment ago and closed this connection.
+            if now.generation != link.generation {
+                link = now;
+                result = self.send_on(&link, datagram);
+            }
+        }
         let conn = link.conn;
-        match conn.send_datagram(datagram) {
+        match result {
             // Lost a moment ago: the reader is about to resume.
             Err(SendDatagramError::ConnectionLost(e))
                 if link.state == LinkState::Up && self.shared.may_resume(&e) =>
@@ -310,6 +332,15 @@ impl Session {
         }
     }
 
+    /// Sends `datagram` on `link`'s connection, or drops and counts it (`Ok`) while resuming.
+    fn send_on(&self, link: &Link, datagram: Bytes) -> Result<(), SendDatagramError> {
+        if link.state == LinkState::Resuming {
+            self.shared.drop_while_resuming();
+            return Ok(());
+        }
+        link.conn.send_datagram(datagram)
+    }
+
     /// Receives the next datagram: the sender's peer id (stamped by the relay, so it cannot be
     /// spoofed) and the payload. Datagrams too short to carry a header are skipped and counted
     /// ([`Session::malformed_datagrams`]).
@@ -322,8 +353,25 @@ impl Session {
     pub async fn recv(&self) -> Result<(PeerId, Bytes), Error> {
         loop {
             let link = self.shared.link();
-            let datagram = match link.conn.read_datagram().await {
+            let read = match &link.lingering {
+                None => link.conn.read_datagram().await,
+                // Just moved to another node: members that have not moved yet still send
+                // through the old one.
+                Some(old) => tokio::select! {
+                    read = link.conn.read_datagram() => read,
+                    read = old.read_datagram() => match read {
+                        Ok(datagram) => Ok(datagram),
+                        Err(_) => {
+                            self.shared.end_linger(old);
+                            continue;
+                        }
+                    },
+                },
+            };
+            let datagram = match read {
                 Ok(datagram) => datagram,
+                // The session moved to another node and closed this connection.
+                Err(_) if self.shared.link().generation != link.generation => continue,
                 Err(e) if self.shared.may_resume(&e) => {
                     if self.shared.await_new_link(link.generation).await {
                         continue;

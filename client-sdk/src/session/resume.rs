@@ -1,5 +1,6 @@
 //! Resuming a session whose relay was lost, through another relay of its fleet
-//! ([`ClientConfig::fallback_relays`]).
+//! ([`ClientConfig::fallback_relays`]), and moving it to another node when its relay drains
+//! (`Relocate`).
 //!
 //! When the connection ends unexpectedly ([`Shared::may_resume`]), the reader calls
 //! [`Resume::run`] instead of ending the session: the session is marked resuming (datagrams
@@ -12,31 +13,51 @@
 //! version) stops at once, and so does a round in which every relay says the allocation does
 //! not exist; `migrating` is retried at the same relay after its delay.
 //!
-//! On success the new connection replaces the old one in [`Shared`] (the application's calls,
-//! the snapshot tasks and the datagram receivers move to it), the writer gets the new control
-//! stream, the role and member set become what the relay granted, [`Event::Resumed`] is queued
-//! and the reader reads on from the new control stream.
+//! On success the new connection replaces the old one in [`Shared`] ([`Resume::swap`]: the
+//! application's calls, the snapshot tasks and the datagram receivers move to it), the writer
+//! gets the new control stream, the role and member set become what the relay granted,
+//! [`Event::Resumed`] is queued and the reader reads on from the new control stream.
 //!
-//! Runs on the session's reader task. Calls `connect.rs` (one rejoin attempt), `shared.rs`
-//! and [`Shared::dispatch`] for the messages that came before the rejoin's reply.
+//! ## Relocating (make-before-break)
+//! On `Relocate` ([`Resume::start_relocation`], called by the reader) a task of its own sends
+//! `Rejoin` to the named node (its server name, the session's trust, credential, endpoint and
+//! timeouts; one redirect followed, `migrating` retried) within
+//! [`defaults::RELOCATE_TIMEOUT`], while the reader goes on reading the old control stream
+//! and datagrams go on flowing on the old connection. On `Joined` the same [`Resume::swap`]
+//! installs the new connection (sends go there from then on) and [`Event::Relocated`] is
+//! queued; the old connection still delivers datagrams for [`defaults::RELOCATE_LINGER`]
+//! (members that have not moved yet send through the old node) and is then closed normally;
+//! the reader, whose old stream ends with it, reads on from the new one
+//! ([`Shared::take_moved`]). A failed move leaves the session on the old
+//! relay; a `Relocate` while one is under way is ignored; a move still under way when the old
+//! connection ends is called off (the reader resumes or ends the session as usual). Requests
+//! sent on the old connection and not answered before the swap time out; snapshot uploads in
+//! flight there are failed and the background uploader goes on on the new connection.
+//!
+//! Runs on the session's reader task (a move on a task of its own). Calls `connect.rs` (one
+//! rejoin attempt), `shared.rs` and [`Shared::dispatch`] for the messages that came before the
+//! rejoin's reply.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
-use baton_protocol::{ClientMessage, ServerMessage};
+use baton_protocol::{AllocationId, ClientMessage, PeerId, ServerMessage};
 use quinn::{RecvStream, SendStream};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::close_normally;
-use super::connect::{rebind, BIND_REQUEST_ID};
+use super::connect::{rebind, retry_while_migrating, BIND_REQUEST_ID};
 use super::dispatch::ReaderIo;
-use super::shared::{lock, Shared};
+use super::shared::{lock, Link, LinkState, Relocation, Shared};
 use crate::error::refusal;
 use crate::{defaults, ClientConfig, DisconnectReason, Error, Event};
 
-/// What a session needs to resume: built when fallback relays are configured.
+/// What a session needs to rejoin elsewhere: to resume (when fallback relays are configured,
+/// [`Resume::enabled`]) and to move on `Relocate` (always).
 pub(crate) struct Resume {
     /// The configuration the session was created with: trust, server name, timings, the
     /// credential, the relay and the fallback relays.
@@ -57,21 +78,24 @@ struct Rebound {
 }
 
 impl Resume {
-    /// The resume plan of a session connected with `config`, or `None` if it does not resume
-    /// (no fallback relays, or a zero window).
+    /// The rejoin plan of a session connected with `config` on `endpoint`, whose writer takes
+    /// new control streams from `streams`.
     pub(super) fn new(
         config: &ClientConfig,
         endpoint: &quinn::Endpoint,
         streams: mpsc::Sender<SendStream>,
-    ) -> Option<Self> {
-        if config.fallback_relays.is_empty() || config.effective_resume_window().is_zero() {
-            return None;
-        }
-        Some(Resume {
+    ) -> Self {
+        Resume {
             config: config.clone(),
             endpoint: endpoint.clone(),
             streams,
-        })
+        }
+    }
+
+    /// Whether a session connected with `config` resumes when its relay is lost: fallback
+    /// relays are configured and the window is not zero.
+    pub(super) fn enabled(config: &ClientConfig) -> bool {
+        !config.fallback_relays.is_empty() && !config.effective_resume_window().is_zero()
     }
 
     /// The relays to try after losing `lost`, in order: the relay the session was created
@@ -117,6 +141,31 @@ impl Resume {
             close_normally(&rebound.conn);
             return None;
         }
+        let (recv, early, allocation, host) = self.swap(shared, rebound)?;
+        tracing::info!(
+            %relay,
+            %allocation,
+            %host,
+            elapsed = ?started.elapsed(),
+            "resumed through another relay"
+        );
+        shared.emit(&io.events, Event::Resumed { relay });
+        for message in early {
+            shared.dispatch(message, io).await;
+        }
+        Some(recv)
+    }
+
+    /// Installs the connection a rejoin made in place of the session's current one: the role
+    /// and member set become what the relay granted, the application's calls and the session's
+    /// tasks move to it, the writer gets its control stream. Returns that connection's control
+    /// stream, the messages that came before the reply, the allocation and the host; `None`
+    /// (the connection closed) if the reply is not `Joined`.
+    fn swap(
+        &self,
+        shared: &Shared,
+        rebound: Rebound,
+    ) -> Option<(RecvStream, Vec<ServerMessage>, AllocationId, PeerId)> {
         let ServerMessage::Joined {
             allocation,
             host,
@@ -144,20 +193,128 @@ impl Resume {
             *lock(&shared.members) = set;
         }
         shared.install(rebound.conn);
-        // The writer is gone only if the session is being dropped.
-        let _ = self.streams.send(rebound.send).await;
+        // The writer takes each stream as soon as it is not writing (the queue holds two); it
+        // is gone only if the session is being dropped.
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.streams.try_send(rebound.send) {
+            tracing::warn!("the writer did not take the previous control stream; requests stall");
+        }
+        Some((rebound.recv, rebound.early, allocation, host))
+    }
+
+    /// `Relocate`: starts moving the session to the node at `address` (TLS name
+    /// `server_name`) on a task of its own, unless a move is under way already.
+    pub(super) fn start_relocation(
+        self: &Arc<Self>,
+        shared: &Arc<Shared>,
+        address: SocketAddr,
+        server_name: String,
+        events: mpsc::Sender<Event>,
+    ) {
+        let link = shared.link();
+        {
+            let mut relocation = lock(&shared.relocation);
+            if !matches!(*relocation, Relocation::Idle) || link.state != LinkState::Up {
+                tracing::debug!(%address, "already moving; Relocate ignored");
+                return;
+            }
+            *relocation = Relocation::Moving(link.generation);
+        }
+        tracing::info!(%address, %server_name, "relay draining; moving to another node");
+        let this = Arc::clone(self);
+        let shared = Arc::clone(shared);
+        tokio::spawn(
+            async move {
+                this.relocate(&shared, link, address, server_name, &events)
+                    .await;
+            }
+            .in_current_span(),
+        );
+    }
+
+    /// Moves the session, whose connection `from` carries the game meanwhile, to the node at
+    /// `address`, or leaves it where it is if that fails within [`defaults::RELOCATE_TIMEOUT`].
+    async fn relocate(
+        &self,
+        shared: &Shared,
+        from: Link,
+        address: SocketAddr,
+        server_name: String,
+        events: &mpsc::Sender<Event>,
+    ) {
+        let (old, generation) = (from.conn, from.generation);
+        let was_host = shared.is_host();
+        let started = Instant::now();
+        let window = defaults::RELOCATE_TIMEOUT;
+        let attempt = retry_while_migrating(window, || {
+            self.attempt_at(shared, address, Some(&server_name))
+        });
+        let rebound = match tokio::time::timeout(window, attempt).await {
+            Ok(Ok(rebound)) => rebound,
+            Ok(Err(e)) => {
+                tracing::warn!(%address, error = %e, "cannot move to the new node; staying");
+                relocation_over(shared, generation);
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(%address, ?window, "new node did not take the session; staying");
+                relocation_over(shared, generation);
+                return;
+            }
+        };
+        let conn = rebound.conn.clone();
+        let relay = conn.remote_address();
+        let moved = {
+            let mut relocation = lock(&shared.relocation);
+            let link = shared.link();
+            if !matches!(*relocation, Relocation::Moving(g) if g == generation)
+                || link.generation != generation
+                || link.state != LinkState::Up
+                || shared.closing.load(Ordering::Relaxed)
+            {
+                // Called off: the old connection ended, or the application closed.
+                None
+            } else {
+                match self.swap(shared, rebound) {
+                    Some((recv, early, allocation, host)) => {
+                        *relocation = Relocation::Moved(recv, early);
+                        shared.emit(events, Event::Relocated { relay });
+                        Some((allocation, host))
+                    }
+                    None => {
+                        *relocation = Relocation::Idle;
+                        return;
+                    }
+                }
+            }
+        };
+        let Some((allocation, host)) = moved else {
+            tracing::debug!(%relay, "move called off; closing the new connection");
+            close_normally(&conn);
+            return;
+        };
+        if was_host && host != shared.local_peer {
+            // A host rejoins as host (SPEC section 14.3); should a relay decide otherwise, the
+            // session follows the relay.
+            tracing::warn!(%host, "this host rejoined the new node as a peer");
+        }
+        // Replies to uploads sent on the old connection will not come on the new one.
+        shared.uploads.interrupt(&DisconnectReason::ClosedLocally);
         tracing::info!(
             %relay,
             %allocation,
             %host,
             elapsed = ?started.elapsed(),
-            "resumed through another relay"
+            "moved to another node"
         );
-        shared.emit(&io.events, Event::Resumed { relay });
-        for message in rebound.early {
-            shared.dispatch(message, io).await;
+        // Members that have not moved yet still send through the old node for a moment.
+        shared.linger(old.clone());
+        tokio::select! {
+            () = tokio::time::sleep(defaults::RELOCATE_LINGER) => {}
+            _ = old.closed() => {}
         }
-        Some(rebound.recv)
+        shared.end_linger(&old);
+        // The reader's old control stream ends with it; it then reads the new one.
+        close_normally(&old);
     }
 
     /// Tries the candidate relays in rounds until one takes the session back (`Some`), a
@@ -175,7 +332,7 @@ impl Resume {
                 if shared.closing.load(Ordering::Relaxed) {
                     return None;
                 }
-                match self.attempt_at(shared, relay).await {
+                match self.attempt_at(shared, relay, None).await {
                     Ok(rebound) => return Some(rebound),
                     Err(Error::Migrating { retry_after }) => {
                         let wait = retry_after
@@ -207,8 +364,14 @@ impl Resume {
         }
     }
 
-    /// One rejoin at `relay` (following one redirect): the new connection, or why not.
-    async fn attempt_at(&self, shared: &Shared, relay: SocketAddr) -> Result<Rebound, Error> {
+    /// One rejoin at `relay` (following one redirect), verified for `server_name` (default: the
+    /// session's): the new connection, or why not.
+    async fn attempt_at(
+        &self,
+        shared: &Shared,
+        relay: SocketAddr,
+        server_name: Option<&str>,
+    ) -> Result<Rebound, Error> {
         let bind = {
             let role = lock(&shared.role);
             ClientMessage::Rejoin {
@@ -221,6 +384,16 @@ impl Resume {
         };
         let mut config = self.config.clone();
         config.relay = relay;
+        if let Some(name) = server_name {
+            config = config.server_name(name);
+            // The name decoded as a DNS name or IP literal.
+            config.validate()?;
+            if self.endpoint.local_addr()?.is_ipv4() != relay.is_ipv4() {
+                return Err(Error::Config(format!(
+                    "{relay} is of another address family than this session"
+                )));
+            }
+        }
         let (conn, (send, recv, reply, early)) = rebind(&config, &self.endpoint, &bind).await?;
         match reply {
             ServerMessage::Joined { peer, .. } if peer == shared.local_peer => Ok(Rebound {
@@ -242,6 +415,14 @@ impl Resume {
                 )))
             }
         }
+    }
+}
+
+/// Ends a move that failed, so that a later `Relocate` is heeded.
+fn relocation_over(shared: &Shared, generation: u64) {
+    let mut relocation = lock(&shared.relocation);
+    if matches!(*relocation, Relocation::Moving(g) if g == generation) {
+        *relocation = Relocation::Idle;
     }
 }
 
@@ -274,18 +455,18 @@ mod tests {
         ]);
         let endpoint = quinn::Endpoint::client(config.local_addr()).unwrap();
         let (tx, _rx) = mpsc::channel(1);
-        let resume = Resume::new(&config, &endpoint, tx).expect("fallbacks configured");
+        assert!(Resume::enabled(&config));
+        let resume = Resume::new(&config, &endpoint, tx);
         // Lost the first relay: the others, in order.
         assert_eq!(resume.candidates(addr(1)), vec![addr(2), addr(3)]);
         // Lost a relay the session moved to: the first relay comes first.
         assert_eq!(resume.candidates(addr(2)), vec![addr(1), addr(3)]);
         assert_eq!(resume.candidates(addr(9)), vec![addr(1), addr(2), addr(3)]);
 
-        let (tx, _rx) = mpsc::channel(1);
         let off = ClientConfig::new(addr(1), Trust::WebPki);
-        assert!(Resume::new(&off, &endpoint, tx.clone()).is_none());
+        assert!(!Resume::enabled(&off));
         let zero = config.clone().resume_window(std::time::Duration::ZERO);
-        assert!(Resume::new(&zero, &endpoint, tx).is_none());
+        assert!(!Resume::enabled(&zero));
     }
 
     #[test]

@@ -15,9 +15,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use baton_protocol::{AllocationId, ClientMessage, CloseCode, JoinCode, PeerId};
+use baton_protocol::{AllocationId, ClientMessage, CloseCode, JoinCode, PeerId, ServerMessage};
 use bytes::Bytes;
-use quinn::{ConnectionError, VarInt};
+use quinn::{ConnectionError, RecvStream, VarInt};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::connect::BIND_REQUEST_ID;
@@ -72,9 +72,15 @@ impl Role {
 /// The session's current connection and what the session is doing with it.
 #[derive(Debug, Clone)]
 pub(crate) struct Link {
-    /// The connection to the relay: the first one, or the last one a resume made.
+    /// The connection to the relay: the first one, or the last one a resume or a move made.
     pub(crate) conn: quinn::Connection,
-    /// Counts the connections the session had: 0 for the first, one more per resume.
+    /// Just after a move to another node, the previous connection, which still delivers the
+    /// datagrams of members that have not moved yet ([`defaults::RELOCATE_LINGER`]); nothing
+    /// is sent on it.
+    ///
+    /// [`defaults::RELOCATE_LINGER`]: crate::defaults::RELOCATE_LINGER
+    pub(crate) lingering: Option<quinn::Connection>,
+    /// Counts the connections the session had: 0 for the first, one more per resume or move.
     pub(crate) generation: u64,
     /// What the session is doing.
     pub(crate) state: LinkState,
@@ -90,6 +96,18 @@ pub(crate) enum LinkState {
     Resuming,
     /// The session has ended for good.
     Ended,
+}
+
+/// Where the session is in moving to another node on `Relocate` (`resume.rs`).
+#[derive(Debug)]
+pub(super) enum Relocation {
+    /// Not moving.
+    Idle,
+    /// Rejoining at the new node while the connection of this generation carries the game.
+    Moving(u64),
+    /// Moved: the new connection is installed; the reader reads its control stream (and the
+    /// messages that came before the rejoin's reply) once the old one has ended.
+    Moved(RecvStream, Vec<ServerMessage>),
 }
 
 /// State shared by a session and its tasks.
@@ -114,6 +132,8 @@ pub(crate) struct Shared {
     pub(super) malformed_datagrams: AtomicU64,
     pub(super) dropped_events: AtomicU64,
     pub(super) code_revoked: AtomicBool,
+    /// Moving to another node on `Relocate`.
+    pub(super) relocation: Mutex<Relocation>,
 }
 
 /// Requests waiting for their reply.
@@ -148,6 +168,7 @@ impl Shared {
         Shared {
             link: watch::Sender::new(Link {
                 conn,
+                lingering: None,
                 generation: 0,
                 state: LinkState::Up,
             }),
@@ -167,6 +188,7 @@ impl Shared {
             malformed_datagrams: AtomicU64::new(0),
             dropped_events: AtomicU64::new(0),
             code_revoked: AtomicBool::new(false),
+            relocation: Mutex::new(Relocation::Idle),
         }
     }
 
@@ -190,8 +212,28 @@ impl Shared {
     pub(super) fn install(&self, conn: quinn::Connection) {
         self.link.send_modify(|link| {
             link.conn = conn;
+            link.lingering = None;
             link.generation += 1;
             link.state = LinkState::Up;
+        });
+    }
+
+    /// Keeps delivering the datagrams `old`, the connection a move replaced, still brings.
+    pub(super) fn linger(&self, old: quinn::Connection) {
+        self.link.send_modify(|link| link.lingering = Some(old));
+    }
+
+    /// Stops reading datagrams from `old`, the lingering connection (if it still is).
+    pub(crate) fn end_linger(&self, old: &quinn::Connection) {
+        self.link.send_if_modified(|link| {
+            let ends = link
+                .lingering
+                .as_ref()
+                .is_some_and(|l| l.stable_id() == old.stable_id());
+            if ends {
+                link.lingering = None;
+            }
+            ends
         });
     }
 
@@ -212,6 +254,16 @@ impl Shared {
             .map(|link| link.state != LinkState::Ended);
         // An error cannot happen: `self` holds the sender.
         newer.unwrap_or(false)
+    }
+
+    /// For the reader, whose control stream just ended: the new connection's control stream
+    /// and early messages if the session moved to another node, else `None`, and a move still
+    /// under way is called off (the connection it started from is gone).
+    pub(super) fn take_moved(&self) -> Option<(RecvStream, Vec<ServerMessage>)> {
+        match std::mem::replace(&mut *lock(&self.relocation), Relocation::Idle) {
+            Relocation::Moved(recv, early) => Some((recv, early)),
+            Relocation::Idle | Relocation::Moving(_) => None,
+        }
     }
 
     /// Counts a datagram dropped while resuming.
