@@ -386,7 +386,12 @@ impl ControlPlane {
             }));
         }
         if self.code_is_live_for(alloc.code, id) {
-            self.tombstone(now, alloc.code, ErrorCode::Closed);
+            if matches!(reason, CloseReason::Relocated) {
+                // It lives on at another node: a join here is looked up and redirected there.
+                self.codes.remove(&alloc.code);
+            } else {
+                self.tombstone(now, alloc.code, ErrorCode::Closed);
+            }
         }
         self.outputs.push_back(Output::Route {
             allocation: id,

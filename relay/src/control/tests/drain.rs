@@ -111,7 +111,7 @@ fn draining_moves_every_allocation_and_tells_every_member() {
 
 #[test]
 fn members_leave_quietly_and_the_last_one_closes_it_as_relocated() {
-    let (mut h, id, _) = hosting();
+    let (mut h, id, code) = hosting();
     h.cp.drain(h.now).unwrap();
     h.drain();
     ready(&mut h, id);
