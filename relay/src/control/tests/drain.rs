@@ -136,6 +136,24 @@ fn members_leave_quietly_and_the_last_one_closes_it_as_relocated() {
         })
     )));
     assert_eq!(h.cp.allocation_count(), 0);
+    // Its code is not tombstoned here: a join is looked up in the directory, which sends it on.
+    h.connect(20);
+    let request_id = h.rid();
+    let out = h.request(
+        20,
+        ClientMessage::Join {
+            request_id,
+            code,
+            credential: None,
+        },
+    );
+    assert!(
+        out.iter().any(|o| matches!(
+            o,
+            Output::Locate { what: Locate::Code(c), .. } if *c == code
+        )),
+        "{out:?}"
+    );
 }
 
 #[test]
