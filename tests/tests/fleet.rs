@@ -156,6 +156,7 @@ async fn while_the_directory_is_down_games_go_on_and_new_ones_wait() {
         .expect("join through b");
 
     redis.stop();
+    let down = Instant::now();
     // Within a few heartbeats every node knows: creates are refused, with a time to retry.
     let client = nodes[2].client();
     eventually("creates refused directory_unavailable", async || {
@@ -165,11 +166,35 @@ async fn while_the_directory_is_down_games_go_on_and_new_ones_wait() {
         )
     })
     .await;
-    // The game that was running still runs.
-    for i in 0..10u8 {
-        peer.send_to_host(&[i]).unwrap();
-        assert_eq!(recv(&host).await, (peer.local_peer(), vec![i].into()));
+    // So is a join through a node that would have to look the code up...
+    assert!(matches!(
+        Peer::join(&client, host.join_code()).await,
+        Err(Error::DirectoryUnavailable { .. })
+    ));
+    // ...but not one through the node that holds the allocation.
+    let local = Peer::join(&nodes[0].client(), host.join_code())
+        .await
+        .expect("a join on the allocation's own node needs no directory");
+    // The game that was running goes on for the whole 10 s outage, every datagram delivered.
+    let outage = Duration::from_secs(10);
+    let mut sent = 0u32;
+    while down.elapsed() < outage {
+        peer.send_to_host(&sent.to_be_bytes()).unwrap();
+        assert_eq!(
+            recv(&host).await,
+            (peer.local_peer(), sent.to_be_bytes().to_vec().into()),
+            "datagram {sent}, {:?} into the outage",
+            down.elapsed()
+        );
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert!(sent > 100, "only {sent} datagrams in the outage");
+    local.send_to_host(b"still here").unwrap();
+    assert_eq!(
+        recv(&host).await,
+        (local.local_peer(), b"still here"[..].into())
+    );
 
     redis.restart().expect("redis-server restarts");
     // The nodes notice and re-register; creating works again, through any node.
@@ -1057,4 +1082,76 @@ async fn a_member_that_cannot_reach_the_new_node_stays_until_the_old_one_stops_t
         }
         other => panic!("{other}"),
     }
+}
+
+/// Rejoins with `token` through `config`'s relay until it works (bounded by `WAIT`).
+async fn rejoin_until_seated(
+    config: &baton_client::ClientConfig,
+    token: &baton_client::ReconnectToken,
+) -> baton_client::Peer {
+    let start = Instant::now();
+    loop {
+        match Peer::rejoin(config, token).await {
+            Ok(session) => return session,
+            Err(e) => {
+                assert!(start.elapsed() < WAIT, "never rejoined: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn two_nodes_racing_to_take_over_a_lost_allocation_end_with_one_holder() {
+    let redis = RedisServer::start().expect("redis-server starts (install redis-server)");
+    let (mut child, running, data) = start_node_a(&redis).await;
+    let b = TestRelay::start_fleet_node("b", &redis.url(), data.dir.path(), |_| {}).await;
+    let c = TestRelay::start_fleet_node("c", &redis.url(), data.dir.path(), |_| {}).await;
+    let trust = baton_client::Trust::Fingerprint(b.relay().fingerprint());
+    let on = |addr| {
+        baton_client::ClientConfig::new(addr, trust.clone())
+            .connect_timeout(Duration::from_millis(500))
+    };
+    let host = Host::create(&on(running.quic), AllocationOptions::default())
+        .await
+        .expect("create on a");
+    let mut peers = Vec::new();
+    for _ in 0..3 {
+        peers.push(
+            Peer::join(&on(running.quic), host.join_code())
+                .await
+                .expect("join on a"),
+        );
+    }
+    let allocation = host.allocation();
+    let tokens: Vec<_> = std::iter::once(host.reconnect_token())
+        .chain(peers.iter().map(|p| p.reconnect_token()))
+        .collect();
+    child.start_kill().expect("SIGKILL node a");
+    child.wait().await.expect("node a reaped");
+
+    // Every member at once, alternately through b and c: both nodes try to take over.
+    let (via_b, via_c) = (on(b.addr()), on(c.addr()));
+    let seated = futures_util::future::join_all(tokens.iter().enumerate().map(|(i, token)| {
+        let config = if i % 2 == 0 { &via_b } else { &via_c };
+        rejoin_until_seated(config, token)
+    }))
+    .await;
+    // One holder: every member on the same node, in the same allocation, with its own id.
+    let holder = seated[0].relay_addr();
+    for (i, session) in seated.iter().enumerate() {
+        assert_eq!(session.relay_addr(), holder, "member {i}");
+        assert_eq!(session.allocation(), allocation, "member {i}");
+        assert_eq!(session.local_peer(), PeerId(i as u16), "member {i}");
+    }
+    let dir = directory(&redis).await;
+    let owner = dir.lookup_allocation(allocation.0).await.unwrap();
+    let expected = if holder == b.addr() { "b" } else { "c" };
+    assert_eq!(owner, Some(NodeId::parse(expected).unwrap()));
+    // Exactly one node holds it.
+    let held = |m: &baton_tests::relay_process::Metrics| m.value("baton_allocations");
+    assert_eq!(held(&b.metrics().await) + held(&c.metrics().await), 1.0);
+    // And the game plays there.
+    seated[3].send_to(PeerId::HOST, b"race over").unwrap();
+    assert_eq!(recv(&seated[0]).await, (PeerId(3), b"race over"[..].into()));
 }
