@@ -167,7 +167,7 @@ pub struct FleetConfig {
     pub public_addr: SocketAddr,
     /// The name this node's certificate is valid for, sent with redirects.
     pub server_name: String,
-    /// A label for placement (`POST /v1/allocations` may ask for a region).
+    /// A region label, written in the directory and in `baton_node_info`.
     pub region: String,
     /// Key of reconnect tokens and migration tickets, the same on every node (at least 32
     /// bytes), so a token issued by one node verifies on another.

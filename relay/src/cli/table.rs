@@ -361,7 +361,8 @@ settings! {
         value_name: "NAME",
         default: defaults::SERVER_NAME,
     }
-    /// This node's region label, for placing reservations.
+    /// This node's region label, written in the directory and in baton_node_info (placing
+    /// reservations by region is not built yet).
     region: String {
         value_name: "NAME",
         default: defaults::REGION,

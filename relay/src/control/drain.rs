@@ -20,7 +20,7 @@ use baton_protocol::{AllocationId, PeerId, ServerMessage};
 
 use super::allocation::HostSlot;
 use super::timers::Timer;
-use super::{AdminError, CloseReason, ControlPlane, Event, Output};
+use super::{AdminError, CloseReason, ConnId, ControlPlane, Event, Output};
 
 /// How often a draining node looks again for allocations it could not move yet (between
 /// hosts, awaiting a host, or no node to move to).
@@ -155,6 +155,27 @@ impl ControlPlane {
             } => Some((*address, server_name.clone())),
             Relocation::Asked => None,
         }
+    }
+
+    /// Answers `request_id` with `Redirect` to where `id` moved, if it has; whether it did.
+    pub(super) fn redirect_if_relocated(
+        &mut self,
+        conn: ConnId,
+        request_id: u32,
+        id: AllocationId,
+    ) -> bool {
+        let Some((address, server_name)) = self.relocated_to(id) else {
+            return false;
+        };
+        self.send(
+            conn,
+            ServerMessage::Redirect {
+                request_id,
+                address,
+                server_name,
+            },
+        );
+        true
     }
 
     /// A member of a relocated allocation left (it is seated on the new node): no one is told,

@@ -155,16 +155,8 @@ impl ControlPlane {
             self.charge_failed_guess(ip);
             return;
         }
-        if let Some((address, server_name)) = self.relocated_to(id) {
-            // Moved to another node: the joiner follows it there.
-            self.send(
-                conn,
-                ServerMessage::Redirect {
-                    request_id,
-                    address,
-                    server_name,
-                },
-            );
+        // Moved to another node (this one drains): the client follows it there.
+        if self.redirect_if_relocated(conn, request_id, id) {
             return;
         }
         let Some(alloc) = self.allocations.get_mut(&id) else {
@@ -245,15 +237,8 @@ impl ControlPlane {
         }) {
             return;
         }
-        if let Some((address, server_name)) = self.relocated_to(id) {
-            self.send(
-                conn,
-                ServerMessage::Redirect {
-                    request_id,
-                    address,
-                    server_name,
-                },
-            );
+        // Moved to another node (this one drains): the client follows it there.
+        if self.redirect_if_relocated(conn, request_id, id) {
             return;
         }
         let subject = auth.subject();

@@ -364,6 +364,30 @@ impl RedisDirectory {
         timed(&self.metrics.directory, op, OP_TIMEOUT, fut).await
     }
 
+    /// Runs one of the compare-and-set scripts on `key` with `args` as `op`: `true` if it
+    /// changed the key (the scripts answer 1 or 0).
+    async fn script_cas(
+        &self,
+        op: DirectoryOp,
+        script: &Script,
+        key: &str,
+        args: &[&str],
+    ) -> Result<bool, DirectoryError> {
+        let mut conn = self.conn.clone();
+        self.run(op, async {
+            let mut invocation = script.key(key);
+            for arg in args {
+                invocation.arg(*arg);
+            }
+            let answer: Value = invocation
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| store_error(key, e))?;
+            done(key, answer)
+        })
+        .await
+    }
+
     /// Publishes `node`'s record for `ttl`: its hash (every field rewritten) and expiry in one
     /// `MULTI`, and its id in `baton:nodes`. Call it well within `ttl` (a third of it) so one
     /// slow round trip does not make the node vanish.
@@ -591,20 +615,12 @@ impl RedisDirectory {
             allocation: Some(allocation),
         }
         .to_value();
-        let mut conn = self.conn.clone();
-        self.run(DirectoryOp::BindCode, async {
-            let answer: Value = self
-                .scripts
-                .bind_code
-                .key(&key)
-                .arg(node.as_str())
-                .arg(value)
-                .arg(ms)
-                .invoke_async(&mut conn)
-                .await
-                .map_err(|e| store_error(&key, e))?;
-            done(&key, answer)
-        })
+        self.script_cas(
+            DirectoryOp::BindCode,
+            &self.scripts.bind_code,
+            &key,
+            &[node.as_str(), &value, &ms.to_string()],
+        )
         .await
     }
 
@@ -633,18 +649,12 @@ impl RedisDirectory {
     pub async fn release_code(&self, code: &str, node: &NodeId) -> Result<bool, DirectoryError> {
         valid_code(code)?;
         let key = code_key(code);
-        let mut conn = self.conn.clone();
-        self.run(DirectoryOp::ReleaseCode, async {
-            let answer: Value = self
-                .scripts
-                .release_code
-                .key(&key)
-                .arg(node.as_str())
-                .invoke_async(&mut conn)
-                .await
-                .map_err(|e| store_error(&key, e))?;
-            done(&key, answer)
-        })
+        self.script_cas(
+            DirectoryOp::ReleaseCode,
+            &self.scripts.release_code,
+            &key,
+            &[node.as_str()],
+        )
         .await
     }
 
@@ -701,18 +711,12 @@ impl RedisDirectory {
         node: &NodeId,
     ) -> Result<bool, DirectoryError> {
         let key = alloc_key(allocation);
-        let mut conn = self.conn.clone();
-        self.run(DirectoryOp::ReleaseAllocation, async {
-            let answer: Value = self
-                .scripts
-                .delete_if_equal
-                .key(&key)
-                .arg(node.as_str())
-                .invoke_async(&mut conn)
-                .await
-                .map_err(|e| store_error(&key, e))?;
-            done(&key, answer)
-        })
+        self.script_cas(
+            DirectoryOp::ReleaseAllocation,
+            &self.scripts.delete_if_equal,
+            &key,
+            &[node.as_str()],
+        )
         .await
     }
 
@@ -801,20 +805,12 @@ impl RedisDirectory {
     ) -> Result<bool, DirectoryError> {
         let ms = ttl_ms(ttl)?;
         let key = alloc_key(allocation);
-        let mut conn = self.conn.clone();
-        self.run(DirectoryOp::TakeAllocation, async {
-            let answer: Value = self
-                .scripts
-                .take_if_equal
-                .key(&key)
-                .arg(from.as_str())
-                .arg(to.as_str())
-                .arg(ms)
-                .invoke_async(&mut conn)
-                .await
-                .map_err(|e| store_error(&key, e))?;
-            done(&key, answer)
-        })
+        self.script_cas(
+            DirectoryOp::TakeAllocation,
+            &self.scripts.take_if_equal,
+            &key,
+            &[from.as_str(), to.as_str(), &ms.to_string()],
+        )
         .await
     }
 
@@ -832,20 +828,12 @@ impl RedisDirectory {
         let ms = ttl_ms(ttl)?;
         let key = code_key(code);
         let value = format!("{to} {}", allocation_hex(allocation));
-        let mut conn = self.conn.clone();
-        self.run(DirectoryOp::TakeCode, async {
-            let answer: Value = self
-                .scripts
-                .take_code
-                .key(&key)
-                .arg(from.as_str())
-                .arg(value)
-                .arg(ms)
-                .invoke_async(&mut conn)
-                .await
-                .map_err(|e| store_error(&key, e))?;
-            done(&key, answer)
-        })
+        self.script_cas(
+            DirectoryOp::TakeCode,
+            &self.scripts.take_code,
+            &key,
+            &[from.as_str(), &value, &ms.to_string()],
+        )
         .await
     }
 }

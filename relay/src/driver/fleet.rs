@@ -222,7 +222,6 @@ impl FleetLink {
     /// least-loaded active node, on a task of its own, and answers `RelocationReady` or
     /// `RelocationFailed`.
     pub(super) fn relocate(&self, record: AllocationRecord) {
-        self.set_draining();
         let directory = self.directory.clone();
         let node = self.node.clone();
         let inputs = self.inputs.clone();
