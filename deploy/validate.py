@@ -83,6 +83,7 @@ RELAY_METRICS: dict[str, frozenset[str]] = {
         "baton_admin_connections": (),
         "baton_admin_connections_refused_total": ("reason",),
         "baton_rate_limited_total": ("limit",),
+        "baton_held_datagrams_total": ("outcome",),
         "baton_lane_delay_seconds_bucket": ("le",),
         "baton_lane_delay_seconds_sum": (),
         "baton_lane_delay_seconds_count": (),

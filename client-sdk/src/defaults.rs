@@ -114,11 +114,13 @@ pub const RESUME_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// connect timeout and bind timeout of one connection (5 s + 10 s) fit in it.
 pub const RELOCATE_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// How long, after a move to another node (`Relocate`), the session still takes datagrams
+/// The longest the session, after a move to another node (`Relocate`), still takes datagrams
 /// from its old connection before closing it.
 ///
 /// The members of a game move one after the other, each when its rejoin completes; until the
-/// others have moved too, what they send still comes through the old node. Most moves of a
-/// game complete within a few ticks of each other; 200 ms (12 ticks at 60 Hz) covers a slow
-/// one while delaying the old node's drain only that much.
-pub const RELOCATE_LINGER: Duration = Duration::from_millis(200);
+/// others have moved too, what they send still comes through the old node. A moved session
+/// finishes its control stream there, and the old node closes the old connection as soon as
+/// every member of the game has moved (SPEC section 5.3), usually within a few ticks. This
+/// bounds the wait when it does not (a member that cannot reach the new node, or an old node
+/// that closes at once): 2 s is many times the spread of a game's moves on a loaded machine.
+pub const RELOCATE_LINGER: Duration = Duration::from_secs(2);

@@ -113,6 +113,9 @@ pub struct Metrics {
     pub admin: AdminMetrics,
     /// What each per-client limit held back.
     pub limited: LimitMetrics,
+    /// Datagrams held for members on their way to an adopted allocation, by what became of
+    /// them.
+    pub held: HeldMetrics,
     /// How late each data-plane lane's probe timer fired (see `driver::lane`): how long a lane
     /// thread was busy or blocked while a ready task waited, every datagram it carries with it.
     pub lane_delay: Histogram,
@@ -223,6 +226,7 @@ impl Metrics {
         let hooks = HookMetrics::register(&mut registry);
         let admin = AdminMetrics::register(&mut registry);
         let limited = LimitMetrics::register(&mut registry);
+        let held = HeldMetrics::register(&mut registry);
         let lane_delay = Histogram::new(LANE_DELAY_BUCKETS);
         registry.register(
             "lane_delay_seconds",
@@ -264,6 +268,7 @@ impl Metrics {
             hooks,
             admin,
             limited,
+            held,
             lane_delay,
             directory,
             directory_records_dropped,
@@ -506,6 +511,48 @@ impl LimitMetrics {
             client_bytes: counter("client_bytes"),
             allocation_bytes: counter("allocation_bytes"),
             client_requests: counter("client_requests"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+/// `baton_held_datagrams_total{outcome=...}`: datagrams addressed to members on their way to
+/// an adopted allocation (a relocated or taken-over game), held until they arrive.
+#[derive(Debug)]
+pub struct HeldMetrics {
+    /// Queued for a member on its way.
+    pub held: Counter,
+    /// Handed to the member when it arrived.
+    pub delivered: Counter,
+    /// Too old to deliver when the member arrived.
+    pub stale: Counter,
+    /// Pushed out of a full queue by newer ones.
+    pub evicted: Counter,
+    /// Not held: the relay's budget for held datagrams was spent.
+    pub over_budget: Counter,
+    /// Dropped because the member was no longer awaited.
+    pub abandoned: Counter,
+}
+
+impl HeldMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let family: Family<OutcomeLabel, Counter> = register(
+            registry,
+            "held_datagrams",
+            "Datagrams for members on their way to an adopted (relocated or taken-over) allocation, by outcome: held, then delivered, stale, evicted or abandoned; over_budget were not held",
+        );
+        let counter = |outcome| family.get_or_create(&OutcomeLabel { outcome }).clone();
+        HeldMetrics {
+            held: counter("held"),
+            delivered: counter("delivered"),
+            stale: counter("stale"),
+            evicted: counter("evicted"),
+            over_budget: counter("over_budget"),
+            abandoned: counter("abandoned"),
         }
     }
 }

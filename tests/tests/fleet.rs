@@ -9,7 +9,7 @@
 //! (`Event::Relocated`; the drain time and the datagrams lost per member are printed); a member
 //! that cannot reach its new node plays on through the old one until it stops.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -957,21 +957,39 @@ async fn a_draining_node_moves_its_games_to_other_nodes_while_they_play() {
     let worst = ticks_lost.iter().copied().fold(0.0, f64::max);
     let mean = ticks_lost.iter().sum::<f64>() / ticks_lost.len() as f64;
     let total_sent: u32 = sent.iter().sum();
+    // What the new nodes held for members still on their way, and what became of it.
+    let mut held = BTreeMap::<String, u64>::new();
+    for node in &nodes[1..] {
+        for (outcome, n) in node
+            .metrics()
+            .await
+            .by_label("baton_held_datagrams_total", "outcome")
+        {
+            *held.entry(outcome).or_default() += n;
+        }
+    }
     eprintln!(
         "drain of {GAMES} games (3 members, 60 Hz): node a empty {drained:?} after POST; \
          datagrams lost per member during the move: mean {mean:.2} ticks, worst {worst:.2} \
-         ticks ({total_sent} sent); per member: {ticks_lost:?}"
+         ticks ({total_sent} sent); per member: {ticks_lost:?}; held on the new nodes: {held:?}"
     );
     assert_eq!(misdelivered, 0, "datagrams from another game or sender");
-    assert!(drained < WAIT, "{drained:?}");
-    // Members of a game move one after the other: what one sends through the new node before
-    // another is there is lost. The target is under a tick per member; the bounds leave room
-    // for a loaded machine (three nodes and 60 sessions share it).
+    // Members arrive one after the other: the first ones' datagrams wait for the others.
     assert!(
-        mean < 2.0,
+        held.get("held").is_some_and(|n| *n > 0) && held.get("delivered").is_some_and(|n| *n > 0),
+        "nothing was held for members on their way: {held:?}"
+    );
+    assert!(drained < WAIT, "{drained:?}");
+    // Members of a game move one after the other. What the moved ones send through the new
+    // node waits there for the others; what the others send through the old node reaches the
+    // moved ones on their old connections, which the old node keeps until all have moved. The
+    // target is under a tick per member; the bound on the worst member leaves room for a
+    // loaded machine (three nodes and 60 sessions share it).
+    assert!(
+        mean < 1.0,
         "members lost {mean} ticks on average during the move"
     );
-    assert!(worst < 30.0, "a member lost {worst} ticks during the move");
+    assert!(worst < 15.0, "a member lost {worst} ticks during the move");
 
     // The games go on where they are: a new player joins by code through any node, the
     // drained one included (it redirects to where the game went).

@@ -402,6 +402,34 @@ async fn a_unidirectional_stream_that_ends_before_its_kind_byte_is_a_violation()
     still_fine(&host, &peer, 1).await;
 }
 
+#[tokio::test]
+async fn a_client_that_finishes_its_control_stream_leaves_and_is_closed_normally() {
+    let relay = TestRelay::start().await;
+    let (host, peer) = bystanders(&relay).await;
+    let conn = raw_connection(&relay, |_| {}).await;
+    let (mut send, _recv, joined) = raw_join(&conn, host.join_code()).await;
+    let ServerMessage::Joined { peer: me, .. } = joined else {
+        panic!("{joined:?}");
+    };
+    event_matching(
+        &host,
+        WAIT,
+        |e| matches!(e, Event::PeerJoined { peer } if *peer == me),
+    )
+    .await;
+    // A FIN at a frame boundary ends the session (SPEC section 2.3).
+    send.finish().unwrap();
+    assert_eq!(closed_with(&conn).await, CloseCode::Normal);
+    assert_eq!(
+        event_matching(&host, WAIT, |e| matches!(e, Event::PeerLeft { .. })).await,
+        Event::PeerLeft {
+            peer: me,
+            reason: LeaveReason::Closed
+        }
+    );
+    still_fine(&host, &peer, 1).await;
+}
+
 /// Receives datagrams on `session` until none comes for `quiet`, counting them by sender; panics
 /// after [`WAIT`].
 async fn count_until_quiet(

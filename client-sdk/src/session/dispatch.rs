@@ -135,9 +135,9 @@ async fn read_until_end(
     }
 }
 
-/// Writes queued request frames to the control stream; after a resume, to the new
-/// connection's (`streams` brings it). A frame whose connection ended under it is written
-/// again on the next connection.
+/// Writes queued request frames to the control stream; after a resume or a move, to the new
+/// connection's (`streams` brings it), finishing the previous one. A frame whose connection
+/// ended under it is written again on the next connection.
 pub(super) async fn run_writer(
     shared: Arc<Shared>,
     mut send: SendStream,
@@ -148,6 +148,10 @@ pub(super) async fn run_writer(
         let frame = tokio::select! {
             biased;
             Some(stream) = streams.recv() => {
+                // The previous connection is gone, or (after a move to another node) still
+                // delivers datagrams: finishing its control stream tells that node this
+                // member has moved. Nothing more is written there.
+                let _ = send.finish();
                 send = stream;
                 continue;
             }

@@ -50,9 +50,11 @@
 //! timeouts, one redirect followed, `migrating` retried; at most
 //! [`defaults::RELOCATE_TIMEOUT`]). Once the new node answers `Joined`, the new connection
 //! replaces the old one as after a resume (same peer id and role: a host stays host; datagrams
-//! are sent on the new connection from then on) and [`Event::Relocated`] is queued; the old
-//! connection goes on delivering datagrams for [`defaults::RELOCATE_LINGER`] (members that
-//! have not moved yet send through the old node), then is closed normally. A request the old relay had not answered by then times out.
+//! are sent on the new connection from then on) and [`Event::Relocated`] is queued; the
+//! session finishes its control stream on the old connection, which goes on delivering
+//! datagrams (members that have not moved yet send through the old node) until the old node
+//! closes it once every member has moved, or for at most [`defaults::RELOCATE_LINGER`], then is
+//! closed normally. A request the old relay had not answered by then times out.
 //! If the new node cannot be reached the session stays on the old relay, which closes it with
 //! `relay_shutting_down` when its drain ends: the session then resumes through its fallback
 //! relays, or ends, as above. A second `Relocate` during a move is ignored.

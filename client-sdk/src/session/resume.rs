@@ -25,9 +25,11 @@
 //! [`defaults::RELOCATE_TIMEOUT`], while the reader goes on reading the old control stream
 //! and datagrams go on flowing on the old connection. On `Joined` the same [`Resume::swap`]
 //! installs the new connection (sends go there from then on) and [`Event::Relocated`] is
-//! queued; the old connection still delivers datagrams for [`defaults::RELOCATE_LINGER`]
-//! (members that have not moved yet send through the old node) and is then closed normally;
-//! the reader, whose old stream ends with it, reads on from the new one
+//! queued; the writer finishes the old control stream, which tells the old node this member
+//! has moved; the old connection still delivers datagrams (members that have not moved yet send
+//! through the old node) until the old node closes it, once every member has moved, or for at
+//! most [`defaults::RELOCATE_LINGER`], and is then closed normally; the reader, whose old
+//! stream ends with it, reads on from the new one
 //! ([`Shared::take_moved`]). A failed move leaves the session on the old
 //! relay; a `Relocate` while one is under way is ignored; a move still under way when the old
 //! connection ends is called off (the reader resumes or ends the session as usual). Requests
@@ -306,7 +308,9 @@ impl Resume {
             elapsed = ?started.elapsed(),
             "moved to another node"
         );
-        // Members that have not moved yet still send through the old node for a moment.
+        // Members that have not moved yet still send through the old node for a moment: until
+        // it closes this connection, when every member has moved (the writer finished the old
+        // control stream, which tells it this one has).
         shared.linger(old.clone());
         tokio::select! {
             () = tokio::time::sleep(defaults::RELOCATE_LINGER) => {}

@@ -75,8 +75,8 @@ pub(crate) struct Link {
     /// The connection to the relay: the first one, or the last one a resume or a move made.
     pub(crate) conn: quinn::Connection,
     /// Just after a move to another node, the previous connection, which still delivers the
-    /// datagrams of members that have not moved yet ([`defaults::RELOCATE_LINGER`]); nothing
-    /// is sent on it.
+    /// datagrams of members that have not moved yet, until the old node closes it (at most
+    /// [`defaults::RELOCATE_LINGER`]); nothing is sent on it.
     ///
     /// [`defaults::RELOCATE_LINGER`]: crate::defaults::RELOCATE_LINGER
     pub(crate) lingering: Option<quinn::Connection>,

@@ -114,6 +114,10 @@ enum Step {
         conn: u8,
         reason: u8,
     },
+    /// The client finishes its control stream (the relay closes it, or keeps a moved member).
+    Finish {
+        conn: u8,
+    },
     Reserve {
         max_peers: Option<u8>,
     },
@@ -552,6 +556,11 @@ impl World {
                     self.open.remove(&conn);
                 }
             }
+            Step::Finish { conn } => {
+                if let Some(conn) = self.conn(*conn) {
+                    self.cp.handle(self.now, Input::Finished { conn });
+                }
+            }
             Step::Reserve { max_peers } => {
                 let result = self
                     .cp
@@ -682,6 +691,7 @@ impl World {
                 | Output::Locate { .. }
                 | Output::Publish { .. }
                 | Output::Relocate { .. }
+                | Output::Awaiting { .. }
                 | Output::Draining) => {
                     panic!("fleet output without a directory: {out:?}")
                 }

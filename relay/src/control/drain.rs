@@ -12,7 +12,7 @@
 //!
 //! Runs wherever the [`ControlPlane`] is called.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -35,6 +35,9 @@ pub(super) enum Relocation {
     To {
         address: SocketAddr,
         server_name: String,
+        /// Members seated at the new node that still receive here (they finished their
+        /// control stream here): what the others, not moved yet, send them is delivered.
+        moved: BTreeSet<PeerId>,
     },
 }
 
@@ -117,6 +120,7 @@ impl ControlPlane {
             Relocation::To {
                 address,
                 server_name: server_name.clone(),
+                moved: BTreeSet::new(),
             },
         );
         let members = alloc.route();
@@ -152,6 +156,7 @@ impl ControlPlane {
             Relocation::To {
                 address,
                 server_name,
+                ..
             } => Some((*address, server_name.clone())),
             Relocation::Asked => None,
         }
@@ -178,9 +183,9 @@ impl ControlPlane {
         true
     }
 
-    /// A member of a relocated allocation left (it is seated on the new node): no one is told,
-    /// and the allocation closes, as `relocated`, with its last member. Returns whether it
-    /// handled the departure.
+    /// A member of a relocated allocation left (it is seated on the new node, or gave up): no
+    /// one is told, and the allocation closes, as `relocated`, once every member left has
+    /// moved. Returns whether it handled the departure.
     pub(super) fn depart_relocated(
         &mut self,
         now: Instant,
@@ -194,15 +199,20 @@ impl ControlPlane {
             return false;
         };
         alloc.members.remove(&peer);
-        if alloc.members.is_empty() {
-            self.close_allocation(now, id, CloseReason::Relocated);
+        if let Some(moved) = self.moved_members(id) {
+            moved.remove(&peer);
+        }
+        if self.close_if_all_moved(now, id) {
             return true;
         }
+        let Some(alloc) = self.allocations.get_mut(&id) else {
+            return true;
+        };
         let host_left = alloc.host_peer() == Some(peer);
         let deadline = now + self.keepalive_timeout;
         if host_left {
-            // The host moved first; the others are on their way to it. Whoever has not moved
-            // by the keepalive timeout is closed (`host_bind_deadline`).
+            // The host moved; the others are on their way to it. Whoever has not moved by the
+            // keepalive timeout is closed (`host_bind_deadline`).
             alloc.host = HostSlot::Returning {
                 host: peer,
                 deadline,
@@ -219,6 +229,53 @@ impl ControlPlane {
             host,
         });
         true
+    }
+
+    /// [`Input::Finished`](super::Input::Finished) from a member of a relocated allocation: it
+    /// is seated at the new node. It stays in the routing table (the host as host), so members
+    /// that have not moved yet still reach it here; the allocation closes, as `relocated`, once
+    /// every member has moved or left. Returns whether it was such a member.
+    pub(super) fn finish_relocated(
+        &mut self,
+        now: Instant,
+        id: AllocationId,
+        peer: PeerId,
+    ) -> bool {
+        let Some(moved) = self.moved_members(id) else {
+            return false;
+        };
+        moved.insert(peer);
+        self.close_if_all_moved(now, id);
+        true
+    }
+
+    /// The moved members of relocated allocation `id`, if it is relocated.
+    fn moved_members(&mut self, id: AllocationId) -> Option<&mut BTreeSet<PeerId>> {
+        match self.drain.as_mut()?.relocations.get_mut(&id)? {
+            Relocation::To { moved, .. } => Some(moved),
+            Relocation::Asked => None,
+        }
+    }
+
+    /// Closes relocated allocation `id`, as `relocated`, if every member left has moved.
+    /// Returns whether it did.
+    fn close_if_all_moved(&mut self, now: Instant, id: AllocationId) -> bool {
+        let all_moved = match (self.relocated_moved(id), self.allocations.get(&id)) {
+            (Some(moved), Some(alloc)) => alloc.members.keys().all(|p| moved.contains(p)),
+            _ => false,
+        };
+        if all_moved {
+            self.close_allocation(now, id, CloseReason::Relocated);
+        }
+        all_moved
+    }
+
+    /// The moved members of relocated allocation `id`, read-only.
+    fn relocated_moved(&self, id: AllocationId) -> Option<&BTreeSet<PeerId>> {
+        match self.drain.as_ref()?.relocations.get(&id)? {
+            Relocation::To { moved, .. } => Some(moved),
+            Relocation::Asked => None,
+        }
     }
 
     /// Forgets a closed allocation's relocation.

@@ -224,6 +224,9 @@ impl ControlPlane {
                 // Pending while draining (the sweep after the last allocation left finds
                 // nothing and stops).
                 Timer::DrainSweep => self.drain.is_some().then_some(at),
+                // The wait for an adopted allocation's members ends with the allocation at
+                // the latest (closing cancels it).
+                Timer::Awaited(id) => self.allocations.contains_key(&id).then_some(at),
             };
             ensure!(
                 due == Some(at),

@@ -468,6 +468,25 @@ impl ControlPlane {
         self.send(conn, ServerMessage::Done { request_id });
     }
 
+    /// [`Input::Finished`](super::Input::Finished): the client ended its session by finishing its control stream; it
+    /// leaves (reason `closed`) and its connection is closed normally. A member of a relocated
+    /// allocation has moved instead (`finish_relocated`).
+    pub(super) fn control_finished(&mut self, now: Instant, conn: ConnId) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        if let ConnState::Member { allocation, peer } = c.state {
+            if self.finish_relocated(now, allocation, peer) {
+                return;
+            }
+        }
+        self.handle_disconnect(now, conn, LeaveReason::Closed);
+        self.outputs.push_back(Output::Close {
+            conn,
+            code: CloseCode::Normal,
+        });
+    }
+
     /// [`Input::Disconnected`](super::Input::Disconnected): a member's departure is reported
     /// to the others; the host's starts a migration.
     pub(super) fn handle_disconnect(&mut self, now: Instant, conn: ConnId, reason: LeaveReason) {

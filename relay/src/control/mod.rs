@@ -245,6 +245,10 @@ impl ControlPlane {
                 self.forget_lookup(conn);
                 self.handle_disconnect(now, conn, reason)
             }
+            Input::Finished { conn } => {
+                self.forget_lookup(conn);
+                self.control_finished(now, conn)
+            }
             Input::CodesClaimed { codes } => self.codes_claimed(now, codes),
             Input::RelocationReady {
                 allocation,

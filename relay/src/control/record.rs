@@ -8,7 +8,9 @@
 //! change, as [`Output::Publish`] asks); [`ControlPlane::adopt`] rebuilds the allocation from
 //! one, with no member seated and its host awaited as [`HostSlot::Returning`] for the keepalive
 //! timeout. Members then rejoin as they reconnect; the host returns as host; if it does not
-//! come back in time, the host is lost and the usual election runs among those who did.
+//! come back in time, the host is lost and the usual election runs among those who did. Until
+//! then the data plane holds datagrams addressed to members not back yet ([`Output::Awaiting`]),
+//! so what the first members of a moving game send reaches the last ones.
 //!
 //! Plain data and two pure conversions; runs wherever the [`ControlPlane`] is called.
 
@@ -21,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use super::allocation::{Allocation, HostSlot};
 use super::codes::{CodeEntry, CodeState};
 use super::timers::Timer;
-use super::ControlPlane;
+use super::{ControlPlane, Output};
 
 /// The record format's version; a record of another version is refused.
 pub const RECORD_VERSION: u8 = 1;
@@ -204,11 +206,32 @@ impl ControlPlane {
         }
         self.schedule(deadline, Timer::HostBind(id));
         self.outputs
-            .push_back(super::Output::Event(super::Event::AllocationAdopted {
+            .push_back(Output::Event(super::Event::AllocationAdopted {
                 allocation: id,
                 code,
             }));
+        // Datagrams for members on their way are held until they arrive, for as long as the
+        // host is awaited.
+        let mut peers: Vec<PeerId> = record.members.iter().map(|m| PeerId(m.peer)).collect();
+        peers.sort_unstable();
+        peers.dedup();
+        self.outputs.push_back(Output::Awaiting {
+            allocation: id,
+            peers,
+        });
+        self.schedule(deadline, Timer::Awaited(id));
         Ok(id)
+    }
+
+    /// [`Timer::Awaited`]: members of adopted allocation `id` that have not rejoined by now
+    /// are no longer waited for; datagrams held for them are dropped.
+    pub(super) fn awaited_deadline(&mut self, id: AllocationId) {
+        if self.allocations.contains_key(&id) {
+            self.outputs.push_back(Output::Awaiting {
+                allocation: id,
+                peers: Vec::new(),
+            });
+        }
     }
 }
 

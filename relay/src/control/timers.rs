@@ -1,7 +1,8 @@
 //! The deadline queue: every `Timer` the control plane sets (bind windows, code expiry,
-//! tombstones, host bind, migration rounds, successor links, the rate-limit sweep), the
-//! `TimerQueue` behind [`ControlPlane::poll_timeout`], and `fire`, which hands a due timer to
-//! the file that owns its deadline.
+//! tombstones, host bind, migration rounds, successor links, the rate-limit sweep, the drain
+//! sweep, the wait for an adopted allocation's members), the `TimerQueue` behind
+//! [`ControlPlane::poll_timeout`], and `fire`, which hands a due timer to the file that owns
+//! its deadline.
 //!
 //! A `Timer` is pending at most once: setting it again moves it, and whatever ends the thing
 //! it watches cancels it (`cancel_allocation_timers` when an allocation closes or migrates
@@ -36,6 +37,8 @@ pub(super) enum Timer {
     SweepRateLimits,
     /// A draining node looks again for allocations to move (`drain`).
     DrainSweep,
+    /// An adopted allocation stops waiting for members that have not rejoined (`record`).
+    Awaited(AllocationId),
 }
 
 /// The pending deadlines: at most one instant per `Timer`, in instant order, each removable
@@ -117,6 +120,7 @@ impl ControlPlane {
         self.cancel(Timer::CodeExpiry(id));
         self.cancel(Timer::HostBind(id));
         self.cancel(Timer::Migration(id));
+        self.cancel(Timer::Awaited(id));
     }
 
     /// Takes the earliest timer off the queue if it is due at `now`.
@@ -143,6 +147,7 @@ impl ControlPlane {
             Timer::Tombstone(code) => self.forget_tombstone(now, code),
             Timer::SweepRateLimits => self.sweep_rate_limits(now),
             Timer::DrainSweep => self.sweep_drain(now),
+            Timer::Awaited(id) => self.awaited_deadline(id),
         }
     }
 }

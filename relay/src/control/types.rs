@@ -57,6 +57,14 @@ pub enum Input {
         /// The snapshot's bytes.
         data: Bytes,
     },
+    /// The client finished (FIN) its control stream at a frame boundary. It ends its session
+    /// (the connection is closed normally), except for a member of an allocation this draining
+    /// node relocated: it has moved, and its connection keeps receiving datagrams until every
+    /// member has moved. The data plane keeps serving the connection until told to close it.
+    Finished {
+        /// The connection.
+        conn: ConnId,
+    },
     /// A connection ended. Reported once per connection; a connection the control plane has
     /// already let go (kicked, closed with its allocation) is ignored.
     Disconnected {
@@ -198,6 +206,17 @@ pub enum Output {
     Relocate {
         /// The allocation's takeover record.
         record: super::record::AllocationRecord,
+    },
+    /// An adopted allocation's members are expected to rejoin (exactly `peers`; empty when the
+    /// wait is over): until each is seated (appears in an [`Output::Route`]), the data plane
+    /// holds datagrams addressed to it, within bounds, and delivers them when it arrives. Members
+    /// of a moving game arrive one after the other; what the first ones send meanwhile is not
+    /// lost.
+    Awaiting {
+        /// The allocation.
+        allocation: AllocationId,
+        /// The members still expected, sorted by peer id.
+        peers: Vec<PeerId>,
     },
     /// Fleet mode: store this allocation's takeover record in the directory (its membership
     /// or host changed).

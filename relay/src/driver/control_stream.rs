@@ -2,7 +2,9 @@
 //! frames (at most `max_control_frame`), decodes them and sends them to the control task as
 //! `Input::Request`, paced by a [`RequestBudget`] (`client_requests_per_second` after a burst of
 //! [`crate::defaults::REQUEST_BURST`]): a request beyond it waits for its turn, and no further frame is
-//! read meanwhile. Its writer batches the control task's `ServerMessage`s into writes.
+//! read meanwhile. Its writer batches the control task's `ServerMessage`s into writes. A client
+//! that finishes the stream is reported as `Input::Finished`; the control plane decides whether
+//! the connection closes.
 //!
 //! Runs inside each connection's task on the endpoint's data-plane lane thread; reaches the
 //! control plane only through the `inputs` channel and the connection's control queue.
@@ -39,7 +41,20 @@ pub(super) async fn control_stream(
             let mut prefix = [0u8; frame::LEN_PREFIX];
             match recv.read_exact(&mut prefix).await {
                 Ok(()) => {}
-                Err(quinn::ReadExactError::FinishedEarly(0)) => return Some(CloseCode::Normal),
+                Err(quinn::ReadExactError::FinishedEarly(0)) => {
+                    // The client is done here. The control plane closes the connection, or
+                    // (a member that moved to another node) keeps it for its datagrams; the
+                    // writer goes on meanwhile.
+                    if shared
+                        .inputs
+                        .send(Input::Finished { conn: id })
+                        .await
+                        .is_err()
+                    {
+                        return None;
+                    }
+                    return std::future::pending().await;
+                }
                 Err(quinn::ReadExactError::FinishedEarly(_)) => {
                     return Some(CloseCode::ProtocolViolation)
                 }

@@ -156,6 +156,7 @@ fn apply(output: Output, shared: &Shared, tables: &mut Tables, events: &mut Even
             members,
             host,
         } => tables.update(shared, allocation, members, host),
+        Output::Awaiting { allocation, peers } => tables.awaiting(shared, allocation, &peers),
         Output::DeliverSnapshot { conn, data } => {
             let Some(c) = shared.conns.get(&conn).map(|c| c.conn.clone()) else {
                 return;

@@ -1,8 +1,9 @@
 //! The datagram hot path: [`forward_datagrams`] reads a connection's datagrams, [`forward`]
 //! checks the sender's limits, looks up the sender's [`Route`](super::routing::Route) and
 //! rewrites the header, and [`Delivery::send`] queues the datagram on each destination
-//! connection, within the allocation's bandwidth cap. What cannot be sent is dropped, counted by
-//! reason and reported back to the sender at most once a second ([`DropReport`]).
+//! connection, within the allocation's bandwidth cap, or holds it for a member on its way
+//! ([`held`](super::held)). What cannot be sent is dropped, counted by reason and reported back
+//! to the sender at most once a second ([`DropReport`]).
 //!
 //! Runs on the endpoint's data-plane lane thread, inside each connection's task; reads only the
 //! routing tables and metrics, takes no relay-wide lock, and never touches the `ControlPlane`.
@@ -17,6 +18,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 
 use super::bucket::{ClientLimits, Limit, SharedBucket};
+use super::held::{Held, Hold, Outcome};
 use super::{sleep_until_opt, ConnShared, Shared};
 
 /// Drop reasons this relay reports.
@@ -132,20 +134,45 @@ fn forward(
         payload_len,
     };
     match Destination::from_u16(dest) {
+        Destination::Peer(peer) if peer == route.me => {
+            dropped(DropReason::UnknownPeer, u32::from(peer.0));
+        }
         Destination::Peer(peer) => {
-            let target = (peer != route.me).then(|| table.get(peer)).flatten();
-            let Some(target) = target else {
-                return dropped(DropReason::UnknownPeer, u32::from(peer.0));
+            let sent = match (table.get(peer), table.awaited(peer)) {
+                (Some(target), _) => delivery.send(peer, target, out),
+                (None, Some(held)) => delivery.hold(peer, held, out),
+                (None, None) => Err((DropReason::UnknownPeer, u32::from(peer.0))),
             };
-            if let Err((reason, value)) = delivery.send(peer, target, out) {
+            if let Err((reason, value)) = sent {
                 dropped(reason, value);
             }
         }
-        Destination::Broadcast => broadcast(
-            table.members.iter().filter(|m| m.peer != route.me),
-            |m| delivery.send(m.peer, &m.conn, out.clone()),
-            dropped,
-        ),
+        Destination::Broadcast => {
+            broadcast(
+                table.members.iter().filter(|m| m.peer != route.me),
+                |m| delivery.send(m.peer, &m.conn, out.clone()),
+                dropped,
+            );
+            broadcast(
+                table.awaited.iter(),
+                |a| delivery.hold(a.peer, &a.held, out.clone()),
+                dropped,
+            );
+        }
+    }
+}
+
+/// Sends a datagram held for a member that has just arrived (see [`held`](super::held)); its
+/// limits were applied when it was held. A full send buffer drops it, as `congested`.
+pub(super) fn deliver_held(shared: &Shared, target: &quinn::Connection, datagram: Bytes) {
+    let payload_len = datagram.len().saturating_sub(datagram::HEADER_LEN);
+    if target.datagram_send_buffer_space() < datagram.len() {
+        shared.metrics.dropped(DropReason::Congested).inc();
+        return;
+    }
+    if target.send_datagram(datagram).is_ok() {
+        shared.metrics.datagrams_forwarded.inc();
+        shared.metrics.bytes_forwarded.inc_by(payload_len as u64);
     }
 }
 
@@ -185,17 +212,61 @@ impl Delivery<'_> {
         target: &quinn::Connection,
         datagram: Bytes,
     ) -> Result<(), (DropReason, u32)> {
-        let shared = self.shared;
         // Drop the newest rather than let quinn silently discard the oldest queued datagrams.
         if target.datagram_send_buffer_space() < datagram.len() {
             return Err((DropReason::Congested, u32::from(peer.0)));
         }
+        self.take_bandwidth()?;
+        self.transmit(peer, target, datagram)
+    }
+
+    /// Charges the datagram to the allocation's bandwidth cap, if it has one.
+    fn take_bandwidth(&self) -> Result<(), (DropReason, u32)> {
         if let Some(cap) = self.bandwidth {
             if !cap.take(self.now, self.payload_len as u64) {
-                shared.metrics.limited.allocation_bytes.inc();
+                self.shared.metrics.limited.allocation_bytes.inc();
                 return Err((DropReason::RateLimited, saturate(cap.rate().per_second())));
             }
         }
+        Ok(())
+    }
+
+    /// Holds one datagram for `peer`, a member on its way (see [`held`](super::held)), or
+    /// sends it to `peer` if it has just arrived.
+    fn hold(
+        &self,
+        peer: PeerId,
+        held: &Held<quinn::Connection>,
+        datagram: Bytes,
+    ) -> Result<(), (DropReason, u32)> {
+        self.take_bandwidth()?;
+        let metrics = &self.shared.metrics.held;
+        match held.hold(self.now, datagram, || Outcome::Evicted.count(metrics)) {
+            Hold::Held => {
+                Outcome::Held.count(metrics);
+                Ok(())
+            }
+            Hold::Arrived(target, datagram) => {
+                if target.datagram_send_buffer_space() < datagram.len() {
+                    return Err((DropReason::Congested, u32::from(peer.0)));
+                }
+                self.transmit(peer, &target, datagram)
+            }
+            Hold::Dropped(outcome) => {
+                outcome.count(metrics);
+                Err((DropReason::UnknownPeer, u32::from(peer.0)))
+            }
+        }
+    }
+
+    /// Queues one datagram, within its limits, on `target`'s connection.
+    fn transmit(
+        &self,
+        peer: PeerId,
+        target: &quinn::Connection,
+        datagram: Bytes,
+    ) -> Result<(), (DropReason, u32)> {
+        let shared = self.shared;
         match target.send_datagram(datagram) {
             Ok(()) => {
                 shared.metrics.datagrams_forwarded.inc();

@@ -51,6 +51,7 @@ mod events;
 mod fleet;
 mod forward;
 pub(crate) mod handle;
+mod held;
 mod lane;
 mod routing;
 mod snapshot;
@@ -135,6 +136,8 @@ struct Shared {
     client_requests: Rate,
     /// Fleet mode's link to the directory; `None` on a relay standing alone.
     fleet: Option<fleet::FleetLink>,
+    /// Payload bytes that datagrams held for members on their way may still take (`held`).
+    held_budget: Arc<held::HeldBudget>,
 }
 
 /// A running relay. Call [`Relay::shutdown`] for a graceful stop. Dropping it instead stops its
@@ -291,6 +294,7 @@ impl Relay {
                 defaults::REQUEST_BURST,
             ),
             fleet,
+            held_budget: Arc::new(held::HeldBudget::new(held::HELD_BUDGET)),
         });
 
         let node = config.fleet.as_ref().map(|f| f.node_id.clone());

@@ -2,11 +2,15 @@
 //! [`Table`] of its members' connections sorted by peer id, and its bandwidth cap's bucket), and
 //! per bound connection a [`Route`] (its own peer id and its allocation's entry).
 //!
+//! An allocation a node adopted also lists the members it awaits, each with a [`Held`] queue
+//! (see [`held`](super::held)): datagrams addressed to them wait there until they arrive.
+//!
 //! Only the control task writes them, through [`Tables`], when the control plane reports
-//! `Output::Bound` or `Output::Route`; [`forward`](super::forward) reads them lock-free on the
-//! lanes through [`ArcSwap`]. Nothing here calls the control plane or touches a socket.
+//! `Output::Bound`, `Output::Route` or `Output::Awaiting`; [`forward`](super::forward) reads
+//! them lock-free on the lanes through [`ArcSwap`]. Nothing here calls the control plane; the
+//! only datagrams sent from here are those held for a member, when it arrives.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -14,6 +18,7 @@ use arc_swap::ArcSwap;
 use baton_protocol::{AllocationId, PeerId};
 
 use super::bucket::SharedBucket;
+use super::held::Held;
 use super::Shared;
 use crate::control::ConnId;
 
@@ -23,10 +28,18 @@ pub(super) struct Member {
     pub(super) conn: quinn::Connection,
 }
 
-/// An allocation's routing table: its members sorted by peer id.
+/// A member on its way: datagrams addressed to it are held until it arrives.
+pub(super) struct Awaited {
+    pub(super) peer: PeerId,
+    pub(super) held: Arc<Held<quinn::Connection>>,
+}
+
+/// An allocation's routing table: its members sorted by peer id, and the members it awaits
+/// (an adopted allocation's, until they rejoin), sorted by peer id.
 #[derive(Default)]
 pub(super) struct Table {
     pub(super) members: Vec<Member>,
+    pub(super) awaited: Vec<Awaited>,
 }
 
 impl Table {
@@ -36,6 +49,15 @@ impl Table {
             .ok()
             .and_then(|i| self.members.get(i))
             .map(|m| &m.conn)
+    }
+
+    /// The queue of awaited member `peer`, if it is awaited.
+    pub(super) fn awaited(&self, peer: PeerId) -> Option<&Held<quinn::Connection>> {
+        self.awaited
+            .binary_search_by_key(&peer, |a| a.peer)
+            .ok()
+            .and_then(|i| self.awaited.get(i))
+            .map(|a| &*a.held)
     }
 }
 
@@ -66,6 +88,9 @@ pub(super) struct Route {
 #[derive(Default)]
 pub(super) struct Tables {
     tables: HashMap<AllocationId, Arc<Allocation>>,
+    /// Per allocation, the members it awaits and their queues (`Output::Awaiting`), until
+    /// each arrives or the wait ends.
+    awaited: HashMap<AllocationId, BTreeMap<PeerId, Arc<Held<quinn::Connection>>>>,
 }
 
 impl Tables {
@@ -94,6 +119,7 @@ impl Tables {
     /// `allocation`'s membership is now exactly `members`, hosted by `host` (none while it
     /// awaits or migrates to its host); an empty list retires its table. Each member's
     /// connection learns whether it is the host (only the host's snapshot uploads are read).
+    /// An awaited member that is now a member gets what was held for it first.
     pub(super) fn update(
         &mut self,
         shared: &Shared,
@@ -105,9 +131,10 @@ impl Tables {
             if let Some(entry) = self.tables.remove(&allocation) {
                 entry.table.store(Arc::new(Table::default()));
             }
+            self.abandon(shared, allocation, &[]);
             return;
         }
-        let members = members
+        let members: Vec<Member> = members
             .into_iter()
             .filter_map(|(peer, conn)| {
                 shared.conns.get(&conn).map(|c| {
@@ -119,10 +146,97 @@ impl Tables {
                 })
             })
             .collect();
+        if let Some(awaited) = self.awaited.get_mut(&allocation) {
+            for member in &members {
+                if let Some(held) = awaited.remove(&member.peer) {
+                    arrive(shared, &held, member.conn.clone());
+                }
+            }
+            if awaited.is_empty() {
+                self.awaited.remove(&allocation);
+            }
+        }
+        self.publish(shared, allocation, members);
+    }
+
+    /// `allocation` now awaits exactly `peers` (those not already members): datagrams for each
+    /// are held until it arrives; what was held for members no longer awaited is dropped.
+    pub(super) fn awaiting(&mut self, shared: &Shared, allocation: AllocationId, peers: &[PeerId]) {
+        self.abandon(shared, allocation, peers);
+        let table = self
+            .tables
+            .entry(allocation)
+            .or_insert_with(|| Allocation::new(shared))
+            .table
+            .load_full();
+        let awaited = self.awaited.entry(allocation).or_default();
+        for peer in peers {
+            if table.get(*peer).is_none() {
+                awaited
+                    .entry(*peer)
+                    .or_insert_with(|| Arc::new(Held::new(shared.held_budget.clone())));
+            }
+        }
+        if awaited.is_empty() {
+            self.awaited.remove(&allocation);
+        }
+        let members = table
+            .members
+            .iter()
+            .map(|m| Member {
+                peer: m.peer,
+                conn: m.conn.clone(),
+            })
+            .collect();
+        self.publish(shared, allocation, members);
+    }
+
+    /// Drops the queues of `allocation`'s awaited members other than `keep`.
+    fn abandon(&mut self, shared: &Shared, allocation: AllocationId, keep: &[PeerId]) {
+        let Some(awaited) = self.awaited.get_mut(&allocation) else {
+            return;
+        };
+        awaited.retain(|peer, held| {
+            if keep.contains(peer) {
+                return true;
+            }
+            held.abandon(|outcome| outcome.count(&shared.metrics.held));
+            false
+        });
+        if awaited.is_empty() {
+            self.awaited.remove(&allocation);
+        }
+    }
+
+    /// Stores `allocation`'s table: `members` and its awaited members' queues.
+    fn publish(&mut self, shared: &Shared, allocation: AllocationId, members: Vec<Member>) {
+        let awaited = self
+            .awaited
+            .get(&allocation)
+            .map(|a| {
+                a.iter()
+                    .map(|(peer, held)| Awaited {
+                        peer: *peer,
+                        held: held.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         self.tables
             .entry(allocation)
             .or_insert_with(|| Allocation::new(shared))
             .table
-            .store(Arc::new(Table { members }));
+            .store(Arc::new(Table { members, awaited }));
     }
+}
+
+/// Awaited member's connection `conn` is seated: what was held for it goes there, in order.
+fn arrive(shared: &Shared, held: &Held<quinn::Connection>, conn: quinn::Connection) {
+    let now = shared.clock.now();
+    held.arrive(
+        conn,
+        now,
+        |conn, datagram| super::forward::deliver_held(shared, conn, datagram),
+        |outcome| outcome.count(&shared.metrics.held),
+    );
 }

@@ -156,6 +156,126 @@ fn members_leave_quietly_and_the_last_one_closes_it_as_relocated() {
     );
 }
 
+/// `conn` finishes its control stream.
+fn finish(h: &mut Harness, conn: ConnId) -> Vec<Output> {
+    h.cp.handle(h.now, Input::Finished { conn });
+    h.drain()
+}
+
+#[test]
+fn moved_members_keep_receiving_until_every_member_has_moved() {
+    let (mut h, id, _) = hosting();
+    h.cp.drain(h.now).unwrap();
+    h.drain();
+    ready(&mut h, id);
+    // The host is seated at the new node and finishes its control stream here: it stays in
+    // the routing table, as host (peers not moved yet still send to it), and no one is told
+    // anything.
+    let out = finish(&mut h, HOST);
+    assert!(out.is_empty(), "{out:?}");
+    // A peer moves too; the last one's move closes everyone here.
+    let out = finish(&mut h, 2);
+    assert!(out.is_empty(), "{out:?}");
+    let out = finish(&mut h, 3);
+    assert_eq!(
+        closes_by_conn(&out),
+        vec![
+            (HOST, CloseCode::RelayShuttingDown),
+            (2, CloseCode::RelayShuttingDown),
+            (3, CloseCode::RelayShuttingDown)
+        ]
+    );
+    assert!(events(&out).iter().all(|e| matches!(
+        e,
+        Event::PeerLeft { .. }
+            | Event::AllocationClosed {
+                reason: CloseReason::Relocated,
+                ..
+            }
+    )));
+    assert_eq!(h.cp.allocation_count(), 0);
+    h.check();
+}
+
+#[test]
+fn a_moved_member_leaving_or_a_straggler_leaving_ends_the_move_too() {
+    let (mut h, id, _) = hosting();
+    h.cp.drain(h.now).unwrap();
+    h.drain();
+    ready(&mut h, id);
+    finish(&mut h, HOST);
+    finish(&mut h, 2);
+    // A moved member closes its old connection before the others moved: it just leaves.
+    let out = h.disconnect(2, LeaveReason::Closed);
+    assert!(closes(&out).is_empty(), "{out:?}");
+    assert_eq!(
+        last_route(&out),
+        Some(vec![(PeerId::HOST, HOST), (PeerId(2), 3)])
+    );
+    // The last one not moved gives up here: no one is left to move.
+    let out = h.disconnect(3, LeaveReason::Closed);
+    assert_eq!(
+        closes_by_conn(&out),
+        vec![(HOST, CloseCode::RelayShuttingDown)]
+    );
+    assert_eq!(h.cp.allocation_count(), 0);
+    h.check();
+}
+
+#[test]
+fn a_finished_control_stream_elsewhere_ends_the_session() {
+    let (mut h, id, _) = hosting();
+    // Not draining: a peer that finishes its control stream leaves, `closed`, and its
+    // connection is closed normally.
+    let out = finish(&mut h, 2);
+    assert_eq!(closes_by_conn(&out), vec![(2, CloseCode::Normal)]);
+    assert!(replies_to(&out, HOST).contains(&ServerMessage::PeerLeft {
+        peer: PeerId(1),
+        reason: LeaveReason::Closed,
+    }));
+    assert_eq!(
+        last_route(&out),
+        Some(vec![(PeerId::HOST, HOST), (PeerId(2), 3)])
+    );
+    // Its later disconnection is not a second departure.
+    assert!(h.disconnect(2, LeaveReason::Closed).is_empty());
+    // Draining, an allocation not handed over yet: the same.
+    h.cp.drain(h.now).unwrap();
+    h.drain();
+    let out = finish(&mut h, 3);
+    assert_eq!(closes_by_conn(&out), vec![(3, CloseCode::Normal)]);
+    // An unbound connection: closed normally.
+    h.connect(30);
+    assert_eq!(
+        closes_by_conn(&finish(&mut h, 30)),
+        vec![(30, CloseCode::Normal)]
+    );
+    assert!(h.cp.allocation(h.now, id).is_some());
+    h.check();
+}
+
+#[test]
+fn stragglers_are_closed_a_keepalive_after_the_moved_host_left() {
+    let (mut h, id, _) = hosting();
+    h.cp.drain(h.now).unwrap();
+    h.drain();
+    ready(&mut h, id);
+    finish(&mut h, HOST);
+    finish(&mut h, 2);
+    // The host stops receiving here (its client bounds how long it does).
+    h.disconnect(HOST, LeaveReason::Closed);
+    let out = h.advance(RelayConfig::default().keepalive_timeout() + Duration::from_millis(1));
+    assert_eq!(
+        closes_by_conn(&out),
+        vec![
+            (2, CloseCode::RelayShuttingDown),
+            (3, CloseCode::RelayShuttingDown)
+        ]
+    );
+    assert_eq!(h.cp.allocation_count(), 0);
+    h.check();
+}
+
 #[test]
 fn stragglers_are_closed_a_keepalive_after_the_host_moved() {
     let (mut h, id, _) = hosting();

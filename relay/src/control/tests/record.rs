@@ -127,6 +127,65 @@ fn an_allocation_no_one_returns_to_closes() {
     assert_eq!(refusal, ErrorCode::Closed);
 }
 
+/// The `Output::Awaiting` lists of allocation `id` in `out`.
+fn awaiting(out: &[Output], id: AllocationId) -> Vec<Vec<PeerId>> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Awaiting { allocation, peers } if *allocation == id => Some(peers.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn an_adoption_awaits_every_member_until_the_host_wait_ends() {
+    let (record, _, tokens) = exported();
+    let id = AllocationId(record.allocation);
+    let mut b = Harness::new();
+    b.cp.adopt(b.now, UNIX, &record).unwrap();
+    let out = b.drain();
+    assert_eq!(
+        awaiting(&out, id),
+        [vec![PeerId::HOST, PeerId(1), PeerId(2)]]
+    );
+    // Arrivals are routed (the data plane hands each its held datagrams); the list is not
+    // sent again.
+    b.connect(12);
+    let out = b.rejoin(12, id, PeerId(1), tokens[1]);
+    assert!(awaiting(&out, id).is_empty(), "{out:?}");
+    assert_eq!(last_route(&out), Some(vec![(PeerId(1), 12)]));
+    b.connect(11);
+    b.rejoin(11, id, PeerId::HOST, tokens[0]);
+    // The wait ends with the host's: members not back by then are no longer awaited.
+    let keepalive = RelayConfig::default().keepalive_timeout();
+    let out = b.advance(keepalive - Duration::from_millis(1));
+    assert!(awaiting(&out, id).is_empty());
+    let out = b.advance(Duration::from_millis(2));
+    assert_eq!(awaiting(&out, id), [Vec::<PeerId>::new()]);
+    b.check();
+}
+
+#[test]
+fn a_closed_adoption_stops_awaiting_with_its_route() {
+    let (record, _, _) = exported();
+    let id = AllocationId(record.allocation);
+    let mut b = Harness::new();
+    b.cp.adopt(b.now, UNIX, &record).unwrap();
+    b.drain();
+    // No one comes back: the allocation closes at the host's deadline, and with it the wait
+    // (its timer is cancelled; nothing is awaited after the close).
+    let out = b.advance(RelayConfig::default().keepalive_timeout() + Duration::from_millis(1));
+    assert_eq!(b.cp.allocation_count(), 0);
+    assert!(awaiting(&out, id).is_empty(), "{out:?}");
+    assert_eq!(
+        last_route(&out),
+        Some(vec![]),
+        "the data plane drops its queues"
+    );
+    // (`check` finds no timer left watching the closed allocation.)
+    b.check();
+}
+
 /// A change that makes a record bad.
 type Spoil = fn(&mut AllocationRecord);
 
