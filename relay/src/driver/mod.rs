@@ -236,7 +236,18 @@ impl Relay {
         let (admin_tx, admin_rx) = mpsc::channel(64);
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
+        // The admin listener is bound before fleet mode starts, so a fleet node publishes the
+        // admin address it was given (port 0 included) from its first heartbeat.
+        let admin_listener = match config.admin_listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| RelayError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
         let mut first_codes = Vec::new();
+        let mut placement = None;
         let fleet = match &config.fleet {
             Some(fleet) => {
                 // Port 0 (an in-process relay on a port the kernel picks) announces the port
@@ -247,9 +258,39 @@ impl Relay {
                         fleet.public_addr.set_port(bound.port());
                     }
                 }
+                let admin_addr = match &admin_listener {
+                    Some(listener) => {
+                        let bound = listener.local_addr().map_err(|source| RelayError::Bind {
+                            addr: fleet.public_addr,
+                            source,
+                        })?;
+                        let advertised = crate::admin::placement::advertised_admin_addr(
+                            config.admin_advertise.as_deref(),
+                            bound,
+                            fleet.public_addr,
+                        );
+                        crate::directory::check_admin_addr(&advertised).map_err(|e| {
+                            RelayError::Fleet(format!("admin address {advertised}: {e}"))
+                        })?;
+                        if config.admin_advertise.is_none()
+                            && bound.ip().is_loopback()
+                            && !fleet.public_addr.ip().is_loopback()
+                        {
+                            warn!(
+                                admin = %advertised,
+                                "the admin API listens on loopback: nodes on other machines \
+                                 cannot forward reservations here (set --admin-advertise and \
+                                 --admin-listen)"
+                            );
+                        }
+                        Some(advertised)
+                    }
+                    None => None,
+                };
                 let (link, codes) = fleet::FleetLink::start(
                     &config,
                     &fleet,
+                    admin_addr,
                     input_tx.clone(),
                     metrics.clone(),
                     shutdown.clone(),
@@ -258,6 +299,18 @@ impl Relay {
                 .await
                 .map_err(|e| RelayError::Fleet(e.to_string()))?;
                 first_codes = codes;
+                let me = crate::directory::NodeId::parse(&fleet.node_id)
+                    .map_err(|e| RelayError::Fleet(format!("--node-id: {e}")))?;
+                placement = Some(
+                    crate::admin::placement::Placement::new(
+                        link.directory().clone(),
+                        me,
+                        fleet.public_addr,
+                        fleet.server_name.clone(),
+                        config.admin_token.clone(),
+                    )
+                    .map_err(|e| RelayError::Fleet(format!("the placement HTTP client: {e}")))?,
+                );
                 Some(link)
             }
             None => None,
@@ -327,17 +380,18 @@ impl Relay {
             admin: admin_tx.clone(),
             metrics,
         };
-        let admin_addr = match config.admin_listen {
-            Some(addr) => {
+        let admin_addr = match admin_listener {
+            Some(listener) => {
+                let addr = config.admin_listen.unwrap_or(defaults::ADMIN_LISTEN);
                 let (bound, task) = crate::admin::spawn(
-                    addr,
+                    listener,
                     handle.clone(),
                     config.admin_token.clone(),
                     config.admin_limits.clone(),
                     hooks,
+                    placement,
                     shutdown.clone(),
                 )
-                .await
                 .map_err(|source| RelayError::Bind { addr, source })?;
                 tasks.spawn(async move {
                     let _ = task.await;
