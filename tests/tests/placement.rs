@@ -293,6 +293,129 @@ async fn named_nodes_and_regions_are_honoured_and_draining_nodes_get_nothing() {
     }
 }
 
+/// A fake admin API on loopback: reads each request (headers and body) and answers `answer`,
+/// or nothing at all (holding the connection) when `answer` is `None`.
+async fn fake_admin(answer: Option<&'static [u8]>) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let Some(answer) = answer else {
+                held.push(stream);
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                // Until the headers' end and the body's length are read.
+                loop {
+                    let Ok(n) = stream.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&request).to_ascii_lowercase();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let body: usize = text
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        if request.len() >= end + 4 + body {
+                            break;
+                        }
+                    }
+                }
+                let _ = stream.write_all(answer).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// The directory record of a node that does not run, in `region`, with no load, whose admin
+/// API is at `admin`.
+fn phantom(id: &str, region: &str, admin: SocketAddr) -> NodeInfo {
+    NodeInfo {
+        id: NodeId::parse(id).unwrap(),
+        addr: "127.0.0.1:9".parse().unwrap(),
+        server_name: "localhost".into(),
+        region: region.into(),
+        state: NodeState::Active,
+        allocations: 0,
+        connections: 0,
+        cpu_pct: 0.0,
+        admin_addr: Some(admin.to_string()),
+    }
+}
+
+#[tokio::test]
+async fn forwards_that_fail_are_typed_and_only_unsent_ones_go_elsewhere() {
+    let (redis, _certs, nodes) = fleet(["default"; 3]).await;
+    let dir = directory(&redis).await;
+    until_directory(&dir, "three nodes", |n| n.len() == 3).await;
+    // Nodes the directory lists with no load (so, by id, before a, b and c), each alone in its
+    // region, whose admin APIs are fakes: one never answers, one has another admin token, one
+    // is not Baton.
+    let silent = fake_admin(None).await;
+    let other_token = fake_admin(Some(
+        b"HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: 48\r\n\r\n{\"error\":\"missing bearer\",\"code\":\"unauthorized\"}",
+    ))
+    .await;
+    let not_baton = fake_admin(Some(
+        b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 5\r\n\r\noops!",
+    ))
+    .await;
+    let ttl = Duration::from_secs(60);
+    for (id, admin) in [
+        ("0-silent", silent),
+        ("0-token", other_token),
+        ("0-html", not_baton),
+    ] {
+        dir.heartbeat(&phantom(id, id, admin), ttl).await.unwrap();
+    }
+    for (region, status, code) in [
+        ("0-token", 502, "forward_unauthorized"),
+        ("0-html", 503, "node_unreachable"),
+    ] {
+        let (got, answer, _) = reserve(&nodes[0], json!({ "region": region })).await;
+        assert_eq!(
+            (got, answer["code"].as_str(), answer["node"].as_str()),
+            (status, Some(code), Some(region)),
+            "{answer}"
+        );
+    }
+    // A node that takes the request and says nothing: the forward gives up after 2 s.
+    let asked = Instant::now();
+    let (status, answer, _) = reserve(&nodes[0], json!({ "node": "0-silent" })).await;
+    let took = asked.elapsed();
+    assert_eq!(
+        (status, answer["code"].as_str(), answer["node"].as_str()),
+        (503, Some("node_unreachable"), Some("0-silent")),
+        "{answer}"
+    );
+    assert!(
+        (Duration::from_secs(2)..Duration::from_secs(4)).contains(&took),
+        "the forward gave up after {took:?}"
+    );
+    // Unnamed: the first in load order ("0-html") failed after the request was sent, so it
+    // may have reserved: no other node is tried.
+    let (status, answer, _) = reserve(&nodes[0], json!({})).await;
+    assert_eq!(
+        (status, answer["code"].as_str(), answer["node"].as_str()),
+        (503, Some("node_unreachable"), Some("0-html")),
+        "{answer}"
+    );
+    for node in &nodes {
+        assert_eq!(node.relay().handle().counts().await.unwrap().0, 0);
+    }
+}
+
 #[tokio::test]
 async fn a_node_whose_admin_api_is_down_is_named_or_passed_over() {
     let (redis, _certs, nodes) = fleet(["default"; 3]).await;
@@ -304,18 +427,7 @@ async fn a_node_whose_admin_api_is_down_is_named_or_passed_over() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap()
     };
-    let ghost = NodeInfo {
-        id: NodeId::parse("0-ghost").unwrap(),
-        addr: "127.0.0.1:9".parse().unwrap(),
-        server_name: "localhost".into(),
-        region: "void".into(),
-        state: NodeState::Active,
-        allocations: 0,
-        connections: 0,
-        cpu_pct: 0.0,
-        admin_addr: Some(closed.to_string()),
-    };
-    dir.heartbeat(&ghost, Duration::from_secs(60))
+    dir.heartbeat(&phantom("0-ghost", "void", closed), Duration::from_secs(60))
         .await
         .unwrap();
 
