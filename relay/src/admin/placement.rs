@@ -178,6 +178,27 @@ pub fn advertised_admin_addr(
     }
 }
 
+/// [`advertised_admin_addr`], checked as the directory will check it, with a warning when a
+/// loopback admin address is published for a node clients reach elsewhere (nodes on other
+/// machines could not forward to it).
+pub(crate) fn advertise(
+    configured: Option<&str>,
+    bound: SocketAddr,
+    public: SocketAddr,
+) -> Result<String, String> {
+    let advertised = advertised_admin_addr(configured, bound, public);
+    crate::directory::check_admin_addr(&advertised)
+        .map_err(|e| format!("admin address {advertised}: {e}"))?;
+    if configured.is_none() && bound.ip().is_loopback() && !public.ip().is_loopback() {
+        tracing::warn!(
+            admin = %advertised,
+            "the admin API listens on loopback: nodes on other machines cannot forward \
+             reservations here (set --admin-listen, and --admin-advertise if need be)"
+        );
+    }
+    Ok(advertised)
+}
+
 /// `POST /v1/allocations`'s answer: the reservation and, on a fleet node, where it was made.
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) struct Placed {
@@ -673,6 +694,12 @@ mod tests {
         assert_eq!(
             advertised_admin_addr(None, sa("[::]:7701"), sa("[2001:db8::7]:7700")),
             "[2001:db8::7]:7701"
+        );
+        // What would not parse back from the directory is refused before it is published.
+        assert!(advertise(Some("relay-1"), sa("0.0.0.0:7701"), public).is_err());
+        assert_eq!(
+            advertise(None, sa("127.0.0.1:7701"), public).as_deref(),
+            Ok("127.0.0.1:7701")
         );
     }
 }

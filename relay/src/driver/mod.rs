@@ -264,25 +264,12 @@ impl Relay {
                             addr: fleet.public_addr,
                             source,
                         })?;
-                        let advertised = crate::admin::placement::advertised_admin_addr(
+                        let advertised = crate::admin::placement::advertise(
                             config.admin_advertise.as_deref(),
                             bound,
                             fleet.public_addr,
-                        );
-                        crate::directory::check_admin_addr(&advertised).map_err(|e| {
-                            RelayError::Fleet(format!("admin address {advertised}: {e}"))
-                        })?;
-                        if config.admin_advertise.is_none()
-                            && bound.ip().is_loopback()
-                            && !fleet.public_addr.ip().is_loopback()
-                        {
-                            warn!(
-                                admin = %advertised,
-                                "the admin API listens on loopback: nodes on other machines \
-                                 cannot forward reservations here (set --admin-advertise and \
-                                 --admin-listen)"
-                            );
-                        }
+                        )
+                        .map_err(RelayError::Fleet)?;
                         Some(advertised)
                     }
                     None => None,
