@@ -167,7 +167,8 @@ pub struct FleetConfig {
     pub public_addr: SocketAddr,
     /// The name this node's certificate is valid for, sent with redirects.
     pub server_name: String,
-    /// A region label, written in the directory and in `baton_node_info`.
+    /// A region label, written in the directory and in `baton_node_info`; `POST
+    /// /v1/allocations` with `"region"` places a reservation on a node of that region.
     pub region: String,
     /// Key of reconnect tokens and migration tickets, the same on every node (at least 32
     /// bytes), so a token issued by one node verifies on another.
@@ -208,6 +209,11 @@ pub struct RelayConfig {
     /// Fleet mode: this node's place in a fleet sharing one directory; `None` runs a single
     /// relay with everything in-process.
     pub fleet: Option<FleetConfig>,
+    /// A fleet node's admin API as other nodes reach it, `host:port` (an IP address or a DNS
+    /// name), published in the directory: `POST /v1/allocations` on another node forwards the
+    /// reservations it places here to this address. `None`: `admin_listen` when it names one
+    /// address, else the IP of the fleet's `public_addr` with the admin port bound.
+    pub admin_advertise: Option<String>,
     keepalive_timeout: Duration,
     bind_timeout: Duration,
     host_bind_timeout: Duration,
@@ -254,6 +260,7 @@ impl Default for RelayConfig {
             auth_secrets: AuthSecrets::default(),
             admin_limits: AdminLimits::default(),
             fleet: None,
+            admin_advertise: None,
             keepalive_timeout: defaults::KEEPALIVE_TIMEOUT,
             bind_timeout: defaults::BIND_TIMEOUT,
             host_bind_timeout: defaults::HOST_BIND_TIMEOUT,

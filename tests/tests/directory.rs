@@ -32,6 +32,7 @@ fn info(node: &str, port: u16) -> NodeInfo {
         allocations: 3,
         connections: 7,
         cpu_pct: 12.5,
+        admin_addr: Some(format!("{node}.relay.example:7701")),
     }
 }
 

@@ -1,5 +1,6 @@
 //! The `/v1/allocations` routes: list, show, reserve, revoke a join code, elect the next host,
 //! close; their JSON bodies, and allocation ids as the API prints them (16 hex digits).
+//! On a fleet node a reservation is placed on a node of the fleet (`placement`).
 //!
 //! Handlers on the admin server's tasks; each asks the control task through
 //! [`RelayHandle`](crate::RelayHandle) and maps its `AdminError` through `ApiError`.
@@ -7,18 +8,20 @@
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use baton_protocol::AllocationId;
 use serde::Deserialize;
 use tracing::info;
 
+use super::placement::{created, Placed, Target, FORWARDED_BY};
 use super::{AdminState, ApiError};
 use crate::control::AdminError;
+use crate::directory::{check_region, NodeId};
 
 /// Parses an allocation id: exactly 16 hex digits, as the API prints them.
-fn parse_id(raw: &str) -> Result<AllocationId, ApiError> {
+pub(super) fn parse_id(raw: &str) -> Result<AllocationId, ApiError> {
     if raw.len() != 16 || !raw.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(ApiError::bad_request(format!(
             "allocation id must be 16 hex digits, got {raw:?}"
@@ -52,10 +55,35 @@ pub(super) async fn allocation(
 struct ReserveRequest {
     /// Members including the host; the relay's maximum when absent.
     max_peers: Option<u16>,
+    /// The fleet node to reserve on (fleet nodes only).
+    node: Option<String>,
+    /// The region to reserve in, on its least-loaded active node (fleet nodes only).
+    region: Option<String>,
 }
 
+impl ReserveRequest {
+    /// Where the request asks the reservation to go.
+    fn target(&self) -> Result<Target, ApiError> {
+        match (&self.node, &self.region) {
+            (None, None) => Ok(Target::Any),
+            (Some(node), None) => NodeId::parse(node)
+                .map(Target::Node)
+                .map_err(|e| ApiError::bad_request(format!("node: {e}"))),
+            (None, Some(region)) => check_region(region)
+                .map(|()| Target::Region(region.clone()))
+                .map_err(|e| ApiError::bad_request(format!("region: {e}"))),
+            (Some(_), Some(_)) => Err(ApiError::bad_request(
+                "give node or region, not both (a node is in one region)",
+            )),
+        }
+    }
+}
+
+/// `POST /v1/allocations`: a relay standing alone reserves itself; a fleet node places the
+/// reservation (see `placement`).
 pub(super) async fn reserve_allocation(
     State(state): State<AdminState>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body?;
@@ -69,14 +97,38 @@ pub(super) async fn reserve_allocation(
             "max_peers must be at least 2 (omit it for the relay's maximum)",
         ));
     }
-    let reservation = state.handle.reserve_allocation(request.max_peers).await?;
-    info!(alloc = %reservation.allocation_id, "allocation reserved by admin API");
-    let location = format!("/v1/allocations/{}", reservation.allocation_id);
-    let mut response = (StatusCode::CREATED, Json(reservation)).into_response();
-    if let Ok(value) = HeaderValue::from_str(&location) {
-        response.headers_mut().insert(header::LOCATION, value);
-    }
-    Ok(response)
+    let target = request.target()?;
+    let Some(placement) = &state.placement else {
+        if target != Target::Any {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "not_a_fleet_node",
+                "this relay stands alone (no directory): node and region place reservations \
+                 on the nodes of a fleet",
+            ));
+        }
+        let reservation = state.handle.reserve_allocation(request.max_peers).await?;
+        info!(alloc = %reservation.allocation_id, "allocation reserved by admin API");
+        let location = format!("/v1/allocations/{}", reservation.allocation_id);
+        let placed = Placed {
+            reservation,
+            node: None,
+            address: None,
+            server_name: None,
+        };
+        return Ok(created(&placed, &location));
+    };
+    let forwarded_by = match headers.get(FORWARDED_BY) {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .map_err(|_| ApiError::bad_request(format!("{FORWARDED_BY} must be a node id")))?,
+        ),
+    };
+    placement
+        .reserve(&state.handle, target, request.max_peers, forwarded_by)
+        .await
 }
 
 /// Body of `POST /v1/allocations/{id}/elect`.

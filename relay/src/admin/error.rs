@@ -3,6 +3,8 @@
 //!
 //! Plain values; handlers on the admin server's tasks return them.
 
+use std::borrow::Cow;
+
 use axum::extract::rejection::BytesRejection;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -11,21 +13,40 @@ use axum::Json;
 use crate::control::AdminError;
 use crate::hooks::SubscriberLimit;
 
-/// An admin API error, rendered as `{"error": .., "code": ..}`.
+/// An admin API error, rendered as `{"error": .., "code": ..}`, plus `"node": ..` when it
+/// concerns one node of a fleet.
 #[derive(Debug)]
 pub(super) struct ApiError {
     status: StatusCode,
-    code: &'static str,
+    /// One of the codes the admin API documents, or one passed on from another node's answer.
+    code: Cow<'static, str>,
     message: String,
+    node: Option<String>,
 }
 
 impl ApiError {
-    pub(super) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(super) fn new(
+        status: StatusCode,
+        code: impl Into<Cow<'static, str>>,
+        message: impl Into<String>,
+    ) -> Self {
         ApiError {
             status,
-            code,
+            code: code.into(),
             message: message.into(),
+            node: None,
         }
+    }
+
+    /// The same error, naming the fleet node it concerns.
+    pub(super) fn with_node(mut self, node: &str) -> Self {
+        self.node = Some(node.to_owned());
+        self
+    }
+
+    /// The human-readable message.
+    pub(super) fn message(&self) -> &str {
+        &self.message
     }
 
     pub(super) fn bad_request(message: impl Into<String>) -> Self {
@@ -75,7 +96,11 @@ impl From<BytesRejection> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Json(serde_json::json!({ "error": self.message, "code": self.code }));
+        let mut body = serde_json::json!({ "error": self.message, "code": self.code });
+        if let Some(node) = self.node {
+            body["node"] = serde_json::Value::String(node);
+        }
+        let body = Json(body);
         let mut response = (self.status, body).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             response

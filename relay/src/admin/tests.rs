@@ -60,14 +60,14 @@ async fn start(config: RelayConfig, token: Option<&str>) -> Admin {
     );
     let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let (addr, server) = spawn(
-        listen,
+        TcpListener::bind(listen).await.unwrap(),
         handle,
         token.map(str::to_owned),
         admin_limits,
         hooks.clone(),
+        None,
         shutdown.clone(),
     )
-    .await
     .unwrap();
     assert_ne!(addr.port(), 0);
     Admin {
@@ -302,6 +302,54 @@ async fn bad_requests_are_refused_with_json() {
     let r = admin.post("/v1/allocations", None).await;
     assert_eq!(r.status().as_u16(), 201);
 
+    admin.stop().await;
+}
+
+#[tokio::test]
+async fn a_relay_standing_alone_answers_reservations_as_before_and_refuses_placement() {
+    let admin = start(RelayConfig::default(), None).await;
+    // The answer has exactly the fields it always had: nothing about nodes.
+    let r = admin
+        .post(
+            "/v1/allocations",
+            Some(serde_json::json!({ "max_peers": 3 })),
+        )
+        .await;
+    assert_eq!(r.status().as_u16(), 201);
+    let body: Value = r.json().await.unwrap();
+    let mut keys: Vec<&str> = body
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        ["allocation_id", "host_bind_secs", "host_token", "join_code"]
+    );
+    // Placing on a node or in a region needs a fleet.
+    for target in [
+        serde_json::json!({ "node": "relay-1" }),
+        serde_json::json!({ "region": "eu" }),
+    ] {
+        let r = admin.post("/v1/allocations", Some(target.clone())).await;
+        assert_eq!(r.status().as_u16(), 409, "{target}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["code"], "not_a_fleet_node", "{target}");
+    }
+    // Malformed targets are the request's fault, before anything else.
+    for bad in [
+        serde_json::json!({ "node": "a b" }),
+        serde_json::json!({ "node": "" }),
+        serde_json::json!({ "region": "eu/west" }),
+        serde_json::json!({ "node": "a", "region": "eu" }),
+    ] {
+        let r = admin.post("/v1/allocations", Some(bad.clone())).await;
+        assert_eq!(r.status().as_u16(), 400, "{bad}");
+    }
+    let (_, list) = admin.json(Method::GET, "/v1/allocations").await;
+    assert_eq!(list["allocations"].as_array().unwrap().len(), 1);
     admin.stop().await;
 }
 

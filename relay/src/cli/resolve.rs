@@ -2,7 +2,8 @@
 //! The table's `apply:` setters handle settings that stand alone; the few that interact keep a
 //! small resolver each here: [`network`] (listen, admin_listen/no_admin, admin_token), [`tls`]
 //! (cert/key/data_dir/dev_cert_names), [`hooks`] (webhooks with their secret, the backoff pair,
-//! the event stream token) and the log settings. Runs on the main thread at start-up.
+//! the event stream token), [`fleet`] (the directory and this node's place in the fleet,
+//! admin_advertise included) and the log settings. Runs on the main thread at start-up.
 
 use std::path::PathBuf;
 
@@ -37,9 +38,11 @@ fn fleet(m: &mut Merged, relay: &mut RelayConfig) -> Result<(), ConfigError> {
     let fleet_secret = m.fleet_secret.take();
     let server_name = m.server_name.take();
     let region = m.region.take();
+    let admin_advertise = m.admin_advertise.take();
     let Some(directory) = m.directory.take() else {
         for (key, set) in [
             ("node_id", node_id.is_some()),
+            ("admin_advertise", admin_advertise.is_some()),
             ("public_addr", public_addr.is_some()),
             ("fleet_secret", fleet_secret.is_some()),
             // Their defaults are what a relay standing alone has anyway.
@@ -90,9 +93,23 @@ fn fleet(m: &mut Merged, relay: &mut RelayConfig) -> Result<(), ConfigError> {
         ));
     }
     let region = region.unwrap_or_else(|| defaults::REGION.to_owned());
-    if region.is_empty() || region.len() > 64 {
-        return Err(invalid("region", "must be 1-64 characters"));
+    crate::directory::check_region(&region).map_err(|e| {
+        invalid(
+            "region",
+            format!("must be 1-64 characters of A-Z a-z 0-9 . _ - ({e})"),
+        )
+    })?;
+    if let Some(addr) = &admin_advertise {
+        if relay.admin_listen.is_none() {
+            return Err(invalid(
+                "admin_advertise",
+                "is set but the admin server is disabled (no_admin)",
+            ));
+        }
+        crate::directory::check_admin_addr(addr)
+            .map_err(|e| invalid("admin_advertise", format!("must be HOST:PORT: {e}")))?;
     }
+    relay.admin_advertise = admin_advertise;
     relay.fleet = Some(crate::config::FleetConfig {
         directory,
         node_id,

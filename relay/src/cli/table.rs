@@ -361,11 +361,20 @@ settings! {
         value_name: "NAME",
         default: defaults::SERVER_NAME,
     }
-    /// This node's region label, written in the directory and in baton_node_info (placing
-    /// reservations by region is not built yet).
+    /// This node's region label, written in the directory and in baton_node_info; POST
+    /// /v1/allocations with "region" places a reservation on the least-loaded node of that
+    /// region.
     region: String {
         value_name: "NAME",
         default: defaults::REGION,
+    }
+    /// The HOST:PORT (an IP address or a DNS name) other nodes reach this node's admin API at,
+    /// published in the directory: POST /v1/allocations on any node forwards a reservation
+    /// placed on this one there, with the same admin token (every node of a fleet needs the
+    /// same --admin-token). Default: --admin-listen when it names one address, else the IP of
+    /// --public-addr with the admin port.
+    admin_advertise: String {
+        value_name: "HOST:PORT",
     }
     /// On SIGTERM, a fleet node drains first: its allocations move to other nodes, their games
     /// going on, and it stops once empty or after this long; 0 stops at once. (POST /v1/drain

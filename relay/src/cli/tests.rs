@@ -374,6 +374,7 @@ fn invalid_values_name_the_setting() {
         (&["--admin-token", "t", "--no-admin"], "admin_token"),
         (&["--node-id", "a"], "node_id"),
         (&["--region", "eu"], "region"),
+        (&["--admin-advertise", "relay-1:7701"], "admin_advertise"),
         (&["--directory", "http://x"], "directory"),
         (
             &["--directory", "redis://r", "--fleet-secret", FLEET_SECRET],
@@ -441,6 +442,52 @@ fn invalid_values_name_the_setting() {
             ],
             "server_name",
         ),
+        (
+            &[
+                "--directory",
+                "redis://r",
+                "--node-id",
+                "a",
+                "--public-addr",
+                "1.2.3.4:7700",
+                "--fleet-secret",
+                FLEET_SECRET,
+                "--region",
+                "eu west",
+            ],
+            "region",
+        ),
+        (
+            &[
+                "--directory",
+                "redis://r",
+                "--node-id",
+                "a",
+                "--public-addr",
+                "1.2.3.4:7700",
+                "--fleet-secret",
+                FLEET_SECRET,
+                "--admin-advertise",
+                "relay-1",
+            ],
+            "admin_advertise",
+        ),
+        (
+            &[
+                "--directory",
+                "redis://r",
+                "--node-id",
+                "a",
+                "--public-addr",
+                "1.2.3.4:7700",
+                "--fleet-secret",
+                FLEET_SECRET,
+                "--no-admin",
+                "--admin-advertise",
+                "relay-1:7701",
+            ],
+            "admin_advertise",
+        ),
     ];
     for (args, setting) in cases {
         let err = resolve(&cli(args), FileConfig::default()).unwrap_err();
@@ -480,10 +527,16 @@ fn fleet_settings_make_a_fleet_node() {
             FLEET_SECRET,
             "--region",
             "eu-west",
+            "--admin-advertise",
+            "relay-1.internal:7701",
         ]),
         FileConfig::default(),
     )
     .unwrap();
+    assert_eq!(
+        s.relay.admin_advertise.as_deref(),
+        Some("relay-1.internal:7701")
+    );
     let fleet = s.relay.fleet.expect("a fleet node");
     assert_eq!(fleet.node_id, "relay-1");
     assert_eq!(fleet.public_addr, "10.0.0.7:7700".parse().unwrap());

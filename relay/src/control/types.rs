@@ -448,8 +448,10 @@ pub enum AdminError {
 }
 
 /// A lobby's reservation: the allocation exists, peers may join by code, and the host binds
-/// with [`ClientMessage::ClaimHost`] before `expires_in`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// with [`ClientMessage::ClaimHost`] before `expires_in`. The admin API answers it as JSON; on
+/// a fleet node it adds `node`, `address` and `server_name`, where the reservation was placed
+/// (and reads it back from the node it forwarded a reservation to, hence `Deserialize`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Reservation {
     /// The allocation id, as 16 hex digits.
     pub allocation_id: String,

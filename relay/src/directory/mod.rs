@@ -13,7 +13,9 @@
 //! - `baton:nodes`: set of node ids that heartbeat (ids whose record expired are pruned by
 //!   [`RedisDirectory::nodes`]).
 //! - `baton:node:{id}`: hash, the node's [`NodeInfo`] (fields `addr`, `server_name`, `region`,
-//!   `state`, `allocations`, `connections`, `cpu_pct`), with the heartbeat's TTL.
+//!   `state`, `allocations`, `connections`, `cpu_pct`, `admin_addr`), with the heartbeat's TTL.
+//!   `admin_addr` is empty for a node without an admin server and missing in records written
+//!   before nodes published it; both read as `None`.
 //! - `baton:code:{code}`: string `{node}` once claimed, `{node} {allocation}` once bound
 //!   (allocation as 16 lower-case hex digits), with the code's TTL.
 //! - `baton:alloc:{allocation}`: string `{node}`, the node holding the allocation.
@@ -48,8 +50,9 @@ use redis::{RedisError, Script, Value};
 
 pub use error::DirectoryError;
 pub use record::{
-    check_code, CodeRecord, NameError, NodeId, NodeInfo, NodeState, MAX_CODE_LEN, MAX_NODE_ID_LEN,
-    MAX_REGION_LEN, MAX_SERVER_NAME_LEN, MAX_VALUE_LEN,
+    check_admin_addr, check_code, check_region, CodeRecord, NameError, NodeId, NodeInfo, NodeState,
+    MAX_ADMIN_ADDR_LEN, MAX_CODE_LEN, MAX_NODE_ID_LEN, MAX_REGION_LEN, MAX_SERVER_NAME_LEN,
+    MAX_VALUE_LEN,
 };
 
 use crate::control::MAX_RECORD_BYTES;

@@ -17,6 +17,8 @@ pub const MAX_CODE_LEN: usize = 32;
 /// Longest single value (a hash field or a string key's value) read from the store; anything
 /// longer is corrupt without being looked at.
 pub const MAX_VALUE_LEN: usize = 256;
+/// Longest admin address a node may advertise (`host:port`), in bytes: a stored value's limit.
+pub const MAX_ADMIN_ADDR_LEN: usize = MAX_VALUE_LEN;
 
 /// Why a string is not a node id (or another name the directory stores).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -48,6 +50,42 @@ fn check_name(s: &[u8], max: usize, allowed: impl Fn(u8) -> bool) -> Result<(), 
 /// `[A-Za-z0-9._-]`: the bytes of node ids and regions.
 fn id_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')
+}
+
+/// Checks a region name: 1 to [`MAX_REGION_LEN`] bytes of `[A-Za-z0-9._-]`.
+pub fn check_region(region: &str) -> Result<(), NameError> {
+    check_name(region.as_bytes(), MAX_REGION_LEN, id_byte)
+}
+
+/// Checks an admin address other nodes may reach: `host:port`, the host an IPv4 address, an
+/// IPv6 address in brackets or a DNS name, the port 1 to 65535; at most
+/// [`MAX_ADMIN_ADDR_LEN`] bytes. It is put in `http://{addr}/...` as it is.
+pub fn check_admin_addr(addr: &str) -> Result<(), String> {
+    if addr.is_empty() || addr.len() > MAX_ADMIN_ADDR_LEN {
+        return Err(format!("must be 1 to {MAX_ADMIN_ADDR_LEN} bytes"));
+    }
+    if let Ok(socket) = addr.parse::<SocketAddr>() {
+        return match socket.port() {
+            0 => Err("port 0 cannot be reached".to_owned()),
+            _ => Ok(()),
+        };
+    }
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err(format!("{addr:?} is not host:port"));
+    };
+    // An IP address would have parsed above; what is left must be a DNS name.
+    if host.parse::<std::net::IpAddr>().is_ok()
+        || host.contains(['[', ']', ':'])
+        || !baton_protocol::server_name::is_valid(host)
+    {
+        return Err(format!(
+            "{host:?} is not a DNS name, an IPv4 address or [IPv6]"
+        ));
+    }
+    match parse_decimal(port).and_then(|p| u16::try_from(p).ok()) {
+        Some(1..) => Ok(()),
+        _ => Err(format!("port {port:?} is not 1 to 65535")),
+    }
 }
 
 /// A relay node's id in the fleet: 1 to 64 bytes of `[A-Za-z0-9._-]`, so it is safe inside a
@@ -140,11 +178,18 @@ pub struct NodeInfo {
     pub connections: u64,
     /// CPU use, percent of one core (may exceed 100 on several cores); finite, not negative.
     pub cpu_pct: f32,
+    /// The `host:port` of the node's admin API as other nodes reach it (see
+    /// [`check_admin_addr`]), where a reservation placed on this node is forwarded. `None`
+    /// (no admin server, or a record written before nodes published it): reservations are
+    /// placed here only through this node's own admin API.
+    pub admin_addr: Option<String>,
 }
 
 /// The hash fields of a node record, in the order [`NodeInfo::fields`] writes them and
-/// [`NodeInfo::from_fields`] reads them.
-pub(crate) const NODE_FIELDS: [&str; 7] = [
+/// [`NodeInfo::from_fields`] reads them. The first [`REQUIRED_NODE_FIELDS`] are in every
+/// record; `admin_addr` may be missing (a record written before nodes published it) and is
+/// empty when the node has no admin address.
+pub(crate) const NODE_FIELDS: [&str; 8] = [
     "addr",
     "server_name",
     "region",
@@ -152,7 +197,11 @@ pub(crate) const NODE_FIELDS: [&str; 7] = [
     "allocations",
     "connections",
     "cpu_pct",
+    "admin_addr",
 ];
+
+/// How many of [`NODE_FIELDS`] every node record has.
+const REQUIRED_NODE_FIELDS: usize = 7;
 
 impl NodeInfo {
     /// Checks what the node is about to publish, so that nothing it writes fails to parse.
@@ -161,8 +210,10 @@ impl NodeInfo {
             b.is_ascii_graphic()
         })
         .map_err(|e| format!("server name: {e}"))?;
-        check_name(self.region.as_bytes(), MAX_REGION_LEN, id_byte)
-            .map_err(|e| format!("region: {e}"))?;
+        check_region(&self.region).map_err(|e| format!("region: {e}"))?;
+        if let Some(admin) = &self.admin_addr {
+            check_admin_addr(admin).map_err(|e| format!("admin address: {e}"))?;
+        }
         if !self.cpu_pct.is_finite() || self.cpu_pct < 0.0 {
             return Err(format!(
                 "cpu_pct {} is not a finite non-negative number",
@@ -173,7 +224,7 @@ impl NodeInfo {
     }
 
     /// The record's hash fields and values, in [`NODE_FIELDS`] order.
-    pub(crate) fn fields(&self) -> [(&'static str, String); 7] {
+    pub(crate) fn fields(&self) -> [(&'static str, String); 8] {
         [
             (NODE_FIELDS[0], self.addr.to_string()),
             (NODE_FIELDS[1], self.server_name.clone()),
@@ -182,11 +233,13 @@ impl NodeInfo {
             (NODE_FIELDS[4], self.allocations.to_string()),
             (NODE_FIELDS[5], self.connections.to_string()),
             (NODE_FIELDS[6], self.cpu_pct.to_string()),
+            (NODE_FIELDS[7], self.admin_addr.clone().unwrap_or_default()),
         ]
     }
 
     /// Parses a node record from its hash values in [`NODE_FIELDS`] order. `Ok(None)` when no
-    /// field exists (the record expired); an error names what is wrong otherwise.
+    /// field exists (the record expired); an error names what is wrong otherwise. A missing or
+    /// empty `admin_addr` is `None`.
     pub(crate) fn from_fields(
         id: NodeId,
         values: &[Option<Vec<u8>>],
@@ -202,7 +255,7 @@ impl NodeInfo {
             return Ok(None);
         }
         let mut text = Vec::with_capacity(NODE_FIELDS.len());
-        for (name, value) in NODE_FIELDS.iter().zip(values) {
+        for (name, value) in NODE_FIELDS.iter().zip(values).take(REQUIRED_NODE_FIELDS) {
             let value = value
                 .as_deref()
                 .ok_or_else(|| format!("field {name} is missing"))?;
@@ -217,6 +270,14 @@ impl NodeInfo {
         let allocations = parse_decimal(field(4)).ok_or("allocations is not a decimal u64")?;
         let connections = parse_decimal(field(5)).ok_or("connections is not a decimal u64")?;
         let cpu_pct = parse_cpu(field(6)).ok_or("cpu_pct is not a finite non-negative number")?;
+        let admin_addr = match values[REQUIRED_NODE_FIELDS].as_deref() {
+            None | Some(b"") => None,
+            Some(raw) => Some(
+                bounded_str(raw)
+                    .map_err(|e| format!("field admin_addr: {e}"))?
+                    .to_owned(),
+            ),
+        };
         let info = NodeInfo {
             id,
             addr,
@@ -226,6 +287,7 @@ impl NodeInfo {
             allocations,
             connections,
             cpu_pct,
+            admin_addr,
         };
         info.validate()?;
         Ok(Some(info))
@@ -342,6 +404,7 @@ mod tests {
             allocations: 12,
             connections: 0,
             cpu_pct: 37.5,
+            admin_addr: Some("relay-1.internal:7701".into()),
         }
     }
 
@@ -397,7 +460,7 @@ mod tests {
     fn node_record_absent_or_partial() {
         let info = node();
         assert_eq!(
-            NodeInfo::from_fields(info.id.clone(), &[None, None, None, None, None, None, None]),
+            NodeInfo::from_fields(info.id.clone(), &[const { None }; 8]),
             Ok(None)
         );
         let mut v = values(&info);
@@ -407,6 +470,75 @@ mod tests {
             "field state is missing"
         );
         assert!(NodeInfo::from_fields(info.id.clone(), &v[..6]).is_err());
+        assert!(NodeInfo::from_fields(info.id.clone(), &v[..7]).is_err());
+    }
+
+    #[test]
+    fn a_record_without_an_admin_address_is_read_as_none() {
+        let info = node();
+        // Written before nodes published their admin address: the field does not exist.
+        let mut v = values(&info);
+        v[7] = None;
+        let old = NodeInfo::from_fields(info.id.clone(), &v).unwrap().unwrap();
+        assert_eq!(old.admin_addr, None);
+        assert_eq!(old.addr, info.addr);
+        // Written by a node without an admin server: the field is empty.
+        let none = NodeInfo {
+            admin_addr: None,
+            ..info.clone()
+        };
+        assert_eq!(none.fields()[7], ("admin_addr", String::new()));
+        assert_eq!(
+            NodeInfo::from_fields(info.id.clone(), &values(&none)),
+            Ok(Some(none))
+        );
+        for bad in [
+            &b"relay-1"[..],
+            b"relay-1:0",
+            b"::1:7701",
+            b"a b:1",
+            b"host:99999",
+        ] {
+            v[7] = Some(bad.to_vec());
+            assert!(
+                NodeInfo::from_fields(info.id.clone(), &v).is_err(),
+                "admin_addr {:?} accepted",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn admin_addresses() {
+        for ok in [
+            "10.0.0.1:7701",
+            "[2001:db8::1]:7701",
+            "relay-1:7701",
+            "relay-1.baton.svc.cluster.local:1",
+            "localhost:65535",
+        ] {
+            assert_eq!(check_admin_addr(ok), Ok(()), "{ok:?}");
+        }
+        for bad in [
+            "",
+            "relay-1",
+            "relay-1:",
+            "relay-1:0",
+            "relay-1:65536",
+            "relay-1:+80",
+            "relay-1:080",
+            "2001:db8::1:7701",
+            "[relay-1]:7701",
+            "10.0.0.1:0",
+            "a b:7701",
+            "http://relay-1:7701",
+            "relay-1:7701/x",
+            ":7701",
+        ] {
+            assert!(check_admin_addr(bad).is_err(), "{bad:?} accepted");
+        }
+        let long = format!("{}:7701", "a".repeat(MAX_ADMIN_ADDR_LEN));
+        assert!(check_admin_addr(&long).is_err());
     }
 
     #[test]
@@ -459,6 +591,9 @@ mod tests {
         assert!(info.validate().is_err());
         info = node();
         info.server_name = "a b".into();
+        assert!(info.validate().is_err());
+        info = node();
+        info.admin_addr = Some("no-port".into());
         assert!(info.validate().is_err());
     }
 

@@ -105,11 +105,14 @@ pub enum FleetError {
 impl FleetLink {
     /// Connects to the directory, registers this node, claims its first pool of codes
     /// (returned, for the control plane) and starts the claimer, writer and heartbeat tasks.
+    /// `admin_addr` is where other nodes forward reservations placed here (published in the
+    /// heartbeat; `None` without an admin server).
     /// Fails if the directory does not answer: a node that cannot register is no use to the
     /// fleet, and an orchestrator restarts it.
     pub(super) async fn start(
         config: &RelayConfig,
         fleet: &FleetConfig,
+        admin_addr: Option<String>,
         inputs: mpsc::Sender<Input>,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
@@ -119,9 +122,8 @@ impl FleetLink {
         let directory = RedisDirectory::connect(&fleet.directory, metrics.clone()).await?;
         let record_ttl = config.join_code_ttl() + defaults::CODE_TOMBSTONE_TTL;
         let claim_ttl = POOL_MAX_AGE + record_ttl;
-        directory
-            .heartbeat(&node_info(fleet, &node), HEARTBEAT_TTL)
-            .await?;
+        let info = node_info(fleet, &node, admin_addr);
+        directory.heartbeat(&info, HEARTBEAT_TTL).await?;
         let mut rng = StdRng::from_entropy();
         let first = claim_once(
             &directory,
@@ -153,7 +155,7 @@ impl FleetLink {
         ));
         tasks.spawn(heartbeat(
             directory.clone(),
-            node_info(fleet, &node),
+            info,
             draining.clone(),
             inputs.clone(),
             records.clone(),
@@ -210,6 +212,11 @@ impl FleetLink {
     /// This node's id.
     pub(super) fn node_id(&self) -> String {
         self.node.to_string()
+    }
+
+    /// The directory, for the admin API's placement of reservations (which reads the nodes).
+    pub(super) fn directory(&self) -> &RedisDirectory {
+        &self.directory
     }
 
     /// Marks this node draining in the directory from its next heartbeat on.
@@ -408,7 +415,7 @@ async fn hand_over(
 }
 
 /// This node's directory entry, without its load (the heartbeat fills that in).
-fn node_info(fleet: &FleetConfig, node: &NodeId) -> NodeInfo {
+fn node_info(fleet: &FleetConfig, node: &NodeId, admin_addr: Option<String>) -> NodeInfo {
     NodeInfo {
         id: node.clone(),
         addr: fleet.public_addr,
@@ -418,6 +425,7 @@ fn node_info(fleet: &FleetConfig, node: &NodeId) -> NodeInfo {
         allocations: 0,
         connections: 0,
         cpu_pct: 0.0,
+        admin_addr,
     }
 }
 

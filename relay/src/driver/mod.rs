@@ -239,7 +239,18 @@ impl Relay {
         let (admin_tx, admin_rx) = mpsc::channel(64);
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
+        // The admin listener is bound before fleet mode starts, so a fleet node publishes the
+        // admin address it was given (port 0 included) from its first heartbeat.
+        let admin_listener = match config.admin_listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| RelayError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
         let mut first_codes = Vec::new();
+        let mut placement = None;
         let fleet = match &config.fleet {
             Some(fleet) => {
                 // Port 0 (an in-process relay on a port the kernel picks) announces the port
@@ -250,9 +261,26 @@ impl Relay {
                         fleet.public_addr.set_port(bound.port());
                     }
                 }
+                let admin_addr = match &admin_listener {
+                    Some(listener) => {
+                        let bound = listener.local_addr().map_err(|source| RelayError::Bind {
+                            addr: fleet.public_addr,
+                            source,
+                        })?;
+                        let advertised = crate::admin::placement::advertise(
+                            config.admin_advertise.as_deref(),
+                            bound,
+                            fleet.public_addr,
+                        )
+                        .map_err(RelayError::Fleet)?;
+                        Some(advertised)
+                    }
+                    None => None,
+                };
                 let (link, codes) = fleet::FleetLink::start(
                     &config,
                     &fleet,
+                    admin_addr,
                     input_tx.clone(),
                     metrics.clone(),
                     shutdown.clone(),
@@ -261,6 +289,18 @@ impl Relay {
                 .await
                 .map_err(|e| RelayError::Fleet(e.to_string()))?;
                 first_codes = codes;
+                let me = crate::directory::NodeId::parse(&fleet.node_id)
+                    .map_err(|e| RelayError::Fleet(format!("--node-id: {e}")))?;
+                placement = Some(
+                    crate::admin::placement::Placement::new(
+                        link.directory().clone(),
+                        me,
+                        fleet.public_addr,
+                        fleet.server_name.clone(),
+                        config.admin_token.clone(),
+                    )
+                    .map_err(|e| RelayError::Fleet(format!("the placement HTTP client: {e}")))?,
+                );
                 Some(link)
             }
             None => None,
@@ -331,17 +371,18 @@ impl Relay {
             admin: admin_tx.clone(),
             metrics,
         };
-        let admin_addr = match config.admin_listen {
-            Some(addr) => {
+        let admin_addr = match admin_listener {
+            Some(listener) => {
+                let addr = config.admin_listen.unwrap_or(defaults::ADMIN_LISTEN);
                 let (bound, task) = crate::admin::spawn(
-                    addr,
+                    listener,
                     handle.clone(),
                     config.admin_token.clone(),
                     config.admin_limits.clone(),
                     hooks,
+                    placement,
                     shutdown.clone(),
                 )
-                .await
                 .map_err(|source| RelayError::Bind { addr, source })?;
                 tasks.spawn(async move {
                     let _ = task.await;
