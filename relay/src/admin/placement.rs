@@ -23,7 +23,6 @@
 //! Runs on the admin server's tasks: every step is bounded (directory reads by its own
 //! timeout, forwards by [`FORWARD_TIMEOUT`]), and nothing here holds control-plane state.
 
-use std::cmp::Ordering;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -149,18 +148,8 @@ pub fn rank<'a>(
             _ => PlacementError::NoActiveNode,
         });
     }
-    candidates.sort_by(|a, b| by_load(a, b));
+    candidates.sort_by(|a, b| a.cmp_load(b));
     Ok(candidates)
-}
-
-/// Least loaded first: allocations, connections, CPU in whole percent, then id.
-fn by_load(a: &NodeInfo, b: &NodeInfo) -> Ordering {
-    let cpu = |n: &NodeInfo| n.cpu_pct.floor();
-    a.allocations
-        .cmp(&b.allocations)
-        .then(a.connections.cmp(&b.connections))
-        .then(cpu(a).total_cmp(&cpu(b)))
-        .then_with(|| a.id.cmp(&b.id))
 }
 
 /// The admin address other nodes reach this one at: `advertise` when set; else the bound

@@ -204,6 +204,18 @@ pub(crate) const NODE_FIELDS: [&str; 8] = [
 const REQUIRED_NODE_FIELDS: usize = 7;
 
 impl NodeInfo {
+    /// Orders nodes least loaded first: allocations, connections, CPU in whole percent, then
+    /// id (so the order is total and every node agrees on it). Reservations are placed and
+    /// drained allocations handed over in this order.
+    pub fn cmp_load(&self, other: &NodeInfo) -> std::cmp::Ordering {
+        let cpu = |n: &NodeInfo| n.cpu_pct.floor();
+        self.allocations
+            .cmp(&other.allocations)
+            .then(self.connections.cmp(&other.connections))
+            .then(cpu(self).total_cmp(&cpu(other)))
+            .then_with(|| self.id.cmp(&other.id))
+    }
+
     /// Checks what the node is about to publish, so that nothing it writes fails to parse.
     pub fn validate(&self) -> Result<(), String> {
         check_name(self.server_name.as_bytes(), MAX_SERVER_NAME_LEN, |b| {

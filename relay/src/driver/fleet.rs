@@ -369,7 +369,7 @@ async fn locate(
     Ok(Location::Adopt(Box::new(record)))
 }
 
-/// Picks the least-loaded active node other than `me` (fewest allocations, then connections)
+/// Picks the least-loaded active node other than `me` ([`NodeInfo::cmp_load`])
 /// and moves `record`'s allocation to it in the directory: the record first, then the
 /// allocation and its code (compare-and-set, from this node), so the target finds everything
 /// when the first member rejoins there. `None` when there is no other active node.
@@ -384,7 +384,7 @@ async fn hand_over(
         .await?
         .into_iter()
         .filter(|n| &n.id != me && n.state == NodeState::Active)
-        .min_by_key(|n| (n.allocations, n.connections));
+        .min_by(NodeInfo::cmp_load);
     let Some(target) = target else {
         return Ok(None);
     };
