@@ -342,6 +342,20 @@ fn server_snapshots() -> Vec<(ServerMessage, &'static str)> {
             },
             "0000001d 90 04 c000020a 1e14 0013 72656c61792d322e6578616d706c652e636f6d",
         ),
+        (
+            // len = 1 + (1 + 4 + 2) = 8: family 4, 198.51.100.7, port 61000 (0xee48)
+            ServerMessage::ObservedAddress {
+                address: "198.51.100.7:61000".parse().expect("address"),
+            },
+            "00000008 91 04 c6336407 ee48",
+        ),
+        (
+            // len = 1 + (1 + 16 + 2) = 20 = 0x14: family 6, 2001:db8::7, port 61000
+            ServerMessage::ObservedAddress {
+                address: "[2001:db8::7]:61000".parse().expect("address"),
+            },
+            "00000014 91 06 20010db8000000000000000000000007 ee48",
+        ),
     ]
 }
 
@@ -381,7 +395,7 @@ fn check_snapshot_types<M: Message>(snapshots: &[(M, &str)], expected: RangeIncl
 #[test]
 fn every_message_type_has_a_snapshot() {
     check_snapshot_types(&client_snapshots(), 0x01..=0x07);
-    check_snapshot_types(&server_snapshots(), 0x81..=0x90);
+    check_snapshot_types(&server_snapshots(), 0x81..=0x91);
 }
 
 #[test]
@@ -1318,6 +1332,7 @@ fn server_message() -> impl Strategy<Value = ServerMessage> {
                 server_name,
             }
         }),
+        redirect_address().prop_map(|address| ServerMessage::ObservedAddress { address }),
     ]
 }
 

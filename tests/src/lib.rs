@@ -291,8 +291,20 @@ pub async fn raw_request(
     raw_read(recv).await
 }
 
-/// Reads one control message from a raw connection's control stream.
+/// Reads one control message from a raw connection's control stream, skipping
+/// `ObservedAddress` (which follows every bind reply and every address change; read it with
+/// [`raw_read_any`]).
 pub async fn raw_read(recv: &mut quinn::RecvStream) -> baton_protocol::ServerMessage {
+    loop {
+        match raw_read_any(recv).await {
+            baton_protocol::ServerMessage::ObservedAddress { .. } => {}
+            other => return other,
+        }
+    }
+}
+
+/// Reads the next control message from a raw connection's control stream, whatever it is.
+pub async fn raw_read_any(recv: &mut quinn::RecvStream) -> baton_protocol::ServerMessage {
     let mut prefix = [0u8; 4];
     tokio::time::timeout(WAIT, recv.read_exact(&mut prefix))
         .await

@@ -476,6 +476,50 @@ async fn several_endpoints_keep_a_client_whose_address_changes() {
     assert!(peer.close_reason().is_none());
 }
 
+/// SPEC 5.3 `ObservedAddress`: a member is told the address the relay sees for it after its
+/// bind reply, and again after its address changes (here: the client rebinds to a new UDP
+/// socket, as after a NAT rebinding) once it sends from there.
+#[tokio::test]
+async fn a_member_learns_the_address_the_relay_sees_and_again_after_a_rebind() {
+    use baton_protocol::{datagram, ServerMessage};
+    let relay = TestRelay::start().await;
+    let host = Host::create(&relay.client(), AllocationOptions::default())
+        .await
+        .expect("create allocation");
+    let (endpoint, peer) = raw_client(&relay, |_| {}).await;
+    let (_send, mut control, joined) = raw_join(&peer, host.join_code()).await;
+    assert!(matches!(joined, ServerMessage::Joined { .. }), "{joined:?}");
+    let first = endpoint.local_addr().unwrap();
+    assert_eq!(
+        baton_tests::raw_read_any(&mut control).await,
+        ServerMessage::ObservedAddress { address: first }
+    );
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    endpoint.rebind(socket).unwrap();
+    let moved = endpoint.local_addr().unwrap();
+    assert_ne!(moved, first);
+    // The relay notices on the next datagram from the new address (or its next RTT report).
+    peer.send_datagram(datagram::encode(PeerId::HOST.0, b"moved").into())
+        .unwrap();
+    assert_eq!(recv(&host).await.1, bytes::Bytes::from_static(b"moved"));
+    assert_eq!(
+        baton_tests::raw_read_any(&mut control).await,
+        ServerMessage::ObservedAddress { address: moved }
+    );
+    // The SDK keeps what it was told.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while host.observed_addr().is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no observed address"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let seen = host.observed_addr().unwrap();
+    assert_eq!(seen.ip(), std::net::Ipv4Addr::LOCALHOST);
+    assert_ne!(seen.port(), 0);
+}
+
 #[tokio::test]
 async fn several_endpoints_on_one_port_forward_between_each_other() {
     let relay = TestRelay::start_with(|c| {

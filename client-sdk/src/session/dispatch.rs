@@ -275,6 +275,10 @@ impl Shared {
                     "the relay answered request {request_id} with Redirect"
                 ));
             }
+            ServerMessage::ObservedAddress { address } => {
+                tracing::debug!(%address, "the relay sees this client at");
+                *lock(&self.observed) = Some(address);
+            }
             // Messages added to the protocol after this SDK version.
             other => tracing::debug!(message = ?other, "ignoring message this SDK does not handle"),
         }

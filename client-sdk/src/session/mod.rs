@@ -206,6 +206,13 @@ impl Session {
         self.shared.conn().remote_address()
     }
 
+    /// This client's address as the relay sees it: its IP address and UDP port after any NAT,
+    /// as the relay last told it (`ObservedAddress`, SPEC section 5.3; again after a NAT
+    /// rebinding). `None` until the relay has said (just after binding).
+    pub fn observed_addr(&self) -> Option<SocketAddr> {
+        *lock(&self.shared.observed)
+    }
+
     /// The current members of the allocation, this client and the host included, in id
     /// order. Kept up to date from membership events as the session reads them (independently
     /// of whether the application reads [`Session::next_event`]).

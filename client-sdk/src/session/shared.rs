@@ -134,6 +134,8 @@ pub(crate) struct Shared {
     pub(super) code_revoked: AtomicBool,
     /// Moving to another node on `Relocate`.
     pub(super) relocation: Mutex<Relocation>,
+    /// This client's address as the relay last said it sees it (`ObservedAddress`).
+    pub(super) observed: Mutex<Option<std::net::SocketAddr>>,
 }
 
 /// Requests waiting for their reply.
@@ -189,6 +191,7 @@ impl Shared {
             dropped_events: AtomicU64::new(0),
             code_revoked: AtomicBool::new(false),
             relocation: Mutex::new(Relocation::Idle),
+            observed: Mutex::new(None),
         }
     }
 

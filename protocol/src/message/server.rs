@@ -170,6 +170,15 @@ pub enum ServerMessage {
         /// Its TLS server name, as in `Redirect`.
         server_name: String,
     },
+    /// `0x91`: unsolicited: the client's address as the relay sees it, i.e. its NAT's mapping
+    /// for this connection (a candidate for direct paths). Sent once the connection is bound,
+    /// after the reply that bound it, and again whenever the relay sees the client's address
+    /// change (a NAT rebinding, a network change).
+    ObservedAddress {
+        /// The client's IP address and UDP port, encoded as in `Redirect`; an IPv4 address
+        /// the relay saw as IPv4-mapped IPv6 is sent as IPv4.
+        address: SocketAddr,
+    },
 }
 
 impl ServerMessage {
@@ -192,6 +201,7 @@ impl ServerMessage {
             ServerMessage::SnapshotRejected { .. } => 0x8E,
             ServerMessage::Redirect { .. } => 0x8F,
             ServerMessage::Relocate { .. } => 0x90,
+            ServerMessage::ObservedAddress { .. } => 0x91,
         }
     }
 
@@ -223,6 +233,7 @@ impl ServerMessage {
                 address,
                 server_name,
             } => address_len(address) + 2 + server_name.len(),
+            ServerMessage::ObservedAddress { address } => address_len(address),
         }
     }
 
@@ -338,6 +349,7 @@ impl ServerMessage {
                 buf.put_u16(server_name.len() as u16);
                 buf.put_slice(server_name.as_bytes());
             }
+            ServerMessage::ObservedAddress { address } => put_address(buf, address),
         }
     }
 
@@ -441,6 +453,9 @@ impl ServerMessage {
             0x90 => ServerMessage::Relocate {
                 address: read_address(r)?,
                 server_name: read_server_name(r)?,
+            },
+            0x91 => ServerMessage::ObservedAddress {
+                address: read_address(r)?,
             },
             other => return Err(DecodeError::UnknownType(other)),
         };

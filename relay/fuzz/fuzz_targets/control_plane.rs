@@ -118,6 +118,11 @@ enum Step {
     Finish {
         conn: u8,
     },
+    /// The client's address changes (a NAT rebinding).
+    Rebind {
+        conn: u8,
+        port: u16,
+    },
     Reserve {
         max_peers: Option<u8>,
     },
@@ -559,6 +564,12 @@ impl World {
             Step::Finish { conn } => {
                 if let Some(conn) = self.conn(*conn) {
                     self.cp.handle(self.now, Input::Finished { conn });
+                }
+            }
+            Step::Rebind { conn, port } => {
+                if let Some(conn) = self.conn(*conn) {
+                    let addr = std::net::SocketAddr::from(([198, 51, 100, 7], *port));
+                    self.cp.handle(self.now, Input::AddressChanged { conn, addr });
                 }
             }
             Step::Reserve { max_peers } => {

@@ -36,9 +36,11 @@ pub(super) enum ConnState {
 /// A connection the control plane knows.
 #[derive(Debug)]
 pub(super) struct Conn {
-    /// Its remote address (rate limits are per IP).
+    /// Its remote address (rate limits are per IP); follows the client's rebindings.
     pub(super) addr: SocketAddr,
     pub(super) state: ConnState,
+    /// The address last told to the client in `ObservedAddress`; `None` until it is bound.
+    pub(super) observed: Option<SocketAddr>,
 }
 
 impl ControlPlane {
@@ -58,6 +60,7 @@ impl ControlPlane {
             Conn {
                 addr,
                 state: ConnState::Unbound { deadline },
+                observed: None,
             },
         );
         self.schedule(deadline, Timer::Bind(conn));
@@ -379,6 +382,7 @@ impl ControlPlane {
             c.state = ConnState::Member { allocation, peer };
         }
         self.cancel(Timer::Bind(conn));
+        self.newly_bound.push(conn);
         self.outputs.push_back(Output::Bound {
             conn,
             allocation,

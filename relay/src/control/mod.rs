@@ -52,6 +52,7 @@ mod fleet;
 mod invariants;
 mod membership;
 mod migration;
+mod observed;
 mod ratelimit;
 mod record;
 mod timers;
@@ -116,6 +117,8 @@ pub struct ControlPlane {
     relay_joins: Bucket,
     timers: TimerQueue,
     outputs: VecDeque<Output>,
+    /// Connections bound during the current input, told their observed address at its end.
+    newly_bound: Vec<ConnId>,
     shutting_down: bool,
     /// Fleet mode's state; `None` on a relay without a directory.
     fleet: Option<fleet::Fleet>,
@@ -179,6 +182,7 @@ impl ControlPlane {
             ),
             timers: TimerQueue::default(),
             outputs: VecDeque::new(),
+            newly_bound: Vec::new(),
             shutting_down: false,
             fleet: config.fleet.as_ref().map(|_| fleet::Fleet::new(now)),
             drain: None,
@@ -263,7 +267,10 @@ impl ControlPlane {
                 request_id,
                 location,
             } => self.located(now, conn, request_id, location),
+            Input::AddressChanged { conn, addr } => self.address_changed(conn, addr),
         }
+        // After the replies that bound them: each new member learns its observed address.
+        self.tell_observed();
     }
 
     /// Fires every timer due at `now`.

@@ -49,6 +49,14 @@ pub enum Input {
         /// Its smoothed RTT to the relay.
         rtt: Duration,
     },
+    /// The relay now sees the connection's client at `addr` (a NAT rebinding or a network
+    /// change migrated the QUIC connection). The data plane reports a change, not every check.
+    AddressChanged {
+        /// The connection.
+        conn: ConnId,
+        /// Its new remote address.
+        addr: SocketAddr,
+    },
     /// A host uploaded a migration snapshot (already bounded to the size limit by the
     /// driver).
     Snapshot {

@@ -79,6 +79,7 @@ pub(super) async fn serve_connection(id: ConnId, conn: quinn::Connection, shared
         route: ArcSwapOption::empty(),
         host: AtomicBool::new(false),
         closed_with: AtomicU32::new(0),
+        address: AddressWatch::new(id, conn.remote_address()),
     });
     shared.conns.insert(id, conn_shared.clone());
     shared.metrics.connections.inc();
@@ -104,7 +105,7 @@ pub(super) async fn serve_connection(id: ConnId, conn: quinn::Connection, shared
     let control = control_stream(&conn, shared, id, control_rx);
     let datagrams = forward_datagrams(&conn_shared, shared);
     let snapshots = receive_snapshots(&conn, &conn_shared, shared, id);
-    let rtt = report_rtt(&conn, shared, id);
+    let rtt = report_rtt(&conn_shared, shared, id);
     tokio::pin!(control, datagrams, snapshots, rtt);
     let err = tokio::select! {
         // Game traffic first, then control messages; snapshots and RTT samples can wait.
@@ -150,17 +151,62 @@ impl ConnShared {
 /// How often a connection's RTT is reported to the control plane for host election.
 const RTT_REPORT_INTERVAL: Duration = Duration::from_secs(2);
 
-/// Reports the connection's RTT to the control plane now and then.
-async fn report_rtt(conn: &quinn::Connection, shared: &Shared, id: ConnId) {
+/// Reports the connection's RTT to the control plane now and then, and checks its address
+/// (for a client that sends no datagrams; `forward` checks on datagrams).
+async fn report_rtt(me: &ConnShared, shared: &Shared, id: ConnId) {
     let mut tick = tokio::time::interval(RTT_REPORT_INTERVAL);
     loop {
         tick.tick().await;
         let input = Input::Rtt {
             conn: id,
-            rtt: conn.rtt(),
+            rtt: me.conn.rtt(),
         };
         if shared.inputs.send(input).await.is_err() {
             return;
+        }
+        me.address.check(&me.conn, shared);
+    }
+}
+
+/// How often at most a connection's address is checked while datagrams arrive.
+pub(super) const ADDRESS_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Notices the client's address changing (QUIC migrates the connection when a NAT rebinds or
+/// the client's network changes) and reports it as `Input::AddressChanged`, which tells the
+/// client its new observed address. Checked at most every [`ADDRESS_CHECK_INTERVAL`] while
+/// datagrams arrive, and with every RTT report otherwise.
+pub(super) struct AddressWatch {
+    id: ConnId,
+    /// The address the control plane last heard of.
+    reported: std::sync::Mutex<std::net::SocketAddr>,
+}
+
+impl AddressWatch {
+    fn new(id: ConnId, addr: std::net::SocketAddr) -> Self {
+        AddressWatch {
+            id,
+            reported: std::sync::Mutex::new(addr),
+        }
+    }
+
+    /// Reports `conn`'s address if it changed since the last report. A full input queue
+    /// leaves the change for the next check.
+    pub(super) fn check(&self, conn: &quinn::Connection, shared: &Shared) {
+        let now = conn.remote_address();
+        let mut reported = self
+            .reported
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *reported == now {
+            return;
+        }
+        let input = Input::AddressChanged {
+            conn: self.id,
+            addr: now,
+        };
+        if shared.inputs.try_send(input).is_ok() {
+            debug!(from = %*reported, to = %now, "client address changed");
+            *reported = now;
         }
     }
 }

@@ -18,6 +18,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 
 use super::bucket::{ClientLimits, Limit, SharedBucket};
+use super::connection::ADDRESS_CHECK_INTERVAL;
 use super::held::{Held, Hold, Outcome};
 use super::{sleep_until_opt, ConnShared, Shared};
 
@@ -65,6 +66,8 @@ pub(super) async fn forward_datagrams(me: &ConnShared, shared: &Shared) -> Optio
     let mut report = DropReport::default();
     let mut limits = ClientLimits::new(shared.client_datagrams, shared.client_bytes);
     let mut report_at: Option<tokio::time::Instant> = None;
+    let check_every = u64::try_from(ADDRESS_CHECK_INTERVAL.as_nanos()).unwrap_or(u64::MAX);
+    let mut check_address_at = 0;
     loop {
         let datagram = tokio::select! {
             biased;
@@ -82,6 +85,12 @@ pub(super) async fn forward_datagrams(me: &ConnShared, shared: &Shared) -> Optio
             shared.metrics.dropped(reason).inc();
             report.add(reason, value);
         });
+        // A datagram from a new address (a NAT rebinding) is noticed within the interval.
+        let now = shared.clock.now();
+        if now >= check_address_at {
+            check_address_at = now.saturating_add(check_every);
+            me.address.check(&me.conn, shared);
+        }
         if report_at.is_none() && !report.is_empty() {
             report_at = Some(tokio::time::Instant::now() + DROP_REPORT_INTERVAL);
         }

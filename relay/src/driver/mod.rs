@@ -105,6 +105,8 @@ struct ConnShared {
     /// The code the relay closed the connection with, plus one; 0 while the relay has not
     /// closed it. Read when the departure is reported (`connection::leave_reason`).
     closed_with: AtomicU32,
+    /// The client's address as last reported to the control plane (`connection::AddressWatch`).
+    address: connection::AddressWatch,
 }
 
 /// State shared by all tasks.

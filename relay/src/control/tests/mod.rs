@@ -19,6 +19,7 @@ mod drain;
 mod fleet;
 mod membership;
 mod migration;
+mod observed;
 mod ratelimit;
 mod record;
 
@@ -287,7 +288,17 @@ impl Harness {
     }
 }
 
+/// The messages sent to `conn` in `out`, but `ObservedAddress` (every bind ends with one;
+/// `observed` tests them): what a test of replies and events expects.
 fn replies_to(out: &[Output], conn: ConnId) -> Vec<ServerMessage> {
+    sent_to(out, conn)
+        .into_iter()
+        .filter(|m| !matches!(m, ServerMessage::ObservedAddress { .. }))
+        .collect()
+}
+
+/// Every message sent to `conn` in `out`.
+fn sent_to(out: &[Output], conn: ConnId) -> Vec<ServerMessage> {
     out.iter()
         .filter_map(|o| match o {
             Output::Send { conn: c, msg } if *c == conn => Some(msg.clone()),
