@@ -5,6 +5,7 @@
 //! Runs on the player's task; a [`Sink::Stdout`] write blocks that task briefly.
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use hdrhistogram::Histogram;
@@ -142,6 +143,22 @@ pub enum Report {
     PeerRejoined {
         /// Who.
         peer: u16,
+    },
+    /// [`baton_client::Event::Resumed`]: the relay was lost and the session came back through
+    /// another relay of the fleet.
+    Resumed {
+        /// The relay the session is connected to now.
+        relay: SocketAddr,
+        /// The host, as the session sees it right after.
+        host: Option<u16>,
+    },
+    /// [`baton_client::Event::Relocated`]: the relay drained and the session moved to another
+    /// node of the fleet.
+    Relocated {
+        /// The relay the session is connected to now.
+        relay: SocketAddr,
+        /// The host, as the session sees it right after.
+        host: Option<u16>,
     },
     /// [`baton_client::Event::Disconnected`]: the session ended.
     Disconnected {
