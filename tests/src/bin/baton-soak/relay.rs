@@ -369,10 +369,16 @@ pub struct LogScan {
     pub stderr: Vec<String>,
     /// Lines that were not JSON.
     pub unparsed: u64,
+    /// Per allocation, how often the node logged taking it over (a fleet node).
+    pub takeovers: BTreeMap<String, u64>,
 }
 
 /// Unexpected lines kept verbatim for the report.
 const KEEP: usize = 20;
+/// What a fleet node logs when it takes an allocation over from another node.
+pub const TAKEOVER_MESSAGE: &str = "taking an allocation over";
+/// Allocations whose takeovers are counted, at most.
+const KEEP_TAKEOVERS: usize = 10_000;
 
 impl LogScan {
     /// Reads what the relay wrote since the last call. Returns the new unexpected errors.
@@ -403,6 +409,14 @@ impl LogScan {
                 .unwrap_or("")
                 .to_owned();
             *self.by_level.entry(level.clone()).or_default() += 1;
+            if message == TAKEOVER_MESSAGE && self.takeovers.len() < KEEP_TAKEOVERS {
+                let alloc = json
+                    .pointer("/fields/allocation")
+                    .and_then(Value::as_str)
+                    .unwrap_or("?")
+                    .to_owned();
+                *self.takeovers.entry(alloc).or_default() += 1;
+            }
             match level.as_str() {
                 "ERROR" if !EXPECTED_ERRORS.iter().any(|e| message.contains(e)) => {
                     self.error_count += 1;

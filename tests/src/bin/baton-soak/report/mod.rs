@@ -16,6 +16,9 @@ use crate::relay::{LogScan, Relay};
 use crate::state::{Check, Ctx};
 use baton_tests::relay_process::Metrics;
 
+/// A node taking one allocation over more often than this is looping (one takeover per
+/// member coming back is expected).
+const TAKEOVER_LIMIT: u64 = 64;
 /// RSS samples kept at most (one a second: more than a day).
 const MAX_RSS_SAMPLES: usize = 100_000;
 /// RSS samples of the first part of the run are left out of the trend: the relay is still
@@ -59,6 +62,8 @@ pub struct NodeMon {
     pub fate: Fate,
     /// How it ended when the soak stopped it at the end.
     pub stopped: Option<String>,
+    /// Allocations already reported as taken over too often.
+    pub takeover_loops: Vec<String>,
 }
 
 impl NodeMon {
@@ -72,6 +77,7 @@ impl NodeMon {
             started_s,
             fate: Fate::Live,
             stopped: None,
+            takeover_loops: Vec::new(),
         }
     }
 
@@ -146,7 +152,8 @@ impl Monitor {
         }
     }
 
-    /// Reads new log lines; every unexpected one is a failure.
+    /// Reads new log lines; every unexpected one is a failure, and so is a node taking one
+    /// allocation over again and again.
     pub fn scan_logs(&mut self, ctx: &Ctx) {
         let fleet = self.fleet;
         for node in &mut self.nodes {
@@ -159,6 +166,24 @@ impl Monitor {
                 } else {
                     ctx.fail(Check::RelayHealth, format!("relay logged: {line}"));
                 }
+            }
+            let looping: Vec<(String, u64)> = node
+                .scan
+                .takeovers
+                .iter()
+                .filter(|(a, n)| **n > TAKEOVER_LIMIT && !node.takeover_loops.contains(a))
+                .map(|(a, n)| (a.clone(), *n))
+                .collect();
+            for (alloc, n) in looping {
+                ctx.fail(
+                    Check::RelayHealth,
+                    format!(
+                        "node {} logged \"{}\" for allocation {alloc} {n} times so far (a takeover loop)",
+                        node.id,
+                        crate::relay::TAKEOVER_MESSAGE
+                    ),
+                );
+                node.takeover_loops.push(alloc);
             }
         }
     }
