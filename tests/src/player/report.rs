@@ -274,6 +274,13 @@ mod tests {
             serde_json::from_str::<Report>(stamped).unwrap(),
             Report::Closed
         );
+        let resumed = Report::Resumed {
+            relay: "127.0.0.1:7700".parse().unwrap(),
+            host: Some(2),
+        };
+        let line = serde_json::to_string(&resumed).unwrap();
+        assert!(line.contains(r#""event":"resumed""#), "{line}");
+        assert_eq!(serde_json::from_str::<Report>(&line).unwrap(), resumed);
         let other = serde_json::to_value(Report::Other { what: "x".into() }).unwrap();
         assert_eq!(other["event"], "event");
         assert_eq!(Command::parse("close\n"), Some(Command::Close));

@@ -172,3 +172,70 @@ impl Gate {
         (s.participants, s.parked, s.done)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event() -> NodeEvent {
+        NodeEvent {
+            kind: NodeEventKind::Kill,
+            node: "n1".to_owned(),
+            addr: "127.0.0.1:7700".parse().unwrap(),
+            at: Instant::now(),
+            at_us: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_round_pauses_every_participant_once_then_releases_them() {
+        let gate = Gate::default();
+        gate.join();
+        gate.join();
+        assert_eq!(gate.pending(0), None, "nothing asked yet");
+        let round = gate.request();
+        assert_eq!(gate.pending(0), Some(round));
+        assert_eq!(
+            gate.pending(round),
+            None,
+            "a participant pauses once a round"
+        );
+        assert!(
+            !gate
+                .wait(Duration::from_millis(20), |s| s.parked >= s.participants)
+                .await
+        );
+        gate.park(round);
+        gate.park(round);
+        assert!(
+            gate.wait(Duration::from_millis(20), |s| s.parked >= s.participants)
+                .await
+        );
+        assert!(gate.event(round).is_none());
+        gate.announce(event());
+        assert_eq!(gate.event(round).map(|e| e.node), Some("n1".to_owned()));
+        assert!(gate.event(round + 1).is_none());
+        gate.finish(round);
+        assert_eq!(gate.counts(), (2, 2, 1));
+        assert!(!gate.released(round));
+        gate.finish(round);
+        assert!(
+            gate.wait(Duration::from_millis(20), |s| s.done >= s.parked)
+                .await
+        );
+        gate.release();
+        assert!(gate.released(round));
+        assert_eq!(gate.pending(round), None);
+        // A stale round's park or finish does not count in the next one.
+        let next = gate.request();
+        gate.park(round);
+        gate.finish(round);
+        assert_eq!(gate.counts(), (2, 0, 0));
+        gate.leave();
+        gate.park(next);
+        assert!(
+            gate.wait(Duration::from_millis(20), |s| s.parked >= s.participants)
+                .await
+        );
+    }
+}
