@@ -1,8 +1,9 @@
 //! The fleet of a `--nodes N` run (N of 2 or more): a `redis-server` of its own as the
 //! directory, N `baton-relay` processes as nodes sharing one certificate and fleet secret,
 //! and the node churn: every `--node-churn-every` (jittered), once every game has paused
-//! ([`crate::gate`]), one node is drained (`POST /v1/drain`; it exits by itself once empty)
-//! or killed with SIGKILL, in turn, and a node with a new id replaces it. A replacement starts
+//! ([`crate::gate`]), the node holding the most allocations is drained (`POST /v1/drain`; it
+//! exits by itself once empty) or killed with SIGKILL, in turn, and a node with a new id
+//! replaces it. A replacement starts
 //! before the drain or kill when fewer than two nodes would be left otherwise.
 //!
 //! Runs on its own task; every wait is bounded.
@@ -166,7 +167,7 @@ async fn node_event(
         // Never fewer than two nodes taking clients.
         replaced = replace(ctx, fleet, monitor).await;
     }
-    let Some(victim) = live.get(rng.below(live.len().max(1))).cloned() else {
+    let Some(victim) = busiest(&live, rng).await else {
         ctx.gate.release();
         return;
     };
@@ -202,6 +203,24 @@ async fn node_event(
         );
     }
     ctx.gate.release();
+}
+
+/// The node among `live` holding the most allocations (ties broken at random), so that a
+/// node event has games to move.
+async fn busiest(live: &[NodeAddr], rng: &mut Rng) -> Option<NodeAddr> {
+    let mut best: Vec<(usize, &NodeAddr)> = Vec::new();
+    for node in live {
+        let held = node.api.allocations().await.map_or(0, |a| a.len());
+        match best.first() {
+            Some((most, _)) if held < *most => {}
+            Some((most, _)) if held == *most => best.push((held, node)),
+            _ => best = vec![(held, node)],
+        }
+    }
+    if best.is_empty() {
+        return None;
+    }
+    Some(best[rng.below(best.len())].1.clone())
 }
 
 /// Drains node `victim` through its admin API and waits (bounded) until it has exited.

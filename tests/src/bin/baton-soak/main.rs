@@ -41,8 +41,9 @@
 //! one fleet (shared certificate and fleet secret). Games are created on the nodes in turn,
 //! every other client enters through a random node (redirected to the allocation's node),
 //! and every client has the other nodes as fallback relays. Every `--node-churn-every` the
-//! games pause and one node is drained (`POST /v1/drain`) or, the next time, killed with
-//! SIGKILL, and a node with a new id replaces it; never fewer than two nodes take clients.
+//! games pause and the node holding the most allocations is drained (`POST /v1/drain`) or,
+//! the next time, killed with SIGKILL, and a node with a new id replaces it; never fewer than
+//! two nodes take clients.
 //! More checks:
 //! - **fleet**: every game on a drained node relocates on every member (`Relocated`) within
 //!   `--relocate-bound`, every game on a killed node resumes on every member (`Resumed`)
