@@ -94,6 +94,18 @@ pub struct PlayerArgs {
     /// with `--auth-secret` requires one).
     #[arg(long)]
     pub credential: Option<String>,
+    /// Another relay of the fleet to resume through if this one is lost (repeatable;
+    /// `ClientConfig::fallback_relays`).
+    #[arg(long = "fallback-relay", value_name = "ADDR")]
+    pub fallback_relays: Vec<SocketAddr>,
+    /// How long a session that lost its relay tries the fallback relays, in milliseconds
+    /// (`ClientConfig::resume_window`; 0: the SDK's default).
+    #[arg(long, default_value_t = 0)]
+    pub resume_window_ms: u64,
+    /// The session's idle timeout in milliseconds: a silent relay is lost after this
+    /// (`ClientConfig::idle_timeout`; 0: the SDK's default).
+    #[arg(long, default_value_t = 0)]
+    pub idle_timeout_ms: u64,
     /// What to be.
     #[command(subcommand)]
     pub role: Role,
@@ -152,6 +164,21 @@ impl PlayerArgs {
         }
         if let Some(credential) = &self.credential {
             args.extend(["--credential".to_owned(), credential.clone()]);
+        }
+        for relay in &self.fallback_relays {
+            args.extend(["--fallback-relay".to_owned(), relay.to_string()]);
+        }
+        if self.resume_window_ms > 0 {
+            args.extend([
+                "--resume-window-ms".to_owned(),
+                self.resume_window_ms.to_string(),
+            ]);
+        }
+        if self.idle_timeout_ms > 0 {
+            args.extend([
+                "--idle-timeout-ms".to_owned(),
+                self.idle_timeout_ms.to_string(),
+            ]);
         }
         match &self.role {
             Role::Host { snapshot_bytes } => args.extend([
@@ -257,6 +284,15 @@ async fn enter(args: &PlayerArgs) -> Result<Session, String> {
         .keep_alive_interval(Duration::from_millis(args.keepalive_ms));
     if let Some(credential) = &args.credential {
         config = config.credential(credential.clone());
+    }
+    if !args.fallback_relays.is_empty() {
+        config = config.fallback_relays(args.fallback_relays.clone());
+    }
+    if args.resume_window_ms > 0 {
+        config = config.resume_window(Duration::from_millis(args.resume_window_ms));
+    }
+    if args.idle_timeout_ms > 0 {
+        config = config.idle_timeout(Duration::from_millis(args.idle_timeout_ms));
     }
     let mut attempt = 0;
     loop {

@@ -145,6 +145,14 @@ impl Player<'_> {
                 }
             }
             Event::PeerRejoined { peer } => Report::PeerRejoined { peer: peer.0 },
+            Event::Resumed { relay } => Report::Resumed {
+                relay,
+                host: self.session.host().map(|h| h.0),
+            },
+            Event::Relocated { relay } => Report::Relocated {
+                relay,
+                host: self.session.host().map(|h| h.0),
+            },
             Event::DatagramsDropped { reason, count, .. } if self.stats_on() => {
                 *self.relay_drops.entry(reason.to_string()).or_default() += u64::from(count);
                 return false;

@@ -5,6 +5,7 @@
 //! Runs on the player's task; a [`Sink::Stdout`] write blocks that task briefly.
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use hdrhistogram::Histogram;
@@ -143,6 +144,22 @@ pub enum Report {
         /// Who.
         peer: u16,
     },
+    /// [`baton_client::Event::Resumed`]: the relay was lost and the session came back through
+    /// another relay of the fleet.
+    Resumed {
+        /// The relay the session is connected to now.
+        relay: SocketAddr,
+        /// The host, as the session sees it right after.
+        host: Option<u16>,
+    },
+    /// [`baton_client::Event::Relocated`]: the relay drained and the session moved to another
+    /// node of the fleet.
+    Relocated {
+        /// The relay the session is connected to now.
+        relay: SocketAddr,
+        /// The host, as the session sees it right after.
+        host: Option<u16>,
+    },
     /// [`baton_client::Event::Disconnected`]: the session ended.
     Disconnected {
         /// Why.
@@ -257,6 +274,13 @@ mod tests {
             serde_json::from_str::<Report>(stamped).unwrap(),
             Report::Closed
         );
+        let resumed = Report::Resumed {
+            relay: "127.0.0.1:7700".parse().unwrap(),
+            host: Some(2),
+        };
+        let line = serde_json::to_string(&resumed).unwrap();
+        assert!(line.contains(r#""event":"resumed""#), "{line}");
+        assert_eq!(serde_json::from_str::<Report>(&line).unwrap(), resumed);
         let other = serde_json::to_value(Report::Other { what: "x".into() }).unwrap();
         assert_eq!(other["event"], "event");
         assert_eq!(Command::parse("close\n"), Some(Command::Close));

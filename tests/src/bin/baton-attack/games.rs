@@ -109,6 +109,9 @@ impl Games {
             stats_ms: STATS_MS,
             game_snapshots: false,
             credential: None,
+            fallback_relays: Vec::new(),
+            resume_window_ms: 0,
+            idle_timeout_ms: 0,
             role: Role::Host { snapshot_bytes: 0 },
         };
         let secret = relay.secret.clone();

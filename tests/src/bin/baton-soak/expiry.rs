@@ -8,6 +8,9 @@
 //!   `expired`, and the allocation closes when both leave.
 //! - **Unclaimed reservation.** An allocation reserved through `POST /v1/allocations` whose
 //!   host never claims it must disappear at `--host-bind-timeout`.
+//!
+//! With a fleet each probe picks a node in turn, and the probe pauses with the games while a
+//! node is drained or killed ([`crate::gate`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,7 +21,7 @@ use baton_client::{AllocationOptions, Error, Host, Peer};
 use baton_protocol::CloseCode;
 use serde_json::Value;
 
-use crate::state::{Check, Ctx};
+use crate::state::{Check, Ctx, NodeAddr};
 use crate::util::Rng;
 
 /// Slack on every expiry deadline: the relay's timers plus a loaded machine.
@@ -28,38 +31,67 @@ const EARLY: Duration = Duration::from_millis(150);
 /// Bound on one connect or request of a probe.
 const STEP: Duration = Duration::from_secs(10);
 
+/// Time the probe stays paused while a node is drained or killed, at most.
+const PAUSE_BOUND: Duration = Duration::from_secs(90);
+
 /// Runs the probes until the churn phase ends.
 pub async fn run(ctx: Arc<Ctx>, seed: u64) {
     let mut rng = Rng::new(seed ^ 0xE8B1_7E57);
     let mut round = 0u64;
+    let mut gate_round = 0u64;
+    ctx.gate.join();
     while ctx.churning() {
         let wait = rng.jitter(ctx.opts.expiry_every, 0.5, 1.5);
         let until = (Instant::now() + wait).min(ctx.churn_end);
-        tokio::time::sleep_until(until.into()).await;
+        // Sleeps until the next probe, pausing for node events meanwhile.
+        loop {
+            if let Some(r) = ctx.gate.pending(gate_round) {
+                gate_round = r;
+                ctx.gate.park(r);
+                ctx.gate.finish(r);
+                ctx.gate
+                    .wait(PAUSE_BOUND, |s| s.round != r || !s.requested)
+                    .await;
+            }
+            if Instant::now() >= until {
+                break;
+            }
+            let step = until.min(Instant::now() + Duration::from_millis(250));
+            tokio::time::sleep_until(step.into()).await;
+        }
         if !ctx.churning() {
             break;
         }
+        let Some((node, _)) = ctx.node_at(round as usize / 3) else {
+            break;
+        };
         let (name, result) = match round % 3 {
-            0 => ("bind timeout", unbound_connection(&ctx).await),
-            1 => ("join-code lifetime", short_lived_code(&ctx).await),
-            _ => ("reservation", unclaimed_reservation(&ctx).await),
+            0 => ("bind timeout", unbound_connection(&ctx, &node).await),
+            1 => ("join-code lifetime", short_lived_code(&ctx, &node).await),
+            _ => ("reservation", unclaimed_reservation(&ctx, &node).await),
         };
         round += 1;
         if let Err(e) = result {
-            ctx.fail(Check::Expiry, format!("{name} probe: {e:#}"));
+            let on = if ctx.fleet {
+                format!(" on node {}", node.id)
+            } else {
+                String::new()
+            };
+            ctx.fail(Check::Expiry, format!("{name} probe{on}: {e:#}"));
         }
     }
+    ctx.gate.leave();
 }
 
 /// A connection that never binds is closed with the bind-timeout code in time.
-async fn unbound_connection(ctx: &Ctx) -> anyhow::Result<()> {
+async fn unbound_connection(ctx: &Ctx, node: &NodeAddr) -> anyhow::Result<()> {
     let endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))
         .context("binding a client endpoint")?;
     let config = quic_config(ctx)?;
     let conn = tokio::time::timeout(
         STEP,
         endpoint
-            .connect_with(config, ctx.relay_addr, "localhost")
+            .connect_with(config, node.addr, "localhost")
             .context("starting a connection")?,
     )
     .await
@@ -98,8 +130,8 @@ async fn unbound_connection(ctx: &Ctx) -> anyhow::Result<()> {
 }
 
 /// A code past its lifetime is refused with `expired`; the allocation is unaffected.
-async fn short_lived_code(ctx: &Ctx) -> anyhow::Result<()> {
-    let config = ctx.client_config()?;
+async fn short_lived_code(ctx: &Ctx, node: &NodeAddr) -> anyhow::Result<()> {
+    let config = ctx.client_config(node.addr)?;
     let ttl = ctx.opts.code_ttl;
     let host = tokio::time::timeout(
         STEP,
@@ -142,7 +174,7 @@ async fn short_lived_code(ctx: &Ctx) -> anyhow::Result<()> {
             Err(_) => bail!("a join after the code's lifetime timed out"),
         }
         let info =
-            ctx.api.allocation(host.allocation().0).await?.context(
+            node.api.allocation(host.allocation().0).await?.context(
                 "the allocation of an expired code vanished while its host is connected",
             )?;
         if info.get("code_state").and_then(Value::as_str) != Some("expired") {
@@ -163,7 +195,7 @@ async fn short_lived_code(ctx: &Ctx) -> anyhow::Result<()> {
     ctx.stats.probe_closes.inc();
     result?;
     let deadline = Instant::now() + SLACK;
-    while ctx.api.allocation(alloc).await?.is_some() {
+    while node.api.allocation(alloc).await?.is_some() {
         if Instant::now() > deadline {
             bail!("allocation {alloc:016x} still exists {SLACK:?} after its members left");
         }
@@ -173,11 +205,11 @@ async fn short_lived_code(ctx: &Ctx) -> anyhow::Result<()> {
 }
 
 /// A reservation nobody claims disappears at the host bind timeout.
-async fn unclaimed_reservation(ctx: &Ctx) -> anyhow::Result<()> {
-    let id = ctx.api.reserve().await?;
+async fn unclaimed_reservation(ctx: &Ctx, node: &NodeAddr) -> anyhow::Result<()> {
+    let id = node.api.reserve().await?;
     ctx.stats.probe_allocations.inc();
     let reserved = Instant::now();
-    let info = ctx
+    let info = node
         .api
         .allocation(id)
         .await?
@@ -187,7 +219,7 @@ async fn unclaimed_reservation(ctx: &Ctx) -> anyhow::Result<()> {
     }
     let bound = ctx.opts.host_bind_timeout + SLACK;
     loop {
-        let present = ctx.api.allocation(id).await?.is_some();
+        let present = node.api.allocation(id).await?.is_some();
         let after = reserved.elapsed();
         if !present {
             if after + EARLY < ctx.opts.host_bind_timeout {

@@ -36,10 +36,33 @@
 //!   stderr.
 //! - **coverage**: a run of 30 s or more exercised migrations, crashes and every expiry.
 //!
+//! ## A fleet (`--nodes N`, N of 2 or more)
+//! The soak starts its own `redis-server` as the directory and N relay processes as nodes of
+//! one fleet (shared certificate and fleet secret). Games are created on the nodes in turn,
+//! every other client enters through a random node (redirected to the allocation's node),
+//! and every client has the other nodes as fallback relays. Every `--node-churn-every` the
+//! games pause and the node holding the most allocations is drained (`POST /v1/drain`) or,
+//! the next time, killed with SIGKILL, and a node with a new id replaces it; never fewer than
+//! two nodes take clients.
+//! More checks:
+//! - **fleet**: every game on a drained node relocates on every member (`Relocated`) within
+//!   `--relocate-bound`, every game on a killed node resumes on every member (`Resumed`)
+//!   within `--resume-bound` (or, if its host did not come back in time, elects a new host:
+//!   counted, not a failure); afterwards the allocation is on one live node with its id,
+//!   code, host and members, datagrams flow again, and a newcomer joins by the code through
+//!   a random node.
+//! - **loss** counts gaps around relocations and resumes apart from the rest.
+//! - **drain** (at the end) holds on every node still running; **memory** is judged per
+//!   node that ran from before the warm-up to the end; **relay_health** covers every node
+//!   (a drained node must exit 0 by itself; a killed one is not expected to exit cleanly).
+//! - **counters** are not compared: a killed node takes its counters with it.
+//!
 //! Every loop is bounded in count and time, and all traffic stays on 127.0.0.1.
 
 mod expiry;
+mod fleet;
 mod game;
+mod gate;
 mod relay;
 mod report;
 mod state;
@@ -52,12 +75,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use tokio::sync::watch;
+use tokio::sync::{watch, Mutex};
 use tokio::task::JoinSet;
 
-use crate::relay::{LogScan, Relay, RelaySettings};
-use crate::report::{Drain, Monitor, Summary};
-use crate::state::{Check, Ctx, Opts};
+use crate::relay::{Relay, RelaySettings};
+use crate::report::{Drain, Fate, Monitor, NodeMon, Summary};
+use crate::state::{Check, Ctx, NodeAddr, Opts};
 use crate::util::{parse_duration, parse_fraction, parse_percent};
 use baton_tests::player::{self, payload, PlayerArgs};
 
@@ -70,7 +93,8 @@ use baton_tests::player::{self, payload, PlayerArgs};
     after_help = "Examples:\n  \
         baton-soak --duration 60s\n  \
         baton-soak --duration 1h --allocations 20 --peers 4 --rate 30\n  \
-        baton-soak --duration 20s --json > soak.json"
+        baton-soak --duration 20s --json > soak.json\n  \
+        baton-soak --nodes 3 --duration 60s"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -168,6 +192,27 @@ struct SoakArgs {
     /// Keep the relay's data directory (its logs) and print where it is.
     #[arg(long)]
     keep_logs: bool,
+    /// Relay processes: 1 runs a relay alone; 2 or more run a fleet with its own
+    /// `redis-server` directory, drains and node kills (needs `redis-server` on PATH).
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
+    /// With a fleet: mean time between two node events (a drain, then a kill, in turn).
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    node_churn_every: Duration,
+    /// With a fleet: each node's `--drain-timeout`.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    drain_timeout: Duration,
+    /// With a fleet: how long clients try to resume through the other nodes
+    /// (`ClientConfig::resume_window`).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    resume_window: Duration,
+    /// With a fleet: time every member of a game on a killed node has to resume
+    /// [default: --keepalive-timeout + 2s].
+    #[arg(long, value_parser = parse_duration)]
+    resume_bound: Option<Duration>,
+    /// With a fleet: time every member of a game on a drained node has to relocate.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    relocate_bound: Duration,
 }
 
 impl SoakArgs {
@@ -175,6 +220,21 @@ impl SoakArgs {
     fn validate(&self) -> anyhow::Result<()> {
         if self.duration < Duration::from_secs(1) {
             bail!("--duration must be at least 1s");
+        }
+        if !(1..=8).contains(&self.nodes) {
+            bail!("--nodes must be 1 to 8");
+        }
+        if self.nodes > 1 {
+            for (name, d) in [
+                ("--node-churn-every", self.node_churn_every),
+                ("--drain-timeout", self.drain_timeout),
+                ("--resume-window", self.resume_window),
+                ("--relocate-bound", self.relocate_bound),
+            ] {
+                if d < Duration::from_secs(1) {
+                    bail!("{name} must be at least 1s");
+                }
+            }
         }
         if !(1..=200).contains(&self.allocations) {
             bail!("--allocations must be 1 to 200");
@@ -294,7 +354,19 @@ async fn soak(args: SoakArgs) -> anyhow::Result<bool> {
         log_level: args.relay_log_level.clone(),
         extra: args.relay_arg.clone(),
     };
-    let relay = Relay::start(&settings).await?;
+    let (fleet, nodes) = if args.nodes > 1 {
+        let mut fleet = fleet::Fleet::new(settings.clone(), args.drain_timeout)?;
+        let mut nodes = Vec::new();
+        for _ in 0..args.nodes {
+            nodes.push(fleet.start_node().await?);
+        }
+        (Some(fleet), nodes)
+    } else {
+        (
+            None,
+            vec![("relay".to_owned(), Relay::start(&settings).await?)],
+        )
+    };
     let opts = Opts {
         peers: args.peers,
         rate: args.rate,
@@ -309,18 +381,19 @@ async fn soak(args: SoakArgs) -> anyhow::Result<bool> {
         code_ttl: args.code_ttl,
         expiry_every: args.expiry_every,
         migration_bound: args.migration_bound,
+        resume_window: args.resume_window,
+        resume_bound: args
+            .resume_bound
+            .unwrap_or(args.keepalive_timeout + Duration::from_secs(2)),
+        relocate_bound: args.relocate_bound,
     };
-    let ctx = Arc::new(Ctx::new(
-        opts,
-        (
-            relay.addr,
-            relay.fingerprint.clone(),
-            relay.cert.clone(),
-            relay.api.clone(),
-        ),
-        exe,
-        args.duration,
-    )?);
+    let first = &nodes[0].1;
+    let trust = (first.fingerprint.clone(), first.cert.clone());
+    let addrs: Vec<NodeAddr> = nodes
+        .iter()
+        .map(|(id, relay)| fleet::node_addr(id, relay))
+        .collect();
+    let ctx = Arc::new(Ctx::new(opts, addrs, trust, exe, args.duration)?);
     let progress = |line: String| {
         if args.json {
             eprintln!("{line}");
@@ -328,19 +401,49 @@ async fn soak(args: SoakArgs) -> anyhow::Result<bool> {
             println!("{line}");
         }
     };
-    progress(format!(
-        "baton-soak: seed {seed}, {} allocations x (1 host + {} peers) at {} Hz for {:?}; relay pid {} at {} (admin {})",
-        args.allocations, args.peers, args.rate, args.duration, relay.pid, relay.addr, relay.api.admin
-    ));
+    if let Some(fleet) = &fleet {
+        progress(format!(
+            "baton-soak: seed {seed}, {} allocations x (1 host + {} peers) at {} Hz for {:?}; a fleet of {} nodes, directory {}, a node drained or killed every {:?}",
+            args.allocations, args.peers, args.rate, args.duration, args.nodes, fleet.directory(), args.node_churn_every
+        ));
+        for (id, relay) in &nodes {
+            progress(format!(
+                "baton-soak: node {id} pid {} at {} (admin {})",
+                relay.pid, relay.addr, relay.api.admin
+            ));
+        }
+    } else {
+        let relay = first;
+        progress(format!(
+            "baton-soak: seed {seed}, {} allocations x (1 host + {} peers) at {} Hz for {:?}; relay pid {} at {} (admin {})",
+            args.allocations, args.peers, args.rate, args.duration, relay.pid, relay.addr, relay.api.admin
+        ));
+    }
 
+    let monitor = Arc::new(Mutex::new(Monitor {
+        nodes: nodes
+            .into_iter()
+            .map(|(id, relay)| NodeMon::new(id, relay, 0.0))
+            .collect(),
+        fleet: ctx.fleet,
+    }));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let monitor = tokio::spawn(monitor(
+    let monitor_task = tokio::spawn(run_monitor(
         ctx.clone(),
-        relay,
+        monitor.clone(),
         stop_rx,
         args.progress,
         args.json,
     ));
+    let node_churn = fleet.map(|fleet| {
+        tokio::spawn(fleet::churn(
+            ctx.clone(),
+            fleet,
+            monitor.clone(),
+            args.node_churn_every,
+            seed,
+        ))
+    });
 
     let mut tasks = JoinSet::new();
     for slot in 0..args.allocations {
@@ -364,27 +467,47 @@ async fn soak(args: SoakArgs) -> anyhow::Result<bool> {
         "[{:>7.1}s] churn over; everyone left; waiting for the relay to drain",
         ctx.elapsed_s()
     ));
+    // The directory stays up until every node has stopped.
+    let fleet = match node_churn {
+        Some(task) => Some(task.await.context("node churn task")?),
+        None => None,
+    };
     let drain = if ctx.aborted() {
         Drain::default()
     } else {
         drain(&ctx, args.keepalive_timeout + DRAIN_BOUND).await
     };
     let _ = stop_tx.send(true);
-    let mut monitor = monitor.await.context("monitor task")?;
-    // Memory after the drain, then stop the relay and read its last words.
+    monitor_task.await.context("monitor task")?;
+    let mut guard = monitor.lock().await;
+    let monitor = &mut *guard;
+    // Memory after the drain, then stop the relays and read their last words.
+    monitor.check_alive(&ctx).await;
     monitor.sample_rss(&ctx);
     monitor.scan_logs(&ctx);
-    let stopped = monitor.relay.stop().await;
+    for node in &mut monitor.nodes {
+        if node.fate == Fate::Live {
+            node.stopped = Some(node.relay.stop().await);
+        }
+    }
     monitor.scan_logs(&ctx);
-    let kept = if args.keep_logs {
-        monitor.relay.keep_dir()
-    } else {
-        None
-    };
+    drop(fleet);
+    let stopped = monitor.primary().stopped.clone().unwrap_or_default();
+    let mut kept = None;
+    if args.keep_logs {
+        for node in &mut monitor.nodes {
+            if let Some(dir) = node.relay.keep_dir() {
+                if monitor.fleet {
+                    progress(format!("node {} logs kept in {}", node.id, dir.display()));
+                }
+                kept.get_or_insert(dir);
+            }
+        }
+    }
     let summary = Summary::build(
         &ctx,
         &args_view(&args, seed),
-        &monitor,
+        monitor,
         &drain,
         churn_secs,
         stopped,
@@ -418,21 +541,15 @@ fn args_view(args: &SoakArgs, seed: u64) -> report::Settings {
     }
 }
 
-/// Samples the relay every second until told to stop: alive, RSS, new log lines, and a
+/// Samples the relays every second until told to stop: alive, RSS, new log lines, and a
 /// progress line every `every`.
-async fn monitor(
+async fn run_monitor(
     ctx: Arc<Ctx>,
-    relay: Relay,
+    monitor: Arc<Mutex<Monitor>>,
     mut stop: watch::Receiver<bool>,
     every: Duration,
     json: bool,
-) -> Monitor {
-    let mut m = Monitor {
-        relay,
-        scan: LogScan::default(),
-        rss: Vec::new(),
-        relay_exited: None,
-    };
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut next_progress = Instant::now() + every;
@@ -440,15 +557,10 @@ async fn monitor(
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = stop.changed() => return m,
+            _ = stop.changed() => return,
         }
-        if m.relay_exited.is_none() && !m.relay.alive() {
-            let status = m.relay.stop().await;
-            let what = format!("the relay process exited during the run ({status})");
-            ctx.fail(Check::RelayHealth, what.clone());
-            m.relay_exited = Some(what);
-            ctx.abort();
-        }
+        let mut m = monitor.lock().await;
+        m.check_alive(&ctx).await;
         m.sample_rss(&ctx);
         m.scan_logs(&ctx);
         if Instant::now() >= next_progress {
@@ -463,28 +575,34 @@ async fn monitor(
     }
 }
 
-/// Waits (bounded) until the relay holds no allocation and no connection, by the admin API
-/// and by the metrics.
+/// Waits (bounded) until every relay node still running holds no allocation and no
+/// connection, by the admin API and by the metrics.
 async fn drain(ctx: &Ctx, bound: Duration) -> Drain {
     let started = Instant::now();
     let mut last = Drain::default();
     // One iteration per 250 ms within `bound`.
     while started.elapsed() < bound {
-        let allocations = ctx.api.allocations().await;
-        let metrics = ctx.api.metrics().await;
-        last = Drain::from_answers(allocations, metrics);
+        let mut drains = Vec::new();
+        for node in ctx.live_nodes() {
+            let allocations = node.api.allocations().await;
+            let metrics = node.api.metrics().await;
+            drains.push((node.id, Drain::from_answers(allocations, metrics)));
+        }
+        last = Drain::merge(drains, ctx.fleet);
         if last.empty() {
             last.took_s = Some(started.elapsed().as_secs_f64());
             return last;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    let what = if ctx.fleet {
+        "the nodes still hold"
+    } else {
+        "the relay still holds"
+    };
     ctx.fail(
         Check::Drain,
-        format!(
-            "{bound:?} after everyone left, the relay still holds {}",
-            last.describe()
-        ),
+        format!("{bound:?} after everyone left, {what} {}", last.describe()),
     );
     last
 }

@@ -42,6 +42,21 @@ pub struct RelaySettings {
     pub extra: Vec<String>,
 }
 
+/// What makes a relay a node of a fleet.
+#[derive(Debug, Clone)]
+pub struct FleetNode {
+    /// `--node-id`.
+    pub id: String,
+    /// `--directory`: the Redis URL.
+    pub directory: String,
+    /// `--fleet-secret`.
+    pub secret: String,
+    /// `--drain-timeout`.
+    pub drain_timeout: Duration,
+    /// `--data-dir`: where the fleet's shared certificate is (the first node writes it).
+    pub cert_dir: PathBuf,
+}
+
 /// A running relay child process.
 pub struct Relay {
     /// QUIC address.
@@ -67,6 +82,16 @@ pub struct Relay {
 impl Relay {
     /// Starts the relay and waits for its `relay running` line.
     pub async fn start(settings: &RelaySettings) -> anyhow::Result<Relay> {
+        Relay::start_node(settings, None).await
+    }
+
+    /// Starts the relay, a node of a fleet when `fleet` says so (its certificate then comes
+    /// from the fleet's shared directory; its logs stay in its own), and waits for its
+    /// `relay running` line.
+    pub async fn start_node(
+        settings: &RelaySettings,
+        fleet: Option<&FleetNode>,
+    ) -> anyhow::Result<Relay> {
         let http = reqwest::Client::builder()
             .timeout(HTTP_TIMEOUT)
             .build()
@@ -78,9 +103,10 @@ impl Relay {
             err_path,
         } = data;
         let ms = |d: Duration| format!("{}ms", d.as_millis());
+        let data_dir = fleet.map_or_else(|| dir.path().to_owned(), |f| f.cert_dir.clone());
         let mut args: Vec<String> = vec![
             "--data-dir".into(),
-            dir.path().display().to_string(),
+            data_dir.display().to_string(),
             "--listen".into(),
             "127.0.0.1:0".into(),
             "--admin-listen".into(),
@@ -96,6 +122,20 @@ impl Relay {
             "--host-bind-timeout".into(),
             ms(settings.host_bind_timeout),
         ];
+        if let Some(fleet) = fleet {
+            args.extend([
+                "--directory".into(),
+                fleet.directory.clone(),
+                "--node-id".into(),
+                fleet.id.clone(),
+                "--public-addr".into(),
+                "127.0.0.1:0".into(),
+                "--fleet-secret".into(),
+                fleet.secret.clone(),
+                "--drain-timeout".into(),
+                ms(fleet.drain_timeout),
+            ]);
+        }
         args.extend(settings.extra.iter().cloned());
         let command = format!("{} {}", settings.bin.display(), args.join(" "));
         let mut child = tokio::process::Command::new(&settings.bin)
@@ -150,6 +190,19 @@ impl Relay {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// Kills the relay with SIGKILL (no drain, no goodbye: a lost machine) and reaps it.
+    pub async fn kill(&mut self) -> String {
+        match self.child.kill().await {
+            Ok(()) => "killed".to_owned(),
+            Err(e) => format!("kill failed: {e}"),
+        }
+    }
+
+    /// How the process ended, if it has (reaps it).
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// Resident memory now, KiB (`VmRSS` of `/proc/<pid>/status`).
     pub fn rss_kib(&self) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
@@ -162,6 +215,9 @@ impl Relay {
 
     /// Stops the relay: SIGTERM, then SIGKILL after a grace period. Returns how it ended.
     pub async fn stop(&mut self) -> String {
+        if let Some(status) = self.exit_status() {
+            return status.to_string();
+        }
         // No signal crate in this package: `kill` is everywhere the relay runs.
         let _ = std::process::Command::new("kill")
             .args(["-TERM", &self.pid.to_string()])
@@ -238,6 +294,19 @@ impl RelayApi {
         Ok(Some(body))
     }
 
+    /// `POST /v1/drain`: the node starts draining. Returns the allocations it had to move.
+    pub async fn drain(&self) -> anyhow::Result<u64> {
+        let body = json(
+            self.http.post(format!("{}/v1/drain", self.admin)),
+            "POST /v1/drain",
+            "decoding the drain answer",
+        )
+        .await?;
+        body.get("allocations")
+            .and_then(Value::as_u64)
+            .with_context(|| format!("drain answer without allocations: {body}"))
+    }
+
     /// `POST /v1/allocations`: reserves an allocation, returns its id.
     pub async fn reserve(&self) -> anyhow::Result<u64> {
         let body = json(
@@ -300,10 +369,16 @@ pub struct LogScan {
     pub stderr: Vec<String>,
     /// Lines that were not JSON.
     pub unparsed: u64,
+    /// Per allocation, how often the node logged taking it over (a fleet node).
+    pub takeovers: BTreeMap<String, u64>,
 }
 
 /// Unexpected lines kept verbatim for the report.
 const KEEP: usize = 20;
+/// What a fleet node logs when it takes an allocation over from another node.
+pub const TAKEOVER_MESSAGE: &str = "taking an allocation over";
+/// Allocations whose takeovers are counted, at most.
+const KEEP_TAKEOVERS: usize = 10_000;
 
 impl LogScan {
     /// Reads what the relay wrote since the last call. Returns the new unexpected errors.
@@ -334,6 +409,14 @@ impl LogScan {
                 .unwrap_or("")
                 .to_owned();
             *self.by_level.entry(level.clone()).or_default() += 1;
+            if message == TAKEOVER_MESSAGE && self.takeovers.len() < KEEP_TAKEOVERS {
+                let alloc = json
+                    .pointer("/fields/allocation")
+                    .and_then(Value::as_str)
+                    .unwrap_or("?")
+                    .to_owned();
+                *self.takeovers.entry(alloc).or_default() += 1;
+            }
             match level.as_str() {
                 "ERROR" if !EXPECTED_ERRORS.iter().any(|e| message.contains(e)) => {
                     self.error_count += 1;

@@ -12,6 +12,7 @@ use baton_client::{ClientConfig, Trust};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::gate::Gate;
 use crate::relay::RelayApi;
 
 /// Settings of the run that the games and probes use.
@@ -43,20 +44,42 @@ pub struct Opts {
     pub expiry_every: Duration,
     /// Time a migration may take once the relay knows the host is gone.
     pub migration_bound: Duration,
+    /// With a fleet: how long clients try to resume through the other nodes (0: no fleet,
+    /// no fallback relays).
+    pub resume_window: Duration,
+    /// With a fleet: time every member of a game on a killed node has to resume.
+    pub resume_bound: Duration,
+    /// With a fleet: time every member of a game on a drained node has to relocate.
+    pub relocate_bound: Duration,
+}
+
+/// A relay (a node of the fleet) as clients and probes reach it.
+#[derive(Debug, Clone)]
+pub struct NodeAddr {
+    /// Its node id (`relay` for a relay alone).
+    pub id: String,
+    /// Its QUIC address.
+    pub addr: SocketAddr,
+    /// Its admin API.
+    pub api: RelayApi,
 }
 
 /// Everything shared by the soak's tasks.
 pub struct Ctx {
     /// Settings.
     pub opts: Opts,
-    /// The relay's QUIC address.
-    pub relay_addr: SocketAddr,
-    /// Its certificate fingerprint.
+    /// The relay's certificate fingerprint (one certificate for every node of a fleet).
     pub fingerprint: String,
     /// Its certificate (PEM), for raw QUIC connections.
     pub cert: PathBuf,
-    /// Its admin API.
-    pub api: RelayApi,
+    /// Whether the run is against a fleet (`--nodes` of 2 or more).
+    pub fleet: bool,
+    /// Pauses the games around a node drain or kill, and tells them which it was.
+    pub gate: Gate,
+    /// Relocation times, ms: a node's drain started to the last member of a game relocated.
+    pub relocation_ms: Mutex<Histogram<u64>>,
+    /// Resume times, ms: a node killed to the last member of a game resumed.
+    pub resume_ms: Mutex<Histogram<u64>>,
     /// This executable (re-run as `player` for clients in their own process).
     pub exe: PathBuf,
     /// When the run started.
@@ -74,6 +97,8 @@ pub struct Ctx {
     /// The first few steady-loss gaps, described.
     pub loss_examples: Mutex<Vec<String>>,
     allocs: Mutex<HashMap<u64, u32>>,
+    /// Every node started, and whether it takes new clients (not draining, killed or gone).
+    nodes: Mutex<Vec<(NodeAddr, bool)>>,
     next_uid: AtomicU64,
     next_game: AtomicU32,
     aborted: AtomicBool,
@@ -83,18 +108,22 @@ impl Ctx {
     /// The shared state of a run.
     pub fn new(
         opts: Opts,
-        relay: (SocketAddr, String, PathBuf, RelayApi),
+        nodes: Vec<NodeAddr>,
+        (fingerprint, cert): (String, PathBuf),
         exe: PathBuf,
         duration: Duration,
     ) -> anyhow::Result<Ctx> {
-        let (relay_addr, fingerprint, cert, api) = relay;
         let started = Instant::now();
+        let hist = || Histogram::new_with_bounds(1, 600_000, 3);
         Ok(Ctx {
             opts,
-            relay_addr,
             fingerprint,
             cert,
-            api,
+            fleet: nodes.len() > 1,
+            gate: Gate::default(),
+            relocation_ms: Mutex::new(hist()?),
+            resume_ms: Mutex::new(hist()?),
+            nodes: Mutex::new(nodes.into_iter().map(|n| (n, true)).collect()),
             exe,
             started,
             churn_end: started + duration,
@@ -150,12 +179,59 @@ impl Ctx {
         lock(&self.allocs).get(&alloc).copied()
     }
 
-    /// An SDK configuration for in-process clients and probes.
-    pub fn client_config(&self) -> anyhow::Result<ClientConfig> {
+    /// An SDK configuration for probes connecting to `relay`.
+    pub fn client_config(&self, relay: SocketAddr) -> anyhow::Result<ClientConfig> {
         Ok(
-            ClientConfig::new(self.relay_addr, Trust::fingerprint_hex(&self.fingerprint)?)
+            ClientConfig::new(relay, Trust::fingerprint_hex(&self.fingerprint)?)
                 .keep_alive_interval(self.opts.keepalive_interval),
         )
+    }
+
+    /// The nodes that take new clients, in the order they were started.
+    pub fn live_nodes(&self) -> Vec<NodeAddr> {
+        lock(&self.nodes)
+            .iter()
+            .filter(|(_, live)| *live)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// The `i`-th node that takes new clients (modulo their number), and the others (a
+    /// client's fallback relays). `None` only if every node is gone.
+    pub fn node_at(&self, i: usize) -> Option<(NodeAddr, Vec<SocketAddr>)> {
+        let live = self.live_nodes();
+        if live.is_empty() {
+            return None;
+        }
+        let pick = live[i % live.len()].clone();
+        let others = live
+            .iter()
+            .filter(|n| n.addr != pick.addr)
+            .map(|n| n.addr)
+            .collect();
+        Some((pick, others))
+    }
+
+    /// Any node ever started, by QUIC address.
+    pub fn node_by_addr(&self, addr: SocketAddr) -> Option<NodeAddr> {
+        lock(&self.nodes)
+            .iter()
+            .find(|(n, _)| n.addr == addr)
+            .map(|(n, _)| n.clone())
+    }
+
+    /// Adds a node that takes new clients.
+    pub fn add_node(&self, node: NodeAddr) {
+        lock(&self.nodes).push((node, true));
+    }
+
+    /// A node takes no more new clients (it drains, is killed, or the run ends).
+    pub fn retire_node(&self, addr: SocketAddr) {
+        for (n, live) in lock(&self.nodes).iter_mut() {
+            if n.addr == addr {
+                *live = false;
+            }
+        }
     }
 
     /// Records a failure.
@@ -195,11 +271,14 @@ pub enum Check {
     RelayHealth,
     /// The soak could exercise what it claims (scenarios happened, clients could enter).
     Coverage,
+    /// With a fleet: every game on a drained node relocates, every game on a killed node
+    /// resumes, with ids and codes kept and datagrams flowing again.
+    Fleet,
 }
 
 impl Check {
     /// Every check, in report order.
-    pub const ALL: [Check; 10] = [
+    pub const ALL: [Check; 11] = [
         Check::Migration,
         Check::Routing,
         Check::Loss,
@@ -210,6 +289,7 @@ impl Check {
         Check::Memory,
         Check::RelayHealth,
         Check::Coverage,
+        Check::Fleet,
     ];
 
     /// Its name in reports.
@@ -225,6 +305,7 @@ impl Check {
             Check::Memory => "memory",
             Check::RelayHealth => "relay_health",
             Check::Coverage => "coverage",
+            Check::Fleet => "fleet",
         }
     }
 }
@@ -376,4 +457,33 @@ pub struct Stats {
     pub code_expiries: Counter,
     /// Reservations dropped at the host bind timeout.
     pub reservation_expiries: Counter,
+    /// Nodes drained (`POST /v1/drain`).
+    pub node_drains: Counter,
+    /// Nodes killed (SIGKILL).
+    pub node_kills: Counter,
+    /// Nodes started to replace a drained or killed one.
+    pub node_replacements: Counter,
+    /// Games whose node drained and that relocated on every member.
+    pub relocations: Counter,
+    /// Games whose node was killed and that resumed on every member.
+    pub resumes: Counter,
+    /// Games whose node was killed whose host did not come back in time, so the members
+    /// who resumed elected a new one (accounted for, not a failure).
+    pub resume_elections: Counter,
+    /// Members that saw `Relocated`.
+    pub members_relocated: Counter,
+    /// Members that saw `Resumed`.
+    pub members_resumed: Counter,
+    /// `PeerRejoined` heard by members of a relocating game about members that moved after
+    /// them (no `PeerLeft` came before).
+    pub relocation_echoes: Counter,
+    /// `PeerRejoined` heard by members of a resuming game about members that came back after
+    /// them.
+    pub resume_echoes: Counter,
+    /// Datagrams missing around a node's drain (relocation windows).
+    pub lost_relocation: Counter,
+    /// Datagrams missing around a node's kill (resume windows).
+    pub lost_resume: Counter,
+    /// Milliseconds from `POST /v1/drain` to the drained node's exit, summed.
+    pub drain_ms_total: Counter,
 }

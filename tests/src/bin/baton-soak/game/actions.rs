@@ -391,21 +391,38 @@ impl Game {
         killed
     }
 
-    /// Waits (bounded) until the relay no longer lists allocation `alloc`.
+    /// Waits (bounded) until no relay node lists allocation `alloc`.
     pub(super) async fn verify_closed(&mut self, alloc: u64, bound: Duration) {
-        let api = self.ctx.api.clone();
         let deadline = Instant::now() + bound;
         let mut last = String::new();
         while Instant::now() < deadline {
-            let api = api.clone();
-            match self
-                .pumping(async move { api.allocation(alloc).await })
-                .await
-            {
-                Ok(None) => return,
-                Ok(Some(info)) => last = info.to_string(),
-                Err(e) => last = format!("{e:#}"),
+            let apis: Vec<_> = self
+                .ctx
+                .live_nodes()
+                .into_iter()
+                .map(|n| (n.id, n.api))
+                .collect();
+            let answers = self
+                .pumping(async move {
+                    let mut out = Vec::new();
+                    for (id, api) in apis {
+                        out.push((id, api.allocation(alloc).await));
+                    }
+                    out
+                })
+                .await;
+            let held: Vec<String> = answers
+                .into_iter()
+                .filter_map(|(id, answer)| match answer {
+                    Ok(None) => None,
+                    Ok(Some(info)) => Some(format!("node {id}: {info}")),
+                    Err(e) => Some(format!("node {id}: {e:#}")),
+                })
+                .collect();
+            if held.is_empty() {
+                return;
             }
+            last = held.join("; ");
             self.pump_until(Instant::now() + Duration::from_millis(200), |_| false)
                 .await;
         }

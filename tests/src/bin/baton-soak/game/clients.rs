@@ -18,11 +18,30 @@ use baton_tests::player::{self, Command, PlayerArgs, Report, Role, Sink};
 
 impl Game {
     /// Starts a client of the current game, in this process or its own.
+    ///
+    /// With a fleet, a host creates its allocation on the slot's node in turn (games spread
+    /// over the nodes) and every other client enters through a random node (a join reaching a
+    /// node that does not hold the allocation is redirected); every client gets the other
+    /// nodes as fallback relays.
     pub(super) fn spawn_client(&mut self, role: Role, process: bool) -> anyhow::Result<u64> {
+        let pick = match &role {
+            Role::Host { .. } => self.slot + self.id as usize,
+            _ => self.rng.below(1 << 16),
+        };
         let ctx = &self.ctx;
+        let Some((node, fallback_relays)) = ctx.node_at(pick) else {
+            anyhow::bail!("no relay node takes new clients");
+        };
         let uid = ctx.next_uid();
+        let fleet = |d: std::time::Duration| {
+            if ctx.fleet {
+                d.as_millis() as u64
+            } else {
+                0
+            }
+        };
         let spec = PlayerArgs {
-            relay: ctx.relay_addr,
+            relay: node.addr,
             fingerprint: ctx.fingerprint.clone(),
             rate: ctx.opts.rate,
             keepalive_ms: ctx.opts.keepalive_interval.as_millis() as u64,
@@ -38,6 +57,14 @@ impl Game {
             stats_ms: STATS_EVERY.as_millis() as u64,
             game_snapshots: true,
             credential: None,
+            fallback_relays: if ctx.fleet {
+                fallback_relays
+            } else {
+                Vec::new()
+            },
+            resume_window_ms: fleet(ctx.opts.resume_window),
+            // A killed node is noticed by its clients when it has been silent this long.
+            idle_timeout_ms: fleet(ctx.opts.keepalive_timeout),
             role,
         };
         let mut client = Client {

@@ -21,14 +21,21 @@
 //! overlaps the time between the two arrivals around it (with [`CHURN_GRACE_US`] either side),
 //! else *steady loss*, which the `--max-loss` threshold applies to.
 //!
+//! ## Node events (a fleet)
+//! Between two actions a game pauses when the node churn asks ([`crate::gate`]). If the node
+//! drained or killed held the game's allocation, every member must relocate or resume, the
+//! allocation must be on one live node with its id and code, and datagrams must flow again
+//! (`nodes`); gaps around it are counted as relocation or resume loss, apart from the rest.
+//!
 //! Files: [`migration`] (following one host loss on every member), `reports` (what clients
 //! report), `loss` (churn windows and stalled flows), `clients` (starting and ending
-//! clients), `actions` (the churn).
+//! clients), `actions` (the churn), `nodes` (node events).
 
 mod actions;
 mod clients;
 mod loss;
 mod migration;
+mod nodes;
 mod reports;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -45,6 +52,8 @@ use crate::util::Rng;
 use baton_tests::player::{Command, Report};
 
 use self::migration::Migration;
+use self::nodes::{Move, NodeCheck};
+use crate::gate::NodeEventKind;
 
 /// How often a client reports its counters.
 const STATS_EVERY: Duration = Duration::from_millis(500);
@@ -190,6 +199,19 @@ pub struct Game {
     pending_allocs: Vec<(u64, u16, Instant)>,
     /// Something unexpected happened; the game is ended and a new one started.
     broken: bool,
+    /// The last node-event round this game paused for.
+    gate_round: u64,
+    /// The node event being followed.
+    node_check: Option<NodeCheck>,
+    /// While paused for a node event: the node that held the game's allocation.
+    paused_on: Option<std::net::SocketAddr>,
+    /// Moves (`Relocated`, `Resumed`) heard while paused, before the game follows the event:
+    /// client uid, which, where to, when, and the host the client then saw.
+    early_moves: Vec<(u64, NodeEventKind, Move)>,
+    /// Past node events that concerned the game, `(start, end)` in Unix µs.
+    node_windows: VecDeque<(u64, u64, NodeEventKind)>,
+    /// Until when members may hear each other's `PeerRejoined` from a resume.
+    resume_echoes_until: Instant,
 }
 
 impl Game {
@@ -221,6 +243,12 @@ impl Game {
             rejoinable: Vec::new(),
             pending_allocs: Vec::new(),
             broken: false,
+            gate_round: 0,
+            node_check: None,
+            paused_on: None,
+            early_moves: Vec::new(),
+            node_windows: VecDeque::new(),
+            resume_echoes_until: Instant::now(),
         }
     }
 
@@ -228,8 +256,13 @@ impl Game {
     pub async fn run(mut self) {
         // Stagger the slots' starts over the first second or two.
         let stagger = Duration::from_millis(150) * (self.slot as u32 % 16);
+        self.ctx.gate.join();
         self.pump_for(stagger).await;
         while self.ctx.churning() {
+            if self.gate_pending() {
+                self.node_round().await;
+                continue;
+            }
             if self.broken {
                 // What the game's members know can no longer be predicted: start afresh.
                 self.end_game(false).await;
@@ -243,12 +276,13 @@ impl Game {
             if !self.ctx.churning() {
                 break;
             }
-            if self.broken {
+            if self.broken || self.gate_pending() {
                 continue;
             }
             self.check_flows();
             self.act().await;
         }
+        self.ctx.gate.leave();
         self.teardown().await;
     }
 
@@ -283,10 +317,11 @@ impl Game {
         }
     }
 
-    /// Handles reports for `d` (or until the churn phase ends).
+    /// Handles reports for `d` (or until the churn phase ends, or a node event asks the game
+    /// to pause).
     async fn pump_for(&mut self, d: Duration) {
         let until = (Instant::now() + d).min(self.ctx.churn_end.max(Instant::now()));
-        self.pump_until(until, |_| false).await;
+        self.pump_until(until, Game::gate_pending).await;
     }
 
     /// Handles reports while `fut` runs (it must not borrow the game).

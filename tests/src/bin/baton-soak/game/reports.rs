@@ -8,9 +8,11 @@ use baton_client::AllocationId;
 use baton_tests::player::Report;
 
 use super::migration::Migration;
+use super::nodes::Move;
 use super::{
     Expect, Game, Heard, Phase, Ready, ALLOC_GRACE, LOSS_EXAMPLES, SNAPSHOT_TENURE, UNMATCHED_GRACE,
 };
+use crate::gate::NodeEventKind;
 use crate::state::{lock, Check};
 
 impl Game {
@@ -69,7 +71,13 @@ impl Game {
                 now_us,
             } => {
                 let receiver = self.peer_of(uid);
-                if phase == Phase::Member && !self.in_churn(prev_us, now_us) {
+                let node_event = self.in_node_event(prev_us, now_us);
+                if let Some(kind) = node_event {
+                    match kind {
+                        NodeEventKind::Drain => self.ctx.stats.lost_relocation.add(lost),
+                        NodeEventKind::Kill => self.ctx.stats.lost_resume.add(lost),
+                    }
+                } else if phase == Phase::Member && !self.in_churn(prev_us, now_us) {
                     self.ctx.stats.lost_steady.add(lost);
                     let mut examples = lock(&self.ctx.loss_examples);
                     if examples.len() < LOSS_EXAMPLES {
@@ -120,6 +128,16 @@ impl Game {
                 }
                 self.clients.remove(&uid);
             }
+            Report::Resumed { relay, host } => {
+                if phase != Phase::Departing {
+                    self.moved(uid, NodeEventKind::Kill, relay, host);
+                }
+            }
+            Report::Relocated { relay, host } => {
+                if phase != Phase::Departing {
+                    self.moved(uid, NodeEventKind::Drain, relay, host);
+                }
+            }
             Report::Disconnected { reason } => {
                 if phase != Phase::Departing {
                     let what = format!(
@@ -127,7 +145,12 @@ impl Game {
                         self.id,
                         self.peer_of(uid)
                     );
-                    self.ctx.fail(Check::Membership, what);
+                    let check = if self.node_check.is_some() {
+                        Check::Fleet
+                    } else {
+                        Check::Membership
+                    };
+                    self.ctx.fail(check, what);
                     self.forget_member(uid);
                 }
                 if let Some(c) = self.clients.get(&uid) {
@@ -138,6 +161,9 @@ impl Game {
             }
             event => {
                 if phase == Phase::Departing {
+                    return;
+                }
+                if self.resume_echo(&event) {
                     return;
                 }
                 if let Some(m) = &mut self.migration {
@@ -159,6 +185,88 @@ impl Game {
                     self.unmatched.push((uid, event, Instant::now()));
                 }
             }
+        }
+    }
+
+    /// The node event of the round the game is paused in, if it hit the game's node.
+    fn paused_event(&self) -> Option<NodeEventKind> {
+        let event = self.ctx.gate.event(self.gate_round)?;
+        (self.paused_on == Some(event.addr)).then_some(event.kind)
+    }
+
+    /// Member `uid` resumed (after a kill) or relocated (after a drain) to `relay`: part of
+    /// the node event being followed, or a failure.
+    fn moved(
+        &mut self,
+        uid: u64,
+        kind: NodeEventKind,
+        relay: std::net::SocketAddr,
+        host: Option<u16>,
+    ) {
+        let paused_event = self.paused_event();
+        match &mut self.node_check {
+            Some(check) if check.event.kind == kind => {
+                check.moved.insert(
+                    uid,
+                    Move {
+                        relay,
+                        at: Instant::now(),
+                        host,
+                    },
+                );
+            }
+            // Paused, the event announced, not followed yet: kept for when it is.
+            None if paused_event == Some(kind) => {
+                let m = Move {
+                    relay,
+                    at: Instant::now(),
+                    host,
+                };
+                self.early_moves.push((uid, kind, m));
+            }
+            _ => {
+                let (what, why) = match kind {
+                    NodeEventKind::Kill => ("resumed", "killed"),
+                    NodeEventKind::Drain => ("relocated", "drained"),
+                };
+                let text = format!(
+                    "game {}: peer {:?} {what} to relay {relay} although no node it was on was {why}",
+                    self.id,
+                    self.peer_of(uid)
+                );
+                self.ctx.fail(Check::Fleet, text);
+            }
+        }
+    }
+
+    /// Whether `event` is what a node kill explains: members that resumed hear
+    /// `PeerRejoined` of those who came back after them; if the host did not come back in
+    /// time, they hear it lost and a new host elected (the check counts that).
+    fn resume_echo(&mut self, event: &Report) -> bool {
+        let following = self
+            .node_check
+            .as_ref()
+            .map(|c| c.event.kind)
+            .or_else(|| self.paused_event());
+        let killing = following == Some(NodeEventKind::Kill);
+        match event {
+            Report::PeerRejoined { peer }
+                if (following.is_some() || Instant::now() < self.resume_echoes_until)
+                    && self.members.contains_key(peer) =>
+            {
+                match following {
+                    Some(NodeEventKind::Drain) => self.ctx.stats.relocation_echoes.inc(),
+                    _ => self.ctx.stats.resume_echoes.inc(),
+                }
+                true
+            }
+            Report::HostLost { .. } | Report::HostMigrated { .. } if killing => {
+                if let Some(check) = &mut self.node_check {
+                    check.elected = true;
+                }
+                true
+            }
+            _ => false,
         }
     }
 

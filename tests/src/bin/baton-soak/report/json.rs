@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 
 use super::judge::Findings;
-use super::percentiles;
+use super::{fate_text, percentiles};
 use crate::state::lock;
 
 /// The summary of `f` as JSON.
@@ -50,18 +50,71 @@ pub(super) fn render(f: &Findings<'_>) -> Value {
             "codes_expired": s.code_expiries.get(),
             "reservations_expired": s.reservation_expiries.get(),
         },
+        "fleet": fleet(f),
         "relay": {
-            "command": f.monitor.relay.command,
+            "command": f.monitor.primary().relay.command,
             "memory": f.memory,
-            "log_levels": f.monitor.scan.by_level,
-            "warnings": f.monitor.scan.warnings,
-            "errors": f.monitor.scan.errors,
-            "stderr": f.monitor.scan.stderr,
+            "log_levels": f.monitor.primary().scan.by_level,
+            "warnings": f.monitor.primary().scan.warnings,
+            "errors": f.monitor.primary().scan.errors,
+            "stderr": f.monitor.primary().scan.stderr,
             "stopped": f.relay_stopped,
             "counters_at_end": f.relay_counts,
             "data_dir": f.kept_dir.as_ref().map(|d| d.display().to_string()),
         },
         "drain": f.drain,
         "elapsed_s": f.ctx.elapsed_s(),
+    })
+}
+
+/// The fleet's part (`null` without a fleet): each node, the node events and their loss.
+fn fleet(f: &Findings<'_>) -> Value {
+    if !f.monitor.fleet {
+        return Value::Null;
+    }
+    let s = &f.ctx.stats;
+    let nodes: Vec<Value> = f
+        .monitor
+        .nodes
+        .iter()
+        .map(|n| {
+            let memory = f
+                .node_memory
+                .iter()
+                .find(|(id, _)| *id == n.id)
+                .map(|(_, m)| match m {
+                    Ok(m) => serde_json::to_value(m).unwrap_or(Value::Null),
+                    Err(why) => json!({ "not_judged": why }),
+                });
+            json!({
+                "id": n.id,
+                "command": n.relay.command,
+                "started_s": n.started_s,
+                "fate": fate_text(n),
+                "memory": memory,
+                "log_levels": n.scan.by_level,
+                "warnings": n.scan.warnings,
+                "errors": n.scan.errors,
+                "stderr": n.scan.stderr,
+            })
+        })
+        .collect();
+    json!({
+        "nodes": nodes,
+        "drains": s.node_drains.get(),
+        "drain_ms_mean": s.drain_ms_total.get().checked_div(s.node_drains.get()),
+        "kills": s.node_kills.get(),
+        "replacements": s.node_replacements.get(),
+        "games_relocated": s.relocations.get(),
+        "members_relocated": s.members_relocated.get(),
+        "relocation_ms": percentiles(&lock(&f.ctx.relocation_ms)),
+        "games_resumed": s.resumes.get(),
+        "members_resumed": s.members_resumed.get(),
+        "resume_ms": percentiles(&lock(&f.ctx.resume_ms)),
+        "resumes_with_election": s.resume_elections.get(),
+        "lost_around_relocations": s.lost_relocation.get(),
+        "lost_around_resumes": s.lost_resume.get(),
+        "rejoin_events_in_relocations": s.relocation_echoes.get(),
+        "rejoin_events_in_resumes": s.resume_echoes.get(),
     })
 }

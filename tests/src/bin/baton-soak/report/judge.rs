@@ -28,6 +28,8 @@ pub(super) struct Findings<'a> {
     /// `lost` as a share of all that should have arrived.
     pub(super) loss: f64,
     pub(super) memory: Option<Memory>,
+    /// With a fleet: each node's memory trend, or why it is not judged.
+    pub(super) node_memory: Vec<(String, Result<Memory, String>)>,
     pub(super) migration_ms: Histogram<u64>,
     pub(super) latency: Histogram<u64>,
     pub(super) relay_drops: BTreeMap<String, u64>,
@@ -72,18 +74,23 @@ impl Summary {
                 ),
             );
         }
-        let memory = Memory::from_samples(&monitor.rss, churn_s, settings);
-        match &memory {
-            Some(m) if !m.ok => ctx.fail(
-                Check::Memory,
-                format!(
-                    "relay RSS grew from a median of {} KiB (first third) to {} KiB (last third), above the limit {} KiB",
-                    m.first_third_median_kib, m.last_third_median_kib, m.limit_kib
+        let (memory, node_memory) = if monitor.fleet {
+            (None, node_memory(ctx, monitor, churn_s, settings))
+        } else {
+            let memory = Memory::from_samples(&monitor.primary().rss, churn_s, settings);
+            match &memory {
+                Some(m) if !m.ok => ctx.fail(
+                    Check::Memory,
+                    format!(
+                        "relay RSS grew from a median of {} KiB (first third) to {} KiB (last third), above the limit {} KiB",
+                        m.first_third_median_kib, m.last_third_median_kib, m.limit_kib
+                    ),
                 ),
-            ),
-            Some(_) => {}
-            None => ctx.fail(Check::Memory, "no RSS sample of the relay could be taken"),
-        }
+                Some(_) => {}
+                None => ctx.fail(Check::Memory, "no RSS sample of the relay could be taken"),
+            }
+            (memory, Vec::new())
+        };
         if churn_s >= COVERAGE_MIN_S {
             let mut missing = Vec::new();
             if s.migrations.get() == 0 {
@@ -103,6 +110,14 @@ impl Summary {
             }
             if s.joins.get() == 0 || s.leaves.get() == 0 {
                 missing.push("joins and leaves");
+            }
+            if monitor.fleet {
+                if s.relocations.get() == 0 && s.node_drains.get() > 0 {
+                    missing.push("a game relocated by a drain");
+                }
+                if s.resumes.get() + s.resume_elections.get() == 0 && s.node_kills.get() > 0 {
+                    missing.push("a game resumed after a node kill");
+                }
             }
             if !missing.is_empty() {
                 ctx.fail(
@@ -128,7 +143,14 @@ impl Summary {
             "joins": metrics.get("baton_joins_total"),
         });
 
-        let counters = compare_counters(ctx, &metrics);
+        let counters = if monitor.fleet {
+            (
+                "not compared with a fleet: a killed node takes its counters with it, and relocated and resumed members count as rejoins where they land".to_owned(),
+                Vec::new(),
+            )
+        } else {
+            compare_counters(ctx, &metrics)
+        };
         for problem in &counters.1 {
             ctx.fail(Check::Counters, problem.clone());
         }
@@ -167,6 +189,19 @@ impl Summary {
                     ),
                     None => drain.describe(),
                 },
+                Check::Memory if monitor.fleet => node_memory
+                    .iter()
+                    .map(|(id, m)| match m {
+                        Ok(m) => format!(
+                            "node {id} {:.1} -> {:.1} MiB (limit {:.1})",
+                            mib(m.first_third_median_kib),
+                            mib(m.last_third_median_kib),
+                            mib(m.limit_kib)
+                        ),
+                        Err(why) => format!("node {id} {why}"),
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; "),
                 Check::Memory => match &memory {
                     Some(m) => format!(
                         "median RSS {:.1} MiB -> {:.1} MiB (limit {:.1} MiB, {} samples)",
@@ -177,20 +212,49 @@ impl Summary {
                     ),
                     None => "no samples".to_owned(),
                 },
+                Check::RelayHealth if monitor.fleet => format!(
+                    "{} error lines, {} stderr lines over {} nodes; {}",
+                    monitor.nodes.iter().map(|n| n.scan.error_count).sum::<u64>(),
+                    monitor.nodes.iter().map(|n| n.scan.stderr.len()).sum::<usize>(),
+                    monitor.nodes.len(),
+                    monitor
+                        .nodes
+                        .iter()
+                        .map(|n| format!("{}: {}", n.id, super::fate_text(n)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
                 Check::RelayHealth => format!(
                     "{} error lines, {} stderr lines; {}",
-                    monitor.scan.error_count,
-                    monitor.scan.stderr.len(),
+                    monitor.primary().scan.error_count,
+                    monitor.primary().scan.stderr.len(),
                     monitor
-                        .relay_exited
-                        .clone()
+                        .primary()
+                        .died()
+                        .map(str::to_owned)
                         .unwrap_or_else(|| format!("stopped: {relay_stopped}"))
+                ),
+                Check::Fleet if !monitor.fleet => "no fleet (--nodes 1)".to_owned(),
+                Check::Fleet => format!(
+                    "{} drains, {} kills; games relocated {} ({} members, p50/p99/max {} ms), resumed {} ({} members, p50/p99/max {} ms), {} with a new host elected",
+                    s.node_drains.get(),
+                    s.node_kills.get(),
+                    s.relocations.get(),
+                    s.members_relocated.get(),
+                    hist_triplet(&lock(&ctx.relocation_ms)),
+                    s.resumes.get(),
+                    s.members_resumed.get(),
+                    hist_triplet(&lock(&ctx.resume_ms)),
+                    s.resume_elections.get()
                 ),
                 Check::Counters => counters.0.clone(),
                 Check::Coverage => "scenarios exercised".to_owned(),
             }
         };
         for check in Check::ALL {
+            if check == Check::Fleet && !monitor.fleet {
+                continue;
+            }
             checks.insert(check, (ctx.failures.count(check) == 0, detail(check)));
         }
         let ok = checks.values().all(|(ok, _)| *ok);
@@ -208,6 +272,7 @@ impl Summary {
             lost,
             loss,
             memory,
+            node_memory,
             migration_ms,
             latency,
             relay_drops,
@@ -222,6 +287,52 @@ impl Summary {
             text: super::text::render(&f),
         }
     }
+}
+
+/// Each node's memory trend: judged for nodes that ran from before the warm-up to the end;
+/// the others say why not. A trend above its limit is a failure.
+fn node_memory(
+    ctx: &Ctx,
+    monitor: &Monitor,
+    churn_s: f64,
+    settings: &Settings,
+) -> Vec<(String, Result<Memory, String>)> {
+    let warm = super::WARM_UP_S.max(churn_s / 10.0);
+    let mut out = Vec::new();
+    for node in &monitor.nodes {
+        let judged = if !node.surviving() {
+            Err(format!("not judged ({})", super::fate_text(node)))
+        } else if node.started_s > warm {
+            Err(format!(
+                "not judged (started at {:.0} s, after the {warm:.0} s warm-up)",
+                node.started_s
+            ))
+        } else {
+            match Memory::from_samples(&node.rss, churn_s, settings) {
+                Some(m) => {
+                    if !m.ok {
+                        ctx.fail(
+                            Check::Memory,
+                            format!(
+                                "node {} RSS grew from a median of {} KiB (first third) to {} KiB (last third), above the limit {} KiB",
+                                node.id, m.first_third_median_kib, m.last_third_median_kib, m.limit_kib
+                            ),
+                        );
+                    }
+                    Ok(m)
+                }
+                None => {
+                    ctx.fail(
+                        Check::Memory,
+                        format!("no RSS sample of node {} could be taken", node.id),
+                    );
+                    Err("no samples".to_owned())
+                }
+            }
+        };
+        out.push((node.id.clone(), judged));
+    }
+    out
 }
 
 /// Compares the relay's counters at the end with what the soak did: every join, rejoin,

@@ -16,6 +16,9 @@ use crate::relay::{LogScan, Relay};
 use crate::state::{Check, Ctx};
 use baton_tests::relay_process::Metrics;
 
+/// A node taking one allocation over more often than this is looping (one takeover per
+/// member coming back is expected).
+const TAKEOVER_LIMIT: u64 = 64;
 /// RSS samples kept at most (one a second: more than a day).
 const MAX_RSS_SAMPLES: usize = 100_000;
 /// RSS samples of the first part of the run are left out of the trend: the relay is still
@@ -28,32 +31,160 @@ const SERIES_POINTS: usize = 120;
 /// A run at least this long must have exercised migrations, crashes and every expiry.
 const COVERAGE_MIN_S: f64 = 30.0;
 
-/// The monitor's findings: the relay itself, its logs, its memory.
-pub struct Monitor {
-    /// The relay process.
+/// What became of a relay node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fate {
+    /// Running and taking clients.
+    Live,
+    /// Told to drain; it exits by itself once empty.
+    Draining,
+    /// Drained and exited, with this status.
+    Drained(String),
+    /// Killed by the soak (SIGKILL).
+    Killed,
+    /// Exited on its own during the run: a failure.
+    Died(String),
+}
+
+/// One relay process (a node of the fleet, or the relay alone) and what was seen of it.
+pub struct NodeMon {
+    /// Its node id (`relay` for a relay alone).
+    pub id: String,
+    /// The process.
     pub relay: Relay,
     /// Its logs so far.
     pub scan: LogScan,
     /// RSS samples: seconds into the run, KiB.
     pub rss: Vec<(f64, u64)>,
-    /// Set if the relay exited during the run.
-    pub relay_exited: Option<String>,
+    /// When it started, seconds into the run.
+    pub started_s: f64,
+    /// What became of it.
+    pub fate: Fate,
+    /// How it ended when the soak stopped it at the end.
+    pub stopped: Option<String>,
+    /// Allocations already reported as taken over too often.
+    pub takeover_loops: Vec<String>,
+}
+
+impl NodeMon {
+    /// A node that has just started.
+    pub fn new(id: String, relay: Relay, started_s: f64) -> NodeMon {
+        NodeMon {
+            id,
+            relay,
+            scan: LogScan::default(),
+            rss: Vec::new(),
+            started_s,
+            fate: Fate::Live,
+            stopped: None,
+            takeover_loops: Vec::new(),
+        }
+    }
+
+    /// Why it exited during the run, if it did so on its own.
+    pub fn died(&self) -> Option<&str> {
+        match &self.fate {
+            Fate::Died(what) => Some(what),
+            _ => None,
+        }
+    }
+
+    /// Whether it is still running at the end (neither drained nor killed nor dead).
+    pub fn surviving(&self) -> bool {
+        self.fate == Fate::Live
+    }
+}
+
+/// The monitor's findings: the relay processes, their logs, their memory.
+pub struct Monitor {
+    /// Every relay process started, in order (one without a fleet).
+    pub nodes: Vec<NodeMon>,
+    /// Whether they form a fleet.
+    pub fleet: bool,
 }
 
 impl Monitor {
-    /// Takes one RSS sample.
-    pub fn sample_rss(&mut self, ctx: &Ctx) {
-        if self.rss.len() < MAX_RSS_SAMPLES && self.relay_exited.is_none() {
-            if let Some(kib) = self.relay.rss_kib() {
-                self.rss.push((ctx.elapsed_s(), kib));
+    /// The first relay started (the relay, without a fleet).
+    pub fn primary(&self) -> &NodeMon {
+        &self.nodes[0]
+    }
+
+    /// Checks every node is up (unless drained or killed), and notes how drained ones exited.
+    pub async fn check_alive(&mut self, ctx: &Ctx) {
+        let fleet = self.fleet;
+        for node in &mut self.nodes {
+            match node.fate {
+                Fate::Live if !node.relay.alive() => {
+                    let status = node.relay.stop().await;
+                    let what = if fleet {
+                        format!("node {} exited during the run ({status})", node.id)
+                    } else {
+                        format!("the relay process exited during the run ({status})")
+                    };
+                    ctx.fail(Check::RelayHealth, what.clone());
+                    node.fate = Fate::Died(what);
+                    ctx.abort();
+                }
+                Fate::Draining => {
+                    if let Some(status) = node.relay.exit_status() {
+                        if !status.success() {
+                            ctx.fail(
+                                Check::RelayHealth,
+                                format!("drained node {} exited with {status}", node.id),
+                            );
+                        }
+                        node.fate = Fate::Drained(status.to_string());
+                    }
+                }
+                _ => {}
             }
         }
     }
 
-    /// Reads new log lines; every unexpected one is a failure.
+    /// Takes one RSS sample of every running node.
+    pub fn sample_rss(&mut self, ctx: &Ctx) {
+        for node in &mut self.nodes {
+            if node.rss.len() < MAX_RSS_SAMPLES && matches!(node.fate, Fate::Live) {
+                if let Some(kib) = node.relay.rss_kib() {
+                    node.rss.push((ctx.elapsed_s(), kib));
+                }
+            }
+        }
+    }
+
+    /// Reads new log lines; every unexpected one is a failure, and so is a node taking one
+    /// allocation over again and again.
     pub fn scan_logs(&mut self, ctx: &Ctx) {
-        for line in self.scan.scan(&self.relay) {
-            ctx.fail(Check::RelayHealth, format!("relay logged: {line}"));
+        let fleet = self.fleet;
+        for node in &mut self.nodes {
+            for line in node.scan.scan(&node.relay) {
+                if fleet {
+                    ctx.fail(
+                        Check::RelayHealth,
+                        format!("node {} logged: {line}", node.id),
+                    );
+                } else {
+                    ctx.fail(Check::RelayHealth, format!("relay logged: {line}"));
+                }
+            }
+            let looping: Vec<(String, u64)> = node
+                .scan
+                .takeovers
+                .iter()
+                .filter(|(a, n)| **n > TAKEOVER_LIMIT && !node.takeover_loops.contains(a))
+                .map(|(a, n)| (a.clone(), *n))
+                .collect();
+            for (alloc, n) in looping {
+                ctx.fail(
+                    Check::RelayHealth,
+                    format!(
+                        "node {} logged \"{}\" for allocation {alloc} {n} times so far (a takeover loop)",
+                        node.id,
+                        crate::relay::TAKEOVER_MESSAGE
+                    ),
+                );
+                node.takeover_loops.push(alloc);
+            }
         }
     }
 }
@@ -108,6 +239,47 @@ impl Drain {
             drain.error = Some(errors.join("; "));
         }
         drain
+    }
+
+    /// One drain of the relays' drains (`(node id, drain)`): sums, every node's leftovers and
+    /// errors named by node. The relay's own metrics are kept only for a relay alone.
+    pub fn merge(drains: Vec<(String, Drain)>, fleet: bool) -> Drain {
+        if !fleet {
+            return drains
+                .into_iter()
+                .next()
+                .map(|(_, d)| d)
+                .unwrap_or_default();
+        }
+        let mut out = Drain {
+            admin_allocations: Some(0),
+            metrics_allocations: Some(0.0),
+            metrics_connections: Some(0.0),
+            ..Drain::default()
+        };
+        let mut errors = Vec::new();
+        for (id, d) in drains {
+            out.admin_allocations = out
+                .admin_allocations
+                .zip(d.admin_allocations)
+                .map(|(a, b)| a + b);
+            out.metrics_allocations = out
+                .metrics_allocations
+                .zip(d.metrics_allocations)
+                .map(|(a, b)| a + b);
+            out.metrics_connections = out
+                .metrics_connections
+                .zip(d.metrics_connections)
+                .map(|(a, b)| a + b);
+            out.leftovers.extend(d.leftovers.into_iter().take(5));
+            if let Some(e) = d.error {
+                errors.push(format!("node {id}: {e}"));
+            }
+        }
+        if !errors.is_empty() {
+            out.error = Some(errors.join("; "));
+        }
+        out
     }
 
     /// Whether the admin API and the metrics agree the relay holds nothing.
@@ -216,6 +388,20 @@ fn hist_triplet(h: &hdrhistogram::Histogram<u64>) -> String {
     }
 }
 
+/// What became of a node, in a few words.
+fn fate_text(node: &NodeMon) -> String {
+    match &node.fate {
+        Fate::Live => match &node.stopped {
+            Some(how) => format!("ran to the end, stopped: {how}"),
+            None => "running".to_owned(),
+        },
+        Fate::Draining => "draining".to_owned(),
+        Fate::Drained(status) => format!("drained, exited: {status}"),
+        Fate::Killed => "killed (SIGKILL)".to_owned(),
+        Fate::Died(what) => what.clone(),
+    }
+}
+
 /// KiB to MiB.
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
@@ -224,18 +410,34 @@ fn mib(kib: u64) -> f64 {
 /// One progress line.
 pub async fn progress_line(ctx: &Ctx, monitor: &Monitor) -> String {
     let s = &ctx.stats;
-    let relay = match ctx.api.metrics().await {
-        Ok(m) => format!(
-            "relay {} allocs {} conns",
-            m.get("baton_allocations").unwrap_or(-1.0),
-            m.get("baton_connections").unwrap_or(-1.0)
-        ),
-        Err(_) => "relay metrics unavailable".to_owned(),
-    };
+    let mut relay = Vec::new();
+    for node in ctx.live_nodes() {
+        let label = if ctx.fleet {
+            format!("node {} ", node.id)
+        } else {
+            "relay ".to_owned()
+        };
+        relay.push(match node.api.metrics().await {
+            Ok(m) => format!(
+                "{label}{} allocs {} conns",
+                m.get("baton_allocations").unwrap_or(-1.0),
+                m.get("baton_connections").unwrap_or(-1.0)
+            ),
+            Err(_) => format!("{label}metrics unavailable"),
+        });
+    }
+    let relay = relay.join(", ");
     let rss = monitor
-        .rss
-        .last()
-        .map_or_else(|| "?".to_owned(), |(_, kib)| format!("{:.1}", mib(*kib)));
+        .nodes
+        .iter()
+        .filter(|n| n.surviving())
+        .map(|n| {
+            n.rss
+                .last()
+                .map_or_else(|| "?".to_owned(), |(_, kib)| format!("{:.1}", mib(*kib)))
+        })
+        .collect::<Vec<_>>()
+        .join("/");
     let received = s.received.get();
     let lost = s.lost_steady.get();
     let loss = if received + lost == 0 {
@@ -259,5 +461,20 @@ pub async fn progress_line(ctx: &Ctx, monitor: &Monitor) -> String {
         s.lost_churn.get(),
         s.bind_expiries.get() + s.code_expiries.get() + s.reservation_expiries.get(),
         ctx.failures.total()
+    ) + &fleet_progress(ctx)
+}
+
+/// The fleet's part of a progress line (empty without a fleet).
+fn fleet_progress(ctx: &Ctx) -> String {
+    if !ctx.fleet {
+        return String::new();
+    }
+    let s = &ctx.stats;
+    format!(
+        " | nodes: {} drained, {} killed; games relocated {}, resumed {}",
+        s.node_drains.get(),
+        s.node_kills.get(),
+        s.relocations.get(),
+        s.resumes.get()
     )
 }

@@ -3,6 +3,7 @@
 
 use super::judge::Findings;
 use super::{hist_triplet, mib};
+use crate::state::lock;
 
 /// The summary of `f` as text.
 pub(super) fn render(f: &Findings<'_>) -> String {
@@ -37,7 +38,40 @@ pub(super) fn render(f: &Findings<'_>) -> String {
             f.settings.payload
         ),
     );
-    line(&mut t, "relay", f.monitor.relay.command.clone());
+    if f.monitor.fleet {
+        for node in &f.monitor.nodes {
+            line(
+                &mut t,
+                &format!("node {}", node.id),
+                format!(
+                    "started at {:.1} s; {}; {}",
+                    node.started_s,
+                    super::fate_text(node),
+                    node.relay.command
+                ),
+            );
+        }
+        line(
+            &mut t,
+            "fleet",
+            format!(
+                "{} drains ({} ms on average from POST /v1/drain to exit), {} kills, {} replacements; games relocated {} ({} members, p50/p99/max {} ms), resumed {} ({} members, p50/p99/max {} ms), {} resumed with a new host elected",
+                s.node_drains.get(),
+                s.drain_ms_total.get().checked_div(s.node_drains.get()).unwrap_or(0),
+                s.node_kills.get(),
+                s.node_replacements.get(),
+                s.relocations.get(),
+                s.members_relocated.get(),
+                hist_triplet(&lock(&f.ctx.relocation_ms)),
+                s.resumes.get(),
+                s.members_resumed.get(),
+                hist_triplet(&lock(&f.ctx.resume_ms)),
+                s.resume_elections.get()
+            ),
+        );
+    } else {
+        line(&mut t, "relay", f.monitor.primary().relay.command.clone());
+    }
     line(
         &mut t,
         "games",
@@ -90,6 +124,19 @@ pub(super) fn render(f: &Findings<'_>) -> String {
             f.relay_drops
         ),
     );
+    if f.monitor.fleet {
+        line(
+            &mut t,
+            "node loss",
+            format!(
+                "lost {} around relocations (drains), {} around resumes (kills); PeerRejoined heard about members that moved: {} in relocations, {} in resumes",
+                s.lost_relocation.get(),
+                s.lost_resume.get(),
+                s.relocation_echoes.get(),
+                s.resume_echoes.get()
+            ),
+        );
+    }
     line(
         &mut t,
         "latency",
@@ -123,14 +170,36 @@ pub(super) fn render(f: &Findings<'_>) -> String {
             ),
         );
     }
-    line(
-        &mut t,
-        "relay logs",
-        format!(
-            "{:?}; warnings {:?}",
-            f.monitor.scan.by_level, f.monitor.scan.warnings
-        ),
-    );
+    for (id, m) in &f.node_memory {
+        let text = match m {
+            Ok(m) => format!(
+                "start {:.1} MiB, peak {:.1} MiB, end {:.1} MiB; steady median first third {:.1} MiB, last third {:.1} MiB (limit {:.1} MiB)",
+                mib(m.start_kib),
+                mib(m.peak_kib),
+                mib(m.end_kib),
+                mib(m.first_third_median_kib),
+                mib(m.last_third_median_kib),
+                mib(m.limit_kib)
+            ),
+            Err(why) => why.clone(),
+        };
+        line(&mut t, &format!("RSS {id}"), text);
+    }
+    for node in &f.monitor.nodes {
+        let label = if f.monitor.fleet {
+            format!("logs {}", node.id)
+        } else {
+            "relay logs".to_owned()
+        };
+        line(
+            &mut t,
+            &label,
+            format!(
+                "{:?}; warnings {:?}",
+                node.scan.by_level, node.scan.warnings
+            ),
+        );
+    }
     line(&mut t, "relay says", f.relay_counts.to_string());
     if let Some(dir) = &f.kept_dir {
         line(&mut t, "data dir", dir.display().to_string());
