@@ -302,6 +302,7 @@ impl ControlPlane {
         };
         let id = self.fresh_allocation_id();
         let code_expires = now + ttl;
+        self.lineages.insert(id, id);
         self.allocations.insert(
             id,
             Allocation {
@@ -363,6 +364,9 @@ impl ControlPlane {
         let Some(alloc) = self.allocations.remove(&id) else {
             return;
         };
+        if self.lineages.get(&alloc.lineage) == Some(&id) {
+            self.lineages.remove(&alloc.lineage);
+        }
         self.forget_relocation(id);
         self.cancel_allocation_timers(id);
         self.snapshot_bytes -= alloc.snapshot.as_ref().map_or(0, Bytes::len);

@@ -57,6 +57,10 @@ pub(super) struct Fleet {
     unix_base: Option<(Instant, u64)>,
     /// When the control plane started (unix time 0 in records, until a base is set).
     started: Instant,
+    /// The connection whose request is being served again after its lookup ended in a
+    /// takeover: it is not looked up a second time (a record that does not lead to what the
+    /// request names would otherwise send it round forever).
+    replaying: Option<ConnId>,
 }
 
 /// A request waiting for its lookup.
@@ -84,6 +88,7 @@ impl Fleet {
             locating: HashMap::new(),
             unix_base: None,
             started,
+            replaying: None,
         }
     }
 }
@@ -180,6 +185,10 @@ impl ControlPlane {
             self.refuse(conn, request_id, ErrorCode::DirectoryUnavailable, RETRY_MS);
             return;
         }
+        if fleet.replaying == Some(conn) {
+            self.refuse(conn, request_id, ErrorCode::NotFound, 0);
+            return;
+        }
         if fleet.locating.contains_key(&conn) || fleet.locating.len() >= MAX_LOCATING {
             self.refuse(conn, request_id, ErrorCode::RateLimited, RETRY_MS);
             return;
@@ -242,12 +251,33 @@ impl ControlPlane {
                 self.refuse(conn, request_id, ErrorCode::DirectoryUnavailable, RETRY_MS);
             }
             Location::Adopt(record) => match self.adopt(now, unix_now, &record) {
-                // Held here now: the request is served as if it had found it here.
-                Ok(_) | Err(AdoptError::Held) => {
-                    self.handle_request(now, conn, pending.msg, &pending.auth)
+                Ok(_) => self.replay(now, conn, pending),
+                // Held here already, or its lineage is: the request is served as if it had
+                // found it here.
+                Err(AdoptError::Held)
+                    if self
+                        .allocations
+                        .contains_key(&AllocationId(record.allocation))
+                        || self.lineages.contains_key(&AllocationId(record.lineage)) =>
+                {
+                    self.replay(now, conn, pending)
                 }
+                // A stale record (its code belongs to another allocation here): looking again
+                // would find the same record, so the lookup ends here.
                 Err(_) => self.refuse(conn, request_id, ErrorCode::NotFound, 0),
             },
+        }
+    }
+
+    /// Serves a looked-up request again, now that its allocation is held here, without
+    /// another lookup.
+    fn replay(&mut self, now: Instant, conn: ConnId, pending: Pending) {
+        if let Some(fleet) = self.fleet.as_mut() {
+            fleet.replaying = Some(conn);
+        }
+        self.handle_request(now, conn, pending.msg, &pending.auth);
+        if let Some(fleet) = self.fleet.as_mut() {
+            fleet.replaying = None;
         }
     }
 

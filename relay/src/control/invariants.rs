@@ -67,6 +67,18 @@ impl ControlPlane {
         self.check_codes()?;
         self.check_timers()?;
         self.check_snapshots()?;
+        // One entry per live allocation, from its lineage to it.
+        ensure!(
+            self.lineages.len() == self.allocations.len()
+                && self
+                    .allocations
+                    .iter()
+                    .all(|(id, a)| self.lineages.get(&a.lineage) == Some(id)),
+            "lineages",
+            "the lineage index ({} entries) does not name each of the {} allocations",
+            self.lineages.len(),
+            self.allocations.len()
+        );
         for conn in self.lookups() {
             ensure!(
                 matches!(

@@ -219,6 +219,13 @@ impl ControlPlane {
                 None => break,
             }
         }
+        // A lineage this node took over or was handed: its latest allocation (the migrations
+        // that led there happened on another node).
+        if !self.allocations.contains_key(&id) {
+            if let Some(latest) = self.lineages.get(&named) {
+                id = *latest;
+            }
+        }
         let Some(code) = self.allocations.get(&id).map(|a| a.code) else {
             if self.in_fleet() {
                 let msg = ClientMessage::Rejoin {
@@ -313,8 +320,12 @@ impl ControlPlane {
             allocation: id,
             peer,
             max_payload: self.max_payload,
-            // A reserved allocation's host is peer 0 even before it binds.
-            host: alloc.host_peer().unwrap_or(PeerId::HOST),
+            // A reserved allocation's host is peer 0 even before it binds; a taken-over
+            // allocation's is the host it awaits.
+            host: match alloc.host {
+                HostSlot::Bound(host) | HostSlot::Returning { host, .. } => host,
+                _ => PeerId::HOST,
+            },
             reconnect_token: self.reconnect_token(
                 alloc.lineage,
                 (peer, alloc.token_generation(peer)),

@@ -233,6 +233,7 @@ impl ControlPlane {
         let route = alloc.route();
         let snapshot = alloc.snapshot.clone();
         let reply = self.created_reply(now, request_id, to, &alloc, me);
+        self.lineages.insert(alloc.lineage, to);
         self.allocations.insert(to, alloc);
         // Routing first, for everyone, then the new host hears it is bound, then the others
         // are told to move: no one can race into a missing allocation.

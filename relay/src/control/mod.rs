@@ -108,6 +108,10 @@ pub struct ControlPlane {
     next_seq: u64,
     /// Migrated allocations' successors, kept for a while so `Rejoin` can follow them.
     successors: HashMap<AllocationId, AllocationId>,
+    /// Each live allocation's lineage → the allocation (one per lineage): a `Rejoin` naming a
+    /// lineage this node took over (or was handed) finds its latest allocation, whose
+    /// migrations happened on another node.
+    lineages: HashMap<AllocationId, AllocationId>,
 
     rng: StdRng,
     conns: HashMap<ConnId, Conn>,
@@ -171,6 +175,7 @@ impl ControlPlane {
             secret: secrets.hmac_key,
             next_seq: 0,
             successors: HashMap::new(),
+            lineages: HashMap::new(),
             rng: StdRng::from_seed(secrets.rng_seed),
             conns: HashMap::new(),
             allocations: HashMap::new(),

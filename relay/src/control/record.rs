@@ -175,6 +175,7 @@ impl ControlPlane {
         let code_expires = now + remaining.min(self.code_ttl);
         let host = PeerId(record.host);
         let deadline = now + self.keepalive_timeout;
+        self.lineages.insert(AllocationId(record.lineage), id);
         self.allocations.insert(
             id,
             Allocation {

@@ -82,6 +82,9 @@ pub(super) struct FleetLink {
     record_ttl: Duration,
     /// Whether this node drains: its heartbeat then says `draining`, so no node sends it work.
     draining: Arc<std::sync::atomic::AtomicBool>,
+    /// Allocations this node handed to each node lately, which that node's heartbeat may not
+    /// count yet: a drain spreads its allocations instead of sending all to one node.
+    handed: Arc<std::sync::Mutex<Handed>>,
 }
 
 /// The one outstanding code claim, if any.
@@ -172,6 +175,7 @@ impl FleetLink {
             metrics,
             record_ttl,
             draining,
+            handed: Arc::default(),
         };
         Ok((link, first))
     }
@@ -233,9 +237,10 @@ impl FleetLink {
         let node = self.node.clone();
         let inputs = self.inputs.clone();
         let ttl = self.record_ttl;
+        let handed = self.handed.clone();
         tokio::spawn(async move {
             let allocation = AllocationId(record.allocation);
-            let input = match hand_over(&directory, &node, &record, ttl).await {
+            let input = match hand_over(&directory, &node, &record, ttl, &handed).await {
                 Ok(Some(target)) => Input::RelocationReady {
                     allocation,
                     address: target.addr,
@@ -369,7 +374,40 @@ async fn locate(
     Ok(Location::Adopt(Box::new(record)))
 }
 
-/// Picks the least-loaded active node other than `me` ([`NodeInfo::cmp_load`])
+/// How long a hand-over counts towards its target's load: until two heartbeats have carried it.
+const HANDED_WINDOW: Duration = Duration::from_secs(2);
+
+/// How long a hand-over waits for this node's own directory entry of the allocation (written
+/// by the record writer just after the allocation was created), checking every
+/// [`BOUND_POLL`].
+const BOUND_WAIT: Duration = Duration::from_millis(500);
+const BOUND_POLL: Duration = Duration::from_millis(25);
+
+/// Allocations handed to each node within [`HANDED_WINDOW`]: per node, how many and since when.
+#[derive(Debug, Default)]
+struct Handed(HashMap<NodeId, (u64, tokio::time::Instant)>);
+
+impl Handed {
+    /// Allocations handed to `node` lately.
+    fn recent(&self, node: &NodeId, now: tokio::time::Instant) -> u64 {
+        match self.0.get(node) {
+            Some((n, since)) if now.duration_since(*since) < HANDED_WINDOW => *n,
+            _ => 0,
+        }
+    }
+
+    /// One more allocation handed to `node`. Entries older than the window are dropped, so
+    /// the map holds at most the nodes handed to lately.
+    fn add(&mut self, node: &NodeId, now: tokio::time::Instant) {
+        self.0
+            .retain(|_, (_, since)| now.duration_since(*since) < HANDED_WINDOW);
+        let entry = self.0.entry(node.clone()).or_insert((0, now));
+        entry.0 += 1;
+    }
+}
+
+/// Picks the least-loaded active node other than `me` ([`NodeInfo::cmp_load`], counting the
+/// allocations handed to it lately)
 /// and moves `record`'s allocation to it in the directory: the record first, then the
 /// allocation and its code (compare-and-set, from this node), so the target finds everything
 /// when the first member rejoins there. `None` when there is no other active node.
@@ -378,16 +416,49 @@ async fn hand_over(
     me: &NodeId,
     record: &AllocationRecord,
     ttl: Duration,
+    handed: &std::sync::Mutex<Handed>,
 ) -> Result<Option<NodeInfo>, DirectoryError> {
-    let target = directory
-        .nodes()
-        .await?
-        .into_iter()
-        .filter(|n| &n.id != me && n.state == NodeState::Active)
-        .min_by(NodeInfo::cmp_load);
+    let now = tokio::time::Instant::now();
+    let nodes = directory.nodes().await?;
+    let target = {
+        // Chosen and counted under one lock: hand-overs running at once spread out.
+        let mut recent = handed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let target = nodes
+            .into_iter()
+            .filter(|n| &n.id != me && n.state == NodeState::Active)
+            .map(|mut n| {
+                n.allocations += recent.recent(&n.id, now);
+                n
+            })
+            .min_by(NodeInfo::cmp_load);
+        if let Some(target) = &target {
+            recent.add(&target.id, now);
+        }
+        target
+    };
     let Some(target) = target else {
+        debug!(allocation = %AllocationId(record.allocation), "no active node to hand over to");
         return Ok(None);
     };
+    // An allocation created a moment ago may not be in the directory yet.
+    let deadline = now + BOUND_WAIT;
+    while directory
+        .lookup_allocation(record.allocation)
+        .await?
+        .as_ref()
+        != Some(me)
+    {
+        if tokio::time::Instant::now() >= deadline {
+            debug!(
+                allocation = %AllocationId(record.allocation),
+                "the directory does not say this node holds the allocation"
+            );
+            return Ok(None);
+        }
+        tokio::time::sleep(BOUND_POLL).await;
+    }
     let json =
         serde_json::to_vec(record).map_err(|e| DirectoryError::Invalid(format!("record: {e}")))?;
     directory.put_record(record.allocation, &json, ttl).await?;
@@ -520,7 +591,12 @@ async fn writer(
                 Some((code, mut ids)) => {
                     ids.push(to);
                     lineages.insert(to, (code, ids));
-                    write_binding(&directory, &node, code, to, ttl).await
+                    // The predecessor's takeover record is stale from now on: a node finding
+                    // it would revive a game that lives on as `to`.
+                    match write_binding(&directory, &node, code, to, ttl).await {
+                        Ok(()) => directory.delete_record(from.0).await,
+                        Err(e) => Err(e),
+                    }
                 }
                 None => Ok(()),
             },
@@ -722,4 +798,32 @@ fn cpu_seconds() -> Option<f64> {
     let utime: f64 = fields.get(11)?.parse().ok()?;
     let stime: f64 = fields.get(12)?.parse().ok()?;
     Some((utime + stime) / 100.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> NodeId {
+        NodeId::parse(s).unwrap()
+    }
+
+    #[test]
+    fn recent_hand_overs_count_until_heartbeats_carry_them() {
+        let t0 = tokio::time::Instant::now();
+        let mut handed = Handed::default();
+        handed.add(&id("b"), t0);
+        handed.add(&id("b"), t0 + Duration::from_millis(10));
+        handed.add(&id("c"), t0);
+        assert_eq!(handed.recent(&id("b"), t0 + Duration::from_millis(20)), 2);
+        assert_eq!(handed.recent(&id("c"), t0), 1);
+        assert_eq!(handed.recent(&id("d"), t0), 0);
+        // Two heartbeats later the directory's load includes them: they count no more, and a
+        // new hand-over forgets them.
+        let later = t0 + HANDED_WINDOW;
+        assert_eq!(handed.recent(&id("b"), later), 0);
+        handed.add(&id("d"), later);
+        assert_eq!(handed.0.len(), 1);
+        assert_eq!(handed.recent(&id("d"), later), 1);
+    }
 }

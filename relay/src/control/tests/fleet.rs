@@ -460,3 +460,74 @@ fn a_flood_of_lookups_is_capped_relay_wide() {
     assert_eq!(asked, MAX_LOCATING);
     assert_eq!(capped, 20);
 }
+
+/// A game that migrated on node `a` (host lost, peer 1 took over), handed to a fleet node
+/// `b`: members rejoin by the id they knew first (the lineage), which `b` never held, and a
+/// stale record of that first allocation does not make `b` look it up again and again.
+#[test]
+fn a_lineage_handed_over_is_rejoined_by_its_first_id_and_a_stale_record_ends_the_lookup() {
+    const UNIX: u64 = 1_800_000_000;
+    let mut a = Harness::new();
+    let (first, code, _) = a.create_with_token(HOST, 0, 0);
+    let (_, t1) = a.join_with_token(2, code);
+    let (_, t2) = a.join_with_token(3, code);
+    let stale = a.cp.export(first, a.now, UNIX).expect("exported");
+    let out = a.disconnect(HOST, LeaveReason::TimedOut);
+    let (_, ticket) = promote_of(&out, 2).expect("conn 2 promoted");
+    let latest = a.migrate(2, first, ticket);
+    let record = a.cp.export(latest, a.now, UNIX).expect("exported");
+    assert_eq!(record.lineage, first.0);
+
+    let (mut b, _) = with_pool(POOL_TARGET);
+    assert_eq!(b.cp.adopt(b.now, UNIX, &record), Ok(latest));
+    // Peer 2 (the new host is peer 1) rejoins naming the first allocation: seated in the
+    // latest, without a lookup.
+    b.connect(13);
+    let out = b.rejoin(13, first, PeerId(2), t2);
+    assert!(locates(&out).is_empty(), "{out:?}");
+    assert!(
+        matches!(
+            replies_to(&out, 13)[..],
+            [ServerMessage::Joined { allocation, peer: PeerId(2), host: PeerId(1), .. }]
+                if allocation == latest
+        ),
+        "{out:?}"
+    );
+    // A lookup for an id `b` does not know that ends in the stale record of the first
+    // allocation (its lineage is held here): the request is served here once, and not looked
+    // up a second time.
+    b.connect(14);
+    let out = b.rejoin(14, AllocationId(0x5151), PeerId(1), t1);
+    let (_, request_id, _) = locates(&out)[0].clone();
+    b.cp.handle(
+        b.now,
+        Input::Located {
+            conn: 14,
+            request_id,
+            location: Location::Adopt(Box::new(stale.clone())),
+        },
+    );
+    let out = b.drain();
+    assert!(locates(&out).is_empty(), "looked up again: {out:?}");
+    assert_eq!(refused(&out, 14), (ErrorCode::NotFound, 0));
+
+    // A stale record whose code another lineage holds here: refused, not looked up again.
+    let mut other = stale;
+    other.lineage = 0x7777;
+    other.allocation = 0x7777;
+    b.connect(15);
+    let out = b.rejoin(15, AllocationId(0x7777), PeerId(1), t1);
+    let (_, request_id, _) = locates(&out)[0].clone();
+    b.cp.handle(
+        b.now,
+        Input::Located {
+            conn: 15,
+            request_id,
+            location: Location::Adopt(Box::new(other)),
+        },
+    );
+    let out = b.drain();
+    assert!(locates(&out).is_empty(), "looked up again: {out:?}");
+    assert_eq!(refused(&out, 15), (ErrorCode::NotFound, 0));
+    b.check();
+}

@@ -94,6 +94,30 @@ fn members_rejoin_an_adopted_allocation_and_the_host_hosts_again() {
 }
 
 #[test]
+fn members_back_before_their_host_are_told_who_it_is() {
+    // A game whose host is peer 1 (it migrated once) is taken over; peer 2 is back first.
+    let (mut record, _, tokens) = exported();
+    record.host = 1;
+    let id = AllocationId(record.allocation);
+    let mut b = Harness::new();
+    b.cp.adopt(b.now, UNIX, &record).unwrap();
+    b.connect(13);
+    let out = b.rejoin(13, id, PeerId(2), tokens[2]);
+    assert!(
+        matches!(
+            replies_to(&out, 13)[..],
+            [ServerMessage::Joined {
+                peer: PeerId(2),
+                host: PeerId(1),
+                ..
+            }]
+        ),
+        "{out:?}"
+    );
+    b.check();
+}
+
+#[test]
 fn a_host_that_does_not_come_back_is_lost_and_a_returned_member_elected() {
     let (record, _, tokens) = exported();
     let id = AllocationId(record.allocation);
