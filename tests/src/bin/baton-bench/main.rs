@@ -136,7 +136,7 @@ enum Command {
     /// time per allocation, drain time of a loaded node.
     Fleet(FleetArgs),
     /// Every benchmark in turn, each against a fresh relay.
-    All(AllArgs),
+    All(Box<AllArgs>),
     /// (internal) The plain UDP forwarder of the ceiling run.
     #[command(hide = true)]
     UdpForwarder {

@@ -239,10 +239,14 @@ pub async fn drain(
         clients: clients_before.zip(clients_after).map(|(a, b)| b - a),
     };
     let since = |t: Option<Instant>| t.map(|t| t.duration_since(started).as_secs_f64());
-    let (closed, last_closed) = fleet.nodes[node].logged("allocation closed", "relocated");
-    let empty_s = last_closed
-        .and_then(|t| t.duration_since(wall).ok())
-        .map(|d| d.as_secs_f64());
+    let after_post = |t: Option<SystemTime>| {
+        t.and_then(|t| t.duration_since(wall).ok())
+            .map(|d| d.as_secs_f64())
+    };
+    let drained = &fleet.nodes[node];
+    let (closed, last_closed) = drained.logged("allocation closed", Some("relocated"));
+    let empty_s = after_post(last_closed);
+    let shutdown_s = after_post(drained.logged("relay shutting down", None).1);
     let mut failures: BTreeMap<String, u64> = BTreeMap::new();
     if exited.is_none() {
         *failures
@@ -349,6 +353,7 @@ pub async fn drain(
         },
         empty_s,
         admin_empty_s: since(admin_empty),
+        shutdown_s,
         exited_s: since(exited),
         drain_x_join: empty_s.and_then(|s| in_units(s * 1e6, unit_us)),
         allocations_per_s: empty_s.filter(|s| *s > 0.0).map(|s| games.len() as f64 / s),

@@ -41,6 +41,49 @@ const MAX_DRAIN_ALLOCATIONS: usize = 5_000;
 /// How long the games of one phase may take to leave their nodes before the next phase.
 const EMPTY_WAIT: Duration = Duration::from_secs(15);
 
+/// How much each measurement does, from the options and `--quick`.
+#[derive(Debug, Clone, Copy)]
+struct Sizes {
+    /// Joins of each kind.
+    joins: usize,
+    /// Allocations on the node `a` that joins go into.
+    join_allocations: usize,
+    /// Games on node `a` when it drains.
+    relocate: usize,
+    /// Allocations on node `b` when it drains.
+    drain: usize,
+    /// Members of each of those.
+    members: usize,
+    /// Sessions set up at once.
+    concurrency: usize,
+}
+
+impl Sizes {
+    /// The sizes `args` ask for, or the defaults (smaller with `--quick`).
+    fn from_args(args: &FleetArgs, quick: bool) -> anyhow::Result<Sizes> {
+        let pick = |set: Option<usize>, quick_size, size| {
+            set.unwrap_or(if quick { quick_size } else { size })
+        };
+        let sizes = Sizes {
+            joins: pick(args.fleet_joins, 50, 500),
+            join_allocations: args.fleet_join_allocations.clamp(1, 100),
+            relocate: pick(args.relocate_allocations, 10, 100),
+            drain: pick(args.drain_allocations, 50, 1000),
+            members: usize::from(args.drain_members),
+            concurrency: args.fleet_setup_concurrency.clamp(1, 256),
+        };
+        if sizes.joins == 0 || sizes.relocate == 0 || sizes.drain == 0 {
+            bail!(
+                "--fleet-joins, --relocate-allocations and --drain-allocations must be at least 1"
+            );
+        }
+        if sizes.drain > MAX_DRAIN_ALLOCATIONS || sizes.relocate > MAX_DRAIN_ALLOCATIONS {
+            bail!("at most {MAX_DRAIN_ALLOCATIONS} allocations per drain");
+        }
+        Ok(sizes)
+    }
+}
+
 /// Options of the fleet benchmark.
 #[derive(Debug, Clone, clap::Args)]
 pub struct FleetArgs {
@@ -70,24 +113,9 @@ pub async fn run(global: &Global, args: &FleetArgs, report: &mut Report) -> anyh
     if global.relay.is_some() {
         bail!("fleet starts its own directory and nodes; --relay does not apply to it");
     }
-    let joins = args
-        .fleet_joins
-        .unwrap_or(if global.quick { 50 } else { 500 });
-    let relocate = args
-        .relocate_allocations
-        .unwrap_or(if global.quick { 10 } else { 100 });
-    let drain_n = args
-        .drain_allocations
-        .unwrap_or(if global.quick { 50 } else { 1000 });
-    let members = usize::from(args.drain_members);
-    if joins == 0 || relocate == 0 || drain_n == 0 {
-        bail!("--fleet-joins, --relocate-allocations and --drain-allocations must be at least 1");
-    }
-    if drain_n > MAX_DRAIN_ALLOCATIONS || relocate > MAX_DRAIN_ALLOCATIONS {
-        bail!("at most {MAX_DRAIN_ALLOCATIONS} allocations per drain");
-    }
+    let sizes = Sizes::from_args(args, global.quick)?;
     // Every session may hold two connections while it moves.
-    let sessions = (2 * relocate).max(members * drain_n);
+    let sessions = (2 * sizes.relocate).max(sizes.members * sizes.drain);
     let per_address = 2 * sessions + 100;
     let bin = match &global.relay_bin {
         Some(bin) => bin.clone(),
@@ -101,17 +129,7 @@ pub async fn run(global: &Global, args: &FleetArgs, report: &mut Report) -> anyh
     };
     let mut progress = Progress::new();
     let mut fleet = Fleet::start(options.clone()).await?;
-    let result = phases(
-        &mut fleet,
-        args,
-        joins,
-        relocate,
-        drain_n,
-        members,
-        &mut progress,
-        &mut report.errors,
-    )
-    .await;
+    let result = phases(&mut fleet, sizes, &mut progress, &mut report.errors).await;
     fleet.stop().await;
     let mut fleet_report = result?;
     fleet_report.nodes = format!(
@@ -147,14 +165,18 @@ pub async fn run(global: &Global, args: &FleetArgs, report: &mut Report) -> anyh
 /// The three measurements, in order, on `fleet`.
 async fn phases(
     fleet: &mut Fleet,
-    args: &FleetArgs,
-    joins: usize,
-    relocate: usize,
-    drain_n: usize,
-    members: usize,
+    sizes: Sizes,
     progress: &mut Progress,
     errors: &mut Vec<String>,
 ) -> anyhow::Result<FleetReport> {
+    let Sizes {
+        joins,
+        join_allocations,
+        relocate,
+        drain: drain_n,
+        members,
+        concurrency,
+    } = sizes;
     for id in ["a", "b", "c"] {
         fleet.add_node(id).await?;
     }
@@ -177,17 +199,10 @@ async fn phases(
         progress,
         format!("fleet: {joins} joins direct on node a, {joins} through b and c"),
     );
-    let join = join::measure(
-        fleet,
-        joins,
-        args.fleet_join_allocations.clamp(1, 100),
-        progress,
-    )
-    .await?;
+    let join = join::measure(fleet, joins, join_allocations, progress).await?;
     let unit_us = join.direct.p50_us;
     fleet.wait_empty(EMPTY_WAIT).await?;
 
-    let concurrency = args.fleet_setup_concurrency.clamp(1, 256);
     note(
         progress,
         format!("fleet: {relocate} games (host + peer) on node a, then node a drains"),

@@ -422,9 +422,9 @@ impl Node {
         }
     }
 
-    /// How many times the node logged `message` with field `reason`, and when it last did
-    /// (its JSON log's timestamps: microseconds, UTC).
-    pub fn logged(&self, message: &str, reason: &str) -> (usize, Option<SystemTime>) {
+    /// How many times the node logged `message` (with field `reason`, if given), and when it
+    /// last did (its JSON log's timestamps: microseconds, UTC).
+    pub fn logged(&self, message: &str, reason: Option<&str>) -> (usize, Option<SystemTime>) {
         let text = std::fs::read_to_string(&self.logs.log_path).unwrap_or_default();
         let times: Vec<Option<SystemTime>> = text
             .lines()
@@ -433,7 +433,8 @@ impl Node {
             .filter(|v| {
                 let fields = v.get("fields");
                 let field = |k: &str| fields.and_then(|f| f.get(k)).and_then(|x| x.as_str());
-                field("message") == Some(message) && field("reason") == Some(reason)
+                field("message") == Some(message)
+                    && reason.is_none_or(|r| field("reason") == Some(r))
             })
             .map(|v| parse_utc(v.get("timestamp")?.as_str()?))
             .collect();

@@ -73,9 +73,11 @@ pub struct DrainReport {
     /// Seconds from `POST /v1/drain` until the node's `/v1/allocations` was seen empty, polled
     /// every 20 ms (`None`: the node began shutting down between two polls).
     pub admin_empty_s: Option<f64>,
-    /// Seconds from `POST /v1/drain` until the node's process had exited (it notices it is
-    /// empty within 100 ms, then shuts down gracefully: up to 2 s for clients to acknowledge
-    /// the close of their old connections).
+    /// Seconds from `POST /v1/drain` until the node began shutting down (`relay shutting down`
+    /// in its log): it looks whether it is empty every 100 ms.
+    pub shutdown_s: Option<f64>,
+    /// Seconds from `POST /v1/drain` until the node's process had exited: the graceful
+    /// shutdown waits (up to 2 s) until its connections have closed and drained.
     pub exited_s: Option<f64>,
     /// `empty_s`, in direct-join p50s.
     pub drain_x_join: Option<f64>,
@@ -160,25 +162,26 @@ pub fn human(out: &mut String, f: &FleetReport) {
         j.failures
     );
     if let Some(r) = &f.relocation {
-        human_drain(out, "relocation time per allocation", r);
+        human_drain(out, "relocation time per allocation", r, f.unit_us);
     }
     if let Some(d) = &f.drain {
-        human_drain(out, "drain of a loaded node", d);
+        human_drain(out, "drain of a loaded node", d, f.unit_us);
     }
 }
 
 /// One drain.
-fn human_drain(out: &mut String, title: &str, d: &DrainReport) {
+fn human_drain(out: &mut String, title: &str, d: &DrainReport, unit_us: f64) {
     let _ = writeln!(
         out,
-        "\n-- {title}: node {} with {} allocations x {} members (set up in {:.1} s)",
+        "\n-- {title}: node {} with {} allocations x {} members (set up in {:.1} s), times from POST /v1/drain",
         d.node, d.allocations, d.members, d.setup_s
     );
     let l = &d.per_allocation;
     let [p50, p99, max] = d.per_allocation_x_join;
     let _ = writeln!(
         out,
-        "  POST /v1/drain -> every member of the allocation relocated: p50 {} ms ({}x join), p99 {} ms ({}x), max {} ms ({}x), n={}",
+        "  {:<44}p50 {} ms ({}x join), p99 {} ms ({}x), max {} ms ({}x), n={}",
+        "per allocation: its last member relocated",
         ms(l.p50_us),
         opt(p50, 1),
         ms(l.p99_us),
@@ -187,23 +190,42 @@ fn human_drain(out: &mut String, title: &str, d: &DrainReport) {
         opt(max, 1),
         l.samples
     );
-    let _ = writeln!(
-        out,
-        "  every session relocated after {} s; node empty after {} s ({}x join; its last allocation closed; /v1/allocations seen empty at {} s); {} allocations/s moved; process exited after {} s",
-        opt(d.all_relocated_s, 3),
-        opt(d.empty_s, 3),
-        opt(d.drain_x_join, 0),
-        opt(d.admin_empty_s, 3),
-        opt(d.allocations_per_s, 0),
-        opt(d.exited_s, 3),
+    let seconds = |s: Option<f64>| {
+        format!(
+            "{} s ({}x join)",
+            opt(s, 3),
+            opt(s.and_then(|s| in_units(s * 1e6, unit_us)), 0)
+        )
+    };
+    let mut row = |name: &str, value: String| {
+        let _ = writeln!(out, "  {name:<44}{value}");
+    };
+    row("every session relocated", seconds(d.all_relocated_s));
+    row(
+        "node empty (its last allocation closed)",
+        format!(
+            "{}: {} allocations/s moved",
+            seconds(d.empty_s),
+            opt(d.allocations_per_s, 0)
+        ),
     );
-    let _ = writeln!(
-        out,
-        "  allocations per node afterwards {:?}; CPU-s during the drain: drained node {}, receiving nodes {}, clients {}; failures {:?}",
-        d.targets,
-        opt(d.cpu_s.drained, 2),
-        opt(d.cpu_s.targets, 2),
-        opt(d.cpu_s.clients, 2),
-        d.failures
+    row("/v1/allocations seen empty", seconds(d.admin_empty_s));
+    row(
+        "node shutting down / exited",
+        format!("{} s / {} s", opt(d.shutdown_s, 3), opt(d.exited_s, 3)),
     );
+    row(
+        "allocations per node afterwards",
+        format!("{:?}", d.targets),
+    );
+    row(
+        "CPU-s during the drain",
+        format!(
+            "drained node {}, receiving nodes {}, clients (bench) {}",
+            opt(d.cpu_s.drained, 2),
+            opt(d.cpu_s.targets, 2),
+            opt(d.cpu_s.clients, 2)
+        ),
+    );
+    row("failures", format!("{:?}", d.failures));
 }
