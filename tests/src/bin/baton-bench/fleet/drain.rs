@@ -246,6 +246,8 @@ pub async fn drain(
     let drained = &fleet.nodes[node];
     let (closed, last_closed) = drained.logged("allocation closed", Some("relocated"));
     let empty_s = after_post(last_closed);
+    let (relocated, last_relocated) = drained.logged("allocation relocated", None);
+    let handed_over_s = after_post(last_relocated).filter(|_| relocated == games.len());
     let shutdown_s = after_post(drained.logged("relay shutting down", None).1);
     let mut failures: BTreeMap<String, u64> = BTreeMap::new();
     if exited.is_none() {
@@ -346,6 +348,7 @@ pub async fn drain(
             in_units(per_allocation.max_us, unit_us),
         ],
         per_allocation,
+        handed_over_s,
         all_relocated_s: if everyone_moved {
             since(last_move)
         } else {

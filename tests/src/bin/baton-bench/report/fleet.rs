@@ -65,6 +65,9 @@ pub struct DrainReport {
     pub per_allocation: Latency,
     /// p50, p99 and max of `per_allocation`, in direct-join p50s.
     pub per_allocation_x_join: [Option<f64>; 3],
+    /// Seconds from `POST /v1/drain` until the node had handed every allocation over in the
+    /// directory and told its members (its last `allocation relocated` log line).
+    pub handed_over_s: Option<f64>,
     /// Seconds from `POST /v1/drain` until every session had relocated.
     pub all_relocated_s: Option<f64>,
     /// Seconds from `POST /v1/drain` until the node held no allocation: when its last
@@ -200,6 +203,10 @@ fn human_drain(out: &mut String, title: &str, d: &DrainReport, unit_us: f64) {
     let mut row = |name: &str, value: String| {
         let _ = writeln!(out, "  {name:<44}{value}");
     };
+    row(
+        "every allocation handed over, members told",
+        seconds(d.handed_over_s),
+    );
     row("every session relocated", seconds(d.all_relocated_s));
     row(
         "node empty (its last allocation closed)",
