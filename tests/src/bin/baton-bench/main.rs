@@ -262,7 +262,12 @@ async fn run(cli: Cli) -> anyhow::Result<Report> {
             if let Err(e) = idle::run(&global, &args.idle, &mut report).await {
                 report.errors.push(format!("idle did not run: {e:#}"));
             }
-            if let Err(e) = fleet::run(&global, &args.fleet, &mut report).await {
+            if global.relay.is_some() {
+                report.warnings.push(
+                    "fleet skipped: it starts its own directory and nodes, and --relay names one relay"
+                        .to_owned(),
+                );
+            } else if let Err(e) = fleet::run(&global, &args.fleet, &mut report).await {
                 report.errors.push(format!("fleet did not run: {e:#}"));
             }
         }

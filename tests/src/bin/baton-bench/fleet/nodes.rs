@@ -122,6 +122,15 @@ impl Fleet {
         })
     }
 
+    /// Whether the nodes log at `info` or more (their `allocation closed` lines, which the
+    /// drain checks, are `info`).
+    pub fn logs_info(&self) -> bool {
+        matches!(
+            self.options.log_level.to_ascii_lowercase().as_str(),
+            "info" | "debug" | "trace"
+        )
+    }
+
     /// The directory's URL.
     pub fn directory_url(&self) -> String {
         self.redis.url()

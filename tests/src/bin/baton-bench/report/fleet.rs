@@ -82,9 +82,9 @@ pub struct DrainReport {
     /// Seconds from `POST /v1/drain` until the node's process had exited: the graceful
     /// shutdown waits (up to 2 s) until its connections have closed and drained.
     pub exited_s: Option<f64>,
-    /// `empty_s`, in direct-join p50s.
+    /// `empty_s` (`admin_empty_s` when the node logs below `info`), in direct-join p50s.
     pub drain_x_join: Option<f64>,
-    /// Allocations moved per second: `allocations / empty_s`.
+    /// Allocations moved per second: `allocations / empty_s` (or `admin_empty_s`).
     pub allocations_per_s: Option<f64>,
     /// How many allocations each node holds after the drain (its `/v1/allocations`).
     pub targets: BTreeMap<String, usize>,
@@ -210,13 +210,10 @@ fn human_drain(out: &mut String, title: &str, d: &DrainReport, unit_us: f64) {
     row("every session relocated", seconds(d.all_relocated_s));
     row(
         "node empty (its last allocation closed)",
-        format!(
-            "{}: {} allocations/s moved",
-            seconds(d.empty_s),
-            opt(d.allocations_per_s, 0)
-        ),
+        seconds(d.empty_s),
     );
     row("/v1/allocations seen empty", seconds(d.admin_empty_s));
+    row("allocations moved per second", opt(d.allocations_per_s, 0));
     row(
         "node shutting down / exited",
         format!("{} s / {} s", opt(d.shutdown_s, 3), opt(d.exited_s, 3)),
