@@ -12,7 +12,11 @@
 //! - `churn`: allocations created (with one join, then closed) per second.
 //! - `join`: join-by-code latency.
 //! - `idle`: relay memory per connected idle client, and whether it comes back.
-//! - `all`: every one of them, each against a fresh relay.
+//! - `fleet`: a fleet of relay processes sharing a `redis-server` directory, all started by the
+//!   bench: join latency through a redirect against a direct join, the time each allocation
+//!   takes to move off a draining node, and the drain time of a node carrying 1,000
+//!   allocations (SDK sessions as clients).
+//! - `all`: every one of them, each against a fresh relay (or fleet).
 //!
 //! `--quick` shrinks every size so a run takes seconds (a CI smoke test); `--json` prints the
 //! report as JSON. The exit status is 1 when a correctness check failed (a datagram reached the
@@ -25,6 +29,7 @@
 
 mod ceiling;
 mod churn;
+mod fleet;
 mod idle;
 mod load;
 mod probe;
@@ -44,6 +49,7 @@ use baton_tests::procstat;
 use clap::{Parser, Subcommand};
 
 use crate::churn::{ChurnArgs, JoinArgs};
+use crate::fleet::FleetArgs;
 use crate::idle::IdleArgs;
 use crate::load::LoadArgs;
 use crate::report::{Machine, Report};
@@ -58,6 +64,7 @@ use crate::report::{Machine, Report};
         baton-bench load --pattern peer-to-host,host-to-peer,broadcast --payload 100,1100\n  \
         baton-bench load --find-max --step-duration 2s\n  \
         baton-bench idle --idle-clients 10000\n  \
+        baton-bench fleet --drain-allocations 1000\n  \
         baton-bench --quick all --json"
 )]
 struct Cli {
@@ -125,8 +132,11 @@ enum Command {
     Join(JoinArgs),
     /// Relay memory per connected idle client, and whether it returns when they leave.
     Idle(IdleArgs),
+    /// A fleet of relay processes and their directory: join through a redirect, relocation
+    /// time per allocation, drain time of a loaded node.
+    Fleet(FleetArgs),
     /// Every benchmark in turn, each against a fresh relay.
-    All(AllArgs),
+    All(Box<AllArgs>),
     /// (internal) The plain UDP forwarder of the ceiling run.
     #[command(hide = true)]
     UdpForwarder {
@@ -157,6 +167,8 @@ struct AllArgs {
     join: JoinArgs,
     #[command(flatten)]
     idle: IdleArgs,
+    #[command(flatten)]
+    fleet: FleetArgs,
 }
 
 /// Parses the command line, runs the forwarder or the benchmarks, and sets the exit status.
@@ -235,6 +247,7 @@ async fn run(cli: Cli) -> anyhow::Result<Report> {
         Some(Command::Churn(args)) => churn::run_churn(&global, &args, &mut report).await?,
         Some(Command::Join(args)) => churn::run_join(&global, &args, &mut report).await?,
         Some(Command::Idle(args)) => idle::run(&global, &args, &mut report).await?,
+        Some(Command::Fleet(args)) => fleet::run(&global, &args, &mut report).await?,
         Some(Command::All(args)) => {
             // One benchmark failing to run does not stop the others; it is reported.
             if let Err(e) = load::run(&global, &args.load, &mut report).await {
@@ -248,6 +261,14 @@ async fn run(cli: Cli) -> anyhow::Result<Report> {
             }
             if let Err(e) = idle::run(&global, &args.idle, &mut report).await {
                 report.errors.push(format!("idle did not run: {e:#}"));
+            }
+            if global.relay.is_some() {
+                report.warnings.push(
+                    "fleet skipped: it starts its own directory and nodes, and --relay names one relay"
+                        .to_owned(),
+                );
+            } else if let Err(e) = fleet::run(&global, &args.fleet, &mut report).await {
+                report.errors.push(format!("fleet did not run: {e:#}"));
             }
         }
         Some(Command::UdpForwarder { .. }) => {

@@ -35,6 +35,9 @@ pub fn print_human(report: &Report) {
     if let Some(i) = &report.idle {
         human_idle(&mut out, i);
     }
+    if let Some(f) = &report.fleet {
+        super::fleet::human(&mut out, f);
+    }
     if !report.warnings.is_empty() {
         out.push_str("\nWARNINGS:\n");
         for w in &report.warnings {

@@ -12,10 +12,13 @@
 //! - `load`: the load section, [`LoadReport`]: cases, ceiling ratios, `--find-max` steps;
 //! - `churn` and `idle`: the control-plane sections ([`ChurnReport`], [`JoinReport`]) and the
 //!   idle-client one ([`IdleReport`]);
+//! - `fleet`: the fleet section ([`FleetReport`]): joins through a redirect, relocation and
+//!   drain times, with its own human rendering;
 //! - `human`: the tables printed without `--json`;
 //! - `progress`: the [`Progress`] line and [`note`]s on stderr.
 
 mod churn;
+mod fleet;
 mod human;
 mod idle;
 mod load;
@@ -27,6 +30,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 pub use self::churn::{ChurnReport, JoinReport};
+pub use self::fleet::{in_units, DrainCpu, DrainReport, FleetJoinReport, FleetReport};
 pub use self::human::print_human;
 pub use self::idle::{IdleReport, IdleRound};
 pub use self::load::{CaseReport, FindMaxReport, LoadReport, MaxSearch, Ratio, Step};
@@ -53,6 +57,9 @@ pub struct Report {
     /// Idle clients held.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idle: Option<IdleReport>,
+    /// A fleet of nodes: joins through a redirect, relocation and drain times.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetReport>,
     /// Correctness problems found (misdelivery, duplicates, spoofed sources, failed set-ups,
     /// memory growing from round to round); any makes the exit status 1.
     pub errors: Vec<String>,
