@@ -67,6 +67,31 @@
 //! namespaces of labs whose process is gone. Every command the lab runs is bounded by
 //! [`COMMAND_TIMEOUT`]. The lab's methods block (each command takes milliseconds; [`Lab::start`]
 //! well under a second).
+//!
+//! # Example
+//!
+//! A relay on the internet, a host behind a cone NAT and a peer behind a symmetric one (the
+//! binaries as an integration test names them, e.g. `env!("CARGO_BIN_EXE_baton-player")`):
+//!
+//! ```no_run
+//! # async fn demo(player: &std::path::Path, args: impl Fn(std::net::SocketAddr, &str, baton_tests::player::Role) -> baton_tests::player::PlayerArgs) -> anyhow::Result<()> {
+//! use std::time::Duration;
+//! use baton_tests::natlab::{relay_beside, Lab, LabPlayer, LabRelay, NatMode, RELAY_IP};
+//! use baton_tests::player::Role;
+//!
+//! let lab = Lab::start(&[NatMode::Cone, NatMode::Symmetric])?;
+//! let wait = Duration::from_secs(10);
+//! let relay = LabRelay::start(&lab, &relay_beside(player)?, RELAY_IP, &[], wait).await?;
+//! let host_args = args(relay.addr(), relay.fingerprint(), Role::Host { snapshot_bytes: 0 });
+//! let host = LabPlayer::start(&lab, &lab.site(1).host_ns, player, &host_args, wait).await?;
+//! let code = host.code().unwrap_or_default().to_owned();
+//! let peer_args = args(relay.addr(), relay.fingerprint(), Role::Join { code });
+//! let peer = LabPlayer::start(&lab, &lab.site(2).host_ns, player, &peer_args, wait).await?;
+//! lab.rebind(2)?; // the peer's NAT gives it new outside ports
+//! lab.cut_to(1, lab.site(2).wan_ip)?; // site 1 no longer reaches site 2 directly
+//! let forwarded = relay.metrics().await?.value("baton_datagrams_forwarded_total");
+//! # let _ = (peer, forwarded); Ok(()) }
+//! ```
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -422,27 +447,13 @@ impl Lab {
         command
     }
 
-    /// A UDP socket bound to `addr` in namespace `ns`, to use from this process.
+    /// A UDP socket bound to `addr` in namespace `ns`, to use from this process (see
+    /// [`udp_socket`]).
     ///
     /// # Errors
     /// If the namespace cannot be entered or the bind fails.
     pub fn udp_socket(&self, ns: &str, addr: SocketAddr) -> anyhow::Result<UdpSocket> {
-        in_namespace(ns, move || UdpSocket::bind(addr).context("binding"))
-    }
-
-    /// A TCP connection to `addr` from namespace `ns`, made within `timeout`.
-    ///
-    /// # Errors
-    /// If the namespace cannot be entered or the connection fails.
-    pub fn tcp_connect(
-        &self,
-        ns: &str,
-        addr: SocketAddr,
-        timeout: Duration,
-    ) -> anyhow::Result<TcpStream> {
-        in_namespace(ns, move || {
-            TcpStream::connect_timeout(&addr, timeout).context("connecting")
-        })
+        udp_socket(ns, addr)
     }
 
     /// The NAT mappings site `index`'s router holds now (its conntrack table, UDP only).
@@ -680,6 +691,26 @@ fn remove_stale_namespaces() {
     }
 }
 
+/// A UDP socket bound to `addr` in namespace `ns`, to use from this process: it sends and
+/// receives in that namespace wherever it is used (for tokio: `set_nonblocking(true)`, then
+/// `tokio::net::UdpSocket::from_std`).
+///
+/// # Errors
+/// If the namespace cannot be entered or the bind fails.
+pub fn udp_socket(ns: &str, addr: SocketAddr) -> anyhow::Result<UdpSocket> {
+    in_namespace(ns, move || UdpSocket::bind(addr).context("binding"))
+}
+
+/// A TCP connection to `addr` from namespace `ns`, made within `timeout` (blocks).
+///
+/// # Errors
+/// If the namespace cannot be entered or the connection fails.
+pub fn tcp_connect(ns: &str, addr: SocketAddr, timeout: Duration) -> anyhow::Result<TcpStream> {
+    in_namespace(ns, move || {
+        TcpStream::connect_timeout(&addr, timeout).context("connecting")
+    })
+}
+
 /// Runs `f` on a thread that has entered network namespace `ns`. What it makes there
 /// (sockets) stays in that namespace.
 fn in_namespace<T: Send + 'static>(
@@ -758,20 +789,20 @@ fn run(program: &str, args: &[&str], stdin: Option<&str>) -> anyhow::Result<Stri
 }
 
 /// `GET path` over HTTP/1.0 to `addr` from namespace `ns`; the status and the body. Bounded:
-/// `timeout` for connecting and for each read, answers up to 4 MiB.
+/// `timeout` for connecting and for each read, answers up to 4 MiB. Runs on a blocking
+/// thread.
 ///
 /// # Errors
 /// If the connection fails or the answer is not HTTP.
 pub async fn http_get(
-    lab: &Lab,
     ns: &str,
     addr: SocketAddr,
     path: &str,
     timeout: Duration,
 ) -> anyhow::Result<(u16, String)> {
-    let mut stream = lab.tcp_connect(ns, addr, timeout)?;
-    let path = path.to_owned();
+    let (ns, path) = (ns.to_owned(), path.to_owned());
     tokio::task::spawn_blocking(move || {
+        let mut stream = tcp_connect(&ns, addr, timeout)?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
         write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
@@ -855,20 +886,20 @@ impl LabRelay {
     ///
     /// # Errors
     /// If it has no admin server or the request fails.
-    pub async fn get(&self, lab: &Lab, path: &str) -> anyhow::Result<(u16, String)> {
+    pub async fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
         let admin = self
             .running
             .admin
             .context("the relay runs no admin server")?;
-        http_get(lab, &self.ns, admin, path, Duration::from_secs(5)).await
+        http_get(&self.ns, admin, path, Duration::from_secs(5)).await
     }
 
     /// Its `/metrics`, parsed.
     ///
     /// # Errors
     /// If the request fails or does not answer 200.
-    pub async fn metrics(&self, lab: &Lab) -> anyhow::Result<Metrics> {
-        let (status, body) = self.get(lab, "/metrics").await?;
+    pub async fn metrics(&self) -> anyhow::Result<Metrics> {
+        let (status, body) = self.get("/metrics").await?;
         if status != 200 {
             bail!("/metrics answered {status}");
         }
@@ -879,8 +910,8 @@ impl LabRelay {
     ///
     /// # Errors
     /// If the request fails or the answer is not JSON.
-    pub async fn allocations(&self, lab: &Lab) -> anyhow::Result<Value> {
-        let (status, body) = self.get(lab, "/v1/allocations").await?;
+    pub async fn allocations(&self) -> anyhow::Result<Value> {
+        let (status, body) = self.get("/v1/allocations").await?;
         if status != 200 {
             bail!("/v1/allocations answered {status}: {body}");
         }
@@ -901,6 +932,8 @@ pub struct LabPlayer {
     child: tokio::process::Child,
     stdin: Option<tokio::process::ChildStdin>,
     reports: mpsc::Receiver<(u64, Report)>,
+    /// The task reading its stdout (aborted on drop).
+    reader: tokio::task::JoinHandle<()>,
     stderr: tempfile::NamedTempFile,
     /// What it reported when it entered the game.
     pub ready: Report,
@@ -931,7 +964,7 @@ impl LabPlayer {
         let stdout = child.stdout.take().context("player stdout")?;
         let stdin = child.stdin.take();
         let (tx, reports) = mpsc::channel(REPORT_QUEUE);
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             let mut lines = BufReader::new(stdout).lines();
             // One iteration per line, until the player's output ends or no one listens.
             while let Ok(Some(line)) = lines.next_line().await {
@@ -959,6 +992,7 @@ impl LabPlayer {
             child,
             stdin,
             reports,
+            reader,
             stderr,
             ready: Report::Closed,
         };
@@ -1046,6 +1080,12 @@ impl LabPlayer {
     /// The end of what it wrote on stderr.
     pub fn stderr_tail(&self) -> String {
         relay_process::tail(self.stderr.path())
+    }
+}
+
+impl Drop for LabPlayer {
+    fn drop(&mut self) {
+        self.reader.abort();
     }
 }
 

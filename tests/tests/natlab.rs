@@ -227,8 +227,8 @@ struct Game {
 }
 
 impl Game {
-    async fn start(lab: &Lab, host_site: usize, peer_site: usize) -> Game {
-        let relay = LabRelay::start(lab, &relay_bin(), RELAY_IP, &[], WAIT)
+    async fn start(lab: &Lab, host_site: usize, peer_site: usize, relay_args: &[&str]) -> Game {
+        let relay = LabRelay::start(lab, &relay_bin(), RELAY_IP, relay_args, WAIT)
             .await
             .expect("relay starts in the internet namespace");
         let player = Path::new(PLAYER);
@@ -305,8 +305,8 @@ async fn heard_after(
 }
 
 /// The addresses the relay sees for the game's members, by peer id.
-async fn seen_addrs(lab: &Lab, relay: &LabRelay) -> Vec<(u16, SocketAddr)> {
-    let allocations = relay.allocations(lab).await.expect("allocations");
+async fn seen_addrs(relay: &LabRelay) -> Vec<(u16, SocketAddr)> {
+    let allocations = relay.allocations().await.expect("allocations");
     let members = allocations["allocations"][0]["members"]
         .as_array()
         .expect("members")
@@ -369,14 +369,14 @@ async fn relayed_pair(host_mode: NatMode, peer_mode: NatMode) {
     let Some(lab) = lab(&[host_mode, peer_mode]) else {
         return;
     };
-    let mut game = Game::start(&lab, 1, 2).await;
+    let mut game = Game::start(&lab, 1, 2, &[]).await;
     let mut log = Log::default();
     let start = now_us();
     game.both_hear_after(start, WAIT, &mut log).await;
-    let seen = seen_addrs(&lab, &game.relay).await;
+    let seen = seen_addrs(&game.relay).await;
     check_seen(&lab, &game.relay, &seen, 0, 1);
     check_seen(&lab, &game.relay, &seen, game.peer_id, 2);
-    let metrics = game.relay.metrics(&lab).await.expect("metrics");
+    let metrics = game.relay.metrics().await.expect("metrics");
     assert!(metrics.value("baton_datagrams_forwarded_total") > 0.0);
     eprintln!("{host_mode:?} host, {peer_mode:?} peer: relayed, seen at {seen:?}; {log:?}");
     game.peer.close(WAIT).await.expect("peer leaves");
@@ -406,10 +406,10 @@ async fn a_rebinding_nat_keeps_the_session() {
     let Some(lab) = lab(&[NatMode::Cone, NatMode::Symmetric]) else {
         return;
     };
-    let mut game = Game::start(&lab, 1, 2).await;
+    let mut game = Game::start(&lab, 1, 2, &[]).await;
     let mut log = Log::default();
     game.both_hear_after(now_us(), WAIT, &mut log).await;
-    let before = game.relay.metrics(&lab).await.expect("metrics");
+    let before = game.relay.metrics().await.expect("metrics");
     let lost_before = log.lost;
     for site in [2, 1] {
         let old = lab.mappings(site).expect("mappings");
@@ -433,7 +433,7 @@ async fn a_rebinding_nat_keeps_the_session() {
         );
         eprintln!("site {site} rebound: {old:?} -> {new:?}");
     }
-    let after = game.relay.metrics(&lab).await.expect("metrics");
+    let after = game.relay.metrics().await.expect("metrics");
     assert_eq!(
         after.value("baton_connections_accepted_total"),
         before.value("baton_connections_accepted_total"),
@@ -462,10 +462,10 @@ async fn a_link_cut_shorter_than_the_keepalive_keeps_the_session() {
     let Some(lab) = lab(&[NatMode::Cone, NatMode::Symmetric]) else {
         return;
     };
-    let mut game = Game::start(&lab, 1, 2).await;
+    let mut game = Game::start(&lab, 1, 2, &["--keepalive-timeout", "10s"]).await;
     let mut log = Log::default();
     game.both_hear_after(now_us(), WAIT, &mut log).await;
-    let before = game.relay.metrics(&lab).await.expect("metrics");
+    let before = game.relay.metrics().await.expect("metrics");
     lab.cut(2).expect("cut");
     let cut_at = std::time::Instant::now();
     // Two seconds of silence, measured by the host: its reports show nothing from the peer.
@@ -476,7 +476,7 @@ async fn a_link_cut_shorter_than_the_keepalive_keeps_the_session() {
     let lost_before = log.lost;
     game.both_hear_after(mark, WAIT, &mut log).await;
     let lost = log.lost - lost_before;
-    let after = game.relay.metrics(&lab).await.expect("metrics");
+    let after = game.relay.metrics().await.expect("metrics");
     assert_eq!(
         after.value("baton_members_left_total"),
         before.value("baton_members_left_total"),
