@@ -1,7 +1,8 @@
 //! The relay path through real NATs: a `baton-relay` process on the lab's internet and
 //! `baton-player` processes behind cone and symmetric NAT routers in network namespaces
 //! (`baton_tests::natlab`). First the lab itself is checked (each NAT mode maps and filters as
-//! documented; rebind and cut do what they say), then games across every NAT pair, a NAT that
+//! documented; rebind and cut do what they say; plain UDP hole punching crosses exactly the pairs
+//! it crosses between real NATs of these kinds), then games across every NAT pair, a NAT that
 //! rebinds mid-game, and a link cut shorter than the keepalive.
 //!
 //! Needs root, `ip`, `nft` and `conntrack`: elsewhere each test prints
@@ -197,6 +198,86 @@ async fn the_lab_maps_filters_rebinds_and_cuts_as_documented() {
         .send_to(b"unblocked", blocked.local_addr().unwrap())
         .unwrap();
     assert_eq!(receive(&blocked).0, b"unblocked");
+}
+
+/// Reads `socket` until the rendezvous' marker; the source of the first other datagram.
+fn until_marker(socket: &UdpSocket) -> Option<SocketAddr> {
+    let mut first = None;
+    loop {
+        let (bytes, from) = receive(socket);
+        if bytes == b"marker" {
+            return first;
+        }
+        first = first.or(Some(from));
+    }
+}
+
+/// Whether sites `a` and `b` reach each other directly over plain UDP as a hole-punching
+/// client would: each learns its outside address from a rendezvous on the internet, then in
+/// up to five rounds both send to the other's address (or, once a datagram from the other
+/// arrived, to where it came from). A round ends with a marker from the rendezvous, sent
+/// after the round's datagrams: what was let in arrived before it.
+fn punches_through(lab: &Lab, a: usize, b: usize, port: u16) -> bool {
+    let r = socket(lab, lab.internet_ns(), SocketAddr::from((RELAY_IP, port)));
+    let (sa, sb) = (lab.site(a), lab.site(b));
+    let ca = socket(lab, &sa.host_ns, SocketAddr::from((sa.client_ip, port)));
+    let cb = socket(lab, &sb.host_ns, SocketAddr::from((sb.client_ip, port)));
+    let rendezvous = r.local_addr().unwrap();
+    ca.send_to(b"hello", rendezvous).unwrap();
+    let (_, seen_a) = receive(&r);
+    cb.send_to(b"hello", rendezvous).unwrap();
+    let (_, seen_b) = receive(&r);
+    let (mut heard_at_a, mut heard_at_b) = (None, None);
+    for _round in 0..5 {
+        ca.send_to(b"punch", heard_at_a.unwrap_or(seen_b)).unwrap();
+        cb.send_to(b"punch", heard_at_b.unwrap_or(seen_a)).unwrap();
+        r.send_to(b"marker", seen_a).unwrap();
+        r.send_to(b"marker", seen_b).unwrap();
+        heard_at_a = heard_at_a.or(until_marker(&ca));
+        heard_at_b = heard_at_b.or(until_marker(&cb));
+        if let (Some(from_b), Some(from_a)) = (heard_at_a, heard_at_b) {
+            assert_eq!(from_b.ip(), std::net::IpAddr::from(sb.wan_ip));
+            assert_eq!(from_a.ip(), std::net::IpAddr::from(sa.wan_ip));
+            return true;
+        }
+    }
+    false
+}
+
+/// The lab lets UDP hole punching through where real NATs of these kinds do, and only
+/// there: cone ↔ cone and anything ↔ public go direct; a symmetric NAT facing a cone (whose
+/// filter wants the port it wrote to) or another symmetric one does not.
+#[tokio::test]
+async fn hole_punching_in_the_lab_goes_direct_where_the_nats_allow() {
+    use NatMode::{Cone, Symmetric};
+    let Some(lab) = lab(&[
+        Cone,
+        Cone,
+        Symmetric,
+        Symmetric,
+        NatMode::None,
+        NatMode::None,
+    ]) else {
+        return;
+    };
+    let expected = [
+        ((1, 2), true),
+        ((1, 3), false),
+        ((3, 1), false),
+        ((3, 4), false),
+        ((1, 5), true),
+        ((3, 5), true),
+        ((5, 6), true),
+    ];
+    for (k, ((a, b), direct)) in expected.into_iter().enumerate() {
+        let got = punches_through(&lab, a, b, 6000 + k as u16);
+        let (ma, mb) = (lab.site(a).mode, lab.site(b).mode);
+        eprintln!(
+            "{ma:?} ↔ {mb:?}: {}",
+            if got { "direct" } else { "no direct path" }
+        );
+        assert_eq!(got, direct, "{ma:?} (site {a}) ↔ {mb:?} (site {b})");
+    }
 }
 
 /// The settings of a player in these tests.
