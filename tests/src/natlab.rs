@@ -53,8 +53,8 @@
 //!
 //! # Running things inside
 //!
-//! [`Lab::command`] runs a program in a namespace (`ip netns exec`); [`Lab::udp_socket`] and
-//! [`Lab::tcp_connect`] make sockets in a namespace from this process (a helper thread enters
+//! [`Lab::command`] runs a program in a namespace (`ip netns exec`); [`udp_socket`] and
+//! [`tcp_connect`] make sockets in a namespace from this process (a helper thread enters
 //! it with `setns`; a socket stays in the namespace it was made in); [`LabRelay`] is a
 //! `baton-relay` process on the internet side and [`LabPlayer`] a `baton-player` process in a
 //! site.
