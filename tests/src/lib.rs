@@ -6,6 +6,7 @@
 
 pub mod attack_known;
 pub mod migration_run;
+pub mod natlab;
 pub mod player;
 pub mod procstat;
 pub mod redis_server;

@@ -1,0 +1,587 @@
+//! The relay path through real NATs: a `baton-relay` process on the lab's internet and
+//! `baton-player` processes behind cone and symmetric NAT routers in network namespaces
+//! (`baton_tests::natlab`). First the lab itself is checked (each NAT mode maps and filters as
+//! documented; rebind and cut do what they say; plain UDP hole punching crosses exactly the pairs
+//! it crosses between real NATs of these kinds), then games across every NAT pair, a NAT that
+//! rebinds mid-game, and a link cut shorter than the keepalive.
+//!
+//! Needs root, `ip`, `nft` and `conntrack`: elsewhere each test prints
+//! `skipped: needs root and nftables (ip netns, nft): <why>` and passes; under CI (`CI=true`)
+//! a machine that cannot run the lab fails instead.
+
+use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use baton_tests::natlab::{
+    self, Lab, LabPlayer, LabRelay, Mapping, NatMode, RELAY_IP, RELAY_IP_2, SKIP_MESSAGE,
+};
+use baton_tests::player::payload::HEADER_LEN;
+use baton_tests::player::{now_us, PlayerArgs, Report, Role};
+use baton_tests::WAIT;
+
+/// The game client.
+const PLAYER: &str = env!("CARGO_BIN_EXE_baton-player");
+/// Datagrams per second each player sends.
+const RATE: u32 = 50;
+
+/// A lab with `modes`, or `None` (after saying why) on a machine that cannot run it.
+fn lab(modes: &[NatMode]) -> Option<Lab> {
+    if let Some(why) = natlab::skip_reason() {
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "CI must run the NAT lab, but this machine cannot: {why}"
+        );
+        eprintln!("{SKIP_MESSAGE}: {why}");
+        return None;
+    }
+    Some(Lab::start(modes).expect("the lab builds"))
+}
+
+fn relay_bin() -> PathBuf {
+    natlab::relay_beside(Path::new(PLAYER)).expect("baton-relay built beside baton-player")
+}
+
+/// A UDP socket in `ns` on `addr`, reads bounded by the test wait.
+fn socket(lab: &Lab, ns: &str, addr: SocketAddr) -> UdpSocket {
+    let socket = lab.udp_socket(ns, addr).expect("socket in the namespace");
+    socket.set_read_timeout(Some(WAIT)).expect("read timeout");
+    socket
+}
+
+/// The next datagram on `socket` and its source (panics after the wait).
+fn receive(socket: &UdpSocket) -> (Vec<u8>, SocketAddr) {
+    let mut buf = [0u8; 64];
+    let (n, from) = socket
+        .recv_from(&mut buf)
+        .expect("a datagram within the wait");
+    (buf[..n].to_vec(), from)
+}
+
+/// The outside address each of two destinations sees for one inside socket of `site`.
+fn sources(lab: &Lab, site: usize, port: u16) -> (SocketAddr, SocketAddr) {
+    let inet = lab.internet_ns();
+    let a = socket(lab, inet, SocketAddr::from((RELAY_IP, port)));
+    let b = socket(lab, inet, SocketAddr::from((RELAY_IP_2, port)));
+    let s = lab.site(site);
+    let client = socket(lab, &s.host_ns, SocketAddr::from((s.client_ip, 4000)));
+    client.send_to(b"a", a.local_addr().unwrap()).unwrap();
+    client.send_to(b"b", b.local_addr().unwrap()).unwrap();
+    let (_, seen_a) = receive(&a);
+    let (_, seen_b) = receive(&b);
+    (seen_a, seen_b)
+}
+
+#[tokio::test]
+async fn the_lab_maps_filters_rebinds_and_cuts_as_documented() {
+    let Some(lab) = lab(&[NatMode::Cone, NatMode::Symmetric, NatMode::None]) else {
+        return;
+    };
+    let (cone, symmetric, public) = (lab.site(1), lab.site(2), lab.site(3));
+    // Cone: one outside port (the inside one, kept) for both destinations.
+    let (a, b) = sources(&lab, 1, 5000);
+    assert_eq!(a, SocketAddr::from((cone.wan_ip, 4000)));
+    assert_eq!(b, a, "endpoint-independent mapping");
+    // Symmetric: a port per destination, from the first range.
+    let (a, b) = sources(&lab, 2, 5001);
+    assert_eq!(
+        (a.ip(), b.ip()),
+        (symmetric.wan_ip.into(), symmetric.wan_ip.into())
+    );
+    assert_ne!(a.port(), b.port(), "endpoint-dependent mapping");
+    assert!((10000..=29999).contains(&a.port()) && (10000..=29999).contains(&b.port()));
+    // Public: the host's own address.
+    let (a, b) = sources(&lab, 3, 5002);
+    assert_eq!((a, b), (SocketAddr::from((public.client_ip, 4000)), a));
+
+    // Filtering on the cone site: only the exact ip:port the client wrote to gets in.
+    let inet = lab.internet_ns();
+    let known = socket(&lab, inet, SocketAddr::from((RELAY_IP, 5100)));
+    let other_port = socket(&lab, inet, SocketAddr::from((RELAY_IP, 5101)));
+    let other_ip = socket(&lab, inet, SocketAddr::from((RELAY_IP_2, 5100)));
+    let client = socket(
+        &lab,
+        &cone.host_ns,
+        SocketAddr::from((cone.client_ip, 4100)),
+    );
+    client
+        .send_to(b"open", known.local_addr().unwrap())
+        .unwrap();
+    let (_, outside) = receive(&known);
+    other_port.send_to(b"stranger-port", outside).unwrap();
+    other_ip.send_to(b"stranger-ip", outside).unwrap();
+    // Sent last on the same path: once it is in, the strangers' datagrams were dropped.
+    known.send_to(b"known", outside).unwrap();
+    assert_eq!(receive(&client).0, b"known");
+    // Once the client has written to the other port, that one gets in too.
+    client
+        .send_to(b"open", other_port.local_addr().unwrap())
+        .unwrap();
+    let _ = receive(&other_port);
+    other_port.send_to(b"now-known", outside).unwrap();
+    assert_eq!(receive(&client).0, b"now-known");
+
+    // The router's table shows the mapping.
+    let mappings = lab.mappings(1).expect("mappings");
+    assert!(
+        mappings.contains(&Mapping {
+            inside: SocketAddrV4::new(cone.client_ip, 4100),
+            remote: SocketAddrV4::new(RELAY_IP, 5100),
+            outside: SocketAddrV4::new(cone.wan_ip, 4100),
+        }),
+        "{mappings:?}"
+    );
+
+    // Rebind: the same inside socket now goes out on another port, still one for every
+    // destination on the cone site, and new ones (from the other range) on the symmetric one.
+    lab.rebind(1).expect("rebind the cone");
+    client
+        .send_to(b"again", known.local_addr().unwrap())
+        .unwrap();
+    let (_, moved) = receive(&known);
+    client
+        .send_to(b"again", other_ip.local_addr().unwrap())
+        .unwrap();
+    let (_, moved_b) = receive(&other_ip);
+    assert_eq!(moved.ip(), outside.ip());
+    assert_ne!(moved.port(), outside.port(), "the outside port changed");
+    assert!(moved.port() >= 61000, "{moved}");
+    assert_eq!(
+        moved_b, moved,
+        "still endpoint-independent after the rebind"
+    );
+    // The old mapping is gone: the other port is no longer let in.
+    other_port.send_to(b"old-mapping", outside).unwrap();
+    known.send_to(b"new-mapping", moved).unwrap();
+    assert_eq!(receive(&client).0, b"new-mapping");
+    lab.rebind(2).expect("rebind the symmetric site");
+    let (a, b) = sources(&lab, 2, 5003);
+    assert!(
+        (30000..=49999).contains(&a.port()) && (30000..=49999).contains(&b.port()),
+        "{a} {b}"
+    );
+    assert!(lab.rebind(3).is_err(), "a public host has no NAT to rebind");
+
+    // Cut and restore, at a router and at a public host: what is sent during the cut never
+    // arrives, what is sent after it does.
+    for site in [1, 3] {
+        let s = lab.site(site);
+        let client = socket(&lab, &s.host_ns, SocketAddr::from((s.client_ip, 4200)));
+        let server = socket(&lab, inet, SocketAddr::from((RELAY_IP, 5200 + site as u16)));
+        let to = server.local_addr().unwrap();
+        client.send_to(b"before", to).unwrap();
+        assert_eq!(receive(&server).0, b"before");
+        lab.cut(site).expect("cut");
+        // A public host's own output is dropped: its send fails (EPERM); a NATed one's send
+        // succeeds and the router drops it.
+        let _ = client.send_to(b"during", to);
+        lab.restore(site).expect("restore");
+        client.send_to(b"after", to).unwrap();
+        assert_eq!(receive(&server).0, b"after", "site {site}");
+    }
+    // Cut to one address only: the other still gets through.
+    lab.cut_to(1, RELAY_IP_2).expect("cut to one address");
+    let client = socket(
+        &lab,
+        &cone.host_ns,
+        SocketAddr::from((cone.client_ip, 4300)),
+    );
+    let blocked = socket(&lab, inet, SocketAddr::from((RELAY_IP_2, 5300)));
+    let open = socket(&lab, inet, SocketAddr::from((RELAY_IP, 5300)));
+    client
+        .send_to(b"blocked", blocked.local_addr().unwrap())
+        .unwrap();
+    client.send_to(b"open", open.local_addr().unwrap()).unwrap();
+    assert_eq!(receive(&open).0, b"open");
+    lab.restore(1).expect("restore");
+    client
+        .send_to(b"unblocked", blocked.local_addr().unwrap())
+        .unwrap();
+    assert_eq!(receive(&blocked).0, b"unblocked");
+}
+
+/// Reads `socket` until the rendezvous' marker; the source of the first other datagram.
+fn until_marker(socket: &UdpSocket) -> Option<SocketAddr> {
+    let mut first = None;
+    loop {
+        let (bytes, from) = receive(socket);
+        if bytes == b"marker" {
+            return first;
+        }
+        first = first.or(Some(from));
+    }
+}
+
+/// Whether sites `a` and `b` reach each other directly over plain UDP as a hole-punching
+/// client would: each learns its outside address from a rendezvous on the internet, then in
+/// up to five rounds both send to the other's address (or, once a datagram from the other
+/// arrived, to where it came from). A round ends with a marker from the rendezvous, sent
+/// after the round's datagrams: what was let in arrived before it.
+fn punches_through(lab: &Lab, a: usize, b: usize, port: u16) -> bool {
+    let r = socket(lab, lab.internet_ns(), SocketAddr::from((RELAY_IP, port)));
+    let (sa, sb) = (lab.site(a), lab.site(b));
+    let ca = socket(lab, &sa.host_ns, SocketAddr::from((sa.client_ip, port)));
+    let cb = socket(lab, &sb.host_ns, SocketAddr::from((sb.client_ip, port)));
+    let rendezvous = r.local_addr().unwrap();
+    ca.send_to(b"hello", rendezvous).unwrap();
+    let (_, seen_a) = receive(&r);
+    cb.send_to(b"hello", rendezvous).unwrap();
+    let (_, seen_b) = receive(&r);
+    let (mut heard_at_a, mut heard_at_b) = (None, None);
+    for _round in 0..5 {
+        ca.send_to(b"punch", heard_at_a.unwrap_or(seen_b)).unwrap();
+        cb.send_to(b"punch", heard_at_b.unwrap_or(seen_a)).unwrap();
+        r.send_to(b"marker", seen_a).unwrap();
+        r.send_to(b"marker", seen_b).unwrap();
+        heard_at_a = heard_at_a.or(until_marker(&ca));
+        heard_at_b = heard_at_b.or(until_marker(&cb));
+        if let (Some(from_b), Some(from_a)) = (heard_at_a, heard_at_b) {
+            assert_eq!(from_b.ip(), std::net::IpAddr::from(sb.wan_ip));
+            assert_eq!(from_a.ip(), std::net::IpAddr::from(sa.wan_ip));
+            return true;
+        }
+    }
+    false
+}
+
+/// The lab lets UDP hole punching through where real NATs of these kinds do, and only
+/// there: cone ↔ cone and anything ↔ public go direct; a symmetric NAT facing a cone (whose
+/// filter wants the port it wrote to) or another symmetric one does not.
+#[tokio::test]
+async fn hole_punching_in_the_lab_goes_direct_where_the_nats_allow() {
+    use NatMode::{Cone, Symmetric};
+    let Some(lab) = lab(&[
+        Cone,
+        Cone,
+        Symmetric,
+        Symmetric,
+        NatMode::None,
+        NatMode::None,
+    ]) else {
+        return;
+    };
+    let expected = [
+        ((1, 2), true),
+        ((1, 3), false),
+        ((3, 1), false),
+        ((3, 4), false),
+        ((1, 5), true),
+        ((3, 5), true),
+        ((5, 6), true),
+    ];
+    for (k, ((a, b), direct)) in expected.into_iter().enumerate() {
+        let got = punches_through(&lab, a, b, 6000 + k as u16);
+        let (ma, mb) = (lab.site(a).mode, lab.site(b).mode);
+        eprintln!(
+            "{ma:?} ↔ {mb:?}: {}",
+            if got { "direct" } else { "no direct path" }
+        );
+        assert_eq!(got, direct, "{ma:?} (site {a}) ↔ {mb:?} (site {b})");
+    }
+}
+
+/// The settings of a player in these tests.
+fn player_args(relay: &LabRelay, role: Role) -> PlayerArgs {
+    PlayerArgs {
+        relay: relay.addr(),
+        fingerprint: relay.fingerprint().to_owned(),
+        rate: RATE,
+        keepalive_ms: 2000,
+        max_secs: 60,
+        game: 1,
+        uid: None,
+        payload: HEADER_LEN,
+        p2p_every: 0,
+        stats_ms: 100,
+        game_snapshots: false,
+        credential: None,
+        role,
+    }
+}
+
+/// A relay on the lab's internet, a host in site `host_site` and a peer in `peer_site`.
+struct Game {
+    relay: LabRelay,
+    host: LabPlayer,
+    peer: LabPlayer,
+    peer_id: u16,
+}
+
+impl Game {
+    async fn start(lab: &Lab, host_site: usize, peer_site: usize, relay_args: &[&str]) -> Game {
+        let relay = LabRelay::start(lab, &relay_bin(), RELAY_IP, relay_args, WAIT)
+            .await
+            .expect("relay starts in the internet namespace");
+        let player = Path::new(PLAYER);
+        let host_args = player_args(&relay, Role::Host { snapshot_bytes: 0 });
+        let host = LabPlayer::start(lab, &lab.site(host_site).host_ns, player, &host_args, WAIT)
+            .await
+            .expect("host enters");
+        let code = host.code().expect("join code").to_owned();
+        let peer_args = player_args(&relay, Role::Join { code });
+        let peer = LabPlayer::start(lab, &lab.site(peer_site).host_ns, player, &peer_args, WAIT)
+            .await
+            .expect("peer joins");
+        let peer_id = peer.peer().expect("peer id");
+        Game {
+            relay,
+            host,
+            peer,
+            peer_id,
+        }
+    }
+
+    /// Waits until each side has received a datagram from the other that arrived after
+    /// `since_us`, tallying what was lost on the way.
+    async fn both_hear_after(&mut self, since_us: u64, within: Duration, log: &mut Log) {
+        heard_after(&mut self.host, self.peer_id, since_us, within, log).await;
+        heard_after(&mut self.peer, 0, since_us, within, log).await;
+    }
+}
+
+/// What the players reported along the way.
+#[derive(Debug, Default)]
+struct Log {
+    /// Datagrams missing, summed over every gap report.
+    lost: u64,
+    /// The largest single gap.
+    largest_gap: u64,
+    /// Datagrams received.
+    received: u64,
+}
+
+/// Reads `player`'s reports until one shows a datagram from `from` arriving after
+/// `since_us`. Any sign of a broken session (a member lost, a disconnect, a misdelivered
+/// datagram) fails the test.
+async fn heard_after(
+    player: &mut LabPlayer,
+    from: u16,
+    since_us: u64,
+    within: Duration,
+    log: &mut Log,
+) {
+    player
+        .next_matching(within, |report| match report {
+            Report::Stats {
+                received,
+                last_from,
+                ..
+            } => {
+                log.received += received;
+                last_from.iter().any(|&(p, t)| p == from && t > since_us)
+            }
+            Report::Gap { lost, .. } => {
+                log.lost += lost;
+                log.largest_gap = log.largest_gap.max(*lost);
+                false
+            }
+            Report::PeerLeft { .. }
+            | Report::HostLost { .. }
+            | Report::Disconnected { .. }
+            | Report::Violation { .. } => panic!("the session broke: {report:?}"),
+            _ => false,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("no datagram from peer {from} after the mark: {e:#}"));
+}
+
+/// The addresses the relay sees for the game's members, by peer id.
+async fn seen_addrs(relay: &LabRelay) -> Vec<(u16, SocketAddr)> {
+    let allocations = relay.allocations().await.expect("allocations");
+    let members = allocations["allocations"][0]["members"]
+        .as_array()
+        .expect("members")
+        .clone();
+    members
+        .iter()
+        .map(|m| {
+            let peer = m["peer"].as_u64().expect("peer") as u16;
+            let addr = m["addr"].as_str().expect("addr").parse().expect("address");
+            (peer, addr)
+        })
+        .collect()
+}
+
+/// Checks that the relay sees member `peer` at the outside address of site `site`'s
+/// mapping to the relay, and returns that address.
+fn check_seen(
+    lab: &Lab,
+    relay: &LabRelay,
+    seen: &[(u16, SocketAddr)],
+    peer: u16,
+    site: usize,
+) -> SocketAddr {
+    let s = lab.site(site);
+    let addr = seen
+        .iter()
+        .find(|(p, _)| *p == peer)
+        .map(|(_, a)| *a)
+        .unwrap_or_else(|| panic!("member {peer} not listed: {seen:?}"));
+    assert_eq!(
+        addr.ip(),
+        std::net::IpAddr::from(s.wan_ip),
+        "member {peer} seen at its WAN address"
+    );
+    let relay_v4 = match relay.addr() {
+        SocketAddr::V4(v4) => v4,
+        SocketAddr::V6(_) => panic!("the lab is IPv4"),
+    };
+    let mappings = lab.mappings(site).expect("mappings");
+    let mapping = mappings
+        .iter()
+        .find(|m| m.remote == relay_v4 && *m.inside.ip() == s.client_ip)
+        .unwrap_or_else(|| panic!("no mapping to the relay on site {site}: {mappings:?}"));
+    assert_eq!(
+        SocketAddr::V4(mapping.outside),
+        addr,
+        "the relay sees the router's mapping"
+    );
+    match s.mode {
+        NatMode::Cone => assert_eq!(mapping.outside.port(), mapping.inside.port(), "port kept"),
+        NatMode::Symmetric => assert!((10000..=29999).contains(&addr.port()), "{addr}"),
+        NatMode::None => {}
+    }
+    addr
+}
+
+/// A host in site 1 and a peer in site 2 exchange datagrams both ways through the relay,
+/// which sees each at its router's outside address.
+async fn relayed_pair(host_mode: NatMode, peer_mode: NatMode) {
+    let Some(lab) = lab(&[host_mode, peer_mode]) else {
+        return;
+    };
+    let mut game = Game::start(&lab, 1, 2, &[]).await;
+    let mut log = Log::default();
+    let start = now_us();
+    game.both_hear_after(start, WAIT, &mut log).await;
+    let seen = seen_addrs(&game.relay).await;
+    check_seen(&lab, &game.relay, &seen, 0, 1);
+    check_seen(&lab, &game.relay, &seen, game.peer_id, 2);
+    let metrics = game.relay.metrics().await.expect("metrics");
+    assert!(metrics.value("baton_datagrams_forwarded_total") > 0.0);
+    eprintln!("{host_mode:?} host, {peer_mode:?} peer: relayed, seen at {seen:?}; {log:?}");
+    game.peer.close(WAIT).await.expect("peer leaves");
+    game.host.close(WAIT).await.expect("host leaves");
+}
+
+#[tokio::test]
+async fn cone_host_and_symmetric_peer_play_through_the_relay() {
+    relayed_pair(NatMode::Cone, NatMode::Symmetric).await;
+}
+
+#[tokio::test]
+async fn symmetric_host_and_symmetric_peer_play_through_the_relay() {
+    relayed_pair(NatMode::Symmetric, NatMode::Symmetric).await;
+}
+
+#[tokio::test]
+async fn cone_host_and_cone_peer_play_through_the_relay() {
+    relayed_pair(NatMode::Cone, NatMode::Cone).await;
+}
+
+/// Each site's NAT rebinds mid-game (the peer's symmetric one, then the host's cone one):
+/// the relay sees the new outside address, no connection is made anew, nobody leaves, and
+/// datagrams flow again both ways with little loss.
+#[tokio::test]
+async fn a_rebinding_nat_keeps_the_session() {
+    let Some(lab) = lab(&[NatMode::Cone, NatMode::Symmetric]) else {
+        return;
+    };
+    let mut game = Game::start(&lab, 1, 2, &[]).await;
+    let mut log = Log::default();
+    game.both_hear_after(now_us(), WAIT, &mut log).await;
+    let before = game.relay.metrics().await.expect("metrics");
+    let lost_before = log.lost;
+    for site in [2, 1] {
+        let old = lab.mappings(site).expect("mappings");
+        lab.rebind(site).expect("rebind");
+        // The old mapping is gone from the router, so what either side hears from now on
+        // crossed the new one: the relay must be sending to the new address. Datagrams
+        // arriving 200 ms after the rebind (10 ticks) were all sent after it.
+        let mark = now_us() + 200_000;
+        game.both_hear_after(mark, WAIT, &mut log).await;
+        let new = lab.mappings(site).expect("mappings");
+        let relay_port = game.relay.addr().port();
+        let outside = |ms: &[Mapping]| {
+            ms.iter()
+                .find(|m| m.remote.port() == relay_port)
+                .map(|m| m.outside)
+        };
+        let (old, new) = (outside(&old), outside(&new));
+        assert!(
+            old.is_some() && new.is_some() && old != new,
+            "site {site}: {old:?} -> {new:?}"
+        );
+        eprintln!("site {site} rebound: {old:?} -> {new:?}");
+    }
+    let after = game.relay.metrics().await.expect("metrics");
+    assert_eq!(
+        after.value("baton_connections_accepted_total"),
+        before.value("baton_connections_accepted_total"),
+        "the same QUIC connections carried on (migration), none was made anew"
+    );
+    assert_eq!(
+        after.value("baton_members_left_total"),
+        before.value("baton_members_left_total")
+    );
+    // Datagrams lost over two rebinds, both directions, at 50 a second each way.
+    let lost = log.lost - lost_before;
+    eprintln!(
+        "two rebinds: {lost} datagrams lost (largest gap {}); {log:?}",
+        log.largest_gap
+    );
+    assert!(
+        lost <= 2 * RATE as u64,
+        "at most a second's worth of loss: {lost}"
+    );
+}
+
+/// The peer's link is down for 2 s, well within the relay's 10 s keepalive: the session
+/// survives, datagrams sent during the cut are lost, and traffic resumes both ways.
+#[tokio::test]
+async fn a_link_cut_shorter_than_the_keepalive_keeps_the_session() {
+    let Some(lab) = lab(&[NatMode::Cone, NatMode::Symmetric]) else {
+        return;
+    };
+    let mut game = Game::start(&lab, 1, 2, &["--keepalive-timeout", "10s"]).await;
+    let mut log = Log::default();
+    game.both_hear_after(now_us(), WAIT, &mut log).await;
+    let before = game.relay.metrics().await.expect("metrics");
+    lab.cut(2).expect("cut");
+    let cut_at = std::time::Instant::now();
+    // Two seconds of silence, measured by the host: its reports show nothing from the peer.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    lab.restore(2).expect("restore");
+    let outage = cut_at.elapsed();
+    let mark = now_us();
+    let lost_before = log.lost;
+    game.both_hear_after(mark, WAIT, &mut log).await;
+    let lost = log.lost - lost_before;
+    let after = game.relay.metrics().await.expect("metrics");
+    assert_eq!(
+        after.value("baton_members_left_total"),
+        before.value("baton_members_left_total"),
+        "nobody left"
+    );
+    assert_eq!(
+        after.value("baton_connections_accepted_total"),
+        before.value("baton_connections_accepted_total"),
+        "no reconnect"
+    );
+    eprintln!(
+        "cut {outage:?}: {lost} datagrams lost, largest gap {}; {log:?}",
+        log.largest_gap
+    );
+    // The cut really cut: each direction lost most of the outage (50 a second), and no more
+    // than the outage plus a second.
+    let per_direction = RATE as u64 * outage.as_millis() as u64 / 1000;
+    assert!(
+        log.largest_gap >= per_direction / 2,
+        "largest gap {} for {outage:?}",
+        log.largest_gap
+    );
+    assert!(
+        lost <= 2 * (per_direction + RATE as u64),
+        "{lost} lost for {outage:?}"
+    );
+}
