@@ -296,6 +296,9 @@ fn player_args(relay: &LabRelay, role: Role) -> PlayerArgs {
         game_snapshots: false,
         credential: None,
         role,
+        fallback_relays: Vec::new(),
+        resume_window_ms: 0,
+        idle_timeout_ms: 0,
     }
 }
 
