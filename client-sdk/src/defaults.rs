@@ -82,6 +82,16 @@ pub const MIGRATION_RETRY: Duration = Duration::from_secs(10);
 /// Shortest wait between join retries while an allocation migrates, whatever the relay says.
 pub const MIGRATION_POLL_MIN: Duration = Duration::from_millis(20);
 
+/// The handshake timeout of a resuming session's first round of attempts (doubling each round
+/// up to the connect timeout): a fallback relay that is down too must not hold up the others
+/// for a whole connect timeout.
+pub const RESUME_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How soon a resuming session asks a relay again when it redirected the session to the
+/// relay the session just lost (the fleet's directory names a lost node until its heartbeat
+/// expires, a few seconds at most).
+pub const LOST_RELAY_POLL: Duration = Duration::from_millis(250);
+
 /// Longest wait between join retries while an allocation migrates: the relay's hint is the
 /// elected member's whole deadline, but a responsive one takes over in milliseconds.
 pub const MIGRATION_POLL_MAX: Duration = Duration::from_millis(250);

@@ -92,9 +92,19 @@ pub(super) async fn rebind(
     config: &ClientConfig,
     endpoint: &quinn::Endpoint,
     bind: &ClientMessage,
+    lost: Option<SocketAddr>,
 ) -> Result<(quinn::Connection, BindResult), Error> {
     match attempt(config, endpoint, bind).await? {
         Attempt::Replied(conn, reply) => Ok((conn, reply)),
+        Attempt::Redirected { target, .. } if Some(target) == lost => {
+            // The fleet still names the relay this session lost: its directory entry outlives
+            // it for a moment (the heartbeat's time to live). Asked again shortly, the relay
+            // takes the allocation over instead.
+            tracing::debug!(%target, "redirected to the lost relay; asking again");
+            Err(Error::Migrating {
+                retry_after: defaults::LOST_RELAY_POLL,
+            })
+        }
         Attempt::Redirected {
             target,
             server_name,

@@ -8,7 +8,11 @@
 //! lost relay are failed (nothing will answer them), and the session sends `Rejoin` with its
 //! own reconnect token to each candidate relay in turn ([`Resume::candidates`]), following one
 //! redirect per attempt, retrying the list with a backoff ([`defaults::RESUME_BACKOFF_MIN`] to
-//! [`defaults::RESUME_BACKOFF_MAX`]) until the resume window runs out. A refusal that no other
+//! [`defaults::RESUME_BACKOFF_MAX`]) until the resume window runs out. The first round gives
+//! each relay a short handshake timeout ([`defaults::RESUME_HANDSHAKE_TIMEOUT`], doubling each
+//! round), so a fallback relay that is down too does not hold up the rest; a relay that
+//! redirects to the lost relay itself (the fleet's directory has not noticed its loss yet) is
+//! asked again after [`defaults::LOST_RELAY_POLL`]. A refusal that no other
 //! relay would answer differently (wrong token or credential, allocation closed, unsupported
 //! version) stops at once, and so does a round in which every relay says the allocation does
 //! not exist; `migrating` is retried at the same relay after its delay.
@@ -44,6 +48,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use baton_protocol::{AllocationId, ClientMessage, PeerId, ServerMessage};
 use quinn::{RecvStream, SendStream};
@@ -248,7 +253,7 @@ impl Resume {
         let started = Instant::now();
         let window = defaults::RELOCATE_TIMEOUT;
         let attempt = retry_while_migrating(window, || {
-            self.attempt_at(shared, address, Some(&server_name))
+            self.attempt_at(shared, address, Some(&server_name), None)
         });
         let rebound = match tokio::time::timeout(window, attempt).await {
             Ok(Ok(rebound)) => rebound,
@@ -328,6 +333,9 @@ impl Resume {
     async fn attempts(&self, shared: &Shared, lost: SocketAddr) -> Option<Rebound> {
         let candidates = self.candidates(lost);
         let mut backoff = defaults::RESUME_BACKOFF_MIN;
+        // A candidate that is down too costs a whole handshake timeout: the first rounds give
+        // each a short one, so a live relay later in the list is reached soon.
+        let mut handshake = defaults::RESUME_HANDSHAKE_TIMEOUT.min(self.config.connect_timeout);
         loop {
             // Whether every relay of this round said the allocation does not exist.
             let mut gone_everywhere = true;
@@ -336,7 +344,10 @@ impl Resume {
                 if shared.closing.load(Ordering::Relaxed) {
                     return None;
                 }
-                match self.attempt_at(shared, relay, None).await {
+                match self
+                    .attempt_at(shared, relay, None, Some((lost, handshake)))
+                    .await
+                {
                     Ok(rebound) => return Some(rebound),
                     Err(Error::Migrating { retry_after }) => {
                         let wait = retry_after
@@ -365,6 +376,7 @@ impl Resume {
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(defaults::RESUME_BACKOFF_MAX);
+            handshake = (handshake * 2).min(self.config.connect_timeout);
         }
     }
 
@@ -375,6 +387,7 @@ impl Resume {
         shared: &Shared,
         relay: SocketAddr,
         server_name: Option<&str>,
+        resuming: Option<(SocketAddr, Duration)>,
     ) -> Result<Rebound, Error> {
         let bind = {
             let role = lock(&shared.role);
@@ -388,6 +401,10 @@ impl Resume {
         };
         let mut config = self.config.clone();
         config.relay = relay;
+        let lost = resuming.map(|(lost, handshake)| {
+            config.connect_timeout = handshake;
+            lost
+        });
         if let Some(name) = server_name {
             config = config.server_name(name);
             // The name decoded as a DNS name or IP literal.
@@ -398,7 +415,8 @@ impl Resume {
                 )));
             }
         }
-        let (conn, (send, recv, reply, early)) = rebind(&config, &self.endpoint, &bind).await?;
+        let (conn, (send, recv, reply, early)) =
+            rebind(&config, &self.endpoint, &bind, lost).await?;
         match reply {
             ServerMessage::Joined { peer, .. } if peer == shared.local_peer => Ok(Rebound {
                 conn,

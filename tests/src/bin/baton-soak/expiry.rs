@@ -206,7 +206,11 @@ async fn short_lived_code(ctx: &Ctx, node: &NodeAddr) -> anyhow::Result<()> {
 
 /// A reservation nobody claims disappears at the host bind timeout.
 async fn unclaimed_reservation(ctx: &Ctx, node: &NodeAddr) -> anyhow::Result<()> {
-    let id = node.api.reserve().await?;
+    // In a fleet a reservation goes to the least-loaded node unless it names one: this one.
+    let id = node
+        .api
+        .reserve(ctx.fleet.then_some(node.id.as_str()))
+        .await?;
     ctx.stats.probe_allocations.inc();
     let reserved = Instant::now();
     let info = node

@@ -308,13 +308,13 @@ impl RelayApi {
     }
 
     /// `POST /v1/allocations`: reserves an allocation, returns its id.
-    pub async fn reserve(&self) -> anyhow::Result<u64> {
-        let body = json(
-            self.http.post(format!("{}/v1/allocations", self.admin)),
-            "POST /v1/allocations",
-            "decoding the reservation",
-        )
-        .await?;
+    /// Reserves an allocation, on fleet node `node` when named.
+    pub async fn reserve(&self, node: Option<&str>) -> anyhow::Result<u64> {
+        let mut request = self.http.post(format!("{}/v1/allocations", self.admin));
+        if let Some(node) = node {
+            request = request.json(&serde_json::json!({ "node": node }));
+        }
+        let body = json(request, "POST /v1/allocations", "decoding the reservation").await?;
         let id = body
             .get("allocation_id")
             .and_then(Value::as_str)
