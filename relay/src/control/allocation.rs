@@ -78,6 +78,22 @@ pub(super) struct Allocation {
     /// (about 1 MiB at worst with the map's nodes, after at least 65,535 joins).
     pub(super) token_generations: BTreeMap<PeerId, u32>,
     pub(super) created: Instant,
+    /// The allocations of its migration chain between `lineage` and itself, oldest first, at
+    /// most [`MAX_ANCESTORS`] (the most recent): a member that missed migrations rejoins by
+    /// any of them, on whichever node holds the chain now.
+    pub(super) ancestors: Vec<AllocationId>,
+}
+
+/// Most ancestors an allocation remembers (a member that missed more migrations than this
+/// cannot rejoin).
+pub const MAX_ANCESTORS: usize = 16;
+
+impl Allocation {
+    /// Every id a `Rejoin` may name for this allocation, but its own: its lineage and its
+    /// ancestors.
+    pub(super) fn earlier_ids(&self) -> impl Iterator<Item = AllocationId> + '_ {
+        std::iter::once(self.lineage).chain(self.ancestors.iter().copied())
+    }
 }
 
 impl Allocation {
@@ -318,6 +334,7 @@ impl ControlPlane {
                 peer_ids_wrapped: false,
                 token_generations: BTreeMap::new(),
                 created: now,
+                ancestors: Vec::new(),
             },
         );
         self.codes.insert(code, CodeEntry::Live(id));
@@ -364,8 +381,10 @@ impl ControlPlane {
         let Some(alloc) = self.allocations.remove(&id) else {
             return;
         };
-        if self.lineages.get(&alloc.lineage) == Some(&id) {
-            self.lineages.remove(&alloc.lineage);
+        for earlier in alloc.earlier_ids() {
+            if self.lineages.get(&earlier) == Some(&id) {
+                self.lineages.remove(&earlier);
+            }
         }
         self.forget_relocation(id);
         self.cancel_allocation_timers(id);

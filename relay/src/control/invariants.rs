@@ -67,16 +67,22 @@ impl ControlPlane {
         self.check_codes()?;
         self.check_timers()?;
         self.check_snapshots()?;
-        // One entry per live allocation, from its lineage to it.
+        // One entry per earlier id (lineage, ancestors) of each live allocation, to it.
+        let earlier: usize = self
+            .allocations
+            .values()
+            .map(|a| a.earlier_ids().count())
+            .sum();
         ensure!(
-            self.lineages.len() == self.allocations.len()
+            self.lineages.len() == earlier
                 && self
                     .allocations
                     .iter()
-                    .all(|(id, a)| self.lineages.get(&a.lineage) == Some(id)),
+                    .all(|(id, a)| a.earlier_ids().all(|e| self.lineages.get(&e) == Some(id))),
             "lineages",
-            "the lineage index ({} entries) does not name each of the {} allocations",
+            "the lineage index ({} entries) does not name the {} earlier ids of the {} allocations",
             self.lineages.len(),
+            earlier,
             self.allocations.len()
         );
         for conn in self.lookups() {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use baton_protocol::{AllocationId, ErrorCode, LeaveReason, PeerId, ServerMessage};
 use bytes::Bytes;
 
-use super::allocation::HostSlot;
+use super::allocation::{HostSlot, MAX_ANCESTORS};
 use super::codes::CodeEntry;
 use super::timers::Timer;
 use super::{CloseReason, ConnId, ControlPlane, ElectedBy, Event, Output};
@@ -233,7 +233,16 @@ impl ControlPlane {
         let route = alloc.route();
         let snapshot = alloc.snapshot.clone();
         let reply = self.created_reply(now, request_id, to, &alloc, me);
-        self.lineages.insert(alloc.lineage, to);
+        if from != alloc.lineage {
+            alloc.ancestors.push(from);
+        }
+        if alloc.ancestors.len() > MAX_ANCESTORS {
+            let forgotten = alloc.ancestors.remove(0);
+            self.lineages.remove(&forgotten);
+        }
+        for earlier in alloc.earlier_ids() {
+            self.lineages.insert(earlier, to);
+        }
         self.allocations.insert(to, alloc);
         // Routing first, for everyone, then the new host hears it is bound, then the others
         // are told to move: no one can race into a missing allocation.

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use baton_protocol::{AllocationId, ErrorCode, JoinCode, PeerId};
 use serde::{Deserialize, Serialize};
 
-use super::allocation::{Allocation, HostSlot};
+use super::allocation::{Allocation, HostSlot, MAX_ANCESTORS};
 use super::codes::{CodeEntry, CodeState};
 use super::timers::Timer;
 use super::{ControlPlane, Output};
@@ -59,6 +59,11 @@ pub struct AllocationRecord {
     pub peer_ids_wrapped: bool,
     /// Reconnect-token generations of peer ids whose tokens were revoked.
     pub token_generations: Vec<(u16, u32)>,
+    /// The allocations of its migration chain between `lineage` and itself, oldest first (at
+    /// most [`MAX_ANCESTORS`]): a member that missed migrations rejoins by any of them. Absent
+    /// in records written before it existed.
+    #[serde(default)]
+    pub ancestors: Vec<u64>,
 }
 
 /// One member in a record.
@@ -123,6 +128,7 @@ impl ControlPlane {
                 .iter()
                 .map(|(p, g)| (p.0, *g))
                 .collect(),
+            ancestors: alloc.ancestors.iter().map(|a| a.0).collect(),
         })
     }
 
@@ -155,6 +161,11 @@ impl ControlPlane {
             || record.next_peer == 0
             || record.next_peer >= broadcast
             || record.token_generations.len() >= usize::from(broadcast)
+            || record.ancestors.len() > MAX_ANCESTORS
+            || record
+                .ancestors
+                .iter()
+                .any(|a| *a == record.lineage || *a == record.allocation)
             || record.members.iter().any(|m| m.peer >= broadcast)
             || record.members.iter().any(|m| {
                 m.subject
@@ -165,7 +176,14 @@ impl ControlPlane {
             return Err(AdoptError::Invalid("limits"));
         }
         let id = AllocationId(record.allocation);
-        if self.allocations.contains_key(&id) || self.codes.contains_key(&code) {
+        let mut ancestors: Vec<AllocationId> =
+            record.ancestors.iter().copied().map(AllocationId).collect();
+        ancestors.dedup();
+        if self.allocations.contains_key(&id)
+            || self.codes.contains_key(&code)
+            || self.lineages.contains_key(&AllocationId(record.lineage))
+            || ancestors.iter().any(|a| self.lineages.contains_key(a))
+        {
             return Err(AdoptError::Held);
         }
         if self.allocations.len() >= self.max_allocations {
@@ -176,6 +194,9 @@ impl ControlPlane {
         let host = PeerId(record.host);
         let deadline = now + self.keepalive_timeout;
         self.lineages.insert(AllocationId(record.lineage), id);
+        for earlier in &ancestors {
+            self.lineages.insert(*earlier, id);
+        }
         self.allocations.insert(
             id,
             Allocation {
@@ -195,6 +216,7 @@ impl ControlPlane {
                     .map(|(p, g)| (PeerId(*p), *g))
                     .collect(),
                 created: now,
+                ancestors,
             },
         );
         match code_state {

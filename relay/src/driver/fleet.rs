@@ -367,11 +367,25 @@ async fn locate(
     directory
         .take_code(&record.code, &owner, me, record.allocation, ttl)
         .await?;
-    if record.lineage != record.allocation {
-        directory.bind_allocation(record.lineage, me, ttl).await?;
-    }
+    bind_earlier_ids(directory, &record, me, ttl).await?;
     info!(allocation = %AllocationId(allocation), from = %owner, "taking an allocation over");
     Ok(Location::Adopt(Box::new(record)))
+}
+
+/// Points the record's earlier ids (its lineage and ancestors, which members who missed
+/// migrations rejoin by) at `node`.
+async fn bind_earlier_ids(
+    directory: &RedisDirectory,
+    record: &AllocationRecord,
+    node: &NodeId,
+    ttl: Duration,
+) -> Result<(), DirectoryError> {
+    for earlier in std::iter::once(record.lineage).chain(record.ancestors.iter().copied()) {
+        if earlier != record.allocation {
+            directory.bind_allocation(earlier, node, ttl).await?;
+        }
+    }
+    Ok(())
 }
 
 /// How long a hand-over counts towards its target's load: until two heartbeats have carried it.
@@ -472,11 +486,7 @@ async fn hand_over(
     directory
         .take_code(&record.code, me, &target.id, record.allocation, ttl)
         .await?;
-    if record.lineage != record.allocation {
-        directory
-            .bind_allocation(record.lineage, &target.id, ttl)
-            .await?;
-    }
+    bind_earlier_ids(directory, record, &target.id, ttl).await?;
     info!(
         allocation = %AllocationId(record.allocation),
         to = %target.id,
@@ -607,11 +617,18 @@ async fn writer(
             Record::Republish => republish(&directory, &node, &lineages, ttl).await,
             Record::Put(record) => {
                 let id = AllocationId(record.allocation);
-                // An allocation taken over from a lost node: its lineage starts here.
+                // An allocation taken over from a lost node (or handed over by a draining one):
+                // its ids are released here when it closes.
                 if let (std::collections::hash_map::Entry::Vacant(entry), Ok(code)) =
                     (lineages.entry(id), record.code.parse::<JoinCode>())
                 {
-                    entry.insert((code, vec![id]));
+                    let mut ids: Vec<AllocationId> = std::iter::once(record.lineage)
+                        .chain(record.ancestors.iter().copied())
+                        .filter(|earlier| *earlier != record.allocation)
+                        .map(AllocationId)
+                        .collect();
+                    ids.push(id);
+                    entry.insert((code, ids));
                 }
                 match serde_json::to_vec(&record) {
                     Ok(json) => directory.put_record(record.allocation, &json, ttl).await,

@@ -255,3 +255,42 @@ fn an_expired_code_stays_expired_after_a_takeover() {
     b.connect(11);
     assert_eq!(b.rejoin_result(11, id, PeerId::HOST, tokens[0]), Ok(id));
 }
+
+#[test]
+fn a_member_that_missed_migrations_rejoins_by_any_earlier_id_after_a_takeover() {
+    // Node a: host 0 with peers 1, 2, 3; the host is lost twice (peer 1, then peer 2 hosts).
+    let mut a = Harness::new();
+    let (first, code, _) = a.create_with_token(HOST, 0, 0);
+    a.join_ok(2, code);
+    a.join_ok(3, code);
+    let (_, t3) = a.join_with_token(4, code);
+    let out = a.disconnect(HOST, LeaveReason::TimedOut);
+    let (_, ticket) = promote_of(&out, 2).expect("conn 2 promoted");
+    let second = a.migrate(2, first, ticket);
+    let out = a.disconnect(2, LeaveReason::TimedOut);
+    let (_, ticket) = promote_of(&out, 3).expect("conn 3 promoted");
+    let third = a.migrate(3, second, ticket);
+    let record = a.cp.export(third, a.now, UNIX).expect("exported");
+    assert_eq!(record.lineage, first.0);
+    assert_eq!(record.ancestors, vec![second.0]);
+    a.check();
+
+    // Node b takes it over; peer 3 (conn 4 on a) missed both migrations' news and rejoins by
+    // the second allocation's id, then another member by the first's.
+    let mut b = Harness::new();
+    assert_eq!(b.cp.adopt(b.now, UNIX, &record), Ok(third));
+    b.connect(14);
+    assert_eq!(b.rejoin_result(14, second, PeerId(3), t3), Ok(third));
+    b.disconnect(14, LeaveReason::Closed);
+    b.connect(15);
+    assert_eq!(b.rejoin_result(15, first, PeerId(3), t3), Ok(third));
+    // A record naming ids this node already serves is not adopted twice.
+    let mut twin = record.clone();
+    twin.allocation = 0x4242;
+    twin.code = "BCDFGH".into();
+    assert_eq!(b.cp.adopt(b.now, UNIX, &twin), Err(AdoptError::Held));
+    b.check();
+    // Closing it forgets every id.
+    b.cp.close_allocation(b.now, third, CloseReason::Admin);
+    b.check();
+}
