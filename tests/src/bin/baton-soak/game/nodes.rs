@@ -95,7 +95,9 @@ impl Game {
 
     /// The QUIC address of the node that lists the game's allocation, if one does.
     async fn holder(&mut self) -> Option<SocketAddr> {
-        if self.members.is_empty() || self.host.is_none() || self.alloc == 0 {
+        // (A game between hosts is still listed where it lives: its members follow the node
+        // event like any other game's.)
+        if self.members.is_empty() || self.alloc == 0 {
             return None;
         }
         let alloc = self.alloc;
