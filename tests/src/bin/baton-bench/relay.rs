@@ -239,21 +239,26 @@ impl Relay {
     /// Stops a child relay gracefully (SIGTERM, then SIGKILL after a grace period). An
     /// external relay is left alone.
     pub async fn stop(mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        if let Some(pid) = child.id() {
-            // No signal crate in this package: `kill` is everywhere the relay runs.
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status();
+        if let Some(child) = self.child.take() {
+            stop_child(child).await;
         }
-        if tokio::time::timeout(STOP_TIMEOUT, child.wait())
-            .await
-            .is_err()
-        {
-            let _ = child.kill().await;
-        }
+    }
+}
+
+/// Stops a child relay process: SIGTERM, then SIGKILL if it has not exited within the grace
+/// period.
+pub async fn stop_child(mut child: tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        // No signal crate in this package: `kill` is everywhere the relay runs.
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+    }
+    if tokio::time::timeout(STOP_TIMEOUT, child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
     }
 }
 

@@ -25,9 +25,6 @@ use crate::procstat;
 /// How long a node may take to print its `relay running` line.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// How long a node has to stop after SIGTERM before it is killed.
-const STOP_TIMEOUT: Duration = Duration::from_secs(6);
-
 /// How long the nodes may take to appear in the directory as active.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -457,20 +454,8 @@ impl Node {
 
     /// Stops the node: SIGTERM, then SIGKILL after a grace period.
     async fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        if let Some(pid) = child.id() {
-            // No signal crate in this package: `kill` is everywhere the relay runs.
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status();
-        }
-        if tokio::time::timeout(STOP_TIMEOUT, child.wait())
-            .await
-            .is_err()
-        {
-            let _ = child.kill().await;
+        if let Some(child) = self.child.take() {
+            crate::relay::stop_child(child).await;
         }
     }
 }
