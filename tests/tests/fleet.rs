@@ -1173,3 +1173,72 @@ async fn two_nodes_racing_to_take_over_a_lost_allocation_end_with_one_holder() {
     seated[3].send_to(PeerId::HOST, b"race over").unwrap();
     assert_eq!(recv(&seated[0]).await, (PeerId(3), b"race over"[..].into()));
 }
+
+/// A member that missed a migration (its process was gone while the host was lost and
+/// replaced) comes back after the node holding the game was killed too: it rejoins with its
+/// token, which names the allocation from before the migration, through another node, which
+/// takes the game over as it is now (the successor) and seats it there with its id.
+#[tokio::test]
+async fn a_member_that_missed_a_migration_rejoins_after_the_node_is_lost() {
+    let redis = RedisServer::start().expect("redis-server starts (install redis-server)");
+    let (mut child, running, data) = start_node_a(&redis).await;
+    let b = TestRelay::start_fleet_node("b", &redis.url(), data.dir.path(), |_| {}).await;
+    let trust = baton_client::Trust::Fingerprint(b.relay().fingerprint());
+    let on = |addr| baton_client::ClientConfig::new(addr, trust.clone());
+
+    let host = Host::create(&on(running.quic), AllocationOptions::default())
+        .await
+        .expect("create on a");
+    let (first, code) = (host.allocation(), host.join_code());
+    let heir = Peer::join(&on(running.quic), host.join_code())
+        .await
+        .expect("join on a");
+    let away = Peer::join(&on(running.quic), host.join_code())
+        .await
+        .expect("join on a");
+    assert_eq!(away.local_peer(), PeerId(2));
+    let away_token = away.reconnect_token();
+    // Peer 2's process goes away; then the host leaves and peer 1 takes over (a migration).
+    drop(away);
+    drop(host);
+    let successor =
+        match event_matching(&heir, WAIT, |e| matches!(e, Event::HostMigrated { .. })).await {
+            Event::HostMigrated { allocation, .. } => allocation,
+            other => panic!("{other}"),
+        };
+    assert_ne!(successor, first);
+    assert!(heir.is_host());
+    // The directory learns of the successor (what a takeover resumes from) within moments.
+    let dir = directory(&redis).await;
+    eventually("the directory knows the successor", async || {
+        matches!(
+            dir.lookup_code(code.as_str()).await,
+            Ok(Some(r)) if r.allocation == Some(successor.0)
+        )
+    })
+    .await;
+
+    child.start_kill().expect("SIGKILL node a");
+    child.wait().await.expect("node a reaped");
+    let killed = Instant::now();
+    // Peer 2 comes back through b with its old token: once a's heartbeat has lapsed, b takes
+    // the game over as it is now.
+    let back = loop {
+        match Peer::rejoin(
+            &on(b.addr()).connect_timeout(Duration::from_millis(500)),
+            &away_token,
+        )
+        .await
+        {
+            Ok(session) => break session,
+            Err(e) => {
+                assert!(killed.elapsed() < WAIT, "peer 2 never rejoined: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(back.local_peer(), PeerId(2));
+    assert_eq!(back.allocation(), successor);
+    assert_eq!(back.host(), Some(PeerId(1)));
+    assert_eq!(back.relay_addr(), b.addr());
+}

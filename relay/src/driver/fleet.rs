@@ -345,6 +345,24 @@ async fn locate(
             return Ok(Location::Nowhere);
         }
     };
+    // Found under an earlier id of its chain: the game lives on as the record's allocation,
+    // which may be held elsewhere.
+    let (owner, allocation) = if record.allocation == allocation {
+        (owner, allocation)
+    } else {
+        let Some(holder) = directory.lookup_allocation(record.allocation).await? else {
+            return Ok(Location::Nowhere);
+        };
+        if &holder != me {
+            if let Some(info) = directory.node(&holder).await? {
+                return Ok(Location::Node {
+                    address: info.addr,
+                    server_name: info.server_name,
+                });
+            }
+        }
+        (holder, record.allocation)
+    };
     if &owner != me
         && !directory
             .take_allocation(allocation, &owner, me, ttl)
@@ -370,6 +388,24 @@ async fn locate(
     bind_earlier_ids(directory, &record, me, ttl).await?;
     info!(allocation = %AllocationId(allocation), from = %owner, "taking an allocation over");
     Ok(Location::Adopt(Box::new(record)))
+}
+
+/// Stores `record` (serialized as `json`) under its allocation's id and every earlier id of its
+/// chain, so a member rejoining by an id from before a migration finds the latest record (and
+/// no stale one is left to revive).
+async fn put_record_everywhere(
+    directory: &RedisDirectory,
+    record: &AllocationRecord,
+    json: &[u8],
+    ttl: Duration,
+) -> Result<(), DirectoryError> {
+    directory.put_record(record.allocation, json, ttl).await?;
+    for earlier in std::iter::once(record.lineage).chain(record.ancestors.iter().copied()) {
+        if earlier != record.allocation {
+            directory.put_record(earlier, json, ttl).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Points the record's earlier ids (its lineage and ancestors, which members who missed
@@ -601,12 +637,9 @@ async fn writer(
                 Some((code, mut ids)) => {
                     ids.push(to);
                     lineages.insert(to, (code, ids));
-                    // The predecessor's takeover record is stale from now on: a node finding
-                    // it would revive a game that lives on as `to`.
-                    match write_binding(&directory, &node, code, to, ttl).await {
-                        Ok(()) => directory.delete_record(from.0).await,
-                        Err(e) => Err(e),
-                    }
+                    // The successor's record, written next, replaces the predecessor's (a
+                    // record is stored under every id of its chain).
+                    write_binding(&directory, &node, code, to, ttl).await
                 }
                 None => Ok(()),
             },
@@ -617,8 +650,12 @@ async fn writer(
             Record::Republish => republish(&directory, &node, &lineages, ttl).await,
             Record::Put(record) => {
                 let id = AllocationId(record.allocation);
-                // An allocation taken over from a lost node (or handed over by a draining one):
-                // its ids are released here when it closes.
+                // The first record of an allocation this node did not create: a migration's
+                // successor (its `Migrated` comes next), or one taken over from a lost node
+                // or handed over by a draining one. Its ids are released here when it closes,
+                // and it is bound to this node before its record is stored under its earlier
+                // ids, so a node reading the record always finds where it lives.
+                let mut bound = Ok(());
                 if let (std::collections::hash_map::Entry::Vacant(entry), Ok(code)) =
                     (lineages.entry(id), record.code.parse::<JoinCode>())
                 {
@@ -629,10 +666,14 @@ async fn writer(
                         .collect();
                     ids.push(id);
                     entry.insert((code, ids));
+                    bound = write_binding(&directory, &node, code, id, ttl).await;
                 }
-                match serde_json::to_vec(&record) {
-                    Ok(json) => directory.put_record(record.allocation, &json, ttl).await,
-                    Err(e) => {
+                match (bound, serde_json::to_vec(&record)) {
+                    (Err(e), _) => Err(e),
+                    (Ok(()), Ok(json)) => {
+                        put_record_everywhere(&directory, &record, &json, ttl).await
+                    }
+                    (Ok(()), Err(e)) => {
                         warn!(cause = %e, "an allocation record did not serialize");
                         Ok(())
                     }
