@@ -210,6 +210,10 @@ pub struct Game {
     early_moves: Vec<(u64, NodeEventKind, Move)>,
     /// Past node events that concerned the game, `(start, end)` in Unix µs.
     node_windows: VecDeque<(u64, u64, NodeEventKind)>,
+    /// When members reported moving (`Resumed` after a kill, `Relocated` after a drain), in
+    /// Unix µs, the last few: a gap in the datagrams that spans one is the move's loss, even
+    /// when the game did not follow the node event at its gate.
+    move_reports: VecDeque<(u64, NodeEventKind)>,
     /// Until when members may hear each other's `PeerRejoined` from a resume.
     resume_echoes_until: Instant,
 }
@@ -248,6 +252,7 @@ impl Game {
             paused_on: None,
             early_moves: Vec::new(),
             node_windows: VecDeque::new(),
+            move_reports: VecDeque::new(),
             resume_echoes_until: Instant::now(),
         }
     }

@@ -366,5 +366,20 @@ impl Game {
             .iter()
             .find(|(a, b, _)| prev_us <= b + g && now_us + g >= *a)
             .map(|(_, _, k)| *k)
+            .or_else(|| {
+                // A member moved while datagrams were missing: the move explains the gap.
+                self.move_reports
+                    .iter()
+                    .find(|(at, _)| prev_us <= *at && *at <= now_us + g)
+                    .map(|(_, k)| *k)
+            })
+    }
+
+    /// Remembers that a member reported moving now (the last few only).
+    pub(super) fn push_move_report(&mut self, kind: NodeEventKind) {
+        self.move_reports.push_back((now_us(), kind));
+        while self.move_reports.len() > MAX_WINDOWS * 8 {
+            self.move_reports.pop_front();
+        }
     }
 }

@@ -129,11 +129,13 @@ impl Game {
                 self.clients.remove(&uid);
             }
             Report::Resumed { relay, host } => {
+                self.push_move_report(NodeEventKind::Kill);
                 if phase != Phase::Departing {
                     self.moved(uid, NodeEventKind::Kill, relay, host);
                 }
             }
             Report::Relocated { relay, host } => {
+                self.push_move_report(NodeEventKind::Drain);
                 if phase != Phase::Departing {
                     self.moved(uid, NodeEventKind::Drain, relay, host);
                 }
