@@ -81,12 +81,20 @@ pub(super) async fn forward_datagrams(me: &ConnShared, shared: &Shared) -> Optio
                 continue;
             }
         };
-        forward(me, shared, datagram, &mut limits, &mut |reason, value| {
-            shared.metrics.dropped(reason).inc();
-            report.add(reason, value);
-        });
-        // A datagram from a new address (a NAT rebinding) is noticed within the interval.
+        // One clock read per datagram, for the limits and the address check.
         let now = shared.clock.now();
+        forward(
+            me,
+            shared,
+            now,
+            datagram,
+            &mut limits,
+            &mut |reason, value| {
+                shared.metrics.dropped(reason).inc();
+                report.add(reason, value);
+            },
+        );
+        // A datagram from a new address (a NAT rebinding) is noticed within the interval.
         if now >= check_address_at {
             check_address_at = now.saturating_add(check_every);
             me.address.check(&me.conn, shared);
@@ -104,6 +112,7 @@ pub(super) async fn forward_datagrams(me: &ConnShared, shared: &Shared) -> Optio
 fn forward(
     me: &ConnShared,
     shared: &Shared,
+    now: u64,
     datagram: Bytes,
     limits: &mut ClientLimits,
     dropped: &mut impl FnMut(DropReason, u32),
@@ -119,7 +128,6 @@ fn forward(
     let Some(route) = route.as_ref() else {
         return dropped(DropReason::NotBound, 0);
     };
-    let now = shared.clock.now();
     if let Err((limit, value)) = limits.take(now, payload_len) {
         match limit {
             Limit::ClientDatagrams => shared.metrics.limited.client_datagrams.inc(),
@@ -147,10 +155,13 @@ fn forward(
             dropped(DropReason::UnknownPeer, u32::from(peer.0));
         }
         Destination::Peer(peer) => {
-            let sent = match (table.get(peer), table.awaited(peer)) {
-                (Some(target), _) => delivery.send(peer, target, out),
-                (None, Some(held)) => delivery.hold(peer, held, out),
-                (None, None) => Err((DropReason::UnknownPeer, u32::from(peer.0))),
+            // A member on its way is looked for only when no member has that id.
+            let sent = match table.get(peer) {
+                Some(target) => delivery.send(peer, target, out),
+                None => match table.awaited(peer) {
+                    Some(held) => delivery.hold(peer, held, out),
+                    None => Err((DropReason::UnknownPeer, u32::from(peer.0))),
+                },
             };
             if let Err((reason, value)) = sent {
                 dropped(reason, value);
