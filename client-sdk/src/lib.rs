@@ -73,6 +73,7 @@
 
 mod config;
 pub mod defaults;
+mod direct;
 mod error;
 mod event;
 mod host;
