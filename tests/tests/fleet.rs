@@ -260,6 +260,8 @@ async fn start_node_a(
         .args(["--log-format", "json"])
         .arg("--data-dir")
         .arg(data.dir.path())
+        // The test's own log filter is not the node's.
+        .env_remove("RUST_LOG")
         .stdin(std::process::Stdio::null())
         .stdout(stdout)
         .stderr(stderr)
@@ -1241,4 +1243,67 @@ async fn a_member_that_missed_a_migration_rejoins_after_the_node_is_lost() {
     assert_eq!(back.allocation(), successor);
     assert_eq!(back.host(), Some(PeerId(1)));
     assert_eq!(back.relay_addr(), b.addr());
+}
+
+/// After a node is lost and its game resumed on another node, a host migration there runs as
+/// on any node: the elected member takes over at once (it gets the snapshot stream on its new
+/// connection) and hears every other member rejoin.
+#[tokio::test]
+async fn a_game_resumed_after_a_node_is_lost_migrates_its_host_as_usual() {
+    baton_tests::init_tracing();
+    let redis = RedisServer::start().expect("redis-server starts (install redis-server)");
+    let (mut child, running, data) = start_node_a(&redis).await;
+    let b = TestRelay::start_fleet_node("b", &redis.url(), data.dir.path(), |_| {}).await;
+    let trust = Trust::Fingerprint(b.relay().fingerprint());
+    let config = || fast_config(running.quic, &trust, vec![b.addr()]);
+    let host = Host::create(&config(), AllocationOptions::default())
+        .await
+        .expect("create on a");
+    let first = Peer::join(&config(), host.join_code())
+        .await
+        .expect("join on a");
+    let second = Peer::join(&config(), host.join_code())
+        .await
+        .expect("join on a");
+    for _ in 0..2 {
+        event_matching(&host, WAIT, |e| matches!(e, Event::PeerJoined { .. })).await;
+    }
+
+    child.start_kill().expect("SIGKILL node a");
+    child.wait().await.expect("node a reaped");
+    for session in [&*host, &*first, &*second] {
+        let relay = resumed_while_sending(session, 2 * WAIT).await;
+        assert_eq!(relay, b.addr());
+    }
+
+    // The host leaves; one of the peers is elected and takes over on b.
+    drop(host);
+    let left = Instant::now();
+    let (heir, other) = match event_matching(&first, WAIT, |e| {
+        matches!(e, Event::HostMigrated { .. })
+    })
+    .await
+    {
+        Event::HostMigrated {
+            you_are_host: true, ..
+        } => (&first, &second),
+        Event::HostMigrated { .. } => (&second, &first),
+        other => panic!("{other}"),
+    };
+    if heir.local_peer() == second.local_peer() {
+        event_matching(heir, WAIT, |e| matches!(e, Event::HostMigrated { .. })).await;
+    }
+    let migrated = left.elapsed();
+    assert!(heir.is_host());
+    let rejoined = event_matching(heir, WAIT, |e| matches!(e, Event::PeerRejoined { .. })).await;
+    assert!(
+        matches!(rejoined, Event::PeerRejoined { peer } if peer == other.local_peer()),
+        "{rejoined}"
+    );
+    // Far below the request timeout the take-over would wait for a snapshot stream that never
+    // comes.
+    assert!(
+        migrated < Duration::from_secs(2),
+        "the take-over took {migrated:?}"
+    );
 }

@@ -368,16 +368,19 @@ async fn locate(
             .take_allocation(allocation, &owner, me, ttl)
             .await?
     {
-        // Another node won the race: it serves the allocation now.
+        // Another node won the race: it serves the allocation now. Or this node did, for
+        // another member's lookup a moment ago: the control plane adopts the record once
+        // (whichever answer comes first) and serves this request from it.
         return match directory.lookup_allocation(allocation).await? {
-            Some(winner) if &winner != me => match directory.node(&winner).await? {
+            Some(winner) if &winner == me => Ok(Location::Adopt(Box::new(record))),
+            Some(winner) => match directory.node(&winner).await? {
                 Some(info) => Ok(Location::Node {
                     address: info.addr,
                     server_name: info.server_name,
                 }),
                 None => Ok(Location::Nowhere),
             },
-            _ => Ok(Location::Nowhere),
+            None => Ok(Location::Nowhere),
         };
     }
     // The code follows (only if the lost node still holds it), then every allocation id of
