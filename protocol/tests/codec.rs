@@ -1658,9 +1658,9 @@ fn direct_path_fields_out_of_range_are_decode_errors() {
     };
     assert!(invalid(&offer("03", &format!("01 {v4}"))), "nat 3");
     assert!(invalid(&offer("01", "00")), "no candidates");
-    let nine = std::iter::repeat(v4).take(9).collect::<Vec<_>>().join(" ");
+    let nine = std::iter::repeat_n(v4, 9).collect::<Vec<_>>().join(" ");
     assert!(invalid(&offer("01", &format!("09 {nine}"))), "9 candidates");
-    let eight = std::iter::repeat(v4).take(8).collect::<Vec<_>>().join(" ");
+    let eight = std::iter::repeat_n(v4, 8).collect::<Vec<_>>().join(" ");
     assert!(ClientMessage::decode(&offer("01", &format!("08 {eight}"))).is_ok());
     for bad in [
         "04 c6336407 0000",                         // port 0
