@@ -71,6 +71,7 @@ RELAY_METRICS: dict[str, frozenset[str]] = {
         "baton_snapshot_upload_bytes": (),
         "baton_datagrams_dropped_total": ("reason",),
         "baton_requests_refused_total": ("reason",),
+        "baton_direct_paths_total": ("outcome", "reason"),
         "baton_credentials_refused_total": ("reason",),
         "baton_members_left_total": ("reason",),
         "baton_hook_events_published_total": (),

@@ -100,6 +100,9 @@ wire_enum! {
         /// The fleet directory cannot be reached, so this node cannot place new work or find
         /// the node holding a code. `value` = milliseconds after which to retry.
         DirectoryUnavailable = 17 => "directory_unavailable",
+        /// The relay does not take part in direct paths (`--allow-direct false`): it refuses
+        /// `PathOffer`. `value` = 0.
+        DirectDisabled = 18 => "direct_disabled",
     }
 }
 

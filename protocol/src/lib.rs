@@ -32,6 +32,7 @@ pub mod frame;
 pub mod ids;
 pub mod join_code;
 pub mod message;
+pub mod path;
 pub mod server_name;
 mod wire;
 
@@ -48,6 +49,7 @@ pub use frame::FrameError;
 pub use ids::{AllocationId, PeerId};
 pub use join_code::{JoinCode, JoinCodeError};
 pub use message::{ClientMessage, ServerMessage};
+pub use path::{NatKind, PathOutcome, PathReason};
 pub use wire::DecodeError;
 
 /// ALPN protocol name; the version is part of it, so a relay and a client of different

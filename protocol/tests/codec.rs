@@ -17,7 +17,8 @@ use baton_protocol::frame::{
 use baton_protocol::join_code::{self, JoinCode, ALPHABET};
 use baton_protocol::{
     stream_kind, AllocationId, ClientMessage, CloseCode, DecodeError, DropReason, ErrorCode,
-    LeaveReason, PeerId, ServerMessage, ALPN, MAX_DATAGRAM_PAYLOAD, MAX_PEERS_LIMIT, RETIRED_ALPN,
+    LeaveReason, NatKind, PathOutcome, PathReason, PeerId, ServerMessage, ALPN,
+    MAX_DATAGRAM_PAYLOAD, MAX_PEERS_LIMIT, RETIRED_ALPN,
 };
 use bytes::Bytes;
 use proptest::prelude::*;
@@ -146,6 +147,42 @@ fn client_snapshots() -> Vec<(ClientMessage, &'static str)> {
                 credential: None,
             },
             "00000021 07 0000000b 0011223344556677 0005 abababababababababababababababab 0000",
+        ),
+        (
+            // len = 1 + 4 + 2 peer + 1 nat + 32 fingerprint + (1 + 7 + 7) candidates = 55 =
+            // 0x37; endpoint_independent = 1; 192.168.1.20:50000 = c0a80114 c350,
+            // 198.51.100.7:61000 = c6336407 ee48
+            ClientMessage::PathOffer {
+                request_id: 12,
+                peer: PeerId::HOST,
+                nat: NatKind::EndpointIndependent,
+                fingerprint: std::array::from_fn(|i| i as u8),
+                candidates: vec![
+                    "192.168.1.20:50000".parse().expect("address"),
+                    "198.51.100.7:61000".parse().expect("address"),
+                ],
+            },
+            "00000037 08 0000000c 0000 01 000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f 02 04 c0a80114 c350 04 c6336407 ee48",
+        ),
+        (
+            // len = 1 + 4 + 2 + 1 + 1 = 9; direct = 1, reason direct = 0
+            ClientMessage::PathReport {
+                request_id: 13,
+                peer: PeerId::HOST,
+                outcome: PathOutcome::Direct,
+                reason: PathReason::Direct,
+            },
+            "00000009 09 0000000d 0000 01 00",
+        ),
+        (
+            // relayed = 2, punch_timed_out = 1
+            ClientMessage::PathReport {
+                request_id: 14,
+                peer: PeerId(1),
+                outcome: PathOutcome::Relayed,
+                reason: PathReason::PunchTimedOut,
+            },
+            "00000009 09 0000000e 0001 02 01",
         ),
     ]
 }
@@ -356,6 +393,39 @@ fn server_snapshots() -> Vec<(ServerMessage, &'static str)> {
             },
             "00000014 91 06 20010db8000000000000000000000007 ee48",
         ),
+        (
+            // len = 1 + 2 from + 1 nat + 32 fingerprint + (1 + 7 + 7) = 51 = 0x33: the offer
+            // of the client example, forwarded to the host from peer 1
+            ServerMessage::PathOffer {
+                from: PeerId(1),
+                nat: NatKind::EndpointIndependent,
+                fingerprint: std::array::from_fn(|i| i as u8),
+                candidates: vec![
+                    "192.168.1.20:50000".parse().expect("address"),
+                    "198.51.100.7:61000".parse().expect("address"),
+                ],
+            },
+            "00000033 92 0001 01 000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f 02 04 c0a80114 c350 04 c6336407 ee48",
+        ),
+        (
+            // len = 1 + 2 + 1 + 32 + (1 + 19) = 56 = 0x38: from the host, NAT unknown (0),
+            // one IPv6 candidate, [2001:db8::2]:7777 (0x1e61)
+            ServerMessage::PathOffer {
+                from: PeerId::HOST,
+                nat: NatKind::Unknown,
+                fingerprint: std::array::from_fn(|i| 0x20 + i as u8),
+                candidates: vec!["[2001:db8::2]:7777".parse().expect("address")],
+            },
+            "00000038 92 0000 00 202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f 01 06 20010db8000000000000000000000002 1e61",
+        ),
+        (
+            // len = 1 + 2 + 2 = 5: punch towards peer 0 after 30 ms (0x001e)
+            ServerMessage::Punch {
+                peer: PeerId::HOST,
+                delay_ms: 30,
+            },
+            "00000005 93 0000 001e",
+        ),
     ]
 }
 
@@ -394,8 +464,8 @@ fn check_snapshot_types<M: Message>(snapshots: &[(M, &str)], expected: RangeIncl
 /// so a `match` here cannot catch it).
 #[test]
 fn every_message_type_has_a_snapshot() {
-    check_snapshot_types(&client_snapshots(), 0x01..=0x07);
-    check_snapshot_types(&server_snapshots(), 0x81..=0x91);
+    check_snapshot_types(&client_snapshots(), 0x01..=0x09);
+    check_snapshot_types(&server_snapshots(), 0x81..=0x93);
 }
 
 #[test]
@@ -438,6 +508,7 @@ fn wire_code_values_are_pinned() {
             (15, "closed"),
             (16, "migrating"),
             (17, "directory_unavailable"),
+            (18, "direct_disabled"),
         ]
     );
     let leaves: Vec<(u8, &str)> = LeaveReason::ALL
@@ -1219,7 +1290,47 @@ fn client_message() -> impl Strategy<Value = ClientMessage> {
                     }
                 }
             ),
+        (
+            any::<u32>(),
+            peer(),
+            nat_kind(),
+            any::<[u8; 32]>(),
+            candidates()
+        )
+            .prop_map(|(request_id, peer, nat, fingerprint, candidates)| {
+                ClientMessage::PathOffer {
+                    request_id,
+                    peer,
+                    nat,
+                    fingerprint,
+                    candidates,
+                }
+            }),
+        (any::<u32>(), peer(), path_reason()).prop_map(|(request_id, peer, reason)| {
+            ClientMessage::PathReport {
+                request_id,
+                peer,
+                outcome: reason.outcome(),
+                reason,
+            }
+        }),
     ]
+}
+
+fn nat_kind() -> impl Strategy<Value = NatKind> {
+    prop::sample::select(NatKind::ALL)
+}
+
+fn path_reason() -> impl Strategy<Value = PathReason> {
+    prop::sample::select(PathReason::ALL)
+}
+
+/// 1 to 8 direct-path candidates: unicast addresses with a port.
+fn candidates() -> impl Strategy<Value = Vec<std::net::SocketAddr>> {
+    prop::collection::vec(
+        redirect_address().prop_filter("unicast", baton_protocol::path::is_valid_candidate),
+        1..=baton_protocol::path::MAX_PATH_CANDIDATES,
+    )
 }
 
 fn server_message() -> impl Strategy<Value = ServerMessage> {
@@ -1333,6 +1444,15 @@ fn server_message() -> impl Strategy<Value = ServerMessage> {
             }
         }),
         redirect_address().prop_map(|address| ServerMessage::ObservedAddress { address }),
+        (peer(), nat_kind(), any::<[u8; 32]>(), candidates()).prop_map(
+            |(from, nat, fingerprint, candidates)| ServerMessage::PathOffer {
+                from,
+                nat,
+                fingerprint,
+                candidates,
+            }
+        ),
+        (peer(), 0..=1000u16).prop_map(|(peer, delay_ms)| ServerMessage::Punch { peer, delay_ms }),
     ]
 }
 
@@ -1413,7 +1533,7 @@ fn check_decodes_stably<M: Message>(body: &[u8]) -> Result<(), TestCaseError> {
 /// Random bytes, or random bytes behind a type byte the decoder knows, so that the fuzzing
 /// reaches past the type check.
 fn noise() -> impl Strategy<Value = Vec<u8>> {
-    let known: Vec<u8> = (0x01..=0x07).chain(0x81..=0x8E).collect();
+    let known: Vec<u8> = (0x01..=0x09).chain(0x81..=0x93).collect();
     prop_oneof![
         prop::collection::vec(any::<u8>(), 0..64),
         (
@@ -1514,4 +1634,82 @@ proptest! {
             Err(e) => prop_assert!(false, "unexpected {:?}", e),
         }
     }
+}
+
+/// Direct-path fields outside their ranges make the message undecodable (SPEC section 17): an
+/// undefined NAT kind, outcome or reason, a candidate count of 0 or above 8, a candidate that
+/// is not a unicast address with a port.
+#[test]
+fn direct_path_fields_out_of_range_are_decode_errors() {
+    let fp = "00".repeat(32);
+    let v4 = "04 c6336407 ee48";
+    let offer = |nat: &str, candidates: &str| {
+        hex::decode(unspaced(&format!(
+            "08 0000000c 0000 {nat} {fp} {candidates}"
+        )))
+        .expect("hex")
+    };
+    assert!(ClientMessage::decode(&offer("02", &format!("01 {v4}"))).is_ok());
+    let invalid = |body: &[u8]| {
+        matches!(
+            ClientMessage::decode(body),
+            Err(DecodeError::InvalidField { .. })
+        )
+    };
+    assert!(invalid(&offer("03", &format!("01 {v4}"))), "nat 3");
+    assert!(invalid(&offer("01", "00")), "no candidates");
+    let nine = std::iter::repeat_n(v4, 9).collect::<Vec<_>>().join(" ");
+    assert!(invalid(&offer("01", &format!("09 {nine}"))), "9 candidates");
+    let eight = std::iter::repeat_n(v4, 8).collect::<Vec<_>>().join(" ");
+    assert!(ClientMessage::decode(&offer("01", &format!("08 {eight}"))).is_ok());
+    for bad in [
+        "04 c6336407 0000",                         // port 0
+        "04 00000000 ee48",                         // 0.0.0.0
+        "04 e0000001 ee48",                         // 224.0.0.1, multicast
+        "04 ffffffff ee48",                         // 255.255.255.255, broadcast
+        "06 00000000000000000000000000000000 ee48", // ::
+        "05 c6336407 ee48",                         // family 5
+    ] {
+        assert!(invalid(&offer("01", &format!("01 {bad}"))), "{bad}");
+    }
+    let report = |outcome: &str, reason: &str| {
+        hex::decode(unspaced(&format!("09 00000001 0001 {outcome} {reason}"))).expect("hex")
+    };
+    assert!(ClientMessage::decode(&report("02", "07")).is_ok());
+    assert!(invalid(&report("00", "00")), "outcome 0");
+    assert!(invalid(&report("03", "01")), "outcome 3");
+    assert!(invalid(&report("02", "08")), "reason 8");
+    // The relay's copy is checked the same way.
+    let forwarded = hex::decode(unspaced(&format!("92 0001 04 {fp} 01 {v4}"))).expect("hex");
+    assert!(matches!(
+        ServerMessage::decode(&forwarded),
+        Err(DecodeError::InvalidField { field: "nat", .. })
+    ));
+}
+
+/// The direct-path walk-through of SPEC.md section 17 (the messages not already snapshots):
+/// each encodes to the hex the spec shows.
+#[test]
+fn spec_direct_path_example() {
+    for (msg, spaced) in [
+        (
+            ServerMessage::Punch {
+                peer: PeerId::HOST,
+                delay_ms: 20,
+            },
+            "00000005 93 0000 0014",
+        ),
+        (
+            ServerMessage::Punch {
+                peer: PeerId(1),
+                delay_ms: 50,
+            },
+            "00000005 93 0001 0032",
+        ),
+    ] {
+        assert_eq!(hex::encode(msg.to_frame()), unspaced(spaced));
+        assert!(SPEC.contains(spaced), "SPEC.md lacks `{spaced}`");
+    }
+    assert!(SPEC.contains("ALPN **`baton-direct/1`**"));
+    assert_eq!(baton_protocol::path::DIRECT_ALPN, b"baton-direct/1");
 }

@@ -244,6 +244,7 @@ pub struct RelayConfig {
     max_connections_per_ipv6_64: usize,
     max_connections_per_ipv6_48: usize,
     handshake_retry_threshold: usize,
+    allow_direct: bool,
 }
 
 impl Default for RelayConfig {
@@ -291,6 +292,7 @@ impl Default for RelayConfig {
             max_connections_per_ipv6_64: defaults::MAX_CONNECTIONS_PER_IPV6_64,
             max_connections_per_ipv6_48: defaults::MAX_CONNECTIONS_PER_IPV6_48,
             handshake_retry_threshold: defaults::HANDSHAKE_RETRY_THRESHOLD,
+            allow_direct: defaults::ALLOW_DIRECT,
         }
     }
 }
@@ -320,6 +322,7 @@ impl RelayConfig {
     getter!(lobby_election_window: Duration, "Time a lobby has to name the next host before the relay elects one.");
     getter!(max_snapshot: usize, "Largest migration snapshot a host may upload, in bytes.");
     getter!(snapshot_budget: usize, "Bytes all stored snapshots may take together.");
+    getter!(allow_direct: bool, "Whether the relay signals direct paths between members (SPEC section 17).");
     getter!(udp_buffer: usize, "Requested kernel receive and send buffer of each QUIC socket, in bytes.");
     getter!(endpoints: usize, "QUIC endpoints sharing the listen port (SO_REUSEPORT when more than one).");
     getter!(client_datagrams_per_second: usize, "Datagrams a client may send per second.");
@@ -364,6 +367,13 @@ impl RelayConfig {
         /// Sets the snapshot size limit, within [`defaults::MAX_SNAPSHOT_RANGE`].
         set_max_snapshot, max_snapshot: usize, "max_snapshot", defaults::MAX_SNAPSHOT_RANGE
     );
+
+    /// Sets whether the relay signals direct paths (`PathOffer`, `Punch`); with `false` it
+    /// refuses offers with `direct_disabled`.
+    pub fn set_allow_direct(&mut self, v: bool) -> Result<&mut Self, ConfigError> {
+        self.allow_direct = v;
+        Ok(self)
+    }
 
     /// Sets the total snapshot memory budget (at least one maximum-size snapshot).
     pub fn set_snapshot_budget(&mut self, v: usize) -> Result<&mut Self, ConfigError> {

@@ -112,6 +112,11 @@ pub const MAX_CONNECTIONS_PER_IPV6_48: usize = 256;
 /// flight: below this, clients pay nothing extra.
 pub const HANDSHAKE_RETRY_THRESHOLD: usize = 256;
 
+/// Whether the relay signals direct paths between members (forwards `PathOffer`, sends
+/// `Punch`); with `false` it refuses offers with `direct_disabled` and members' addresses stay
+/// hidden from each other.
+pub const ALLOW_DIRECT: bool = true;
+
 /// On SIGTERM, how long a fleet node drains (moves its allocations to other nodes) before it
 /// stops: a rolling upgrade's pause per node. An orchestrator's grace period must be longer.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);

@@ -9,7 +9,7 @@
 //! admin server's `/metrics` serves. It calls nothing but prometheus-client.
 
 use baton_protocol::credential::CredentialRefusal;
-use baton_protocol::{DropReason, ErrorCode, LeaveReason};
+use baton_protocol::{DropReason, ErrorCode, LeaveReason, PathReason};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -107,6 +107,7 @@ pub struct Metrics {
     refused: ByReason,
     credentials_refused: ByReason,
     left: ByReason,
+    direct_paths: Vec<Counter>,
     /// Lobby hook counters (see [`crate::hooks`]).
     pub hooks: HookMetrics,
     /// Admin HTTP server connections (see [`crate::admin`]).
@@ -125,6 +126,13 @@ pub struct Metrics {
     /// records they would have refreshed expire by their TTL).
     pub directory_records_dropped: Counter,
     node_info: Family<NodeLabels, Gauge>,
+}
+
+/// Labels of `baton_direct_paths_total`: a `PathReport`'s outcome and reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PathLabels {
+    outcome: &'static str,
+    reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -223,6 +231,25 @@ impl Metrics {
             LeaveReason::ALL.iter().map(|r| (r.to_u8(), r.as_str())),
         );
 
+        // One series per reason, with the one outcome it goes with (the relay refuses a
+        // report whose pair does not match), so the label set is fixed.
+        let paths: Family<PathLabels, Counter> = register(
+            &mut registry,
+            "direct_paths",
+            "Direct-path attempts as clients reported them (PathReport), by outcome (direct or relayed) and reason",
+        );
+        let direct_paths = PathReason::ALL
+            .iter()
+            .map(|r| {
+                paths
+                    .get_or_create(&PathLabels {
+                        outcome: r.outcome().as_str(),
+                        reason: r.as_str(),
+                    })
+                    .clone()
+            })
+            .collect();
+
         let hooks = HookMetrics::register(&mut registry);
         let admin = AdminMetrics::register(&mut registry);
         let limited = LimitMetrics::register(&mut registry);
@@ -265,6 +292,7 @@ impl Metrics {
             refused,
             credentials_refused,
             left,
+            direct_paths,
             hooks,
             admin,
             limited,
@@ -305,6 +333,16 @@ impl Metrics {
     /// The departure counter for `reason`.
     pub fn left(&self, reason: LeaveReason) -> &Counter {
         self.left.get(reason.to_u8())
+    }
+
+    /// The counter of path reports with `reason` (and the outcome it goes with).
+    pub fn direct_path(&self, reason: PathReason) -> &Counter {
+        // `direct_paths` holds one counter per `PathReason::ALL` entry, in that order.
+        let i = PathReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or_default();
+        &self.direct_paths[i]
     }
 
     /// Prometheus text exposition of every metric.
@@ -718,6 +756,8 @@ mod tests {
         m.left(LeaveReason::TimedOut).inc();
         m.connections.set(3);
         m.limited.allocation_bytes.inc();
+        m.direct_path(PathReason::Direct).inc();
+        m.direct_path(PathReason::RelayFaster).inc_by(3);
         // Each operation's metrics sit at its position in `ALL`.
         for (i, op) in DirectoryOp::ALL.iter().enumerate() {
             assert_eq!(op.index(), i, "{op:?}");
@@ -737,6 +777,9 @@ mod tests {
             "baton_directory_errors_total{op=\"heartbeat\"} 0",
             "baton_directory_op_seconds_count{op=\"lookup_code\"} 2",
             "baton_directory_op_seconds_count{op=\"nodes\"} 0",
+            "baton_direct_paths_total{outcome=\"direct\",reason=\"direct\"} 1",
+            "baton_direct_paths_total{outcome=\"relayed\",reason=\"relay_faster\"} 3",
+            "baton_direct_paths_total{outcome=\"relayed\",reason=\"punch_timed_out\"} 0",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -547,3 +547,172 @@ async fn several_endpoints_on_one_port_forward_between_each_other() {
         );
     }
 }
+
+/// A host and a peer exchange direct-path offers over raw connections: each gets the other's
+/// offer, then both get `Punch`; a `PathReport` shows in `/metrics`, parsed by label.
+#[tokio::test]
+async fn direct_path_offers_are_forwarded_and_both_sides_get_punch() {
+    use baton_protocol::path::{NatKind, PathOutcome, PathReason};
+    use baton_protocol::{ClientMessage, ServerMessage};
+    use baton_tests::{raw_connection, raw_create, raw_read, raw_request};
+
+    let relay = TestRelay::start().await;
+    let host = raw_connection(&relay, |_| {}).await;
+    let (mut hs, mut hr, created) = raw_create(&host).await;
+    let ServerMessage::AllocationCreated { code, .. } = created else {
+        panic!("not created: {created:?}");
+    };
+    let peer = raw_connection(&relay, |_| {}).await;
+    let (mut ps, mut pr, joined) = raw_join(&peer, code).await;
+    assert!(
+        matches!(
+            joined,
+            ServerMessage::Joined {
+                peer: PeerId(1),
+                ..
+            }
+        ),
+        "{joined:?}"
+    );
+    assert_eq!(
+        raw_read(&mut hr).await,
+        ServerMessage::PeerJoined { peer: PeerId(1) }
+    );
+
+    let offer = |request_id, to, fp: u8, port| ClientMessage::PathOffer {
+        request_id,
+        peer: PeerId(to),
+        nat: NatKind::EndpointIndependent,
+        fingerprint: [fp; 32],
+        candidates: vec![std::net::SocketAddr::from(([127, 0, 0, 1], port))],
+    };
+    // The peer offers: Done; the host gets it, naming peer 1.
+    let reply = raw_request(&mut ps, &mut pr, &offer(2, 0, 0xaa, 40001)).await;
+    assert_eq!(reply, ServerMessage::Done { request_id: 2 });
+    assert_eq!(
+        raw_read(&mut hr).await,
+        ServerMessage::PathOffer {
+            from: PeerId(1),
+            nat: NatKind::EndpointIndependent,
+            fingerprint: [0xaa; 32],
+            candidates: vec![std::net::SocketAddr::from(([127, 0, 0, 1], 40001))],
+        }
+    );
+    // The host answers: Done, then Punch; the peer gets the host's offer, then Punch.
+    let reply = raw_request(&mut hs, &mut hr, &offer(2, 1, 0xbb, 40000)).await;
+    assert_eq!(reply, ServerMessage::Done { request_id: 2 });
+    match raw_read(&mut hr).await {
+        ServerMessage::Punch { peer, delay_ms } => {
+            assert_eq!(peer, PeerId(1));
+            assert!(delay_ms <= 1000);
+        }
+        other => panic!("host got {other:?}, not Punch"),
+    }
+    match raw_read(&mut pr).await {
+        ServerMessage::PathOffer {
+            from, fingerprint, ..
+        } => assert_eq!((from, fingerprint), (PeerId::HOST, [0xbb; 32])),
+        other => panic!("peer got {other:?}, not the host's offer"),
+    }
+    match raw_read(&mut pr).await {
+        ServerMessage::Punch { peer, delay_ms } => {
+            assert_eq!(peer, PeerId::HOST);
+            assert!(delay_ms <= 1000);
+        }
+        other => panic!("peer got {other:?}, not Punch"),
+    }
+
+    // The peer reports a direct path; the relay counts it under its outcome and reason.
+    let report = ClientMessage::PathReport {
+        request_id: 3,
+        peer: PeerId::HOST,
+        outcome: PathOutcome::Direct,
+        reason: PathReason::Direct,
+    };
+    let reply = raw_request(&mut ps, &mut pr, &report).await;
+    assert_eq!(reply, ServerMessage::Done { request_id: 3 });
+    let series = "baton_direct_paths_total{outcome=\"direct\",reason=\"direct\"}";
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let metrics = relay.metrics().await;
+        if metrics.get(series) == Some(1.0) {
+            // Nothing else was counted; every other series of the family is there, at 0.
+            let by_outcome = metrics.by_label("baton_direct_paths_total", "outcome");
+            assert_eq!(
+                by_outcome.into_iter().collect::<Vec<_>>(),
+                [("direct".to_owned(), 1)]
+            );
+            assert_eq!(
+                metrics.get(
+                    "baton_direct_paths_total{outcome=\"relayed\",reason=\"punch_timed_out\"}"
+                ),
+                Some(0.0)
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} never reached 1: {metrics:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A relay started with `--allow-direct false` refuses offers with `direct_disabled` and
+/// forwards nothing.
+#[tokio::test]
+async fn a_relay_without_direct_paths_refuses_offers() {
+    use baton_protocol::path::NatKind;
+    use baton_protocol::{ClientMessage, ErrorCode, ServerMessage};
+    use baton_tests::{raw_connection, raw_create, raw_read, raw_request};
+
+    let relay = TestRelay::start_with(|c| {
+        c.set_allow_direct(false).expect("allow_direct");
+    })
+    .await;
+    let host = raw_connection(&relay, |_| {}).await;
+    let (mut hs, mut hr, created) = raw_create(&host).await;
+    let ServerMessage::AllocationCreated { code, .. } = created else {
+        panic!("not created: {created:?}");
+    };
+    let peer = raw_connection(&relay, |_| {}).await;
+    let (mut ps, mut pr, _) = raw_join(&peer, code).await;
+    assert_eq!(
+        raw_read(&mut hr).await,
+        ServerMessage::PeerJoined { peer: PeerId(1) }
+    );
+    let offer = ClientMessage::PathOffer {
+        request_id: 2,
+        peer: PeerId(1),
+        nat: NatKind::Unknown,
+        fingerprint: [1; 32],
+        candidates: vec![std::net::SocketAddr::from(([127, 0, 0, 1], 40000))],
+    };
+    let reply = raw_request(&mut hs, &mut hr, &offer).await;
+    assert_eq!(
+        reply,
+        ServerMessage::Refused {
+            request_id: 2,
+            code: ErrorCode::DirectDisabled,
+            value: 0
+        }
+    );
+    // The peer heard nothing: its next message answers its own request.
+    let reply = raw_request(
+        &mut ps,
+        &mut pr,
+        &ClientMessage::RevokeCode { request_id: 9 },
+    )
+    .await;
+    assert!(
+        matches!(
+            reply,
+            ServerMessage::Refused {
+                request_id: 9,
+                code: ErrorCode::NotHost,
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
+}

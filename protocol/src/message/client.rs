@@ -1,12 +1,18 @@
 //! [`ClientMessage`]: what a client sends to the relay on its control stream, with its codec.
 
+use std::net::SocketAddr;
+
 use bytes::BufMut;
 
 use crate::join_code::JoinCode;
+use crate::path::{NatKind, PathOutcome, PathReason, FINGERPRINT_LEN};
 use crate::wire::Reader;
 use crate::{AllocationId, DecodeError, PeerId};
 
-use super::{code_len, credential_len, put_code, put_credential, read_code, read_credential};
+use super::{
+    candidates_len, code_len, credential_len, put_candidates, put_code, put_credential,
+    read_candidates, read_code, read_credential, read_nat,
+};
 
 /// Messages a client sends to the relay on its control stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +85,36 @@ pub enum ClientMessage {
         /// The lobby-minted credential (SPEC section 16); `None` on an open relay.
         credential: Option<String>,
     },
+    /// `0x08`: offer a direct path to `peer` (SPEC section 17): the relay forwards it as
+    /// `ServerMessage::PathOffer` and replies `Done`. Only between the host and another
+    /// member.
+    PathOffer {
+        /// Echoed in the reply.
+        request_id: u32,
+        /// The member to send the offer to.
+        peer: PeerId,
+        /// The sender's NAT kind, as it measured it.
+        nat: NatKind,
+        /// SHA-256 of the self-signed certificate the sender presents on the direct
+        /// connection.
+        fingerprint: [u8; FINGERPRINT_LEN],
+        /// Addresses the sender can be reached at: 1 to
+        /// [`MAX_PATH_CANDIDATES`](crate::path::MAX_PATH_CANDIDATES), each unicast with a
+        /// port other than 0.
+        candidates: Vec<SocketAddr>,
+    },
+    /// `0x09`: report which path the sender uses to `peer` and why (counted in the relay's
+    /// metrics). Replied to with `Done`.
+    PathReport {
+        /// Echoed in the reply.
+        request_id: u32,
+        /// The member the path leads to.
+        peer: PeerId,
+        /// The path in use.
+        outcome: PathOutcome,
+        /// Why; [`PathReason::Direct`] goes with [`PathOutcome::Direct`] only.
+        reason: PathReason,
+    },
 }
 
 impl ClientMessage {
@@ -92,6 +128,8 @@ impl ClientMessage {
             ClientMessage::ClaimHost { .. } => 0x05,
             ClientMessage::MigrateAllocation { .. } => 0x06,
             ClientMessage::Rejoin { .. } => 0x07,
+            ClientMessage::PathOffer { .. } => 0x08,
+            ClientMessage::PathReport { .. } => 0x09,
         }
     }
 
@@ -104,7 +142,9 @@ impl ClientMessage {
             | ClientMessage::RevokeCode { request_id }
             | ClientMessage::ClaimHost { request_id, .. }
             | ClientMessage::MigrateAllocation { request_id, .. }
-            | ClientMessage::Rejoin { request_id, .. } => *request_id,
+            | ClientMessage::Rejoin { request_id, .. }
+            | ClientMessage::PathOffer { request_id, .. }
+            | ClientMessage::PathReport { request_id, .. } => *request_id,
         }
     }
 
@@ -122,6 +162,10 @@ impl ClientMessage {
             ClientMessage::ClaimHost { .. } => 4 + 8 + 16,
             ClientMessage::MigrateAllocation { .. } => 4 + 8 + 16,
             ClientMessage::Rejoin { credential, .. } => 4 + 8 + 2 + 16 + credential_len(credential),
+            ClientMessage::PathOffer { candidates, .. } => {
+                4 + 2 + 1 + FINGERPRINT_LEN + candidates_len(candidates)
+            }
+            ClientMessage::PathReport { .. } => 4 + 2 + 1 + 1,
         }
     }
 
@@ -174,12 +218,34 @@ impl ClientMessage {
                 buf.put_slice(reconnect_token);
                 put_credential(buf, credential);
             }
+            ClientMessage::PathOffer {
+                peer,
+                nat,
+                fingerprint,
+                candidates,
+                ..
+            } => {
+                buf.put_u16(peer.0);
+                buf.put_u8(nat.to_u8());
+                buf.put_slice(fingerprint);
+                put_candidates(buf, candidates);
+            }
+            ClientMessage::PathReport {
+                peer,
+                outcome,
+                reason,
+                ..
+            } => {
+                buf.put_u16(peer.0);
+                buf.put_u8(outcome.to_u8());
+                buf.put_u8(reason.to_u8());
+            }
         }
     }
 
     /// Reads the body of a message of type `ty`.
     pub(super) fn read_body(ty: u8, r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        if !(0x01..=0x07).contains(&ty) {
+        if !(0x01..=0x09).contains(&ty) {
             return Err(DecodeError::UnknownType(ty));
         }
         let request_id = r.u32()?;
@@ -210,12 +276,31 @@ impl ClientMessage {
                 allocation: AllocationId(r.u64()?),
                 ticket: r.array()?,
             },
-            _ => ClientMessage::Rejoin {
+            0x07 => ClientMessage::Rejoin {
                 request_id,
                 allocation: AllocationId(r.u64()?),
                 peer: PeerId(r.u16()?),
                 reconnect_token: r.array()?,
                 credential: read_credential(r)?,
+            },
+            0x08 => ClientMessage::PathOffer {
+                request_id,
+                peer: PeerId(r.u16()?),
+                nat: read_nat(r)?,
+                fingerprint: r.array()?,
+                candidates: read_candidates(r)?,
+            },
+            _ => ClientMessage::PathReport {
+                request_id,
+                peer: PeerId(r.u16()?),
+                outcome: PathOutcome::from_u8(r.u8()?).ok_or(DecodeError::InvalidField {
+                    field: "outcome",
+                    reason: "not a defined path outcome",
+                })?,
+                reason: PathReason::from_u8(r.u8()?).ok_or(DecodeError::InvalidField {
+                    field: "reason",
+                    reason: "not a defined path reason",
+                })?,
             },
         };
         Ok(msg)

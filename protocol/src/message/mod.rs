@@ -7,9 +7,12 @@
 //! One file a direction: `client.rs` holds [`ClientMessage`] (client → relay), `server.rs` holds
 //! [`ServerMessage`] (relay → client); this module holds the field codecs both share.
 
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::join_code::{self, JoinCode};
+use crate::path::{self, NatKind, MAX_PATH_CANDIDATES};
 use crate::wire::Reader;
 use crate::DecodeError;
 use crate::{credential, frame};
@@ -98,6 +101,101 @@ pub(crate) fn read_credential(r: &mut Reader<'_>) -> Result<Option<String>, Deco
         });
     }
     Ok((len > 0).then(|| String::from_utf8_lossy(text).into_owned()))
+}
+
+/// Family byte of an IPv4 address.
+const FAMILY_V4: u8 = 4;
+/// Family byte of an IPv6 address.
+const FAMILY_V6: u8 = 6;
+
+/// Bytes a socket address takes: family, address, port.
+pub(crate) fn address_len(address: &SocketAddr) -> usize {
+    1 + match address {
+        SocketAddr::V4(_) => 4,
+        SocketAddr::V6(_) => 16,
+    } + 2
+}
+
+pub(crate) fn put_address(buf: &mut impl BufMut, address: &SocketAddr) {
+    match address {
+        SocketAddr::V4(v4) => {
+            buf.put_u8(FAMILY_V4);
+            buf.put_slice(&v4.ip().octets());
+        }
+        SocketAddr::V6(v6) => {
+            buf.put_u8(FAMILY_V6);
+            buf.put_slice(&v6.ip().octets());
+        }
+    }
+    buf.put_u16(address.port());
+}
+
+/// Reads a socket address a client can connect to: a known family, an address that is neither
+/// unspecified nor multicast, a port that is not 0.
+pub(crate) fn read_address(r: &mut Reader<'_>) -> Result<SocketAddr, DecodeError> {
+    let invalid = |reason| DecodeError::InvalidField {
+        field: "address",
+        reason,
+    };
+    let ip: std::net::IpAddr = match r.u8()? {
+        FAMILY_V4 => Ipv4Addr::from(r.array::<4>()?).into(),
+        FAMILY_V6 => Ipv6Addr::from(r.array::<16>()?).into(),
+        _ => return Err(invalid("family is neither 4 nor 6")),
+    };
+    let port = r.u16()?;
+    if ip.is_unspecified() || ip.is_multicast() {
+        return Err(invalid("unspecified or multicast address"));
+    }
+    if port == 0 {
+        return Err(invalid("port 0"));
+    }
+    Ok(SocketAddr::new(ip, port))
+}
+
+/// Bytes a candidate list takes: `count: u8`, then each address.
+pub(crate) fn candidates_len(candidates: &[SocketAddr]) -> usize {
+    1 + candidates.iter().map(address_len).sum::<usize>()
+}
+
+/// Writes a candidate list: `count: u8`, then each address as in [`put_address`]. A sender
+/// keeps to 1..=[`MAX_PATH_CANDIDATES`] valid candidates (encoding does not check).
+pub(crate) fn put_candidates(buf: &mut impl BufMut, candidates: &[SocketAddr]) {
+    buf.put_u8(candidates.len().min(usize::from(u8::MAX)) as u8);
+    for c in candidates.iter().take(usize::from(u8::MAX)) {
+        put_address(buf, c);
+    }
+}
+
+/// Reads a candidate list: a count of 1..=[`MAX_PATH_CANDIDATES`], then that many addresses,
+/// each unicast with a port ([`path::is_valid_candidate`]).
+pub(crate) fn read_candidates(r: &mut Reader<'_>) -> Result<Vec<SocketAddr>, DecodeError> {
+    let count = usize::from(r.u8()?);
+    if !(1..=MAX_PATH_CANDIDATES).contains(&count) {
+        return Err(DecodeError::InvalidField {
+            field: "candidates",
+            reason: "count outside 1..=8",
+        });
+    }
+    let mut candidates = Vec::with_capacity(count);
+    for _ in 0..count {
+        let c = read_address(r)?;
+        if !path::is_valid_candidate(&c) {
+            return Err(DecodeError::InvalidField {
+                field: "candidates",
+                reason: "not a unicast address",
+            });
+        }
+        candidates.push(c);
+    }
+    Ok(candidates)
+}
+
+/// Reads a `NatKind` byte; values this version does not define are an error.
+pub(crate) fn read_nat(r: &mut Reader<'_>) -> Result<NatKind, DecodeError> {
+    NatKind::from_u8(r.u8()?).ok_or(DecodeError::InvalidField {
+        field: "nat",
+        reason: "not a defined NAT kind",
+    })
 }
 
 /// Decodes a frame body: its type byte, then what `read_body` reads for that type, and nothing

@@ -1,18 +1,22 @@
 //! [`ServerMessage`]: what the relay sends to a client on its control stream (replies and
 //! events), with its codec.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 
 use bytes::BufMut;
 
 use crate::join_code::JoinCode;
+use crate::path::{NatKind, FINGERPRINT_LEN};
 use crate::wire::Reader;
 use crate::{
     server_name, AllocationId, DecodeError, DropReason, ErrorCode, LeaveReason, PeerId,
     MAX_PEERS_LIMIT,
 };
 
-use super::{code_len, put_code, read_code};
+use super::{
+    address_len, candidates_len, code_len, put_address, put_candidates, put_code, read_address,
+    read_candidates, read_code, read_nat,
+};
 
 /// Messages the relay sends to a client on its control stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,6 +183,25 @@ pub enum ServerMessage {
         /// the relay saw as IPv4-mapped IPv6 is sent as IPv4.
         address: SocketAddr,
     },
+    /// `0x92`: another member's direct-path offer (SPEC section 17), forwarded by the relay.
+    PathOffer {
+        /// The member that sent it; the relay vouches for it (the authenticated sender).
+        from: PeerId,
+        /// Its NAT kind, as it measured it.
+        nat: NatKind,
+        /// SHA-256 of the certificate it will present on the direct connection: pin it.
+        fingerprint: [u8; FINGERPRINT_LEN],
+        /// Its candidate addresses, as in `ClientMessage::PathOffer`.
+        candidates: Vec<SocketAddr>,
+    },
+    /// `0x93`: both members of a pair have offered: start punching towards `peer` after
+    /// `delay_ms`, so both start together.
+    Punch {
+        /// The member to punch towards.
+        peer: PeerId,
+        /// Milliseconds to wait before starting, 0 to 1000.
+        delay_ms: u16,
+    },
 }
 
 impl ServerMessage {
@@ -202,6 +225,8 @@ impl ServerMessage {
             ServerMessage::Redirect { .. } => 0x8F,
             ServerMessage::Relocate { .. } => 0x90,
             ServerMessage::ObservedAddress { .. } => 0x91,
+            ServerMessage::PathOffer { .. } => 0x92,
+            ServerMessage::Punch { .. } => 0x93,
         }
     }
 
@@ -234,6 +259,10 @@ impl ServerMessage {
                 server_name,
             } => address_len(address) + 2 + server_name.len(),
             ServerMessage::ObservedAddress { address } => address_len(address),
+            ServerMessage::PathOffer { candidates, .. } => {
+                2 + 1 + FINGERPRINT_LEN + candidates_len(candidates)
+            }
+            ServerMessage::Punch { .. } => 2 + 2,
         }
     }
 
@@ -350,6 +379,21 @@ impl ServerMessage {
                 buf.put_slice(server_name.as_bytes());
             }
             ServerMessage::ObservedAddress { address } => put_address(buf, address),
+            ServerMessage::PathOffer {
+                from,
+                nat,
+                fingerprint,
+                candidates,
+            } => {
+                buf.put_u16(from.0);
+                buf.put_u8(nat.to_u8());
+                buf.put_slice(fingerprint);
+                put_candidates(buf, candidates);
+            }
+            ServerMessage::Punch { peer, delay_ms } => {
+                buf.put_u16(peer.0);
+                buf.put_u16(*delay_ms);
+            }
         }
     }
 
@@ -457,59 +501,20 @@ impl ServerMessage {
             0x91 => ServerMessage::ObservedAddress {
                 address: read_address(r)?,
             },
+            0x92 => ServerMessage::PathOffer {
+                from: PeerId(r.u16()?),
+                nat: read_nat(r)?,
+                fingerprint: r.array()?,
+                candidates: read_candidates(r)?,
+            },
+            0x93 => ServerMessage::Punch {
+                peer: PeerId(r.u16()?),
+                delay_ms: r.u16()?,
+            },
             other => return Err(DecodeError::UnknownType(other)),
         };
         Ok(msg)
     }
-}
-
-/// Family byte of an IPv4 address.
-const FAMILY_V4: u8 = 4;
-/// Family byte of an IPv6 address.
-const FAMILY_V6: u8 = 6;
-
-/// Bytes a socket address takes: family, address, port.
-fn address_len(address: &SocketAddr) -> usize {
-    1 + match address {
-        SocketAddr::V4(_) => 4,
-        SocketAddr::V6(_) => 16,
-    } + 2
-}
-
-fn put_address(buf: &mut impl BufMut, address: &SocketAddr) {
-    match address {
-        SocketAddr::V4(v4) => {
-            buf.put_u8(FAMILY_V4);
-            buf.put_slice(&v4.ip().octets());
-        }
-        SocketAddr::V6(v6) => {
-            buf.put_u8(FAMILY_V6);
-            buf.put_slice(&v6.ip().octets());
-        }
-    }
-    buf.put_u16(address.port());
-}
-
-/// Reads a socket address a client can connect to: a known family, an address that is neither
-/// unspecified nor multicast, a port that is not 0.
-fn read_address(r: &mut Reader<'_>) -> Result<SocketAddr, DecodeError> {
-    let invalid = |reason| DecodeError::InvalidField {
-        field: "address",
-        reason,
-    };
-    let ip: std::net::IpAddr = match r.u8()? {
-        FAMILY_V4 => Ipv4Addr::from(r.array::<4>()?).into(),
-        FAMILY_V6 => Ipv6Addr::from(r.array::<16>()?).into(),
-        _ => return Err(invalid("family is neither 4 nor 6")),
-    };
-    let port = r.u16()?;
-    if ip.is_unspecified() || ip.is_multicast() {
-        return Err(invalid("unspecified or multicast address"));
-    }
-    if port == 0 {
-        return Err(invalid("port 0"));
-    }
-    Ok(SocketAddr::new(ip, port))
 }
 
 /// Reads a server name: `len: u16` (1 to 253), then that many bytes of a DNS name or an IP

@@ -1,6 +1,6 @@
 //! What each type of setting means to clap and serde: the [`Kind`] trait, one impl per value
 //! type the settings table uses (`SocketAddr`, `PathBuf`, `usize`, `u16`, `Duration`, `bool`, `String`,
-//! `LogFormat`, `LevelFilter`, and the markers [`Secret`], [`Names`], [`Webhooks`]). The
+//! `LogFormat`, `LevelFilter`, and the markers [`Secret`], [`Toggle`], [`Names`], [`Webhooks`]). The
 //! `settings!` macro (`cli/declare.rs`) calls these for every table entry; nothing here knows a
 //! setting by name. Runs on the main thread, once, at start-up.
 
@@ -93,7 +93,13 @@ plain_kind! {
     String as String => "TEXT";
     // A token or secret: --help never shows its value, even from the environment.
     Secret as String => "TOKEN" .hide_env_values(true);
+    // An on/off setting that takes a value, so it can be switched off: `--allow-direct false`.
+    Toggle as bool => "BOOL";
 }
+
+/// A boolean setting that takes `true` or `false` (unlike a `bool` switch, which can only be
+/// turned on), for settings whose default is on.
+pub(crate) struct Toggle;
 
 /// A token or secret (`admin_token`, `webhook_secret`, `event_stream_token`): text whose value
 /// `--help` never shows.

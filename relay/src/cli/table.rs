@@ -13,7 +13,7 @@ use std::time::Duration;
 use tracing::level_filters::LevelFilter;
 
 use super::declare::{self, Setting};
-use super::kind::{Kind, Names, Secret, SecretList, Webhooks};
+use super::kind::{Kind, Names, Secret, SecretList, Toggle, Webhooks};
 use super::{LogFormat, Settings};
 use crate::config::{range_text, ConfigError, Show};
 use crate::defaults;
@@ -249,6 +249,17 @@ settings! {
         default: defaults::LOBBY_ELECTION_WINDOW,
         range: defaults::LOBBY_ELECTION_WINDOW_RANGE,
         apply: relay.set_lobby_election_window,
+    }
+
+    // --- Direct paths ---
+
+    /// Signal direct paths between a game's host and its other members (forward their path
+    /// offers and time their hole punching), so their traffic can skip the relay. Direct paths
+    /// tell players each other's IP addresses; false keeps them hidden (relay-only): offers are
+    /// refused with direct_disabled and all traffic stays relayed.
+    allow_direct: Toggle {
+        default: defaults::ALLOW_DIRECT,
+        apply: relay.set_allow_direct,
     }
 
     // --- Sockets and threads ---

@@ -82,6 +82,8 @@ pub(super) struct Allocation {
     /// most [`MAX_ANCESTORS`] (the most recent): a member that missed migrations rejoins by
     /// any of them, on whichever node holds the chain now.
     pub(super) ancestors: Vec<AllocationId>,
+    /// Direct-path signalling: pending offers and their rate limits (`paths`).
+    pub(super) paths: super::paths::Paths,
 }
 
 /// Most ancestors an allocation remembers (a member that missed more migrations than this
@@ -335,6 +337,7 @@ impl ControlPlane {
                 token_generations: BTreeMap::new(),
                 created: now,
                 ancestors: Vec::new(),
+                paths: Default::default(),
             },
         );
         self.codes.insert(code, CodeEntry::Live(id));

@@ -111,10 +111,12 @@ impl ControlPlane {
         if !matches!(drain.relocations.get(&id), Some(Relocation::Asked)) {
             return;
         }
-        let Some(alloc) = self.allocations.get(&id) else {
+        let Some(alloc) = self.allocations.get_mut(&id) else {
             drain.relocations.remove(&id);
             return;
         };
+        // Its members move: offers made here are not completed here.
+        alloc.paths.clear();
         drain.relocations.insert(
             id,
             Relocation::To {

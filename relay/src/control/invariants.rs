@@ -58,6 +58,9 @@ impl ControlPlane {
     ///   pending; the rate-limit sweep is pending;
     /// - `snapshots`: the snapshot-bytes counter is the sum of the stored snapshots, within
     ///   the budget, each non-empty and within the size limit;
+    /// - `paths`: every pending direct-path offer and offer bucket names two distinct members,
+    ///   one of them the bound host, and every report bucket a member (so each allocation
+    ///   holds at most `2 × (members − 1)` of the first two);
     /// - `shutdown`: once shut down, no allocation or connection is held.
     ///
     /// Tests and fuzzing call it after each input; a running relay has no reason to.
@@ -67,6 +70,7 @@ impl ControlPlane {
         self.check_codes()?;
         self.check_timers()?;
         self.check_snapshots()?;
+        self.check_paths()?;
         // One entry per earlier id (lineage, ancestors) of each live allocation, to it.
         let earlier: usize = self
             .allocations
@@ -102,6 +106,35 @@ impl ControlPlane {
             self.allocations.len(),
             self.conns.len()
         );
+        Ok(())
+    }
+
+    fn check_paths(&self) -> Result<(), InvariantViolation> {
+        for (id, alloc) in &self.allocations {
+            let host = alloc.host_peer();
+            let pairs = alloc
+                .paths
+                .pending
+                .keys()
+                .chain(alloc.paths.offer_buckets.keys());
+            for (a, b) in pairs {
+                ensure!(
+                    a != b
+                        && alloc.members.contains_key(a)
+                        && alloc.members.contains_key(b)
+                        && (host == Some(*a) || host == Some(*b)),
+                    "paths",
+                    "{id} keeps direct-path state for ({a}, {b}), not a host pair of members (host {host:?})"
+                );
+            }
+            for peer in alloc.paths.report_buckets.keys() {
+                ensure!(
+                    alloc.members.contains_key(peer),
+                    "paths",
+                    "{id} keeps a report bucket for {peer}, not a member"
+                );
+            }
+        }
         Ok(())
     }
 

@@ -415,6 +415,8 @@ impl ControlPlane {
         if alloc.members.remove(&peer).is_none() {
             return;
         }
+        // Its pending offers and rate limits go with it.
+        alloc.paths.forget(peer);
         let route = alloc.route();
         let host = alloc.host_peer().filter(|h| *h != peer);
         let was_host = alloc.host_peer() == Some(peer);

@@ -222,6 +222,8 @@ impl ControlPlane {
         };
         self.cancel_allocation_timers(from);
         alloc.host = HostSlot::Bound(me);
+        // Direct paths start over with the new host.
+        alloc.paths.clear();
         alloc.created = now;
         // An active code moves with its expiry; an expired or revoked one has none to wait for.
         if self.code_is_live_for(alloc.code, from) {

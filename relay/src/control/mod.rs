@@ -35,6 +35,7 @@
 //!   this node cannot serve;
 //! - `migration`: host loss, elections, `migrate` to the successor, snapshots;
 //! - `timers`: the `Timer` queue behind [`ControlPlane::poll_timeout`];
+//! - `paths`: direct-path signalling (`PathOffer`, `Punch`, `PathReport`);
 //! - `ratelimit`: the per-IP `Bucket`s of failed joins;
 //! - `tokens`: reconnect tokens and migration tickets (HMACs under the relay's secret);
 //! - `admin`: the calls the admin API makes ([`ControlPlane::reserve_allocation`],
@@ -53,6 +54,7 @@ mod invariants;
 mod membership;
 mod migration;
 mod observed;
+mod paths;
 mod ratelimit;
 mod record;
 mod timers;
@@ -103,6 +105,8 @@ pub struct ControlPlane {
     max_snapshot: usize,
     snapshot_budget: usize,
     snapshot_bytes: usize,
+    /// Whether `PathOffer`s are forwarded (`--allow-direct`).
+    allow_direct: bool,
     /// Key for reconnect tokens and migration tickets.
     secret: [u8; 32],
     next_seq: u64,
@@ -172,6 +176,7 @@ impl ControlPlane {
             max_snapshot: config.max_snapshot(),
             snapshot_budget: config.snapshot_budget(),
             snapshot_bytes: 0,
+            allow_direct: config.allow_direct(),
             secret: secrets.hmac_key,
             next_seq: 0,
             successors: HashMap::new(),
@@ -350,7 +355,10 @@ impl ControlPlane {
             | (ClientMessage::ClaimHost { .. }, Some(_)) => {
                 self.refuse(conn, request_id, ErrorCode::AlreadyBound, 0);
             }
-            (ClientMessage::Kick { .. }, None) | (ClientMessage::RevokeCode { .. }, None) => {
+            (ClientMessage::Kick { .. }, None)
+            | (ClientMessage::RevokeCode { .. }, None)
+            | (ClientMessage::PathOffer { .. }, None)
+            | (ClientMessage::PathReport { .. }, None) => {
                 self.refuse(conn, request_id, ErrorCode::NotBound, 0);
             }
             (
@@ -411,6 +419,36 @@ impl ControlPlane {
                     self.refuse(conn, request_id, ErrorCode::NotHost, 0);
                 }
             }
+            (
+                ClientMessage::PathOffer {
+                    peer,
+                    nat,
+                    fingerprint,
+                    candidates,
+                    ..
+                },
+                Some(bound),
+            ) => self.path_offer(
+                now,
+                conn,
+                request_id,
+                bound,
+                peer,
+                paths::Offer {
+                    nat,
+                    fingerprint,
+                    candidates,
+                },
+            ),
+            (
+                ClientMessage::PathReport {
+                    peer,
+                    outcome,
+                    reason,
+                    ..
+                },
+                Some(bound),
+            ) => self.path_report(now, conn, request_id, bound, peer, (outcome, reason)),
             // Messages added to the protocol later are refused, not ignored.
             (_, _) => self.refuse(conn, request_id, ErrorCode::InvalidRequest, 0),
         }

@@ -72,6 +72,16 @@ impl Limit {
     }
 }
 
+impl Limit {
+    /// Takes a token from `bucket` (refilled for the time elapsed first); if it is empty, the
+    /// milliseconds until its next token.
+    pub(super) fn take(&self, bucket: &mut Bucket, now: Instant) -> Result<(), u32> {
+        self.check(bucket, now)?;
+        bucket.tokens = bucket.tokens.saturating_sub(1);
+        Ok(())
+    }
+}
+
 impl ControlPlane {
     /// Whether the client at `ip` may try a join at `now`; if not, the milliseconds until it
     /// may.

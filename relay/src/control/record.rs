@@ -217,6 +217,7 @@ impl ControlPlane {
                     .collect(),
                 created: now,
                 ancestors,
+                paths: Default::default(),
             },
         );
         match code_state {

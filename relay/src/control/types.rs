@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use baton_protocol::{
-    AllocationId, ClientMessage, CloseCode, ErrorCode, JoinCode, LeaveReason, PeerId, ServerMessage,
+    AllocationId, ClientMessage, CloseCode, ErrorCode, JoinCode, LeaveReason, PathReason, PeerId,
+    ServerMessage,
 };
 use bytes::Bytes;
 use serde::Serialize;
@@ -328,6 +329,17 @@ pub enum Event {
     CredentialRefused {
         /// Why.
         reason: CredentialRefusal,
+    },
+    /// A member reported the path it uses to another member (`PathReport`).
+    PathReported {
+        /// The allocation.
+        allocation: AllocationId,
+        /// The reporting member.
+        peer: PeerId,
+        /// The member the path leads to.
+        to: PeerId,
+        /// Why the path is what it is (the outcome follows from it).
+        reason: PathReason,
     },
     /// A request was refused.
     Refused {

@@ -123,7 +123,9 @@ impl EventSink {
                 }
                 return;
             }
-            Event::Refused { .. } | Event::CredentialRefused { .. } => return,
+            Event::Refused { .. }
+            | Event::CredentialRefused { .. }
+            | Event::PathReported { .. } => return,
         };
         if let Some(code) = self.codes.get(&allocation) {
             self.hooks.publish(kind, allocation, *code);
@@ -199,6 +201,15 @@ pub(super) fn record(event: &Event, metrics: &Metrics) {
         Event::CredentialRefused { reason } => {
             metrics.credential_refused(*reason).inc();
             debug!(reason = reason.as_str(), "credential refused");
+        }
+        Event::PathReported {
+            allocation,
+            peer,
+            to,
+            reason,
+        } => {
+            metrics.direct_path(*reason).inc();
+            debug!(%allocation, %peer, %to, outcome = %reason.outcome(), %reason, "path reported");
         }
         Event::Refused { code } => {
             metrics.refused(*code).inc();

@@ -20,6 +20,7 @@ mod fleet;
 mod membership;
 mod migration;
 mod observed;
+mod paths;
 mod ratelimit;
 mod record;
 
