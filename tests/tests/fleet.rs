@@ -1279,17 +1279,14 @@ async fn a_game_resumed_after_a_node_is_lost_migrates_its_host_as_usual() {
     // The host leaves; one of the peers is elected and takes over on b.
     drop(host);
     let left = Instant::now();
-    let (heir, other) = match event_matching(&first, WAIT, |e| {
-        matches!(e, Event::HostMigrated { .. })
-    })
-    .await
-    {
-        Event::HostMigrated {
-            you_are_host: true, ..
-        } => (&first, &second),
-        Event::HostMigrated { .. } => (&second, &first),
-        other => panic!("{other}"),
-    };
+    let (heir, other) =
+        match event_matching(&first, WAIT, |e| matches!(e, Event::HostMigrated { .. })).await {
+            Event::HostMigrated {
+                you_are_host: true, ..
+            } => (&first, &second),
+            Event::HostMigrated { .. } => (&second, &first),
+            other => panic!("{other}"),
+        };
     if heir.local_peer() == second.local_peer() {
         event_matching(heir, WAIT, |e| matches!(e, Event::HostMigrated { .. })).await;
     }

@@ -299,6 +299,7 @@ fn player_args(relay: &LabRelay, role: Role) -> PlayerArgs {
         fallback_relays: Vec::new(),
         resume_window_ms: 0,
         idle_timeout_ms: 0,
+        log: None,
     }
 }
 

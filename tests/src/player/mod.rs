@@ -106,6 +106,10 @@ pub struct PlayerArgs {
     /// (`ClientConfig::idle_timeout`; 0: the SDK's default).
     #[arg(long, default_value_t = 0)]
     pub idle_timeout_ms: u64,
+    /// Log the SDK's tracing to stderr with this filter (`RUST_LOG` syntax, e.g.
+    /// `baton_client=debug`); nothing is logged without it.
+    #[arg(long, value_name = "FILTER")]
+    pub log: Option<String>,
     /// What to be.
     #[command(subcommand)]
     pub role: Role,
@@ -180,6 +184,9 @@ impl PlayerArgs {
                 self.idle_timeout_ms.to_string(),
             ]);
         }
+        if let Some(filter) = &self.log {
+            args.extend(["--log".to_owned(), filter.clone()]);
+        }
         match &self.role {
             Role::Host { snapshot_bytes } => args.extend([
                 "host".to_owned(),
@@ -207,6 +214,15 @@ pub fn now_us() -> u64 {
 /// # Errors
 /// If the client cannot enter the game (connect, create, join) or upload its snapshot.
 pub async fn run(args: PlayerArgs) -> anyhow::Result<()> {
+    if let Some(filter) = &args.log {
+        let filter = tracing_subscriber::EnvFilter::try_new(filter)
+            .map_err(|e| anyhow::anyhow!("--log {filter}: {e}"))?;
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .try_init();
+    }
     let (tx, rx) = mpsc::channel(4);
     let stdin = tokio::spawn(async move {
         let mut lines = BufReader::new(tokio::io::stdin()).lines();

@@ -192,6 +192,11 @@ struct SoakArgs {
     /// Keep the relay's data directory (its logs) and print where it is.
     #[arg(long)]
     keep_logs: bool,
+    /// Log the SDK in every player process with this filter (`RUST_LOG` syntax, e.g.
+    /// `baton_client=debug`) into a kept directory, one file per player; clients that run in
+    /// this process are not logged.
+    #[arg(long, value_name = "FILTER")]
+    player_log: Option<String>,
     /// Relay processes: 1 runs a relay alone; 2 or more run a fleet with its own
     /// `redis-server` directory, drains and node kills (needs `redis-server` on PATH).
     #[arg(long, default_value_t = 1)]
@@ -386,6 +391,18 @@ async fn soak(args: SoakArgs) -> anyhow::Result<bool> {
             .resume_bound
             .unwrap_or(args.keepalive_timeout + Duration::from_secs(2)),
         relocate_bound: args.relocate_bound,
+        player_log: match &args.player_log {
+            Some(filter) => {
+                let dir = tempfile::Builder::new()
+                    .prefix("baton-soak-players-")
+                    .tempdir()
+                    .context("the players' log directory")?
+                    .keep();
+                println!("baton-soak: player logs in {}", dir.display());
+                Some((filter.clone(), dir))
+            }
+            None => None,
+        },
     };
     let first = &nodes[0].1;
     let trust = (first.fingerprint.clone(), first.cert.clone());

@@ -51,6 +51,8 @@ pub struct Opts {
     pub resume_bound: Duration,
     /// With a fleet: time every member of a game on a drained node has to relocate.
     pub relocate_bound: Duration,
+    /// The SDK log filter of player processes and the directory their logs go to.
+    pub player_log: Option<(String, std::path::PathBuf)>,
 }
 
 /// A relay (a node of the fleet) as clients and probes reach it.

@@ -65,6 +65,11 @@ impl Game {
             resume_window_ms: fleet(ctx.opts.resume_window),
             // A killed node is noticed by its clients when it has been silent this long.
             idle_timeout_ms: fleet(ctx.opts.keepalive_timeout),
+            log: ctx
+                .opts
+                .player_log
+                .as_ref()
+                .map(|(filter, _)| filter.clone()),
             role,
         };
         let mut client = Client {
@@ -93,7 +98,13 @@ impl Game {
             client.stdin = child.stdin.take();
             client.child = Some(child);
             let tx = self.tx.clone();
-            self.tasks.spawn(read_player(uid, stdout, stderr, tx));
+            let log = self
+                .ctx
+                .opts
+                .player_log
+                .as_ref()
+                .map(|(_, dir)| dir.join(format!("player-{uid}.log")));
+            self.tasks.spawn(read_player(uid, stdout, stderr, tx, log));
         } else {
             let (commands, rx) = mpsc::channel(2);
             client.commands = Some(commands);
@@ -189,6 +200,7 @@ async fn read_player(
     stdout: tokio::process::ChildStdout,
     stderr: tokio::process::ChildStderr,
     tx: mpsc::Sender<(u64, Report)>,
+    log: Option<std::path::PathBuf>,
 ) {
     let out = async {
         let mut lines = BufReader::new(stdout).lines();
@@ -206,7 +218,14 @@ async fn read_player(
     };
     let err = async {
         let mut buf = Vec::new();
-        let _ = stderr.take(1 << 20).read_to_end(&mut buf).await;
+        // A logging player writes much more; its log is kept whole (up to 256 MiB).
+        let limit = if log.is_some() { 256 << 20 } else { 1 << 20 };
+        let _ = stderr.take(limit).read_to_end(&mut buf).await;
+        if let Some(path) = &log {
+            if let Err(e) = std::fs::write(path, &buf) {
+                eprintln!("baton-soak: writing {}: {e}", path.display());
+            }
+        }
         let text = String::from_utf8_lossy(&buf).into_owned();
         let start = text.len().saturating_sub(STDERR_TAIL);
         let start = (start..text.len())
