@@ -165,7 +165,12 @@ impl Game {
                 if phase == Phase::Departing {
                     return;
                 }
-                if self.resume_echo(&event) {
+                // A `PeerRejoined` goes to a migration or an explicit expectation before it
+                // is taken for an echo of a node event: a host migration, or a member that
+                // rejoins, soon after a node event is heard while its echoes still are, and
+                // must count for what it is.
+                let rejoined = matches!(event, Report::PeerRejoined { .. });
+                if !rejoined && self.resume_echo(&event) {
                     return;
                 }
                 if let Some(m) = &mut self.migration {
@@ -183,9 +188,10 @@ impl Game {
                         }
                     }
                 }
-                if !self.match_expect(uid, &event) {
-                    self.unmatched.push((uid, event, Instant::now()));
+                if self.match_expect(uid, &event) || (rejoined && self.resume_echo(&event)) {
+                    return;
                 }
+                self.unmatched.push((uid, event, Instant::now()));
             }
         }
     }
