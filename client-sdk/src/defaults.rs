@@ -82,10 +82,19 @@ pub const MIGRATION_RETRY: Duration = Duration::from_secs(10);
 /// Shortest wait between join retries while an allocation migrates, whatever the relay says.
 pub const MIGRATION_POLL_MIN: Duration = Duration::from_millis(20);
 
-/// The handshake timeout of a resuming session's first round of attempts (doubling each round
-/// up to the connect timeout): a fallback relay that is down too must not hold up the others
-/// for a whole connect timeout.
+/// The longest handshake timeout of a resuming session's first round of attempts (doubling
+/// each round up to the connect timeout): a fallback relay that is down too must not hold up
+/// the others for a whole connect timeout. The first round gives each relay
+/// [`RESUME_HANDSHAKE_RTTS`] round trips of the lost connection, within
+/// [`RESUME_HANDSHAKE_MIN`] and this.
 pub const RESUME_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The shortest handshake timeout of a resuming session's first round of attempts.
+pub const RESUME_HANDSHAKE_MIN: Duration = Duration::from_millis(250);
+
+/// Round trips (of the lost connection) a fallback relay has to complete the handshake in the
+/// first round of a resume: a QUIC handshake takes one, plus the relay's work.
+pub const RESUME_HANDSHAKE_RTTS: u32 = 4;
 
 /// How soon a resuming session asks a relay again when it redirected the session to the
 /// relay the session just lost (the fleet's directory names a lost node until its heartbeat

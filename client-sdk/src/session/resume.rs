@@ -9,8 +9,8 @@
 //! own reconnect token to each candidate relay in turn ([`Resume::candidates`]), following one
 //! redirect per attempt, retrying the list with a backoff ([`defaults::RESUME_BACKOFF_MIN`] to
 //! [`defaults::RESUME_BACKOFF_MAX`]) until the resume window runs out. The first round gives
-//! each relay a short handshake timeout ([`defaults::RESUME_HANDSHAKE_TIMEOUT`], doubling each
-//! round), so a fallback relay that is down too does not hold up the rest; a relay that
+//! each relay a short handshake timeout (a few round trips of the lost connection, 250 ms to
+//! [`defaults::RESUME_HANDSHAKE_TIMEOUT`], doubling each round), so a fallback relay that is down too does not hold up the rest; a relay that
 //! redirects to the lost relay itself (the fleet's directory has not noticed its loss yet) is
 //! asked again after [`defaults::LOST_RELAY_POLL`]. A refusal that no other
 //! relay would answer differently (wrong token or credential, allocation closed, unsupported
@@ -335,7 +335,8 @@ impl Resume {
         let mut backoff = defaults::RESUME_BACKOFF_MIN;
         // A candidate that is down too costs a whole handshake timeout: the first rounds give
         // each a short one, so a live relay later in the list is reached soon.
-        let mut handshake = defaults::RESUME_HANDSHAKE_TIMEOUT.min(self.config.connect_timeout);
+        let mut handshake =
+            first_handshake_timeout(shared.conn().rtt(), self.config.connect_timeout);
         loop {
             // Whether every relay of this round said the allocation does not exist.
             let mut gone_everywhere = true;
@@ -440,6 +441,18 @@ impl Resume {
     }
 }
 
+/// The handshake timeout of a resume's first round: [`defaults::RESUME_HANDSHAKE_RTTS`] round
+/// trips of the lost connection (`rtt`), within [`defaults::RESUME_HANDSHAKE_MIN`] and
+/// [`defaults::RESUME_HANDSHAKE_TIMEOUT`], and never over the connect timeout.
+fn first_handshake_timeout(rtt: Duration, connect_timeout: Duration) -> Duration {
+    rtt.saturating_mul(defaults::RESUME_HANDSHAKE_RTTS)
+        .clamp(
+            defaults::RESUME_HANDSHAKE_MIN,
+            defaults::RESUME_HANDSHAKE_TIMEOUT,
+        )
+        .min(connect_timeout)
+}
+
 /// Ends a move that failed, so that a later `Relocate` is heeded.
 fn relocation_over(shared: &Shared, generation: u64) {
     let mut relocation = lock(&shared.relocation);
@@ -465,6 +478,20 @@ fn is_final(err: &Error) -> bool {
 mod tests {
     use super::*;
     use crate::Trust;
+
+    #[test]
+    fn a_first_round_gives_each_relay_a_few_round_trips_within_bounds() {
+        let ms = Duration::from_millis;
+        let connect = Duration::from_secs(5);
+        // Loopback or a near relay: the floor.
+        assert_eq!(first_handshake_timeout(ms(1), connect), ms(250));
+        // 100 ms away: four round trips.
+        assert_eq!(first_handshake_timeout(ms(100), connect), ms(400));
+        // Far away: the ceiling.
+        assert_eq!(first_handshake_timeout(ms(600), connect), ms(1000));
+        // Never longer than the connect timeout.
+        assert_eq!(first_handshake_timeout(ms(100), ms(300)), ms(300));
+    }
 
     #[tokio::test]
     async fn candidates_skip_the_lost_relay_and_repeats() {
