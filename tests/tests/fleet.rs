@@ -1304,3 +1304,54 @@ async fn a_game_resumed_after_a_node_is_lost_migrates_its_host_as_usual() {
         "the take-over took {migrated:?}"
     );
 }
+
+/// A session created with no fallback relays, and told the fleet's nodes later
+/// (`Session::set_fallback_relays`, as a lobby would after scaling), resumes through them when
+/// its node is lost; one told an empty list again does not.
+#[tokio::test]
+async fn a_session_told_the_fleets_nodes_later_resumes_through_them() {
+    let redis = RedisServer::start().expect("redis-server starts (install redis-server)");
+    let (mut child, running, data) = start_node_a(&redis).await;
+    let b = TestRelay::start_fleet_node("b", &redis.url(), data.dir.path(), |_| {}).await;
+    let trust = Trust::Fingerprint(b.relay().fingerprint());
+    let host = Host::create(
+        &fast_config(running.quic, &trust, Vec::new()),
+        AllocationOptions::default(),
+    )
+    .await
+    .expect("create on a");
+    let peer = Peer::join(
+        &fast_config(running.quic, &trust, Vec::new()),
+        host.join_code(),
+    )
+    .await
+    .expect("join on a");
+    event_matching(&host, WAIT, |e| matches!(e, Event::PeerJoined { .. })).await;
+    // The host learns of node b; the peer is told, then told again that there is none.
+    host.set_fallback_relays(vec![b.addr()]);
+    peer.set_fallback_relays(vec![b.addr()]);
+    peer.set_fallback_relays(Vec::new());
+
+    child.start_kill().expect("SIGKILL node a");
+    child.wait().await.expect("node a reaped");
+    let relay = match event_matching(&host, 2 * WAIT, |e| {
+        matches!(e, Event::Resumed { .. } | Event::Disconnected { .. })
+    })
+    .await
+    {
+        Event::Resumed { relay } => relay,
+        other => panic!("the host did not resume: {other}"),
+    };
+    assert_eq!(relay, b.addr());
+    assert!(host.is_host());
+    match event_matching(&peer, 2 * WAIT, |e| {
+        matches!(e, Event::Resumed { .. } | Event::Disconnected { .. })
+    })
+    .await
+    {
+        Event::Disconnected { reason } => {
+            assert_eq!(reason, DisconnectReason::TimedOut, "{reason}");
+        }
+        other => panic!("the peer without fallback relays resumed: {other}"),
+    }
+}

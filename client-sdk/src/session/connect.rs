@@ -315,7 +315,10 @@ async fn establish(
         local_peer,
         role,
         member_set,
-        Resume::enabled(origin),
+        (
+            !origin.effective_resume_window().is_zero(),
+            origin.fallback_relays.clone(),
+        ),
     ));
     let (event_tx, event_rx) = mpsc::channel(defaults::EVENT_QUEUE);
     let (request_tx, request_rx) = mpsc::channel(defaults::REQUEST_QUEUE);

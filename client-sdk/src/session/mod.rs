@@ -213,6 +213,17 @@ impl Session {
         *lock(&self.shared.observed)
     }
 
+    /// Replaces the relays this session resumes through when its relay is lost
+    /// ([`ClientConfig::fallback_relays`](crate::ClientConfig::fallback_relays)): a fleet's nodes
+    /// come and go (scale-in, upgrades, losses), so a long game should be told the nodes as they
+    /// are now, typically by its lobby, or its list may name only nodes that are gone when it
+    /// needs one. Takes effect for the next resume (one under way keeps its list); an empty list
+    /// turns resuming off. A resume also needs a resume window that is not 0
+    /// ([`ClientConfig::resume_window`](crate::ClientConfig::resume_window)).
+    pub fn set_fallback_relays(&self, relays: Vec<SocketAddr>) {
+        *lock(&self.shared.fallback_relays) = relays;
+    }
+
     /// The current members of the allocation, this client and the host included, in id
     /// order. Kept up to date from membership events as the session reads them (independently
     /// of whether the application reads [`Session::next_event`]).

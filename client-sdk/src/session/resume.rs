@@ -99,17 +99,11 @@ impl Resume {
         }
     }
 
-    /// Whether a session connected with `config` resumes when its relay is lost: fallback
-    /// relays are configured and the window is not zero.
-    pub(super) fn enabled(config: &ClientConfig) -> bool {
-        !config.fallback_relays.is_empty() && !config.effective_resume_window().is_zero()
-    }
-
     /// The relays to try after losing `lost`, in order: the relay the session was created
     /// with (unless it is the one lost), then the fallback relays, each once.
-    fn candidates(&self, lost: SocketAddr) -> Vec<SocketAddr> {
+    fn candidates(&self, lost: SocketAddr, fallbacks: &[SocketAddr]) -> Vec<SocketAddr> {
         let mut list = Vec::new();
-        for relay in std::iter::once(self.config.relay).chain(self.config.fallback_relays.clone()) {
+        for relay in std::iter::once(self.config.relay).chain(fallbacks.iter().copied()) {
             if relay != lost && !list.contains(&relay) {
                 list.push(relay);
             }
@@ -331,7 +325,9 @@ impl Resume {
     /// the application closes the session (`None`). Unbounded: the caller bounds it with the
     /// window.
     async fn attempts(&self, shared: &Shared, lost: SocketAddr) -> Option<Rebound> {
-        let candidates = self.candidates(lost);
+        // The list as it is now: the game may have replaced it since the session started.
+        let fallbacks = lock(&shared.fallback_relays).clone();
+        let candidates = self.candidates(lost, &fallbacks);
         let mut backoff = defaults::RESUME_BACKOFF_MIN;
         // A candidate that is down too costs a whole handshake timeout: the first rounds give
         // each a short one, so a live relay later in the list is reached soon.
@@ -504,18 +500,27 @@ mod tests {
         ]);
         let endpoint = quinn::Endpoint::client(config.local_addr()).unwrap();
         let (tx, _rx) = mpsc::channel(1);
-        assert!(Resume::enabled(&config));
         let resume = Resume::new(&config, &endpoint, tx);
+        let fallbacks = &config.fallback_relays;
         // Lost the first relay: the others, in order.
-        assert_eq!(resume.candidates(addr(1)), vec![addr(2), addr(3)]);
+        assert_eq!(
+            resume.candidates(addr(1), fallbacks),
+            vec![addr(2), addr(3)]
+        );
         // Lost a relay the session moved to: the first relay comes first.
-        assert_eq!(resume.candidates(addr(2)), vec![addr(1), addr(3)]);
-        assert_eq!(resume.candidates(addr(9)), vec![addr(1), addr(2), addr(3)]);
-
-        let off = ClientConfig::new(addr(1), Trust::WebPki);
-        assert!(!Resume::enabled(&off));
-        let zero = config.clone().resume_window(std::time::Duration::ZERO);
-        assert!(!Resume::enabled(&zero));
+        assert_eq!(
+            resume.candidates(addr(2), fallbacks),
+            vec![addr(1), addr(3)]
+        );
+        assert_eq!(
+            resume.candidates(addr(9), fallbacks),
+            vec![addr(1), addr(2), addr(3)]
+        );
+        // A list the game replaced since.
+        assert_eq!(
+            resume.candidates(addr(1), &[addr(4), addr(1)]),
+            vec![addr(4)]
+        );
     }
 
     #[test]

@@ -115,9 +115,12 @@ pub(crate) struct Shared {
     /// The connection, replaced when the session resumes; watched by the tasks that wait for
     /// a resume to finish ([`Shared::await_new_link`]).
     link: watch::Sender<Link>,
-    /// Whether the session resumes through other relays when its connection is lost
-    /// unexpectedly (fallback relays are configured).
-    pub(super) resumes: bool,
+    /// Whether the configuration lets the session resume at all (its resume window is not 0).
+    resume_window_open: bool,
+    /// The other relays of the fleet to resume through when the connection is lost
+    /// unexpectedly (`ClientConfig::fallback_relays`, replaced by
+    /// [`Session::set_fallback_relays`](super::Session::set_fallback_relays)); none: no resume.
+    pub(super) fallback_relays: Mutex<Vec<std::net::SocketAddr>>,
     /// Set by [`Session::close`](super::Session::close): a resume in progress stops.
     pub(super) closing: AtomicBool,
     /// Datagrams dropped because they were sent while the session was resuming.
@@ -165,7 +168,7 @@ impl Shared {
         local_peer: PeerId,
         role: Role,
         members: BTreeSet<PeerId>,
-        resumes: bool,
+        (resume_window_open, fallback_relays): (bool, Vec<std::net::SocketAddr>),
     ) -> Self {
         Shared {
             link: watch::Sender::new(Link {
@@ -174,7 +177,8 @@ impl Shared {
                 generation: 0,
                 state: LinkState::Up,
             }),
-            resumes,
+            resume_window_open,
+            fallback_relays: Mutex::new(fallback_relays),
             closing: AtomicBool::new(false),
             dropped_while_resuming: AtomicU64::new(0),
             local_peer,
@@ -244,7 +248,10 @@ impl Shared {
     /// fallback relays are configured, the application did not close the session, and the
     /// end was not deliberate ([`resumable`]).
     pub(crate) fn may_resume(&self, err: &ConnectionError) -> bool {
-        self.resumes && !self.closing.load(Ordering::Relaxed) && resumable(err)
+        self.resume_window_open
+            && !lock(&self.fallback_relays).is_empty()
+            && !self.closing.load(Ordering::Relaxed)
+            && resumable(err)
     }
 
     /// Waits until the session has a connection newer than `generation` (true) or has ended

@@ -20,7 +20,8 @@
 //! [`crate::snapshot_bytes`] once (`snapshot_stored`); with `--game-snapshots` every host
 //! stages a snapshot naming its game now and then, and a new host must get one of its game.
 //!
-//! Commands on stdin, one per line: `close` (leave cleanly and exit), `snapshot` (upload the
+//! Commands on stdin, one per line: `close` (leave cleanly and exit), `fallbacks ADDR,...`
+//! (the fleet's nodes to resume through), `snapshot` (upload the
 //! snapshot again). End of input closes too. The player also leaves by itself after
 //! `--max-secs`.
 //!
@@ -241,7 +242,8 @@ pub async fn run(args: PlayerArgs) -> anyhow::Result<()> {
                 // End of input or an unreadable stdin: leave.
                 _ => Command::Close,
             };
-            if tx.send(command).await.is_err() || command == Command::Close {
+            let close = command == Command::Close;
+            if tx.send(command).await.is_err() || close {
                 return;
             }
         }

@@ -97,10 +97,17 @@ impl<'a> Player<'a> {
         loop {
             tokio::select! {
                 command = commands.recv() => {
-                    if command == Some(Command::Snapshot) {
-                        // Reported either way; the player plays on.
-                        let _ = self.upload_snapshot().await;
-                        continue;
+                    match command {
+                        Some(Command::Snapshot) => {
+                            // Reported either way; the player plays on.
+                            let _ = self.upload_snapshot().await;
+                            continue;
+                        }
+                        Some(Command::Fallbacks(relays)) => {
+                            session.set_fallback_relays(relays);
+                            continue;
+                        }
+                        Some(Command::Close) | None => {}
                     }
                     // `Close`, or the sender is gone: leave cleanly either way.
                     self.report_stats().await;

@@ -188,21 +188,46 @@ pub enum Report {
 }
 
 /// What a player can be told (on stdin: one command a line).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// `close`: leave cleanly ([`baton_client::Session::close`]) and stop.
     Close,
     /// `snapshot`: upload the host's snapshot again.
     Snapshot,
+    /// `fallbacks ADDR,ADDR,...`: the fleet's nodes now, to resume through if the relay is
+    /// lost ([`baton_client::Session::set_fallback_relays`]); `fallbacks` alone clears them.
+    Fallbacks(Vec<SocketAddr>),
 }
 
 impl Command {
     /// The command on a line of stdin; `None` if it is none.
     pub fn parse(line: &str) -> Option<Command> {
-        match line.trim() {
-            "close" => Some(Command::Close),
-            "snapshot" => Some(Command::Snapshot),
-            _ => None,
+        match line.trim().split_once(' ') {
+            Some(("fallbacks", list)) => list
+                .split(',')
+                .filter(|a| !a.trim().is_empty())
+                .map(|a| a.trim().parse().ok())
+                .collect::<Option<Vec<SocketAddr>>>()
+                .map(Command::Fallbacks),
+            Some(_) => None,
+            None => match line.trim() {
+                "close" => Some(Command::Close),
+                "snapshot" => Some(Command::Snapshot),
+                "fallbacks" => Some(Command::Fallbacks(Vec::new())),
+                _ => None,
+            },
+        }
+    }
+
+    /// The line (with its newline) that tells a player process this command.
+    pub fn to_line(&self) -> String {
+        match self {
+            Command::Close => "close\n".to_owned(),
+            Command::Snapshot => "snapshot\n".to_owned(),
+            Command::Fallbacks(relays) => {
+                let list: Vec<String> = relays.iter().map(ToString::to_string).collect();
+                format!("fallbacks {}\n", list.join(","))
+            }
         }
     }
 }
@@ -258,6 +283,24 @@ impl Sink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn commands_read_back_from_their_lines() {
+        let fallbacks = Command::Fallbacks(vec![
+            "127.0.0.1:7700".parse().unwrap(),
+            "[::1]:7701".parse().unwrap(),
+        ]);
+        for command in [
+            Command::Close,
+            Command::Snapshot,
+            fallbacks,
+            Command::Fallbacks(Vec::new()),
+        ] {
+            assert_eq!(Command::parse(&command.to_line()), Some(command));
+        }
+        assert_eq!(Command::parse("fallbacks nonsense"), None);
+        assert_eq!(Command::parse("dance"), None);
+    }
 
     #[test]
     fn reports_serialise_and_commands_parse() {

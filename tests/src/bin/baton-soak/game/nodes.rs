@@ -20,7 +20,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::Game;
+use baton_tests::player::Command;
+use tokio::io::AsyncWriteExt;
+
+use super::{Game, Phase};
 use crate::gate::{NodeEvent, NodeEventKind};
 use crate::state::{lock, Check};
 use crate::util::now_us;
@@ -91,6 +94,31 @@ impl Game {
         self.pump_until(deadline, |g| g.ctx.gate.released(round))
             .await;
         self.paused_on = None;
+        self.refresh_fallbacks().await;
+    }
+
+    /// Tells every client the fleet's nodes as they are now (a replacement started, a node
+    /// drained or killed), as a lobby would: a client's fallback relays must not all be gone
+    /// when its node is lost.
+    async fn refresh_fallbacks(&mut self) {
+        let relays: Vec<SocketAddr> = self.ctx.live_nodes().iter().map(|n| n.addr).collect();
+        let command = Command::Fallbacks(relays);
+        let line = command.to_line();
+        for client in self.clients.values_mut() {
+            if client.phase == Phase::Departing {
+                continue;
+            }
+            if let Some(commands) = &client.commands {
+                // A full queue means the client is busy leaving or closing; it keeps its list.
+                let _ = commands.try_send(command.clone());
+            } else if let Some(stdin) = client.stdin.as_mut() {
+                let _ = tokio::time::timeout(
+                    Duration::from_millis(200),
+                    stdin.write_all(line.as_bytes()),
+                )
+                .await;
+            }
+        }
     }
 
     /// The QUIC address of the node that lists the game's allocation, if one does.
