@@ -89,7 +89,7 @@ pub use event::Event;
 pub use host::Host;
 pub use path::{DirectPolicy, Path};
 pub use peer::{IntoJoinCode, Peer, ReconnectToken};
-pub use session::Session;
+pub use session::{PathStats, Session};
 pub use tls::{fingerprint, format_fingerprint, parse_fingerprint};
 
 /// Why the relay refused a credential ([`Error::CredentialRefused`]).

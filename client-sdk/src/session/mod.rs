@@ -101,15 +101,17 @@ use tokio::task::JoinSet;
 
 use crate::error::{check_payload, refusal};
 use crate::snapshot::UploadError;
-use crate::{defaults, DisconnectReason, Error, Event, ReconnectToken};
+use crate::{defaults, DisconnectReason, Error, Event, Path, ReconnectToken};
 
 mod connect;
 mod dispatch;
+mod paths;
 mod resume;
 mod shared;
 mod take_over;
 
 pub(crate) use connect::{connect, retry_while_migrating, Bound, BIND_REQUEST_ID};
+pub use paths::PathStats;
 use shared::PendingGuard;
 pub(crate) use shared::{lock, Shared};
 use shared::{Link, LinkState};
@@ -259,6 +261,38 @@ impl Session {
         self.shared.dropped_events.load(Ordering::Relaxed)
     }
 
+    /// Which path datagrams to and from `peer` take: [`Path::Direct`] while a direct
+    /// connection to it is up and in use (only with
+    /// [`DirectPolicy::Prefer`](crate::DirectPolicy::Prefer), and only between the host and
+    /// another member), [`Path::Relayed`] otherwise. Changes are reported as
+    /// [`Event::PathChanged`].
+    pub fn path(&self, peer: PeerId) -> Path {
+        match self.shared.direct.as_ref().and_then(|d| d.route(peer)) {
+            Some(_) => Path::Direct,
+            None => Path::Relayed,
+        }
+    }
+
+    /// What this session's direct paths did so far (all zero with
+    /// [`DirectPolicy::Never`](crate::DirectPolicy::Never)).
+    pub fn path_stats(&self) -> PathStats {
+        self.shared
+            .direct
+            .as_ref()
+            .map(|d| d.stats())
+            .unwrap_or_default()
+    }
+
+    /// Closes this session's direct connections from this side, as a network failure would
+    /// end them: datagrams fall back to the relay (on both sides) and the next attempt waits
+    /// for the usual backoff. For tests of the fallback; not part of the stable API.
+    #[doc(hidden)]
+    pub fn break_direct_paths(&self) {
+        if let Some(direct) = &self.shared.direct {
+            direct.close_routes();
+        }
+    }
+
     /// Sends `payload` to one member of the allocation as an unreliable QUIC datagram.
     ///
     /// Returns once the datagram is queued; like any datagram it may be lost, and the relay
@@ -300,6 +334,43 @@ impl Session {
 
     fn send(&self, destination: Destination, payload: &[u8]) -> Result<(), Error> {
         check_payload(payload.len(), self.max_payload)?;
+        if let Some(direct) = &self.shared.direct {
+            match destination {
+                Destination::Peer(peer) => {
+                    if let Some(conn) = direct.route(peer) {
+                        if direct.send(&conn, payload) {
+                            return Ok(());
+                        }
+                    }
+                }
+                Destination::Broadcast => {
+                    let routes = direct.routes();
+                    if !routes.is_empty() {
+                        // Direct to each member with a direct path, through the relay (as
+                        // unicasts) to the others.
+                        let mut result = Ok(());
+                        for member in self.members() {
+                            if member == self.local_peer {
+                                continue;
+                            }
+                            if routes.get(&member).is_some_and(|c| direct.send(c, payload)) {
+                                continue;
+                            }
+                            let sent = self.send_relayed(Destination::Peer(member), payload);
+                            if result.is_ok() {
+                                result = sent;
+                            }
+                        }
+                        return result;
+                    }
+                }
+            }
+        }
+        self.send_relayed(destination, payload)
+    }
+
+    /// Sends `payload` to `destination` through the relay.
+    fn send_relayed(&self, destination: Destination, payload: &[u8]) -> Result<(), Error> {
         // One copy: header and payload into the buffer quinn takes ownership of.
         let datagram = Bytes::from(datagram::encode(destination.to_u16(), payload));
         let mut link = self.shared.link();
@@ -351,7 +422,8 @@ impl Session {
     }
 
     /// Receives the next datagram: the sender's peer id (stamped by the relay, so it cannot be
-    /// spoofed) and the payload. Datagrams too short to carry a header are skipped and counted
+    /// spoofed; on a direct path, the member whose certificate the connection authenticated)
+    /// and the payload. Datagrams too short to carry a header are skipped and counted
     /// ([`Session::malformed_datagrams`]).
     ///
     /// Cancel-safe: dropping the future loses no datagram. While the session resumes after
@@ -360,6 +432,19 @@ impl Session {
     /// # Errors
     /// [`Error::Disconnected`] once the session has ended.
     pub async fn recv(&self) -> Result<(PeerId, Bytes), Error> {
+        let Some(direct) = &self.shared.direct else {
+            return self.recv_relayed().await;
+        };
+        let mut received = direct.received.lock().await;
+        tokio::select! {
+            biased;
+            Some(datagram) = received.recv() => Ok(datagram),
+            relayed = self.recv_relayed() => relayed,
+        }
+    }
+
+    /// The next datagram from the relay.
+    async fn recv_relayed(&self) -> Result<(PeerId, Bytes), Error> {
         loop {
             let link = self.shared.link();
             let read = match &link.lingering {
@@ -541,6 +626,10 @@ impl Session {
     pub async fn close(&self) {
         self.shared.closing.store(true, Ordering::Relaxed);
         close_normally(&self.shared.conn());
+        if self.shared.direct.is_some() {
+            // Direct connections share the endpoint: close them too, or it never goes idle.
+            self.endpoint.close(0u32.into(), b"");
+        }
         if tokio::time::timeout(defaults::CLOSE_WAIT, self.endpoint.wait_idle())
             .await
             .is_err()

@@ -1,0 +1,257 @@
+//! Direct host–peer paths (SPEC section 17) end to end over loopback: a real relay, the real
+//! SDK on both sides. The relay's `/metrics` tell whether datagrams went through it.
+
+use std::time::{Duration, Instant};
+
+use baton_client::{
+    AllocationOptions, ClientConfig, DirectPolicy, Event, Host, Path, Peer, PeerId, Session,
+};
+use baton_tests::{event_matching, recv, try_recv, TestRelay, WAIT};
+
+/// Datagrams the relay delivered to members.
+const FORWARDED: &str = "baton_datagrams_forwarded_total";
+
+/// The relay's count of `PathReport`s with `reason`.
+fn reports(reason: &str) -> String {
+    let outcome = if reason == "direct" {
+        "direct"
+    } else {
+        "relayed"
+    };
+    format!("baton_direct_paths_total{{outcome=\"{outcome}\",reason=\"{reason}\"}}")
+}
+
+async fn metric(relay: &TestRelay, series: &str) -> f64 {
+    relay
+        .metrics()
+        .await
+        .get(series)
+        .unwrap_or_else(|| panic!("{series} missing from /metrics"))
+}
+
+/// Waits until `series` reaches at least `at_least`.
+async fn metric_reaches(relay: &TestRelay, series: &str, at_least: f64) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let value = metric(relay, series).await;
+        if value >= at_least {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} stayed at {value}, expected at least {at_least}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The next `PathChanged` event for `peer`, skipping others.
+async fn path_changed(session: &Session, peer: PeerId, within: Duration) -> (Path, Duration) {
+    match event_matching(
+        session,
+        within,
+        |e| matches!(e, Event::PathChanged { peer: p, .. } if *p == peer),
+    )
+    .await
+    {
+        Event::PathChanged { path, rtt, .. } => (path, rtt),
+        other => unreachable!("{other:?}"),
+    }
+}
+
+/// A host and a peer on `relay`, each with policy `host_policy` / `peer_policy`.
+async fn pair(
+    relay: &TestRelay,
+    host_policy: DirectPolicy,
+    peer_policy: DirectPolicy,
+) -> (Host, Peer) {
+    let config = |p| relay.client().direct(p);
+    let host = Host::create(&config(host_policy), AllocationOptions::default())
+        .await
+        .expect("create");
+    let peer = Peer::join(&config(peer_policy), host.join_code())
+        .await
+        .expect("join");
+    (host, peer)
+}
+
+/// Sends `n` numbered datagrams each way and checks they all arrive, attributed right.
+async fn exchange(host: &Session, peer: &Session, n: u32) {
+    let peer_id = peer.local_peer();
+    for i in 0..n {
+        let payload = i.to_be_bytes();
+        peer.send_to_host(&payload).expect("peer sends");
+        let (from, got) = recv(host).await;
+        assert_eq!((from, &got[..]), (peer_id, &payload[..]));
+        host.send_to(peer_id, &payload).expect("host sends");
+        let (from, got) = recv(peer).await;
+        assert_eq!((from, &got[..]), (PeerId::HOST, &payload[..]));
+    }
+}
+
+#[tokio::test]
+async fn host_and_peer_go_direct_and_datagrams_bypass_the_relay() {
+    let relay = TestRelay::start().await;
+    let (host, peer) = pair(&relay, DirectPolicy::Prefer, DirectPolicy::Prefer).await;
+    let peer_id = peer.local_peer();
+
+    let (path, _) = path_changed(&peer, PeerId::HOST, WAIT).await;
+    assert_eq!(path, Path::Direct);
+    let (path, _) = path_changed(&host, peer_id, WAIT).await;
+    assert_eq!(path, Path::Direct);
+    assert_eq!(peer.path(PeerId::HOST), Path::Direct);
+    assert_eq!(host.path(peer_id), Path::Direct);
+
+    let before = metric(&relay, FORWARDED).await;
+    exchange(&host, &peer, 50).await;
+    // A host broadcast goes direct to its only member.
+    host.broadcast(b"all").expect("broadcast");
+    assert_eq!(&recv(&peer).await.1[..], b"all");
+    assert_eq!(
+        metric(&relay, FORWARDED).await,
+        before,
+        "datagrams went through the relay"
+    );
+    let (hs, ps) = (host.path_stats(), peer.path_stats());
+    assert!(hs.datagrams_sent_direct >= 51, "{hs:?}");
+    assert!(ps.datagrams_received_direct >= 51, "{ps:?}");
+    assert!(ps.punch_packets_sent >= 1 && hs.punch_packets_sent >= 1);
+    assert!(hs.direct_established >= 1 && ps.direct_established >= 1);
+    // Both sides reported the direct path.
+    metric_reaches(&relay, &reports("direct"), 2.0).await;
+
+    peer.close().await;
+    host.close().await;
+}
+
+#[tokio::test]
+async fn without_prefer_everything_stays_relayed() {
+    let relay = TestRelay::start().await;
+    let (host, peer) = pair(&relay, DirectPolicy::Prefer, DirectPolicy::Never).await;
+    let peer_id = peer.local_peer();
+    let before = metric(&relay, FORWARDED).await;
+    exchange(&host, &peer, 10).await;
+    assert_eq!(metric(&relay, FORWARDED).await, before + 20.0);
+    // The host offers, the peer never answers: no punch, no direct path.
+    assert!(try_recv(&peer, Duration::from_millis(500)).await.is_none());
+    assert_eq!(host.path(peer_id), Path::Relayed);
+    assert_eq!(peer.path(PeerId::HOST), Path::Relayed);
+    assert_eq!(peer.path_stats(), Default::default());
+    assert_eq!(host.path_stats().punch_packets_sent, 0);
+    let metrics = relay.metrics().await;
+    assert_eq!(
+        metrics.by_label("baton_direct_paths_total", "outcome"),
+        Default::default(),
+        "nothing was reported"
+    );
+    peer.close().await;
+    host.close().await;
+}
+
+#[tokio::test]
+async fn a_relay_without_direct_paths_keeps_them_relayed() {
+    let relay = TestRelay::start_with(|c| {
+        c.set_allow_direct(false).expect("allow_direct");
+    })
+    .await;
+    let (host, peer) = pair(&relay, DirectPolicy::Prefer, DirectPolicy::Prefer).await;
+    // Both offers are refused: each side reports relay_declined.
+    metric_reaches(&relay, &reports("relay_declined"), 2.0).await;
+    let before = metric(&relay, FORWARDED).await;
+    exchange(&host, &peer, 10).await;
+    assert_eq!(metric(&relay, FORWARDED).await, before + 20.0);
+    assert_eq!(host.path(peer.local_peer()), Path::Relayed);
+    assert_eq!(peer.path(PeerId::HOST), Path::Relayed);
+    assert_eq!(host.path_stats().punch_packets_sent, 0);
+    peer.close().await;
+    host.close().await;
+}
+
+#[tokio::test]
+async fn a_broken_direct_path_falls_back_to_the_relay() {
+    let relay = TestRelay::start().await;
+    let (host, peer) = pair(&relay, DirectPolicy::Prefer, DirectPolicy::Prefer).await;
+    let peer_id = peer.local_peer();
+    assert_eq!(
+        path_changed(&peer, PeerId::HOST, WAIT).await.0,
+        Path::Direct
+    );
+    assert_eq!(path_changed(&host, peer_id, WAIT).await.0, Path::Direct);
+    exchange(&host, &peer, 5).await;
+
+    let broken = Instant::now();
+    host.break_direct_paths();
+    let within = Duration::from_secs(2);
+    assert_eq!(path_changed(&host, peer_id, within).await.0, Path::Relayed);
+    assert_eq!(
+        path_changed(&peer, PeerId::HOST, within).await.0,
+        Path::Relayed
+    );
+    assert!(broken.elapsed() < within);
+
+    let before = metric(&relay, FORWARDED).await;
+    exchange(&host, &peer, 10).await;
+    assert_eq!(metric(&relay, FORWARDED).await, before + 20.0);
+    assert!(host.disconnect_reason().is_none() && peer.disconnect_reason().is_none());
+    assert!(host.path_stats().fallbacks >= 1 && peer.path_stats().fallbacks >= 1);
+    metric_reaches(&relay, &reports("direct_lost"), 1.0).await;
+    peer.close().await;
+    host.close().await;
+}
+
+/// The new host a host migration named, from `session`'s events.
+async fn migrated(session: &Session) -> PeerId {
+    match event_matching(session, WAIT, |e| matches!(e, Event::HostMigrated { .. })).await {
+        Event::HostMigrated { new_host, .. } => new_host,
+        other => unreachable!("{other:?}"),
+    }
+}
+
+/// Builds a config for `relay` with `policy` (for sessions made by hand).
+fn config(relay: &TestRelay, policy: DirectPolicy) -> ClientConfig {
+    relay.client().direct(policy)
+}
+
+#[tokio::test]
+async fn after_a_host_migration_the_new_host_goes_direct_with_the_others() {
+    let relay = TestRelay::start().await;
+    let prefer = config(&relay, DirectPolicy::Prefer);
+    let host = Host::create(&prefer, AllocationOptions::default())
+        .await
+        .expect("create");
+    let a = Peer::join(&prefer, host.join_code()).await.expect("join a");
+    let b = Peer::join(&prefer, host.join_code()).await.expect("join b");
+    let a_id = a.local_peer();
+    for session in [&*a, &*b] {
+        assert_eq!(
+            path_changed(session, PeerId::HOST, WAIT).await.0,
+            Path::Direct
+        );
+    }
+
+    host.close().await;
+    // One of the two takes over; the other moves to it.
+    let (new_a, new_b) = tokio::join!(migrated(&a), migrated(&b));
+    assert_eq!(new_a, new_b);
+    let (new_host, other) = if new_a == a_id { (&a, &b) } else { (&b, &a) };
+    let other_id = other.local_peer();
+    assert!(new_host.is_host());
+    assert_eq!(
+        path_changed(other, new_host.local_peer(), WAIT).await.0,
+        Path::Direct
+    );
+    assert_eq!(path_changed(new_host, other_id, WAIT).await.0, Path::Direct);
+    // Nobody has a direct path to the old host.
+    for session in [&*a, &*b] {
+        assert_eq!(session.path(PeerId::HOST), Path::Relayed);
+    }
+    let before = metric(&relay, FORWARDED).await;
+    for i in 0..10u32 {
+        other.send_to_host(&i.to_be_bytes()).expect("send");
+        let (from, got) = recv(new_host).await;
+        assert_eq!((from, &got[..]), (other_id, &i.to_be_bytes()[..]));
+    }
+    assert_eq!(metric(&relay, FORWARDED).await, before);
+    a.close().await;
+    b.close().await;
+}
