@@ -10,10 +10,12 @@
 //!   message;
 //! - `take_over.rs`: host migration, this client's take-over as host included;
 //! - `resume.rs`: resuming through another relay of the fleet when the relay is lost, and
-//!   moving to another node when the relay drains (`Relocate`).
+//!   moving to another node when the relay drains (`Relocate`);
+//! - `paths.rs`: direct host–peer paths (with
+//!   [`DirectPolicy::Prefer`](crate::DirectPolicy::Prefer) only).
 //!
 //! ## Connecting
-//! [`connect()`] builds a fresh quinn endpoint, completes the QUIC handshake within the connect
+//! [`connect()`] builds a fresh quinn endpoint on the session's own UDP socket, completes the QUIC handshake within the connect
 //! timeout, opens the control stream, sends the bind request (`CreateAllocation`, `ClaimHost`,
 //! `Join` or `Rejoin`) at once (quinn only tells the relay about a stream when data is sent on
 //! it) and reads frames until the reply carrying the bind request's id. A relay of a fleet may
@@ -83,8 +85,25 @@
 //! - the **snapshot stager** uploads the latest snapshot staged with
 //!   [`Session::stage_snapshot`] at most once per snapshot interval while this client is host.
 //!
+//! - with [`DirectPolicy::Prefer`](crate::DirectPolicy::Prefer) only, the **direct-path
+//!   driver** (`paths.rs`) owns one path state machine per member a direct path may lead to
+//!   (every other member on the host, the host on a peer). The reader hands it forwarded
+//!   offers and `Punch` (a bounded queue, dropped when full) and wakes it when the member set,
+//!   the role or the observed address changed; it sends offers and reports through the
+//!   writer, punches and dials from the session's one socket, and keeps the route table that
+//!   sends read. A **watcher** task per direct connection delivers its datagrams to a bounded
+//!   queue that [`Session::recv`] reads too (drop-and-count when full), samples its RTT and
+//!   liveness for the driver and reports its end; the **accept loop** completes incoming
+//!   direct handshakes (bounded), which the certificate pin admits only from members whose
+//!   offer named them.
+//!
+//! The session has one UDP socket (one quinn endpoint) for its relay connection and its direct
+//! paths, so the relay observes the NAT mapping the direct paths punch.
+//!
 //! Datagrams bypass all of them: [`Session::send_to`] and [`Session::recv`] use the quinn
-//! connection directly (the current one, which a resume replaces).
+//! connection directly (the current one, which a resume replaces), or, while a member's path is
+//! direct, its direct connection (a brief lock of the route table, skipped while no path is
+//! direct).
 use std::collections::VecDeque;
 use std::fmt;
 use std::net::SocketAddr;
@@ -437,7 +456,6 @@ impl Session {
         };
         let mut received = direct.received.lock().await;
         tokio::select! {
-            biased;
             Some(datagram) = received.recv() => Ok(datagram),
             relayed = self.recv_relayed() => relayed,
         }

@@ -65,6 +65,10 @@ pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// candidates and closes all but the first to complete, so for a moment several may be up.
 pub(crate) const MAX_CONNS_PER_PEER: usize = 4;
 
+/// How long the default route's local address is reused before it is looked up again (a
+/// laptop that changes networks gets a new one).
+const PRIMARY_REFRESH: Duration = Duration::from_secs(10);
+
 /// Events the watchers and the accept loop may queue for the driver (they wait when full).
 const CONN_EVENT_QUEUE: usize = 64;
 
@@ -88,7 +92,7 @@ pub struct PathStats {
     pub datagrams_received_direct: u64,
     /// Datagrams received on direct connections and dropped because
     /// [`Session::recv`](super::Session::recv) was not called often enough
-    /// ([`DIRECT_RECV_QUEUE`] were waiting).
+    /// (1024 were waiting).
     pub datagrams_dropped_direct: u64,
     /// Punch packets sent (SPEC section 17.3).
     pub punch_packets_sent: u64,
@@ -424,6 +428,8 @@ struct Driver {
     local: Vec<SocketAddr>,
     /// The generation of the relay connection the machines signalled through.
     generation: u64,
+    /// This machine's address on its default route, and when it was looked up.
+    primary: Option<(Instant, Option<IpAddr>)>,
     watchers: JoinSet<()>,
     dials: JoinSet<Dialled>,
     replies: JoinSet<Reply>,
@@ -440,6 +446,7 @@ pub(crate) async fn run_driver(shared: Arc<Shared>, io: DriverIo) {
         pairs: HashMap::new(),
         local: Vec::new(),
         generation: 0,
+        primary: None,
         watchers: JoinSet::new(),
         dials: JoinSet::new(),
         replies: JoinSet::new(),
@@ -615,7 +622,7 @@ impl Driver {
     }
 
     /// Our candidates now: see [`candidates`].
-    fn candidates(&self) -> Vec<SocketAddr> {
+    fn candidates(&mut self) -> Vec<SocketAddr> {
         let Ok(local) = self.io.endpoint.local_addr() else {
             return Vec::new();
         };
@@ -624,7 +631,15 @@ impl Driver {
         let primary = if relay.ip().is_loopback() {
             None
         } else {
-            primary_ip(relay.is_ipv4())
+            let now = Instant::now();
+            match self.primary {
+                Some((at, ip)) if now.duration_since(at) < PRIMARY_REFRESH => ip,
+                _ => {
+                    let ip = primary_ip(relay.is_ipv4());
+                    self.primary = Some((now, ip));
+                    ip
+                }
+            }
         };
         candidates(observed, local.port(), relay, primary)
     }
