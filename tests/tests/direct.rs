@@ -199,6 +199,50 @@ async fn a_broken_direct_path_falls_back_to_the_relay() {
     host.close().await;
 }
 
+#[tokio::test]
+async fn broadcasts_go_direct_where_they_can_and_through_the_relay_elsewhere() {
+    let relay = TestRelay::start().await;
+    let host = Host::create(
+        &config(&relay, DirectPolicy::Prefer),
+        AllocationOptions::default(),
+    )
+    .await
+    .expect("create");
+    let direct = Peer::join(&config(&relay, DirectPolicy::Prefer), host.join_code())
+        .await
+        .expect("join");
+    let relayed = Peer::join(&config(&relay, DirectPolicy::Never), host.join_code())
+        .await
+        .expect("join");
+    assert_eq!(
+        path_changed(&direct, PeerId::HOST, WAIT).await.0,
+        Path::Direct
+    );
+    assert_eq!(
+        path_changed(&host, direct.local_peer(), WAIT).await.0,
+        Path::Direct
+    );
+
+    // The host's broadcast: direct to one member, through the relay to the other.
+    let before = metric(&relay, FORWARDED).await;
+    host.broadcast(b"from host").expect("broadcast");
+    assert_eq!(recv(&direct).await, (PeerId::HOST, "from host".into()));
+    assert_eq!(recv(&relayed).await, (PeerId::HOST, "from host".into()));
+    assert_eq!(metric(&relay, FORWARDED).await, before + 1.0);
+
+    // A peer's broadcast: direct to the host, through the relay to the other peer.
+    direct.broadcast(b"from peer").expect("broadcast");
+    let from_peer = (direct.local_peer(), "from peer".into());
+    assert_eq!(recv(&host).await, from_peer);
+    assert_eq!(recv(&relayed).await, from_peer);
+    assert_eq!(metric(&relay, FORWARDED).await, before + 2.0);
+    // Two peers never go direct.
+    assert_eq!(direct.path(relayed.local_peer()), Path::Relayed);
+    relayed.close().await;
+    direct.close().await;
+    host.close().await;
+}
+
 /// The new host a host migration named, from `session`'s events.
 async fn migrated(session: &Session) -> PeerId {
     match event_matching(session, WAIT, |e| matches!(e, Event::HostMigrated { .. })).await {

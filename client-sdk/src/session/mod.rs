@@ -682,6 +682,10 @@ impl Drop for Session {
     fn drop(&mut self) {
         self.shared.closing.store(true, Ordering::Relaxed);
         close_normally(&self.shared.conn());
+        if let Some(direct) = &self.shared.direct {
+            // The driver's own handles go with its task.
+            direct.close_routes();
+        }
     }
 }
 
