@@ -132,17 +132,21 @@ async fn without_prefer_everything_stays_relayed() {
     let before = metric(&relay, FORWARDED).await;
     exchange(&host, &peer, 10).await;
     assert_eq!(metric(&relay, FORWARDED).await, before + 20.0);
-    // The host offers, the peer never answers: no punch, no direct path.
+    // The host offers, the peer does not offer back: no punch, no direct path.
     assert!(try_recv(&peer, Duration::from_millis(500)).await.is_none());
     assert_eq!(host.path(peer_id), Path::Relayed);
     assert_eq!(peer.path(PeerId::HOST), Path::Relayed);
     assert_eq!(peer.path_stats(), Default::default());
     assert_eq!(host.path_stats().punch_packets_sent, 0);
+    // The peer reported that its policy keeps it relayed, and nobody reported a direct path.
+    metric_reaches(&relay, &reports("policy_never"), 1.0).await;
     let metrics = relay.metrics().await;
     assert_eq!(
-        metrics.by_label("baton_direct_paths_total", "outcome"),
-        Default::default(),
-        "nothing was reported"
+        metrics
+            .by_label("baton_direct_paths_total", "outcome")
+            .into_iter()
+            .collect::<Vec<_>>(),
+        [("relayed".to_owned(), 1)]
     );
     peer.close().await;
     host.close().await;

@@ -298,6 +298,9 @@ impl Shared {
                 tracing::debug!(%address, "the relay sees this client at");
                 *lock(&self.observed) = Some(address);
             }
+            ServerMessage::PathOffer { from, .. } if self.direct.is_none() => {
+                self.report_policy_never(from, &io.requests);
+            }
             ServerMessage::PathOffer {
                 from,
                 nat,

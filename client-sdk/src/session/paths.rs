@@ -257,6 +257,28 @@ impl Shared {
         }
     }
 
+    /// Answers `from`'s offer on a session whose policy is
+    /// [`DirectPolicy::Never`](crate::DirectPolicy::Never): no offer back (so no address is
+    /// revealed), and a `PathReport` with `policy_never` for the relay's metrics, one per offer
+    /// (the relay rate-limits offers and reports). Nobody waits for its `Done`; a full writer
+    /// queue drops it.
+    pub(super) fn report_policy_never(&self, from: PeerId, requests: &mpsc::Sender<Bytes>) {
+        let Ok(request_id) = self.next_request_id(&mut lock(&self.pending)) else {
+            return;
+        };
+        let reason = PathReason::PolicyNever;
+        let report = ClientMessage::PathReport {
+            request_id,
+            peer: from,
+            outcome: reason.outcome(),
+            reason,
+        };
+        tracing::debug!(peer = %from, "direct-path offer declined by policy");
+        if requests.try_send(report.to_frame()).is_err() {
+            tracing::debug!("writer queue full; policy_never report dropped");
+        }
+    }
+
     /// Tells the driver the member set, the role or the observed address changed.
     pub(super) fn paths_changed(&self) {
         if let Some(direct) = &self.direct {
