@@ -66,9 +66,11 @@ pub(crate) const DIRECT_SILENCE: Duration = Duration::from_secs(1);
 /// The longest silence tolerated on an established direct path, whatever its RTT.
 pub(crate) const DIRECT_SILENCE_MAX: Duration = Duration::from_secs(3);
 
-/// The least RTT slack (see [`rtt_slack`]): RTT samples jitter by a millisecond or two even
-/// on a LAN.
-pub(crate) const RTT_SLACK_MIN: Duration = Duration::from_millis(2);
+/// The least RTT slack (see [`rtt_slack`]): RTT samples jitter by a few milliseconds on a LAN
+/// or a busy machine (and the first samples of a new connection include its handshake's
+/// processing), and a path that is only that much slower is not *clearly* slower (SPEC
+/// section 17.3): with less, datagrams between two nearby players flap between the paths.
+pub(crate) const RTT_SLACK_MIN: Duration = Duration::from_millis(10);
 
 /// Candidates kept per side (the protocol carries at most 8 per offer).
 pub(crate) const MAX_CANDIDATES: usize = 8;

@@ -106,6 +106,10 @@ pub struct PlayerArgs {
     /// (`ClientConfig::idle_timeout`; 0: the SDK's default).
     #[arg(long, default_value_t = 0)]
     pub idle_timeout_ms: u64,
+    /// Try direct host–peer paths (`ClientConfig::direct(DirectPolicy::Prefer)`); path changes
+    /// are reported as `path_changed`.
+    #[arg(long)]
+    pub direct: bool,
     /// What to be.
     #[command(subcommand)]
     pub role: Role,
@@ -179,6 +183,9 @@ impl PlayerArgs {
                 "--idle-timeout-ms".to_owned(),
                 self.idle_timeout_ms.to_string(),
             ]);
+        }
+        if self.direct {
+            args.push("--direct".to_owned());
         }
         match &self.role {
             Role::Host { snapshot_bytes } => args.extend([
@@ -290,6 +297,9 @@ async fn enter(args: &PlayerArgs) -> Result<Session, String> {
     }
     if args.resume_window_ms > 0 {
         config = config.resume_window(Duration::from_millis(args.resume_window_ms));
+    }
+    if args.direct {
+        config = config.direct(baton_client::DirectPolicy::Prefer);
     }
     if args.idle_timeout_ms > 0 {
         config = config.idle_timeout(Duration::from_millis(args.idle_timeout_ms));

@@ -112,6 +112,7 @@ impl Games {
             fallback_relays: Vec::new(),
             resume_window_ms: 0,
             idle_timeout_ms: 0,
+            direct: false,
             role: Role::Host { snapshot_bytes: 0 },
         };
         let secret = relay.secret.clone();

@@ -65,6 +65,7 @@ impl Game {
             resume_window_ms: fleet(ctx.opts.resume_window),
             // A killed node is noticed by its clients when it has been silent this long.
             idle_timeout_ms: fleet(ctx.opts.keepalive_timeout),
+            direct: false,
             role,
         };
         let mut client = Client {
