@@ -312,7 +312,10 @@ impl Session {
         }
     }
 
-    /// Sends `payload` to one member of the allocation as an unreliable QUIC datagram.
+    /// Sends `payload` to one member of the allocation as an unreliable QUIC datagram:
+    /// through the relay, or on the direct connection to `peer` while its
+    /// [`path`](Session::path) is [`Path::Direct`] (see
+    /// [`ClientConfig::direct`](crate::ClientConfig::direct)).
     ///
     /// Returns once the datagram is queued; like any datagram it may be lost, and the relay
     /// reports datagrams it dropped as [`Event::DatagramsDropped`] (for example those sent to
@@ -343,7 +346,9 @@ impl Session {
         self.send_to(host, payload)
     }
 
-    /// Sends `payload` to every other member of the allocation, as [`Session::send_to`] does.
+    /// Sends `payload` to every other member of the allocation, as [`Session::send_to`] does:
+    /// one relay broadcast, or, when some members have a direct path, directly to those and
+    /// through the relay (one unicast each) to the others.
     ///
     /// # Errors
     /// As [`Session::send_to`].
