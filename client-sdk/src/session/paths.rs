@@ -413,6 +413,7 @@ async fn watch(
 ) {
     let id = conn.stable_id();
     let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_rx = conn.stats().udp_rx.datagrams;
     loop {
         tokio::select! {
@@ -491,6 +492,7 @@ impl Driver {
         let ended = ended.ended();
         tokio::pin!(ended);
         let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.reconcile(Instant::now()).await;
         loop {
             let deadline = self
