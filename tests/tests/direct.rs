@@ -303,3 +303,99 @@ async fn after_a_host_migration_the_new_host_goes_direct_with_the_others() {
     a.close().await;
     b.close().await;
 }
+
+/// The `baton-relay` binary beside this test's (`cargo build -p baton-relay` builds it).
+fn relay_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().expect("deps directory");
+    [dir, dir.parent().unwrap_or(dir)]
+        .iter()
+        .map(|d| d.join("baton-relay"))
+        .find(|p| p.is_file())
+        .expect("target/<profile>/baton-relay: run `cargo build -p baton-relay` first")
+}
+
+/// A host and a peer with a direct path, on fleet node `a` (a process): when `a` is killed,
+/// the game goes on over the direct path while both sessions resume through node `b`, and
+/// the direct path stays in use afterwards (`b` forwards nothing between them).
+#[tokio::test]
+async fn a_direct_path_carries_the_game_while_the_relay_is_lost_and_stays_after_the_resume() {
+    use baton_client::Trust;
+    use baton_tests::redis_server::RedisServer;
+    use baton_tests::relay_process::{wait_until_running, DataDir};
+
+    let redis = RedisServer::start().expect("redis-server starts (install redis-server)");
+    let (data, stdout, stderr) = DataDir::create("baton-direct-").expect("data dir");
+    let bin = relay_bin();
+    let mut node_a = tokio::process::Command::new(&bin)
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(["--directory", &redis.url(), "--node-id", "a"])
+        .args(["--fleet-secret", baton_tests::TEST_FLEET_SECRET])
+        .args(["--log-format", "json"])
+        .arg("--data-dir")
+        .arg(data.dir.path())
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn node a");
+    let running = wait_until_running(&mut node_a, &bin, &data.log_path, &data.err_path, WAIT)
+        .await
+        .expect("node a runs");
+    let b = TestRelay::start_fleet_node("b", &redis.url(), data.dir.path(), |_| {}).await;
+    let trust = Trust::Fingerprint(b.relay().fingerprint());
+    let config = ClientConfig::new(running.quic, trust)
+        .keep_alive_interval(Duration::from_millis(250))
+        .idle_timeout(Duration::from_secs(1))
+        .connect_timeout(Duration::from_millis(500))
+        .fallback_relays(vec![b.addr()])
+        .direct(DirectPolicy::Prefer);
+    let host = Host::create(&config, AllocationOptions::default())
+        .await
+        .expect("create on a");
+    let peer = Peer::join(&config, host.join_code())
+        .await
+        .expect("join on a");
+    let peer_id = peer.local_peer();
+    assert_eq!(
+        path_changed(&peer, PeerId::HOST, WAIT).await.0,
+        Path::Direct
+    );
+    assert_eq!(path_changed(&host, peer_id, WAIT).await.0, Path::Direct);
+
+    node_a.start_kill().expect("SIGKILL node a");
+    node_a.wait().await.expect("node a reaped");
+    // Until both have resumed (2 to 3 s: node a's heartbeat must lapse first), datagrams keep
+    // flowing both ways over the direct path; none is dropped for the lost relay.
+    let resumed = |s: &Session| s.disconnect_reason().is_none() && s.relay_addr() == b.addr();
+    let mut during = 0u32;
+    let deadline = Instant::now() + 3 * WAIT;
+    while !(resumed(&host) && resumed(&peer)) {
+        assert!(Instant::now() < deadline, "not resumed on b");
+        let payload = during.to_be_bytes();
+        peer.send_to_host(&payload).expect("peer sends");
+        assert_eq!(recv(&host).await, (peer_id, payload[..].to_vec().into()));
+        host.send_to(peer_id, &payload).expect("host sends");
+        assert_eq!(
+            recv(&peer).await,
+            (PeerId::HOST, payload[..].to_vec().into())
+        );
+        during += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("{during} round trips over the direct path while the relay was lost");
+    assert!(during >= 50, "only {during} round trips");
+    assert_eq!(host.dropped_while_resuming(), 0);
+    assert_eq!(peer.dropped_while_resuming(), 0);
+
+    // On b, the pair is still direct: b forwards nothing between them.
+    assert_eq!(host.path(peer_id), Path::Direct);
+    assert_eq!(peer.path(PeerId::HOST), Path::Direct);
+    let before = metric(&b, FORWARDED).await;
+    exchange(&host, &peer, 20).await;
+    assert_eq!(metric(&b, FORWARDED).await, before);
+    peer.close().await;
+    host.close().await;
+}

@@ -218,6 +218,7 @@ impl Shared {
             }
             ServerMessage::PeerLeft { peer, reason } => {
                 lock(&self.members).remove(&peer);
+                self.path_signal(Signal::Left(peer));
                 tracing::debug!(%peer, %reason, "peer left");
                 self.emit(&io.events, Event::PeerLeft { peer, reason });
             }

@@ -124,6 +124,8 @@ pub(crate) enum Signal {
         fingerprint: [u8; 32],
         candidates: Vec<SocketAddr>,
     },
+    /// The member left the allocation (`PeerLeft`): its pair goes, direct connection and all.
+    Left(PeerId),
     /// `ServerMessage::Punch`, received at `at`.
     Punch {
         peer: PeerId,
@@ -565,13 +567,23 @@ impl Driver {
     }
 
     /// Brings the machines in line with the member set and role, and our candidates.
+    ///
+    /// On the host, a pair whose direct connection is up stays while its member is missing
+    /// from the member set: right after the host resumed through another relay, the members
+    /// that have not rejoined there yet are missing for a moment, and their direct paths carry
+    /// the game meanwhile. A member that left goes at once ([`Signal::Left`]); one that never
+    /// comes back loses its direct connection, and then its pair.
     async fn reconcile(&mut self, now: Instant) {
         let wanted = self.wanted();
+        let host = self.shared.is_host();
         let gone: Vec<PeerId> = self
             .pairs
-            .keys()
-            .copied()
-            .filter(|p| !wanted.contains(p))
+            .iter()
+            .filter(|(p, pair)| {
+                let kept_while_up = host && !pair.conns.is_empty();
+                !wanted.contains(p) && !kept_while_up
+            })
+            .map(|(p, _)| *p)
             .collect();
         for peer in gone {
             self.remove(peer);
@@ -695,6 +707,7 @@ impl Driver {
                 )
                 .await;
             }
+            Signal::Left(peer) => self.remove(peer),
             Signal::Punch { peer, delay, at } => {
                 self.feed(now, peer, Input::PunchAt { at: at + delay })
                     .await;
