@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rustls::pki_types::{CertificateDer, ServerName};
 
-use crate::{defaults, tls, Error};
+use crate::{defaults, tls, DirectPolicy, Error};
 
 /// How the SDK decides that it is talking to the real relay.
 #[derive(Clone)]
@@ -90,6 +90,7 @@ pub struct ClientConfig {
     pub(crate) credential: Option<String>,
     pub(crate) fallback_relays: Vec<SocketAddr>,
     pub(crate) resume_window: Option<Duration>,
+    pub(crate) direct: DirectPolicy,
 }
 
 impl ClientConfig {
@@ -111,6 +112,7 @@ impl ClientConfig {
             credential: None,
             fallback_relays: Vec::new(),
             resume_window: None,
+            direct: DirectPolicy::default(),
         }
     }
 
@@ -149,6 +151,21 @@ impl ClientConfig {
     pub(crate) fn effective_resume_window(&self) -> Duration {
         self.resume_window
             .unwrap_or_else(|| self.idle_timeout.saturating_add(defaults::RESUME_MARGIN))
+    }
+
+    /// Whether sessions try direct host–peer paths (default [`DirectPolicy::Never`]).
+    ///
+    /// With [`DirectPolicy::Prefer`], the host and each peer try to open a direct QUIC
+    /// connection between them through their NATs (UDP hole punching, the relay introducing
+    /// them), and datagrams between the two take it while it works and is no slower than the
+    /// relay; they fall back to the relay by themselves when it fails. **A direct path tells
+    /// each of the two players the other's IP addresses**, which is why it is off unless the
+    /// game opts in. A relay started with `--allow-direct false` refuses direct paths whatever
+    /// this says. See [`Session::path`](crate::Session::path) and
+    /// [`Event::PathChanged`](crate::Event::PathChanged).
+    pub fn direct(mut self, policy: DirectPolicy) -> Self {
+        self.direct = policy;
+        self
     }
 
     /// The lobby-minted credential sent with every create, join and rejoin (SPEC section 16).

@@ -17,8 +17,6 @@
 //! One UDP socket carries everything ([`SharedEndpoint`]): the relay connection, direct dials,
 //! direct accepts and the raw punch packets ([`send_punch`]), so the NAT mapping the relay
 //! observed is the one being punched.
-// Wired by the session's direct-path driver.
-#![allow(dead_code)]
 
 use std::fmt;
 use std::io;
@@ -138,6 +136,7 @@ impl Identity {
     }
 
     /// The DER certificate.
+    #[cfg(test)]
     pub fn certificate(&self) -> &CertificateDer<'static> {
         &self.cert
     }
@@ -203,11 +202,13 @@ impl Admitted {
     }
 
     /// How many members are admitted.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.lock().len()
     }
 
     /// Whether no member is admitted.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.lock().is_empty()
     }
@@ -529,6 +530,7 @@ fn punch_target(local: SocketAddr, addr: SocketAddr) -> SocketAddr {
 }
 
 /// Whether `payload` is a punch packet [`send_punch`] sent.
+#[cfg(test)]
 pub fn is_punch(payload: &[u8]) -> bool {
     payload.len() == PUNCH_LEN && payload.starts_with(PUNCH_MAGIC)
 }

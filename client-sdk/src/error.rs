@@ -137,6 +137,10 @@ pub enum Error {
     /// The relay is shutting down and takes no new work.
     #[error("the relay is shutting down")]
     ShuttingDown,
+    /// The relay does not allow direct paths between members (it was started with
+    /// `--allow-direct false`): datagrams stay relayed.
+    #[error("the relay does not allow direct paths")]
+    DirectDisabled,
     /// The relay refused with a code this SDK version does not know (every code it knows has
     /// its own variant, e.g. `directory_unavailable` is [`Error::DirectoryUnavailable`]).
     #[error("the relay refused the request with {code} (value {value})")]
@@ -291,6 +295,7 @@ pub(crate) fn refusal(code: ErrorCode, value: u32) -> Error {
         ErrorCode::InvalidRequest => Error::InvalidRequest,
         ErrorCode::ShuttingDown => Error::ShuttingDown,
         ErrorCode::NotBound => Error::NotBound,
+        ErrorCode::DirectDisabled => Error::DirectDisabled,
         ErrorCode::Closed => Error::AllocationClosed,
         // Unknown(_) and codes added to the protocol after this SDK version.
         code => Error::Refused { code, value },

@@ -2,11 +2,12 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use baton_protocol::{AllocationId, DropReason, ErrorCode, JoinCode, LeaveReason, PeerId};
 use bytes::Bytes;
 
-use crate::DisconnectReason;
+use crate::{DisconnectReason, Path};
 
 /// Something that happened to a session, from [`Session::next_event`](crate::Session::next_event).
 ///
@@ -117,6 +118,20 @@ pub enum Event {
         /// The relay the session is connected to now.
         relay: SocketAddr,
     },
+    /// Datagrams to and from `peer` changed path (only with
+    /// [`DirectPolicy::Prefer`](crate::DirectPolicy::Prefer)): [`Path::Direct`] once a direct
+    /// QUIC connection between this client and `peer` is up and no slower than the relay,
+    /// [`Path::Relayed`] when it failed or became slower (datagrams go on through the relay
+    /// without interruption). Informational; [`Session::path`](crate::Session::path) says the
+    /// same at any time.
+    PathChanged {
+        /// The other member: the host on a peer, a peer on the host.
+        peer: PeerId,
+        /// The path datagrams take now.
+        path: Path,
+        /// The round-trip time of that path when it changed.
+        rtt: Duration,
+    },
     /// The connection to the relay ended. Always the last event.
     Disconnected {
         /// Why.
@@ -167,6 +182,9 @@ impl fmt::Display for Event {
             }
             Event::Resumed { relay } => write!(f, "resumed through relay {relay}"),
             Event::Relocated { relay } => write!(f, "relocated to relay {relay}"),
+            Event::PathChanged { peer, path, rtt } => {
+                write!(f, "path to peer {peer} now {path} (rtt {rtt:?})")
+            }
             Event::Disconnected { reason } => write!(f, "disconnected: {reason}"),
         }
     }

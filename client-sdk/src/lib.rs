@@ -21,6 +21,14 @@
 //! drains, a session moves to the node its allocation went to by itself, without interrupting
 //! the game ([`Event::Relocated`]).
 //!
+//! With [`ClientConfig::direct`] set to [`DirectPolicy::Prefer`] the host and each peer also try
+//! a **direct path**: a QUIC connection between the two, through their NATs by UDP hole
+//! punching, introduced by the relay. Datagrams between them take it while it works
+//! ([`Session::path`], [`Event::PathChanged`]) and fall back to the relay by themselves when it
+//! fails. A direct path tells each of the two players the other's IP addresses, so the default
+//! is [`DirectPolicy::Never`]; a relay can forbid direct paths for everyone
+//! (`--allow-direct false`).
+//!
 //! The relay is trusted by pinning its certificate's SHA-256 fingerprint
 //! ([`Trust::Fingerprint`], for the relay's self-signed development certificate), by a PEM
 //! certificate file, or by the web PKI ([`Trust`]).
@@ -89,7 +97,7 @@ pub use event::Event;
 pub use host::Host;
 pub use path::{DirectPolicy, Path};
 pub use peer::{IntoJoinCode, Peer, ReconnectToken};
-pub use session::Session;
+pub use session::{PathStats, Session};
 pub use tls::{fingerprint, format_fingerprint, parse_fingerprint};
 
 /// Why the relay refused a credential ([`Error::CredentialRefused`]).

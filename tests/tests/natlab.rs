@@ -3,7 +3,9 @@
 //! (`baton_tests::natlab`). First the lab itself is checked (each NAT mode maps and filters as
 //! documented; rebind and cut do what they say; plain UDP hole punching crosses exactly the pairs
 //! it crosses between real NATs of these kinds), then games across every NAT pair, a NAT that
-//! rebinds mid-game, and a link cut shorter than the keepalive.
+//! rebinds mid-game, a link cut shorter than the keepalive, and direct host–peer paths (SPEC
+//! section 17): punched through two cone NATs and falling back to the relay when cut, and
+//! staying relayed between two symmetric NATs.
 //!
 //! Needs root, `ip`, `nft` and `conntrack`: elsewhere each test prints
 //! `skipped: needs root and nftables (ip netns, nft): <why>` and passes; under CI (`CI=true`)
@@ -300,6 +302,7 @@ fn player_args(relay: &LabRelay, role: Role) -> PlayerArgs {
         resume_window_ms: 0,
         idle_timeout_ms: 0,
         log: None,
+        direct: false,
     }
 }
 
@@ -313,10 +316,25 @@ struct Game {
 
 impl Game {
     async fn start(lab: &Lab, host_site: usize, peer_site: usize, relay_args: &[&str]) -> Game {
+        Self::start_with(lab, host_site, peer_site, relay_args, false).await
+    }
+
+    /// As [`Game::start`], both players trying direct paths if `direct`.
+    async fn start_with(
+        lab: &Lab,
+        host_site: usize,
+        peer_site: usize,
+        relay_args: &[&str],
+        direct: bool,
+    ) -> Game {
         let relay = LabRelay::start(lab, &relay_bin(), RELAY_IP, relay_args, WAIT)
             .await
             .expect("relay starts in the internet namespace");
         let player = Path::new(PLAYER);
+        let player_args = |relay: &LabRelay, role| PlayerArgs {
+            direct,
+            ..player_args(relay, role)
+        };
         let host_args = player_args(&relay, Role::Host { snapshot_bytes: 0 });
         let host = LabPlayer::start(lab, &lab.site(host_site).host_ns, player, &host_args, WAIT)
             .await
@@ -377,6 +395,10 @@ async fn heard_after(
             Report::Gap { lost, .. } => {
                 log.lost += lost;
                 log.largest_gap = log.largest_gap.max(*lost);
+                false
+            }
+            Report::PathChanged { .. } => {
+                eprintln!("while waiting for datagrams: {report:?}");
                 false
             }
             Report::PeerLeft { .. }
@@ -588,4 +610,136 @@ async fn a_link_cut_shorter_than_the_keepalive_keeps_the_session() {
         lost <= 2 * (per_direction + RATE as u64),
         "{lost} lost for {outage:?}"
     );
+}
+
+/// Waits for `player` to report that datagrams with `peer` take `path`; any sign of a broken
+/// session fails the test.
+async fn path_is(player: &mut LabPlayer, peer: u16, path: &str, within: Duration, log: &mut Log) {
+    player
+        .next_matching(within, |report| match report {
+            Report::PathChanged {
+                peer: p,
+                path: now,
+                rtt_us,
+            } => {
+                eprintln!("path to peer {p}: {now} (rtt {rtt_us} µs)");
+                *p == peer && now == path
+            }
+            Report::Gap { lost, .. } => {
+                log.lost += lost;
+                log.largest_gap = log.largest_gap.max(*lost);
+                false
+            }
+            Report::PeerLeft { .. }
+            | Report::HostLost { .. }
+            | Report::Disconnected { .. }
+            | Report::Violation { .. } => panic!("the session broke: {report:?}"),
+            _ => false,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("no {path} path to peer {peer}: {e:#}"));
+}
+
+/// A host and a peer behind two cone NATs punch a direct path: their datagrams stop going
+/// through the relay. When the direct path is cut (the host's router drops everything to and
+/// from the peer's router, the relay still reachable) both fall back to the relay within a
+/// couple of seconds, without a disconnect, and datagrams flow through the relay again.
+#[tokio::test]
+async fn cone_nats_go_direct_and_fall_back_to_the_relay_when_cut() {
+    let Some(lab) = lab(&[NatMode::Cone, NatMode::Cone]) else {
+        return;
+    };
+    let mut game = Game::start_with(&lab, 1, 2, &[], true).await;
+    let mut log = Log::default();
+    let peer_id = game.peer_id;
+    path_is(&mut game.peer, 0, "direct", WAIT, &mut log).await;
+    path_is(&mut game.host, peer_id, "direct", WAIT, &mut log).await;
+    // Datagrams already in flight through the relay arrive within a few ticks.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let forwarded = "baton_datagrams_forwarded_total";
+    let before = game
+        .relay
+        .metrics()
+        .await
+        .expect("metrics")
+        .value(forwarded);
+    game.both_hear_after(now_us(), WAIT, &mut log).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    game.both_hear_after(now_us(), WAIT, &mut log).await;
+    let metrics = game.relay.metrics().await.expect("metrics");
+    assert_eq!(
+        metrics.value(forwarded),
+        before,
+        "datagrams went through the relay; reports: {:?}",
+        metrics.by_label("baton_direct_paths_total", "reason")
+    );
+    assert!(
+        metrics.value("baton_direct_paths_total{outcome=\"direct\",reason=\"direct\"}") >= 2.0,
+        "both reported the direct path"
+    );
+
+    let peer_wan = lab.site(2).wan_ip;
+    lab.cut_to(1, peer_wan).expect("cut the direct path");
+    let cut = std::time::Instant::now();
+    let within = Duration::from_secs(4);
+    path_is(&mut game.host, peer_id, "relayed", within, &mut log).await;
+    path_is(&mut game.peer, 0, "relayed", within, &mut log).await;
+    let fell_back = cut.elapsed();
+    game.both_hear_after(now_us(), WAIT, &mut log).await;
+    let after = game.relay.metrics().await.expect("metrics");
+    assert!(after.value(forwarded) > before, "back through the relay");
+    assert_eq!(
+        after.value("baton_members_left_total"),
+        metrics.value("baton_members_left_total"),
+        "nobody left"
+    );
+    eprintln!("cone ↔ cone: direct, then relayed {fell_back:?} after the cut; {log:?}");
+    assert!(fell_back < within);
+    lab.restore(1).expect("restore");
+    game.peer.close(WAIT).await.expect("peer leaves");
+    game.host.close(WAIT).await.expect("host leaves");
+}
+
+/// Two symmetric NATs: the punch cannot cross them, so the attempt times out, both report it,
+/// and the game goes on through the relay.
+#[tokio::test]
+async fn symmetric_nats_stay_relayed_with_direct_paths_preferred() {
+    let Some(lab) = lab(&[NatMode::Symmetric, NatMode::Symmetric]) else {
+        return;
+    };
+    let mut game = Game::start_with(&lab, 1, 2, &[], true).await;
+    let mut log = Log::default();
+    let timed_out = "baton_direct_paths_total{outcome=\"relayed\",reason=\"punch_timed_out\"}";
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let metrics = game.relay.metrics().await.expect("metrics");
+        if metrics.value(timed_out) >= 2.0 {
+            assert_eq!(
+                metrics.value("baton_direct_paths_total{outcome=\"direct\",reason=\"direct\"}"),
+                0.0
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no punch_timed_out reports"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let before = game
+        .relay
+        .metrics()
+        .await
+        .expect("metrics")
+        .value("baton_datagrams_forwarded_total");
+    game.both_hear_after(now_us(), WAIT, &mut log).await;
+    let after = game
+        .relay
+        .metrics()
+        .await
+        .expect("metrics")
+        .value("baton_datagrams_forwarded_total");
+    assert!(after > before, "relayed");
+    game.peer.close(WAIT).await.expect("peer leaves");
+    game.host.close(WAIT).await.expect("host leaves");
 }

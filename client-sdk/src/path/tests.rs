@@ -440,26 +440,26 @@ fn a_closed_direct_connection_falls_back_without_closing_it_again() {
 
 #[test]
 fn rtt_comparison_has_slack_and_hysteresis_and_switches_only_on_change() {
-    // Relay 50 ms: slack 5 ms; direct when <= 55 ms, back to relayed when > 60 ms.
-    assert_eq!(rtt_slack(50 * MS), 5 * MS);
-    assert_eq!(rtt_slack(5 * MS), RTT_SLACK_MIN);
+    // Relay 150 ms: slack 15 ms; direct when <= 165 ms, back to relayed when > 180 ms.
+    assert_eq!(rtt_slack(150 * MS), 15 * MS);
+    assert_eq!(rtt_slack(50 * MS), RTT_SLACK_MIN);
     let mut h = H::new(DirectPolicy::Prefer);
-    let out = h.establish(54 * MS, 50 * MS);
+    let out = h.establish(164 * MS, 150 * MS);
     assert_eq!(out, [Switch(Path::Direct), outcome(PathOutcome::Direct)]);
     let mut rtt = |ms: u32| h.input(Input::DirectRtt { rtt: ms * MS });
-    assert!(rtt(58).is_empty());
-    assert!(rtt(60).is_empty());
-    assert_eq!(rtt(61), [Switch(Path::Relayed)]);
-    assert!(rtt(61).is_empty());
-    assert!(rtt(57).is_empty(), "inside the band: stays relayed");
-    assert_eq!(rtt(55), [Switch(Path::Direct)]);
-    assert!(rtt(55).is_empty());
-    // The relay's RTT moves too.
+    assert!(rtt(170).is_empty());
+    assert!(rtt(180).is_empty());
+    assert_eq!(rtt(181), [Switch(Path::Relayed)]);
+    assert!(rtt(181).is_empty());
+    assert!(rtt(170).is_empty(), "inside the band: stays relayed");
+    assert_eq!(rtt(165), [Switch(Path::Direct)]);
+    assert!(rtt(165).is_empty());
+    // The relay's RTT moves too (130 ms: slack 13 ms, back to relayed above 156 ms).
     assert_eq!(
-        h.input(Input::RelayRtt { rtt: 40 * MS }),
+        h.input(Input::RelayRtt { rtt: 130 * MS }),
         [Switch(Path::Relayed)]
     );
-    assert!(h.input(Input::RelayRtt { rtt: 40 * MS }).is_empty());
+    assert!(h.input(Input::RelayRtt { rtt: 130 * MS }).is_empty());
 }
 
 #[test]

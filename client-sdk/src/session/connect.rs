@@ -24,11 +24,13 @@ use tracing::Instrument;
 use super::dispatch::{
     close_after_stream_end, read_message, reply_id, run_reader, run_writer, ReadFailure, ReaderIo,
 };
+use super::paths::{self, DirectShared};
 use super::resume::Resume;
 use super::shared::{Role, Shared};
 use super::{close_normally, EventQueue, Session};
+use crate::direct::{accept_config, Admitted, DirectError, Identity, SharedEndpoint};
 use crate::error::{disconnect_reason, handshake_error, refusal};
-use crate::{defaults, snapshot, ClientConfig, Error};
+use crate::{defaults, snapshot, ClientConfig, DirectPolicy, Error};
 
 /// Request id of the bind request (`CreateAllocation`, `ClaimHost`, `Join` or `Rejoin`); later
 /// requests count up from the next value.
@@ -54,8 +56,8 @@ pub(crate) async fn connect(
     bind: ClientMessage,
 ) -> Result<(Session, Bound), Error> {
     config.validate()?;
-    let endpoint = quinn::Endpoint::client(config.local_addr())?;
-    let (conn, reply) = match attempt(config, &endpoint, &bind).await? {
+    let socket = bind_socket(config.local_addr())?;
+    let (conn, reply) = match attempt(config, &socket.endpoint, &bind).await? {
         Attempt::Replied(conn, reply) => (conn, reply),
         Attempt::Redirected {
             target,
@@ -64,13 +66,13 @@ pub(crate) async fn connect(
             let redirected = redirected_config(config, target, server_name)?;
             // Same local socket when it can reach the new relay (a configured bind address
             // stays in use by the closing connection, so it could not be bound twice).
-            let endpoint = match endpoint.local_addr() {
-                Ok(local) if local.is_ipv4() == target.is_ipv4() => endpoint,
-                _ => quinn::Endpoint::client(redirected.local_addr())?,
+            let socket = match socket.local_addr() {
+                Ok(local) if local.is_ipv4() == target.is_ipv4() => socket,
+                _ => bind_socket(redirected.local_addr())?,
             };
-            match attempt(&redirected, &endpoint, &bind).await? {
+            match attempt(&redirected, &socket.endpoint, &bind).await? {
                 Attempt::Replied(conn, reply) => {
-                    return establish(config, &redirected, endpoint, bind, conn, reply).await;
+                    return establish(config, &redirected, socket, bind, conn, reply).await;
                 }
                 Attempt::Redirected { target: again, .. } => {
                     tracing::debug!(relay = %target, target = %again, "second redirect refused");
@@ -82,7 +84,21 @@ pub(crate) async fn connect(
             }
         }
     };
-    establish(config, config, endpoint, bind, conn, reply).await
+    establish(config, config, socket, bind, conn, reply).await
+}
+
+/// The session's one UDP socket (SPEC section 17.1): the relay connection, direct paths and
+/// punches all use it.
+fn bind_socket(local: SocketAddr) -> Result<SharedEndpoint, Error> {
+    SharedEndpoint::bind(local).map_err(direct_error)
+}
+
+/// The SDK error for a failure setting up the session's socket or direct-path identity.
+fn direct_error(e: DirectError) -> Error {
+    match e {
+        DirectError::Io(e) => Error::Io(e),
+        other => Error::Config(other.to_string()),
+    }
 }
 
 /// Connects to `config.relay` on `endpoint` (the session's, when resuming), sends `bind` and
@@ -235,12 +251,13 @@ async fn attempt(
 async fn establish(
     origin: &ClientConfig,
     config: &ClientConfig,
-    endpoint: quinn::Endpoint,
+    socket: SharedEndpoint,
     bind: ClientMessage,
     conn: quinn::Connection,
     (send, recv, reply, early): BindResult,
 ) -> Result<(Session, Bound), Error> {
     let relay = config.relay;
+    let SharedEndpoint { endpoint, punch } = socket;
     let join_code = match &bind {
         ClientMessage::Join { code, .. } => Some(*code),
         _ => None,
@@ -310,6 +327,24 @@ async fn establish(
     member_set.insert(local_peer);
     let (stream_tx, stream_rx) = mpsc::channel(2);
     let resume = Arc::new(Resume::new(origin, &endpoint, stream_tx));
+    // Direct paths: this session's identity, and the members whose certificates it accepts.
+    let direct = match origin.direct {
+        DirectPolicy::Prefer => {
+            let identity = Identity::generate().map_err(direct_error)?;
+            let admitted = Admitted::default();
+            let server = accept_config(&identity, &admitted).map_err(direct_error)?;
+            endpoint.set_server_config(Some(server));
+            let (shared, ends) = DirectShared::new();
+            Some((shared, ends, Arc::new(identity), admitted))
+        }
+        DirectPolicy::Never => None,
+    };
+    let (direct_shared, direct_rest) = match direct {
+        Some((shared, ends, identity, admitted)) => {
+            (Some(shared), Some((ends, identity, admitted)))
+        }
+        None => (None, None),
+    };
     let shared = Arc::new(Shared::new(
         conn,
         local_peer,
@@ -319,6 +354,7 @@ async fn establish(
             !origin.effective_resume_window().is_zero(),
             origin.fallback_relays.clone(),
         ),
+        direct_shared,
     ));
     let (event_tx, event_rx) = mpsc::channel(defaults::EVENT_QUEUE);
     let (request_tx, request_rx) = mpsc::channel(defaults::REQUEST_QUEUE);
@@ -343,12 +379,29 @@ async fn establish(
     tasks.spawn(
         snapshot::stage(
             shared.clone(),
-            event_tx,
+            event_tx.clone(),
             config.snapshot_interval,
             config.request_timeout,
         )
         .instrument(span.clone()),
     );
+    if let Some((ends, identity, admitted)) = direct_rest {
+        tasks.spawn(
+            paths::run_accept_loop(endpoint.clone(), admitted.clone(), ends.accepted())
+                .instrument(span.clone()),
+        );
+        let io = paths::DriverIo {
+            endpoint: endpoint.clone(),
+            punch,
+            identity,
+            admitted,
+            requests: request_tx.clone(),
+            events: event_tx,
+            ends,
+            request_timeout: config.request_timeout,
+        };
+        tasks.spawn(paths::run_driver(shared.clone(), io).instrument(span.clone()));
+    }
     span.in_scope(|| tracing::info!(%relay, max_payload, "bound to allocation"));
 
     let session = Session {

@@ -26,6 +26,7 @@ use bytes::Bytes;
 use quinn::{ConnectionError, ReadError, ReadExactError, RecvStream, SendStream, WriteError};
 use tokio::sync::mpsc;
 
+use super::paths::Signal;
 use super::resume::Resume;
 use super::shared::{lock, Shared};
 use crate::error::refusal;
@@ -182,6 +183,24 @@ pub(super) async fn run_writer(
 impl Shared {
     /// Handles one relay message after binding.
     pub(super) async fn dispatch(&self, message: ServerMessage, io: &mut ReaderIo) {
+        // What may change the direct paths' pairs or candidates (`paths.rs`).
+        let paths_changed = matches!(
+            message,
+            ServerMessage::PeerJoined { .. }
+                | ServerMessage::PeerLeft { .. }
+                | ServerMessage::PeerRejoined { .. }
+                | ServerMessage::HostLost { .. }
+                | ServerMessage::Migrated { .. }
+                | ServerMessage::AllocationCreated { .. }
+                | ServerMessage::ObservedAddress { .. }
+        );
+        self.handle(message, io).await;
+        if paths_changed {
+            self.paths_changed();
+        }
+    }
+
+    async fn handle(&self, message: ServerMessage, io: &mut ReaderIo) {
         match message {
             ServerMessage::Done { request_id } => self.resolve(request_id, Ok(())),
             ServerMessage::Refused {
@@ -199,6 +218,7 @@ impl Shared {
             }
             ServerMessage::PeerLeft { peer, reason } => {
                 lock(&self.members).remove(&peer);
+                self.path_signal(Signal::Left(peer));
                 tracing::debug!(%peer, %reason, "peer left");
                 self.emit(&io.events, Event::PeerLeft { peer, reason });
             }
@@ -279,6 +299,25 @@ impl Shared {
                 tracing::debug!(%address, "the relay sees this client at");
                 *lock(&self.observed) = Some(address);
             }
+            ServerMessage::PathOffer { from, .. } if self.direct.is_none() => {
+                self.report_policy_never(from, &io.requests);
+            }
+            ServerMessage::PathOffer {
+                from,
+                nat,
+                fingerprint,
+                candidates,
+            } => self.path_signal(Signal::Offer {
+                from,
+                nat,
+                fingerprint,
+                candidates,
+            }),
+            ServerMessage::Punch { peer, delay_ms } => self.path_signal(Signal::Punch {
+                peer,
+                delay: Duration::from_millis(u64::from(delay_ms)),
+                at: std::time::Instant::now(),
+            }),
             // Messages added to the protocol after this SDK version.
             other => tracing::debug!(message = ?other, "ignoring message this SDK does not handle"),
         }

@@ -10,10 +10,12 @@
 //!   message;
 //! - `take_over.rs`: host migration, this client's take-over as host included;
 //! - `resume.rs`: resuming through another relay of the fleet when the relay is lost, and
-//!   moving to another node when the relay drains (`Relocate`).
+//!   moving to another node when the relay drains (`Relocate`);
+//! - `paths.rs`: direct host–peer paths (with
+//!   [`DirectPolicy::Prefer`](crate::DirectPolicy::Prefer) only).
 //!
 //! ## Connecting
-//! [`connect()`] builds a fresh quinn endpoint, completes the QUIC handshake within the connect
+//! [`connect()`] builds a fresh quinn endpoint on the session's own UDP socket, completes the QUIC handshake within the connect
 //! timeout, opens the control stream, sends the bind request (`CreateAllocation`, `ClaimHost`,
 //! `Join` or `Rejoin`) at once (quinn only tells the relay about a stream when data is sent on
 //! it) and reads frames until the reply carrying the bind request's id. A relay of a fleet may
@@ -83,8 +85,25 @@
 //! - the **snapshot stager** uploads the latest snapshot staged with
 //!   [`Session::stage_snapshot`] at most once per snapshot interval while this client is host.
 //!
+//! - with [`DirectPolicy::Prefer`](crate::DirectPolicy::Prefer) only, the **direct-path
+//!   driver** (`paths.rs`) owns one path state machine per member a direct path may lead to
+//!   (every other member on the host, the host on a peer). The reader hands it forwarded
+//!   offers and `Punch` (a bounded queue, dropped when full) and wakes it when the member set,
+//!   the role or the observed address changed; it sends offers and reports through the
+//!   writer, punches and dials from the session's one socket, and keeps the route table that
+//!   sends read. A **watcher** task per direct connection delivers its datagrams to a bounded
+//!   queue that [`Session::recv`] reads too (drop-and-count when full), samples its RTT and
+//!   liveness for the driver and reports its end; the **accept loop** completes incoming
+//!   direct handshakes (bounded), which the certificate pin admits only from members whose
+//!   offer named them.
+//!
+//! The session has one UDP socket (one quinn endpoint) for its relay connection and its direct
+//! paths, so the relay observes the NAT mapping the direct paths punch.
+//!
 //! Datagrams bypass all of them: [`Session::send_to`] and [`Session::recv`] use the quinn
-//! connection directly (the current one, which a resume replaces).
+//! connection directly (the current one, which a resume replaces), or, while a member's path is
+//! direct, its direct connection (a brief lock of the route table, skipped while no path is
+//! direct).
 use std::collections::VecDeque;
 use std::fmt;
 use std::net::SocketAddr;
@@ -101,15 +120,17 @@ use tokio::task::JoinSet;
 
 use crate::error::{check_payload, refusal};
 use crate::snapshot::UploadError;
-use crate::{defaults, DisconnectReason, Error, Event, ReconnectToken};
+use crate::{defaults, DisconnectReason, Error, Event, Path, ReconnectToken};
 
 mod connect;
 mod dispatch;
+mod paths;
 mod resume;
 mod shared;
 mod take_over;
 
 pub(crate) use connect::{connect, retry_while_migrating, Bound, BIND_REQUEST_ID};
+pub use paths::PathStats;
 use shared::PendingGuard;
 pub(crate) use shared::{lock, Shared};
 use shared::{Link, LinkState};
@@ -270,7 +291,42 @@ impl Session {
         self.shared.dropped_events.load(Ordering::Relaxed)
     }
 
-    /// Sends `payload` to one member of the allocation as an unreliable QUIC datagram.
+    /// Which path datagrams to and from `peer` take: [`Path::Direct`] while a direct
+    /// connection to it is up and in use (only with
+    /// [`DirectPolicy::Prefer`](crate::DirectPolicy::Prefer), and only between the host and
+    /// another member), [`Path::Relayed`] otherwise. Changes are reported as
+    /// [`Event::PathChanged`].
+    pub fn path(&self, peer: PeerId) -> Path {
+        match self.shared.direct.as_ref().and_then(|d| d.route(peer)) {
+            Some(_) => Path::Direct,
+            None => Path::Relayed,
+        }
+    }
+
+    /// What this session's direct paths did so far (all zero with
+    /// [`DirectPolicy::Never`](crate::DirectPolicy::Never)).
+    pub fn path_stats(&self) -> PathStats {
+        self.shared
+            .direct
+            .as_ref()
+            .map(|d| d.stats())
+            .unwrap_or_default()
+    }
+
+    /// Closes this session's direct connections from this side, as a network failure would
+    /// end them: datagrams fall back to the relay (on both sides) and the next attempt waits
+    /// for the usual backoff. For tests of the fallback; not part of the stable API.
+    #[doc(hidden)]
+    pub fn break_direct_paths(&self) {
+        if let Some(direct) = &self.shared.direct {
+            direct.close_routes();
+        }
+    }
+
+    /// Sends `payload` to one member of the allocation as an unreliable QUIC datagram:
+    /// through the relay, or on the direct connection to `peer` while its
+    /// [`path`](Session::path) is [`Path::Direct`] (see
+    /// [`ClientConfig::direct`](crate::ClientConfig::direct)).
     ///
     /// Returns once the datagram is queued; like any datagram it may be lost, and the relay
     /// reports datagrams it dropped as [`Event::DatagramsDropped`] (for example those sent to
@@ -301,7 +357,9 @@ impl Session {
         self.send_to(host, payload)
     }
 
-    /// Sends `payload` to every other member of the allocation, as [`Session::send_to`] does.
+    /// Sends `payload` to every other member of the allocation, as [`Session::send_to`] does:
+    /// one relay broadcast, or, when some members have a direct path, directly to those and
+    /// through the relay (one unicast each) to the others.
     ///
     /// # Errors
     /// As [`Session::send_to`].
@@ -311,6 +369,43 @@ impl Session {
 
     fn send(&self, destination: Destination, payload: &[u8]) -> Result<(), Error> {
         check_payload(payload.len(), self.max_payload)?;
+        if let Some(direct) = &self.shared.direct {
+            match destination {
+                Destination::Peer(peer) => {
+                    if let Some(conn) = direct.route(peer) {
+                        if direct.send(&conn, payload) {
+                            return Ok(());
+                        }
+                    }
+                }
+                Destination::Broadcast => {
+                    let routes = direct.routes();
+                    if !routes.is_empty() {
+                        // Direct to each member with a direct path, through the relay (as
+                        // unicasts) to the others.
+                        let mut result = Ok(());
+                        for member in self.members() {
+                            if member == self.local_peer {
+                                continue;
+                            }
+                            if routes.get(&member).is_some_and(|c| direct.send(c, payload)) {
+                                continue;
+                            }
+                            let sent = self.send_relayed(Destination::Peer(member), payload);
+                            if result.is_ok() {
+                                result = sent;
+                            }
+                        }
+                        return result;
+                    }
+                }
+            }
+        }
+        self.send_relayed(destination, payload)
+    }
+
+    /// Sends `payload` to `destination` through the relay.
+    fn send_relayed(&self, destination: Destination, payload: &[u8]) -> Result<(), Error> {
         // One copy: header and payload into the buffer quinn takes ownership of.
         let datagram = Bytes::from(datagram::encode(destination.to_u16(), payload));
         let mut link = self.shared.link();
@@ -362,7 +457,8 @@ impl Session {
     }
 
     /// Receives the next datagram: the sender's peer id (stamped by the relay, so it cannot be
-    /// spoofed) and the payload. Datagrams too short to carry a header are skipped and counted
+    /// spoofed; on a direct path, the member whose certificate the connection authenticated)
+    /// and the payload. Datagrams too short to carry a header are skipped and counted
     /// ([`Session::malformed_datagrams`]).
     ///
     /// Cancel-safe: dropping the future loses no datagram. While the session resumes after
@@ -371,6 +467,18 @@ impl Session {
     /// # Errors
     /// [`Error::Disconnected`] once the session has ended.
     pub async fn recv(&self) -> Result<(PeerId, Bytes), Error> {
+        let Some(direct) = &self.shared.direct else {
+            return self.recv_relayed().await;
+        };
+        let mut received = direct.received.lock().await;
+        tokio::select! {
+            Some(datagram) = received.recv() => Ok(datagram),
+            relayed = self.recv_relayed() => relayed,
+        }
+    }
+
+    /// The next datagram from the relay.
+    async fn recv_relayed(&self) -> Result<(PeerId, Bytes), Error> {
         loop {
             let link = self.shared.link();
             let read = match &link.lingering {
@@ -552,6 +660,10 @@ impl Session {
     pub async fn close(&self) {
         self.shared.closing.store(true, Ordering::Relaxed);
         close_normally(&self.shared.conn());
+        if self.shared.direct.is_some() {
+            // Direct connections share the endpoint: close them too, or it never goes idle.
+            self.endpoint.close(0u32.into(), b"");
+        }
         if tokio::time::timeout(defaults::CLOSE_WAIT, self.endpoint.wait_idle())
             .await
             .is_err()
@@ -586,6 +698,10 @@ impl Drop for Session {
     fn drop(&mut self) {
         self.shared.closing.store(true, Ordering::Relaxed);
         close_normally(&self.shared.conn());
+        if let Some(direct) = &self.shared.direct {
+            // The driver's own handles go with its task.
+            direct.close_routes();
+        }
     }
 }
 

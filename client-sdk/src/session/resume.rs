@@ -63,8 +63,8 @@ use super::shared::{lock, Link, LinkState, Relocation, Shared};
 use crate::error::refusal;
 use crate::{defaults, ClientConfig, DisconnectReason, Error, Event};
 
-/// What a session needs to rejoin elsewhere: to resume (when fallback relays are configured,
-/// [`Resume::enabled`]) and to move on `Relocate` (always).
+/// What a session needs to rejoin elsewhere: to resume (with fallback relays and a resume
+/// window that is not 0) and to move on `Relocate` (always).
 pub(crate) struct Resume {
     /// The configuration the session was created with: trust, server name, timings, the
     /// credential, the relay and the fallback relays.

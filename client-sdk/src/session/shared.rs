@@ -21,6 +21,7 @@ use quinn::{ConnectionError, RecvStream, VarInt};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::connect::BIND_REQUEST_ID;
+use super::paths::DirectShared;
 use super::take_over::TakeOver;
 use crate::error::disconnect_reason;
 use crate::snapshot::Uploads;
@@ -139,6 +140,9 @@ pub(crate) struct Shared {
     pub(super) relocation: Mutex<Relocation>,
     /// This client's address as the relay last said it sees it (`ObservedAddress`).
     pub(super) observed: Mutex<Option<std::net::SocketAddr>>,
+    /// Direct paths (`paths.rs`), with [`DirectPolicy::Prefer`](crate::DirectPolicy::Prefer)
+    /// only.
+    pub(crate) direct: Option<DirectShared>,
 }
 
 /// Requests waiting for their reply.
@@ -169,6 +173,7 @@ impl Shared {
         role: Role,
         members: BTreeSet<PeerId>,
         (resume_window_open, fallback_relays): (bool, Vec<std::net::SocketAddr>),
+        direct: Option<DirectShared>,
     ) -> Self {
         Shared {
             link: watch::Sender::new(Link {
@@ -196,6 +201,7 @@ impl Shared {
             code_revoked: AtomicBool::new(false),
             relocation: Mutex::new(Relocation::Idle),
             observed: Mutex::new(None),
+            direct,
         }
     }
 
@@ -207,6 +213,13 @@ impl Shared {
     /// The current connection, its generation and state.
     pub(crate) fn link(&self) -> Link {
         self.link.borrow().clone()
+    }
+
+    /// Waits until the session has ended for good. Cancel-safe.
+    pub(crate) async fn ended(&self) {
+        let mut rx = self.link.subscribe();
+        // An error cannot happen: `self` holds the sender.
+        let _ = rx.wait_for(|l| l.state == LinkState::Ended).await;
     }
 
     /// Marks the session as resuming (its connection was lost unexpectedly).

@@ -111,6 +111,10 @@ pub struct PlayerArgs {
     /// `baton_client=debug`); nothing is logged without it.
     #[arg(long, value_name = "FILTER")]
     pub log: Option<String>,
+    /// Try direct host–peer paths (`ClientConfig::direct(DirectPolicy::Prefer)`); path changes
+    /// are reported as `path_changed`.
+    #[arg(long)]
+    pub direct: bool,
     /// What to be.
     #[command(subcommand)]
     pub role: Role,
@@ -187,6 +191,9 @@ impl PlayerArgs {
         }
         if let Some(filter) = &self.log {
             args.extend(["--log".to_owned(), filter.clone()]);
+        }
+        if self.direct {
+            args.push("--direct".to_owned());
         }
         match &self.role {
             Role::Host { snapshot_bytes } => args.extend([
@@ -308,6 +315,9 @@ async fn enter(args: &PlayerArgs) -> Result<Session, String> {
     }
     if args.resume_window_ms > 0 {
         config = config.resume_window(Duration::from_millis(args.resume_window_ms));
+    }
+    if args.direct {
+        config = config.direct(baton_client::DirectPolicy::Prefer);
     }
     if args.idle_timeout_ms > 0 {
         config = config.idle_timeout(Duration::from_millis(args.idle_timeout_ms));

@@ -153,6 +153,11 @@ impl Player<'_> {
                 relay,
                 host: self.session.host().map(|h| h.0),
             },
+            Event::PathChanged { peer, path, rtt } => Report::PathChanged {
+                peer: peer.0,
+                path: path.to_string(),
+                rtt_us: u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX),
+            },
             Event::DatagramsDropped { reason, count, .. } if self.stats_on() => {
                 *self.relay_drops.entry(reason.to_string()).or_default() += u64::from(count);
                 return false;

@@ -160,6 +160,15 @@ pub enum Report {
         /// The host, as the session sees it right after.
         host: Option<u16>,
     },
+    /// [`baton_client::Event::PathChanged`]: datagrams with `peer` take another path.
+    PathChanged {
+        /// The other member.
+        peer: u16,
+        /// `direct` or `relayed`.
+        path: String,
+        /// The path's round-trip time, in microseconds.
+        rtt_us: u64,
+    },
     /// [`baton_client::Event::Disconnected`]: the session ended.
     Disconnected {
         /// Why.

@@ -113,6 +113,7 @@ impl Games {
             resume_window_ms: 0,
             idle_timeout_ms: 0,
             log: None,
+            direct: false,
             role: Role::Host { snapshot_bytes: 0 },
         };
         let secret = relay.secret.clone();

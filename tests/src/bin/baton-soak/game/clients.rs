@@ -70,6 +70,7 @@ impl Game {
                 .player_log
                 .as_ref()
                 .map(|(filter, _)| filter.clone()),
+            direct: false,
             role,
         };
         let mut client = Client {
