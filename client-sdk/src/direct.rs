@@ -26,13 +26,13 @@ use std::time::Duration;
 
 use baton_protocol::PeerId;
 use quinn::crypto::rustls::{NoInitialCipherSuite, QuicClientConfig, QuicServerConfig};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
-use crate::tls::{fingerprint, format_fingerprint};
+use crate::tls::{fingerprint, format_fingerprint, tls12_refused, PinnedVerifier};
 
 /// ALPN of a direct host–peer connection.
 pub const DIRECT_ALPN: &[u8] = b"baton-direct/1";
@@ -296,10 +296,10 @@ pub fn dial_config(
     expected: [u8; 32],
 ) -> Result<quinn::ClientConfig, DirectError> {
     let provider = provider();
-    let verifier = Arc::new(PinnedPeerVerifier {
+    let verifier = Arc::new(PinnedVerifier::direct_peer(
         expected,
-        algorithms: provider.signature_verification_algorithms,
-    });
+        provider.signature_verification_algorithms,
+    ));
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
@@ -386,71 +386,6 @@ impl ClientCertVerifier for AdmittedClientVerifier {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algorithms.supported_schemes()
     }
-}
-
-/// Accepts exactly the server certificate whose fingerprint is `expected`, and checks the
-/// server's TLS 1.3 handshake signature against it.
-struct PinnedPeerVerifier {
-    expected: [u8; 32],
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl fmt::Debug for PinnedPeerVerifier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PinnedPeerVerifier")
-            .field("expected", &format_fingerprint(&self.expected))
-            .finish_non_exhaustive()
-    }
-}
-
-impl ServerCertVerifier for PinnedPeerVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let actual = fingerprint(end_entity);
-        if actual == self.expected {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            tracing::debug!(
-                expected = %format_fingerprint(&self.expected),
-                actual = %format_fingerprint(&actual),
-                "direct peer's certificate is not the one the relay named"
-            );
-            Err(CertificateError::ApplicationVerificationFailure.into())
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        tls12_refused()
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
-/// Direct paths are TLS 1.3 only; a TLS 1.2 signature is never asked for, and refused.
-fn tls12_refused() -> Result<HandshakeSignatureValid, rustls::Error> {
-    Err(rustls::PeerIncompatible::Tls12NotOfferedOrEnabled.into())
 }
 
 /// A session's one UDP socket: the quinn endpoint that dials the relay (with the relay's
@@ -649,10 +584,10 @@ mod tests {
         cert: Option<(&Identity, &Identity)>,
     ) -> quinn::ClientConfig {
         let provider = provider();
-        let verifier = Arc::new(PinnedPeerVerifier {
+        let verifier = Arc::new(PinnedVerifier::direct_peer(
             expected,
-            algorithms: provider.signature_verification_algorithms,
-        });
+            provider.signature_verification_algorithms,
+        ));
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .unwrap()

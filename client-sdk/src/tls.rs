@@ -202,9 +202,12 @@ pub(crate) struct PinnedVerifier {
     expected: [u8; 32],
     algorithms: WebPkiSupportedAlgorithms,
     log: Arc<VerifyLog>,
+    /// Whose certificate it checks, for the log: the relay's or a direct peer's.
+    whose: &'static str,
 }
 
 impl PinnedVerifier {
+    /// Checks the relay's certificate, recording a failure in `log`.
     pub(crate) fn new(
         expected: [u8; 32],
         algorithms: WebPkiSupportedAlgorithms,
@@ -214,6 +217,18 @@ impl PinnedVerifier {
             expected,
             algorithms,
             log,
+            whose: "relay",
+        }
+    }
+
+    /// Checks a member's certificate on a direct path (its fingerprint came in the member's
+    /// offer, through the relay).
+    pub(crate) fn direct_peer(expected: [u8; 32], algorithms: WebPkiSupportedAlgorithms) -> Self {
+        Self {
+            expected,
+            algorithms,
+            log: Arc::default(),
+            whose: "direct peer",
         }
     }
 
@@ -252,9 +267,10 @@ impl ServerCertVerifier for PinnedVerifier {
             Ok(ServerCertVerified::assertion())
         } else {
             tracing::warn!(
+                whose = self.whose,
                 expected = %format_fingerprint(&self.expected),
                 actual = %format_fingerprint(&actual),
-                "relay certificate does not match the pinned fingerprint"
+                "certificate does not match the pinned fingerprint"
             );
             self.log.record(VerifyFailure::Mismatch {
                 expected: self.expected,
@@ -296,7 +312,7 @@ impl ServerCertVerifier for PinnedVerifier {
 
 /// The answer to a TLS 1.2 signature. The SDK is built without rustls' TLS 1.2 support and
 /// offers TLS 1.3 only, so no handshake asks for one; were one to, it is refused.
-fn tls12_refused() -> Result<HandshakeSignatureValid, rustls::Error> {
+pub(crate) fn tls12_refused() -> Result<HandshakeSignatureValid, rustls::Error> {
     Err(rustls::PeerIncompatible::Tls12NotOfferedOrEnabled.into())
 }
 
