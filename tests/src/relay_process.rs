@@ -237,6 +237,61 @@ impl Metrics {
     }
 }
 
+/// `baton-relay` in the cargo target directory of a running integration test
+/// (`target/<profile>/baton-relay`, beside the test's `deps` directory).
+///
+/// # Errors
+/// If the test executable cannot be located or no relay binary is there (build it with
+/// `cargo build -p baton-relay`; `cargo test --workspace` builds it).
+pub fn relay_bin_of_test() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("the test binary's path")?;
+    let dir = exe.parent().context("the test binary's directory")?;
+    [dir, dir.parent().unwrap_or(dir)]
+        .iter()
+        .map(|d| d.join(format!("baton-relay{}", std::env::consts::EXE_SUFFIX)))
+        .find(|p| p.is_file())
+        .with_context(|| {
+            format!(
+                "no baton-relay in {} or its parent: run `cargo build -p baton-relay`",
+                dir.display()
+            )
+        })
+}
+
+/// A fleet node as a real `baton-relay` process (one a test can SIGKILL) with id `node`,
+/// the directory at `directory` and the tests' fleet secret, on loopback ports; waits until it
+/// runs. Returns the process, what it printed at start-up, and its data directory, where it
+/// wrote the certificate other nodes of the test can share. The test's own `RUST_LOG` is not
+/// passed on.
+///
+/// # Errors
+/// If the relay cannot be found, started, or does not say it runs within `timeout`.
+pub async fn spawn_fleet_node(
+    directory: &str,
+    node: &str,
+    timeout: Duration,
+) -> anyhow::Result<(tokio::process::Child, Running, DataDir)> {
+    let (data, stdout, stderr) = DataDir::create("baton-fleet-")?;
+    let bin = relay_bin_of_test()?;
+    let mut child = tokio::process::Command::new(&bin)
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(["--directory", directory, "--node-id", node])
+        .args(["--fleet-secret", crate::TEST_FLEET_SECRET])
+        .args(["--log-format", "json"])
+        .arg("--data-dir")
+        .arg(data.dir.path())
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let running =
+        wait_until_running(&mut child, &bin, &data.log_path, &data.err_path, timeout).await?;
+    Ok((child, running, data))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

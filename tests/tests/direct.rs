@@ -305,16 +305,6 @@ async fn after_a_host_migration_the_new_host_goes_direct_with_the_others() {
 }
 
 /// The `baton-relay` binary beside this test's (`cargo build -p baton-relay` builds it).
-fn relay_bin() -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe.parent().expect("deps directory");
-    [dir, dir.parent().unwrap_or(dir)]
-        .iter()
-        .map(|d| d.join("baton-relay"))
-        .find(|p| p.is_file())
-        .expect("target/<profile>/baton-relay: run `cargo build -p baton-relay` first")
-}
-
 /// A host and a peer with a direct path, on fleet node `a` (a process): when `a` is killed,
 /// the game goes on over the direct path while both sessions resume through node `b`, and
 /// the direct path stays in use afterwards (`b` forwards nothing between them).
@@ -322,28 +312,12 @@ fn relay_bin() -> std::path::PathBuf {
 async fn a_direct_path_carries_the_game_while_the_relay_is_lost_and_stays_after_the_resume() {
     use baton_client::Trust;
     use baton_tests::redis_server::RedisServer;
-    use baton_tests::relay_process::{wait_until_running, DataDir};
 
     let redis = RedisServer::start().expect("redis-server starts (install redis-server)");
-    let (data, stdout, stderr) = DataDir::create("baton-direct-").expect("data dir");
-    let bin = relay_bin();
-    let mut node_a = tokio::process::Command::new(&bin)
-        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        .args(["--directory", &redis.url(), "--node-id", "a"])
-        .args(["--fleet-secret", baton_tests::TEST_FLEET_SECRET])
-        .args(["--log-format", "json"])
-        .arg("--data-dir")
-        .arg(data.dir.path())
-        .env_remove("RUST_LOG")
-        .stdin(std::process::Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn node a");
-    let running = wait_until_running(&mut node_a, &bin, &data.log_path, &data.err_path, WAIT)
-        .await
-        .expect("node a runs");
+    let (mut node_a, running, data) =
+        baton_tests::relay_process::spawn_fleet_node(&redis.url(), "a", WAIT)
+            .await
+            .expect("node a runs");
     let b = TestRelay::start_fleet_node("b", &redis.url(), data.dir.path(), |_| {}).await;
     let trust = Trust::Fingerprint(b.relay().fingerprint());
     let config = ClientConfig::new(running.quic, trust)

@@ -230,16 +230,6 @@ async fn while_the_directory_is_down_games_go_on_and_new_ones_wait() {
 }
 
 /// `baton-relay` as built for these tests (beside the test binary's directory, `deps/`).
-fn relay_bin() -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe.parent().expect("deps directory");
-    [dir, dir.parent().unwrap_or(dir)]
-        .iter()
-        .map(|d| d.join("baton-relay"))
-        .find(|p| p.is_file())
-        .expect("target/<profile>/baton-relay: run `cargo test --workspace` (it builds it)")
-}
-
 /// Node `a` as a real `baton-relay` process (for SIGKILL), sharing `redis`: the process, what
 /// it printed at start-up, and its data directory, where it wrote the certificate the other
 /// nodes reuse.
@@ -250,34 +240,9 @@ async fn start_node_a(
     baton_tests::relay_process::Running,
     baton_tests::relay_process::DataDir,
 ) {
-    let (data, stdout, stderr) =
-        baton_tests::relay_process::DataDir::create("baton-fleet-").expect("data dir");
-    let bin = relay_bin();
-    let mut child = tokio::process::Command::new(&bin)
-        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        .args(["--directory", &redis.url(), "--node-id", "a"])
-        .args(["--fleet-secret", baton_tests::TEST_FLEET_SECRET])
-        .args(["--log-format", "json"])
-        .arg("--data-dir")
-        .arg(data.dir.path())
-        // The test's own log filter is not the node's.
-        .env_remove("RUST_LOG")
-        .stdin(std::process::Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn node a");
-    let running = baton_tests::relay_process::wait_until_running(
-        &mut child,
-        &bin,
-        &data.log_path,
-        &data.err_path,
-        WAIT,
-    )
-    .await
-    .expect("node a runs");
-    (child, running, data)
+    baton_tests::relay_process::spawn_fleet_node(&redis.url(), "a", WAIT)
+        .await
+        .expect("node a runs")
 }
 
 #[tokio::test]
