@@ -743,3 +743,353 @@ async fn symmetric_nats_stay_relayed_with_direct_paths_preferred() {
     game.peer.close(WAIT).await.expect("peer leaves");
     game.host.close(WAIT).await.expect("host leaves");
 }
+
+/// The direct-path reports the relay has counted (`baton_direct_paths_total`), by reason
+/// (SPEC section 17.4), leaving out zeros.
+async fn direct_reports(relay: &LabRelay) -> std::collections::BTreeMap<String, u64> {
+    let metrics = relay.metrics().await.expect("metrics");
+    let reasons = [
+        ("direct", "direct"),
+        ("relayed", "punch_timed_out"),
+        ("relayed", "both_endpoint_dependent"),
+        ("relayed", "policy_never"),
+        ("relayed", "relay_declined"),
+        ("relayed", "no_candidates"),
+        ("relayed", "direct_lost"),
+        ("relayed", "relay_faster"),
+    ];
+    reasons
+        .iter()
+        .filter_map(|(outcome, reason)| {
+            let name =
+                format!("baton_direct_paths_total{{outcome=\"{outcome}\",reason=\"{reason}\"}}");
+            let count = metrics.value(&name) as u64;
+            (count > 0).then(|| ((*reason).to_owned(), count))
+        })
+        .collect()
+}
+
+/// Waits until the relay has counted at least `count` direct-path reports; returns them by
+/// reason.
+async fn await_direct_reports(
+    relay: &LabRelay,
+    count: u64,
+) -> std::collections::BTreeMap<String, u64> {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let reports = direct_reports(relay).await;
+        if reports.values().sum::<u64>() >= count {
+            return reports;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {reports:?} direct-path reports"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The relay's count of forwarded datagrams.
+async fn forwarded(relay: &LabRelay) -> f64 {
+    relay
+        .metrics()
+        .await
+        .expect("metrics")
+        .value("baton_datagrams_forwarded_total")
+}
+
+/// Checks that host and peer exchange datagrams for a while without the relay forwarding
+/// any (what was in flight through it having arrived).
+async fn plays_without_the_relay(game: &mut Game, log: &mut Log) {
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = forwarded(&game.relay).await;
+    game.both_hear_after(now_us(), WAIT, log).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    game.both_hear_after(now_us(), WAIT, log).await;
+    assert_eq!(
+        forwarded(&game.relay).await,
+        before,
+        "datagrams went through the relay"
+    );
+}
+
+/// The one-way latencies (µs; every lab namespace shares the machine's clock) `player`
+/// reports for `span`; any sign of a broken session fails the test.
+async fn latencies(player: &mut LabPlayer, span: Duration, log: &mut Log) -> Vec<u64> {
+    let end = std::time::Instant::now() + span;
+    let mut samples = Vec::new();
+    let _ = player
+        .next_matching(span + WAIT, |report| {
+            match report {
+                Report::Stats { latency_us, .. } => samples.extend_from_slice(latency_us),
+                Report::Gap { lost, .. } => {
+                    log.lost += lost;
+                    log.largest_gap = log.largest_gap.max(*lost);
+                }
+                Report::PeerLeft { .. }
+                | Report::HostLost { .. }
+                | Report::Disconnected { .. }
+                | Report::Violation { .. } => panic!("the session broke: {report:?}"),
+                _ => {}
+            }
+            std::time::Instant::now() >= end
+        })
+        .await
+        .expect("reports");
+    samples
+}
+
+/// The 50th and 99th percentiles of `samples` (sorted in place), µs.
+fn p50_p99(samples: &mut [u64]) -> (u64, u64) {
+    assert!(!samples.is_empty(), "no latency samples");
+    samples.sort_unstable();
+    let at = |q: usize| samples[(samples.len() - 1) * q / 100];
+    (at(50), at(99))
+}
+
+/// Both players' one-way latencies over `span`, host and peer measured at once.
+async fn game_latencies(game: &mut Game, span: Duration, log: &mut Log) -> Vec<u64> {
+    let mut peer_log = Log::default();
+    let (mut a, b) = tokio::join!(
+        latencies(&mut game.host, span, log),
+        latencies(&mut game.peer, span, &mut peer_log)
+    );
+    log.lost += peer_log.lost;
+    log.largest_gap = log.largest_gap.max(peer_log.largest_gap);
+    a.extend(b);
+    a
+}
+
+/// Datagram latency through the direct path and through the relay, in the same run between
+/// two cone NATs: 3 s of traffic each way on the punched path, then the direct path is cut
+/// and 3 s more go through the relay. Prints p50/p99 of each and their ratio (the README's
+/// figures); the direct path is no slower at the median.
+#[tokio::test]
+async fn cone_nats_datagram_latency_direct_versus_relayed() {
+    let Some(lab) = lab(&[NatMode::Cone, NatMode::Cone]) else {
+        return;
+    };
+    let mut game = Game::start_with(&lab, 1, 2, &[], true).await;
+    let mut log = Log::default();
+    let peer_id = game.peer_id;
+    path_is(&mut game.peer, 0, "direct", WAIT, &mut log).await;
+    path_is(&mut game.host, peer_id, "direct", WAIT, &mut log).await;
+    plays_without_the_relay(&mut game, &mut log).await;
+    let span = Duration::from_secs(3);
+    let mut direct = game_latencies(&mut game, span, &mut log).await;
+    lab.cut_to(1, lab.site(2).wan_ip)
+        .expect("cut the direct path");
+    path_is(&mut game.host, peer_id, "relayed", WAIT, &mut log).await;
+    path_is(&mut game.peer, 0, "relayed", WAIT, &mut log).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = forwarded(&game.relay).await;
+    let mut relayed = game_latencies(&mut game, span, &mut log).await;
+    assert!(forwarded(&game.relay).await > before, "through the relay");
+    // Two players at 50 a second for 3 s: most of 300 samples each way.
+    for samples in [&direct, &relayed] {
+        assert!(samples.len() >= 200, "{} samples", samples.len());
+    }
+    let (d50, d99) = p50_p99(&mut direct);
+    let (r50, r99) = p50_p99(&mut relayed);
+    eprintln!(
+        "one-way datagram latency, cone ↔ cone: direct p50 {d50} µs p99 {d99} µs ({} samples), \
+         relayed p50 {r50} µs p99 {r99} µs ({} samples); direct/relayed p50 {:.2}, p99 {:.2}; {log:?}",
+        direct.len(),
+        relayed.len(),
+        d50 as f64 / r50 as f64,
+        d99 as f64 / r99 as f64,
+    );
+    assert!(d50 <= r50, "direct p50 {d50} µs, relayed {r50} µs");
+    lab.restore(1).expect("restore");
+    game.peer.close(WAIT).await.expect("peer leaves");
+    game.host.close(WAIT).await.expect("host leaves");
+}
+
+/// A cone NAT facing a public host: the punch crosses (the public host has no filter, and
+/// the cone router lets in what comes from where it sent), the game goes direct and the
+/// relay forwards nothing between them.
+#[tokio::test]
+async fn cone_nat_and_public_host_go_direct() {
+    let Some(lab) = lab(&[NatMode::Cone, NatMode::None]) else {
+        return;
+    };
+    let mut game = Game::start_with(&lab, 1, 2, &[], true).await;
+    let mut log = Log::default();
+    let peer_id = game.peer_id;
+    path_is(&mut game.peer, 0, "direct", WAIT, &mut log).await;
+    path_is(&mut game.host, peer_id, "direct", WAIT, &mut log).await;
+    plays_without_the_relay(&mut game, &mut log).await;
+    let reports = direct_reports(&game.relay).await;
+    assert_eq!(reports.get("direct"), Some(&2), "{reports:?}");
+    eprintln!("cone ↔ public: direct; {log:?}");
+    game.peer.close(WAIT).await.expect("peer leaves");
+    game.host.close(WAIT).await.expect("host leaves");
+}
+
+/// A cone NAT facing a symmetric one, direct paths preferred: the symmetric router writes
+/// to the cone host from another outside port than the one the relay saw, and the cone
+/// router's filter lets in only the port it wrote to, so the punch times out and the game
+/// stays relayed; either way datagrams flow both ways and nobody is lost.
+#[tokio::test]
+async fn cone_and_symmetric_nats_with_direct_paths_preferred_keep_playing() {
+    let Some(lab) = lab(&[NatMode::Cone, NatMode::Symmetric]) else {
+        return;
+    };
+    let mut game = Game::start_with(&lab, 1, 2, &[], true).await;
+    let mut log = Log::default();
+    let reports = await_direct_reports(&game.relay, 2).await;
+    eprintln!("cone ↔ symmetric: direct-path reports {reports:?}");
+    let before = forwarded(&game.relay).await;
+    game.both_hear_after(now_us(), WAIT, &mut log).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    game.both_hear_after(now_us(), WAIT, &mut log).await;
+    let after = forwarded(&game.relay).await;
+    if reports.get("direct").copied().unwrap_or(0) >= 2 {
+        assert_eq!(
+            after, before,
+            "direct, yet datagrams went through the relay"
+        );
+    } else {
+        assert!(after > before, "relayed, yet the relay forwarded nothing");
+    }
+    assert_eq!(
+        reports.get("punch_timed_out"),
+        Some(&2),
+        "the lab's cone filter stops a symmetric NAT's punch: {reports:?}"
+    );
+    eprintln!("cone ↔ symmetric: relayed after the punch timed out; {log:?}");
+    game.peer.close(WAIT).await.expect("peer leaves");
+    game.host.close(WAIT).await.expect("host leaves");
+}
+
+/// Two cone NATs on a direct path, then the host's router rebinds (new outside ports, its
+/// conntrack table flushed): the path recovers (direct again, or the relay) and datagrams
+/// flow both ways again within 3 s, with the loss counted; nobody leaves, no reconnect.
+#[tokio::test]
+async fn a_rebinding_nat_on_a_direct_path_recovers() {
+    let Some(lab) = lab(&[NatMode::Cone, NatMode::Cone]) else {
+        return;
+    };
+    let mut game = Game::start_with(&lab, 1, 2, &[], true).await;
+    let mut log = Log::default();
+    let peer_id = game.peer_id;
+    path_is(&mut game.peer, 0, "direct", WAIT, &mut log).await;
+    path_is(&mut game.host, peer_id, "direct", WAIT, &mut log).await;
+    plays_without_the_relay(&mut game, &mut log).await;
+    let before = game.relay.metrics().await.expect("metrics");
+    let lost_before = log.lost;
+    lab.rebind(1).expect("rebind");
+    let rebound = std::time::Instant::now();
+    // Datagrams arriving 200 ms after the rebind (10 ticks) were sent after it.
+    let mark = now_us() + 200_000;
+    let bound = Duration::from_secs(3);
+    game.both_hear_after(mark, bound, &mut log).await;
+    let resumed = rebound.elapsed();
+    let forwarded_then = forwarded(&game.relay).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    game.both_hear_after(now_us(), WAIT, &mut log).await;
+    let path = if forwarded(&game.relay).await > forwarded_then {
+        "relayed"
+    } else {
+        "direct"
+    };
+    let after = game.relay.metrics().await.expect("metrics");
+    assert_eq!(
+        after.value("baton_members_left_total"),
+        before.value("baton_members_left_total"),
+        "nobody left"
+    );
+    assert_eq!(
+        after.value("baton_connections_accepted_total"),
+        before.value("baton_connections_accepted_total"),
+        "no reconnect to the relay"
+    );
+    let lost = log.lost - lost_before;
+    eprintln!(
+        "direct path, host's NAT rebound: datagrams both ways again after {resumed:?}, \
+         {lost} lost (largest gap {}), then {path}; {log:?}",
+        log.largest_gap
+    );
+    assert!(resumed < bound);
+    assert!(
+        lost <= 2 * 3 * RATE as u64,
+        "at most 3 s of loss each way: {lost}"
+    );
+    game.peer.close(WAIT).await.expect("peer leaves");
+    game.host.close(WAIT).await.expect("host leaves");
+}
+
+/// Waits for `player`'s report of a host migration; the new host and the members.
+async fn migrated(player: &mut LabPlayer) -> (u16, Vec<u16>) {
+    match player
+        .next_matching(WAIT, |r| matches!(r, Report::HostMigrated { .. }))
+        .await
+        .expect("host migrated")
+        .1
+    {
+        Report::HostMigrated {
+            new_host, members, ..
+        } => (new_host, members),
+        _ => unreachable!(),
+    }
+}
+
+/// A host and two peers, each behind its own cone NAT, on direct paths; the host leaves.
+/// One peer takes over, and the new host and the other peer punch a direct path between
+/// them: their datagrams stop going through the relay.
+#[tokio::test]
+async fn after_a_host_migration_behind_cone_nats_the_new_host_goes_direct() {
+    let Some(lab) = lab(&[NatMode::Cone, NatMode::Cone, NatMode::Cone]) else {
+        return;
+    };
+    let mut game = Game::start_with(&lab, 1, 2, &[], true).await;
+    let code = game.host.code().expect("join code").to_owned();
+    let args = PlayerArgs {
+        direct: true,
+        ..player_args(&game.relay, Role::Join { code })
+    };
+    let mut third = LabPlayer::start(&lab, &lab.site(3).host_ns, Path::new(PLAYER), &args, WAIT)
+        .await
+        .expect("third joins");
+    let third_id = third.peer().expect("peer id");
+    let mut log = Log::default();
+    path_is(&mut game.peer, 0, "direct", WAIT, &mut log).await;
+    path_is(&mut third, 0, "direct", WAIT, &mut log).await;
+
+    let Game {
+        relay,
+        host,
+        mut peer,
+        peer_id,
+    } = game;
+    host.close(WAIT).await.expect("host leaves");
+    let ((new_a, members), (new_b, _)) = tokio::join!(migrated(&mut peer), migrated(&mut third));
+    assert_eq!(new_a, new_b, "both follow the same new host");
+    assert!(
+        members.contains(&peer_id) && members.contains(&third_id),
+        "{members:?}"
+    );
+    let (mut new_host, mut other, other_id) = if new_a == peer_id {
+        (peer, third, third_id)
+    } else {
+        (third, peer, peer_id)
+    };
+    let elected = new_a;
+    path_is(&mut other, elected, "direct", WAIT, &mut log).await;
+    path_is(&mut new_host, other_id, "direct", WAIT, &mut log).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = forwarded(&relay).await;
+    heard_after(&mut new_host, other_id, now_us(), WAIT, &mut log).await;
+    heard_after(&mut other, elected, now_us(), WAIT, &mut log).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    heard_after(&mut new_host, other_id, now_us(), WAIT, &mut log).await;
+    heard_after(&mut other, elected, now_us(), WAIT, &mut log).await;
+    assert_eq!(
+        forwarded(&relay).await,
+        before,
+        "datagrams went through the relay"
+    );
+    eprintln!("migration behind cone NATs: new host {elected} and peer {other_id} direct; {log:?}");
+    other.close(WAIT).await.expect("peer leaves");
+    new_host.close(WAIT).await.expect("new host leaves");
+}

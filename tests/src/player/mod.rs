@@ -47,7 +47,7 @@ use clap::{Parser, Subcommand};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 
-pub use report::{Command, Report, Sink};
+pub use report::{Command, Report, Sink, MAX_LATENCY_SAMPLES};
 
 /// Attempts at entering a game when the relay answers "rate limited" or "migrating".
 const ENTRY_ATTEMPTS: u32 = 10;

@@ -40,6 +40,8 @@ pub(super) struct Player<'a> {
     pub(super) late: u64,
     pub(super) last_from: BTreeMap<u16, u64>,
     pub(super) relay_drops: BTreeMap<String, u64>,
+    /// A player process: one-way latencies (µs) since the last report, bounded.
+    pub(super) latencies: Vec<u64>,
     /// The session's count of dropped events at the last stats report.
     dropped_events_reported: u64,
 }
@@ -75,6 +77,7 @@ impl<'a> Player<'a> {
             late: 0,
             last_from: BTreeMap::new(),
             relay_drops: BTreeMap::new(),
+            latencies: Vec::new(),
             dropped_events_reported: 0,
         }
     }
@@ -264,6 +267,7 @@ impl<'a> Player<'a> {
             last_from: std::mem::take(&mut self.last_from).into_iter().collect(),
             relay_drops: std::mem::take(&mut self.relay_drops).into_iter().collect(),
             dropped_events: dropped_events.saturating_sub(self.dropped_events_reported),
+            latency_us: std::mem::take(&mut self.latencies),
         };
         self.dropped_events_reported = dropped_events;
         self.sink.send(report).await;

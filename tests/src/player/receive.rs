@@ -12,7 +12,7 @@ use bytes::Bytes;
 use super::payload::{self, Arrival, BROADCAST};
 use super::play::Player;
 use super::snapshot;
-use super::{now_us, Report};
+use super::{now_us, Report, MAX_LATENCY_SAMPLES};
 
 /// Allocation ids a player reports seeing at most ([`Report::AllocSeen`]).
 const MAX_ALLOCS_SEEN: usize = 1024;
@@ -78,7 +78,11 @@ impl Player<'_> {
                 })
                 .await;
         }
-        self.sink.record_latency(now.saturating_sub(header.sent_us));
+        let latency = now.saturating_sub(header.sent_us);
+        self.sink.record_latency(latency);
+        if self.sink.is_stdout() && self.latencies.len() < MAX_LATENCY_SAMPLES {
+            self.latencies.push(latency);
+        }
         match self.flows.arrive(&header, now) {
             Arrival::First | Arrival::InOrder => {}
             Arrival::Late => self.late += 1,

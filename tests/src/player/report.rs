@@ -14,6 +14,9 @@ use tokio::sync::mpsc;
 
 use super::now_us;
 
+/// The most latency samples one [`Report::Stats`] carries.
+pub const MAX_LATENCY_SAMPLES: usize = 256;
+
 /// What a player reports. On stdout, one JSON object a line with the variant's name in snake
 /// case as `event` and the send time as `t_us` (µs since the Unix epoch).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,6 +68,11 @@ pub enum Report {
         relay_drops: Vec<(String, u64)>,
         /// SDK events dropped because the queue was full.
         dropped_events: u64,
+        /// One-way latencies (µs, the sender's clock to the receiver's) of datagrams received
+        /// since the last report, at most [`MAX_LATENCY_SAMPLES`]; a player process only (an
+        /// in-process client records into its [`Sink::Channel`] histogram instead).
+        #[serde(default)]
+        latency_us: Vec<u64>,
     },
     /// Datagrams missing from one flow.
     Gap {
@@ -277,6 +285,11 @@ impl Sink {
                 }
             }
         }
+    }
+
+    /// Whether reports go to stdout (a player process).
+    pub(super) fn is_stdout(&self) -> bool {
+        matches!(self, Sink::Stdout)
     }
 
     /// Records one datagram's one-way latency (in-process clients only).

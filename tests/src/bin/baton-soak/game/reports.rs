@@ -49,6 +49,7 @@ impl Game {
                 last_from,
                 relay_drops,
                 dropped_events,
+                ..
             } => {
                 client.last_from.extend(last_from);
                 let stats = &self.ctx.stats;
