@@ -301,7 +301,9 @@ fn player_args(relay: &LabRelay, role: Role) -> PlayerArgs {
         fallback_relays: Vec::new(),
         resume_window_ms: 0,
         idle_timeout_ms: 0,
-        log: None,
+        // `BATON_LAB_PLAYER_LOG=baton_client=debug` logs the SDK of every lab player (its
+        // stderr, whose tail a failed test prints).
+        log: std::env::var("BATON_LAB_PLAYER_LOG").ok(),
         direct: false,
     }
 }

@@ -12,7 +12,8 @@
 //! [`PUNCH_INTERVAL`]) until the direct QUIC connection is established (`DirectEstablished`)
 //! or [`PUNCH_TIMEOUT`] passes. Each attempt reports one [`PathOutcome`] for metrics (and an
 //! established direct path that dies later reports [`PathOutcome::DirectLost`]). A failed or
-//! lost attempt is retried after a backoff ([`RETRY_BASE`] doubling up to [`RETRY_MAX`]), at
+//! lost attempt is retried after a backoff ([`RETRY_FIRST`], then [`RETRY_BASE`] doubling up
+//! to [`RETRY_MAX`]), at
 //! most [`MAX_ATTEMPTS`] times until [`Input::Reset`]. Whoever offers first does not matter:
 //! an offer from the remote starts (or joins) an attempt at once, backoff or not.
 //!
@@ -48,14 +49,19 @@ pub(crate) const MAX_PUNCHES: u32 = 10;
 /// slow link.
 pub(crate) const PUNCH_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// The wait before the first retry after a failed attempt or a lost direct path; each further
-/// consecutive failure doubles it, up to [`RETRY_MAX`].
+/// The wait before the first retry after a failed attempt or a lost direct path: short, since
+/// one failure is often a matter of timing (a punch that crossed the other side's handshake,
+/// a NAT that rebound) and the next attempt succeeds.
+pub(crate) const RETRY_FIRST: Duration = Duration::from_secs(2);
+
+/// The wait before the second retry in a row; each further consecutive failure doubles it, up
+/// to [`RETRY_MAX`].
 pub(crate) const RETRY_BASE: Duration = Duration::from_secs(30);
 
 /// The longest wait between attempts.
 pub(crate) const RETRY_MAX: Duration = Duration::from_secs(5 * 60);
 
-/// Attempts per remote until [`Input::Reset`]: with the backoff, 8 attempts span about 22
+/// Attempts per remote until [`Input::Reset`]: with the backoff, 8 attempts span about 18
 /// minutes of trying, after which the pair stays relayed.
 pub(crate) const MAX_ATTEMPTS: u32 = 8;
 
@@ -769,11 +775,11 @@ impl PathMachine {
             return;
         }
         self.failures = self.failures.saturating_add(1);
-        let doubling = 1u32 << (self.failures - 1).min(16);
-        let wait = RETRY_BASE
-            .saturating_mul(doubling)
-            .max(at_least.unwrap_or_default())
-            .min(RETRY_MAX);
+        let backoff = match self.failures {
+            1 => RETRY_FIRST,
+            n => RETRY_BASE.saturating_mul(1u32 << (n - 2).min(16)),
+        };
+        let wait = backoff.max(at_least.unwrap_or_default()).min(RETRY_MAX);
         self.phase = Phase::Backoff { until: now + wait };
     }
 }

@@ -245,7 +245,8 @@ fn punches_are_spaced_bounded_and_time_out_into_a_backoff() {
     h.input(offer(theirs(), UNK));
     let at = h.now + 200 * MS;
     h.input(Input::PunchAt { at });
-    let out = h.advance_timed(Duration::from_secs(10));
+    // Up to the timeout and a little after, before the retry.
+    let out = h.advance_timed(200 * MS + PUNCH_TIMEOUT + RETRY_FIRST / 2);
     let punches: Vec<Instant> = out
         .iter()
         .filter(|(_, o)| *o == punch())
@@ -262,7 +263,7 @@ fn punches_are_spaced_bounded_and_time_out_into_a_backoff() {
             (timeout, outcome(PathOutcome::PunchTimedOut))
         ]
     );
-    assert_eq!(h.m.poll_timeout(), Some(timeout + RETRY_BASE));
+    assert_eq!(h.m.poll_timeout(), Some(timeout + RETRY_FIRST));
     assert_eq!(h.m.path(), Path::Relayed);
 }
 
@@ -285,10 +286,7 @@ fn failed_attempts_back_off_doubling_capped_and_stop_after_max_attempts() {
         assert_eq!(h.advance(next - h.now), [sent_offer(UNK)]);
     }
     let s = Duration::from_secs;
-    assert_eq!(
-        waits,
-        [s(30), s(60), s(120), s(240), s(300), s(300), s(300)]
-    );
+    assert_eq!(waits, [s(2), s(30), s(60), s(120), s(240), s(300), s(300)]);
     // Out of attempts: nothing more, whatever happens, until a reset.
     assert_eq!(h.m.poll_timeout(), None);
     assert!(h.input(offer(theirs(), UNK)).is_empty());
@@ -330,7 +328,7 @@ fn a_remote_offer_without_usable_candidates_fails_the_attempt() {
         h.input(offer(junk, UNK)),
         [outcome(PathOutcome::NoCandidates)]
     );
-    assert_eq!(h.m.poll_timeout(), Some(h.now + RETRY_BASE));
+    assert_eq!(h.m.poll_timeout(), Some(h.now + RETRY_FIRST));
 }
 
 #[test]
@@ -394,7 +392,8 @@ fn a_silent_direct_path_falls_back_within_direct_silence_then_retries() {
         h.input(Input::DirectHeard);
     }
     let heard = h.now;
-    let out = h.advance_timed(Duration::from_secs(5));
+    // Past the silence, before the retry.
+    let out = h.advance_timed(DIRECT_SILENCE + RETRY_FIRST / 2);
     assert_eq!(
         out,
         [
@@ -405,12 +404,12 @@ fn a_silent_direct_path_falls_back_within_direct_silence_then_retries() {
     );
     assert_eq!(h.m.path(), Path::Relayed);
     assert_eq!(h.m.rtt(), Some(40 * MS));
-    // The first retry after a direct path worked waits the base backoff.
+    // The first retry after a direct path worked comes soon.
     assert_eq!(
         h.m.poll_timeout(),
-        Some(heard + DIRECT_SILENCE + RETRY_BASE)
+        Some(heard + DIRECT_SILENCE + RETRY_FIRST)
     );
-    assert_eq!(h.advance(RETRY_BASE), [sent_offer(EI)]);
+    assert_eq!(h.advance(RETRY_FIRST), [sent_offer(EI)]);
 }
 
 #[test]
@@ -563,5 +562,5 @@ fn poll_timeout_is_always_the_earliest_deadline() {
     check(&h, Some(h.now + 1200 * MS));
     h.advance(Duration::from_secs(2)); // silent: lost, backoff
     let lost = start + 900 * MS + 1200 * MS;
-    check(&h, Some(lost + RETRY_BASE));
+    check(&h, Some(lost + RETRY_FIRST));
 }

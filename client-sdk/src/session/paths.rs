@@ -778,7 +778,20 @@ impl Driver {
 
     /// A dial ended: the first connection of the current attempt wins, any other is closed.
     async fn dialled(&mut self, dialled: Dialled) {
-        let Some(conn) = dialled.conn else { return };
+        let Some(conn) = dialled.conn else {
+            // Every dial of the attempt failed (the host refused the handshake, e.g. before it
+            // had taken in this member's offer, or a NAT dropped it): the next punch round of
+            // the same attempt dials again, so one early refusal does not cost the attempt.
+            if let Some(pair) = self.pairs.get_mut(&dialled.peer) {
+                if pair.dialled == dialled.attempt
+                    && pair.conns.is_empty()
+                    && pair.dials.iter().all(AbortHandle::is_finished)
+                {
+                    pair.dialled = 0;
+                }
+            }
+            return;
+        };
         let wins = !self.shared.is_host()
             && self.pairs.get(&dialled.peer).is_some_and(|p| {
                 p.conns.is_empty()
