@@ -355,6 +355,17 @@ impl Game {
         }
     }
 
+    /// A game between sites 1 and 2 with direct paths preferred, once both the host and the
+    /// peer report their path to each other direct.
+    async fn start_direct(lab: &Lab) -> (Game, Log) {
+        let mut game = Game::start_with(lab, 1, 2, &[], true).await;
+        let mut log = Log::default();
+        let peer_id = game.peer_id;
+        path_is(&mut game.peer, 0, "direct", WAIT, &mut log).await;
+        path_is(&mut game.host, peer_id, "direct", WAIT, &mut log).await;
+        (game, log)
+    }
+
     /// Waits until each side has received a datagram from the other that arrived after
     /// `since_us`, tallying what was lost on the way.
     async fn both_hear_after(&mut self, since_us: u64, within: Duration, log: &mut Log) {
@@ -651,11 +662,8 @@ async fn cone_nats_go_direct_and_fall_back_to_the_relay_when_cut() {
     let Some(lab) = lab(&[NatMode::Cone, NatMode::Cone]) else {
         return;
     };
-    let mut game = Game::start_with(&lab, 1, 2, &[], true).await;
-    let mut log = Log::default();
+    let (mut game, mut log) = Game::start_direct(&lab).await;
     let peer_id = game.peer_id;
-    path_is(&mut game.peer, 0, "direct", WAIT, &mut log).await;
-    path_is(&mut game.host, peer_id, "direct", WAIT, &mut log).await;
     // Datagrams already in flight through the relay arrive within a few ticks.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let forwarded = "baton_datagrams_forwarded_total";
@@ -871,11 +879,8 @@ async fn cone_nats_datagram_latency_direct_versus_relayed() {
     let Some(lab) = lab(&[NatMode::Cone, NatMode::Cone]) else {
         return;
     };
-    let mut game = Game::start_with(&lab, 1, 2, &[], true).await;
-    let mut log = Log::default();
+    let (mut game, mut log) = Game::start_direct(&lab).await;
     let peer_id = game.peer_id;
-    path_is(&mut game.peer, 0, "direct", WAIT, &mut log).await;
-    path_is(&mut game.host, peer_id, "direct", WAIT, &mut log).await;
     plays_without_the_relay(&mut game, &mut log).await;
     let span = Duration::from_secs(3);
     let mut direct = game_latencies(&mut game, span, &mut log).await;
@@ -915,11 +920,7 @@ async fn cone_nat_and_public_host_go_direct() {
     let Some(lab) = lab(&[NatMode::Cone, NatMode::None]) else {
         return;
     };
-    let mut game = Game::start_with(&lab, 1, 2, &[], true).await;
-    let mut log = Log::default();
-    let peer_id = game.peer_id;
-    path_is(&mut game.peer, 0, "direct", WAIT, &mut log).await;
-    path_is(&mut game.host, peer_id, "direct", WAIT, &mut log).await;
+    let (mut game, mut log) = Game::start_direct(&lab).await;
     plays_without_the_relay(&mut game, &mut log).await;
     let reports = direct_reports(&game.relay).await;
     assert_eq!(reports.get("direct"), Some(&2), "{reports:?}");
@@ -972,11 +973,7 @@ async fn a_rebinding_nat_on_a_direct_path_recovers() {
     let Some(lab) = lab(&[NatMode::Cone, NatMode::Cone]) else {
         return;
     };
-    let mut game = Game::start_with(&lab, 1, 2, &[], true).await;
-    let mut log = Log::default();
-    let peer_id = game.peer_id;
-    path_is(&mut game.peer, 0, "direct", WAIT, &mut log).await;
-    path_is(&mut game.host, peer_id, "direct", WAIT, &mut log).await;
+    let (mut game, mut log) = Game::start_direct(&lab).await;
     plays_without_the_relay(&mut game, &mut log).await;
     let before = game.relay.metrics().await.expect("metrics");
     let lost_before = log.lost;
