@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use baton_protocol::credential::{Claims, CredentialRefusal, Scope};
 use baton_protocol::{
-    join_code, AllocationId, ClientMessage, JoinCode, LeaveReason, PeerId, ServerMessage,
+    join_code, AllocationId, ClientMessage, JoinCode, LeaveReason, NatKind, PathReason, PeerId,
+    ServerMessage,
 };
 use baton_relay::control::{Authorization, ConnId, ControlPlane, Event, Input, Output, Secrets};
 use baton_relay::RelayConfig;
@@ -192,6 +193,19 @@ enum Msg {
         credential: u8,
         peer: Option<u8>,
         forged: Option<[u8; 16]>,
+    },
+    /// A direct-path offer to a member (SPEC section 17).
+    PathOffer {
+        peer: u8,
+        nat: u8,
+        fingerprint: [u8; 32],
+        /// 1 to 4 candidates, ports from these.
+        ports: Vec<u16>,
+    },
+    /// A direct-path outcome report about a member.
+    PathReport {
+        peer: u8,
+        reason: u8,
     },
 }
 
@@ -439,6 +453,38 @@ impl World {
                     peer: p.map_or(holder, peer),
                     reconnect_token: forged.unwrap_or(token),
                     credential: None,
+                }
+            }
+            Msg::PathOffer {
+                peer: p,
+                nat,
+                fingerprint,
+                ports,
+            } => {
+                // Only what decodes reaches the control plane: 1 to 8 unicast candidates.
+                let mut candidates: Vec<SocketAddr> = ports
+                    .iter()
+                    .take(4)
+                    .map(|port| SocketAddr::from(([198, 51, 100, 7], (*port).max(1))))
+                    .collect();
+                if candidates.is_empty() {
+                    candidates.push(SocketAddr::from(([192, 0, 2, 1], 7700)));
+                }
+                ClientMessage::PathOffer {
+                    request_id,
+                    peer: peer(*p),
+                    nat: NatKind::ALL[usize::from(*nat) % NatKind::ALL.len()],
+                    fingerprint: *fingerprint,
+                    candidates,
+                }
+            }
+            Msg::PathReport { peer: p, reason } => {
+                let reason = PathReason::ALL[usize::from(*reason) % PathReason::ALL.len()];
+                ClientMessage::PathReport {
+                    request_id,
+                    peer: peer(*p),
+                    outcome: reason.outcome(),
+                    reason,
                 }
             }
         }
