@@ -107,6 +107,17 @@ impl Allocation {
         }
     }
 
+    /// Until when the allocation is between hosts, if it is: a host migration's deadline, or
+    /// the deadline for the host of an allocation taken over from a lost node to come back.
+    /// Requests that need a host meanwhile are refused `migrating` with the time left.
+    pub(super) fn between_hosts_until(&self) -> Option<Instant> {
+        match &self.host {
+            HostSlot::Migrating(m) => Some(m.deadline),
+            HostSlot::Returning { deadline, .. } => Some(*deadline),
+            HostSlot::Bound(_) | HostSlot::Awaiting { .. } => None,
+        }
+    }
+
     /// Seats taken, counting a reserved host seat.
     fn seats_taken(&self) -> usize {
         self.members.len() + usize::from(matches!(self.host, HostSlot::Awaiting { .. }))

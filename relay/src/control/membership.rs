@@ -165,13 +165,9 @@ impl ControlPlane {
         let Some(alloc) = self.allocations.get_mut(&id) else {
             return;
         };
-        let waiting = match &alloc.host {
-            // The code moves to the successor in a moment; a retry lands there.
-            HostSlot::Migrating(m) => Some(m.deadline),
-            // Taken over from a lost node: its members come back first, then newcomers.
-            HostSlot::Returning { deadline, .. } => Some(*deadline),
-            _ => None,
-        };
+        // Migrating: the code moves to the successor in a moment, and a retry lands there.
+        // Taken over from a lost node: its members come back first, then newcomers.
+        let waiting = alloc.between_hosts_until();
         if let Some(deadline) = waiting {
             let ms = millis_until(now, deadline);
             self.refuse(conn, request_id, ErrorCode::Migrating, ms);

@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 use baton_protocol::path::{NatKind, PathOutcome, PathReason, MAX_PUNCH_DELAY_MS, OFFER_WINDOW};
 use baton_protocol::{AllocationId, ErrorCode, PeerId, ServerMessage};
 
-use super::allocation::HostSlot;
 use super::ratelimit::{Bucket, Limit};
 use super::{millis_until, ConnId, ControlPlane, Event, Output};
 
@@ -109,11 +108,7 @@ impl ControlPlane {
         let Some(alloc) = self.allocations.get_mut(&id) else {
             return;
         };
-        let waiting = match &alloc.host {
-            HostSlot::Migrating(m) => Some(m.deadline),
-            HostSlot::Returning { deadline, .. } => Some(*deadline),
-            HostSlot::Bound(_) | HostSlot::Awaiting { .. } => None,
-        };
+        let waiting = alloc.between_hosts_until();
         if let Some(deadline) = waiting {
             let ms = millis_until(now, deadline);
             self.refuse(conn, request_id, ErrorCode::Migrating, ms);
