@@ -373,3 +373,117 @@ async fn a_direct_path_carries_the_game_while_the_relay_is_lost_and_stays_after_
     peer.close().await;
     host.close().await;
 }
+
+/// Nodes `a` and `b` of a fleet, in this process: `a` with `tweak_a` applied. Returns once
+/// both are registered in the directory, so that a drain of `a` has somewhere to go.
+async fn two_nodes(
+    redis: &baton_tests::redis_server::RedisServer,
+    certs: &std::path::Path,
+    tweak_a: impl FnOnce(&mut baton_relay::config::RelayConfig),
+) -> (TestRelay, TestRelay) {
+    use baton_relay::directory::RedisDirectory;
+    use baton_relay::metrics::Metrics;
+
+    let a = TestRelay::start_fleet_node("a", &redis.url(), certs, tweak_a).await;
+    let b = TestRelay::start_fleet_node("b", &redis.url(), certs, |_| {}).await;
+    let dir = RedisDirectory::connect(&redis.url(), std::sync::Arc::new(Metrics::new()))
+        .await
+        .expect("directory");
+    let deadline = Instant::now() + WAIT;
+    while dir.nodes().await.map(|n| n.len()) != Ok(2) {
+        assert!(Instant::now() < deadline, "nodes not registered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (a, b)
+}
+
+/// Drains `node` and waits until `sessions` have all moved to `to`; with `steady_paths`, no
+/// session may report a `PathChanged` on the way.
+async fn drain_to(node: &TestRelay, to: &TestRelay, sessions: [&Session; 2], steady_paths: bool) {
+    let drain = reqwest::Client::new()
+        .post(format!("{}/v1/drain", node.admin_url()))
+        .send()
+        .await
+        .expect("POST /v1/drain");
+    assert_eq!(drain.status(), reqwest::StatusCode::ACCEPTED);
+    for session in sessions {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, session.next_event()).await {
+                Ok(Some(Event::Relocated { relay })) => {
+                    assert_eq!(relay, to.addr());
+                    break;
+                }
+                Ok(Some(e @ Event::PathChanged { .. })) if steady_paths => {
+                    panic!("path changed during the relocation: {e}")
+                }
+                Ok(Some(e @ Event::Disconnected { .. })) => panic!("not relocated: {e}"),
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("the session ended"),
+                Err(_) => panic!("not relocated within {WAIT:?}"),
+            }
+        }
+    }
+}
+
+/// A pair with a direct path on node `a`, which drains: both sessions move to node `b` and
+/// the direct path stays up and in use throughout (no `PathChanged`, `b` forwards nothing
+/// between them).
+#[tokio::test]
+async fn a_direct_path_stays_in_use_across_a_relocation() {
+    let redis = baton_tests::redis_server::RedisServer::start()
+        .expect("redis-server starts (install redis-server)");
+    let certs = tempfile::tempdir().expect("tempdir");
+    let (a, b) = two_nodes(&redis, certs.path(), |_| {}).await;
+    let (host, peer) = pair(&a, DirectPolicy::Prefer, DirectPolicy::Prefer).await;
+    let peer_id = peer.local_peer();
+    assert_eq!(
+        path_changed(&peer, PeerId::HOST, WAIT).await.0,
+        Path::Direct
+    );
+    assert_eq!(path_changed(&host, peer_id, WAIT).await.0, Path::Direct);
+
+    drain_to(&a, &b, [&host, &peer], true).await;
+    assert_eq!(host.path(peer_id), Path::Direct);
+    assert_eq!(peer.path(PeerId::HOST), Path::Direct);
+    let before = metric(&b, FORWARDED).await;
+    exchange(&host, &peer, 20).await;
+    assert_eq!(
+        metric(&b, FORWARDED).await,
+        before,
+        "b forwarded the pair's datagrams"
+    );
+    peer.close().await;
+    host.close().await;
+}
+
+/// A pair kept relayed by its node (`--allow-direct false` on `a`) starts over when the game
+/// moves to a node that allows direct paths, and goes direct there.
+#[tokio::test]
+async fn a_pair_refused_direct_paths_goes_direct_after_moving_to_a_node_that_allows_them() {
+    let redis = baton_tests::redis_server::RedisServer::start()
+        .expect("redis-server starts (install redis-server)");
+    let certs = tempfile::tempdir().expect("tempdir");
+    let (a, b) = two_nodes(&redis, certs.path(), |c| {
+        c.set_allow_direct(false).expect("allow_direct");
+    })
+    .await;
+    let (host, peer) = pair(&a, DirectPolicy::Prefer, DirectPolicy::Prefer).await;
+    let peer_id = peer.local_peer();
+    metric_reaches(&a, &reports("relay_declined"), 2.0).await;
+    assert_eq!(host.path(peer_id), Path::Relayed);
+
+    drain_to(&a, &b, [&host, &peer], false).await;
+    assert_eq!(
+        path_changed(&peer, PeerId::HOST, WAIT).await.0,
+        Path::Direct
+    );
+    assert_eq!(path_changed(&host, peer_id, WAIT).await.0, Path::Direct);
+    metric_reaches(&b, &reports("direct"), 2.0).await;
+    let before = metric(&b, FORWARDED).await;
+    exchange(&host, &peer, 20).await;
+    assert_eq!(metric(&b, FORWARDED).await, before);
+    peer.close().await;
+    host.close().await;
+}

@@ -297,9 +297,9 @@ impl Session {
     /// another member), [`Path::Relayed`] otherwise. Changes are reported as
     /// [`Event::PathChanged`].
     pub fn path(&self, peer: PeerId) -> Path {
-        match self.shared.direct.as_ref().and_then(|d| d.route(peer)) {
-            Some(_) => Path::Direct,
-            None => Path::Relayed,
+        match &self.shared.direct {
+            Some(d) if d.has_route(peer) => Path::Direct,
+            _ => Path::Relayed,
         }
     }
 
@@ -370,25 +370,21 @@ impl Session {
     fn send(&self, destination: Destination, payload: &[u8]) -> Result<(), Error> {
         check_payload(payload.len(), self.max_payload)?;
         if let Some(direct) = &self.shared.direct {
-            match destination {
-                Destination::Peer(peer) => {
-                    if let Some(conn) = direct.route(peer) {
-                        if direct.send(&conn, payload) {
+            if direct.any_route() {
+                // One copy of the payload, shared by every direct send.
+                let bare = Bytes::copy_from_slice(payload);
+                match destination {
+                    Destination::Peer(peer) => {
+                        if direct.send_direct(peer, &bare) {
                             return Ok(());
                         }
                     }
-                }
-                Destination::Broadcast => {
-                    let routes = direct.routes();
-                    if !routes.is_empty() {
+                    Destination::Broadcast => {
                         // Direct to each member with a direct path, through the relay (as
                         // unicasts) to the others.
                         let mut result = Ok(());
                         for member in self.members() {
-                            if member == self.local_peer {
-                                continue;
-                            }
-                            if routes.get(&member).is_some_and(|c| direct.send(c, payload)) {
+                            if member == self.local_peer || direct.send_direct(member, &bare) {
                                 continue;
                             }
                             let sent = self.send_relayed(Destination::Peer(member), payload);

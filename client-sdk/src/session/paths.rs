@@ -188,20 +188,14 @@ impl DirectShared {
         )
     }
 
-    /// The direct connection datagrams to `peer` take, if its path is direct.
-    pub(crate) fn route(&self, peer: PeerId) -> Option<quinn::Connection> {
-        if !self.any_route.load(Ordering::Acquire) {
-            return None;
-        }
-        lock(&self.routes).get(&peer).cloned()
+    /// Whether datagrams to `peer` go direct.
+    pub(crate) fn has_route(&self, peer: PeerId) -> bool {
+        self.any_route.load(Ordering::Acquire) && lock(&self.routes).contains_key(&peer)
     }
 
-    /// Every member whose path is direct, with its connection.
-    pub(crate) fn routes(&self) -> HashMap<PeerId, quinn::Connection> {
-        if !self.any_route.load(Ordering::Acquire) {
-            return HashMap::new();
-        }
-        lock(&self.routes).clone()
+    /// Whether any member's path is direct (no lock taken).
+    pub(crate) fn any_route(&self) -> bool {
+        self.any_route.load(Ordering::Acquire)
     }
 
     fn set_route(&self, peer: PeerId, conn: Option<quinn::Connection>) {
@@ -213,9 +207,17 @@ impl DirectShared {
         self.any_route.store(!routes.is_empty(), Ordering::Release);
     }
 
-    /// Sends `payload` bare on `conn` (SPEC section 17.3); whether it was queued.
-    pub(crate) fn send(&self, conn: &quinn::Connection, payload: &[u8]) -> bool {
-        let sent = conn.send_datagram(Bytes::copy_from_slice(payload)).is_ok();
+    /// Sends `payload` bare (SPEC section 17.3) to `peer` if its path is direct; whether it was
+    /// queued there. Takes the route lock once and clones neither the route map nor the
+    /// connection: the payload is shared, not copied, across the members of a broadcast.
+    pub(crate) fn send_direct(&self, peer: PeerId, payload: &Bytes) -> bool {
+        if !self.any_route.load(Ordering::Acquire) {
+            return false;
+        }
+        let sent = match lock(&self.routes).get(&peer) {
+            Some(conn) => conn.send_datagram(payload.clone()).is_ok(),
+            None => return false,
+        };
         if sent {
             inc(&self.counters.sent);
         }
@@ -643,7 +645,7 @@ impl Driver {
         tracing::debug!(%peer, "direct path: pair removed");
         pair.close_all();
         self.io.admitted.forget(peer);
-        if self.d().route(peer).is_some() {
+        if self.d().has_route(peer) {
             self.d().set_route(peer, None);
             let rtt = self.shared.conn().rtt();
             self.shared.emit(
