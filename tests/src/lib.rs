@@ -7,6 +7,7 @@
 pub mod attack_known;
 pub mod migration_run;
 pub mod natlab;
+pub mod pathbench;
 pub mod player;
 pub mod procstat;
 pub mod redis_server;

@@ -16,6 +16,9 @@
 //!   bench: join latency through a redirect against a direct join, the time each allocation
 //!   takes to move off a draining node, and the drain time of a node carrying 1,000
 //!   allocations (SDK sessions as clients).
+//! - `paths`: direct host–peer paths in the NAT lab (network namespaces and NAT routers; needs
+//!   root, skips otherwise): time to a direct path, latency direct against relayed, and the
+//!   relay traffic a mixed-NAT game saves. Not part of `all`.
 //! - `all`: every one of them, each against a fresh relay (or fleet).
 //!
 //! `--quick` shrinks every size so a run takes seconds (a CI smoke test); `--json` prints the
@@ -32,6 +35,7 @@ mod churn;
 mod fleet;
 mod idle;
 mod load;
+mod paths;
 mod probe;
 mod quic;
 mod relay;
@@ -52,6 +56,7 @@ use crate::churn::{ChurnArgs, JoinArgs};
 use crate::fleet::FleetArgs;
 use crate::idle::IdleArgs;
 use crate::load::LoadArgs;
+use crate::paths::PathsArgs;
 use crate::report::{Machine, Report};
 
 /// Load and latency benchmarks of a Baton relay over loopback.
@@ -65,6 +70,7 @@ use crate::report::{Machine, Report};
         baton-bench load --find-max --step-duration 2s\n  \
         baton-bench idle --idle-clients 10000\n  \
         baton-bench fleet --drain-allocations 1000\n  \
+        sudo baton-bench paths --trials 20 --duration 15s\n  \
         baton-bench --quick all --json"
 )]
 struct Cli {
@@ -135,6 +141,9 @@ enum Command {
     /// A fleet of relay processes and their directory: join through a redirect, relocation
     /// time per allocation, drain time of a loaded node.
     Fleet(FleetArgs),
+    /// Direct host–peer paths in the NAT lab (needs root; skips otherwise): time to a direct
+    /// path, latency direct against relayed, relay traffic saved in a mixed-NAT game.
+    Paths(PathsArgs),
     /// Every benchmark in turn, each against a fresh relay.
     All(Box<AllArgs>),
     /// (internal) The plain UDP forwarder of the ceiling run.
@@ -248,6 +257,11 @@ async fn run(cli: Cli) -> anyhow::Result<Report> {
         Some(Command::Join(args)) => churn::run_join(&global, &args, &mut report).await?,
         Some(Command::Idle(args)) => idle::run(&global, &args, &mut report).await?,
         Some(Command::Fleet(args)) => fleet::run(&global, &args, &mut report).await?,
+        Some(Command::Paths(args)) => {
+            // It prints its own figures (the lab's, not a loopback relay's).
+            paths::run(&global, &args, &mut report).await?;
+            return Ok(report);
+        }
         Some(Command::All(args)) => {
             // One benchmark failing to run does not stop the others; it is reported.
             if let Err(e) = load::run(&global, &args.load, &mut report).await {
