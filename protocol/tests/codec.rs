@@ -1729,3 +1729,32 @@ fn spec_direct_path_example() {
     assert!(SPEC.contains("ALPN **`baton-direct/1`**"));
     assert_eq!(baton_protocol::path::DIRECT_ALPN, b"baton-direct/1");
 }
+
+/// The NAT-detection example of SPEC.md section 17.5: the main port's `ObservedAddress` naming
+/// probe port 7701, and the probe port's answer (probe port 0) to `Probe`.
+#[test]
+fn spec_nat_detection_example() {
+    let address: std::net::SocketAddr = "198.51.100.7:61000".parse().expect("address");
+    for (msg, spaced) in [
+        (
+            ServerMessage::ObservedAddress {
+                address,
+                probe_port: 7701,
+            },
+            "0000000a 91 04 c6336407 ee48 1e15",
+        ),
+        (
+            ServerMessage::ObservedAddress {
+                address,
+                probe_port: 0,
+            },
+            "0000000a 91 04 c6336407 ee48 0000",
+        ),
+    ] {
+        assert_eq!(hex::encode(msg.to_frame()), unspaced(spaced));
+        assert!(SPEC.contains(spaced), "SPEC.md lacks `{spaced}`");
+    }
+    assert_eq!(hex::encode(ClientMessage::Probe.to_frame()), "000000010a");
+    // No body at all: a request id after the type byte is trailing bytes.
+    assert!(ClientMessage::decode(&[0x0a, 0, 0, 0, 1]).is_err());
+}
