@@ -270,3 +270,19 @@ async fn a_session_preferring_direct_paths_measures_an_endpoint_independent_nat_
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(never.nat(), NatKind::Unknown);
 }
+
+/// A relay dropped without `shutdown` lets its probe port go too.
+#[tokio::test]
+async fn dropping_the_relay_frees_its_probe_port() {
+    let relay = TestRelay::start().await;
+    let probe = probe_addr(&relay);
+    drop(relay);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while std::net::UdpSocket::bind(probe).is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{probe} still taken"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -156,7 +156,7 @@ pub struct Relay {
     /// One data-plane thread per endpoint, serving its connections.
     lanes: Vec<Lane>,
     /// The NAT probe endpoint, unless `probe_listen` is off.
-    probe: Option<quinn::Endpoint>,
+    probe: Option<probe::ProbeEndpoint>,
     handle: RelayHandle,
     admin_addr: Option<SocketAddr>,
     fingerprint: [u8; 32],
@@ -246,12 +246,15 @@ impl Relay {
             .resolve(config.listen)
             .map_err(RelayError::ProbeListen)?
         {
-            Some(addr) => Some(probe::bind(addr, quic_crypto.clone())?),
+            Some(addr) => Some(probe::ProbeEndpoint(probe::bind(
+                addr,
+                quic_crypto.clone(),
+            )?)),
             None => None,
         };
         let probe_port = probe
             .as_ref()
-            .and_then(|e| e.local_addr().ok())
+            .and_then(|e| e.0.local_addr().ok())
             .map_or(0, |a| a.port());
 
         if config.auth_secrets.is_open() && !config.listen.ip().is_loopback() {
@@ -436,7 +439,7 @@ impl Relay {
         }
         if let Some(endpoint) = &probe {
             tasks.spawn(probe::probe_loop(
-                endpoint.clone(),
+                endpoint.0.clone(),
                 Arc::new(probe::ProbeLimiter::new(
                     probe::SOURCE_BURST,
                     probe::SOURCE_PER_SECOND,
@@ -478,7 +481,7 @@ impl Relay {
 
     /// The NAT probe endpoint's address (SPEC section 17.5), unless `probe_listen` is off.
     pub fn probe_addr(&self) -> Option<SocketAddr> {
-        self.probe.as_ref().and_then(|e| e.local_addr().ok())
+        self.probe.as_ref().and_then(|e| e.0.local_addr().ok())
     }
 
     /// The admin server's address, if it runs.
@@ -506,7 +509,8 @@ impl Relay {
     /// to acknowledge, and stops every task.
     pub async fn shutdown(self) {
         info!("relay shutting down");
-        for endpoint in self.endpoints.iter().chain(&self.probe) {
+        let probe = self.probe.as_ref().map(|p| &p.0);
+        for endpoint in self.endpoints.iter().chain(probe) {
             endpoint.set_server_config(None);
         }
         self.shutdown.cancel();

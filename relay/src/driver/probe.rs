@@ -129,6 +129,20 @@ fn server_config(
     Ok(config)
 }
 
+/// The probe endpoint as the [`Relay`](super::Relay) holds it: dropping it (with the relay)
+/// closes it, and its accept loop ends.
+#[derive(Debug)]
+pub(super) struct ProbeEndpoint(pub(super) quinn::Endpoint);
+
+impl Drop for ProbeEndpoint {
+    fn drop(&mut self) {
+        self.0.close(
+            VarInt::from_u32(CloseCode::RelayShuttingDown.to_u32()),
+            CloseCode::RelayShuttingDown.description().as_bytes(),
+        );
+    }
+}
+
 /// Binds the probe endpoint at `addr` with the relay's TLS `crypto`. A failure is a startup
 /// error naming the address.
 pub(super) fn bind(
