@@ -62,6 +62,7 @@ RELAY_METRICS: dict[str, frozenset[str]] = {
         "baton_connections_refused_total": ("reason",),
         "baton_handshakes_in_flight": (),
         "baton_retries_sent_total": (),
+        "baton_nat_probes_total": ("result",),
         "baton_allocations": (),
         "baton_allocations_created_total": (),
         "baton_joins_total": (),

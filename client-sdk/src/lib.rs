@@ -102,6 +102,8 @@ pub use tls::{fingerprint, format_fingerprint, parse_fingerprint};
 
 /// Why the relay refused a credential ([`Error::CredentialRefused`]).
 pub use baton_protocol::credential::CredentialRefusal;
+/// How a NAT maps a UDP socket ([`Session::nat`]).
+pub use baton_protocol::path::NatKind;
 pub use baton_protocol::{
     AllocationId, DropReason, ErrorCode, JoinCode, JoinCodeError, LeaveReason, PeerId,
 };

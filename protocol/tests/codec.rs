@@ -184,6 +184,11 @@ fn client_snapshots() -> Vec<(ClientMessage, &'static str)> {
             },
             "00000009 09 0000000e 0001 02 01",
         ),
+        (
+            // len = 1: the type byte, no body (no request id either)
+            ClientMessage::Probe,
+            "00000001 0a",
+        ),
     ]
 }
 
@@ -381,17 +386,22 @@ fn server_snapshots() -> Vec<(ServerMessage, &'static str)> {
         ),
         (
             // len = 1 + (1 + 4 + 2) = 8: family 4, 198.51.100.7, port 61000 (0xee48)
+            // len = 1 + (1 + 4 + 2) + 2 = 10: family 4, 198.51.100.7, port 61000, probe port
+            // 3479
             ServerMessage::ObservedAddress {
                 address: "198.51.100.7:61000".parse().expect("address"),
+                probe_port: 3479,
             },
-            "00000008 91 04 c6336407 ee48",
+            "0000000a 91 04 c6336407 ee48 0d97",
         ),
         (
-            // len = 1 + (1 + 16 + 2) = 20 = 0x14: family 6, 2001:db8::7, port 61000
+            // len = 1 + (1 + 16 + 2) + 2 = 22 = 0x16: family 6, 2001:db8::7, port 61000, no
+            // probe port (0)
             ServerMessage::ObservedAddress {
                 address: "[2001:db8::7]:61000".parse().expect("address"),
+                probe_port: 0,
             },
-            "00000014 91 06 20010db8000000000000000000000007 ee48",
+            "00000016 91 06 20010db8000000000000000000000007 ee48 0000",
         ),
         (
             // len = 1 + 2 from + 1 nat + 32 fingerprint + (1 + 7 + 7) = 51 = 0x33: the offer
@@ -464,7 +474,7 @@ fn check_snapshot_types<M: Message>(snapshots: &[(M, &str)], expected: RangeIncl
 /// so a `match` here cannot catch it).
 #[test]
 fn every_message_type_has_a_snapshot() {
-    check_snapshot_types(&client_snapshots(), 0x01..=0x09);
+    check_snapshot_types(&client_snapshots(), 0x01..=0x0A);
     check_snapshot_types(&server_snapshots(), 0x81..=0x93);
 }
 
@@ -1314,6 +1324,7 @@ fn client_message() -> impl Strategy<Value = ClientMessage> {
                 reason,
             }
         }),
+        Just(ClientMessage::Probe),
     ]
 }
 
@@ -1443,7 +1454,12 @@ fn server_message() -> impl Strategy<Value = ServerMessage> {
                 server_name,
             }
         }),
-        redirect_address().prop_map(|address| ServerMessage::ObservedAddress { address }),
+        (redirect_address(), any::<u16>()).prop_map(|(address, probe_port)| {
+            ServerMessage::ObservedAddress {
+                address,
+                probe_port,
+            }
+        }),
         (peer(), nat_kind(), any::<[u8; 32]>(), candidates()).prop_map(
             |(from, nat, fingerprint, candidates)| ServerMessage::PathOffer {
                 from,
@@ -1533,7 +1549,7 @@ fn check_decodes_stably<M: Message>(body: &[u8]) -> Result<(), TestCaseError> {
 /// Random bytes, or random bytes behind a type byte the decoder knows, so that the fuzzing
 /// reaches past the type check.
 fn noise() -> impl Strategy<Value = Vec<u8>> {
-    let known: Vec<u8> = (0x01..=0x09).chain(0x81..=0x93).collect();
+    let known: Vec<u8> = (0x01..=0x0A).chain(0x81..=0x93).collect();
     prop_oneof![
         prop::collection::vec(any::<u8>(), 0..64),
         (
@@ -1712,4 +1728,33 @@ fn spec_direct_path_example() {
     }
     assert!(SPEC.contains("ALPN **`baton-direct/1`**"));
     assert_eq!(baton_protocol::path::DIRECT_ALPN, b"baton-direct/1");
+}
+
+/// The NAT-detection example of SPEC.md section 17.5: the main port's `ObservedAddress` naming
+/// probe port 7701, and the probe port's answer (probe port 0) to `Probe`.
+#[test]
+fn spec_nat_detection_example() {
+    let address: std::net::SocketAddr = "198.51.100.7:61000".parse().expect("address");
+    for (msg, spaced) in [
+        (
+            ServerMessage::ObservedAddress {
+                address,
+                probe_port: 7701,
+            },
+            "0000000a 91 04 c6336407 ee48 1e15",
+        ),
+        (
+            ServerMessage::ObservedAddress {
+                address,
+                probe_port: 0,
+            },
+            "0000000a 91 04 c6336407 ee48 0000",
+        ),
+    ] {
+        assert_eq!(hex::encode(msg.to_frame()), unspaced(spaced));
+        assert!(SPEC.contains(spaced), "SPEC.md lacks `{spaced}`");
+    }
+    assert_eq!(hex::encode(ClientMessage::Probe.to_frame()), "000000010a");
+    // No body at all: a request id after the type byte is trailing bytes.
+    assert!(ClientMessage::decode(&[0x0a, 0, 0, 0, 1]).is_err());
 }

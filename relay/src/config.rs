@@ -187,6 +187,85 @@ impl fmt::Debug for FleetConfig {
     }
 }
 
+/// Where the relay's probe endpoint listens: a second QUIC endpoint, on its own UDP socket on
+/// the listen address's IP, that answers `Probe` with the address it sees, so that a client
+/// compares it with the main port's `ObservedAddress` and learns its NAT kind (SPEC section
+/// 17.5). Written `auto`, `off` or an address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub enum ProbeListen {
+    /// The listen address with the next port (port 0, one the kernel picks, when the listen
+    /// port is 0).
+    #[default]
+    Auto,
+    /// No probe endpoint: `ObservedAddress` names probe port 0 and clients do not measure.
+    Off,
+    /// This address.
+    Addr(SocketAddr),
+}
+
+impl ProbeListen {
+    /// The address to bind for a relay listening on `listen`; `None` when off. `auto` with
+    /// listen port 65535 has no next port: an error.
+    pub fn resolve(self, listen: SocketAddr) -> Result<Option<SocketAddr>, ConfigError> {
+        match self {
+            ProbeListen::Off => Ok(None),
+            ProbeListen::Addr(addr) => Ok(Some(addr)),
+            ProbeListen::Auto => {
+                let port = match listen.port() {
+                    0 => 0,
+                    port => port.checked_add(1).ok_or_else(|| {
+                        invalid(
+                            "probe_listen",
+                            "auto needs the port after listen's; set an address or off",
+                        )
+                    })?,
+                };
+                Ok(Some(SocketAddr::new(listen.ip(), port)))
+            }
+        }
+    }
+}
+
+impl fmt::Display for ProbeListen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProbeListen::Auto => f.write_str("auto"),
+            ProbeListen::Off => f.write_str("off"),
+            ProbeListen::Addr(addr) => write!(f, "{addr}"),
+        }
+    }
+}
+
+impl std::str::FromStr for ProbeListen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "auto" => Ok(ProbeListen::Auto),
+            "off" => Ok(ProbeListen::Off),
+            other => other
+                .parse()
+                .map(ProbeListen::Addr)
+                .map_err(|_| format!("{other:?} is neither auto, off nor an IP:PORT address")),
+        }
+    }
+}
+
+impl TryFrom<String> for ProbeListen {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl Show for ProbeListen {
+    fn show(&self) -> String {
+        self.to_string()
+    }
+}
+
 /// Everything a relay needs to run. `RelayConfig::default()` is a working development relay.
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
@@ -245,6 +324,7 @@ pub struct RelayConfig {
     max_connections_per_ipv6_48: usize,
     handshake_retry_threshold: usize,
     allow_direct: bool,
+    probe_listen: ProbeListen,
 }
 
 impl Default for RelayConfig {
@@ -293,6 +373,7 @@ impl Default for RelayConfig {
             max_connections_per_ipv6_48: defaults::MAX_CONNECTIONS_PER_IPV6_48,
             handshake_retry_threshold: defaults::HANDSHAKE_RETRY_THRESHOLD,
             allow_direct: defaults::ALLOW_DIRECT,
+            probe_listen: ProbeListen::Auto,
         }
     }
 }
@@ -323,6 +404,7 @@ impl RelayConfig {
     getter!(max_snapshot: usize, "Largest migration snapshot a host may upload, in bytes.");
     getter!(snapshot_budget: usize, "Bytes all stored snapshots may take together.");
     getter!(allow_direct: bool, "Whether the relay signals direct paths between members (SPEC section 17).");
+    getter!(probe_listen: ProbeListen, "Where the probe endpoint listens (SPEC section 17.5): auto, off or an address.");
     getter!(udp_buffer: usize, "Requested kernel receive and send buffer of each QUIC socket, in bytes.");
     getter!(endpoints: usize, "QUIC endpoints sharing the listen port (SO_REUSEPORT when more than one).");
     getter!(client_datagrams_per_second: usize, "Datagrams a client may send per second.");
@@ -372,6 +454,12 @@ impl RelayConfig {
     /// refuses offers with `direct_disabled`.
     pub fn set_allow_direct(&mut self, v: bool) -> Result<&mut Self, ConfigError> {
         self.allow_direct = v;
+        Ok(self)
+    }
+
+    /// Sets where the probe endpoint listens (SPEC section 17.5).
+    pub fn set_probe_listen(&mut self, v: ProbeListen) -> Result<&mut Self, ConfigError> {
+        self.probe_listen = v;
         Ok(self)
     }
 

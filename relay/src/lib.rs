@@ -43,5 +43,5 @@ pub mod metrics;
 mod prefix;
 pub mod tls;
 
-pub use config::{ConfigError, RelayConfig, TlsSource};
+pub use config::{ConfigError, ProbeListen, RelayConfig, TlsSource};
 pub use driver::{steering, transport_config, Relay, RelayError, RelayHandle};

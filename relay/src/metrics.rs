@@ -22,6 +22,11 @@ struct ReasonLabel {
     reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
 /// Registers a new metric of type `M` as `name` with `help`; returns the handle that updates it.
 fn register<M: Metric + Clone + Default>(registry: &mut Registry, name: &str, help: &str) -> M {
     let metric = M::default();
@@ -89,6 +94,8 @@ pub struct Metrics {
     pub handshakes_in_flight: Gauge,
     /// QUIC Retry packets sent (address validation above the handshake threshold).
     pub retries_sent: Counter,
+    /// `baton_nat_probes_total{result=...}`: NAT probes on the probe port (SPEC section 17.5).
+    pub nat_probes: NatProbes,
     /// Live allocations.
     pub allocations: Gauge,
     /// Allocations created since start.
@@ -176,6 +183,19 @@ impl Metrics {
             "retries_sent",
             "QUIC Retry packets sent to validate a new client's address, above the handshake threshold",
         );
+        let probes: Family<ResultLabel, Counter> = register(
+            &mut registry,
+            "nat_probes",
+            "NAT probes on the probe port, by result: answered (the client was told the address the relay saw), refused (over the per-source rate or the concurrent-probe cap, refused at accept)",
+        );
+        // One statement each: the family's read guard must be gone before the next insert.
+        let answered = probes
+            .get_or_create(&ResultLabel { result: "answered" })
+            .clone();
+        let refused = probes
+            .get_or_create(&ResultLabel { result: "refused" })
+            .clone();
+        let nat_probes = NatProbes { answered, refused };
         let allocations: Gauge = register(&mut registry, "allocations", "Live allocations");
         let allocations_created: Counter =
             register(&mut registry, "allocations_created", "Allocations created");
@@ -281,6 +301,7 @@ impl Metrics {
             connections_refused,
             handshakes_in_flight,
             retries_sent,
+            nat_probes,
             allocations,
             allocations_created,
             joins,
@@ -453,6 +474,16 @@ pub struct ConnectionRefusals {
     pub max_connections: Counter,
     /// As many handshakes were in flight as `max_connections`.
     pub handshakes: Counter,
+}
+
+/// `baton_nat_probes_total{result=...}`: NAT probes on the probe port.
+#[derive(Debug)]
+pub struct NatProbes {
+    /// The probe was answered with the address the relay saw.
+    pub answered: Counter,
+    /// The attempt was refused at accept: its source was over its rate, or the relay held
+    /// its cap of probe connections.
+    pub refused: Counter,
 }
 
 /// Admin HTTP server metrics: open connections, and connections refused by reason.

@@ -687,6 +687,19 @@ async fn cone_nats_go_direct_and_fall_back_to_the_relay_when_cut() {
         metrics.value("baton_direct_paths_total{outcome=\"direct\",reason=\"direct\"}") >= 2.0,
         "both reported the direct path"
     );
+    // Both measured their NAT through the probe port (endpoint-independent: had either been
+    // unknown or endpoint-dependent the pair would still punch, but two cones must not be
+    // taken for symmetric ones).
+    assert!(
+        metrics.value("baton_nat_probes_total{result=\"answered\"}") >= 2.0,
+        "both players probed"
+    );
+    assert_eq!(
+        metrics.value(
+            "baton_direct_paths_total{outcome=\"relayed\",reason=\"both_endpoint_dependent\"}"
+        ),
+        0.0
+    );
 
     let peer_wan = lab.site(2).wan_ip;
     lab.cut_to(1, peer_wan).expect("cut the direct path");
@@ -710,32 +723,42 @@ async fn cone_nats_go_direct_and_fall_back_to_the_relay_when_cut() {
     game.host.close(WAIT).await.expect("host leaves");
 }
 
-/// Two symmetric NATs: the punch cannot cross them, so the attempt times out, both report it,
-/// and the game goes on through the relay.
+/// Two symmetric NATs: each player measures its NAT through the relay's probe port (SPEC
+/// 17.5) as endpoint-dependent, so the pair does not punch at all (a punch cannot cross two
+/// such NATs): both report `both_endpoint_dependent` well before a punch could have timed out
+/// (3 s), none reports `punch_timed_out`, and the game goes on through the relay.
 #[tokio::test]
 async fn symmetric_nats_stay_relayed_with_direct_paths_preferred() {
     let Some(lab) = lab(&[NatMode::Symmetric, NatMode::Symmetric]) else {
         return;
     };
+    let started = std::time::Instant::now();
     let mut game = Game::start_with(&lab, 1, 2, &[], true).await;
+    let joined = started.elapsed();
     let mut log = Log::default();
-    let timed_out = "baton_direct_paths_total{outcome=\"relayed\",reason=\"punch_timed_out\"}";
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let metrics = game.relay.metrics().await.expect("metrics");
-        if metrics.value(timed_out) >= 2.0 {
-            assert_eq!(
-                metrics.value("baton_direct_paths_total{outcome=\"direct\",reason=\"direct\"}"),
-                0.0
-            );
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no punch_timed_out reports"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let reports = await_direct_reports(&game.relay, 2).await;
+    let decided = started.elapsed() - joined;
+    eprintln!(
+        "symmetric ↔ symmetric: direct-path reports {reports:?} {decided:?} after the peer joined"
+    );
+    assert_eq!(
+        reports.get("both_endpoint_dependent"),
+        Some(&2),
+        "both measured endpoint-dependent NATs: {reports:?}"
+    );
+    assert_eq!(reports.get("punch_timed_out"), None, "{reports:?}");
+    assert_eq!(reports.get("direct"), None, "{reports:?}");
+    // The player's join itself takes some of that time; the verdict needs the probe (at most
+    // 1 s) and the offers, not a punch timeout.
+    assert!(
+        decided < Duration::from_millis(2500),
+        "the verdict took {decided:?}, as long as a punch"
+    );
+    let probes = game.relay.metrics().await.expect("metrics");
+    assert!(
+        probes.value("baton_nat_probes_total{result=\"answered\"}") >= 2.0,
+        "both players probed"
+    );
     let before = game
         .relay
         .metrics()

@@ -492,7 +492,10 @@ async fn a_member_learns_the_address_the_relay_sees_and_again_after_a_rebind() {
     let first = endpoint.local_addr().unwrap();
     assert_eq!(
         baton_tests::raw_read_any(&mut control).await,
-        ServerMessage::ObservedAddress { address: first }
+        ServerMessage::ObservedAddress {
+            address: first,
+            probe_port: relay.relay().probe_addr().map_or(0, |a| a.port()),
+        }
     );
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     endpoint.rebind(socket).unwrap();
@@ -504,7 +507,10 @@ async fn a_member_learns_the_address_the_relay_sees_and_again_after_a_rebind() {
     assert_eq!(recv(&host).await.1, bytes::Bytes::from_static(b"moved"));
     assert_eq!(
         baton_tests::raw_read_any(&mut control).await,
-        ServerMessage::ObservedAddress { address: moved }
+        ServerMessage::ObservedAddress {
+            address: moved,
+            probe_port: relay.relay().probe_addr().map_or(0, |a| a.port()),
+        }
     );
     // The SDK keeps what it was told.
     let deadline = tokio::time::Instant::now() + WAIT;

@@ -24,6 +24,7 @@ use tracing::Instrument;
 use super::dispatch::{
     close_after_stream_end, read_message, reply_id, run_reader, run_writer, ReadFailure, ReaderIo,
 };
+use super::nat::Dialer;
 use super::paths::{self, DirectShared};
 use super::resume::Resume;
 use super::shared::{Role, Shared};
@@ -87,7 +88,7 @@ pub(crate) async fn connect(
     establish(config, config, socket, bind, conn, reply).await
 }
 
-/// The session's one UDP socket (SPEC section 17.1): the relay connection, direct paths and
+/// The session's one UDP socket (SPEC section 17.5): the relay connection, direct paths and
 /// punches all use it.
 fn bind_socket(local: SocketAddr) -> Result<SharedEndpoint, Error> {
     SharedEndpoint::bind(local).map_err(direct_error)
@@ -356,6 +357,15 @@ async fn establish(
         ),
         direct_shared,
     ));
+    if origin.direct == DirectPolicy::Prefer {
+        // NAT-kind measurement (`nat.rs`): from this socket, as the relay was reached.
+        let (client, _) = config.quinn_config()?;
+        shared.nat.enable(Dialer {
+            endpoint: endpoint.clone(),
+            client,
+            server_name: config.server_name.clone(),
+        });
+    }
     let (event_tx, event_rx) = mpsc::channel(defaults::EVENT_QUEUE);
     let (request_tx, request_rx) = mpsc::channel(defaults::REQUEST_QUEUE);
     let (snapshot_tx, snapshot_rx) = mpsc::channel(1);

@@ -295,9 +295,17 @@ impl Shared {
                     "the relay answered request {request_id} with Redirect"
                 ));
             }
-            ServerMessage::ObservedAddress { address } => {
-                tracing::debug!(%address, "the relay sees this client at");
+            ServerMessage::ObservedAddress {
+                address,
+                probe_port,
+            } => {
+                tracing::debug!(%address, probe_port, "the relay sees this client at");
                 *lock(&self.observed) = Some(address);
+                let relay_ip = self.conn().remote_address().ip();
+                if let Some(measurement) = self.nat.observed(address, probe_port, relay_ip) {
+                    // Bounded by its timeout; it records the kind in `self.nat`.
+                    tokio::spawn(measurement.run());
+                }
             }
             ServerMessage::PathOffer { from, .. } if self.direct.is_none() => {
                 self.report_policy_never(from, &io.requests);

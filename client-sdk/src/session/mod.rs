@@ -120,10 +120,11 @@ use tokio::task::JoinSet;
 
 use crate::error::{check_payload, refusal};
 use crate::snapshot::UploadError;
-use crate::{defaults, DisconnectReason, Error, Event, Path, ReconnectToken};
+use crate::{defaults, DisconnectReason, Error, Event, NatKind, Path, ReconnectToken};
 
 mod connect;
 mod dispatch;
+mod nat;
 mod paths;
 mod resume;
 mod shared;
@@ -232,6 +233,17 @@ impl Session {
     /// rebinding). `None` until the relay has said (just after binding).
     pub fn observed_addr(&self) -> Option<SocketAddr> {
         *lock(&self.shared.observed)
+    }
+
+    /// How this client's NAT maps its UDP socket, as the session measured it against the
+    /// relay's probe port (SPEC section 17.5): [`NatKind::EndpointIndependent`] ("cone": hole
+    /// punching can work), [`NatKind::EndpointDependent`] ("symmetric": a direct path needs
+    /// the other member's NAT to be endpoint-independent), or [`NatKind::Unknown`] (not
+    /// measured: [`DirectPolicy::Never`](crate::DirectPolicy::Never), a relay without a probe
+    /// port, a probe that failed or is still under way). Measured again after the observed
+    /// address changes.
+    pub fn nat(&self) -> NatKind {
+        self.shared.nat.kind()
     }
 
     /// Replaces the relays this session resumes through when its relay is lost

@@ -453,6 +453,8 @@ struct Driver {
     pairs: HashMap<PeerId, Pair>,
     /// Our candidates as last given to the machines.
     local: Vec<SocketAddr>,
+    /// Our NAT kind as last given to the machines.
+    nat: NatKind,
     /// The generation of the relay connection the machines signalled through.
     generation: u64,
     /// This machine's address on its default route, and when it was looked up.
@@ -472,6 +474,7 @@ pub(crate) async fn run_driver(shared: Arc<Shared>, io: DriverIo) {
         io,
         pairs: HashMap::new(),
         local: Vec::new(),
+        nat: NatKind::Unknown,
         generation: 0,
         primary: None,
         watchers: JoinSet::new(),
@@ -590,9 +593,17 @@ impl Driver {
         for peer in gone {
             self.remove(peer);
         }
-        let local = self.candidates();
-        let changed = local != self.local;
+        // While the NAT kind is being measured the offers wait (at most the probe's timeout,
+        // `nat.rs`): no candidates until it is known, then all of them with it.
+        let nat = self.shared.nat.for_offers(now);
+        let local = match nat {
+            Some(_) => self.candidates(),
+            None => Vec::new(),
+        };
+        let nat = nat.map_or(self.nat, nat_kind);
+        let changed = local != self.local || nat != self.nat;
         self.local = local;
+        self.nat = nat;
         for peer in wanted {
             let new = !self.pairs.contains_key(&peer);
             if new {
@@ -609,7 +620,7 @@ impl Driver {
                     peer,
                     Input::LocalCandidates {
                         addrs,
-                        nat: NatKind::Unknown,
+                        nat: self.nat,
                     },
                 )
                 .await;
@@ -1027,7 +1038,7 @@ impl Driver {
     }
 }
 
-/// Our direct-path candidates (SPEC section 17.1): the address the relay observes (the one
+/// Our direct-path candidates (SPEC section 17.5): the address the relay observes (the one
 /// socket carries the relay connection and direct paths, so that is the NAT mapping punched)
 /// and `primary`, this host's address on its default route, with the socket's `port`. With the
 /// relay on loopback everything runs on this machine: the candidates are the loopback

@@ -140,6 +140,8 @@ pub(crate) struct Shared {
     pub(super) relocation: Mutex<Relocation>,
     /// This client's address as the relay last said it sees it (`ObservedAddress`).
     pub(super) observed: Mutex<Option<std::net::SocketAddr>>,
+    /// The NAT kind and its measurement (`nat.rs`).
+    pub(crate) nat: super::nat::Nat,
     /// Direct paths (`paths.rs`), with [`DirectPolicy::Prefer`](crate::DirectPolicy::Prefer)
     /// only.
     pub(crate) direct: Option<DirectShared>,
@@ -201,6 +203,7 @@ impl Shared {
             code_revoked: AtomicBool::new(false),
             relocation: Mutex::new(Relocation::Idle),
             observed: Mutex::new(None),
+            nat: super::nat::Nat::default(),
             direct,
         }
     }

@@ -115,6 +115,11 @@ pub enum ClientMessage {
         /// Why; [`PathReason::Direct`] goes with [`PathOutcome::Direct`] only.
         reason: PathReason,
     },
+    /// `0x0A`: (on a relay's probe port only, SPEC section 17.5) ask for the address the
+    /// relay sees for this connection; answered with one `ObservedAddress`, then the
+    /// connection ends. Empty body: no request id (the relay echoes none). On the main port
+    /// it is refused `invalid_request` with request id 0.
+    Probe,
 }
 
 impl ClientMessage {
@@ -130,10 +135,11 @@ impl ClientMessage {
             ClientMessage::Rejoin { .. } => 0x07,
             ClientMessage::PathOffer { .. } => 0x08,
             ClientMessage::PathReport { .. } => 0x09,
+            ClientMessage::Probe => 0x0A,
         }
     }
 
-    /// The request id the message carries.
+    /// The request id the message carries; 0 for `Probe`, which carries none.
     pub fn request_id(&self) -> u32 {
         match self {
             ClientMessage::CreateAllocation { request_id, .. }
@@ -145,11 +151,15 @@ impl ClientMessage {
             | ClientMessage::Rejoin { request_id, .. }
             | ClientMessage::PathOffer { request_id, .. }
             | ClientMessage::PathReport { request_id, .. } => *request_id,
+            ClientMessage::Probe => 0,
         }
     }
 
     /// Length of type byte + body.
     pub fn encoded_len(&self) -> usize {
+        if matches!(self, ClientMessage::Probe) {
+            return 1;
+        }
         1 + match self {
             ClientMessage::CreateAllocation { credential, .. } => {
                 4 + 2 + 4 + credential_len(credential)
@@ -166,12 +176,16 @@ impl ClientMessage {
                 4 + 2 + 1 + FINGERPRINT_LEN + candidates_len(candidates)
             }
             ClientMessage::PathReport { .. } => 4 + 2 + 1 + 1,
+            ClientMessage::Probe => 0,
         }
     }
 
     /// Writes type byte + body (no length prefix).
     pub fn write_to(&self, buf: &mut impl BufMut) {
         buf.put_u8(self.type_byte());
+        if matches!(self, ClientMessage::Probe) {
+            return;
+        }
         buf.put_u32(self.request_id());
         match self {
             ClientMessage::CreateAllocation {
@@ -240,11 +254,15 @@ impl ClientMessage {
                 buf.put_u8(outcome.to_u8());
                 buf.put_u8(reason.to_u8());
             }
+            ClientMessage::Probe => {}
         }
     }
 
     /// Reads the body of a message of type `ty`.
     pub(super) fn read_body(ty: u8, r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        if ty == 0x0A {
+            return Ok(ClientMessage::Probe);
+        }
         if !(0x01..=0x09).contains(&ty) {
             return Err(DecodeError::UnknownType(ty));
         }

@@ -178,10 +178,15 @@ pub enum ServerMessage {
     /// for this connection (a candidate for direct paths). Sent once the connection is bound,
     /// after the reply that bound it, and again whenever the relay sees the client's address
     /// change (a NAT rebinding, a network change).
+    /// Also the one reply to `Probe` on the relay's probe port (SPEC section 17.5).
     ObservedAddress {
         /// The client's IP address and UDP port, encoded as in `Redirect`; an IPv4 address
         /// the relay saw as IPv4-mapped IPv6 is sent as IPv4.
         address: SocketAddr,
+        /// The UDP port of the relay's probe endpoint, on the IP address this connection
+        /// reached the relay at; 0 when the relay runs none, and always 0 in the reply to
+        /// `Probe`.
+        probe_port: u16,
     },
     /// `0x92`: another member's direct-path offer (SPEC section 17), forwarded by the relay.
     PathOffer {
@@ -258,7 +263,7 @@ impl ServerMessage {
                 address,
                 server_name,
             } => address_len(address) + 2 + server_name.len(),
-            ServerMessage::ObservedAddress { address } => address_len(address),
+            ServerMessage::ObservedAddress { address, .. } => address_len(address) + 2,
             ServerMessage::PathOffer { candidates, .. } => {
                 2 + 1 + FINGERPRINT_LEN + candidates_len(candidates)
             }
@@ -378,7 +383,13 @@ impl ServerMessage {
                 buf.put_u16(server_name.len() as u16);
                 buf.put_slice(server_name.as_bytes());
             }
-            ServerMessage::ObservedAddress { address } => put_address(buf, address),
+            ServerMessage::ObservedAddress {
+                address,
+                probe_port,
+            } => {
+                put_address(buf, address);
+                buf.put_u16(*probe_port);
+            }
             ServerMessage::PathOffer {
                 from,
                 nat,
@@ -500,6 +511,7 @@ impl ServerMessage {
             },
             0x91 => ServerMessage::ObservedAddress {
                 address: read_address(r)?,
+                probe_port: r.u16()?,
             },
             0x92 => ServerMessage::PathOffer {
                 from: PeerId(r.u16()?),

@@ -87,6 +87,7 @@ macro_rules! plain_kind {
 }
 plain_kind! {
     SocketAddr as SocketAddr => "ADDR";
+    crate::config::ProbeListen as crate::config::ProbeListen => "auto|off|ADDR";
     usize as usize => "N";
     u16 as u16 => "N";
     LogFormat as LogFormat => "FORMAT";

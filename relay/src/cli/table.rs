@@ -15,7 +15,7 @@ use tracing::level_filters::LevelFilter;
 use super::declare::{self, Setting};
 use super::kind::{Kind, Names, Secret, SecretList, Toggle, Webhooks};
 use super::{LogFormat, Settings};
-use crate::config::{range_text, ConfigError, Show};
+use crate::config::{range_text, ConfigError, ProbeListen, Show};
 use crate::defaults;
 
 settings! {
@@ -260,6 +260,16 @@ settings! {
     allow_direct: Toggle {
         default: defaults::ALLOW_DIRECT,
         apply: relay.set_allow_direct,
+    }
+
+    /// Where the NAT probe endpoint listens: a second QUIC port on the listen address's IP,
+    /// where clients that prefer direct paths learn whether their NAT maps each destination
+    /// to its own port (then hole punching between two such NATs is not attempted). auto: the
+    /// listen port + 1 (a port the kernel picks when listen's port is 0); off: none; or an
+    /// IP:PORT. Open this UDP port in firewalls too.
+    probe_listen: ProbeListen {
+        default: ProbeListen::Auto,
+        apply: relay.set_probe_listen,
     }
 
     // --- Sockets and threads ---

@@ -974,3 +974,50 @@ fn secrets_never_show_their_environment_values_in_help() {
         );
     }
 }
+
+#[test]
+fn probe_listen_takes_auto_off_or_an_address() {
+    use crate::config::ProbeListen;
+    assert_eq!(
+        settings(&cli(&[])).unwrap().relay.probe_listen(),
+        ProbeListen::Auto
+    );
+    assert_eq!(
+        settings(&cli(&["--probe-listen", "off"]))
+            .unwrap()
+            .relay
+            .probe_listen(),
+        ProbeListen::Off
+    );
+    let addr: std::net::SocketAddr = "192.0.2.1:9001".parse().unwrap();
+    assert_eq!(
+        settings(&cli(&["--probe-listen", "192.0.2.1:9001"]))
+            .unwrap()
+            .relay
+            .probe_listen(),
+        ProbeListen::Addr(addr)
+    );
+    assert_eq!(
+        file("probe_listen = \"off\"\n").probe_listen,
+        Some(ProbeListen::Off)
+    );
+    assert!(toml::from_str::<FileConfig>("probe_listen = \"sometimes\"\n").is_err());
+    assert!(Cli::try_parse_from(["baton-relay", "--probe-listen", "9001"]).is_err());
+
+    // auto: the next port on the listen address, 0 for 0; none after 65535.
+    let on = |listen: &str| ProbeListen::Auto.resolve(listen.parse().unwrap());
+    assert_eq!(
+        on("0.0.0.0:7700").unwrap(),
+        Some("0.0.0.0:7701".parse().unwrap())
+    );
+    assert_eq!(
+        on("127.0.0.1:0").unwrap(),
+        Some("127.0.0.1:0".parse().unwrap())
+    );
+    assert_eq!(on("127.0.0.1:65535").unwrap_err().setting, "probe_listen");
+    assert_eq!(ProbeListen::Off.resolve(addr).unwrap(), None);
+    assert_eq!(
+        ProbeListen::Addr(addr).to_string().parse(),
+        Ok(ProbeListen::Addr(addr))
+    );
+}

@@ -127,6 +127,8 @@ pub struct ControlPlane {
     outputs: VecDeque<Output>,
     /// Connections bound during the current input, told their observed address at its end.
     newly_bound: Vec<ConnId>,
+    /// The relay's probe port, told in every `ObservedAddress` (`observed.rs`); 0: none.
+    probe_port: u16,
     shutting_down: bool,
     /// Fleet mode's state; `None` on a relay without a directory.
     fleet: Option<fleet::Fleet>,
@@ -193,6 +195,7 @@ impl ControlPlane {
             timers: TimerQueue::default(),
             outputs: VecDeque::new(),
             newly_bound: Vec::new(),
+            probe_port: 0,
             shutting_down: false,
             fleet: config.fleet.as_ref().map(|_| fleet::Fleet::new(now)),
             drain: None,

@@ -1,7 +1,9 @@
 //! Address discovery: each member is told the address the relay sees for it
 //! (`ObservedAddress`), once bound and again whenever the data plane reports that it changed
 //! ([`Input::AddressChanged`](super::Input::AddressChanged): a NAT rebinding, a network change).
-//! Clients use it as a candidate for direct paths.
+//! Clients use it as a candidate for direct paths. Each `ObservedAddress` also names the
+//! relay's probe port ([`ControlPlane::set_probe_port`]; the probe endpoint itself is
+//! `driver/probe.rs`), where a client measures its NAT kind (SPEC section 17.5).
 //!
 //! Runs wherever the [`ControlPlane`] is called.
 
@@ -19,6 +21,12 @@ pub(super) fn canonical(addr: SocketAddr) -> SocketAddr {
 }
 
 impl ControlPlane {
+    /// Sets the probe port every `ObservedAddress` names from now on; 0: the relay runs no
+    /// probe endpoint. Called once, when the relay has bound it.
+    pub fn set_probe_port(&mut self, port: u16) {
+        self.probe_port = port;
+    }
+
     /// At the end of each input: every connection bound by it that has not been told its
     /// address yet is told now (after the reply that bound it, which the input queued first).
     pub(super) fn tell_observed(&mut self) {
@@ -35,7 +43,14 @@ impl ControlPlane {
             }
             let address = canonical(c.addr);
             c.observed = Some(address);
-            self.send(conn, ServerMessage::ObservedAddress { address });
+            let probe_port = self.probe_port;
+            self.send(
+                conn,
+                ServerMessage::ObservedAddress {
+                    address,
+                    probe_port,
+                },
+            );
         }
     }
 
@@ -50,7 +65,14 @@ impl ControlPlane {
         match c.observed {
             Some(told) if told != address => {
                 c.observed = Some(address);
-                self.send(conn, ServerMessage::ObservedAddress { address });
+                let probe_port = self.probe_port;
+                self.send(
+                    conn,
+                    ServerMessage::ObservedAddress {
+                        address,
+                        probe_port,
+                    },
+                );
             }
             // Not bound yet (it learns the address when it binds), or nothing new.
             _ => {}

@@ -110,7 +110,7 @@ pub(super) async fn accept_loop(
 
 /// Whether `conn` negotiated the current protocol version: the TLS config also accepts the
 /// retired ones, only so that they can be closed with a reason (SPEC section 2.2).
-fn speaks_current_version(conn: &quinn::Connection) -> bool {
+pub(super) fn speaks_current_version(conn: &quinn::Connection) -> bool {
     conn.handshake_data()
         .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
         .and_then(|data| data.protocol)

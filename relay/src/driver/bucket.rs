@@ -69,7 +69,7 @@ impl Rate {
 
     /// The bucket's timestamp after taking `units` at `now` from a bucket whose timestamp is
     /// `tat`, or `None` if it does not hold them (the bucket is then unchanged).
-    fn take(&self, tat: u64, now: u64, units: u64) -> Option<u64> {
+    pub(super) fn take(&self, tat: u64, now: u64, units: u64) -> Option<u64> {
         let next = tat.max(now).saturating_add(self.cost(units));
         (next <= now.saturating_add(self.tolerance)).then_some(next)
     }

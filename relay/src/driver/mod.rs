@@ -16,7 +16,9 @@
 //! - `control_task`: the only owner of the control plane and of the routing tables' write side;
 //!   it carries out the control plane's outputs and hands lifecycle events to `events` (metrics,
 //!   logs, hooks);
-//! - `handle`: [`RelayHandle`], which runs admin calls on the control task.
+//! - `handle`: [`RelayHandle`], which runs admin calls on the control task;
+//! - `probe`: the NAT probe endpoint (`probe_listen`), its own accept loop on the caller's
+//!   runtime, apart from the control plane.
 //!
 //! [`Relay::bind`] and [`Relay::shutdown`] run on the caller's task, and the control task on the
 //! caller's runtime; a connection's task, and all it runs, on its endpoint's lane. Datagram
@@ -53,6 +55,7 @@ mod forward;
 pub(crate) mod handle;
 mod held;
 mod lane;
+mod probe;
 mod routing;
 mod snapshot;
 mod socket;
@@ -91,6 +94,9 @@ pub enum RelayError {
     /// Fleet mode could not start: a bad node id, or the directory could not be reached.
     #[error("{0}")]
     Fleet(String),
+    /// `probe_listen` names no address it can bind (`auto` after listen port 65535).
+    #[error("{0}")]
+    ProbeListen(#[source] crate::ConfigError),
 }
 
 /// What every part of the relay knows about one connection.
@@ -149,6 +155,8 @@ pub struct Relay {
     endpoints: Vec<quinn::Endpoint>,
     /// One data-plane thread per endpoint, serving its connections.
     lanes: Vec<Lane>,
+    /// The NAT probe endpoint, unless `probe_listen` is off.
+    probe: Option<probe::ProbeEndpoint>,
     handle: RelayHandle,
     admin_addr: Option<SocketAddr>,
     fingerprint: [u8; 32],
@@ -198,9 +206,11 @@ impl Relay {
         let material = tls::load(&config.tls)?;
         let fingerprint = material.fingerprint();
         let crypto = tls::server_crypto(&material)?;
-        let quic_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(crypto)
-            .map_err(|e| RelayError::Quic(e.to_string()))?;
-        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic_crypto));
+        let quic_crypto = Arc::new(
+            quinn::crypto::rustls::QuicServerConfig::try_from(crypto)
+                .map_err(|e| RelayError::Quic(e.to_string()))?,
+        );
+        let mut server_config = quinn::ServerConfig::with_crypto(quic_crypto.clone());
         server_config.transport_config(Arc::new(transport_config(&config)?));
         server_config
             .max_incoming(defaults::INCOMING_QUEUE)
@@ -228,6 +238,24 @@ impl Relay {
             endpoints.push(endpoint);
             lanes.push(lane);
         }
+
+        // The probe endpoint, on the IP clients reach the relay at (port 0 stays 0: auto on an
+        // ephemeral listen port takes another ephemeral port).
+        let probe = match config
+            .probe_listen()
+            .resolve(config.listen)
+            .map_err(RelayError::ProbeListen)?
+        {
+            Some(addr) => Some(probe::ProbeEndpoint(probe::bind(
+                addr,
+                quic_crypto.clone(),
+            )?)),
+            None => None,
+        };
+        let probe_port = probe
+            .as_ref()
+            .and_then(|e| e.0.local_addr().ok())
+            .map_or(0, |a| a.port());
 
         if config.auth_secrets.is_open() && !config.listen.ip().is_loopback() {
             warn!(
@@ -359,6 +387,7 @@ impl Relay {
                 crate::crypto::hmac_sha256(fleet.fleet_secret.as_bytes(), &[b"baton token key"]);
         }
         let mut cp = ControlPlane::new(&config, secrets, Instant::now());
+        cp.set_probe_port(probe_port);
         if config.fleet.is_some() {
             cp.set_unix_clock(Instant::now(), crate::auth::unix_now());
             // Before anyone can connect: a new node can place allocations at once.
@@ -369,6 +398,7 @@ impl Relay {
                 .instrument(info_span!("control")),
         );
 
+        let metrics_for_probe = metrics.clone();
         let handle = RelayHandle {
             admin: admin_tx.clone(),
             metrics,
@@ -407,6 +437,19 @@ impl Relay {
                 lane.handle(),
             );
         }
+        if let Some(endpoint) = &probe {
+            tasks.spawn(probe::probe_loop(
+                endpoint.0.clone(),
+                Arc::new(probe::ProbeLimiter::new(
+                    probe::SOURCE_BURST,
+                    probe::SOURCE_PER_SECOND,
+                    probe::MAX_SOURCES,
+                )),
+                metrics_for_probe,
+                tasks.clone(),
+                shutdown.clone(),
+            ));
+        }
         info!(
             listen = %endpoints[0].local_addr().map(|a| a.to_string()).unwrap_or_default(),
             endpoints = endpoints.len(),
@@ -416,6 +459,7 @@ impl Relay {
         Ok(Relay {
             endpoints,
             lanes,
+            probe,
             handle,
             admin_addr,
             fingerprint,
@@ -433,6 +477,11 @@ impl Relay {
             .first()
             .and_then(|e| e.local_addr().ok())
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// The NAT probe endpoint's address (SPEC section 17.5), unless `probe_listen` is off.
+    pub fn probe_addr(&self) -> Option<SocketAddr> {
+        self.probe.as_ref().and_then(|e| e.0.local_addr().ok())
     }
 
     /// The admin server's address, if it runs.
@@ -460,7 +509,8 @@ impl Relay {
     /// to acknowledge, and stops every task.
     pub async fn shutdown(self) {
         info!("relay shutting down");
-        for endpoint in &self.endpoints {
+        let probe = self.probe.as_ref().map(|p| &p.0);
+        for endpoint in self.endpoints.iter().chain(probe) {
             endpoint.set_server_config(None);
         }
         self.shutdown.cancel();

@@ -8,7 +8,7 @@ fn observed(out: &[Output], conn: ConnId) -> Vec<SocketAddr> {
     sent_to(out, conn)
         .into_iter()
         .filter_map(|m| match m {
-            ServerMessage::ObservedAddress { address } => Some(address),
+            ServerMessage::ObservedAddress { address, .. } => Some(address),
             _ => None,
         })
         .collect()
@@ -34,7 +34,7 @@ fn a_member_learns_its_address_after_its_bind_reply_and_again_when_it_changes() 
             replies[..],
             [
                 ServerMessage::AllocationCreated { .. },
-                ServerMessage::ObservedAddress { address }
+                ServerMessage::ObservedAddress { address, probe_port: 0 }
             ] if address == Harness::addr(HOST)
         ),
         "{replies:?}"
@@ -110,7 +110,7 @@ fn an_unbound_connection_is_told_nothing_until_it_binds_at_its_latest_address() 
     );
     assert!(matches!(
         sent_to(&out, 2)[..],
-        [ServerMessage::Joined { .. }, ServerMessage::ObservedAddress { address }] if address == moved
+        [ServerMessage::Joined { .. }, ServerMessage::ObservedAddress { address, .. }] if address == moved
     ));
     // A refused join binds nothing, and tells nothing.
     h.connect(3);
@@ -140,5 +140,59 @@ fn a_migration_moves_members_without_telling_them_again() {
         )),
         "{out:?}"
     );
+    h.check();
+}
+
+#[test]
+fn every_observed_address_names_the_probe_port() {
+    let mut h = Harness::new();
+    h.cp.set_probe_port(3479);
+    let (_, code) = h.create();
+    let (_, out) = h.join(2, code);
+    let told: Vec<ServerMessage> = sent_to(&out, 2)
+        .into_iter()
+        .filter(|m| matches!(m, ServerMessage::ObservedAddress { .. }))
+        .collect();
+    assert_eq!(
+        told,
+        [ServerMessage::ObservedAddress {
+            address: Harness::addr(2),
+            probe_port: 3479,
+        }]
+    );
+    let rebound: SocketAddr = "198.51.100.7:61000".parse().unwrap();
+    h.cp.handle(
+        h.now,
+        Input::AddressChanged {
+            conn: 2,
+            addr: rebound,
+        },
+    );
+    assert_eq!(
+        sent_to(&h.drain(), 2),
+        [ServerMessage::ObservedAddress {
+            address: rebound,
+            probe_port: 3479,
+        }]
+    );
+    h.check();
+}
+
+#[test]
+fn probe_on_the_main_port_is_refused_bound_or_not() {
+    let mut h = Harness::new();
+    let (_, _code) = h.create();
+    h.connect(2);
+    for conn in [2, HOST] {
+        let out = h.request(conn, ClientMessage::Probe);
+        assert_eq!(
+            sent_to(&out, conn),
+            [ServerMessage::Refused {
+                request_id: 0,
+                code: ErrorCode::InvalidRequest,
+                value: 0,
+            }]
+        );
+    }
     h.check();
 }
