@@ -305,6 +305,7 @@ fn player_args(relay: &LabRelay, role: Role) -> PlayerArgs {
         // stderr, whose tail a failed test prints).
         log: std::env::var("BATON_LAB_PLAYER_LOG").ok(),
         direct: false,
+        netsim: None,
     }
 }
 
@@ -1091,4 +1092,155 @@ async fn after_a_host_migration_behind_cone_nats_the_new_host_goes_direct() {
     eprintln!("migration behind cone NATs: new host {elected} and peer {other_id} direct; {log:?}");
     other.close(WAIT).await.expect("peer leaves");
     new_host.close(WAIT).await.expect("new host leaves");
+}
+
+/// What a player reported over a watch.
+#[derive(Debug, Default)]
+struct Watch {
+    /// Each `PathChanged`: the other member, its new path and RTT (µs).
+    changes: Vec<(u16, String, u64)>,
+    /// Datagrams received.
+    received: u64,
+    /// Datagrams missing, summed over every gap report.
+    lost: u64,
+    /// When the latest datagram from the other member arrived (Unix µs).
+    last_from_other: u64,
+}
+
+/// Reads `player`'s reports for `span` (or, with `until_direct`, until it reports its path to
+/// `other` direct, at most `span`), recording path changes and traffic from `other`. Any sign
+/// of a broken session (a member lost, a disconnect, a misdelivered datagram, the player
+/// exiting) fails the test.
+async fn watch(
+    player: &mut LabPlayer,
+    other: u16,
+    span: Duration,
+    until_direct: bool,
+    seen: &mut Watch,
+) {
+    let deadline = tokio::time::Instant::now() + span;
+    let result = player
+        .next_matching(span, |report| match report {
+            Report::PathChanged { peer, path, rtt_us } => {
+                eprintln!("path to peer {peer}: {path} (rtt {rtt_us} µs)");
+                seen.changes.push((*peer, path.clone(), *rtt_us));
+                until_direct && *peer == other && path == "direct"
+            }
+            Report::Stats {
+                received,
+                last_from,
+                ..
+            } => {
+                seen.received += received;
+                if let Some(&(_, t)) = last_from.iter().find(|&&(p, _)| p == other) {
+                    seen.last_from_other = seen.last_from_other.max(t);
+                }
+                false
+            }
+            Report::Gap { lost, .. } => {
+                seen.lost += lost;
+                false
+            }
+            Report::PeerLeft { .. }
+            | Report::HostLost { .. }
+            | Report::Disconnected { .. }
+            | Report::Violation { .. } => panic!("the session broke: {report:?}"),
+            _ => false,
+        })
+        .await;
+    match result {
+        Ok(_) => assert!(until_direct),
+        // The span ran out (give or take the timer's rounding): what a watch is for, unless
+        // it waited for a direct path.
+        Err(e) => assert!(
+            !until_direct && tokio::time::Instant::now() + Duration::from_millis(500) >= deadline,
+            "{e:#}"
+        ),
+    }
+}
+
+/// The host's link is slow and lossy both ways (5 % loss, 50 ms delay, up to 10 ms jitter, by
+/// the SDK's network simulator in the host's player): the host and a peer behind two cone
+/// NATs still go direct, and over 20 s of traffic the path does not flap. Each reports
+/// exactly one path change (to direct, with an RTT of at least the 100 ms the host's link
+/// adds), nobody disconnects, and datagrams keep arriving both ways.
+#[tokio::test]
+async fn a_slow_lossy_host_link_goes_direct_without_flapping() {
+    let Some(lab) = lab(&[NatMode::Cone, NatMode::Cone]) else {
+        return;
+    };
+    let relay = LabRelay::start(&lab, &relay_bin(), RELAY_IP, &[], WAIT)
+        .await
+        .expect("relay starts in the internet namespace");
+    let player = Path::new(PLAYER);
+    let host_args = PlayerArgs {
+        direct: true,
+        netsim: Some(
+            "loss=5%,delay=50ms,jitter=10ms,seed=12"
+                .parse()
+                .expect("simulator settings"),
+        ),
+        ..player_args(&relay, Role::Host { snapshot_bytes: 0 })
+    };
+    let mut host = LabPlayer::start(&lab, &lab.site(1).host_ns, player, &host_args, WAIT)
+        .await
+        .expect("host enters");
+    let code = host.code().expect("join code").to_owned();
+    // The peer joins a game whose host has played a while, so the relay has measured the host's
+    // RTT (it samples members' RTTs every 2 s) when it times the punches, which tells the peer
+    // how slow the host's side of the relayed path is (SPEC section 17.2).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let peer_args = PlayerArgs {
+        direct: true,
+        ..player_args(&relay, Role::Join { code })
+    };
+    let mut peer = LabPlayer::start(&lab, &lab.site(2).host_ns, player, &peer_args, WAIT)
+        .await
+        .expect("peer joins");
+    let peer_id = peer.peer().expect("peer id");
+
+    let (mut host_seen, mut peer_seen) = (Watch::default(), Watch::default());
+    // Twice the usual wait: the handshakes cross the slow link, and a lost punch round is
+    // retried after 2 s.
+    watch(&mut peer, 0, 2 * WAIT, true, &mut peer_seen).await;
+    watch(&mut host, peer_id, 2 * WAIT, true, &mut host_seen).await;
+
+    let span = Duration::from_secs(20);
+    let start = now_us();
+    let received_before = (host_seen.received, peer_seen.received);
+    tokio::join!(
+        watch(&mut host, peer_id, span, false, &mut host_seen),
+        watch(&mut peer, 0, span, false, &mut peer_seen),
+    );
+    let end = now_us();
+    eprintln!("slow lossy host link: host {host_seen:?}; peer {peer_seen:?}");
+    for (who, seen, other, before) in [
+        ("host", &host_seen, peer_id, received_before.0),
+        ("peer", &peer_seen, 0, received_before.1),
+    ] {
+        let direct: Vec<_> = seen
+            .changes
+            .iter()
+            .map(|(p, path, _)| (*p, path.as_str()))
+            .collect();
+        assert_eq!(direct, [(other, "direct")], "{who}: the path flapped");
+        let rtt_us = seen.changes[0].2;
+        assert!(
+            rtt_us >= 100_000,
+            "{who}: direct RTT {rtt_us} µs is under the 100 ms the simulator adds"
+        );
+        // RATE a second for 20 s; the host's link loses 5 % each way.
+        let expected = u64::from(RATE) * 20;
+        let received = seen.received - before;
+        assert!(
+            received >= expected * 8 / 10,
+            "{who}: received {received} of about {expected} in {span:?}"
+        );
+        assert!(
+            seen.last_from_other > start && end - seen.last_from_other < 1_000_000,
+            "{who}: datagrams stopped arriving"
+        );
+    }
+    peer.close(WAIT).await.expect("peer leaves");
+    host.close(WAIT).await.expect("host leaves");
 }
