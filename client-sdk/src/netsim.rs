@@ -2,14 +2,16 @@
 //! for testing a game under bad networks without a lossy network (like GameNetworkingSockets'
 //! `FakePacketLoss`/`FakePacketLag` or Unity Transport's simulator pipeline).
 //!
-//! [`NetworkSimulator`] describes the conditions; [`ClientConfig::network_simulator`]
-//! (crate::ClientConfig::network_simulator) turns it on. The session's socket is then wrapped
-//! (a quinn [`AsyncUdpSocket`] around the runtime's own): every datagram sent is lost with the
-//! send direction's probability, or held and sent once its delay (fixed delay plus a uniform
-//! jitter) has passed, by a background task; every datagram received is likewise lost or held
-//! until due before QUIC sees it. Jitter can reorder datagrams, as a real network does. Each
-//! direction holds at most [`NetworkSimulator::queue_limit`] datagrams; more are dropped and
-//! counted ([`LinkStats::overflowed`]). Without a simulator the wrapper is not installed at all.
+//! [`NetworkSimulator`] describes the conditions;
+//! [`ClientConfig::network_simulator`](crate::ClientConfig::network_simulator) turns it on.
+//! The session's socket is then wrapped (a quinn [`AsyncUdpSocket`] around the runtime's own):
+//! every datagram sent is lost with the send direction's probability, or held and sent once
+//! its delay (fixed delay plus a uniform jitter) has passed, by a background task; every
+//! datagram received is likewise lost or held until due before QUIC sees it. Jitter can
+//! reorder datagrams, as a real network does. Each direction holds at most
+//! [`NetworkSimulator::queue_limit`] datagrams; more are dropped and counted
+//! ([`LinkStats::overflowed`]). While simulating, the socket reports one datagram per send and
+//! receive call (no GSO/GRO batches). Without a simulator the wrapper is not installed at all.
 //!
 //! It applies to everything the session's QUIC endpoint sends and receives: the relay
 //! connection and the direct host–peer paths alike. The raw hole-punching packets are sent on
@@ -277,7 +279,9 @@ impl fmt::Display for NetworkSimulator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut parts = Vec::new();
         let mut push = |prefix: &str, c: &LinkConditions| {
-            parts.push(format!("{prefix}loss={}%", c.loss * 100.0));
+            // Rounded to a millionth of a percent: 0.07 * 100 is 7.000000000000001.
+            let percent = (c.loss * 100.0 * 1e6).round() / 1e6;
+            parts.push(format!("{prefix}loss={percent}%"));
             parts.push(format!("{prefix}delay={}", format_duration(c.delay)));
             parts.push(format!("{prefix}jitter={}", format_duration(c.jitter)));
         };
@@ -905,6 +909,9 @@ mod tests {
         assert_eq!(sim.send_conditions(), c);
         assert_eq!(sim.receive_conditions(), c);
         assert_eq!(sim.to_string(), "loss=5%,delay=50ms,jitter=10ms");
+
+        let sim: NetworkSimulator = "loss=0.07".parse().unwrap();
+        assert_eq!(sim.to_string(), "loss=7%,delay=0ms,jitter=0ms");
 
         let sim: NetworkSimulator = "send-loss=0.5,recv-delay=1s,seed=3,queue=8"
             .parse()
