@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rustls::pki_types::{CertificateDer, ServerName};
 
-use crate::{defaults, tls, DirectPolicy, Error};
+use crate::{defaults, tls, DirectPolicy, Error, NetworkSimulator};
 
 /// How the SDK decides that it is talking to the real relay.
 #[derive(Clone)]
@@ -91,6 +91,7 @@ pub struct ClientConfig {
     pub(crate) fallback_relays: Vec<SocketAddr>,
     pub(crate) resume_window: Option<Duration>,
     pub(crate) direct: DirectPolicy,
+    pub(crate) network_simulator: Option<NetworkSimulator>,
 }
 
 impl ClientConfig {
@@ -113,6 +114,7 @@ impl ClientConfig {
             fallback_relays: Vec::new(),
             resume_window: None,
             direct: DirectPolicy::default(),
+            network_simulator: None,
         }
     }
 
@@ -165,6 +167,28 @@ impl ClientConfig {
     /// [`Event::PathChanged`](crate::Event::PathChanged).
     pub fn direct(mut self, policy: DirectPolicy) -> Self {
         self.direct = policy;
+        self
+    }
+
+    /// Simulates a bad network on every session made with this configuration, for testing a
+    /// game under loss, delay and jitter (default: off, and then nothing is simulated at all:
+    /// the session's socket is not even wrapped).
+    ///
+    /// It applies to everything the session sends and receives on its socket: the relay
+    /// connection and the direct host–peer paths alike (the raw hole-punching packets bypass
+    /// it). See [`NetworkSimulator`] for the conditions, its text form (for a command line) and
+    /// its [`stats`](NetworkSimulator::stats). [`ClientConfig::validate`] checks it.
+    ///
+    /// ```
+    /// use baton_client::{ClientConfig, NetworkSimulator, Trust};
+    ///
+    /// let sim: NetworkSimulator = "loss=5%,delay=50ms,jitter=10ms".parse().unwrap();
+    /// let config = ClientConfig::new("127.0.0.1:7700".parse().unwrap(), Trust::WebPki)
+    ///     .network_simulator(sim);
+    /// assert!(config.validate().is_ok());
+    /// ```
+    pub fn network_simulator(mut self, simulator: NetworkSimulator) -> Self {
+        self.network_simulator = Some(simulator);
         self
     }
 
@@ -313,6 +337,9 @@ impl ClientConfig {
         }
         if self.snapshot_interval.is_zero() {
             return bad("snapshot interval must be non-zero".into());
+        }
+        if let Some(simulator) = &self.network_simulator {
+            simulator.validate()?;
         }
         if self.alpn.is_empty() || self.alpn.len() > 255 {
             return bad(format!(

@@ -32,7 +32,9 @@ use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
+use crate::netsim::SimulatedSocket;
 use crate::tls::{fingerprint, format_fingerprint, tls12_refused, PinnedVerifier};
+use crate::NetworkSimulator;
 
 /// ALPN of a direct host–peer connection.
 pub const DIRECT_ALPN: &[u8] = b"baton-direct/1";
@@ -403,12 +405,32 @@ pub struct SharedEndpoint {
 }
 
 impl SharedEndpoint {
-    /// Binds a UDP socket to `local` and wraps it. Must be called from within tokio.
+    /// Binds a UDP socket to `local` and wraps it, with `simulator`'s conditions (if any) on
+    /// everything the endpoint sends and receives (the punch handle bypasses them; without a
+    /// simulator the socket is wrapped as [`SharedEndpoint::from_socket`] does, nothing more).
+    /// Must be called from within tokio.
     ///
     /// # Errors
     /// [`DirectError::Io`] if the socket cannot be bound; as [`SharedEndpoint::from_socket`].
-    pub fn bind(local: SocketAddr) -> Result<Self, DirectError> {
-        Self::from_socket(UdpSocket::bind(local)?)
+    pub fn bind(
+        local: SocketAddr,
+        simulator: Option<&NetworkSimulator>,
+    ) -> Result<Self, DirectError> {
+        let socket = UdpSocket::bind(local)?;
+        let Some(simulator) = simulator else {
+            return Self::from_socket(socket);
+        };
+        let runtime = quinn::default_runtime().ok_or(DirectError::NoRuntime)?;
+        let punch = socket.try_clone()?;
+        let wrapped = runtime.wrap_udp_socket(socket)?;
+        let simulated = SimulatedSocket::new(wrapped, simulator)?;
+        let endpoint = quinn::Endpoint::new_with_abstract_socket(
+            quinn::EndpointConfig::default(),
+            None,
+            simulated,
+            runtime,
+        )?;
+        Ok(Self { endpoint, punch })
     }
 
     /// Wraps `socket` in a quinn endpoint and keeps a duplicate handle for punches. Must be
@@ -494,7 +516,7 @@ mod tests {
 
     impl Member {
         fn new() -> Self {
-            let ep = SharedEndpoint::bind(loopback()).unwrap();
+            let ep = SharedEndpoint::bind(loopback(), None).unwrap();
             let id = Identity::generate().unwrap();
             let admitted = Admitted::default();
             ep.endpoint

@@ -85,6 +85,7 @@ mod direct;
 mod error;
 mod event;
 mod host;
+mod netsim;
 mod path;
 mod peer;
 mod session;
@@ -95,6 +96,10 @@ pub use config::{AllocationOptions, ClientConfig, Trust};
 pub use error::{DisconnectReason, Error};
 pub use event::Event;
 pub use host::Host;
+pub use netsim::{
+    LinkConditions, LinkStats, NetworkSimulator, NetworkSimulatorStats, DEFAULT_QUEUE_LIMIT,
+    MAX_SIMULATED_DELAY,
+};
 pub use path::{DirectPolicy, Path};
 pub use peer::{IntoJoinCode, Peer, ReconnectToken};
 pub use session::{PathStats, Session};

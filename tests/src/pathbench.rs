@@ -70,6 +70,7 @@ pub fn player_args(relay: &LabRelay, role: Role, rate: u32, direct: bool) -> Pla
         idle_timeout_ms: 0,
         log: std::env::var("BATON_LAB_PLAYER_LOG").ok(),
         direct,
+        netsim: None,
     }
 }
 

@@ -305,6 +305,7 @@ fn player_args(relay: &LabRelay, role: Role) -> PlayerArgs {
         // stderr, whose tail a failed test prints).
         log: std::env::var("BATON_LAB_PLAYER_LOG").ok(),
         direct: false,
+        netsim: None,
     }
 }
 
@@ -1114,4 +1115,147 @@ async fn after_a_host_migration_behind_cone_nats_the_new_host_goes_direct() {
     eprintln!("migration behind cone NATs: new host {elected} and peer {other_id} direct; {log:?}");
     other.close(WAIT).await.expect("peer leaves");
     new_host.close(WAIT).await.expect("new host leaves");
+}
+
+/// What a player reported over a watch.
+#[derive(Debug, Default)]
+struct Watch {
+    /// Each `PathChanged`: the other member, its new path and RTT (µs).
+    changes: Vec<(u16, String, u64)>,
+    /// Datagrams received.
+    received: u64,
+    /// Datagrams missing, summed over every gap report.
+    lost: u64,
+    /// When the latest datagram from the other member arrived (Unix µs).
+    last_from_other: u64,
+}
+
+/// Reads `player`'s reports for `span`, recording path changes and traffic from `other`. Any
+/// sign of a broken session (a member lost, a disconnect, a misdelivered datagram, the player
+/// exiting) fails the test.
+async fn watch(player: &mut LabPlayer, other: u16, span: Duration, seen: &mut Watch) {
+    let deadline = tokio::time::Instant::now() + span;
+    let result = player
+        .next_matching(span, |report| match report {
+            Report::PathChanged { peer, path, rtt_us } => {
+                eprintln!("path to peer {peer}: {path} (rtt {rtt_us} µs)");
+                seen.changes.push((*peer, path.clone(), *rtt_us));
+                false
+            }
+            Report::Stats {
+                received,
+                last_from,
+                ..
+            } => {
+                seen.received += received;
+                if let Some(&(_, t)) = last_from.iter().find(|&&(p, _)| p == other) {
+                    seen.last_from_other = seen.last_from_other.max(t);
+                }
+                false
+            }
+            Report::Gap { lost, .. } => {
+                seen.lost += lost;
+                false
+            }
+            Report::PeerLeft { .. }
+            | Report::HostLost { .. }
+            | Report::Disconnected { .. }
+            | Report::Violation { .. } => panic!("the session broke: {report:?}"),
+            _ => false,
+        })
+        .await;
+    // Nothing matches: the span runs out (give or take the timer's rounding), unless the
+    // player's output ended.
+    if let Err(e) = result {
+        assert!(
+            tokio::time::Instant::now() + Duration::from_millis(500) >= deadline,
+            "{e:#}"
+        );
+    }
+}
+
+/// The host's link is slow and lossy both ways (5 % loss, 50 ms delay, up to 10 ms jitter, by
+/// the SDK's network simulator in the host's player), behind two cone NATs with direct paths
+/// preferred. Over 30 s (10 s to go direct, then 20 s of play) the path does not flap: each
+/// side reports at most one path change, to direct (with an RTT of at least the 100 ms the
+/// host's link adds); nobody disconnects, and datagrams keep arriving both ways.
+#[tokio::test]
+async fn a_slow_lossy_host_link_goes_direct_without_flapping() {
+    let Some(lab) = lab(&[NatMode::Cone, NatMode::Cone]) else {
+        return;
+    };
+    let relay = LabRelay::start(&lab, &relay_bin(), RELAY_IP, &[], WAIT)
+        .await
+        .expect("relay starts in the internet namespace");
+    let player = Path::new(PLAYER);
+    let host_args = PlayerArgs {
+        direct: true,
+        netsim: Some(
+            "loss=5%,delay=50ms,jitter=10ms,seed=12"
+                .parse()
+                .expect("simulator settings"),
+        ),
+        ..player_args(&relay, Role::Host { snapshot_bytes: 0 })
+    };
+    let mut host = LabPlayer::start(&lab, &lab.site(1).host_ns, player, &host_args, WAIT)
+        .await
+        .expect("host enters");
+    let code = host.code().expect("join code").to_owned();
+    // The peer joins a game whose host has played a while, so the relay has measured the host's
+    // RTT (it samples members' RTTs every 2 s) when it times the punches, which tells the peer
+    // how slow the host's side of the relayed path is (SPEC section 17.2).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let peer_args = PlayerArgs {
+        direct: true,
+        ..player_args(&relay, Role::Join { code })
+    };
+    let mut peer = LabPlayer::start(&lab, &lab.site(2).host_ns, player, &peer_args, WAIT)
+        .await
+        .expect("peer joins");
+    let peer_id = peer.peer().expect("peer id");
+
+    // The time to go direct (the handshakes cross the slow link, and a lost punch round is
+    // retried after 2 s), then 20 s of play.
+    let (mut host_seen, mut peer_seen) = (Watch::default(), Watch::default());
+    let span = WAIT + Duration::from_secs(20);
+    let start = now_us();
+    tokio::join!(
+        watch(&mut host, peer_id, span, &mut host_seen),
+        watch(&mut peer, 0, span, &mut peer_seen),
+    );
+    let end = now_us();
+    eprintln!("slow lossy host link: host {host_seen:?}; peer {peer_seen:?}");
+    for (who, seen, other) in [("host", &host_seen, peer_id), ("peer", &peer_seen, 0)] {
+        let changes: Vec<_> = seen
+            .changes
+            .iter()
+            .map(|(p, path, _)| (*p, path.as_str()))
+            .collect();
+        // In the lab the relay is as near as the other member, so both paths cross the same
+        // slow link and their RTTs are close: a side may legitimately stay relayed. What it
+        // must not do is switch back and forth.
+        assert!(
+            changes.is_empty() || changes == [(other, "direct")],
+            "{who}: the path flapped: {changes:?}"
+        );
+        if let Some(&(_, _, rtt_us)) = seen.changes.first() {
+            assert!(
+                rtt_us >= 100_000,
+                "{who}: direct RTT {rtt_us} µs is under the 100 ms the simulator adds"
+            );
+        }
+        // RATE a second; the host's link loses 5 % each way.
+        let expected = u64::from(RATE) * span.as_secs();
+        assert!(
+            seen.received >= expected * 8 / 10,
+            "{who}: received {} of about {expected} in {span:?}",
+            seen.received
+        );
+        assert!(
+            seen.last_from_other > start && end - seen.last_from_other < 1_000_000,
+            "{who}: datagrams stopped arriving"
+        );
+    }
+    peer.close(WAIT).await.expect("peer leaves");
+    host.close(WAIT).await.expect("host leaves");
 }

@@ -78,6 +78,10 @@ pub(crate) const DIRECT_SILENCE_MAX: Duration = Duration::from_secs(3);
 /// section 17.3): with less, datagrams between two nearby players flap between the paths.
 pub(crate) const RTT_SLACK_MIN: Duration = Duration::from_millis(10);
 
+/// The margin the relay adds to a punch instant (SPEC section 17.2): a `Punch` delay longer than
+/// this tells how much slower the remote's connection to the relay is than ours.
+pub(crate) const PUNCH_MARGIN: Duration = Duration::from_millis(20);
+
 /// Candidates kept per side (the protocol carries at most 8 per offer).
 pub(crate) const MAX_CANDIDATES: usize = 8;
 
@@ -315,6 +319,9 @@ pub(crate) struct PathMachine {
     local_nat: NatKind,
     remote: Option<Remote>,
     relay_rtt: Option<Duration>,
+    /// The remote's RTT to the relay, when the punch delay tells it (see
+    /// [`PathMachine::relayed_rtt`]).
+    remote_relay_rtt: Option<Duration>,
     /// Attempts started since creation or the last reset.
     attempts: u32,
     /// Consecutive failed attempts (the backoff's exponent); 0 once a direct path is up.
@@ -337,6 +344,7 @@ impl PathMachine {
             local_nat: NatKind::Unknown,
             remote: None,
             relay_rtt: None,
+            remote_relay_rtt: None,
             attempts: 0,
             failures: 0,
             outcome_pending: false,
@@ -354,7 +362,7 @@ impl PathMachine {
     pub(crate) fn rtt(&self) -> Option<Duration> {
         match (self.path, self.phase) {
             (Path::Direct, Phase::Established { rtt, .. }) => Some(rtt),
-            _ => self.relay_rtt,
+            _ => self.relayed_rtt(),
         }
     }
 
@@ -449,6 +457,18 @@ impl PathMachine {
             Input::PunchAt { at } => {
                 if let Phase::Signalling { deadline, .. } = self.phase {
                     let at = at.clamp(now, now + MAX_PUNCH_DELAY);
+                    // The relay delays our punch by half of how much slower the remote's
+                    // connection to it is than ours, plus the margin (SPEC section 17.2).
+                    self.remote_relay_rtt = (at - now)
+                        .checked_sub(PUNCH_MARGIN)
+                        .filter(|extra| !extra.is_zero())
+                        .map(|extra| self.relay_rtt.unwrap_or_default() + extra * 2);
+                    tracing::debug!(
+                        delay = ?(at - now),
+                        relay_rtt = ?self.relay_rtt,
+                        remote_relay_rtt = ?self.remote_relay_rtt,
+                        "punch instant"
+                    );
                     self.phase = Phase::Signalling {
                         deadline,
                         punch_at: Some(at),
@@ -693,12 +713,25 @@ impl PathMachine {
         }
     }
 
-    /// Switches datagrams to the path the RTTs favour, with hysteresis (see [`rtt_slack`]).
+    /// The RTT of the relayed path to the remote, as far as known: a datagram relayed to the
+    /// remote crosses our connection to the relay *and* the remote's, so its RTT is the sum of
+    /// both. Ours is measured; the remote's is known when it is the slower of the two (the
+    /// relay delays our `Punch` by half the difference, SPEC section 17.2), else counted as 0
+    /// (a lower bound: the relay looks at least as fast as it is). Compared with our RTT alone,
+    /// a remote on a slow link (whose direct path is slow by the same link) would make the
+    /// relay look faster than it is.
+    pub(crate) fn relayed_rtt(&self) -> Option<Duration> {
+        self.relay_rtt
+            .map(|ours| ours + self.remote_relay_rtt.unwrap_or_default())
+    }
+
+    /// Switches datagrams to the path the RTTs favour, with hysteresis (see [`rtt_slack`]),
+    /// comparing the direct RTT with the [relayed path's](PathMachine::relayed_rtt).
     fn choose_path(&mut self) {
         let Phase::Established { rtt: direct, .. } = self.phase else {
             return;
         };
-        let direct_ok = match self.relay_rtt {
+        let direct_ok = match self.relayed_rtt() {
             None => true,
             Some(relay) => {
                 let slack = rtt_slack(relay);

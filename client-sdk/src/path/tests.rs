@@ -564,3 +564,53 @@ fn poll_timeout_is_always_the_earliest_deadline() {
     let lost = start + 900 * MS + 1200 * MS;
     check(&h, Some(lost + RETRY_FIRST));
 }
+
+#[test]
+fn a_remote_slower_to_the_relay_counts_in_the_relayed_rtt() {
+    // Our RTT to the relay is 2 ms, the remote's 102 ms (a slow access link, which the direct
+    // path crosses too): the relay delays our punch by (102 - 2) / 2 + 20 = 70 ms.
+    let mut h = H::new(DirectPolicy::Prefer);
+    h.input(Input::RelayRtt { rtt: 2 * MS });
+    assert_eq!(h.input(local(EI)), [sent_offer(EI)]);
+    assert!(h.input(offer(theirs(), EI)).is_empty());
+    assert!(h
+        .input(Input::PunchAt {
+            at: h.now + 70 * MS
+        })
+        .is_empty());
+    assert_eq!(h.m.relayed_rtt(), Some(104 * MS));
+    assert_eq!(h.advance(70 * MS), [punch()]);
+    // Direct 105 ms: within the slack of the 104 ms relayed path, not 50 times our 2 ms.
+    let out = h.input(up(105 * MS));
+    assert_eq!(out, [Switch(Path::Direct), outcome(PathOutcome::Direct)]);
+    // RTT samples jittering by +-20 ms (a jittery link) do not flap it: leaving takes more
+    // than 104 + 2 * 10.4 ms.
+    let mut switches = 0;
+    for i in 0..200u32 {
+        h.now += 50 * MS;
+        let direct = (95 + (i * 37) % 30) * MS;
+        let relay = (1 + (i * 11) % 3) * MS;
+        switches += h.input(Input::DirectRtt { rtt: direct }).len();
+        switches += h.input(Input::RelayRtt { rtt: relay }).len();
+        h.input(Input::DirectHeard);
+    }
+    assert_eq!(switches, 0, "the path flapped");
+    assert_eq!(h.m.path(), Path::Direct);
+}
+
+#[test]
+fn a_remote_faster_to_the_relay_leaves_the_relayed_rtt_ours() {
+    // We are the slower one: the relay's delay is the bare margin, and the remote's RTT is
+    // unknown (at most ours); the relayed path counts as ours alone.
+    let mut h = H::new(DirectPolicy::Prefer);
+    h.input(Input::RelayRtt { rtt: 102 * MS });
+    h.input(local(EI));
+    h.input(offer(theirs(), EI));
+    h.input(Input::PunchAt {
+        at: h.now + PUNCH_MARGIN,
+    });
+    assert_eq!(h.m.relayed_rtt(), Some(102 * MS));
+    h.advance(PUNCH_MARGIN);
+    let out = h.input(up(105 * MS));
+    assert_eq!(out, [Switch(Path::Direct), outcome(PathOutcome::Direct)]);
+}

@@ -57,7 +57,7 @@ pub(crate) async fn connect(
     bind: ClientMessage,
 ) -> Result<(Session, Bound), Error> {
     config.validate()?;
-    let socket = bind_socket(config.local_addr())?;
+    let socket = bind_socket(config.local_addr(), config)?;
     let (conn, reply) = match attempt(config, &socket.endpoint, &bind).await? {
         Attempt::Replied(conn, reply) => (conn, reply),
         Attempt::Redirected {
@@ -69,7 +69,7 @@ pub(crate) async fn connect(
             // stays in use by the closing connection, so it could not be bound twice).
             let socket = match socket.local_addr() {
                 Ok(local) if local.is_ipv4() == target.is_ipv4() => socket,
-                _ => bind_socket(redirected.local_addr())?,
+                _ => bind_socket(redirected.local_addr(), &redirected)?,
             };
             match attempt(&redirected, &socket.endpoint, &bind).await? {
                 Attempt::Replied(conn, reply) => {
@@ -88,10 +88,10 @@ pub(crate) async fn connect(
     establish(config, config, socket, bind, conn, reply).await
 }
 
-/// The session's one UDP socket (SPEC section 17.5): the relay connection, direct paths and
-/// punches all use it.
-fn bind_socket(local: SocketAddr) -> Result<SharedEndpoint, Error> {
-    SharedEndpoint::bind(local).map_err(direct_error)
+/// The session's one UDP socket (SPEC section 17): the relay connection, direct paths and
+/// punches all use it. `config`'s network simulator, if any, sits between it and QUIC.
+fn bind_socket(local: SocketAddr, config: &ClientConfig) -> Result<SharedEndpoint, Error> {
+    SharedEndpoint::bind(local, config.network_simulator.as_ref()).map_err(direct_error)
 }
 
 /// The SDK error for a failure setting up the session's socket or direct-path identity.

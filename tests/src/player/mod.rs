@@ -41,7 +41,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use baton_client::{
-    AllocationOptions, ClientConfig, Error, Host, Peer, ReconnectToken, Session, Trust,
+    AllocationOptions, ClientConfig, Error, Host, NetworkSimulator, Peer, ReconnectToken, Session,
+    Trust,
 };
 use clap::{Parser, Subcommand};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -115,6 +116,11 @@ pub struct PlayerArgs {
     /// are reported as `path_changed`.
     #[arg(long)]
     pub direct: bool,
+    /// Simulate a bad network on the player's socket (`ClientConfig::network_simulator`), in
+    /// `baton_client::NetworkSimulator`'s text form, e.g. `loss=5%,delay=50ms,jitter=10ms`
+    /// (both directions; `send-`/`recv-` prefixes for one, `seed=N` for reproducible runs).
+    #[arg(long, value_name = "SETTINGS")]
+    pub netsim: Option<NetworkSimulator>,
     /// What to be.
     #[command(subcommand)]
     pub role: Role,
@@ -194,6 +200,9 @@ impl PlayerArgs {
         }
         if self.direct {
             args.push("--direct".to_owned());
+        }
+        if let Some(simulator) = &self.netsim {
+            args.extend(["--netsim".to_owned(), simulator.to_string()]);
         }
         match &self.role {
             Role::Host { snapshot_bytes } => args.extend([
@@ -318,6 +327,9 @@ async fn enter(args: &PlayerArgs) -> Result<Session, String> {
     }
     if args.direct {
         config = config.direct(baton_client::DirectPolicy::Prefer);
+    }
+    if let Some(simulator) = &args.netsim {
+        config = config.network_simulator(simulator.clone());
     }
     if args.idle_timeout_ms > 0 {
         config = config.idle_timeout(Duration::from_millis(args.idle_timeout_ms));

@@ -114,6 +114,7 @@ impl Games {
             idle_timeout_ms: 0,
             log: None,
             direct: false,
+            netsim: None,
             role: Role::Host { snapshot_bytes: 0 },
         };
         let secret = relay.secret.clone();

@@ -71,6 +71,7 @@ impl Game {
                 .as_ref()
                 .map(|(filter, _)| filter.clone()),
             direct: false,
+            netsim: None,
             role,
         };
         let mut client = Client {
