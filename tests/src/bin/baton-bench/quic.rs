@@ -97,6 +97,7 @@ impl Clients {
             request_id: 1,
             max_peers,
             code_ttl_secs: 0,
+            host_loss_timeout_ms: 0,
             credential: None,
         };
         let b = self.bind(index, &msg).await?;
