@@ -45,8 +45,9 @@ impl Beat {
             return false;
         }
         let quiet = match self.last {
-            Some((g, s)) => g == generation && sent <= s,
-            None => true,
+            Some((g, s)) if g == generation => sent <= s,
+            // A new host, or a new connection: beat at once.
+            _ => true,
         };
         // The heartbeat about to be sent moves the count by one; anything beyond that by the
         // next check is other traffic, which proves the host alive by itself.
