@@ -12,7 +12,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use baton_protocol::{CloseCode, LeaveReason};
@@ -194,18 +194,19 @@ async fn watch_host(me: &ConnShared, shared: &Shared) -> CloseCode {
         if !me.host.load(Ordering::Acquire) || timeout.is_zero() {
             continue;
         }
-        let mut rule = HostLiveness::new(timeout, Instant::now(), me.conn.stats().udp_rx.datagrams);
-        let mut tick = tokio::time::interval(rule.sample_interval());
+        let mut tick = tokio::time::interval(HostLiveness::interval_for(timeout));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // The first tick is immediate.
-        tick.tick().await;
+        // Samples are timed by the ticks' schedule, not by when this task got to run, so a
+        // silence of exactly six intervals is six intervals (the first tick is immediate).
+        let start = tick.tick().await.into_std();
+        let mut rule = HostLiveness::new(timeout, start, me.conn.stats().udp_rx.datagrams);
         loop {
-            tick.tick().await;
+            let at = tick.tick().await.into_std();
             if !me.host.load(Ordering::Acquire) {
                 break;
             }
             let received = me.conn.stats().udp_rx.datagrams;
-            if rule.sample(Instant::now(), received) == Verdict::Lost {
+            if rule.sample(at, received) == Verdict::Lost {
                 shared.metrics.host_unresponsive.inc();
                 debug!(?timeout, "host unresponsive");
                 return CloseCode::HostUnresponsive;

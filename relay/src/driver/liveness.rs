@@ -45,7 +45,12 @@ impl HostLiveness {
 
     /// How often to sample: a sixth of the timeout, at least a millisecond.
     pub(crate) fn sample_interval(&self) -> Duration {
-        (self.timeout / SAMPLES_PER_TIMEOUT).max(Duration::from_millis(1))
+        Self::interval_for(self.timeout)
+    }
+
+    /// [`Self::sample_interval`] for a watch of `timeout`.
+    pub(crate) fn interval_for(timeout: Duration) -> Duration {
+        (timeout / SAMPLES_PER_TIMEOUT).max(Duration::from_millis(1))
     }
 
     /// Takes a sample: the received-datagram count `count` at `now`.
