@@ -1,6 +1,6 @@
 //! The host-liveness rule (SPEC section 11.1), sans IO: while a connection hosts its
 //! allocation, the connection task samples how many UDP datagrams quinn has received on it
-//! every [`HostLiveness::sample_interval`] and feeds the count here with the time. A count
+//! every [`HostLiveness::interval_for`] the timeout and feeds the count here with the time. A count
 //! that has not moved for the allocation's host-loss timeout means the host is lost.
 //!
 //! The silence is measured from the sample that first saw the latest count, which is at or
@@ -43,12 +43,7 @@ impl HostLiveness {
         }
     }
 
-    /// How often to sample: a sixth of the timeout, at least a millisecond.
-    pub(crate) fn sample_interval(&self) -> Duration {
-        Self::interval_for(self.timeout)
-    }
-
-    /// [`Self::sample_interval`] for a watch of `timeout`.
+    /// How often to sample a watch of `timeout`: a sixth of it, at least a millisecond.
     pub(crate) fn interval_for(timeout: Duration) -> Duration {
         (timeout / SAMPLES_PER_TIMEOUT).max(Duration::from_millis(1))
     }
@@ -81,7 +76,7 @@ mod tests {
     /// the relay sampling on its own grid. Returns when the rule first said lost, if it did.
     fn simulate(start: Instant, arrivals: &[Duration], until: Duration) -> Option<Duration> {
         let mut rule = HostLiveness::new(TIMEOUT, start, 0);
-        let step = rule.sample_interval();
+        let step = HostLiveness::interval_for(TIMEOUT);
         let mut arrived = arrivals.iter().peekable();
         let mut count = 0;
         let mut t = Duration::ZERO;
@@ -109,10 +104,11 @@ mod tests {
 
     #[test]
     fn samples_six_times_per_timeout() {
-        let rule = HostLiveness::new(TIMEOUT, Instant::now(), 0);
-        assert_eq!(rule.sample_interval(), Duration::from_millis(250));
-        let tiny = HostLiveness::new(Duration::from_micros(3), Instant::now(), 0);
-        assert_eq!(tiny.sample_interval(), MS);
+        assert_eq!(
+            HostLiveness::interval_for(TIMEOUT),
+            Duration::from_millis(250)
+        );
+        assert_eq!(HostLiveness::interval_for(Duration::from_micros(3)), MS);
     }
 
     #[test]
