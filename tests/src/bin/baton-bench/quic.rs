@@ -93,11 +93,22 @@ impl Clients {
 
     /// Connects and creates an allocation for up to `max_peers` members.
     pub async fn create(&self, index: usize, max_peers: u16) -> anyhow::Result<Created> {
+        self.create_with(index, max_peers, 0).await
+    }
+
+    /// [`Clients::create`] asking for a host-loss timeout of `host_loss_timeout_ms` (0: the
+    /// relay's default).
+    pub async fn create_with(
+        &self,
+        index: usize,
+        max_peers: u16,
+        host_loss_timeout_ms: u16,
+    ) -> anyhow::Result<Created> {
         let msg = ClientMessage::CreateAllocation {
             request_id: 1,
             max_peers,
             code_ttl_secs: 0,
-            host_loss_timeout_ms: 0,
+            host_loss_timeout_ms,
             credential: None,
         };
         let b = self.bind(index, &msg).await?;
