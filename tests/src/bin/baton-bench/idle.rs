@@ -184,7 +184,7 @@ async fn idle(
     if heartbeat_allocations > 0 {
         // The default (0: the relay's 1.5 s), then the relay's default keepalive timeout (the
         // relay clamps to its own): effectively no fast detection.
-        for host_loss_ms in [0, KEEPALIVE_MS] {
+        for host_loss_ms in [0, quic::NO_FAST_HOST_LOSS_MS] {
             heartbeats.push(
                 heartbeat_cost(
                     args,
@@ -245,9 +245,6 @@ async fn idle(
         heartbeats,
     })
 }
-
-/// The relay's default keepalive timeout, in milliseconds: the longest host-loss timeout.
-const KEEPALIVE_MS: u16 = 10_000;
 
 /// The relay's default host-loss timeout, which an allocation asking for 0 gets.
 const DEFAULT_HOST_LOSS: Duration = Duration::from_millis(1500);

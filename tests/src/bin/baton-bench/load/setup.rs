@@ -27,7 +27,7 @@ pub async fn setup(
 ) -> anyhow::Result<(Vec<Client>, Topology)> {
     setup_with(
         pool,
-        (allocations, members, 0),
+        (allocations, members, quic::NO_FAST_HOST_LOSS_MS),
         concurrency,
         label,
         progress,
@@ -36,7 +36,8 @@ pub async fn setup(
 }
 
 /// [`setup`] with every allocation asking for a host-loss timeout of `host_loss_ms` (0: the
-/// relay's default).
+/// relay's default; [`setup`] asks for [`quic::NO_FAST_HOST_LOSS_MS`], its clients sending no
+/// heartbeats).
 pub async fn setup_with(
     pool: &Arc<quic::Clients>,
     (allocations, members, host_loss_ms): (usize, usize, u16),
