@@ -59,6 +59,7 @@ RELAY_METRICS: dict[str, frozenset[str]] = {
     for name, labels in {
         "baton_connections": (),
         "baton_connections_accepted_total": (),
+        "baton_host_unresponsive_total": (),
         "baton_connections_refused_total": ("reason",),
         "baton_handshakes_in_flight": (),
         "baton_retries_sent_total": (),

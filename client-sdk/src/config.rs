@@ -421,6 +421,20 @@ pub struct AllocationOptions {
     /// How long the join code stays valid: at least one second, counted in whole seconds. The
     /// relay may shorten it; [`Host::code_ttl`](crate::Host::code_ttl) tells what was granted.
     pub code_ttl: Option<Duration>,
+    /// How long the relay may hear nothing from the host before it treats the host as lost,
+    /// closes its connection and migrates the game to another member (SPEC section 11.1); in
+    /// whole milliseconds, 1 ms to about 65 s. `None` takes the relay's default (1.5 s). The
+    /// relay clamps it into its bounds (by default 500 ms to its 10 s keepalive timeout);
+    /// [`Session::host_loss_timeout`](crate::Session::host_loss_timeout) tells what was
+    /// granted.
+    ///
+    /// The trade-off: a shorter timeout replaces a crashed host sooner, but also migrates
+    /// away from a live host whose network drops everything for longer than it (a Wi-Fi
+    /// hand-over, a long stall of the whole process). A longer one rides out such blips but
+    /// leaves the game without a host that long after a crash. The SDK's host sends a small
+    /// heartbeat every sixth of it when it has nothing else to send, from its own task, so a
+    /// blocked game loop (a scene load, a GC pause) does not count as silence.
+    pub host_loss_timeout: Option<Duration>,
 }
 
 impl AllocationOptions {
@@ -436,8 +450,15 @@ impl AllocationOptions {
         self
     }
 
-    /// The wire values of `CreateAllocation` (0 = relay default).
-    pub(crate) fn wire_values(&self) -> Result<(u16, u32), Error> {
+    /// Sets [`AllocationOptions::host_loss_timeout`].
+    pub fn host_loss_timeout(mut self, timeout: Duration) -> Self {
+        self.host_loss_timeout = Some(timeout);
+        self
+    }
+
+    /// The wire values of `CreateAllocation` (0 = relay default): `max_peers`,
+    /// `code_ttl_secs`, `host_loss_timeout_ms`.
+    pub(crate) fn wire_values(&self) -> Result<(u16, u32, u16), Error> {
         let max_peers = match self.max_peers {
             None => 0,
             Some(n) if (1..=baton_protocol::MAX_PEERS_LIMIT).contains(&n) => n,
@@ -460,7 +481,19 @@ impl AllocationOptions {
                 }
             },
         };
-        Ok((max_peers, code_ttl_secs))
+        let host_loss_timeout_ms = match self.host_loss_timeout {
+            None => 0,
+            Some(t) => match u16::try_from(t.as_millis()) {
+                Ok(ms) if ms >= 1 => ms,
+                _ => {
+                    return Err(Error::Config(format!(
+                        "host_loss_timeout must be 1 ms to {} ms, got {t:?}",
+                        u16::MAX
+                    )))
+                }
+            },
+        };
+        Ok((max_peers, code_ttl_secs, host_loss_timeout_ms))
     }
 }
 
@@ -527,16 +560,19 @@ mod tests {
     #[test]
     fn allocation_options_map_to_wire_values() {
         let opts = AllocationOptions::default();
-        assert_eq!(opts.wire_values().unwrap(), (0, 0));
+        assert_eq!(opts.wire_values().unwrap(), (0, 0, 0));
         let opts = AllocationOptions::default()
             .max_peers(8)
-            .code_ttl(Duration::from_millis(90_500));
-        assert_eq!(opts.wire_values().unwrap(), (8, 90));
+            .code_ttl(Duration::from_millis(90_500))
+            .host_loss_timeout(Duration::from_micros(750_900));
+        assert_eq!(opts.wire_values().unwrap(), (8, 90, 750));
         for bad in [
             AllocationOptions::default().max_peers(0),
             AllocationOptions::default().max_peers(baton_protocol::MAX_PEERS_LIMIT + 1),
             AllocationOptions::default().code_ttl(Duration::from_millis(999)),
             AllocationOptions::default().code_ttl(Duration::from_secs(u64::from(u32::MAX) + 1)),
+            AllocationOptions::default().host_loss_timeout(Duration::from_micros(999)),
+            AllocationOptions::default().host_loss_timeout(Duration::from_secs(66)),
         ] {
             assert!(
                 matches!(bad.wire_values(), Err(Error::Config(_))),

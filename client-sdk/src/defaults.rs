@@ -8,6 +8,11 @@ use std::time::Duration;
 /// consecutive pings can be lost before the relay gives up on us, and costs a few bytes a second.
 pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(2);
 
+/// The host-loss timeout the SDK assumes until the relay reports its allocation's (a relay
+/// always does, in `AllocationCreated` and `Joined`; this is the relay's default). The host's
+/// heartbeat checks every sixth of it.
+pub const HOST_LOSS_TIMEOUT: Duration = Duration::from_millis(1500);
+
 /// The SDK's QUIC idle timeout.
 ///
 /// Equal to the relay's 10 s: QUIC uses the smaller of both sides' values, so a larger value

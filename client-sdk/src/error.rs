@@ -227,6 +227,12 @@ pub enum DisconnectReason {
     UnsupportedVersion,
     /// The relay holds its maximum number of connections; try again later.
     RelayFull,
+    /// This client hosted its allocation and the relay heard nothing from it for the
+    /// allocation's host-loss timeout (its network was cut, or the whole process stalled), so
+    /// the relay treated it as lost and moved the game to another member. It can come back as
+    /// an ordinary peer with [`Peer::rejoin`](crate::Peer::rejoin) and its
+    /// [`Session::reconnect_token`](crate::Session::reconnect_token).
+    HostUnresponsive,
     /// The connection failed for another reason (network, transport error, unknown close code).
     ConnectionLost(String),
 }
@@ -253,6 +259,9 @@ impl fmt::Display for DisconnectReason {
                 f.write_str("the relay no longer serves this protocol version")
             }
             DisconnectReason::RelayFull => f.write_str("the relay is full"),
+            DisconnectReason::HostUnresponsive => {
+                f.write_str("the relay heard nothing from this host in time and moved the game")
+            }
             DisconnectReason::ConnectionLost(detail) => write!(f, "connection lost: {detail}"),
         }
     }
@@ -317,6 +326,7 @@ pub(crate) fn disconnect_reason(err: &ConnectionError) -> DisconnectReason {
                 CloseCode::ControlBacklog => DisconnectReason::ControlBacklog,
                 CloseCode::UnsupportedVersion => DisconnectReason::UnsupportedVersion,
                 CloseCode::RelayFull => DisconnectReason::RelayFull,
+                CloseCode::HostUnresponsive => DisconnectReason::HostUnresponsive,
                 CloseCode::HostLost(reason) => DisconnectReason::HostLost(reason),
                 // Unknown(_) and codes added to the protocol after this SDK version.
                 code => DisconnectReason::ConnectionLost(format!(
@@ -532,6 +542,10 @@ mod tests {
                 DisconnectReason::UnsupportedVersion,
             ),
             (CloseCode::RelayFull, DisconnectReason::RelayFull),
+            (
+                CloseCode::HostUnresponsive,
+                DisconnectReason::HostUnresponsive,
+            ),
         ];
         for (code, reason) in cases {
             assert_eq!(disconnect_reason(&app_close(code.to_u32().into())), reason);

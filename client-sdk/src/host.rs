@@ -13,7 +13,8 @@ use crate::{AllocationOptions, ClientConfig, Error};
 /// ([`Session::kick`], [`Session::revoke_join_code`], [`Session::upload_snapshot`],
 /// [`Session::stage_snapshot`]).
 ///
-/// When the host leaves (close, drop, or 10 s of silence) the game goes on: the relay elects
+/// When the host leaves (close, drop, or silence for the allocation's host-loss timeout, 1.5 s
+/// by default: [`AllocationOptions::host_loss_timeout`]) the game goes on: the relay elects
 /// another member, which takes over with the last uploaded snapshot, and every peer keeps its
 /// id ([`Event::HostLost`](crate::Event::HostLost), then
 /// [`Event::HostMigrated`](crate::Event::HostMigrated)). With no other member left, the
@@ -36,11 +37,12 @@ impl Host {
     /// [`Error::InvalidRequest`], [`Error::ShuttingDown`], [`Error::DirectoryUnavailable`]),
     /// [`Error::Config`] for bad `config` or `options`.
     pub async fn create(config: &ClientConfig, options: AllocationOptions) -> Result<Host, Error> {
-        let (max_peers, code_ttl_secs) = options.wire_values()?;
+        let (max_peers, code_ttl_secs, host_loss_timeout_ms) = options.wire_values()?;
         let request = ClientMessage::CreateAllocation {
             request_id: BIND_REQUEST_ID,
             max_peers,
             code_ttl_secs,
+            host_loss_timeout_ms,
             credential: config.credential.clone(),
         };
         Self::bind(config, request).await

@@ -142,6 +142,7 @@ async fn bound_host(relay: &FakeRelay, config: &ClientConfig) -> (Host, RelayCon
                 request_id,
                 max_peers: 4,
                 code_ttl_secs: 0,
+                host_loss_timeout_ms: _,
                 credential: None,
             } => request_id,
             other => panic!("unexpected {other:?}"),
@@ -154,6 +155,7 @@ async fn bound_host(relay: &FakeRelay, config: &ClientConfig) -> (Host, RelayCon
             max_peers: 4,
             max_payload: 1150,
             reconnect_token: [7; 16],
+            host_loss_timeout_ms: 1500,
         })
         .await;
         conn
@@ -183,6 +185,7 @@ async fn bound_peer(relay: &FakeRelay) -> (Peer, RelayConn) {
             max_payload: 1000,
             host: PeerId::HOST,
             reconnect_token: [9; 16],
+            host_loss_timeout_ms: 1500,
             members: vec![PeerId(0), PeerId(1)],
         })
         .await;

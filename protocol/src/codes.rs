@@ -180,6 +180,11 @@ pub enum CloseCode {
     /// The relay holds its maximum number of connections (the handshake completed just as it
     /// reached it); retry later.
     RelayFull,
+    /// The caller was its allocation's host and the relay heard nothing from it for the
+    /// allocation's host-loss timeout, so it treated the host as lost and closed this connection
+    /// (the allocation migrates to another member). The client may come back as an ordinary
+    /// peer with its reconnect token.
+    HostUnresponsive,
     /// The host of the caller's allocation was lost for this reason and the allocation closed.
     HostLost(LeaveReason),
     /// A code this protocol version does not define.
@@ -201,6 +206,7 @@ impl CloseCode {
             CloseCode::ControlBacklog => 6,
             CloseCode::UnsupportedVersion => 7,
             CloseCode::RelayFull => 8,
+            CloseCode::HostUnresponsive => 9,
             CloseCode::HostLost(reason) => Self::HOST_LOST_BASE | u32::from(reason.to_u8()),
             CloseCode::Unknown(v) => v,
         }
@@ -221,6 +227,7 @@ impl CloseCode {
             6 => CloseCode::ControlBacklog,
             7 => CloseCode::UnsupportedVersion,
             8 => CloseCode::RelayFull,
+            9 => CloseCode::HostUnresponsive,
             0x100..=0x1FF => CloseCode::HostLost(LeaveReason::from_u8((v & 0xFF) as u8)),
             other => CloseCode::Unknown(other),
         }
@@ -240,6 +247,7 @@ impl CloseCode {
                 "baton/1 is no longer served; this relay speaks baton/2"
             }
             CloseCode::RelayFull => "relay full",
+            CloseCode::HostUnresponsive => "host unresponsive",
             CloseCode::HostLost(_) => "host lost",
             CloseCode::Unknown(_) => "unknown",
         }
@@ -283,6 +291,7 @@ mod tests {
             CloseCode::ControlBacklog,
             CloseCode::UnsupportedVersion,
             CloseCode::RelayFull,
+            CloseCode::HostUnresponsive,
             CloseCode::Unknown(77),
         ];
         all.extend(LeaveReason::ALL.iter().map(|r| CloseCode::HostLost(*r)));
@@ -293,6 +302,7 @@ mod tests {
             CloseCode::from_u64(0x102),
             CloseCode::HostLost(LeaveReason::TimedOut)
         );
+        assert_eq!(CloseCode::from_u64(9), CloseCode::HostUnresponsive);
         assert_eq!(CloseCode::from_u64(u64::MAX), CloseCode::Unknown(u32::MAX));
     }
 }

@@ -12,6 +12,16 @@ pub const HEADER_LEN: usize = 2;
 /// The destination value meaning "every member of my allocation except me".
 pub const BROADCAST: u16 = 0xFFFF;
 
+/// A heartbeat: an empty datagram (no header, no payload). It only proves its sender alive
+/// (a host keeps its allocation's host-loss timer from running out with it, SPEC sections 6
+/// and 11); the relay drops it without reporting anything.
+pub const HEARTBEAT: &[u8] = &[];
+
+/// Whether a datagram is a [`HEARTBEAT`].
+pub fn is_heartbeat(datagram: &[u8]) -> bool {
+    datagram.is_empty()
+}
+
 /// Where a client wants a datagram delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Destination {
@@ -74,6 +84,13 @@ pub fn encode(header: u16, payload: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_empty_datagram_is_a_heartbeat() {
+        assert!(is_heartbeat(HEARTBEAT));
+        assert!(!is_heartbeat(&[0]));
+        assert!(!is_heartbeat(&encode(BROADCAST, b"")));
+    }
 
     #[test]
     fn header_round_trip() {

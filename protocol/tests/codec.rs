@@ -89,9 +89,10 @@ fn client_snapshots() -> Vec<(ClientMessage, &'static str)> {
                 request_id: 0x0102_0304,
                 max_peers: 150,
                 code_ttl_secs: 86_400,
+                host_loss_timeout_ms: 0,
                 credential: None,
             },
-            "0000000d 01 01020304 0096 00015180 0000",
+            "0000000f 01 01020304 0096 00015180 0000 0000",
         ),
         (
             // len = 1 + 4 + (1 + 6) + (2 + 4) = 18 = 0x12; "BCDF78" = 42 43 44 46 37 38,
@@ -206,9 +207,10 @@ fn server_snapshots() -> Vec<(ServerMessage, &'static str)> {
                 max_peers: 150,
                 max_payload: 1150,
                 reconnect_token: std::array::from_fn(|i| 0x10 + i as u8), // 10 11 .. 1f
+                host_loss_timeout_ms: 1500,
             },
-            "00000032 81 00000001 0011223344556677 0c 363738394243444647484a4b 00000e10 0096 047e \
-             101112131415161718191a1b1c1d1e1f",
+            "00000034 81 00000001 0011223344556677 0c 363738394243444647484a4b 00000e10 0096 047e \
+             101112131415161718191a1b1c1d1e1f 05dc",
         ),
         (
             // len = 1 + 4 + 8 + 2 + 2 + 2 + 16 + 2 + 3 * 2 = 43 = 0x2b
@@ -219,10 +221,11 @@ fn server_snapshots() -> Vec<(ServerMessage, &'static str)> {
                 max_payload: 1150,
                 host: PeerId::HOST,
                 reconnect_token: std::array::from_fn(|i| 0x20 + i as u8), // 20 21 .. 2f
+                host_loss_timeout_ms: 1500,
                 members: vec![PeerId(0), PeerId(1), PeerId(4)],
             },
-            "0000002b 82 00000002 0011223344556677 0005 047e 0000 \
-             202122232425262728292a2b2c2d2e2f 0003 0000 0001 0004",
+            "0000002d 82 00000002 0011223344556677 0005 047e 0000 \
+             202122232425262728292a2b2c2d2e2f 05dc 0003 0000 0001 0004",
         ),
         (
             // No other members: len = 1 + 4 + 8 + 2 + 2 + 2 + 16 + 2 = 37 = 0x25
@@ -233,10 +236,11 @@ fn server_snapshots() -> Vec<(ServerMessage, &'static str)> {
                 max_payload: 1150,
                 host: PeerId::HOST,
                 reconnect_token: std::array::from_fn(|i| 0x30 + i as u8), // 30 31 .. 3f
+                host_loss_timeout_ms: 1500,
                 members: vec![],
             },
-            "00000025 82 00000003 0000000000000001 0001 047e 0000 \
-             303132333435363738393a3b3c3d3e3f 0000",
+            "00000027 82 00000003 0000000000000001 0001 047e 0000 \
+             303132333435363738393a3b3c3d3e3f 05dc 0000",
         ),
         (
             // A `Rejoin` reply after a migration: peer 5 back in the successor allocation, hosted
@@ -248,10 +252,11 @@ fn server_snapshots() -> Vec<(ServerMessage, &'static str)> {
                 max_payload: 1150,
                 host: PeerId(3),
                 reconnect_token: [0xAB; 16],
+                host_loss_timeout_ms: 1500,
                 members: vec![PeerId(1), PeerId(3)],
             },
-            "00000029 82 0000000b 8877665544332211 0005 047e 0003 \
-             abababababababababababababababab 0002 0001 0003",
+            "0000002b 82 0000000b 8877665544332211 0005 047e 0003 \
+             abababababababababababababababab 05dc 0002 0001 0003",
         ),
         (
             // len = 1 + 4 + 1 + 4 = 10; full = 4, value = max peers 150
@@ -572,6 +577,7 @@ fn close_codes_are_pinned() {
         (CloseCode::ControlBacklog, 6),
         (CloseCode::UnsupportedVersion, 7),
         (CloseCode::RelayFull, 8),
+        (CloseCode::HostUnresponsive, 9),
         (CloseCode::HostLost(LeaveReason::Closed), 0x101),
         (CloseCode::HostLost(LeaveReason::TimedOut), 0x102),
         (CloseCode::HostLost(LeaveReason::Kicked), 0x103),
@@ -584,9 +590,16 @@ fn close_codes_are_pinned() {
         assert_eq!(code.to_u32(), value, "{code:?}");
         assert_eq!(CloseCode::from_u64(u64::from(value)), code);
     }
-    assert_eq!(CloseCode::from_u64(9), CloseCode::Unknown(9));
+    assert_eq!(CloseCode::from_u64(10), CloseCode::Unknown(10));
     assert_eq!(CloseCode::from_u64(0x200), CloseCode::Unknown(0x200));
     assert_eq!(CloseCode::from_u64(u64::MAX), CloseCode::Unknown(u32::MAX));
+}
+
+#[test]
+fn heartbeat_is_the_empty_datagram() {
+    assert_eq!(hex::encode(datagram::HEARTBEAT), "");
+    assert!(datagram::is_heartbeat(&[]));
+    assert!(!datagram::is_heartbeat(&datagram::encode(0, b"")));
 }
 
 #[test]
@@ -702,7 +715,7 @@ fn spec_documents_every_message_type_and_code() {
         "1150",
         "16384",
         "9216",
-        "8229",
+        "8231",
         "| `0x01` | snapshot |",
         "10485760",
         "## 14. Host migration",
@@ -729,9 +742,10 @@ fn spec_sequence_example() {
                 request_id: 1,
                 max_peers: 0,
                 code_ttl_secs: 0,
+                host_loss_timeout_ms: 0,
                 credential: None,
             },
-            "0000000d 01 00000001 0000 00000000 0000",
+            "0000000f 01 00000001 0000 00000000 0000 0000",
         ),
         (
             ClientMessage::Join {
@@ -752,10 +766,11 @@ fn spec_sequence_example() {
                 max_peers: 150,
                 max_payload: 1150,
                 reconnect_token: std::array::from_fn(|i| 0xA0 + i as u8),
+                host_loss_timeout_ms: 1500,
             },
             // len = 1 + 4 + 8 + (1 + 6) + 4 + 2 + 2 + 16 = 44 = 0x2c
-            "0000002c 81 00000001 1f2e3d4c5b6a7988 06 424344463738 00015180 0096 047e \
-             a0a1a2a3a4a5a6a7a8a9aaabacadaeaf",
+            "0000002e 81 00000001 1f2e3d4c5b6a7988 06 424344463738 00015180 0096 047e \
+             a0a1a2a3a4a5a6a7a8a9aaabacadaeaf 05dc",
         ),
         (
             ServerMessage::Joined {
@@ -765,11 +780,12 @@ fn spec_sequence_example() {
                 max_payload: 1150,
                 host: PeerId::HOST,
                 reconnect_token: std::array::from_fn(|i| 0xB0 + i as u8),
+                host_loss_timeout_ms: 1500,
                 members: vec![PeerId::HOST],
             },
             // len = 1 + 4 + 8 + 2 + 2 + 2 + 16 + 2 + 2 = 39 = 0x27
-            "00000027 82 00000001 1f2e3d4c5b6a7988 0001 047e 0000 \
-             b0b1b2b3b4b5b6b7b8b9babbbcbdbebf 0001 0000",
+            "00000029 82 00000001 1f2e3d4c5b6a7988 0001 047e 0000 \
+             b0b1b2b3b4b5b6b7b8b9babbbcbdbebf 05dc 0001 0000",
         ),
         (
             ServerMessage::PeerJoined { peer: PeerId(1) },
@@ -855,9 +871,10 @@ fn spec_migration_example() {
                 max_peers: 150,
                 max_payload: 1150,
                 reconnect_token: std::array::from_fn(|i| 0xE0 + i as u8),
+                host_loss_timeout_ms: 1500,
             },
-            "0000002c 81 00000002 5566778899aabbcc 06 424344463738 00014ff0 0096 047e \
-             e0e1e2e3e4e5e6e7e8e9eaebecedeeef",
+            "0000002e 81 00000002 5566778899aabbcc 06 424344463738 00014ff0 0096 047e \
+             e0e1e2e3e4e5e6e7e8e9eaebecedeeef 05dc",
         ),
         (
             ServerMessage::Migrated {
@@ -879,10 +896,11 @@ fn spec_migration_example() {
                 max_payload: 1150,
                 host: PeerId(2),
                 reconnect_token: host_token,
+                host_loss_timeout_ms: 1500,
                 members: vec![PeerId(1), PeerId(2)],
             },
-            "00000029 82 00000001 5566778899aabbcc 0000 047e 0002 \
-             a0a1a2a3a4a5a6a7a8a9aaabacadaeaf 0002 0001 0002",
+            "0000002b 82 00000001 5566778899aabbcc 0000 047e 0002 \
+             a0a1a2a3a4a5a6a7a8a9aaabacadaeaf 05dc 0002 0001 0002",
         ),
     ];
     check_spec_examples(&client);
@@ -909,6 +927,7 @@ fn joined_header(count: u16) -> Vec<u8> {
     body.extend_from_slice(&1150u16.to_be_bytes()); // max_payload
     body.extend_from_slice(&0u16.to_be_bytes()); // host
     body.extend_from_slice(&[0x5A; 16]); // reconnect_token
+    body.extend_from_slice(&1500u16.to_be_bytes()); // host_loss_timeout_ms
     body.extend_from_slice(&count.to_be_bytes());
     body
 }
@@ -949,17 +968,18 @@ fn largest_message_fits_the_minimum_frame_limit() {
         max_payload: 1150,
         host: PeerId(MAX_PEERS_LIMIT - 2),
         reconnect_token: [0xFF; 16],
+        host_loss_timeout_ms: 1500,
         members: (0..MAX_PEERS_LIMIT).map(PeerId).collect(),
     };
-    // 1 type + 4 + 8 + 2 + 2 + 2 + 16 + 2 count + 2 * 4096 = 8229
-    assert_eq!(msg.encoded_len(), 8229);
+    // 1 type + 4 + 8 + 2 + 2 + 2 + 16 + 2 + 2 count + 2 * 4096 = 8231
+    assert_eq!(msg.encoded_len(), 8231);
     assert!(msg.encoded_len() <= MIN_MAX_FRAME_LEN);
     let frame = msg.to_frame();
     let len = frame::check_len(
         frame[..LEN_PREFIX].try_into().expect("4 bytes"),
         MIN_MAX_FRAME_LEN,
     );
-    assert_eq!(len, Ok(8229));
+    assert_eq!(len, Ok(8231));
     assert_eq!(ServerMessage::decode(&frame[LEN_PREFIX..]), Ok(msg));
 }
 
@@ -1053,12 +1073,12 @@ fn malformed_bodies_give_typed_errors() {
     );
     // A credential field: shorter than announced, longer than 512, or outside base64url.
     assert_eq!(
-        decode_c("01 00000001 0000 00000000 0003 4142"),
+        decode_c("01 00000001 0000 00000000 0000 0003 4142"),
         Err(DecodeError::Truncated { needed: 1 })
     );
     assert!(matches!(
         decode_c(&format!(
-            "01 00000001 0000 00000000 0201 {}",
+            "01 00000001 0000 00000000 0000 0201 {}",
             "41".repeat(513)
         )),
         Err(DecodeError::InvalidField {
@@ -1254,6 +1274,7 @@ fn client_message() -> impl Strategy<Value = ClientMessage> {
                     request_id,
                     max_peers,
                     code_ttl_secs,
+                    host_loss_timeout_ms: code_ttl_secs as u16,
                     credential,
                 }
             }
@@ -1373,6 +1394,7 @@ fn server_message() -> impl Strategy<Value = ServerMessage> {
                         max_peers,
                         max_payload,
                         reconnect_token,
+                        host_loss_timeout_ms: max_peers.rotate_left(3),
                     }
                 }
             ),
@@ -1394,6 +1416,7 @@ fn server_message() -> impl Strategy<Value = ServerMessage> {
                         max_payload,
                         host,
                         reconnect_token,
+                        host_loss_timeout_ms: max_payload.rotate_left(5),
                         members,
                     }
                 }

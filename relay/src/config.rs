@@ -304,6 +304,8 @@ pub struct RelayConfig {
     join_code_len: usize,
     join_code_ttl: Duration,
     migration_timeout: Duration,
+    host_loss_timeout: Duration,
+    host_loss_timeout_min: Duration,
     drain_timeout: Duration,
     lobby_election_window: Duration,
     max_snapshot: usize,
@@ -353,6 +355,8 @@ impl Default for RelayConfig {
             join_code_len: defaults::JOIN_CODE_LEN,
             join_code_ttl: defaults::JOIN_CODE_TTL,
             migration_timeout: defaults::MIGRATION_TIMEOUT,
+            host_loss_timeout: defaults::HOST_LOSS_TIMEOUT,
+            host_loss_timeout_min: defaults::HOST_LOSS_TIMEOUT_MIN,
             drain_timeout: defaults::DRAIN_TIMEOUT,
             lobby_election_window: defaults::LOBBY_ELECTION_WINDOW,
             max_snapshot: defaults::MAX_SNAPSHOT,
@@ -399,6 +403,8 @@ impl RelayConfig {
     getter!(join_code_len: usize, "Characters in issued join codes.");
     getter!(join_code_ttl: Duration, "Join-code time to live (default and cap).");
     getter!(migration_timeout: Duration, "Time an elected member has to open the successor allocation.");
+    getter!(host_loss_timeout: Duration, "How long a host may be silent before it is lost, unless its allocation asked otherwise.");
+    getter!(host_loss_timeout_min: Duration, "The shortest host-loss timeout an allocation may ask for.");
     getter!(drain_timeout: Duration, "On SIGTERM, how long a fleet node drains before it stops; 0 stops at once.");
     getter!(lobby_election_window: Duration, "Time a lobby has to name the next host before the relay elects one.");
     getter!(max_snapshot: usize, "Largest migration snapshot a host may upload, in bytes.");
@@ -438,6 +444,19 @@ impl RelayConfig {
         /// Sets the migration timeout, within [`defaults::MIGRATION_TIMEOUT_RANGE`].
         set_migration_timeout, migration_timeout: Duration, "migration_timeout",
         defaults::MIGRATION_TIMEOUT_RANGE
+    );
+    ranged_setter!(
+        /// Sets the default host-loss timeout (SPEC section 11.1), within
+        /// [`defaults::HOST_LOSS_TIMEOUT_RANGE`]. An allocation's is clamped into
+        /// [`Self::host_loss_timeout_min`, `Self::keepalive_timeout`].
+        set_host_loss_timeout, host_loss_timeout: Duration, "host_loss_timeout",
+        defaults::HOST_LOSS_TIMEOUT_RANGE
+    );
+    ranged_setter!(
+        /// Sets the shortest host-loss timeout an allocation may ask for, within
+        /// [`defaults::HOST_LOSS_TIMEOUT_RANGE`].
+        set_host_loss_timeout_min, host_loss_timeout_min: Duration, "host_loss_timeout_min",
+        defaults::HOST_LOSS_TIMEOUT_RANGE
     );
     ranged_setter!(
         /// Sets the lobby election window (0 = the relay elects at once), within

@@ -189,6 +189,15 @@ pub const REQUEST_BURST: u64 = 32;
 /// How long graceful shutdown waits for clients to acknowledge their close.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
+/// How long the relay may hear nothing from an allocation's host before it treats the host as
+/// lost and migrates (SPEC section 11.1), unless the host asked for another value in
+/// `CreateAllocation`. The SDK's host sends a heartbeat every sixth of it (250 ms), so six in a
+/// row must be lost before a live host is migrated away from.
+pub const HOST_LOSS_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1500);
+
+/// The shortest host-loss timeout a host may ask for: shorter ones are raised to it.
+pub const HOST_LOSS_TIMEOUT_MIN: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Time the elected member has to open the successor allocation before the next candidate is
 /// elected. A live SDK does it in one round trip; this only bounds a candidate that vanished
 /// at the same time as the host.
@@ -311,6 +320,12 @@ pub const JOIN_CODE_TTL_RANGE: RangeInclusive<Duration> =
 
 /// Migration timeout: the same bounds as the keepalive timeout.
 pub const MIGRATION_TIMEOUT_RANGE: RangeInclusive<Duration> =
+    Duration::from_millis(100)..=Duration::from_secs(600);
+
+/// Host-loss timeout and its minimum: 100 ms (a few scheduling hiccups) to 10 min (the longest
+/// keepalive; an allocation's timeout is capped by the keepalive timeout anyway). A value
+/// that fits in `CreateAllocation`'s 16-bit milliseconds is reported exactly.
+pub const HOST_LOSS_TIMEOUT_RANGE: RangeInclusive<Duration> =
     Duration::from_millis(100)..=Duration::from_secs(600);
 
 /// Lobby election window: zero (the relay elects at once) to a minute of a game without host.

@@ -87,6 +87,9 @@ pub struct Metrics {
     pub connections: Gauge,
     /// Connections accepted since start.
     pub connections_accepted: Counter,
+    /// Hosts closed with code 9 because they were silent for their allocation's host-loss
+    /// timeout (each then migrated).
+    pub host_unresponsive: Counter,
     /// Connection attempts refused at accept (or closed at the end of their handshake), by
     /// reason.
     pub connections_refused: ConnectionRefusals,
@@ -161,6 +164,11 @@ impl Metrics {
             &mut registry,
             "connections_accepted",
             "QUIC connections accepted",
+        );
+        let host_unresponsive: Counter = register(
+            &mut registry,
+            "host_unresponsive",
+            "Hosts closed as unresponsive after their allocation's host-loss timeout of silence",
         );
         let family: Family<ReasonLabel, Counter> = register(
             &mut registry,
@@ -298,6 +306,7 @@ impl Metrics {
             registry,
             connections,
             connections_accepted,
+            host_unresponsive,
             connections_refused,
             handshakes_in_flight,
             retries_sent,

@@ -257,6 +257,7 @@ pub async fn raw_create(conn: &quinn::Connection) -> RawControl {
             request_id: 1,
             max_peers: 0,
             code_ttl_secs: 0,
+            host_loss_timeout_ms: 0,
             credential: None,
         },
     )

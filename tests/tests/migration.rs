@@ -556,3 +556,204 @@ async fn an_elected_member_that_never_takes_over_is_passed_over() {
     .expect("Migrated in time");
     assert_eq!(moved, (sdk_peer.allocation(), PeerId(2)));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Fast host-loss detection (SPEC section 11.1), at the default 1.5 s host-loss timeout
+// ---------------------------------------------------------------------------------------------
+
+/// No event `pred` matches among those `session` already has or gets within `within`.
+async fn no_event(
+    session: &baton_client::Session,
+    within: Duration,
+    pred: impl Fn(&Event) -> bool,
+) {
+    let seen = tokio::time::timeout(within, async {
+        loop {
+            match session.next_event().await {
+                Some(e) if pred(&e) => return e,
+                Some(_) => continue,
+                None => std::future::pending::<()>().await,
+            }
+        }
+    })
+    .await;
+    if let Ok(e) = seen {
+        panic!("unexpected event {e:?}");
+    }
+}
+
+/// The game still runs with `host` as host: `peer` and `host` exchange a datagram each way.
+async fn still_hosting(host: &Host, peer: &Peer) {
+    assert!(host.is_host(), "the host lost its role");
+    assert_eq!(host.disconnect_reason(), None);
+    assert_eq!(peer.host(), Some(PeerId::HOST));
+    host.send_to(peer.local_peer(), b"host").unwrap();
+    assert_eq!(
+        baton_tests::recv(peer).await,
+        (PeerId::HOST, Bytes::from_static(b"host"))
+    );
+    peer.send_to_host(b"peer").unwrap();
+    assert_eq!(
+        baton_tests::recv(host).await,
+        (peer.local_peer(), Bytes::from_static(b"peer"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_host_is_not_migrated_its_heartbeats_keep_it() {
+    let relay = TestRelay::start().await;
+    let host = Host::create(&relay.client(), AllocationOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(host.host_loss_timeout(), Duration::from_millis(1500));
+    let peer = Peer::join(&relay.client(), host.join_code()).await.unwrap();
+    // No game traffic at all for 10 s: only the host's heartbeats (and QUIC's own pings,
+    // every 2 s, too rare to keep a 1.5 s timeout) prove it alive.
+    no_event(&peer, Duration::from_secs(10), |e| {
+        matches!(e, Event::HostLost { .. } | Event::Disconnected { .. })
+    })
+    .await;
+    still_hosting(&host, &peer).await;
+    assert_eq!(
+        relay.metrics().await.value("baton_host_unresponsive_total"),
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_whose_game_loop_is_blocked_is_not_migrated() {
+    let relay = TestRelay::start().await;
+    let host = Host::create(&relay.client(), AllocationOptions::default())
+        .await
+        .unwrap();
+    let peer = Peer::join(&relay.client(), host.join_code()).await.unwrap();
+    // The game loop (this task) blocks its thread for 5 s: no recv, no send. The SDK's tasks
+    // go on on the runtime's other worker.
+    tokio::task::block_in_place(|| std::thread::sleep(Duration::from_secs(5)));
+    no_event(&peer, Duration::from_millis(100), |e| {
+        matches!(e, Event::HostLost { .. } | Event::Disconnected { .. })
+    })
+    .await;
+    still_hosting(&host, &peer).await;
+    assert_eq!(
+        relay.metrics().await.value("baton_host_unresponsive_total"),
+        0.0
+    );
+}
+
+/// A UDP forwarder between one client and the relay whose client-to-relay direction can be
+/// cut: the client still hears the relay (its close included) but the relay hears nothing.
+struct UplinkCut {
+    addr: std::net::SocketAddr,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl UplinkCut {
+    async fn start(relay: std::net::SocketAddr) -> UplinkCut {
+        let front = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let back = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        back.connect(relay).await.unwrap();
+        let addr = front.local_addr().unwrap();
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = tokio::spawn({
+            let cut = cut.clone();
+            async move {
+                let (mut up, mut down) = (vec![0u8; 2048], vec![0u8; 2048]);
+                let mut client = None;
+                loop {
+                    tokio::select! {
+                        Ok((n, from)) = front.recv_from(&mut up) => {
+                            client = Some(from);
+                            if !cut.load(std::sync::atomic::Ordering::SeqCst) {
+                                let _ = back.send(&up[..n]).await;
+                            }
+                        }
+                        Ok(n) = back.recv(&mut down) => {
+                            if let Some(to) = client {
+                                let _ = front.send_to(&down[..n], to).await;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        UplinkCut { addr, cut, task }
+    }
+}
+
+impl Drop for UplinkCut {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_cut_off_for_longer_than_the_timeout_is_replaced_and_comes_back_as_a_peer() {
+    let relay = TestRelay::start().await;
+    let proxy = UplinkCut::start(relay.addr()).await;
+    let via_proxy = ClientConfig::new(
+        proxy.addr,
+        baton_client::Trust::Fingerprint(relay.relay().fingerprint()),
+    );
+    let host = Host::create(&via_proxy, AllocationOptions::default())
+        .await
+        .unwrap();
+    let token = host.reconnect_token();
+    let a = Peer::join(&relay.client(), host.join_code()).await.unwrap();
+    let b = Peer::join(&relay.client(), host.join_code()).await.unwrap();
+
+    // The host's uplink dies: the relay hears nothing from it for 1.5 s.
+    proxy.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+    let cut_at = Instant::now();
+    let lost = event_matching(&a, WAIT, |e| matches!(e, Event::HostLost { .. })).await;
+    assert!(
+        cut_at.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        cut_at.elapsed()
+    );
+    assert!(matches!(
+        lost,
+        Event::HostLost {
+            host: PeerId::HOST,
+            reason: LeaveReason::TimedOut,
+            elected: Some(_),
+        }
+    ));
+    // The relay closed the host's connection with code 9, which the host heard.
+    let ended = event_matching(&host, WAIT, |e| matches!(e, Event::Disconnected { .. })).await;
+    assert_eq!(
+        ended,
+        Event::Disconnected {
+            reason: baton_client::DisconnectReason::HostUnresponsive
+        }
+    );
+    // The others go on with the new host.
+    let migrated = event_matching(&b, WAIT, |e| matches!(e, Event::HostMigrated { .. })).await;
+    let Event::HostMigrated { new_host, .. } = migrated else {
+        unreachable!()
+    };
+
+    // Only a blip: the old host comes back with its reconnect token, as an ordinary peer.
+    proxy.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    let back = Peer::rejoin(&relay.client(), &token).await.unwrap();
+    assert_eq!(back.local_peer(), PeerId::HOST);
+    assert_eq!(back.host(), Some(new_host));
+    assert!(!back.is_host());
+    back.send_to_host(b"back").unwrap();
+    let new_host_session = if a.local_peer() == new_host { &a } else { &b };
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let (from, payload) = baton_tests::recv(new_host_session).await;
+            if from == PeerId::HOST && payload == Bytes::from_static(b"back") {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the new host hears the old one");
+    assert_eq!(
+        relay.metrics().await.value("baton_host_unresponsive_total"),
+        1.0
+    );
+}

@@ -152,6 +152,7 @@ async fn anything_but_one_probe_on_the_probe_port_is_a_violation() {
         max_peers: 0,
         code_ttl_secs: 0,
         credential: None,
+        host_loss_timeout_ms: 0,
     };
     send.write_all(&create.to_frame()).await.unwrap();
     assert_eq!(close_code(&conn).await, violation);

@@ -24,6 +24,7 @@ use tracing::Instrument;
 use super::dispatch::{
     close_after_stream_end, read_message, reply_id, run_reader, run_writer, ReadFailure, ReaderIo,
 };
+use super::heartbeat;
 use super::nat::Dialer;
 use super::paths::{self, DirectShared};
 use super::resume::Resume;
@@ -273,10 +274,17 @@ async fn establish(
                 max_peers,
                 max_payload,
                 reconnect_token,
+                host_loss_timeout_ms,
                 ..
             },
         ) => (
-            Role::new(allocation, PeerId::HOST, Some(code), reconnect_token),
+            Role::new(
+                allocation,
+                PeerId::HOST,
+                Some(code),
+                reconnect_token,
+                host_loss_timeout_ms,
+            ),
             PeerId::HOST,
             max_payload,
             Vec::new(),
@@ -294,11 +302,18 @@ async fn establish(
                 max_payload,
                 host,
                 reconnect_token,
+                host_loss_timeout_ms,
                 members,
                 ..
             },
         ) => (
-            Role::new(allocation, host, join_code, reconnect_token),
+            Role::new(
+                allocation,
+                host,
+                join_code,
+                reconnect_token,
+                host_loss_timeout_ms,
+            ),
             peer,
             max_payload,
             members,
@@ -382,6 +397,7 @@ async fn establish(
     let mut tasks = JoinSet::new();
     tasks.spawn(run_reader(shared.clone(), recv, reader, resume).instrument(span.clone()));
     tasks.spawn(run_writer(shared.clone(), send, request_rx, stream_rx).instrument(span.clone()));
+    tasks.spawn(heartbeat::run(shared.clone()).instrument(span.clone()));
     tasks.spawn(
         snapshot::receive(shared.clone(), snapshot_tx, config.max_snapshot)
             .instrument(span.clone()),

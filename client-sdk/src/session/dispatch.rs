@@ -264,9 +264,12 @@ impl Shared {
                 allocation,
                 code,
                 reconnect_token,
+                host_loss_timeout_ms,
                 ..
             } => match self.finish_take_over(request_id) {
                 Some(take_over) => {
+                    lock(&self.role).host_loss_timeout =
+                        super::shared::host_loss_timeout(host_loss_timeout_ms);
                     self.took_over(take_over, allocation, code, reconnect_token, io)
                         .await;
                 }

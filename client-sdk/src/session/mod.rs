@@ -124,6 +124,7 @@ use crate::{defaults, DisconnectReason, Error, Event, NatKind, Path, ReconnectTo
 
 mod connect;
 mod dispatch;
+mod heartbeat;
 mod nat;
 mod paths;
 mod resume;
@@ -195,6 +196,14 @@ impl Session {
     /// migration).
     pub fn is_host(&self) -> bool {
         self.shared.is_host()
+    }
+
+    /// The allocation's host-loss timeout, as the relay granted it (SPEC section 11.1): while
+    /// this session hosts, the relay treats it as lost after this long without hearing from
+    /// it, and the session sends a heartbeat every sixth of it when it sends nothing else.
+    /// See [`AllocationOptions::host_loss_timeout`](crate::AllocationOptions::host_loss_timeout).
+    pub fn host_loss_timeout(&self) -> Duration {
+        shared::lock(&self.shared.role).host_loss_timeout
     }
 
     /// The join code of the allocation, when this session knows it: always on the host, on a

@@ -171,6 +171,7 @@ impl Resume {
             allocation,
             host,
             reconnect_token,
+            host_loss_timeout_ms,
             members,
             ..
         } = rebound.reply
@@ -185,6 +186,7 @@ impl Resume {
             role.host = Some(host);
             role.last_host = host;
             role.reconnect_token = reconnect_token;
+            role.host_loss_timeout = super::shared::host_loss_timeout(host_loss_timeout_ms);
             role.heard_host_lost = false;
         }
         {

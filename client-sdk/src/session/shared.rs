@@ -44,6 +44,9 @@ pub(crate) struct Role {
     pub(super) heard_host_lost: bool,
     /// The `MigrateAllocation` in flight, if any.
     pub(super) take_over: Option<TakeOver>,
+    /// The allocation's host-loss timeout, from `AllocationCreated` or `Joined`: how often the
+    /// heartbeat task checks while this client hosts (`heartbeat.rs`).
+    pub(crate) host_loss_timeout: Duration,
     /// The take-over whose snapshot stream is still expected (set when it is sent, cleared
     /// once the snapshot arrived or the wait for it ended); delivered snapshots are tagged
     /// with it.
@@ -56,6 +59,7 @@ impl Role {
         host: PeerId,
         join_code: Option<JoinCode>,
         reconnect_token: [u8; 16],
+        host_loss_timeout_ms: u16,
     ) -> Self {
         Role {
             allocation,
@@ -63,6 +67,7 @@ impl Role {
             last_host: host,
             join_code,
             reconnect_token,
+            host_loss_timeout: host_loss_timeout(host_loss_timeout_ms),
             heard_host_lost: false,
             take_over: None,
             awaiting_snapshot: None,
@@ -153,6 +158,15 @@ pub(super) struct Pending {
     ended: Option<DisconnectReason>,
     waiting: HashMap<u32, oneshot::Sender<Result<(), Error>>>,
     next_id: u32,
+}
+
+/// The host-loss timeout a relay reported in milliseconds; 0 (which a relay does not send)
+/// falls back to the SDK's default.
+pub(crate) fn host_loss_timeout(ms: u16) -> Duration {
+    match ms {
+        0 => crate::defaults::HOST_LOSS_TIMEOUT,
+        ms => Duration::from_millis(u64::from(ms)),
+    }
 }
 
 /// Closes `conn` with `code`, its description as the reason phrase.
@@ -300,6 +314,16 @@ impl Shared {
     /// Whether this client holds the host role.
     pub(crate) fn is_host(&self) -> bool {
         lock(&self.role).host == Some(self.local_peer)
+    }
+
+    /// Whether this client must prove itself alive to the relay as a host does: it holds the
+    /// host role, or is taking it over (the relay watches it from its `MigrateAllocation` on,
+    /// before the SDK has its snapshot and calls itself host).
+    pub(super) fn watched_as_host(&self) -> bool {
+        let role = lock(&self.role);
+        role.host == Some(self.local_peer)
+            || role.take_over.is_some()
+            || role.awaiting_snapshot.is_some()
     }
 
     /// Why the connection ended, given quinn's error.

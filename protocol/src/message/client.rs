@@ -26,6 +26,10 @@ pub enum ClientMessage {
         max_peers: u16,
         /// Join code time to live in seconds; 0 asks for the relay's default.
         code_ttl_secs: u32,
+        /// How long the relay waits without hearing from the host before it treats the host as
+        /// lost and migrates, in milliseconds; 0 asks for the relay's default. The relay clamps
+        /// it into its bounds and reports the effective value in `AllocationCreated`.
+        host_loss_timeout_ms: u16,
         /// The lobby-minted credential (SPEC section 16); `None` on an open relay.
         credential: Option<String>,
     },
@@ -162,7 +166,7 @@ impl ClientMessage {
         }
         1 + match self {
             ClientMessage::CreateAllocation { credential, .. } => {
-                4 + 2 + 4 + credential_len(credential)
+                4 + 2 + 4 + 2 + credential_len(credential)
             }
             ClientMessage::Join {
                 code, credential, ..
@@ -191,11 +195,13 @@ impl ClientMessage {
             ClientMessage::CreateAllocation {
                 max_peers,
                 code_ttl_secs,
+                host_loss_timeout_ms,
                 credential,
                 ..
             } => {
                 buf.put_u16(*max_peers);
                 buf.put_u32(*code_ttl_secs);
+                buf.put_u16(*host_loss_timeout_ms);
                 put_credential(buf, credential);
             }
             ClientMessage::Join {
@@ -272,6 +278,7 @@ impl ClientMessage {
                 request_id,
                 max_peers: r.u16()?,
                 code_ttl_secs: r.u32()?,
+                host_loss_timeout_ms: r.u16()?,
                 credential: read_credential(r)?,
             },
             0x02 => ClientMessage::Join {

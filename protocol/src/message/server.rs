@@ -39,6 +39,9 @@ pub enum ServerMessage {
         /// Token to take this peer id back with `Rejoin` (e.g. as an ordinary peer after the
         /// allocation migrated away from this host).
         reconnect_token: [u8; 16],
+        /// The allocation's effective host-loss timeout in milliseconds: the host must send
+        /// something (game traffic or an empty heartbeat datagram) at least this often.
+        host_loss_timeout_ms: u16,
     },
     /// `0x82`: reply to `Join` or `Rejoin`.
     Joined {
@@ -54,6 +57,9 @@ pub enum ServerMessage {
         host: PeerId,
         /// Token to take this peer id back with `Rejoin` after a lost connection.
         reconnect_token: [u8; 16],
+        /// The allocation's effective host-loss timeout in milliseconds, which this member must
+        /// keep to should it become host.
+        host_loss_timeout_ms: u16,
         /// The other members present at the time of joining, host included.
         members: Vec<PeerId>,
     },
@@ -239,9 +245,11 @@ impl ServerMessage {
     pub fn encoded_len(&self) -> usize {
         1 + match self {
             ServerMessage::AllocationCreated { code, .. } => {
-                4 + 8 + code_len(code) + 4 + 2 + 2 + 16
+                4 + 8 + code_len(code) + 4 + 2 + 2 + 16 + 2
             }
-            ServerMessage::Joined { members, .. } => 4 + 8 + 2 + 2 + 2 + 16 + 2 + 2 * members.len(),
+            ServerMessage::Joined { members, .. } => {
+                4 + 8 + 2 + 2 + 2 + 16 + 2 + 2 + 2 * members.len()
+            }
             ServerMessage::Refused { .. } => 4 + 1 + 4,
             ServerMessage::Done { .. } => 4,
             ServerMessage::PeerJoined { .. } => 2,
@@ -283,6 +291,7 @@ impl ServerMessage {
                 max_peers,
                 max_payload,
                 reconnect_token,
+                host_loss_timeout_ms,
             } => {
                 buf.put_u32(*request_id);
                 buf.put_u64(allocation.0);
@@ -291,6 +300,7 @@ impl ServerMessage {
                 buf.put_u16(*max_peers);
                 buf.put_u16(*max_payload);
                 buf.put_slice(reconnect_token);
+                buf.put_u16(*host_loss_timeout_ms);
             }
             ServerMessage::Joined {
                 request_id,
@@ -299,6 +309,7 @@ impl ServerMessage {
                 max_payload,
                 host,
                 reconnect_token,
+                host_loss_timeout_ms,
                 members,
             } => {
                 buf.put_u32(*request_id);
@@ -307,6 +318,7 @@ impl ServerMessage {
                 buf.put_u16(*max_payload);
                 buf.put_u16(host.0);
                 buf.put_slice(reconnect_token);
+                buf.put_u16(*host_loss_timeout_ms);
                 buf.put_u16(members.len() as u16);
                 for m in members {
                     buf.put_u16(m.0);
@@ -419,6 +431,7 @@ impl ServerMessage {
                 max_peers: r.u16()?,
                 max_payload: r.u16()?,
                 reconnect_token: r.array()?,
+                host_loss_timeout_ms: r.u16()?,
             },
             0x82 => {
                 let request_id = r.u32()?;
@@ -427,6 +440,7 @@ impl ServerMessage {
                 let max_payload = r.u16()?;
                 let host = PeerId(r.u16()?);
                 let reconnect_token = r.array()?;
+                let host_loss_timeout_ms = r.u16()?;
                 let count = r.u16()?;
                 if count > MAX_PEERS_LIMIT {
                     return Err(DecodeError::InvalidField {
@@ -452,6 +466,7 @@ impl ServerMessage {
                     max_payload,
                     host,
                     reconnect_token,
+                    host_loss_timeout_ms,
                     members,
                 }
             }

@@ -387,6 +387,9 @@ impl World {
                 request_id,
                 max_peers: *max_peers,
                 code_ttl_secs: *ttl_secs,
+                // Drawn from the TTL's high half rather than a field of its own, so the
+                // stored seeds keep their layout; 0 (the relay's default) stays common.
+                host_loss_timeout_ms: (*ttl_secs >> 16) as u16,
                 credential: None,
             },
             Msg::Join { code } => {
@@ -712,8 +715,13 @@ impl World {
                     conn,
                     allocation,
                     peer,
+                    host_loss_timeout,
                 } => {
                     assert!(self.open.contains(&conn), "bound closed {conn}");
+                    assert!(
+                        !host_loss_timeout.is_zero(),
+                        "{conn} bound without a host-loss timeout"
+                    );
                     self.bound.insert(conn, (allocation, peer));
                 }
                 Output::Route {

@@ -243,6 +243,21 @@ settings! {
         range: defaults::MIGRATION_TIMEOUT_RANGE,
         apply: relay.set_migration_timeout,
     }
+    /// A host silent this long (no datagram, heartbeat or ping) is lost: its connection is
+    /// closed with code 9 and its allocation migrates. The default for allocations that do not
+    /// ask; what they ask is clamped into [host_loss_timeout_min, keepalive_timeout].
+    host_loss_timeout: Duration {
+        default: defaults::HOST_LOSS_TIMEOUT,
+        range: defaults::HOST_LOSS_TIMEOUT_RANGE,
+        apply: relay.set_host_loss_timeout,
+    }
+    /// The shortest host-loss timeout an allocation may ask for; shorter requests are raised
+    /// to it.
+    host_loss_timeout_min: Duration {
+        default: defaults::HOST_LOSS_TIMEOUT_MIN,
+        range: defaults::HOST_LOSS_TIMEOUT_RANGE,
+        apply: relay.set_host_loss_timeout_min,
+    }
     /// After losing a host, time a lobby has to name the next one (POST
     /// /v1/allocations/{id}/elect) before the relay elects one itself; 0 elects at once.
     lobby_election_window: Duration {

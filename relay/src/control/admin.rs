@@ -38,8 +38,7 @@ impl ControlPlane {
         let (id, code) = self.open_allocation(
             now,
             code,
-            max_peers.unwrap_or(0),
-            0,
+            (max_peers.unwrap_or(0), 0, 0),
             HostSlot::Awaiting { token, deadline },
         );
         self.schedule(deadline, Timer::HostBind(id));

@@ -78,6 +78,9 @@ pub(super) struct Allocation {
     /// (about 1 MiB at worst with the map's nodes, after at least 65,535 joins).
     pub(super) token_generations: BTreeMap<PeerId, u32>,
     pub(super) created: Instant,
+    /// How long its host may be silent before it is lost (SPEC section 11.1); kept across
+    /// migrations and takeovers.
+    pub(super) host_loss_timeout: Duration,
     /// The allocations of its migration chain between `lineage` and itself, oldest first, at
     /// most [`MAX_ANCESTORS`] (the most recent): a member that missed migrations rejoins by
     /// any of them, on whichever node holds the chain now.
@@ -99,6 +102,13 @@ impl Allocation {
 }
 
 impl Allocation {
+    /// Its host-loss timeout in milliseconds, as `AllocationCreated` and `Joined` carry it
+    /// (within the protocol's 16 bits; the configured bounds keep it there unless the keepalive
+    /// timeout is above 65 s).
+    pub(super) fn host_loss_timeout_ms(&self) -> u16 {
+        u16::try_from(self.host_loss_timeout.as_millis()).unwrap_or(u16::MAX)
+    }
+
     /// The hosting member, if one is bound.
     pub(super) fn host_peer(&self) -> Option<PeerId> {
         match self.host {
@@ -190,8 +200,7 @@ impl ControlPlane {
         now: Instant,
         conn: ConnId,
         request_id: u32,
-        max_peers: u16,
-        ttl: u32,
+        (max_peers, ttl, host_loss_ms): (u16, u32, u16),
         auth: &Authorization,
     ) {
         if !self.authorized(conn, request_id, auth, Scope::permits_create) {
@@ -216,8 +225,12 @@ impl ControlPlane {
             );
             return;
         };
-        let (id, _) =
-            self.open_allocation(now, code, max_peers, ttl, HostSlot::Bound(PeerId::HOST));
+        let (id, _) = self.open_allocation(
+            now,
+            code,
+            (max_peers, ttl, host_loss_ms),
+            HostSlot::Bound(PeerId::HOST),
+        );
         self.bind_host(now, conn, request_id, id, auth.subject());
     }
 
@@ -267,6 +280,7 @@ impl ControlPlane {
                 (host, alloc.token_generation(host)),
                 alloc.subject(host),
             ),
+            host_loss_timeout_ms: alloc.host_loss_timeout_ms(),
         }
     }
 
@@ -317,10 +331,10 @@ impl ControlPlane {
         &mut self,
         now: Instant,
         code: JoinCode,
-        max_peers: u16,
-        ttl_secs: u32,
+        (max_peers, ttl_secs, host_loss_ms): (u16, u32, u16),
         host: HostSlot,
     ) -> (AllocationId, JoinCode) {
+        let host_loss_timeout = self.host_loss_timeout(host_loss_ms);
         let max_peers = match max_peers {
             0 => self.max_peers,
             n => n.clamp(2, self.max_peers),
@@ -347,6 +361,7 @@ impl ControlPlane {
                 peer_ids_wrapped: false,
                 token_generations: BTreeMap::new(),
                 created: now,
+                host_loss_timeout,
                 ancestors: Vec::new(),
                 paths: Default::default(),
             },

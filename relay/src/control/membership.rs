@@ -327,6 +327,7 @@ impl ControlPlane {
                 (peer, alloc.token_generation(peer)),
                 alloc.subject(peer),
             ),
+            host_loss_timeout_ms: alloc.host_loss_timeout_ms(),
             members: others.iter().map(|(p, _)| *p).collect(),
         };
         self.send(conn, joined);
@@ -390,10 +391,15 @@ impl ControlPlane {
         }
         self.cancel(Timer::Bind(conn));
         self.newly_bound.push(conn);
+        let host_loss_timeout = self
+            .allocations
+            .get(&allocation)
+            .map_or(self.host_loss_timeout, |a| a.host_loss_timeout);
         self.outputs.push_back(Output::Bound {
             conn,
             allocation,
             peer,
+            host_loss_timeout,
         });
     }
 

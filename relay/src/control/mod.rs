@@ -101,6 +101,10 @@ pub struct ControlPlane {
     join_limit: Limit,
     relay_join_limit: Limit,
     migration_timeout: Duration,
+    /// Host-loss timeout of allocations that do not ask for one, and the bounds of what they
+    /// ask: [`Self::host_loss_timeout`].
+    host_loss_timeout: Duration,
+    host_loss_timeout_min: Duration,
     lobby_election_window: Duration,
     max_snapshot: usize,
     snapshot_budget: usize,
@@ -174,6 +178,8 @@ impl ControlPlane {
                 config.relay_join_failures_per_second(),
             ),
             migration_timeout: config.migration_timeout(),
+            host_loss_timeout: config.host_loss_timeout(),
+            host_loss_timeout_min: config.host_loss_timeout_min(),
             lobby_election_window: config.lobby_election_window(),
             max_snapshot: config.max_snapshot(),
             snapshot_budget: config.snapshot_budget(),
@@ -202,6 +208,19 @@ impl ControlPlane {
         };
         cp.schedule(now + SWEEP_INTERVAL, Timer::SweepRateLimits);
         cp
+    }
+
+    /// The host-loss timeout of an allocation whose host asked for `requested_ms` (0: the
+    /// relay's default): clamped into [`host_loss_timeout_min`, keepalive timeout], so a host is
+    /// never held to less than the operator allows nor watched past its idle timeout.
+    pub(crate) fn host_loss_timeout(&self, requested_ms: u16) -> Duration {
+        let asked = match requested_ms {
+            0 => self.host_loss_timeout,
+            ms => Duration::from_millis(u64::from(ms)),
+        };
+        asked
+            .max(self.host_loss_timeout_min)
+            .min(self.keepalive_timeout)
     }
 
     /// The keepalive timeout this control plane was configured with; the driver applies it as
@@ -368,10 +387,17 @@ impl ControlPlane {
                 ClientMessage::CreateAllocation {
                     max_peers,
                     code_ttl_secs,
+                    host_loss_timeout_ms,
                     ..
                 },
                 None,
-            ) => self.create(now, conn, request_id, max_peers, code_ttl_secs, auth),
+            ) => self.create(
+                now,
+                conn,
+                request_id,
+                (max_peers, code_ttl_secs, host_loss_timeout_ms),
+                auth,
+            ),
             (ClientMessage::Join { code, .. }, None) => {
                 self.join(now, conn, request_id, code, auth)
             }

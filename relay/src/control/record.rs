@@ -64,6 +64,11 @@ pub struct AllocationRecord {
     /// in records written before it existed.
     #[serde(default)]
     pub ancestors: Vec<u64>,
+    /// Its host-loss timeout in milliseconds (SPEC section 11.1), clamped again into the
+    /// adopting node's bounds. Absent (0) in records written before it existed: the adopting
+    /// node's default.
+    #[serde(default)]
+    pub host_loss_timeout_ms: u16,
 }
 
 /// One member in a record.
@@ -129,6 +134,7 @@ impl ControlPlane {
                 .map(|(p, g)| (p.0, *g))
                 .collect(),
             ancestors: alloc.ancestors.iter().map(|a| a.0).collect(),
+            host_loss_timeout_ms: alloc.host_loss_timeout_ms(),
         })
     }
 
@@ -216,6 +222,7 @@ impl ControlPlane {
                     .map(|(p, g)| (PeerId(*p), *g))
                     .collect(),
                 created: now,
+                host_loss_timeout: self.host_loss_timeout(record.host_loss_timeout_ms),
                 ancestors,
                 paths: Default::default(),
             },

@@ -177,6 +177,9 @@ pub enum Output {
         allocation: AllocationId,
         /// Its peer id there.
         peer: PeerId,
+        /// The allocation's host-loss timeout: how long the connection may be silent while it
+        /// hosts the allocation (SPEC section 11.1).
+        host_loss_timeout: Duration,
     },
     /// An allocation's membership changed: its routing table is now exactly `members`. An
     /// empty list means the allocation is gone and its table can be dropped.

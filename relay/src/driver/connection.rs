@@ -2,7 +2,8 @@
 //! [`Shared::conns`](super::Shared), tells the control plane, then runs four parts at once with
 //! a `biased` select, in priority order: datagrams ([`forward`](super::forward)), the control
 //! stream ([`control_stream`](super::control_stream)), snapshot uploads
-//! ([`snapshot`](super::snapshot)) and RTT reports ([`report_rtt`]). [`DisconnectGuard`]
+//! ([`snapshot`](super::snapshot)), RTT reports ([`report_rtt`]) and, while the connection
+//! hosts its allocation, the host watch ([`watch_host`]). [`DisconnectGuard`]
 //! reports the end exactly once, with the reason [`leave_reason`] reads from quinn.
 //!
 //! Runs inside each connection's task on the endpoint's data-plane lane thread; reaches the
@@ -16,11 +17,12 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use baton_protocol::{CloseCode, LeaveReason};
 use quinn::{ConnectionError, VarInt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tracing::debug;
 
 use super::control_stream::control_stream;
 use super::forward::forward_datagrams;
+use super::liveness::{HostLiveness, Verdict};
 use super::snapshot::receive_snapshots;
 use super::{ConnShared, Shared};
 use crate::control::{ConnId, Input};
@@ -64,6 +66,8 @@ fn leave_reason(err: &ConnectionError, local: Option<CloseCode>) -> LeaveReason 
         }
         ConnectionError::LocallyClosed => match local {
             Some(CloseCode::ProtocolViolation) => LeaveReason::ProtocolViolation,
+            // A host silent for its host-loss timeout timed out, as for the idle timeout.
+            Some(CloseCode::HostUnresponsive) => LeaveReason::TimedOut,
             _ => LeaveReason::Closed,
         },
         _ => LeaveReason::ConnectionLost,
@@ -80,6 +84,7 @@ pub(super) async fn serve_connection(id: ConnId, conn: quinn::Connection, shared
         host: AtomicBool::new(false),
         closed_with: AtomicU32::new(0),
         address: AddressWatch::new(id, conn.remote_address()),
+        host_watch: HostWatch::default(),
     });
     shared.conns.insert(id, conn_shared.clone());
     shared.metrics.connections.inc();
@@ -106,7 +111,8 @@ pub(super) async fn serve_connection(id: ConnId, conn: quinn::Connection, shared
     let datagrams = forward_datagrams(&conn_shared, shared);
     let snapshots = receive_snapshots(&conn, &conn_shared, shared, id);
     let rtt = report_rtt(&conn_shared, shared, id);
-    tokio::pin!(control, datagrams, snapshots, rtt);
+    let host = watch_host(&conn_shared, shared);
+    tokio::pin!(control, datagrams, snapshots, rtt, host);
     let err = tokio::select! {
         // Game traffic first, then control messages; snapshots and RTT samples can wait.
         biased;
@@ -114,6 +120,7 @@ pub(super) async fn serve_connection(id: ConnId, conn: quinn::Connection, shared
         err = &mut control => err,
         () = &mut snapshots => None,
         () = &mut rtt => None,
+        code = &mut host => Some(code),
     };
     if let Some(code) = err {
         conn_shared.close(code);
@@ -144,6 +151,66 @@ impl ConnShared {
         match self.closed_with.load(Ordering::Relaxed) {
             0 => None,
             code => Some(CloseCode::from_u64(u64::from(code - 1))),
+        }
+    }
+}
+
+/// What a connection's host watch needs: its allocation's host-loss timeout (set when the
+/// connection is bound) and a wake-up for when it becomes host (set at the routing update
+/// that makes it host). A connection that does not host runs no timer at all.
+#[derive(Default)]
+pub(super) struct HostWatch {
+    timeout_ms: AtomicU32,
+    became_host: Notify,
+}
+
+impl HostWatch {
+    /// The connection's allocation has host-loss timeout `timeout`.
+    pub(super) fn set_timeout(&self, timeout: Duration) {
+        let ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
+        self.timeout_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// The connection became its allocation's host (after `ConnShared::host` was set).
+    pub(super) fn became_host(&self) {
+        // Stores a permit if the watch is not waiting yet, so the wake-up is never lost.
+        self.became_host.notify_one();
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(u64::from(self.timeout_ms.load(Ordering::Relaxed)))
+    }
+}
+
+/// Watches the connection while it hosts its allocation: it samples quinn's count of UDP
+/// datagrams received on it every sixth of the host-loss timeout, and returns
+/// [`CloseCode::HostUnresponsive`] once [`HostLiveness`] says the host is lost (it counts
+/// the metric). Sleeps on [`HostWatch::became_host`] otherwise; a member that becomes host
+/// starts with a fresh clock.
+async fn watch_host(me: &ConnShared, shared: &Shared) -> CloseCode {
+    loop {
+        me.host_watch.became_host.notified().await;
+        let timeout = me.host_watch.timeout();
+        if !me.host.load(Ordering::Acquire) || timeout.is_zero() {
+            continue;
+        }
+        let mut tick = tokio::time::interval(HostLiveness::interval_for(timeout));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Samples are timed by the ticks' schedule, not by when this task got to run, so a
+        // silence of exactly six intervals is six intervals (the first tick is immediate).
+        let start = tick.tick().await.into_std();
+        let mut rule = HostLiveness::new(timeout, start, me.conn.stats().udp_rx.datagrams);
+        loop {
+            let at = tick.tick().await.into_std();
+            if !me.host.load(Ordering::Acquire) {
+                break;
+            }
+            let received = me.conn.stats().udp_rx.datagrams;
+            if rule.sample(at, received) == Verdict::Lost {
+                shared.metrics.host_unresponsive.inc();
+                debug!(?timeout, "host unresponsive");
+                return CloseCode::HostUnresponsive;
+            }
         }
     }
 }

@@ -150,7 +150,8 @@ fn apply(output: Output, shared: &Shared, tables: &mut Tables, events: &mut Even
             conn,
             allocation,
             peer,
-        } => tables.bind(shared, conn, allocation, peer),
+            host_loss_timeout,
+        } => tables.bind(shared, conn, allocation, peer, host_loss_timeout),
         Output::Route {
             allocation,
             members,

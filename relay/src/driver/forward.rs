@@ -117,6 +117,11 @@ fn forward(
     limits: &mut ClientLimits,
     dropped: &mut impl FnMut(DropReason, u32),
 ) {
+    if datagram::is_heartbeat(&datagram) {
+        // A heartbeat only proves its sender alive (the host watch counts every datagram the
+        // connection receives): nothing to forward, nothing to report.
+        return;
+    }
     let Ok((dest, payload)) = datagram::split(&datagram) else {
         return dropped(DropReason::Malformed, 0);
     };

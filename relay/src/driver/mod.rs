@@ -13,6 +13,8 @@
 //!   2. the control stream (`control_stream`): frames in, bounded and decoded, to the control
 //!      task; messages from the control task out;
 //!   3. migration snapshot uploads (`snapshot`) and RTT reports;
+//!   4. while it hosts its allocation, the host watch (`liveness`): a host silent for its
+//!      allocation's host-loss timeout is closed with code 9 and its allocation migrates;
 //! - `control_task`: the only owner of the control plane and of the routing tables' write side;
 //!   it carries out the control plane's outputs and hands lifecycle events to `events` (metrics,
 //!   logs, hooks);
@@ -55,6 +57,7 @@ mod forward;
 pub(crate) mod handle;
 mod held;
 mod lane;
+mod liveness;
 mod probe;
 mod routing;
 mod snapshot;
@@ -113,6 +116,9 @@ struct ConnShared {
     closed_with: AtomicU32,
     /// The client's address as last reported to the control plane (`connection::AddressWatch`).
     address: connection::AddressWatch,
+    /// Its allocation's host-loss timeout and the wake-up for when it becomes host
+    /// (`connection::HostWatch`).
+    host_watch: connection::HostWatch,
 }
 
 /// State shared by all tasks.

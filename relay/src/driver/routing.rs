@@ -8,7 +8,8 @@
 //! Only the control task writes them, through [`Tables`], when the control plane reports
 //! `Output::Bound`, `Output::Route` or `Output::Awaiting`; [`forward`](super::forward) reads
 //! them lock-free on the lanes through [`ArcSwap`]. Nothing here calls the control plane; the
-//! only datagrams sent from here are those held for a member, when it arrives.
+//! only datagrams sent from here are those held for a member, when it arrives. A connection
+//! that becomes its allocation's host has its host watch woken (`connection::HostWatch`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
@@ -102,6 +103,7 @@ impl Tables {
         conn: ConnId,
         allocation: AllocationId,
         peer: PeerId,
+        host_loss_timeout: std::time::Duration,
     ) {
         let allocation = self
             .tables
@@ -109,6 +111,7 @@ impl Tables {
             .or_insert_with(|| Allocation::new(shared))
             .clone();
         if let Some(c) = shared.conns.get(&conn).map(|c| c.clone()) {
+            c.host_watch.set_timeout(host_loss_timeout);
             c.route.store(Some(Arc::new(Route {
                 me: peer,
                 allocation,
@@ -138,7 +141,13 @@ impl Tables {
             .into_iter()
             .filter_map(|(peer, conn)| {
                 shared.conns.get(&conn).map(|c| {
-                    c.host.store(host == Some(peer), Ordering::Release);
+                    let hosts = host == Some(peer);
+                    if hosts && !c.host.swap(true, Ordering::AcqRel) {
+                        // Its host watch starts now, with a fresh clock.
+                        c.host_watch.became_host();
+                    } else if !hosts {
+                        c.host.store(false, Ordering::Release);
+                    }
                     Member {
                         peer,
                         conn: c.conn.clone(),

@@ -62,6 +62,7 @@ async fn demo(args: Args) -> anyhow::Result<()> {
     let relay = LocalRelay::start(RelaySettings {
         keepalive: args.keepalive,
         max_snapshot: args.snapshot_bytes,
+        host_loss_timeout: None,
     })
     .await?;
     let end = if args.crash {
@@ -195,11 +196,17 @@ impl Printer {
                 println!("\n=== ending the host ===");
                 match end {
                     HostEnd::Clean => self.line(Some(t_us), "old host told to close (clean exit)"),
-                    HostEnd::Crash => {
-                        self.line(Some(t_us), "old host killed with SIGKILL (no goodbye)");
+                    HostEnd::Crash | HostEnd::Cut => {
+                        let how = if end == HostEnd::Crash {
+                            "old host killed with SIGKILL (no goodbye)"
+                        } else {
+                            "old host stopped with SIGSTOP (its network is cut)"
+                        };
+                        self.line(Some(t_us), how);
                         self.flush();
                         println!(
-                            "            (the relay notices when it has heard nothing from it for {})",
+                            "            (the relay notices when it has heard nothing from it for \
+                             its host-loss timeout, at most {})",
                             fmt_duration(self.keepalive)
                         );
                     }

@@ -2,6 +2,7 @@
 //! repeated runs with real processes.
 //!
 //! ```text
+//! cargo run --release -p baton-tests --bin baton-migration-bench -- --runs 20
 //! cargo run --release -p baton-tests --bin baton-migration-bench -- --runs 20 --mode both
 //! cargo run --release -p baton-tests --bin baton-migration-bench -- --mode clean --rate 1000
 //! cargo run --release -p baton-tests --bin baton-migration-bench -- --runs 3 --snapshot-bytes 10485760 --json
@@ -9,11 +10,13 @@
 //!
 //! Each run starts a host and `--peers` peers as separate OS processes (this executable re-run
 //! as players, see `baton_tests::player`) against a relay in this process, lets them play, ends
-//! the host (`clean`: it closes its connection; `crash`: SIGKILL) and times, from the players'
-//! own reports:
+//! the host (`clean`: it closes its connection; `crash`: SIGKILL; `cut`: SIGSTOP, so the host
+//! process still exists but neither sends nor receives anything, as when its network is cut,
+//! and is killed once the run is over) and times, from the players' own reports:
 //!
-//! - host end → detection: the first member hearing `HostLost`. For a crash this is the
-//!   relay's keepalive timeout (`--keepalive`), give or take one tick;
+//! - host end → detection: the first member hearing `HostLost`. For a crash or a cut this is
+//!   the relay's host-loss timeout (`--host-loss-timeout`, 1.5 s by default) after the host's
+//!   last datagram, plus up to one of the relay's samples (a sixth of it);
 //! - detection → new host ready: the elected member's `HostMigrated`, after it received the
 //!   snapshot (so it grows with `--snapshot-bytes`);
 //! - detection → all peers moved: every other member's `HostMigrated`;
@@ -46,7 +49,7 @@ struct Args {
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     runs: u32,
     /// How the host ends.
-    #[arg(long, value_enum, default_value_t = Mode::Both)]
+    #[arg(long, value_enum, default_value_t = Mode::All)]
     mode: Mode,
     /// Peers joining each host.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=64))]
@@ -54,9 +57,13 @@ struct Args {
     /// Datagrams per second each player sends (the game's tick rate).
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=2000))]
     rate: u32,
-    /// The relay's keepalive timeout, which bounds crash detection.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    /// The relay's keepalive timeout (for every member; the relay's default).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
     keepalive: Duration,
+    /// The relay's host-loss timeout, which bounds crash and cut detection (the relay's
+    /// default; capped by the keepalive timeout).
+    #[arg(long, default_value = "1500ms", value_parser = parse_duration)]
+    host_loss_timeout: Duration,
     /// Size of the migration snapshot each host uploads before it ends, in bytes.
     #[arg(long, default_value_t = 64 * 1024)]
     snapshot_bytes: usize,
@@ -78,8 +85,12 @@ enum Mode {
     Clean,
     /// The host process is killed with SIGKILL.
     Crash,
-    /// Both, clean first.
+    /// The host's network is cut (its process is stopped with SIGSTOP).
+    Cut,
+    /// Clean and crash, clean first.
     Both,
+    /// Clean, crash and cut, in that order.
+    All,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -165,6 +176,7 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
     let relay = LocalRelay::start(RelaySettings {
         keepalive: args.keepalive,
         max_snapshot: args.snapshot_bytes,
+        host_loss_timeout: Some(args.host_loss_timeout),
     })
     .await?;
     let players = PlayerSettings {
@@ -175,7 +187,9 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
     let ends: &[HostEnd] = match args.mode {
         Mode::Clean => &[HostEnd::Clean],
         Mode::Crash => &[HostEnd::Crash],
+        Mode::Cut => &[HostEnd::Cut],
         Mode::Both => &[HostEnd::Clean, HostEnd::Crash],
+        Mode::All => &[HostEnd::Clean, HostEnd::Crash, HostEnd::Cut],
     };
     let mut results = Vec::new();
     for &end in ends {
@@ -207,7 +221,7 @@ async fn measure(
         setup_timeout: Duration::from_secs(120),
         migration_timeout: match end {
             HostEnd::Clean => Duration::from_secs(20),
-            HostEnd::Crash => args.keepalive + Duration::from_secs(20),
+            HostEnd::Crash | HostEnd::Cut => args.keepalive + Duration::from_secs(20),
         },
         rejoin_timeout: Duration::from_secs(20),
     };
@@ -281,12 +295,14 @@ fn print_table(args: &Args, results: &[ModeResult], before: &str, after: &str) {
     let tick_ms = 1000.0 / f64::from(args.rate);
     println!(
         "baton-migration-bench: 1 host + {} peers per run, {} runs per mode, {} Hz (a tick every \
-         {tick_ms:.1} ms), snapshot {} bytes, relay keepalive {} ms, {} build",
+         {tick_ms:.1} ms), snapshot {} bytes, relay keepalive {} ms, host-loss timeout {} ms, \
+         {} build",
         args.peers,
         args.runs,
         args.rate,
         args.snapshot_bytes,
         args.keepalive.as_millis(),
+        args.host_loss_timeout.as_millis(),
         profile()
     );
     println!(
@@ -297,7 +313,11 @@ fn print_table(args: &Args, results: &[ModeResult], before: &str, after: &str) {
     for r in results {
         let title = match r.end {
             HostEnd::Clean => "clean exit (host closes its connection)",
-            HostEnd::Crash => "crash (host SIGKILLed; detected by the keepalive timeout)",
+            HostEnd::Crash => "crash (host SIGKILLed; detected by the host-loss timeout)",
+            HostEnd::Cut => {
+                "network cut (host SIGSTOPped: it neither sends nor receives; detected by the \
+                 host-loss timeout)"
+            }
         };
         println!(
             "\n{title}: {}/{} runs complete in {:.1} s",
@@ -368,6 +388,7 @@ fn print_json(args: &Args, results: &[ModeResult], before: &str, after: &str) {
             "rate_hz": args.rate,
             "tick_ms": 1000.0 / f64::from(args.rate),
             "keepalive_ms": args.keepalive.as_millis(),
+            "host_loss_timeout_ms": args.host_loss_timeout.as_millis(),
             "snapshot_bytes": args.snapshot_bytes,
             "settle_ms": args.settle.as_millis(),
             "build": profile(),

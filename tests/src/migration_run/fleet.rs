@@ -248,6 +248,29 @@ impl Fleet {
         Ok(())
     }
 
+    /// Stops player `who` with SIGSTOP: it neither sends nor receives until killed (a host
+    /// whose network was cut). [`Fleet::shutdown`] kills it like any player that does not exit.
+    ///
+    /// # Errors
+    /// If the player does not exist or has exited, or the signal cannot be sent.
+    pub fn stop(&mut self, who: usize) -> anyhow::Result<()> {
+        let member = self
+            .members
+            .get(who)
+            .ok_or_else(|| anyhow!("no player {who}"))?;
+        let pid = member
+            .child
+            .id()
+            .ok_or_else(|| anyhow!("player {who} has exited"))?;
+        let pid = i32::try_from(pid).with_context(|| format!("pid of player {who}"))?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGSTOP,
+        )
+        .with_context(|| format!("stop player {who}"))?;
+        Ok(())
+    }
+
     /// Tells every player to close (then closes its stdin), waits up to `grace` for all of
     /// them to exit and kills the rest.
     pub async fn shutdown(&mut self, grace: Duration) {

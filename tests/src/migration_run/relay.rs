@@ -14,6 +14,10 @@ pub struct RelaySettings {
     pub keepalive: Duration,
     /// Largest migration snapshot accepted, in bytes (at least the relay's 1 KiB minimum).
     pub max_snapshot: usize,
+    /// A host silent this long is lost (the relay's `host_loss_timeout`, its default for
+    /// every allocation): how long a crashed host goes unnoticed. `None`: the relay's default
+    /// (1.5 s).
+    pub host_loss_timeout: Option<Duration>,
 }
 
 /// A relay running in this process on loopback, with a throw-away data directory for its
@@ -42,6 +46,11 @@ impl LocalRelay {
         config
             .set_keepalive_timeout(settings.keepalive)
             .context("keepalive")?;
+        if let Some(timeout) = settings.host_loss_timeout {
+            config
+                .set_host_loss_timeout(timeout)
+                .context("host loss timeout")?;
+        }
         if settings.max_snapshot > config.max_snapshot() {
             config
                 .set_max_snapshot(settings.max_snapshot)

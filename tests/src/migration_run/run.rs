@@ -20,8 +20,12 @@ pub enum HostEnd {
     /// The host leaves cleanly (`close` on its stdin: the SDK closes the QUIC connection).
     #[default]
     Clean,
-    /// The host process is killed with SIGKILL: the relay notices after its keepalive timeout.
+    /// The host process is killed with SIGKILL: the relay notices after its host-loss timeout.
     Crash,
+    /// The host's network is cut: its process is stopped with SIGSTOP, so it neither sends nor
+    /// receives (nor closes anything) while it still exists; the relay notices after its
+    /// host-loss timeout. Killed once the run is over.
+    Cut,
 }
 
 impl fmt::Display for HostEnd {
@@ -29,6 +33,7 @@ impl fmt::Display for HostEnd {
         f.write_str(match self {
             HostEnd::Clean => "clean",
             HostEnd::Crash => "crash",
+            HostEnd::Cut => "cut",
         })
     }
 }
@@ -364,6 +369,7 @@ async fn drive(run: &mut Run<'_>, scenario: &Scenario) -> anyhow::Result<()> {
     match scenario.end {
         HostEnd::Clean => run.fleet.command(run.host_who, "close").await?,
         HostEnd::Crash => run.fleet.kill(run.host_who).await?,
+        HostEnd::Cut => run.fleet.stop(run.host_who)?,
     }
     (run.observe)(Note::HostEnded {
         end: scenario.end,

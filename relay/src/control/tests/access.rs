@@ -30,6 +30,7 @@ impl Harness {
             request_id,
             max_peers: 0,
             code_ttl_secs: 0,
+            host_loss_timeout_ms: 0,
             credential: None,
         };
         self.request_as(conn, msg, auth)

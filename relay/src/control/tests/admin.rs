@@ -68,6 +68,7 @@ fn relay_full_and_shutdown() {
             request_id: 1,
             max_peers: 0,
             code_ttl_secs: 0,
+            host_loss_timeout_ms: 0,
             credential: None,
         },
     );

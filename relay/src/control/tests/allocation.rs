@@ -15,6 +15,7 @@ fn requested_limits_are_clamped_and_reported() {
             request_id: 9,
             max_peers: 60_000,
             code_ttl_secs: 3600,
+            host_loss_timeout_ms: 0,
             credential: None,
         },
     );

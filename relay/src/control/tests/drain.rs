@@ -67,6 +67,7 @@ fn draining_moves_every_allocation_and_tells_every_member() {
             request_id,
             max_peers: 0,
             code_ttl_secs: 0,
+            host_loss_timeout_ms: 0,
             credential: None,
         },
     );

@@ -85,6 +85,7 @@ fn create_request(h: &mut Harness, conn: ConnId) -> Vec<Output> {
             request_id,
             max_peers: 0,
             code_ttl_secs: 0,
+            host_loss_timeout_ms: 0,
             credential: None,
         },
     )
@@ -366,6 +367,7 @@ fn a_connection_bound_while_its_lookup_runs_is_not_redirected() {
             request_id: create,
             max_peers: 0,
             code_ttl_secs: 0,
+            host_loss_timeout_ms: 0,
             credential: None,
         },
     );

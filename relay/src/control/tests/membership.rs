@@ -16,6 +16,7 @@ fn create_then_join_routes_both_and_tells_the_host() {
         max_payload,
         host,
         reconnect_token,
+        host_loss_timeout_ms: _,
         members,
     } = reply
     else {

@@ -17,6 +17,7 @@ mod admin;
 mod allocation;
 mod drain;
 mod fleet;
+mod host_loss;
 mod membership;
 mod migration;
 mod observed;
@@ -140,6 +141,7 @@ impl Harness {
                 request_id,
                 max_peers,
                 code_ttl_secs: ttl,
+                host_loss_timeout_ms: 0,
                 credential: None,
             },
         );

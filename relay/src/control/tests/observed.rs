@@ -25,6 +25,7 @@ fn a_member_learns_its_address_after_its_bind_reply_and_again_when_it_changes() 
             request_id,
             max_peers: 0,
             code_ttl_secs: 0,
+            host_loss_timeout_ms: 0,
             credential: None,
         },
     );

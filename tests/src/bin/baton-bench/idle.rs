@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use tokio::task::JoinSet;
 
-use crate::load::{close_all, setup};
+use crate::load::{close_all, setup, setup_with};
 use crate::probe::{Cpu, KernelUdp, Sample};
 use crate::quic::{self, ControlEvents};
 use crate::relay::{Needs, Relay};
-use crate::report::{note, IdleReport, IdleRound, Progress, Report};
+use crate::report::{note, HeartbeatCost, IdleReport, IdleRound, Progress, Report};
 use crate::{procstat, Global};
 
 /// Options of the idle benchmark.
@@ -35,6 +35,11 @@ pub struct IdleArgs {
     /// Allocations being set up at once.
     #[arg(long, default_value_t = 64)]
     pub connect_concurrency: usize,
+    /// Idle two-member allocations held to measure what hosts' heartbeats cost, once with the
+    /// default host-loss timeout and once with one equal to the keepalive timeout
+    /// [default: 1000; --quick: 50]; 0 skips it.
+    #[arg(long)]
+    pub heartbeat_allocations: Option<usize>,
     /// Times to connect, hold and release them all: memory that comes back after the first
     /// round but not to the start is kept by the allocator or bounded caches; memory that
     /// grows round after round is a leak.
@@ -172,6 +177,27 @@ async fn idle(
             .await?,
         );
     }
+    let heartbeat_allocations =
+        args.heartbeat_allocations
+            .unwrap_or(if global.quick { 50 } else { 1000 });
+    let mut heartbeats = Vec::new();
+    if heartbeat_allocations > 0 {
+        // The default (0: the relay's 1.5 s), then the relay's default keepalive timeout (the
+        // relay clamps to its own): effectively no fast detection.
+        for host_loss_ms in [0, quic::NO_FAST_HOST_LOSS_MS] {
+            heartbeats.push(
+                heartbeat_cost(
+                    args,
+                    relay,
+                    &pool,
+                    (heartbeat_allocations, host_loss_ms),
+                    hold,
+                    progress,
+                )
+                .await?,
+            );
+        }
+    }
     let first = &done[0];
     let last = &done[done.len() - 1];
     let mib = |k: Option<u64>| k.map(|k| k as f64 / 1024.0);
@@ -216,6 +242,102 @@ async fn idle(
                 kernel_udp_at_close: r.close_drops,
             })
             .collect(),
+        heartbeats,
+    })
+}
+
+/// The relay's default host-loss timeout, which an allocation asking for 0 gets.
+const DEFAULT_HOST_LOSS: Duration = Duration::from_millis(1500);
+
+/// Holds `allocations` idle two-member allocations asking for a host-loss timeout of
+/// `host_loss_ms` for `hold`, their hosts sending heartbeats as the SDK does, and measures the
+/// relay's CPU and traffic.
+async fn heartbeat_cost(
+    args: &IdleArgs,
+    relay: &Relay,
+    pool: &Arc<quic::Clients>,
+    (allocations, host_loss_ms): (usize, u16),
+    hold: Duration,
+    progress: &mut Progress,
+) -> anyhow::Result<HeartbeatCost> {
+    let timeout = match host_loss_ms {
+        0 => DEFAULT_HOST_LOSS,
+        ms => Duration::from_millis(u64::from(ms)),
+    };
+    let interval = timeout / 6;
+    let (mut clients, _topo) = setup_with(
+        pool,
+        (allocations, 2, host_loss_ms),
+        args.connect_concurrency,
+        "heartbeats",
+        progress,
+    )
+    .await?;
+    let events = Arc::new(ControlEvents::default());
+    let mut readers = JoinSet::new();
+    for c in &mut clients {
+        if let Some(recv) = c.recv.take() {
+            quic::spawn_control_reader(&mut readers, recv, events.clone());
+        }
+    }
+    note(
+        progress,
+        format!(
+            "heartbeats: {allocations} idle allocations with a {} ms host-loss timeout, holding them {hold:?}",
+            timeout.as_millis()
+        ),
+    );
+    let traffic = |clients: &[quic::Client]| {
+        clients.iter().fold((0u64, 0u64), |(bytes, datagrams), c| {
+            let s = c.conn.stats();
+            (
+                bytes + s.udp_tx.bytes + s.udp_rx.bytes,
+                datagrams + s.udp_tx.datagrams + s.udp_rx.datagrams,
+            )
+        })
+    };
+    let hosts: Vec<&quic::Client> = clients.iter().step_by(2).collect();
+    let mut last_sent: Vec<Option<u64>> = vec![None; hosts.len()];
+    let mut beats = 0u64;
+    let (bytes_before, datagrams_before) = traffic(&clients);
+    let before = Sample::take(relay.server());
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while started.elapsed() < hold {
+        tick.tick().await;
+        // The SDK's rule: a heartbeat when nothing else was sent since the last check.
+        for (host, last) in hosts.iter().zip(last_sent.iter_mut()) {
+            let sent = host.conn.stats().udp_tx.datagrams;
+            if last.is_none_or(|l| sent <= l) {
+                let _ = host.conn.send_datagram(bytes::Bytes::new());
+                beats += 1;
+                *last = Some(sent + 1);
+            } else {
+                *last = Some(sent);
+            }
+        }
+    }
+    let held = started.elapsed().as_secs_f64();
+    let after = Sample::take(relay.server());
+    let (bytes_after, datagrams_after) = traffic(&clients);
+    relay.check_alive()?;
+    let departures = events.take_membership();
+    close_all(&clients, 2);
+    let _ = relay.wait_empty(Duration::from_secs(30)).await;
+    pool.wait_idle().await;
+    readers.abort_all();
+    let per_allocation = |v: u64| v as f64 / allocations.max(1) as f64 / held.max(1e-9);
+    Ok(HeartbeatCost {
+        host_loss_timeout_ms: u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX),
+        heartbeat_interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
+        allocations,
+        hold_s: held,
+        relay_cores: Cpu::between(&before, &after).server_cores,
+        bytes_per_allocation_per_s: per_allocation(bytes_after - bytes_before),
+        datagrams_per_allocation_per_s: per_allocation(datagrams_after - datagrams_before),
+        heartbeats_per_host_per_s: per_allocation(beats),
+        departures,
     })
 }
 

@@ -24,6 +24,10 @@ use crate::relay::Relay;
 /// How long one connection attempt or one request may take before it counts as failed.
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The host-loss timeout bench allocations ask for unless a bench measures heartbeats: the
+/// relay's default keepalive timeout (10 s), the longest it grants.
+pub const NO_FAST_HOST_LOSS_MS: u16 = 10_000;
+
 /// Keepalive interval of bench clients: the SDK's (2 s), well inside the relay's 10 s timeout.
 const KEEP_ALIVE: Duration = Duration::from_secs(2);
 
@@ -91,12 +95,27 @@ impl Clients {
         })
     }
 
-    /// Connects and creates an allocation for up to `max_peers` members.
+    /// Connects and creates an allocation for up to `max_peers` members. Bench clients send
+    /// no heartbeats (only QUIC keepalives, every 2 s), so the allocation asks for the longest
+    /// host-loss timeout, [`NO_FAST_HOST_LOSS_MS`]: an idle bench host is not lost.
     pub async fn create(&self, index: usize, max_peers: u16) -> anyhow::Result<Created> {
+        self.create_with(index, max_peers, NO_FAST_HOST_LOSS_MS)
+            .await
+    }
+
+    /// [`Clients::create`] asking for a host-loss timeout of `host_loss_timeout_ms` (0: the
+    /// relay's default).
+    pub async fn create_with(
+        &self,
+        index: usize,
+        max_peers: u16,
+        host_loss_timeout_ms: u16,
+    ) -> anyhow::Result<Created> {
         let msg = ClientMessage::CreateAllocation {
             request_id: 1,
             max_peers,
             code_ttl_secs: 0,
+            host_loss_timeout_ms,
             credential: None,
         };
         let b = self.bind(index, &msg).await?;

@@ -28,7 +28,7 @@ use crate::report::{CaseReport, FindMaxReport, Progress, Ratio, Report, TrafficR
 use crate::traffic::{Pattern, RunSpec, STAMP_LEN};
 use crate::Global;
 
-pub use self::setup::{close_all, setup};
+pub use self::setup::{close_all, setup, setup_with};
 
 /// Options of the load run.
 #[derive(Debug, Clone, clap::Args)]

@@ -25,6 +25,26 @@ pub async fn setup(
     label: &str,
     progress: &mut Progress,
 ) -> anyhow::Result<(Vec<Client>, Topology)> {
+    setup_with(
+        pool,
+        (allocations, members, quic::NO_FAST_HOST_LOSS_MS),
+        concurrency,
+        label,
+        progress,
+    )
+    .await
+}
+
+/// [`setup`] with every allocation asking for a host-loss timeout of `host_loss_ms` (0: the
+/// relay's default; [`setup`] asks for [`quic::NO_FAST_HOST_LOSS_MS`], its clients sending no
+/// heartbeats).
+pub async fn setup_with(
+    pool: &Arc<quic::Clients>,
+    (allocations, members, host_loss_ms): (usize, usize, u16),
+    concurrency: usize,
+    label: &str,
+    progress: &mut Progress,
+) -> anyhow::Result<(Vec<Client>, Topology)> {
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));
     let done = Arc::new(AtomicUsize::new(0));
     let mut set = JoinSet::new();
@@ -34,7 +54,7 @@ pub async fn setup(
             let _permit = permits.acquire_owned().await?;
             let first = alloc * members;
             let host = pool
-                .create(first, members as u16)
+                .create_with(first, members as u16, host_loss_ms)
                 .await
                 .with_context(|| format!("allocation {alloc}: host"))?;
             done.fetch_add(1, Ordering::Relaxed);

@@ -390,6 +390,21 @@ fn human_idle(out: &mut String, i: &IdleReport) {
                 .map_or_else(|| "-".to_owned(), |d| d.to_string())
         );
     }
+    for h in &i.heartbeats {
+        let _ = writeln!(
+            out,
+            "  heartbeats, host-loss timeout {} ms (a check every {} ms): {} idle allocations (host + 1 peer) held {:.0} s: relay {} cores; per allocation {:.0} bytes/s, {:.2} datagrams/s; {:.2} heartbeats per host per s; departures {}",
+            h.host_loss_timeout_ms,
+            h.heartbeat_interval_ms,
+            h.allocations,
+            h.hold_s,
+            opt(h.relay_cores, 3),
+            h.bytes_per_allocation_per_s,
+            h.datagrams_per_allocation_per_s,
+            h.heartbeats_per_host_per_s,
+            h.departures
+        );
+    }
     if let Some(steady) = i.rss_steady_across_rounds {
         let _ = writeln!(
             out,

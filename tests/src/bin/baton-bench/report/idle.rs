@@ -48,6 +48,35 @@ pub struct IdleReport {
     pub failures: BTreeMap<String, u64>,
     /// Each round of connect, hold, leave.
     pub rounds: Vec<IdleRound>,
+    /// What hosts' heartbeats cost (SPEC section 11.1): idle two-member allocations held
+    /// with the default host-loss timeout, then with one equal to the keepalive timeout.
+    pub heartbeats: Vec<HeartbeatCost>,
+}
+
+/// Idle allocations (a host and one peer, no game traffic) held with one host-loss timeout,
+/// their hosts sending heartbeats as the SDK does (an empty datagram every sixth of the timeout
+/// unless anything else was sent since the last one).
+#[derive(Debug, Clone, Serialize)]
+pub struct HeartbeatCost {
+    /// The host-loss timeout the allocations asked for, ms.
+    pub host_loss_timeout_ms: u16,
+    /// Interval between the hosts' heartbeat checks, ms.
+    pub heartbeat_interval_ms: u64,
+    /// Allocations held.
+    pub allocations: usize,
+    /// Seconds held.
+    pub hold_s: f64,
+    /// Relay cores busy holding them.
+    pub relay_cores: Option<f64>,
+    /// UDP payload bytes the relay received and sent for one allocation (host and peer, both
+    /// ways, QUIC keepalives and acknowledgements included) per second.
+    pub bytes_per_allocation_per_s: f64,
+    /// UDP datagrams the relay received and sent for one allocation per second.
+    pub datagrams_per_allocation_per_s: f64,
+    /// Heartbeats the hosts sent, per host per second.
+    pub heartbeats_per_host_per_s: f64,
+    /// Members that left while held (a host lost to its timeout would count): should be 0.
+    pub departures: u64,
 }
 
 /// One round of the idle benchmark.

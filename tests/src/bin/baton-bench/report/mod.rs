@@ -32,7 +32,7 @@ use serde::Serialize;
 pub use self::churn::{ChurnReport, JoinReport};
 pub use self::fleet::{in_units, DrainCpu, DrainReport, FleetJoinReport, FleetReport};
 pub use self::human::print_human;
-pub use self::idle::{IdleReport, IdleRound};
+pub use self::idle::{HeartbeatCost, IdleReport, IdleRound};
 pub use self::load::{CaseReport, FindMaxReport, LoadReport, MaxSearch, Ratio, Step};
 pub use self::progress::{note, Progress};
 pub use self::traffic::{RunFigures, ServerMetrics, TrafficReport};
