@@ -514,7 +514,7 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.idle_timeout, Duration::from_secs(10));
         assert_eq!(c.keep_alive_interval, Duration::from_secs(2));
-        assert_eq!(c.alpn, b"baton/2");
+        assert_eq!(c.alpn, b"baton/3");
         assert_eq!(c.local_addr(), "0.0.0.0:0".parse().unwrap());
         let v6 = ClientConfig::new("[::1]:7700".parse().unwrap(), Trust::WebPki);
         assert_eq!(v6.local_addr(), "[::]:0".parse().unwrap());

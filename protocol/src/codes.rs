@@ -244,7 +244,7 @@ impl CloseCode {
             CloseCode::AllocationClosed => "allocation closed",
             CloseCode::ControlBacklog => "control stream not read",
             CloseCode::UnsupportedVersion => {
-                "baton/1 is no longer served; this relay speaks baton/2"
+                "baton/1 and baton/2 are no longer served; this relay speaks baton/3"
             }
             CloseCode::RelayFull => "relay full",
             CloseCode::HostUnresponsive => "host unresponsive",

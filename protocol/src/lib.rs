@@ -55,15 +55,15 @@ pub use wire::DecodeError;
 /// ALPN protocol name; the version is part of it, so a relay and a client of different
 /// protocol versions fail the TLS handshake with `no_application_protocol` instead of
 /// misreading each other.
-pub const ALPN: &[u8] = b"baton/2";
+pub const ALPN: &[u8] = b"baton/3";
 
 /// Protocol version carried in [`ALPN`].
-pub const PROTOCOL_VERSION: u8 = 2;
+pub const PROTOCOL_VERSION: u8 = 3;
 
 /// Retired protocol versions a relay still accepts in the handshake, only to close the
 /// connection with [`CloseCode::UnsupportedVersion`] so an old client gets a clear reason
 /// instead of a bare TLS alert (SPEC section 2.2).
-pub const RETIRED_ALPN: &[&[u8]] = &[b"baton/1"];
+pub const RETIRED_ALPN: &[&[u8]] = &[b"baton/2", b"baton/1"];
 
 /// The largest datagram payload (after Baton's header) that Baton promises to carry.
 ///

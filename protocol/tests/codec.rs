@@ -628,9 +628,24 @@ fn datagram_header_snapshots() {
 }
 
 #[test]
+fn the_spec_names_the_alpn_and_the_retired_versions_reason() {
+    let hex: Vec<String> = ALPN.iter().map(|b| format!("{b:02x}")).collect();
+    let alpn = std::str::from_utf8(ALPN).unwrap();
+    assert!(SPEC.contains(&format!("bytes `{alpn}` (`{}`)", hex.join(" "))));
+    assert!(SPEC.contains(&format!(
+        "`{}`",
+        CloseCode::UnsupportedVersion.description()
+    )));
+    for retired in RETIRED_ALPN {
+        let name = std::str::from_utf8(retired).unwrap();
+        assert!(CloseCode::UnsupportedVersion.description().contains(name));
+    }
+}
+
+#[test]
 fn constants_are_pinned() {
-    assert_eq!(ALPN, b"baton/2");
-    assert_eq!(RETIRED_ALPN, [&b"baton/1"[..]]);
+    assert_eq!(ALPN, b"baton/3");
+    assert_eq!(RETIRED_ALPN, [&b"baton/2"[..], &b"baton/1"[..]]);
     assert_eq!(MAX_DATAGRAM_PAYLOAD, 1150);
     assert_eq!(DEFAULT_MAX_FRAME_LEN, 16_384);
     assert_eq!(MIN_MAX_FRAME_LEN, 9_216);
@@ -711,6 +726,7 @@ fn spec_documents_every_message_type_and_code() {
     }
     for needle in [
         "`baton/1`",
+        "`baton/2`",
         "`6789BCDFGHJKLMNPQRTW`",
         "1150",
         "16384",

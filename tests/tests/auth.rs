@@ -1,7 +1,7 @@
 //! Access control end to end, over real QUIC on 127.0.0.1: a relay started with an auth secret
 //! refuses creates and joins without a valid credential (each refusal typed in the SDK),
 //! accepts lobby-minted ones (also the README's Python minting code), shows each member's
-//! subject in the admin API and the lobby events, and closes a client of the retired `baton/1`
+//! subject in the admin API and the lobby events, and closes a client of the retired `baton/1` or `baton/2`
 //! with a clear reason.
 
 use std::process::Stdio;
@@ -291,23 +291,27 @@ async fn the_readme_python_minting_code_makes_credentials_the_relay_accepts() {
 }
 
 #[tokio::test]
-async fn a_baton_1_client_is_closed_with_a_clear_reason() {
+async fn clients_of_retired_versions_are_closed_with_a_clear_reason() {
     let relay = TestRelay::start().await;
-    let config = relay.client().alpn(b"baton/1".to_vec());
-    let result = tokio::time::timeout(WAIT, Host::create(&config, AllocationOptions::default()))
-        .await
-        .expect("answered in time");
-    assert!(
-        matches!(
-            result,
-            Err(Error::Disconnected(DisconnectReason::UnsupportedVersion))
-        ),
-        "{result:?}"
-    );
+    for retired in [&b"baton/1"[..], &b"baton/2"[..]] {
+        let config = relay.client().alpn(retired.to_vec());
+        let result =
+            tokio::time::timeout(WAIT, Host::create(&config, AllocationOptions::default()))
+                .await
+                .expect("answered in time");
+        assert!(
+            matches!(
+                result,
+                Err(Error::Disconnected(DisconnectReason::UnsupportedVersion))
+            ),
+            "{}: {result:?}",
+            String::from_utf8_lossy(retired)
+        );
+    }
     // A current client on the same relay is served.
     Host::create(&relay.client(), AllocationOptions::default())
         .await
-        .expect("baton/2 is served");
+        .expect("baton/3 is served");
 }
 
 #[tokio::test]

@@ -48,7 +48,7 @@ struct Redirector {
 
 impl Redirector {
     /// Listens on loopback with a fresh self-signed certificate for [`REDIRECTOR_NAME`] and
-    /// ALPN `baton/2`.
+    /// Baton's ALPN.
     fn bind() -> Redirector {
         let generated =
             rcgen::generate_simple_self_signed(vec![REDIRECTOR_NAME.into()]).expect("cert");
