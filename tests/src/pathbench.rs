@@ -321,6 +321,7 @@ mod tests {
             relay_drops: Vec::new(),
             dropped_events: 0,
             latency_us: Vec::new(),
+            nat: "unknown".to_owned(),
         };
         let mut tally = Tally::default();
         tally.count(100, &stats(5, 25), 100, 300).unwrap();

@@ -15,6 +15,7 @@ use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use baton_client::NatKind;
 use baton_tests::natlab::{
     self, Lab, LabPlayer, LabRelay, Mapping, NatMode, RELAY_IP, RELAY_IP_2, SKIP_MESSAGE,
 };
@@ -628,6 +629,20 @@ async fn a_link_cut_shorter_than_the_keepalive_keeps_the_session() {
 
 /// Waits for `player` to report that datagrams with `peer` take `path`; any sign of a broken
 /// session fails the test.
+/// The NAT kind `player` measured (its first stats report that names one), within `within`.
+async fn measured_nat(player: &mut LabPlayer, within: Duration) -> String {
+    let (_, report) = player
+        .next_matching(within, |report| {
+            matches!(report, Report::Stats { nat, .. } if nat != NatKind::Unknown.as_str())
+        })
+        .await
+        .unwrap_or_else(|e| panic!("no NAT measured: {e:#}"));
+    match report {
+        Report::Stats { nat, .. } => nat,
+        _ => unreachable!("matched a stats report"),
+    }
+}
+
 async fn path_is(player: &mut LabPlayer, peer: u16, path: &str, within: Duration, log: &mut Log) {
     player
         .next_matching(within, |report| match report {
@@ -701,6 +716,13 @@ async fn cone_nats_go_direct_and_fall_back_to_the_relay_when_cut() {
         ),
         0.0
     );
+    for player in [&mut game.host, &mut game.peer] {
+        assert_eq!(
+            measured_nat(player, WAIT).await,
+            NatKind::EndpointIndependent.as_str(),
+            "a cone NAT measured as endpoint-independent"
+        );
+    }
 
     let peer_wan = lab.site(2).wan_ip;
     lab.cut_to(1, peer_wan).expect("cut the direct path");
@@ -749,6 +771,13 @@ async fn symmetric_nats_stay_relayed_with_direct_paths_preferred() {
     );
     assert_eq!(reports.get("punch_timed_out"), None, "{reports:?}");
     assert_eq!(reports.get("direct"), None, "{reports:?}");
+    for player in [&mut game.host, &mut game.peer] {
+        assert_eq!(
+            measured_nat(player, WAIT).await,
+            NatKind::EndpointDependent.as_str(),
+            "a symmetric NAT measured as endpoint-dependent"
+        );
+    }
     // The player's join itself takes some of that time; the verdict needs the probe (at most
     // 1 s) and the offers, not a punch timeout.
     assert!(

@@ -268,6 +268,7 @@ impl<'a> Player<'a> {
             relay_drops: std::mem::take(&mut self.relay_drops).into_iter().collect(),
             dropped_events: dropped_events.saturating_sub(self.dropped_events_reported),
             latency_us: std::mem::take(&mut self.latencies),
+            nat: self.session.nat().as_str().to_owned(),
         };
         self.dropped_events_reported = dropped_events;
         self.sink.send(report).await;

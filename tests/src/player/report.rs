@@ -17,6 +17,11 @@ use super::now_us;
 /// The most latency samples one [`Report::Stats`] carries.
 pub const MAX_LATENCY_SAMPLES: usize = 256;
 
+/// `nat` of a [`Report::Stats`] that does not say.
+fn unknown_nat() -> String {
+    baton_client::NatKind::Unknown.as_str().to_owned()
+}
+
 /// What a player reports. On stdout, one JSON object a line with the variant's name in snake
 /// case as `event` and the send time as `t_us` (µs since the Unix epoch).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -73,6 +78,10 @@ pub enum Report {
         /// in-process client records into its [`Sink::Channel`] histogram instead).
         #[serde(default)]
         latency_us: Vec<u64>,
+        /// How the player's NAT maps its socket, as its session measured it through the
+        /// relay's probe port (`unknown`, `endpoint_independent`, `endpoint_dependent`).
+        #[serde(default = "unknown_nat")]
+        nat: String,
     },
     /// Datagrams missing from one flow.
     Gap {
