@@ -690,7 +690,8 @@ impl Drop for UplinkCut {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_cut_off_for_longer_than_the_timeout_is_replaced_and_comes_back_as_a_peer() {
-    let relay = TestRelay::start().await;
+    let lobby = Lobby::default();
+    let relay = relay_with_lobby(&lobby, |_| {}).await;
     let proxy = UplinkCut::start(relay.addr()).await;
     let via_proxy = ClientConfig::new(
         proxy.addr,
@@ -756,4 +757,11 @@ async fn a_host_cut_off_for_longer_than_the_timeout_is_replaced_and_comes_back_a
         relay.metrics().await.value("baton_host_unresponsive_total"),
         1.0
     );
+    // The lobby heard of it exactly once, as a host that timed out, then of the migration.
+    lobby.wait_for("allocation.migrated").await;
+    let lost = lobby.of_type("host.disconnected");
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    assert!(lost[0].1, "signature verifies");
+    assert_eq!(lost[0].0["reason"], "timed_out");
+    assert_eq!(lost[0].0["host"], 0);
 }
