@@ -1,7 +1,7 @@
 //! The per-connection service. [`serve_connection`] registers the connection in
-//! [`Shared::conns`](super::Shared), tells the control plane, then runs four parts at once with
-//! a `biased` select, in priority order: datagrams ([`forward`](super::forward)), the control
-//! stream ([`control_stream`](super::control_stream)), snapshot uploads
+//! [`Shared::conns`](super::Shared), tells the control plane, then runs its parts at once with
+//! a `biased` select, in priority order: datagrams ([`forward`](super::forward), in a task of
+//! their own so that their wake-ups poll nothing else), the control stream ([`control_stream`](super::control_stream)), snapshot uploads
 //! ([`snapshot`](super::snapshot)), RTT reports ([`report_rtt`]) and, while the connection
 //! hosts its allocation, the host watch ([`watch_host`]). [`DisconnectGuard`]
 //! reports the end exactly once, with the reason [`leave_reason`] reads from quinn.
@@ -18,6 +18,7 @@ use arc_swap::ArcSwapOption;
 use baton_protocol::{CloseCode, LeaveReason};
 use quinn::{ConnectionError, VarInt};
 use tokio::sync::{mpsc, Notify};
+use tokio_util::task::AbortOnDropHandle;
 use tracing::debug;
 
 use super::control_stream::control_stream;
@@ -108,7 +109,13 @@ pub(super) async fn serve_connection(id: ConnId, conn: quinn::Connection, shared
     debug!("connected");
 
     let control = control_stream(&conn, shared, id, control_rx);
-    let datagrams = forward_datagrams(&conn_shared, shared);
+    // Datagrams run in a task of their own (on this lane too), so a datagram's wake-up polls
+    // only the datagram loop, not the control stream, snapshots and timers beside it (each
+    // poll of those takes the connection's lock). Aborted when this task ends.
+    let datagrams = AbortOnDropHandle::new(tokio::spawn({
+        let (me, shared) = (conn_shared.clone(), shared.clone());
+        async move { forward_datagrams(&me, &shared).await }
+    }));
     let snapshots = receive_snapshots(&conn, &conn_shared, shared, id);
     let rtt = report_rtt(&conn_shared, shared, id);
     let host = watch_host(&conn_shared, shared);
@@ -116,7 +123,12 @@ pub(super) async fn serve_connection(id: ConnId, conn: quinn::Connection, shared
     let err = tokio::select! {
         // Game traffic first, then control messages; snapshots and RTT samples can wait.
         biased;
-        err = &mut datagrams => err,
+        ended = &mut datagrams => match ended {
+            Ok(err) => err,
+            // The loop panicked: let it end this task too, as when it ran inside it.
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => None,
+        },
         err = &mut control => err,
         () = &mut snapshots => None,
         () = &mut rtt => None,
