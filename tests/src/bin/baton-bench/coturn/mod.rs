@@ -147,14 +147,23 @@ async fn transact(socket: &UdpSocket, request: &Request) -> anyhow::Result<Reply
 async fn connected_socket(to: SocketAddr) -> anyhow::Result<UdpSocket> {
     let socket = UdpSocket::from_std(crate::sockets::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?)
         .context("binding a TURN client socket")?;
-    socket.connect(to).await.context("connecting a TURN client socket")?;
+    socket
+        .connect(to)
+        .await
+        .context("connecting a TURN client socket")?;
     Ok(socket)
 }
 
 /// Sets up one game: the host's allocation, its peers' sockets, permissions and channels.
 async fn setup_game(server: SocketAddr, members: usize) -> anyhow::Result<(Vec<TurnClient>, Game)> {
     let host = connected_socket(server).await?;
-    let allocated = transact(&host, &Request::Allocate { lifetime_s: LIFETIME_S }).await?;
+    let allocated = transact(
+        &host,
+        &Request::Allocate {
+            lifetime_s: LIFETIME_S,
+        },
+    )
+    .await?;
     let relayed = allocated
         .relayed
         .context("coturn's Allocate answer has no XOR-RELAYED-ADDRESS")?;
@@ -206,10 +215,8 @@ pub async fn clients(
     let mut games = Vec::with_capacity(allocations);
     let all: Vec<usize> = (0..allocations).collect();
     for batch in all.chunks(SETUP_BATCH) {
-        let done = futures_util::future::join_all(
-            batch.iter().map(|_| setup_game(server, members)),
-        )
-        .await;
+        let done =
+            futures_util::future::join_all(batch.iter().map(|_| setup_game(server, members))).await;
         for (result, alloc) in done.into_iter().zip(batch) {
             let (c, g) = result.with_context(|| format!("coturn game {alloc}"))?;
             clients.extend(c);
@@ -325,5 +332,84 @@ mod tests {
     #[test]
     fn transaction_ids_differ() {
         assert_ne!(next_id(), next_id());
+    }
+
+    #[test]
+    fn channel_data_is_named_by_its_channel() {
+        let topo = Topology {
+            allocations: 1,
+            members: 3,
+            peer_ids: vec![0, 1, 2],
+        };
+        let shared = Shared::new(topo, 1);
+        let mut host = Receiver::new(shared.clone(), 0);
+        let ids = [0u16, 1, 2];
+        // Member 2 sends to the host (run 0, the shared state's first); the header it wrote
+        // is replaced by the source its channel names.
+        let mut d = vec![0u8; CHANNEL_HEADER_LEN];
+        d.extend_from_slice(&0xBEEFu16.to_be_bytes());
+        crate::traffic::Stamp {
+            run: 0,
+            sender: 2,
+            target: 0,
+            alloc: 0,
+            seq: 0,
+            sent_ns: 1,
+        }
+        .write(&mut d);
+        let len = d.len() - CHANNEL_HEADER_LEN;
+        assert!(write_channel_header(&mut d, channel_of(2).unwrap(), len));
+        d.extend_from_slice(&[0, 0]); // padding
+        on_channel_data(&mut host, &mut d, &ids);
+        assert_eq!(&d[4..6], &[0, 2]);
+        assert_eq!(shared.received_so_far(), 1);
+        // A channel no member is bound to, the host's own, and broken ChannelData are not
+        // counted as received.
+        for channel in [channel_of(3).unwrap(), FIRST_CHANNEL] {
+            assert!(write_channel_header(&mut d, channel, len));
+            on_channel_data(&mut host, &mut d, &ids);
+        }
+        on_channel_data(&mut host, &mut [0x40, 0x01, 0x00, 0x09, 0], &ids);
+        assert_eq!(shared.received_so_far(), 1);
+    }
+
+    /// A game through a real `turnserver` on loopback, when it is installed: set-up, then
+    /// ChannelData host → peer and plain UDP peer → host.
+    #[tokio::test]
+    async fn relays_through_turnserver_when_installed() {
+        let Some(bin) = find() else {
+            eprintln!("skipped: no turnserver on PATH");
+            return;
+        };
+        let server = Turnserver::start(&bin, 1).await.unwrap();
+        let (clients, games, topo) = clients(server.addr, 2, 3).await.unwrap();
+        assert_eq!((clients.len(), games.len(), topo.peer_ids.len()), (6, 2, 6));
+        let wait = Duration::from_secs(3);
+        let mut rx = [0u8; 64];
+        for game in 0..2 {
+            let host = &clients[game * 3];
+            assert_eq!(host.channels, vec![0, 0x4001, 0x4002]);
+            let mut d = [0u8; CHANNEL_HEADER_LEN + 6];
+            d[CHANNEL_HEADER_LEN..].copy_from_slice(b"hello!");
+            assert!(write_channel_header(&mut d, host.channels[1], 6));
+            host.socket.send(&d).await.unwrap();
+            let peer = &clients[game * 3 + 1];
+            let n = tokio::time::timeout(wait, peer.socket.recv(&mut rx))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(&rx[..n], b"hello!");
+
+            clients[game * 3 + 2].socket.send(b"back").await.unwrap();
+            let n = tokio::time::timeout(wait, host.socket.recv(&mut rx))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                stun::split_channel_data(&rx[..n]),
+                Some((host.channels[2], &b"back"[..]))
+            );
+        }
+        server.stop().await;
     }
 }

@@ -121,7 +121,8 @@ impl Request {
             Request::CreatePermission { .. } => CREATE_PERMISSION,
             Request::ChannelBind { .. } => CHANNEL_BIND,
         };
-        let mut m = Message::<Attribute>::new(MessageClass::Request, method, TransactionId::new(id));
+        let mut m =
+            Message::<Attribute>::new(MessageClass::Request, method, TransactionId::new(id));
         match self {
             Request::Binding => {}
             Request::Allocate { lifetime_s } => {
@@ -293,7 +294,9 @@ mod tests {
 
     #[test]
     fn encodes_an_allocate_request() {
-        let bytes = Request::Allocate { lifetime_s: 600 }.encode([7; 12]).unwrap();
+        let bytes = Request::Allocate { lifetime_s: 600 }
+            .encode([7; 12])
+            .unwrap();
         let mut expected = vec![
             0x00, 0x03, 0x00, 0x10, // Allocate request, 16 bytes of attributes
             0x21, 0x12, 0xa4, 0x42, // magic cookie
@@ -399,7 +402,10 @@ mod tests {
         assert_eq!(split_channel_data(&RFC5769_IPV4_RESPONSE), None);
         assert_eq!(split_channel_data(&[0x40, 0x01, 0x00]), None);
         // Empty data is allowed.
-        assert_eq!(split_channel_data(&[0x4F, 0xFF, 0, 0]), Some((0x4FFF, &[][..])));
+        assert_eq!(
+            split_channel_data(&[0x4F, 0xFF, 0, 0]),
+            Some((0x4FFF, &[][..]))
+        );
         // The header does not fit, or the length does not fit in 16 bits.
         assert!(!write_channel_header(&mut [0u8; 3], 0x4000, 0));
         assert!(!write_channel_header(&mut buf, 0x4000, 70_000));

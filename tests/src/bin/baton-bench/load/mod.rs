@@ -247,7 +247,9 @@ pub async fn run(global: &Global, args: &LoadArgs, report: &mut Report) -> anyho
                     coturn_max = max;
                 }
                 Err(e) => {
-                    report.errors.push(format!("coturn comparison failed: {e:#}"));
+                    report
+                        .errors
+                        .push(format!("coturn comparison failed: {e:#}"));
                     load.coturn = Some(format!("failed: {e:#}"));
                 }
             },

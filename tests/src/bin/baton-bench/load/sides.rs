@@ -4,8 +4,8 @@
 //! task per client on the generator runtime, runs every pattern × payload (and
 //! `--find-max`), then tears down.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

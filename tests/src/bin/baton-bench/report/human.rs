@@ -180,13 +180,19 @@ fn human_case(out: &mut String, case: &CaseReport) {
         let _ = write!(header, "{name:>14}");
     }
     let _ = writeln!(out, "{}", header.trim_end());
-    let mut row = |name: &str, f: &dyn Fn(&TrafficReport) -> String, ratio: &dyn Fn(&Ratio) -> Option<f64>| {
+    let mut row = |name: &str,
+                   f: &dyn Fn(&TrafficReport) -> String,
+                   ratio: &dyn Fn(&Ratio) -> Option<f64>| {
         let mut line = format!("  {name:<34}");
         for t in &targets {
             let _ = write!(line, "{:>16}", f(t));
         }
         for (_, r) in &ratios {
-            let _ = write!(line, "{:>14}", ratio(r).map_or_else(String::new, |x| opt(Some(x), 2)));
+            let _ = write!(
+                line,
+                "{:>14}",
+                ratio(r).map_or_else(String::new, |x| opt(Some(x), 2))
+            );
         }
         let _ = writeln!(out, "{}", line.trim_end());
     };

@@ -289,7 +289,8 @@ fn send_one(
             let Some(buf) = udp_buf.get_mut(..CHANNEL_HEADER_LEN + len) else {
                 return false;
             };
-            let mut head = &mut buf[CHANNEL_HEADER_LEN..CHANNEL_HEADER_LEN + HEADER_LEN + STAMP_LEN];
+            let mut head =
+                &mut buf[CHANNEL_HEADER_LEN..CHANNEL_HEADER_LEN + HEADER_LEN + STAMP_LEN];
             head.put_u16(flow.header);
             stamp.write(&mut head);
             let client = &clients[flow.client as usize];
