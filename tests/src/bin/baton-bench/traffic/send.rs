@@ -303,11 +303,12 @@ fn send_one(
                 write_channel_header(buf, channel, len) && client.socket.try_send(buf).is_ok()
             };
             if flow.header == datagram::BROADCAST {
-                client
-                    .channels
-                    .iter()
-                    .skip(1)
-                    .fold(true, |ok, &channel| send(channel) && ok)
+                // Every peer gets its copy, even after one could not be sent.
+                let mut ok = true;
+                for &channel in client.channels.iter().skip(1) {
+                    ok &= send(channel);
+                }
+                ok
             } else {
                 match client.channels.get(usize::from(flow.header)) {
                     Some(&channel) if flow.header != 0 => send(channel),
