@@ -235,9 +235,9 @@ pub async fn run(global: &Global, args: &LoadArgs, report: &mut Report) -> anyho
     if config.coturn {
         match crate::coturn::find() {
             None => {
-                let skipped = "coturn comparison skipped: no `turnserver` on PATH (Debian: apt-get install coturn)";
-                note(&mut progress, skipped);
-                load.coturn = Some(skipped.to_owned());
+                let why = "no `turnserver` on PATH (Debian: apt-get install coturn)";
+                note(&mut progress, format!("coturn comparison skipped: {why}"));
+                load.coturn = Some(format!("skipped: {why}"));
             }
             // A failure on coturn's side is reported; Baton's and the forwarder's figures stand.
             Some(bin) => match coturn_side(&bin, &config, report, &mut progress).await {

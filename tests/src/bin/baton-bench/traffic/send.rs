@@ -1,6 +1,6 @@
 //! The sending side: [`start`] spawns a few sender tasks on the generator runtime, each walking
 //! its share of the flows in phase order and writing stamped datagrams to the [`Transport`]
-//! (quinn connections or UDP sockets); [`Running::finish`] collects their [`SendStats`] and,
+//! (quinn connections, UDP sockets, or TURN clients sending ChannelData); [`Running::finish`] collects their [`SendStats`] and,
 //! after [`DRAIN`], the receivers' counts.
 
 use std::sync::atomic::{AtomicU64, Ordering};
