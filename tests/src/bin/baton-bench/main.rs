@@ -32,6 +32,7 @@
 
 mod ceiling;
 mod churn;
+mod coturn;
 mod fleet;
 mod idle;
 mod load;
@@ -264,7 +265,12 @@ async fn run(cli: Cli) -> anyhow::Result<Report> {
         }
         Some(Command::All(args)) => {
             // One benchmark failing to run does not stop the others; it is reported.
-            if let Err(e) = load::run(&global, &args.load, &mut report).await {
+            let mut load_args = args.load.clone();
+            if global.quick {
+                // Cheap at these sizes; skipped with a note when turnserver is absent.
+                load_args.compare_coturn();
+            }
+            if let Err(e) = load::run(&global, &load_args, &mut report).await {
                 report.errors.push(format!("load did not run: {e:#}"));
             }
             if let Err(e) = churn::run_churn(&global, &args.churn, &mut report).await {

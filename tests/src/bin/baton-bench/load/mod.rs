@@ -1,14 +1,15 @@
 //! The load run: N allocations × M peers over loopback, each pattern × payload measured through
-//! the relay and then through the plain UDP forwarder (the ceiling), and optionally the highest
-//! rate the relay carries with loss under 0.1 % (`--find-max`).
+//! the relay, then through the plain UDP forwarder (the ceiling) and, with `--compare coturn`,
+//! through coturn (`crate::coturn`), and optionally the highest rate each carries with loss
+//! under 0.1 % (`--find-max`).
 //!
 //! Clients are set up once per target and reused by every run; each run has its own id, so
-//! stragglers of one never count in the next. Relay and forwarder never run at the same time.
+//! stragglers of one never count in the next. No two targets run at the same time.
 //!
 //! Everything runs on the generator runtime, driven from the task that called [`run`]:
 //!
 //! - this module: the options ([`LoadArgs`]), the run as a whole, and its correctness checks;
-//! - `sides`: the relay half and the ceiling half (clients, receiving tasks, every run);
+//! - `sides`: the relay, ceiling and coturn sides (clients, receiving tasks, every run);
 //! - `target`: one run against one target, with its readings and progress line, and
 //!   `--find-max`;
 //! - `setup`: connecting and binding the clients of N allocations, and closing them
@@ -22,9 +23,11 @@ use std::time::Duration;
 
 use anyhow::bail;
 
-use self::sides::{baton_side, ceiling_side};
+use self::sides::{baton_side, ceiling_side, coturn_side};
 use crate::relay::{Needs, Relay};
-use crate::report::{CaseReport, FindMaxReport, Progress, Ratio, Report, TrafficReport};
+use crate::report::{
+    note, CaseReport, FindMaxReport, MaxSearch, Progress, Ratio, Report, TrafficReport,
+};
 use crate::traffic::{Pattern, RunSpec, STAMP_LEN};
 use crate::Global;
 
@@ -70,6 +73,11 @@ pub struct LoadArgs {
     /// Same as `--compare-ceiling=false`.
     #[arg(long)]
     pub no_ceiling: bool,
+    /// Also run the same traffic through another relay, in the same run, and report Baton's
+    /// figures as ratios of its: `coturn` starts Debian's `turnserver` (plain UDP TURN,
+    /// hosts allocated, peers plain UDP; skipped with a note when it is not installed).
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "RELAY")]
+    pub compare: Vec<Compare>,
     /// Also raise the rate step by step and report the highest with loss under 0.1 % (first
     /// pattern and payload).
     #[arg(long)]
@@ -94,6 +102,23 @@ pub struct LoadArgs {
     pub setup_concurrency: usize,
 }
 
+/// Another relay to compare Baton with (`--compare`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Compare {
+    /// Debian's `turnserver` (coturn) on loopback, driven over TURN/UDP with ChannelData.
+    Coturn,
+}
+
+impl LoadArgs {
+    /// Adds coturn to the comparisons (`all --quick` does: it is cheap at those sizes and
+    /// skips itself when `turnserver` is absent).
+    pub fn compare_coturn(&mut self) {
+        if !self.compare.contains(&Compare::Coturn) {
+            self.compare.push(Compare::Coturn);
+        }
+    }
+}
+
 /// [`LoadArgs`] with defaults applied.
 #[derive(Debug, Clone)]
 struct Config {
@@ -105,6 +130,7 @@ struct Config {
     duration: Duration,
     warmup: Duration,
     ceiling: bool,
+    coturn: bool,
     find_max: bool,
     step_factor: f64,
     max_steps: usize,
@@ -133,6 +159,7 @@ impl LoadArgs {
             duration: pick_d(self.duration, 10_000, 2_000),
             warmup: pick_d(self.warmup, 2_000, 500),
             ceiling: self.compare_ceiling && !self.no_ceiling,
+            coturn: self.compare.contains(&Compare::Coturn),
             find_max: self.find_max,
             step_factor: self.step_factor,
             max_steps: pick(self.max_steps, 10, 4).min(40),
@@ -203,30 +230,64 @@ pub async fn run(global: &Global, args: &LoadArgs, report: &mut Report) -> anyho
         ceiling_runs = runs;
         ceiling_max = max;
     }
+    let mut coturn_runs = Vec::new();
+    let mut coturn_max = None;
+    if config.coturn {
+        match crate::coturn::find() {
+            None => {
+                let why = "no `turnserver` on PATH (Debian: apt-get install coturn)";
+                note(&mut progress, format!("coturn comparison skipped: {why}"));
+                load.coturn = Some(format!("skipped: {why}"));
+            }
+            // A failure on coturn's side is reported; Baton's and the forwarder's figures stand.
+            Some(bin) => match coturn_side(&bin, &config, report, &mut progress).await {
+                Ok((description, runs, max)) => {
+                    load.coturn = Some(description);
+                    coturn_runs = runs;
+                    coturn_max = max;
+                }
+                Err(e) => {
+                    report
+                        .errors
+                        .push(format!("coturn comparison failed: {e:#}"));
+                    load.coturn = Some(format!("failed: {e:#}"));
+                }
+            },
+        }
+    }
     let mut ceiling_runs = ceiling_runs.into_iter();
+    let mut coturn_runs = coturn_runs.into_iter();
     load.cases = baton_runs
         .into_iter()
         .map(|baton| {
             let ceiling = ceiling_runs.next();
             let ratio = ceiling.as_ref().map(|c| Ratio::of(&baton, c));
+            let coturn = coturn_runs.next();
+            let coturn_ratio = coturn.as_ref().map(|c| Ratio::of(&baton, c));
             CaseReport {
                 baton,
                 ceiling,
                 ratio,
+                coturn,
+                coturn_ratio,
             }
         })
         .collect();
     if let Some(baton) = baton_max {
-        let ratio = match (&ceiling_max, baton.max_delivered_per_s) {
+        let ratio_to = |other: &Option<MaxSearch>| match (other, baton.max_delivered_per_s) {
             (Some(c), Some(b)) => c.max_delivered_per_s.map(|c| b / c),
             _ => None,
         };
+        let ratio = ratio_to(&ceiling_max);
+        let coturn_ratio = ratio_to(&coturn_max);
         load.find_max = Some(FindMaxReport {
             pattern: config.patterns[0],
             payload_bytes: config.payloads[0],
             baton,
             ceiling: ceiling_max,
             ratio,
+            coturn: coturn_max,
+            coturn_ratio,
         });
     }
     report.load = Some(load);

@@ -1,8 +1,10 @@
-//! The two halves of the load run, one after the other: [`baton_side`] (QUIC clients of the
-//! relay) and [`ceiling_side`] (UDP sockets of the plain forwarder). Each sets up its clients
-//! and one receiving task per client on the generator runtime, runs every pattern × payload
-//! (and `--find-max`), then tears down.
+//! The sides of the load run, one after the other: [`baton_side`] (QUIC clients of the relay),
+//! [`ceiling_side`] (UDP sockets of the plain forwarder) and, with `--compare coturn`,
+//! [`coturn_side`] (TURN clients of `turnserver`). Each sets up its clients and one receiving
+//! task per client on the generator runtime, runs every pattern × payload (and
+//! `--find-max`), then tears down.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,6 +14,7 @@ use tokio::task::JoinSet;
 use super::target::Target;
 use super::{close_all, setup, Config};
 use crate::ceiling::{self, Forwarder};
+use crate::coturn::{self, Turnserver};
 use crate::probe::Server;
 use crate::quic::{self, ControlEvents};
 use crate::relay::Relay;
@@ -114,6 +117,7 @@ pub(super) async fn baton_side(
         relay_rss_before_mib: kib(before).map(|k| k / 1024.0),
         relay_rss_connected_mib: kib(connected).map(|k| k / 1024.0),
         relay_kib_per_client: per_client,
+        coturn: None,
         cases: Vec::new(),
         find_max: None,
     };
@@ -172,4 +176,79 @@ pub(super) async fn ceiling_side(
     .await;
     forwarder.stop().await;
     result
+}
+
+/// The coturn half: `turnserver`, its TURN clients, the same runs and search. The returned
+/// string says how coturn ran, for the report.
+pub(super) async fn coturn_side(
+    bin: &Path,
+    config: &Config,
+    report: &mut Report,
+    progress: &mut Progress,
+) -> anyhow::Result<(String, Vec<TrafficReport>, Option<MaxSearch>)> {
+    // As many relay threads as the relay's runtime has workers: one per CPU.
+    let threads = procstat::cpus();
+    let mut server = Turnserver::start(bin, threads).await?;
+    let description = format!(
+        "coturn {} ({}, {} relay threads, UDP, no authentication, no TLS/DTLS)",
+        server.version,
+        bin.display(),
+        server.relay_threads
+    );
+    note(
+        progress,
+        format!(
+            "coturn: turnserver {} at {} ({threads} relay threads, pid {}, log {})",
+            server.version,
+            server.addr,
+            server.pid.map_or_else(|| "?".into(), |p| p.to_string()),
+            server.log_file().display()
+        ),
+    );
+    let result = async {
+        let started = Instant::now();
+        let (clients, games, topo) =
+            coturn::clients(server.addr, config.allocations, config.members).await?;
+        note(
+            progress,
+            format!(
+                "coturn: {} allocations with {} peers each set up in {:.1} s",
+                games.len(),
+                config.members - 1,
+                started.elapsed().as_secs_f64()
+            ),
+        );
+        let shared = Shared::new(topo, 16);
+        let stun_errors = Arc::new(AtomicU64::new(0));
+        let mut tasks = JoinSet::new();
+        coturn::spawn_receivers(&mut tasks, &clients, &shared, &stun_errors);
+        coturn::spawn_refresher(&mut tasks, games);
+        let target = Target {
+            name: "coturn",
+            shared,
+            transport: Arc::new(Transport::Turn(clients)),
+            server: Server {
+                pid: server.pid,
+                port: Some(server.addr.port()),
+            },
+            relay: None,
+            events: None,
+            sender_tasks: config.sender_tasks,
+        };
+        let outcome = target.run_all(config, report, progress).await;
+        tasks.abort_all();
+        let errors = stun_errors.load(Ordering::Relaxed);
+        if errors > 0 {
+            report.errors.push(format!(
+                "coturn answered {errors} refreshes with errors (or undecodable STUN)"
+            ));
+        }
+        let (runs, max) = outcome?;
+        server.check_alive()?;
+        anyhow::Ok((runs, max))
+    }
+    .await;
+    server.stop().await;
+    let (runs, max) = result?;
+    Ok((description, runs, max))
 }

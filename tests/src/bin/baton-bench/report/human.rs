@@ -5,8 +5,8 @@
 use std::fmt::Write as _;
 
 use super::{
-    CaseReport, ChurnReport, IdleReport, JoinReport, Latency, LoadReport, Report, TrafficReport,
-    LOSS_THRESHOLD_PCT,
+    CaseReport, ChurnReport, IdleReport, JoinReport, Latency, LoadReport, Ratio, Report,
+    TrafficReport, LOSS_THRESHOLD_PCT,
 };
 use crate::probe::KernelUdp;
 
@@ -82,6 +82,9 @@ fn human_load(out: &mut String, load: &LoadReport) {
         mib(load.relay_rss_connected_mib),
         opt(load.relay_kib_per_client, 1)
     );
+    if let Some(coturn) = &load.coturn {
+        let _ = writeln!(out, "coturn: {coturn}");
+    }
     for case in &load.cases {
         human_case(out, case);
     }
@@ -92,7 +95,10 @@ fn human_load(out: &mut String, load: &LoadReport) {
             fm.pattern.name(),
             fm.payload_bytes
         );
-        for search in std::iter::once(&fm.baton).chain(fm.ceiling.as_ref()) {
+        for search in std::iter::once(&fm.baton)
+            .chain(fm.ceiling.as_ref())
+            .chain(fm.coturn.as_ref())
+        {
             let _ = writeln!(out, "  {}:", search.target);
             for s in &search.steps {
                 let _ = writeln!(
@@ -122,10 +128,13 @@ fn human_load(out: &mut String, load: &LoadReport) {
         if let Some(r) = fm.ratio {
             let _ = writeln!(out, "  baton max / udp max = {r:.2}");
         }
+        if let Some(r) = fm.coturn_ratio {
+            let _ = writeln!(out, "  baton max / coturn max = {r:.2}");
+        }
     }
 }
 
-/// One case: Baton and the ceiling side by side.
+/// One case: Baton, the ceiling and coturn side by side, with Baton's ratios to each.
 fn human_case(out: &mut String, case: &CaseReport) {
     let b = &case.baton;
     let _ = writeln!(
@@ -137,85 +146,103 @@ fn human_case(out: &mut String, case: &CaseReport) {
         b.flows,
         b.window_s
     );
-    let c = case.ceiling.as_ref();
     let r = case.ratio.as_ref();
+    let rc = case.coturn_ratio.as_ref();
     if let Some(cost) = b.server_cpu_s_per_100k {
         let _ = write!(
             out,
             "  HEADLINE: relay {cost:.3} CPU-s per 100k datagrams ({} datagrams per CPU-second)",
             opt(b.datagrams_per_server_cpu_s, 0)
         );
-        match r.and_then(|r| r.cpu_per_datagram) {
-            Some(x) => {
-                let _ = writeln!(out, ", {x:.2}x the plain UDP forwarder's");
-            }
-            None => out.push('\n'),
+        if let Some(x) = r.and_then(|r| r.cpu_per_datagram) {
+            let _ = write!(out, ", {x:.2}x the plain UDP forwarder's");
         }
+        if let Some(x) = rc.and_then(|r| r.cpu_per_datagram) {
+            let _ = write!(out, ", {x:.2}x coturn's");
+        }
+        out.push('\n');
     }
-    let _ = writeln!(
-        out,
-        "  {:<34}{:>16}{:>16}{:>12}",
-        "",
-        b.target,
-        c.map_or("", |c| c.target),
-        if c.is_some() { "baton/udp" } else { "" }
-    );
-    let mut row = |name: &str, f: &dyn Fn(&TrafficReport) -> String, ratio: Option<f64>| {
-        let _ = writeln!(
-            out,
-            "  {:<34}{:>16}{:>16}{:>12}",
-            name,
-            f(b),
-            c.map_or_else(String::new, f),
-            ratio.map_or_else(String::new, |x| opt(Some(x), 2))
-        );
+    // Columns: each target present, then Baton's ratio to each.
+    let targets: Vec<&TrafficReport> = std::iter::once(b)
+        .chain(case.ceiling.as_ref())
+        .chain(case.coturn.as_ref())
+        .collect();
+    let ratios: Vec<(&str, &Ratio)> = r
+        .map(|r| ("baton/udp", r))
+        .into_iter()
+        .chain(rc.map(|r| ("baton/coturn", r)))
+        .collect();
+    let mut header = format!("  {:<34}", "");
+    for t in &targets {
+        let _ = write!(header, "{:>16}", t.target);
+    }
+    for (name, _) in &ratios {
+        let _ = write!(header, "{name:>14}");
+    }
+    let _ = writeln!(out, "{}", header.trim_end());
+    let mut row = |name: &str,
+                   f: &dyn Fn(&TrafficReport) -> String,
+                   ratio: &dyn Fn(&Ratio) -> Option<f64>| {
+        let mut line = format!("  {name:<34}");
+        for t in &targets {
+            let _ = write!(line, "{:>16}", f(t));
+        }
+        for (_, r) in &ratios {
+            let _ = write!(
+                line,
+                "{:>14}",
+                ratio(r).map_or_else(String::new, |x| opt(Some(x), 2))
+            );
+        }
+        let _ = writeln!(out, "{}", line.trim_end());
     };
+    let none = &|_: &Ratio| None;
     row(
         "offered datagrams/s",
         &|t| format!("{:.0}", t.offered_per_s),
-        None,
+        none,
     );
     row(
         "delivered datagrams/s",
         &|t| format!("{:.0}", t.delivered_per_s),
-        r.map(|r| r.throughput),
+        &|r| Some(r.throughput),
     );
     row(
         "payload MB/s",
         &|t| format!("{:.2}", t.payload_bytes_per_s / 1e6),
-        None,
+        none,
     );
-    row("loss %", &|t| format!("{:.3}", t.loss_pct), None);
+    row("loss %", &|t| format!("{:.3}", t.loss_pct), none);
     row(
         "latency p50 us",
         &|t| format!("{:.1}", t.latency.p50_us),
-        r.map(|r| r.latency_p50),
+        &|r| Some(r.latency_p50),
     );
     row(
         "latency p99 us",
         &|t| format!("{:.1}", t.latency.p99_us),
-        r.map(|r| r.latency_p99),
+        &|r| Some(r.latency_p99),
     );
     row(
         "latency p99.9 us",
         &|t| format!("{:.1}", t.latency.p999_us),
-        None,
+        none,
     );
     row(
         "latency max us",
         &|t| format!("{:.1}", t.latency.max_us),
-        None,
+        none,
     );
-    row("server CPU cores", &|t| opt(t.cpu.server_cores, 3), None);
+    row("server CPU cores", &|t| opt(t.cpu.server_cores, 3), none);
     row(
         "server CPU-s per 100k datagrams",
         &|t| opt(t.server_cpu_s_per_100k, 4),
-        r.and_then(|r| r.cpu_per_datagram),
+        &|r| r.cpu_per_datagram,
     );
     row(
         "datagrams per server CPU-s",
         &|t| opt(t.datagrams_per_server_cpu_s, 0),
-        None,
+        none,
     );
     row(
         "server RSS / peak MiB",
@@ -226,17 +253,17 @@ fn human_case(out: &mut String, case: &CaseReport) {
                 opt(t.server_peak_rss_mib, 1)
             )
         },
-        None,
+        none,
     );
     row(
         "generator CPU cores",
         &|t| opt(t.cpu.generator_cores, 3),
-        None,
+        none,
     );
     row(
         "other processes, cores",
         &|t| opt(t.cpu.other_cores, 3),
-        None,
+        none,
     );
     row(
         "gen drops/skipped/late",
@@ -246,7 +273,7 @@ fn human_case(out: &mut String, case: &CaseReport) {
                 t.generator.local_drops, t.generator.skipped, t.generator.late
             )
         },
-        None,
+        none,
     );
     row(
         "misdelivered/dup/src-mismatch",
@@ -256,7 +283,7 @@ fn human_case(out: &mut String, case: &CaseReport) {
                 t.errors.misdelivered, t.errors.duplicates, t.errors.source_mismatch
             )
         },
-        None,
+        none,
     );
     if let Some(m) = &b.server_metrics {
         let _ = writeln!(
@@ -265,14 +292,13 @@ fn human_case(out: &mut String, case: &CaseReport) {
             m.forwarded, m.dropped, b.reported_drops
         );
     }
-    for t in std::iter::once(b).chain(c) {
+    for t in &targets {
         if let Some(k) = t.kernel_udp.filter(|k| k.rcvbuf_errors > 0) {
             kernel_line(out, &format!("{}: ", t.target), Some(&k));
         }
     }
-    let _ = writeln!(out, "  saturated first (baton): {}", b.saturated);
-    if let Some(c) = c {
-        let _ = writeln!(out, "  saturated first (udp):   {}", c.saturated);
+    for t in &targets {
+        let _ = writeln!(out, "  saturated first ({}): {}", t.target, t.saturated);
     }
 }
 

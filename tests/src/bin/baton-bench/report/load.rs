@@ -1,5 +1,6 @@
-//! The load section of the report: each pattern × payload on Baton and on the ceiling
-//! ([`CaseReport`], [`Ratio`]), and the `--find-max` search ([`FindMaxReport`], [`Step`]).
+//! The load section of the report: each pattern × payload on Baton, on the ceiling and on
+//! coturn ([`CaseReport`], [`Ratio`]), and the `--find-max` search ([`FindMaxReport`],
+//! [`Step`]).
 //! Assembled by `load::run` on the generator runtime.
 
 use serde::Serialize;
@@ -7,21 +8,22 @@ use serde::Serialize;
 use super::TrafficReport;
 use crate::traffic::Pattern;
 
-/// Baton's figures as a multiple of the UDP forwarder's, measured in the same run.
+/// Baton's figures as a multiple of another target's (the UDP forwarder or coturn), measured
+/// in the same run.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Ratio {
-    /// Delivered datagrams/s, Baton ÷ UDP.
+    /// Delivered datagrams/s, Baton ÷ other.
     pub throughput: f64,
-    /// Median latency, Baton ÷ UDP.
+    /// Median latency, Baton ÷ other.
     pub latency_p50: f64,
-    /// 99th-percentile latency, Baton ÷ UDP.
+    /// 99th-percentile latency, Baton ÷ other.
     pub latency_p99: f64,
-    /// Server CPU per delivered datagram, Baton ÷ UDP.
+    /// Server CPU per delivered datagram, Baton ÷ other.
     pub cpu_per_datagram: Option<f64>,
 }
 
 impl Ratio {
-    /// Baton ÷ UDP.
+    /// Baton ÷ `udp` (the other target).
     pub fn of(baton: &TrafficReport, udp: &TrafficReport) -> Ratio {
         let div = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
         Ratio {
@@ -36,7 +38,7 @@ impl Ratio {
     }
 }
 
-/// One pattern and payload, on Baton and on the ceiling.
+/// One pattern and payload, on Baton, on the ceiling and on coturn.
 #[derive(Debug, Clone, Serialize)]
 pub struct CaseReport {
     /// Through the relay.
@@ -45,6 +47,12 @@ pub struct CaseReport {
     pub ceiling: Option<TrafficReport>,
     /// Baton ÷ ceiling.
     pub ratio: Option<Ratio>,
+    /// Through coturn (`--compare coturn`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub coturn: Option<TrafficReport>,
+    /// Baton ÷ coturn.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub coturn_ratio: Option<Ratio>,
 }
 
 /// The load run.
@@ -66,6 +74,9 @@ pub struct LoadReport {
     pub relay_rss_connected_mib: Option<f64>,
     /// Relay memory per connected client, KiB.
     pub relay_kib_per_client: Option<f64>,
+    /// How coturn ran for `--compare coturn`, or why it was skipped or failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub coturn: Option<String>,
     /// Each pattern × payload.
     pub cases: Vec<CaseReport>,
     /// `--find-max`.
@@ -125,7 +136,7 @@ impl Step {
 /// `--find-max` against one target.
 #[derive(Debug, Clone, Serialize)]
 pub struct MaxSearch {
-    /// `baton` or `udp-forwarder`.
+    /// `baton`, `udp-forwarder` or `coturn`.
     pub target: &'static str,
     /// Every step, in order.
     pub steps: Vec<Step>,
@@ -137,7 +148,7 @@ pub struct MaxSearch {
     pub stopped: String,
 }
 
-/// `--find-max` on both targets.
+/// `--find-max` on every target.
 #[derive(Debug, Clone, Serialize)]
 pub struct FindMaxReport {
     /// The pattern searched.
@@ -150,4 +161,10 @@ pub struct FindMaxReport {
     pub ceiling: Option<MaxSearch>,
     /// Baton's maximum ÷ the forwarder's.
     pub ratio: Option<f64>,
+    /// coturn.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub coturn: Option<MaxSearch>,
+    /// Baton's maximum ÷ coturn's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub coturn_ratio: Option<f64>,
 }

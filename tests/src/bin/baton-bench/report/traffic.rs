@@ -56,7 +56,7 @@ pub struct ServerMetrics {
 /// One traffic run against one target.
 #[derive(Debug, Clone, Serialize)]
 pub struct TrafficReport {
-    /// `baton` or `udp-forwarder`.
+    /// `baton`, `udp-forwarder` or `coturn`.
     pub target: &'static str,
     /// Who sent to whom.
     pub pattern: Pattern,
@@ -115,7 +115,7 @@ pub struct TrafficReport {
 
 /// What a run measured, before it is turned into a [`TrafficReport`].
 pub struct RunFigures<'a> {
-    /// `baton` or `udp-forwarder`.
+    /// `baton`, `udp-forwarder` or `coturn`.
     pub target: &'static str,
     /// The run's parameters.
     pub spec: &'a RunSpec,

@@ -1,5 +1,6 @@
-//! The traffic both targets carry (Baton over QUIC, and the plain UDP forwarder of the ceiling
-//! run): who sends to whom, when, and what each receiver checks.
+//! The traffic every target carries (Baton over QUIC, the plain UDP forwarder of the ceiling
+//! run, and coturn over TURN with `--compare coturn`): who sends to whom, when, and what each
+//! receiver checks.
 //!
 //! ## Payload
 //! Every datagram's payload starts with a 32-byte [`Stamp`] (run id, sender, intended target,

@@ -1,16 +1,17 @@
 //! The sending side: [`start`] spawns a few sender tasks on the generator runtime, each walking
 //! its share of the flows in phase order and writing stamped datagrams to the [`Transport`]
-//! (quinn connections or UDP sockets); [`Running::finish`] collects their [`SendStats`] and,
+//! (quinn connections, UDP sockets, or TURN clients sending ChannelData); [`Running::finish`] collects their [`SendStats`] and,
 //! after [`DRAIN`], the receivers' counts.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use baton_protocol::datagram::HEADER_LEN;
+use baton_protocol::datagram::{self, HEADER_LEN};
 use bytes::{BufMut, BytesMut};
 
 use super::{Flow, RecvStats, RunSpec, Shared, Stamp, STAMP_LEN};
+use crate::coturn::{write_channel_header, TurnClient, CHANNEL_HEADER_LEN};
 
 /// A sender more than this far behind its schedule skips events instead of bursting them.
 pub const MAX_LAG: Duration = Duration::from_millis(100);
@@ -28,6 +29,9 @@ pub enum Transport {
     Quic(Vec<quinn::Connection>),
     /// The ceiling: one UDP socket per client, connected to the forwarder.
     Udp(Vec<Arc<tokio::net::UdpSocket>>),
+    /// coturn: one UDP socket per client; hosts send ChannelData to coturn (one per peer for
+    /// a broadcast), peers send plain UDP to their host's relayed address.
+    Turn(Vec<TurnClient>),
 }
 
 /// What one sender task did.
@@ -175,7 +179,8 @@ async fn send_flows(
     let max_lag = MAX_LAG.as_nanos() as u64;
     let late = LATE.as_nanos() as u64;
     let mut chunk = BytesMut::new();
-    let mut udp_buf = vec![0u8; HEADER_LEN + plan.payload];
+    // Room for a ChannelData header in front, for coturn.
+    let mut udp_buf = vec![0u8; CHANNEL_HEADER_LEN + HEADER_LEN + plan.payload];
     let (mut cursor, mut cycle) = (0usize, 0u64);
     let mut burst = 0u32;
     loop {
@@ -279,6 +284,37 @@ fn send_one(
             stamp.write(&mut head);
             // The padding after the stamp stays zero: nothing else writes there.
             sockets[flow.client as usize].try_send(buf).is_ok()
+        }
+        Transport::Turn(clients) => {
+            let Some(buf) = udp_buf.get_mut(..CHANNEL_HEADER_LEN + len) else {
+                return false;
+            };
+            let mut head =
+                &mut buf[CHANNEL_HEADER_LEN..CHANNEL_HEADER_LEN + HEADER_LEN + STAMP_LEN];
+            head.put_u16(flow.header);
+            stamp.write(&mut head);
+            let client = &clients[flow.client as usize];
+            if client.channels.is_empty() {
+                // A peer: plain UDP to its host's relayed address.
+                return client.socket.try_send(&buf[CHANNEL_HEADER_LEN..]).is_ok();
+            }
+            // A host: ChannelData on the destination's channel, or one on every peer's.
+            let mut send = |channel: u16| {
+                write_channel_header(buf, channel, len) && client.socket.try_send(buf).is_ok()
+            };
+            if flow.header == datagram::BROADCAST {
+                // Every peer gets its copy, even after one could not be sent.
+                let mut ok = true;
+                for &channel in client.channels.iter().skip(1) {
+                    ok &= send(channel);
+                }
+                ok
+            } else {
+                match client.channels.get(usize::from(flow.header)) {
+                    Some(&channel) if flow.header != 0 => send(channel),
+                    _ => false,
+                }
+            }
         }
     }
 }
