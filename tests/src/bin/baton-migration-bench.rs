@@ -558,7 +558,7 @@ fn expected_rate(loss: f64, timeout: Duration) -> f64 {
 enum PairEnd {
     /// Held until the end of the hold; closed once the relay's count is read (a close lost on
     /// a lossy link would have the relay count the host as unresponsive).
-    Held(Host, Peer),
+    Held(Box<(Host, Peer)>),
     /// The peer heard `HostLost`: a false migration.
     FalseMigration,
     /// Could not be set up.
@@ -688,7 +688,7 @@ async fn hold_slot(
         let end = hold_pair(client, simulator.clone(), traffic, deadline, &mut tally).await;
         add_link(&mut tally.link, &simulator.stats());
         match end {
-            PairEnd::Held(host, peer) => return (tally, Some((host, peer))),
+            PairEnd::Held(pair) => return (tally, Some(*pair)),
             PairEnd::FalseMigration => tally.false_migrations += 1,
             PairEnd::SetupFailed(why) => {
                 tally.setup_failures.push(why);
@@ -784,7 +784,7 @@ async fn hold_pair(
         .min(deadline)
         .saturating_duration_since(joined);
     let end = match watched {
-        Watched::Held => return PairEnd::Held(host, peer),
+        Watched::Held => return PairEnd::Held(Box::new((host, peer))),
         Watched::FalseMigration => PairEnd::FalseMigration,
         Watched::Other(why) => PairEnd::Other(why),
     };
