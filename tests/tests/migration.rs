@@ -620,6 +620,104 @@ async fn an_idle_host_is_not_migrated_its_heartbeats_keep_it() {
     );
 }
 
+/// `to` receives a datagram from `from` over a lossy link: `send` sends a fresh payload
+/// starting with `tag` every 100 ms until one arrives (for at most [`WAIT`]); other datagrams
+/// are skipped.
+async fn gets_through(
+    to: &baton_client::Session,
+    from: PeerId,
+    tag: &str,
+    send: impl Fn(&[u8]) -> Result<(), baton_client::Error>,
+) {
+    let deadline = Instant::now() + WAIT;
+    for n in 0u32.. {
+        assert!(Instant::now() < deadline, "no {tag:?} datagram got through");
+        send(format!("{tag} {n}").as_bytes()).unwrap();
+        let next = Instant::now() + Duration::from_millis(100);
+        while let Some((source, got)) =
+            baton_tests::try_recv(to, next.saturating_duration_since(Instant::now())).await
+        {
+            if source == from && got.starts_with(tag.as_bytes()) {
+                return;
+            }
+        }
+    }
+}
+
+/// The game still runs with `host` as host over a lossy link: `peer` and `host` get a datagram
+/// through each way.
+async fn still_hosting_despite_loss(host: &Host, peer: &Peer) {
+    assert!(host.is_host(), "the host lost its role");
+    assert_eq!(host.disconnect_reason(), None);
+    assert_eq!(peer.host(), Some(PeerId::HOST));
+    gets_through(peer, PeerId::HOST, "down", |p| {
+        host.send_to(peer.local_peer(), p)
+    })
+    .await;
+    gets_through(host, peer.local_peer(), "up", |p| peer.send_to_host(p)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_on_a_lossy_slow_link_is_not_migrated() {
+    let relay = TestRelay::start().await;
+    // 5 % loss, 50 ms delay and up to 10 ms of jitter on everything the host sends and
+    // receives (the relay and the peer have a clean link). A fixed seed: the same draws each run.
+    let lossy = baton_client::NetworkSimulator::new()
+        .both(baton_client::LinkConditions::new(
+            0.05,
+            Duration::from_millis(50),
+            Duration::from_millis(10),
+        ))
+        .seed(7);
+    let host = Host::create(
+        &relay.client().network_simulator(lossy.clone()),
+        AllocationOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(host.host_loss_timeout(), Duration::from_millis(1500));
+    let peer = Peer::join(&relay.client(), host.join_code()).await.unwrap();
+    let lost_or_ended =
+        |e: &Event| matches!(e, Event::HostLost { .. } | Event::Disconnected { .. });
+
+    // Idle for 15 s: only the host's heartbeats, one in twenty of them lost, prove it alive.
+    no_event(&peer, Duration::from_secs(15), lost_or_ended).await;
+    still_hosting_despite_loss(&host, &peer).await;
+    let idle = lossy.stats();
+    assert!(idle.sent.lost > 0, "the link lost nothing: {idle:?}");
+
+    // Game traffic for 10 s: the peer sends 30 datagrams a second, the host receives them.
+    let mut received = 0usize;
+    let counting = tokio::time::timeout(Duration::from_secs(11), async {
+        while let Ok((from, _)) = host.recv().await {
+            if from == peer.local_peer() {
+                received += 1;
+            }
+        }
+    });
+    let sending = async {
+        let mut tick = tokio::time::interval(Duration::from_millis(1000 / 30));
+        for i in 0..300u32 {
+            tick.tick().await;
+            peer.send_to_host(&i.to_be_bytes()).unwrap();
+        }
+    };
+    let watching = no_event(&peer, Duration::from_secs(11), lost_or_ended);
+    let (_, _, counted) = tokio::join!(sending, watching, counting);
+    assert!(counted.is_err(), "the host's session ended");
+    // About 5 % of them lost on the way in, never most of them.
+    assert!(received >= 240, "the host got {received} of 300 datagrams");
+    assert!(host.is_host());
+    assert_eq!(host.disconnect_reason(), None);
+    still_hosting_despite_loss(&host, &peer).await;
+    let stats = lossy.stats();
+    assert!(stats.received.lost > idle.received.lost, "{stats:?}");
+    assert_eq!(
+        relay.metrics().await.value("baton_host_unresponsive_total"),
+        0.0
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_whose_game_loop_is_blocked_is_not_migrated() {
     let relay = TestRelay::start().await;
