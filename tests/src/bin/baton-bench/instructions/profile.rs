@@ -188,7 +188,7 @@ pub fn parse_annotate(text: &str, inclusive: bool) -> Vec<(String, u64, f64)> {
         .into_iter()
         .filter_map(|name| merged.get(&name).map(|&(ir, pct)| (name, ir, pct)))
         .collect();
-    list.sort_by(|a, b| b.1.cmp(&a.1));
+    list.sort_by_key(|entry| std::cmp::Reverse(entry.1));
     list
 }
 
