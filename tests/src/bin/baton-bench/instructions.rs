@@ -28,6 +28,7 @@
 
 mod profile;
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -139,6 +140,9 @@ pub struct Round {
     pub raw_ir_per_delivered: f64,
     /// `net_ir / delivered`: the figure.
     pub ir_per_delivered: f64,
+    /// Socket and polling calls per delivered datagram (`sendmsg`, `recvmmsg`,
+    /// `epoll_wait`, …): fewer when datagrams shared a wake-up or a packet.
+    pub syscalls_per_delivered: BTreeMap<String, f64>,
 }
 
 /// One target's figures.
@@ -423,8 +427,9 @@ impl Profiler {
         control(self.pid, "-z").await
     }
 
-    /// Dumps the target's counters and returns the dump's path and total instructions.
-    async fn dump(&mut self) -> anyhow::Result<(PathBuf, u64)> {
+    /// Dumps the target's counters and returns the dump's path, its total instructions and
+    /// its [`profile::SYSCALLS`] counts.
+    async fn dump(&mut self) -> anyhow::Result<(PathBuf, u64, BTreeMap<String, u64>)> {
         control(self.pid, "-d").await?;
         self.dumps += 1;
         let mut path = self.dump_base.clone().into_os_string();
@@ -434,7 +439,8 @@ impl Profiler {
         loop {
             if let Ok(text) = std::fs::read_to_string(&path) {
                 if let Some(ir) = profile::total_ir(&text) {
-                    return Ok((path, ir));
+                    let calls = profile::call_counts(&text, &profile::SYSCALLS);
+                    return Ok((path, ir, calls));
                 }
             }
             if started.elapsed() > DUMP_TIMEOUT {
@@ -460,7 +466,7 @@ impl Profiler {
         self.zero().await?;
         let started = Instant::now();
         tokio::time::sleep(idle).await;
-        let (_, ir) = self.dump().await?;
+        let (_, ir, _) = self.dump().await?;
         Ok(ir as f64 / started.elapsed().as_secs_f64())
     }
 }
@@ -577,7 +583,7 @@ impl Counted<'_> {
             self.profiler.zero().await?;
             let started = Instant::now();
             let outcome = self.traffic(rate, w.datagrams_sent, progress).await?;
-            let (dump, ir) = self.profiler.dump().await?;
+            let (dump, ir, calls) = self.profiler.dump().await?;
             let elapsed_s = started.elapsed().as_secs_f64();
             match outcome {
                 Ok((sent, delivered)) => {
@@ -591,6 +597,10 @@ impl Counted<'_> {
                         net_ir,
                         raw_ir_per_delivered: ir as f64 / delivered.max(1) as f64,
                         ir_per_delivered: net_ir / delivered.max(1) as f64,
+                        syscalls_per_delivered: calls
+                            .into_iter()
+                            .map(|(name, n)| (name, n as f64 / delivered.max(1) as f64))
+                            .collect(),
                     };
                     note(
                         progress,
@@ -866,6 +876,21 @@ fn print_human(out: &InstructionsReport, report: &Report) {
     }
     if let Some(ratio) = out.ratio {
         println!("Baton ÷ forwarder: {ratio:.2}×");
+    }
+    for t in [&out.baton, &out.forwarder].into_iter().flatten() {
+        let Some(last) = t.rounds.last() else {
+            continue;
+        };
+        let calls: Vec<String> = last
+            .syscalls_per_delivered
+            .iter()
+            .map(|(name, n)| format!("{name} {n:.2}"))
+            .collect();
+        println!(
+            "{} calls per delivered datagram (last round): {}",
+            t.target,
+            calls.join(", ")
+        );
     }
     for (title, list) in [
         ("self", &out.baton_top_self),

@@ -2,7 +2,7 @@
 //! totals, `callgrind_annotate` listings, medians and spreads. Pure functions, unit-tested,
 //! except [`top_functions`] which runs `callgrind_annotate`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::Duration;
 
@@ -37,6 +37,57 @@ pub fn total_ir(dump: &str) -> Option<u64> {
         }
     }
     totals
+}
+
+/// The C library's socket and polling calls, whose counts per datagram show how many
+/// datagrams shared a wake-up or a packet.
+pub const SYSCALLS: [&str; 7] = [
+    "recvmmsg",
+    "recvmsg",
+    "recvfrom",
+    "sendmmsg",
+    "sendmsg",
+    "sendto",
+    "epoll_wait",
+];
+
+/// How many times a callgrind dump records each of `names` being called (a name matches
+/// itself and its versioned forms, `sendmsg@@GLIBC_2.2.5`). Names absent from the dump are
+/// left out.
+pub fn call_counts(dump: &str, names: &[&str]) -> BTreeMap<String, u64> {
+    // Function names are written once in full, `cfn=(12) name`, then as `cfn=(12)`.
+    let mut by_id: HashMap<&str, &str> = HashMap::new();
+    let mut target: Option<&str> = None;
+    let mut counts = BTreeMap::new();
+    for line in dump.lines() {
+        if let Some(rest) = line
+            .strip_prefix("cfn=")
+            .or_else(|| line.strip_prefix("fn="))
+        {
+            let name = match rest.split_once(' ') {
+                Some((id, name)) => {
+                    by_id.insert(id, name);
+                    name
+                }
+                None => by_id.get(rest).copied().unwrap_or(""),
+            };
+            target = line.starts_with("cfn=").then_some(name);
+        } else if let Some(rest) = line.strip_prefix("calls=") {
+            let (Some(name), Some(n)) = (
+                target,
+                rest.split_whitespace()
+                    .next()
+                    .and_then(|n| n.parse::<u64>().ok()),
+            ) else {
+                continue;
+            };
+            let base = name.split('@').next().unwrap_or(name);
+            if let Some(wanted) = names.iter().find(|w| **w == base) {
+                *counts.entry((*wanted).to_owned()).or_insert(0) += n;
+            }
+        }
+    }
+    counts
 }
 
 /// Median of `values` (0 for none).
@@ -296,6 +347,26 @@ Ir                  file:function
             count_open_calls(dump),
             "fn=(3188) clone\ncfn=(3190) start_thread\ncalls=1 336 \n100 17413465\ncalls=10 +6 \n"
         );
+    }
+
+    #[test]
+    fn counts_calls() {
+        let dump = "fn=(1) quinn_udp::imp::UdpSocketState::send\n\
+                    cfn=(2) sendmsg@@GLIBC_2.2.5\n\
+                    calls=7 +3\n\
+                    5 100\n\
+                    cfn=(3) memcpy\n\
+                    calls=4 +1\n\
+                    5 10\n\
+                    fn=(4) other\n\
+                    cfn=(2)\n\
+                    calls=3 +3\n\
+                    5 40\n\
+                    fn=(2)\n\
+                    5 9\n";
+        let counts = call_counts(dump, &SYSCALLS);
+        assert_eq!(counts.len(), 1);
+        assert_eq!(counts["sendmsg"], 10);
     }
 
     #[test]
