@@ -17,6 +17,7 @@
 //! §6): destination header on the way in, source header on the way out.
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -161,8 +162,27 @@ impl Forwarder {
     /// Starts `baton-bench udp-forwarder` with `threads` workers, stopping by itself after
     /// `max_seconds`.
     pub async fn start(threads: usize, max_seconds: u64) -> anyhow::Result<Forwarder> {
+        Self::start_under(threads, max_seconds, &[]).await
+    }
+
+    /// [`Forwarder::start`] under `wrapper` (a program and its arguments, e.g. valgrind's; the
+    /// forwarder's command line follows them), which must run it in its own process.
+    pub async fn start_under(
+        threads: usize,
+        max_seconds: u64,
+        wrapper: &[OsString],
+    ) -> anyhow::Result<Forwarder> {
         let exe = std::env::current_exe().context("locating baton-bench")?;
-        let mut child = tokio::process::Command::new(exe)
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = tokio::process::Command::new(program);
+                cmd.args(args).arg(exe);
+                cmd
+            }
+            None => tokio::process::Command::new(exe),
+        };
+        let start_timeout = Duration::from_secs(if wrapper.is_empty() { 10 } else { 120 });
+        let mut child = cmd
             .args([
                 "udp-forwarder",
                 "--threads",
@@ -179,11 +199,11 @@ impl Forwarder {
         let stdout = child.stdout.take().context("forwarder stdout")?;
         let mut line = String::new();
         tokio::time::timeout(
-            Duration::from_secs(10),
+            start_timeout,
             tokio::io::BufReader::new(stdout).read_line(&mut line),
         )
         .await
-        .map_err(|_| anyhow!("the UDP forwarder did not start within 10 s"))?
+        .map_err(|_| anyhow!("the UDP forwarder did not start within {start_timeout:?}"))?
         .context("reading the forwarder's address")?;
         let addr: SocketAddr = line
             .trim()

@@ -19,6 +19,9 @@
 //! - `paths`: direct host–peer paths in the NAT lab (network namespaces and NAT routers; needs
 //!   root, skips otherwise): time to a direct path, latency direct against relayed, and the
 //!   relay traffic a mixed-NAT game saves. Not part of `all`.
+//! - `instructions`: user-space instructions per delivered datagram, counted by valgrind's
+//!   callgrind on a fixed small workload, for Baton and the plain UDP forwarder, with Baton's
+//!   most expensive functions (skips without valgrind). Not part of `all`.
 //! - `all`: every one of them, each against a fresh relay (or fleet).
 //!
 //! `--quick` shrinks every size so a run takes seconds (a CI smoke test); `--json` prints the
@@ -35,6 +38,7 @@ mod churn;
 mod coturn;
 mod fleet;
 mod idle;
+mod instructions;
 mod load;
 mod paths;
 mod probe;
@@ -56,6 +60,7 @@ use clap::{Parser, Subcommand};
 use crate::churn::{ChurnArgs, JoinArgs};
 use crate::fleet::FleetArgs;
 use crate::idle::IdleArgs;
+use crate::instructions::InstructionsArgs;
 use crate::load::LoadArgs;
 use crate::paths::PathsArgs;
 use crate::report::{Machine, Report};
@@ -72,6 +77,7 @@ use crate::report::{Machine, Report};
         baton-bench idle --idle-clients 10000\n  \
         baton-bench fleet --drain-allocations 1000\n  \
         sudo baton-bench paths --trials 20 --duration 15s\n  \
+        baton-bench instructions --datagrams 12000 --rounds 3\n  \
         baton-bench --quick all --json"
 )]
 struct Cli {
@@ -145,6 +151,9 @@ enum Command {
     /// Direct host–peer paths in the NAT lab (needs root; skips otherwise): time to a direct
     /// path, latency direct against relayed, relay traffic saved in a mixed-NAT game.
     Paths(PathsArgs),
+    /// User-space instructions per delivered datagram under valgrind's callgrind, Baton and
+    /// the plain UDP forwarder, with Baton's top functions (skips without valgrind).
+    Instructions(InstructionsArgs),
     /// Every benchmark in turn, each against a fresh relay.
     All(Box<AllArgs>),
     /// (internal) The plain UDP forwarder of the ceiling run.
@@ -261,6 +270,11 @@ async fn run(cli: Cli) -> anyhow::Result<Report> {
         Some(Command::Paths(args)) => {
             // It prints its own figures (the lab's, not a loopback relay's).
             paths::run(&global, &args, &mut report).await?;
+            return Ok(report);
+        }
+        Some(Command::Instructions(args)) => {
+            // It prints its own figures (its own section and tables).
+            instructions::run(&global, &args, &mut report).await?;
             return Ok(report);
         }
         Some(Command::All(args)) => {

@@ -8,6 +8,7 @@
 //! relay when full), and limits raised to fit the run. The bench learns the ports from the
 //! relay's `relay running` log line.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -41,6 +42,10 @@ const DEFAULT_MAX_PEERS: usize = 150;
 
 /// How long a child relay may take to print its `relay running` line.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long a child relay started under a wrapper (valgrind runs it tens of times slower) may
+/// take to print its `relay running` line.
+const WRAPPED_START_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// How long a child relay has to stop after SIGTERM before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(6);
@@ -93,10 +98,33 @@ impl Relay {
                 http,
             });
         }
-        Self::spawn(global, needs, http).await
+        Self::spawn(global, needs, http, &[]).await
     }
 
-    async fn spawn(global: &Global, needs: Needs, http: reqwest::Client) -> anyhow::Result<Relay> {
+    /// Starts a child relay under `wrapper` (a program and its arguments, e.g. valgrind's; the
+    /// relay's command line follows them). The wrapper must run the relay in its own process,
+    /// as valgrind does, so [`Relay::pid`] is the relay's.
+    pub async fn start_under(
+        global: &Global,
+        needs: Needs,
+        wrapper: &[OsString],
+    ) -> anyhow::Result<Relay> {
+        if global.relay.is_some() {
+            bail!("this benchmark starts its own relay; --relay does not apply");
+        }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .context("HTTP client")?;
+        Self::spawn(global, needs, http, wrapper).await
+    }
+
+    async fn spawn(
+        global: &Global,
+        needs: Needs,
+        http: reqwest::Client,
+        wrapper: &[OsString],
+    ) -> anyhow::Result<Relay> {
         let bin = match &global.relay_bin {
             Some(bin) => bin.clone(),
             None => baton_tests::relay_process::relay_bin_beside_this_exe("baton-bench")?,
@@ -106,7 +134,14 @@ impl Relay {
         let allocations = needs.allocations.max(DEFAULT_MAX_ALLOCATIONS);
         let members = needs.members.max(DEFAULT_MAX_PEERS);
         let level = &global.relay_log_level;
-        let mut cmd = tokio::process::Command::new(&bin);
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = tokio::process::Command::new(program);
+                cmd.args(args).arg(&bin);
+                cmd
+            }
+            None => tokio::process::Command::new(&bin),
+        };
         cmd.arg("--data-dir")
             .arg(data.dir.path())
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
@@ -148,7 +183,11 @@ impl Relay {
             &bin,
             &data.log_path,
             &data.err_path,
-            START_TIMEOUT,
+            if wrapper.is_empty() {
+                START_TIMEOUT
+            } else {
+                WRAPPED_START_TIMEOUT
+            },
         )
         .await?;
         let (addr, cert) = (running.quic, running.cert);
