@@ -519,6 +519,8 @@ impl Driver {
             tokio::select! {
                 () = &mut ended => return,
                 () = d.changed.notified() => self.reconcile(Instant::now()).await,
+                // Offers wait for the NAT kind: they go as soon as it is known.
+                () = direct.nat.measured() => self.reconcile(Instant::now()).await,
                 Some(signal) = self.io.ends.signals.recv() => self.signal(signal).await,
                 Some(event) = self.io.ends.conn_rx.recv() => self.conn_event(event).await,
                 Some(Ok(dialled)) = self.dials.join_next() => self.dialled(dialled).await,
