@@ -62,6 +62,15 @@ pub const DIRECT_KEEP_ALIVE: Duration = Duration::from_millis(500);
 /// beyond it the oldest are dropped (the same trade-off as any unreliable game datagram).
 pub const DIRECT_DATAGRAM_BUFFER: usize = 1 << 20;
 
+/// The least initial RTT a direct dial assumes (see [`dial_initial_rtt`]): QUIC's probe
+/// timeout for the first Initial is three times it, so even on a LAN the dial waits a few
+/// milliseconds before it sends the Initial again, and the probes back off from there.
+pub const DIAL_INITIAL_RTT_MIN: Duration = Duration::from_millis(2);
+
+/// The most initial RTT a direct dial assumes: QUIC's default (RFC 9002 section 6.2.2), for
+/// a dial that knows nothing better.
+pub const DIAL_INITIAL_RTT_MAX: Duration = Duration::from_millis(333);
+
 /// The first bytes of every punch packet.
 pub const PUNCH_MAGIC: &[u8; 11] = b"baton-punch";
 
@@ -245,10 +254,30 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The initial RTT of a direct dial: the RTT of the relayed path to the member dialled
+/// (`relayed`, as the session measured it), within [`DIAL_INITIAL_RTT_MIN`] and
+/// [`DIAL_INITIAL_RTT_MAX`]; QUIC's default when it is not known.
+///
+/// A dial starts at the punch instant the relay names, the same instant the member dialled
+/// punches. When our first Initial reaches the member's NAT before that member's punch has
+/// left through it, the NAT drops it (it has no mapping toward us yet), and QUIC sends it
+/// again only after its probe timeout, three times the initial RTT: about a second with the
+/// default 333 ms, for a NAT that opened a millisecond later. A direct path is rarely slower
+/// than the relayed one (which crosses both members' links and the relay), so three times
+/// the relayed RTT is about when a lost Initial is due again, and a punch the timing put a
+/// fraction of that late has gone out by then. An estimate too low costs only early
+/// retransmissions, backing off, until the first RTT sample replaces it.
+pub fn dial_initial_rtt(relayed: Option<Duration>) -> Duration {
+    relayed.map_or(DIAL_INITIAL_RTT_MAX, |rtt| {
+        rtt.clamp(DIAL_INITIAL_RTT_MIN, DIAL_INITIAL_RTT_MAX)
+    })
+}
+
 /// Transport settings of a direct connection, both sides: [`DIRECT_IDLE_TIMEOUT`],
 /// [`DIRECT_KEEP_ALIVE`], datagrams with [`DIRECT_DATAGRAM_BUFFER`], and no streams (a direct
-/// path carries datagrams only; control stays on the relay).
-fn transport() -> Arc<quinn::TransportConfig> {
+/// path carries datagrams only; control stays on the relay); a dial's `initial_rtt` (see
+/// [`dial_initial_rtt`]), QUIC's default for accepted connections.
+fn transport(initial_rtt: Option<Duration>) -> Arc<quinn::TransportConfig> {
     let idle_ms = u32::try_from(DIRECT_IDLE_TIMEOUT.as_millis()).unwrap_or(u32::MAX);
     let mut transport = quinn::TransportConfig::default();
     transport
@@ -257,6 +286,9 @@ fn transport() -> Arc<quinn::TransportConfig> {
         .datagram_receive_buffer_size(Some(DIRECT_DATAGRAM_BUFFER))
         .max_concurrent_bidi_streams(0u32.into())
         .max_concurrent_uni_streams(0u32.into());
+    if let Some(rtt) = initial_rtt {
+        transport.initial_rtt(rtt);
+    }
     Arc::new(transport)
 }
 
@@ -284,18 +316,20 @@ pub fn accept_config(
     tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     tls.send_tls13_tickets = 0;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
-    config.transport_config(transport());
+    config.transport_config(transport(None));
     Ok(config)
 }
 
 /// The client configuration dialling one member directly: TLS 1.3, ALPN [`DIRECT_ALPN`],
-/// presenting `identity`, and accepting only the certificate whose fingerprint is `expected`.
+/// presenting `identity`, accepting only the certificate whose fingerprint is `expected`, and
+/// assuming `initial_rtt` until the handshake measures the path (see [`dial_initial_rtt`]).
 ///
 /// # Errors
 /// [`DirectError::Tls`] or [`DirectError::Quic`] if the configuration cannot be built.
 pub fn dial_config(
     identity: &Identity,
     expected: [u8; 32],
+    initial_rtt: Duration,
 ) -> Result<quinn::ClientConfig, DirectError> {
     let provider = provider();
     let verifier = Arc::new(PinnedVerifier::direct_peer(
@@ -310,7 +344,7 @@ pub fn dial_config(
     tls.alpn_protocols = vec![DIRECT_ALPN.to_vec()];
     tls.resumption = rustls::client::Resumption::disabled();
     let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
-    config.transport_config(transport());
+    config.transport_config(transport(Some(initial_rtt)));
     Ok(config)
 }
 
@@ -325,9 +359,11 @@ pub fn dial(
     identity: &Identity,
     expected: [u8; 32],
     addr: SocketAddr,
+    initial_rtt: Duration,
 ) -> Result<quinn::Connecting, DirectError> {
+    let config = dial_config(identity, expected, initial_rtt)?;
     endpoint
-        .connect_with(dial_config(identity, expected)?, addr, DIRECT_SERVER_NAME)
+        .connect_with(config, addr, DIRECT_SERVER_NAME)
         .map_err(|source| DirectError::Dial { addr, source })
 }
 
@@ -529,7 +565,14 @@ mod tests {
         }
 
         fn dial(&self, expected: [u8; 32], to: &Member) -> quinn::Connecting {
-            dial(&self.ep.endpoint, &self.id, expected, to.addr()).unwrap()
+            dial(
+                &self.ep.endpoint,
+                &self.id,
+                expected,
+                to.addr(),
+                dial_initial_rtt(None),
+            )
+            .unwrap()
         }
 
         async fn accept(&self) -> Result<Connection, ConnectionError> {
@@ -553,6 +596,63 @@ mod tests {
             async { timeout(STEP, connecting).await.unwrap() },
             to.accept()
         )
+    }
+
+    /// A NAT in front of `to` that has not opened yet: a UDP forwarder on loopback that drops
+    /// the first `closed_for` datagrams anyone but `to` sends it, then forwards both ways (to
+    /// `to`, and `to`'s answers back to the last sender). Returns its address and its task.
+    async fn closed_nat(
+        to: SocketAddr,
+        closed_for: usize,
+    ) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+        let socket = tokio::net::UdpSocket::bind(loopback()).await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            let mut dropped = 0;
+            let mut dialler = None;
+            // Bounded: a handshake is a few dozen datagrams, and the test ends it in `STEP`.
+            for _ in 0..1000 {
+                let Ok(Ok((len, from))) = timeout(STEP, socket.recv_from(&mut buf)).await else {
+                    break;
+                };
+                if from == to {
+                    if let Some(dialler) = dialler {
+                        let _ = socket.send_to(&buf[..len], dialler).await;
+                    }
+                } else if dropped < closed_for {
+                    dropped += 1;
+                } else {
+                    dialler = Some(from);
+                    let _ = socket.send_to(&buf[..len], to).await;
+                }
+            }
+        });
+        (addr, task)
+    }
+
+    /// How long a dial with `initial_rtt` takes through a NAT that drops its first datagram.
+    async fn dial_through_closed_nat(initial_rtt: Duration) -> Duration {
+        let host = Member::new();
+        let peer = Member::new();
+        host.admitted.admit(peer.id.fingerprint(), PeerId(1));
+        let (nat, forwarder) = closed_nat(host.addr(), 1).await;
+        let started = std::time::Instant::now();
+        let connecting = dial(
+            &peer.ep.endpoint,
+            &peer.id,
+            host.id.fingerprint(),
+            nat,
+            initial_rtt,
+        )
+        .unwrap();
+        let (at_peer, at_host) = handshake(connecting, &host).await;
+        let took = started.elapsed();
+        let (at_peer, at_host) = (at_peer.unwrap(), at_host.unwrap());
+        roundtrip(&at_peer, &at_host).await;
+        at_peer.close(0u32.into(), b"");
+        forwarder.abort();
+        took
     }
 
     /// A dialler refused by the acceptor: in TLS 1.3 the client may finish its handshake
@@ -677,6 +777,32 @@ mod tests {
         // Replacing an entry of a full set evicts nothing.
         assert_eq!(admitted.admit(fp(1), PeerId(1)), None);
         assert_eq!(admitted.len(), MAX_ADMITTED);
+    }
+
+    #[test]
+    fn dials_assume_the_relayed_rtt_within_bounds() {
+        let ms = Duration::from_millis;
+        assert_eq!(dial_initial_rtt(None), DIAL_INITIAL_RTT_MAX);
+        assert_eq!(DIAL_INITIAL_RTT_MAX, ms(333), "QUIC's default");
+        assert_eq!(dial_initial_rtt(Some(ms(40))), ms(40));
+        assert_eq!(dial_initial_rtt(Some(Duration::ZERO)), DIAL_INITIAL_RTT_MIN);
+        assert_eq!(
+            dial_initial_rtt(Some(Duration::from_micros(300))),
+            DIAL_INITIAL_RTT_MIN
+        );
+        assert_eq!(dial_initial_rtt(Some(ms(900))), DIAL_INITIAL_RTT_MAX);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_first_initial_goes_again_within_the_dials_initial_rtt() {
+        // The far NAT drops the first Initial (its side has not punched yet). With the
+        // relayed RTT as the initial RTT, the Initial goes again after three times it...
+        let fast = dial_through_closed_nat(Duration::from_millis(5)).await;
+        assert!(fast < Duration::from_millis(500), "{fast:?}");
+        // ...where QUIC's default waits three times 333 ms: the second that a third of
+        // the direct paths in the NAT lab took before the dial assumed the relayed RTT.
+        let default = dial_through_closed_nat(dial_initial_rtt(None)).await;
+        assert!(default >= Duration::from_millis(900), "{default:?}");
     }
 
     #[test]

@@ -375,11 +375,14 @@ async fn establish(
     if origin.direct == DirectPolicy::Prefer {
         // NAT-kind measurement (`nat.rs`): from this socket, as the relay was reached.
         let (client, _) = config.quinn_config()?;
-        shared.nat.enable(Dialer {
-            endpoint: endpoint.clone(),
-            client,
-            server_name: config.server_name.clone(),
-        });
+        shared.nat.enable(
+            Dialer {
+                endpoint: endpoint.clone(),
+                client,
+                server_name: config.server_name.clone(),
+            },
+            std::time::Instant::now(),
+        );
     }
     let (event_tx, event_rx) = mpsc::channel(defaults::EVENT_QUEUE);
     let (request_tx, request_rx) = mpsc::channel(defaults::REQUEST_QUEUE);

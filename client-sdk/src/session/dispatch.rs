@@ -309,6 +309,8 @@ impl Shared {
                     // Bounded by its timeout; it records the kind in `self.nat`.
                     tokio::spawn(measurement.run());
                 }
+                // A new candidate, or (no probe port) the offers waiting for it may go.
+                self.paths_changed();
             }
             ServerMessage::PathOffer { from, .. } if self.direct.is_none() => {
                 self.report_policy_never(from, &io.requests);

@@ -11,8 +11,9 @@
 //!
 //! [`Nat`] is the state ([`Shared::nat`](super::shared::Shared)): the reader starts a
 //! measurement ([`Nat::observed`], one task bounded by [`PROBE_TIMEOUT`]) and the direct-path
-//! driver reads the kind for its offers ([`Nat::for_offers`]: the first offers wait for a
-//! measurement under way, at most [`PROBE_TIMEOUT`]).
+//! driver reads the kind for its offers ([`Nat::for_offers`]: the first offers wait for the
+//! relay's first `ObservedAddress` and the measurement it starts, at most [`PROBE_TIMEOUT`]
+//! each, and [`Nat::measured`] wakes the driver when a measurement ends).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -48,6 +49,8 @@ struct Inner {
     /// session never measures.
     dialer: OnceLock<Dialer>,
     state: Mutex<State>,
+    /// A measurement ended (for the one direct-path driver; it keeps one wake-up).
+    measured: tokio::sync::Notify,
 }
 
 #[derive(Debug)]
@@ -55,7 +58,8 @@ struct State {
     kind: NatKind,
     /// The observed address last measured (or being measured) against.
     measured_for: Option<SocketAddr>,
-    /// When the measurement under way started.
+    /// When the measurement under way started; from [`Nat::enable`] until the relay's first
+    /// `ObservedAddress`, when the session started waiting for it.
     since: Option<Instant>,
     /// Counts measurements: a late result of a superseded one is dropped.
     generation: u64,
@@ -81,9 +85,22 @@ pub(crate) struct Measurement {
 }
 
 impl Nat {
-    /// Lets the session measure, through `dialer`.
-    pub(crate) fn enable(&self, dialer: Dialer) {
-        let _ = self.0.dialer.set(dialer);
+    /// Lets the session measure, through `dialer`, from `now`: the relay tells the observed
+    /// address (and so starts the first measurement) right after the session bound to its
+    /// allocation, and offers wait for it meanwhile (at most [`PROBE_TIMEOUT`]): an offer
+    /// made before would carry no public candidate, and its attempt could not succeed.
+    pub(crate) fn enable(&self, dialer: Dialer, now: Instant) {
+        if self.0.dialer.set(dialer).is_ok() {
+            let mut state = lock(&self.0.state);
+            if state.measured_for.is_none() {
+                state.since = Some(now);
+            }
+        }
+    }
+
+    /// Completes when a measurement has ended since the last call (or since the start).
+    pub(crate) async fn measured(&self) {
+        self.0.measured.notified().await;
     }
 
     /// The NAT kind as last measured.
@@ -92,7 +109,8 @@ impl Nat {
     }
 
     /// The NAT kind for a direct-path offer made at `now`: `None` while a measurement is under
-    /// way and younger than [`PROBE_TIMEOUT`] (the offer waits for it).
+    /// way (or the relay's first observation awaited) and younger than [`PROBE_TIMEOUT`] (the
+    /// offer waits for it).
     pub(crate) fn for_offers(&self, now: Instant) -> Option<NatKind> {
         let state = lock(&self.0.state);
         match state.since {
@@ -157,6 +175,7 @@ impl Measurement {
             tracing::debug!(%kind, observed = %self.observed, "NAT kind measured");
             state.kind = kind;
             state.since = None;
+            self.inner.measured.notify_one();
         }
     }
 }
@@ -238,8 +257,8 @@ mod tests {
         assert_eq!(nat.for_offers(Instant::now()), Some(NatKind::Unknown));
     }
 
-    #[tokio::test]
-    async fn offers_wait_for_a_measurement_at_most_the_timeout_and_stale_results_are_dropped() {
+    /// A `Nat` enabled at `now`, dialling from a fresh loopback endpoint.
+    fn enabled(now: Instant) -> Nat {
         let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
         let (client, _) = crate::ClientConfig::new(
             "127.0.0.1:7700".parse().unwrap(),
@@ -248,11 +267,47 @@ mod tests {
         .quinn_config()
         .unwrap();
         let nat = Nat::default();
-        nat.enable(Dialer {
-            endpoint,
-            client,
-            server_name: "localhost".into(),
-        });
+        nat.enable(
+            Dialer {
+                endpoint,
+                client,
+                server_name: "localhost".into(),
+            },
+            now,
+        );
+        nat
+    }
+
+    #[tokio::test]
+    async fn a_measurement_that_ends_wakes_the_driver() {
+        // A probe port nobody answers on: the measurement times out, the kind stays unknown.
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = silent.local_addr().unwrap().port();
+        let nat = enabled(Instant::now());
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let measurement = nat.observed(addr("198.51.100.7:61000"), port, ip).unwrap();
+        assert_eq!(nat.for_offers(Instant::now()), None);
+        tokio::spawn(measurement.run());
+        tokio::time::timeout(PROBE_TIMEOUT * 3, nat.measured())
+            .await
+            .unwrap();
+        assert_eq!(nat.for_offers(Instant::now()), Some(NatKind::Unknown));
+    }
+
+    #[tokio::test]
+    async fn offers_wait_for_a_measurement_at_most_the_timeout_and_stale_results_are_dropped() {
+        let start = Instant::now();
+        let nat = enabled(start);
+        // Until the relay tells the observed address, offers wait for it, at most the timeout.
+        assert_eq!(nat.for_offers(start), None);
+        assert_eq!(
+            nat.for_offers(start + PROBE_TIMEOUT - Duration::from_millis(1)),
+            None
+        );
+        assert_eq!(
+            nat.for_offers(start + PROBE_TIMEOUT),
+            Some(NatKind::Unknown)
+        );
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
         let first = nat.observed(addr("198.51.100.7:61000"), 7701, ip).unwrap();
         // The same address again: no second measurement.

@@ -383,6 +383,7 @@ pub(crate) async fn run_accept_loop(
         tokio::select! {
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { return };
+                tracing::debug!(remote = %incoming.remote_address(), "incoming direct handshake");
                 if handshakes.len() >= MAX_HANDSHAKES {
                     incoming.refuse();
                     continue;
@@ -518,6 +519,8 @@ impl Driver {
             tokio::select! {
                 () = &mut ended => return,
                 () = d.changed.notified() => self.reconcile(Instant::now()).await,
+                // Offers wait for the NAT kind: they go as soon as it is known.
+                () = direct.nat.measured() => self.reconcile(Instant::now()).await,
                 Some(signal) = self.io.ends.signals.recv() => self.signal(signal).await,
                 Some(event) = self.io.ends.conn_rx.recv() => self.conn_event(event).await,
                 Some(Ok(dialled)) = self.dials.join_next() => self.dialled(dialled).await,
@@ -940,7 +943,8 @@ impl Driver {
     }
 
     /// Sends punch packets to `targets`; on a peer, dials the host there on the first punch
-    /// of an attempt.
+    /// of an attempt, assuming the relayed path's RTT until the handshake measures the direct
+    /// one ([`direct::dial_initial_rtt`]).
     fn punch(&mut self, peer: PeerId, targets: Vec<SocketAddr>) {
         for target in &targets {
             match direct::send_punch(&self.io.punch, *target) {
@@ -948,6 +952,7 @@ impl Driver {
                 Err(e) => tracing::debug!(%target, error = %e, "punch not sent"),
             }
         }
+        tracing::debug!(%peer, ?targets, "punch sent");
         if self.shared.is_host() {
             return;
         }
@@ -965,14 +970,39 @@ impl Driver {
         for dial in pair.dials.drain(..) {
             dial.abort();
         }
+        // The host punches at this same instant: an Initial that reaches its NAT first is
+        // dropped, and must go again within a few relayed round trips, not QUIC's default
+        // second (see `dial_initial_rtt`).
+        let initial_rtt = direct::dial_initial_rtt(pair.machine.relayed_rtt());
         for target in targets {
-            match direct::dial(&self.io.endpoint, &self.io.identity, expected, target) {
+            let dialled = direct::dial(
+                &self.io.endpoint,
+                &self.io.identity,
+                expected,
+                target,
+                initial_rtt,
+            );
+            match dialled {
                 Ok(connecting) => {
+                    tracing::debug!(%peer, %target, attempt, ?initial_rtt, "direct dial started");
                     let handle = self.dials.spawn(async move {
+                        let started = Instant::now();
                         let conn = match tokio::time::timeout(PUNCH_TIMEOUT, connecting).await {
-                            Ok(Ok(conn)) => Some(conn),
+                            Ok(Ok(conn)) => {
+                                let stats = conn.stats();
+                                tracing::debug!(
+                                    %peer,
+                                    %target,
+                                    took = ?started.elapsed(),
+                                    rtt = ?conn.rtt(),
+                                    datagrams_sent = stats.udp_tx.datagrams,
+                                    lost_packets = stats.path.lost_packets,
+                                    "direct dial completed"
+                                );
+                                Some(conn)
+                            }
                             Ok(Err(e)) => {
-                                tracing::debug!(%target, error = %e, "direct dial failed");
+                                tracing::debug!(%target, took = ?started.elapsed(), error = %e, "direct dial failed");
                                 None
                             }
                             Err(_) => None,
