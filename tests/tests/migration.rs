@@ -599,6 +599,20 @@ async fn still_hosting(host: &Host, peer: &Peer) {
     );
 }
 
+/// `peer` hears of no host loss or disconnect within `within`, the game still runs with `host`
+/// as host, and the relay never found a host unresponsive.
+async fn not_migrated(relay: &TestRelay, host: &Host, peer: &Peer, within: Duration) {
+    no_event(peer, within, |e| {
+        matches!(e, Event::HostLost { .. } | Event::Disconnected { .. })
+    })
+    .await;
+    still_hosting(host, peer).await;
+    assert_eq!(
+        relay.metrics().await.value("baton_host_unresponsive_total"),
+        0.0
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_host_is_not_migrated_its_heartbeats_keep_it() {
     let relay = TestRelay::start().await;
@@ -609,15 +623,7 @@ async fn an_idle_host_is_not_migrated_its_heartbeats_keep_it() {
     let peer = Peer::join(&relay.client(), host.join_code()).await.unwrap();
     // No game traffic at all for 10 s: only the host's heartbeats (and QUIC's own pings,
     // every 2 s, too rare to keep a 1.5 s timeout) prove it alive.
-    no_event(&peer, Duration::from_secs(10), |e| {
-        matches!(e, Event::HostLost { .. } | Event::Disconnected { .. })
-    })
-    .await;
-    still_hosting(&host, &peer).await;
-    assert_eq!(
-        relay.metrics().await.value("baton_host_unresponsive_total"),
-        0.0
-    );
+    not_migrated(&relay, &host, &peer, Duration::from_secs(10)).await;
 }
 
 /// `to` receives a datagram from `from` over a lossy link: `send` sends a fresh payload
@@ -728,15 +734,7 @@ async fn a_host_whose_game_loop_is_blocked_is_not_migrated() {
     // The game loop (this task) blocks its thread for 5 s: no recv, no send. The SDK's tasks
     // go on on the runtime's other worker.
     tokio::task::block_in_place(|| std::thread::sleep(Duration::from_secs(5)));
-    no_event(&peer, Duration::from_millis(100), |e| {
-        matches!(e, Event::HostLost { .. } | Event::Disconnected { .. })
-    })
-    .await;
-    still_hosting(&host, &peer).await;
-    assert_eq!(
-        relay.metrics().await.value("baton_host_unresponsive_total"),
-        0.0
-    );
+    not_migrated(&relay, &host, &peer, Duration::from_millis(100)).await;
 }
 
 /// A UDP forwarder between one client and the relay whose client-to-relay direction can be

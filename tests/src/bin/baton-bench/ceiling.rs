@@ -28,7 +28,9 @@ use baton_protocol::datagram;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 use tokio::net::UdpSocket;
 
-use crate::traffic::Topology;
+use tokio::task::JoinSet;
+
+use crate::traffic::{Receiver, Shared, Topology};
 
 /// Header of a registration datagram (never a peer id the bench uses).
 pub const REGISTER: u16 = 0xFFFE;
@@ -225,6 +227,24 @@ impl Forwarder {
             let _ = self.child.kill().await;
         }
     }
+}
+
+/// One receiving task per client socket of [`clients`] (client `g` is `sockets[g]`), each
+/// handing what it receives to its [`Receiver`]. They end when aborted, or when the forwarder
+/// is gone (a receive fails).
+pub fn spawn_receivers(sockets: &[Arc<UdpSocket>], shared: &Arc<Shared>) -> JoinSet<()> {
+    let mut tasks = JoinSet::new();
+    for (g, socket) in sockets.iter().enumerate() {
+        let socket = socket.clone();
+        let mut receiver = Receiver::new(shared.clone(), g as u32);
+        tasks.spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            while let Ok(n) = socket.recv(&mut buf).await {
+                receiver.on_datagram(&buf[..n]);
+            }
+        });
+    }
+    tasks
 }
 
 /// One connected UDP socket per client of `allocations × members`, each registered with the

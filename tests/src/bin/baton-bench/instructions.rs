@@ -790,18 +790,7 @@ async fn forwarder(
         let idle_ir_per_s = profiler.idle_rate(idle(w), progress).await?;
         let (sockets, topo) = ceiling::clients(forwarder.addr, w.allocations, w.members).await?;
         let shared = Shared::new(topo, 4);
-        let mut tasks = JoinSet::new();
-        for (g, socket) in sockets.iter().enumerate() {
-            let socket = socket.clone();
-            let mut receiver = Receiver::new(shared.clone(), g as u32);
-            tasks.spawn(async move {
-                let mut buf = vec![0u8; 2048];
-                // Ends when aborted, or when the forwarder is gone (recv fails).
-                while let Ok(n) = socket.recv(&mut buf).await {
-                    receiver.on_datagram(&buf[..n]);
-                }
-            });
-        }
+        let mut tasks = ceiling::spawn_receivers(&sockets, &shared);
         let mut counted = Counted {
             name: "udp-forwarder",
             profiler,
