@@ -605,7 +605,7 @@ async fn an_alpn_mismatch_is_a_protocol_version_mismatch() {
     );
 
     // And the other way round: a relay of another version.
-    let relay = FakeRelay::start_with_alpn(b"baton/3");
+    let relay = FakeRelay::start_with_alpn(b"baton/4");
     relay.accept_failing();
     let result = within(Host::create(&relay.config(), AllocationOptions::default())).await;
     assert!(

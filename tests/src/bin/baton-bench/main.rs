@@ -23,6 +23,8 @@
 //!   callgrind on a fixed small workload, for Baton and the plain UDP forwarder, with Baton's
 //!   most expensive functions (skips without valgrind). Not part of `all`.
 //! - `all`: every one of them, each against a fresh relay (or fleet).
+//! - `table`: the README's performance table in Markdown, from `load` (with the forwarder and
+//!   coturn, and `--find-max`), `idle`, `churn` and `join` in one run.
 //!
 //! `--quick` shrinks every size so a run takes seconds (a CI smoke test); `--json` prints the
 //! report as JSON. The exit status is 1 when a correctness check failed (a datagram reached the
@@ -46,6 +48,7 @@ mod quic;
 mod relay;
 mod report;
 mod sockets;
+mod table;
 mod traffic;
 
 use std::net::SocketAddr;
@@ -64,6 +67,7 @@ use crate::instructions::InstructionsArgs;
 use crate::load::LoadArgs;
 use crate::paths::PathsArgs;
 use crate::report::{Machine, Report};
+use crate::table::TableArgs;
 
 /// Load and latency benchmarks of a Baton relay over loopback.
 #[derive(Debug, Parser)]
@@ -78,7 +82,8 @@ use crate::report::{Machine, Report};
         baton-bench fleet --drain-allocations 1000\n  \
         sudo baton-bench paths --trials 20 --duration 15s\n  \
         baton-bench instructions --datagrams 12000 --rounds 3\n  \
-        baton-bench --quick all --json"
+        baton-bench --quick all --json\n  \
+        baton-bench table"
 )]
 struct Cli {
     #[command(flatten)]
@@ -156,6 +161,9 @@ enum Command {
     Instructions(InstructionsArgs),
     /// Every benchmark in turn, each against a fresh relay.
     All(Box<AllArgs>),
+    /// The README's performance table: `load` with the forwarder and coturn in the same run
+    /// and `--find-max`, then `idle`, `churn` and `join`, printed as Markdown.
+    Table(Box<TableArgs>),
     /// (internal) The plain UDP forwarder of the ceiling run.
     #[command(hide = true)]
     UdpForwarder {
@@ -275,6 +283,18 @@ async fn run(cli: Cli) -> anyhow::Result<Report> {
         Some(Command::Instructions(args)) => {
             // It prints its own figures (its own section and tables).
             instructions::run(&global, &args, &mut report).await?;
+            return Ok(report);
+        }
+        Some(Command::Table(args)) => {
+            table::run(&global, &args, &mut report).await;
+            if global.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).context("encoding the report")?
+                );
+            } else {
+                print!("{}", table::markdown(&report));
+            }
             return Ok(report);
         }
         Some(Command::All(args)) => {

@@ -1,0 +1,259 @@
+//! `table`: the README's performance table in one command. Runs `load` at its defaults with
+//! the plain UDP forwarder and coturn in the same run and `--find-max` on all three, then
+//! `idle`, `churn` and `join`, each against a fresh relay, and prints the table as Markdown:
+//! every Baton figure beside the forwarder's and coturn's from the same run, with the ratios.
+//!
+//! coturn's column says why it is empty when `turnserver` is not installed (the load report
+//! names the reason).
+
+use std::fmt::Write as _;
+
+use crate::churn::{ChurnArgs, JoinArgs};
+use crate::idle::IdleArgs;
+use crate::load::LoadArgs;
+use crate::report::{CaseReport, Latency, MaxSearch, Report, TrafficReport};
+use crate::Global;
+
+/// Options of `table`: those of the benchmarks it runs.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TableArgs {
+    #[command(flatten)]
+    load: LoadArgs,
+    #[command(flatten)]
+    churn: ChurnArgs,
+    #[command(flatten)]
+    join: JoinArgs,
+    #[command(flatten)]
+    idle: IdleArgs,
+}
+
+/// Runs the benchmarks behind the table into `report`. One failing to run does not stop the
+/// others; it is reported.
+pub async fn run(global: &Global, args: &TableArgs, report: &mut Report) {
+    let mut load = args.load.clone();
+    load.compare_coturn();
+    load.find_max = true;
+    if let Err(e) = crate::load::run(global, &load, report).await {
+        report.errors.push(format!("load did not run: {e:#}"));
+    }
+    if let Err(e) = crate::idle::run(global, &args.idle, report).await {
+        report.errors.push(format!("idle did not run: {e:#}"));
+    }
+    if let Err(e) = crate::churn::run_churn(global, &args.churn, report).await {
+        report.errors.push(format!("churn did not run: {e:#}"));
+    }
+    if let Err(e) = crate::churn::run_join(global, &args.join, report).await {
+        report.errors.push(format!("join did not run: {e:#}"));
+    }
+}
+
+/// µs of server CPU per delivered datagram (from CPU-s per 100k).
+fn cpu_us(t: &TrafficReport) -> Option<f64> {
+    t.server_cpu_s_per_100k.map(|s| s * 10.0)
+}
+
+fn us(v: Option<f64>) -> String {
+    v.map_or_else(|| "–".to_owned(), |v| format!("{v:.1} µs"))
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
+        _ => "–".to_owned(),
+    }
+}
+
+fn rate(v: Option<f64>) -> String {
+    v.map_or_else(|| "–".to_owned(), |v| format!("{:.0}k/s", v / 1000.0))
+}
+
+fn latency(l: &Latency) -> String {
+    format!(
+        "{:.2} / {:.2} / {:.2} ms",
+        l.p50_us / 1000.0,
+        l.p99_us / 1000.0,
+        l.p999_us / 1000.0
+    )
+}
+
+fn max_of(search: Option<&MaxSearch>) -> Option<f64> {
+    search.and_then(|s| s.max_delivered_per_s)
+}
+
+/// The table, in Markdown, from a report `run` filled.
+pub fn markdown(report: &Report) -> String {
+    let mut out = String::new();
+    let m = &report.machine;
+    let _ = writeln!(
+        out,
+        "Machine: {} CPUs, load average {} at start; generator {} threads.\n",
+        m.cpus,
+        m.load_average_at_start
+            .map_or_else(|| "?".to_owned(), |l| format!("{l:.2}")),
+        m.generator_threads
+    );
+    let _ = writeln!(
+        out,
+        "| what | Baton | plain UDP forwarder | coturn | Baton / forwarder | Baton / coturn |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|");
+    let load = report.load.as_ref();
+    if let Some(case) = load.and_then(|l| l.cases.first()) {
+        let CaseReport {
+            baton,
+            ceiling,
+            coturn,
+            ..
+        } = case;
+        let (b, f, c) = (
+            cpu_us(baton),
+            ceiling.as_ref().and_then(cpu_us),
+            coturn.as_ref().and_then(cpu_us),
+        );
+        let _ = writeln!(
+            out,
+            "| server CPU per delivered datagram, {} B, {:.0}k deliveries/s | {} | {} | {} | {} | {} |",
+            baton.payload_bytes,
+            baton.delivered_per_s / 1000.0,
+            us(b),
+            us(f),
+            us(c),
+            ratio(b, f),
+            ratio(b, c)
+        );
+        let lat =
+            |t: Option<&TrafficReport>| t.map_or_else(|| "–".to_owned(), |t| latency(&t.latency));
+        let _ = writeln!(
+            out,
+            "| latency p50 / p99 / p99.9 at that load | {} | {} | {} | | |",
+            latency(&baton.latency),
+            lat(ceiling.as_ref()),
+            lat(coturn.as_ref())
+        );
+        let loss = |t: Option<&TrafficReport>| {
+            t.map_or_else(|| "–".to_owned(), |t| format!("{:.3} %", t.loss_pct))
+        };
+        let _ = writeln!(
+            out,
+            "| loss at that load | {} | {} | {} | | |",
+            loss(Some(baton)),
+            loss(ceiling.as_ref()),
+            loss(coturn.as_ref())
+        );
+    }
+    if let Some(max) = load.and_then(|l| l.find_max.as_ref()) {
+        let (b, f, c) = (
+            max_of(Some(&max.baton)),
+            max_of(max.ceiling.as_ref()),
+            max_of(max.coturn.as_ref()),
+        );
+        let _ = writeln!(
+            out,
+            "| loss-free rate (< 0.1 % loss), {} B | {} | {} | {} | {} | {} |",
+            max.payload_bytes,
+            rate(b),
+            rate(f),
+            rate(c),
+            ratio(b, f),
+            ratio(b, c)
+        );
+    }
+    if let Some(idle) = &report.idle {
+        let _ = writeln!(
+            out,
+            "| relay memory per idle client, {} clients | {} | | | | |",
+            idle.connected,
+            idle.relay_kib_per_client
+                .map_or_else(|| "–".to_owned(), |k| format!("{k:.0} KiB"))
+        );
+    }
+    if let Some(churn) = &report.churn {
+        let _ = writeln!(
+            out,
+            "| allocations created, joined and closed per second | {:.0} | | | | |",
+            churn.allocations_per_s
+        );
+    }
+    if let Some(join) = &report.join {
+        let _ = writeln!(
+            out,
+            "| join by code p50 / p99 (connected → joined; with the handshake) | {:.2} / {:.2} ms ({:.2} / {:.2} ms) | | | | |",
+            join.join.p50_us / 1000.0,
+            join.join.p99_us / 1000.0,
+            join.total.p50_us / 1000.0,
+            join.total.p99_us / 1000.0
+        );
+    }
+    if let Some(why) = load.and_then(|l| l.coturn.as_ref()) {
+        let _ = writeln!(out, "\ncoturn: {why}");
+    }
+    for e in &report.errors {
+        let _ = writeln!(out, "\nerror: {e}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::{FindMaxReport, LoadReport};
+    use crate::traffic::Pattern;
+
+    fn search(target: &'static str, max: Option<f64>) -> MaxSearch {
+        MaxSearch {
+            target,
+            steps: Vec::new(),
+            max_rate_per_flow: None,
+            max_delivered_per_s: max,
+            stopped: String::new(),
+        }
+    }
+
+    #[test]
+    fn ratios_and_units() {
+        assert_eq!(ratio(Some(3.0), Some(2.0)), "1.50×");
+        assert_eq!(ratio(Some(3.0), None), "–");
+        assert_eq!(ratio(Some(3.0), Some(0.0)), "–");
+        assert_eq!(rate(Some(134_000.0)), "134k/s");
+        assert_eq!(us(Some(12.34)), "12.3 µs");
+    }
+
+    #[test]
+    fn the_loss_free_rate_row_has_every_target_and_a_missing_coturn_says_why() {
+        let report = Report {
+            load: Some(LoadReport {
+                relay: String::new(),
+                allocations: 50,
+                members: 5,
+                clients: 250,
+                setup_s: 0.0,
+                relay_rss_before_mib: None,
+                relay_rss_connected_mib: None,
+                relay_kib_per_client: None,
+                coturn: Some("skipped: turnserver not found".to_owned()),
+                cases: Vec::new(),
+                find_max: Some(FindMaxReport {
+                    pattern: Pattern::Game,
+                    payload_bytes: 100,
+                    baton: search("baton", Some(134_000.0)),
+                    ceiling: Some(search("udp-forwarder", Some(247_000.0))),
+                    ratio: None,
+                    coturn: None,
+                    coturn_ratio: None,
+                }),
+            }),
+            ..Report::default()
+        };
+        let table = markdown(&report);
+        assert!(
+            table.contains(
+                "| loss-free rate (< 0.1 % loss), 100 B | 134k/s | 247k/s | – | 0.54× | – |"
+            ),
+            "{table}"
+        );
+        assert!(
+            table.contains("coturn: skipped: turnserver not found"),
+            "{table}"
+        );
+    }
+}
