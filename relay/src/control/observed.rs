@@ -43,15 +43,20 @@ impl ControlPlane {
             }
             let address = canonical(c.addr);
             c.observed = Some(address);
-            let probe_port = self.probe_port;
-            self.send(
-                conn,
-                ServerMessage::ObservedAddress {
-                    address,
-                    probe_port,
-                },
-            );
+            self.send_observed(conn, address);
         }
+    }
+
+    /// Tells the client of `conn` the address the relay sees for it, with the probe port.
+    fn send_observed(&mut self, conn: ConnId, address: SocketAddr) {
+        let probe_port = self.probe_port;
+        self.send(
+            conn,
+            ServerMessage::ObservedAddress {
+                address,
+                probe_port,
+            },
+        );
     }
 
     /// [`Input::AddressChanged`](super::Input::AddressChanged): the client of `conn` is now at
@@ -65,14 +70,7 @@ impl ControlPlane {
         match c.observed {
             Some(told) if told != address => {
                 c.observed = Some(address);
-                let probe_port = self.probe_port;
-                self.send(
-                    conn,
-                    ServerMessage::ObservedAddress {
-                        address,
-                        probe_port,
-                    },
-                );
+                self.send_observed(conn, address);
             }
             // Not bound yet (it learns the address when it binds), or nothing new.
             _ => {}

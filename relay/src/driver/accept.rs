@@ -30,6 +30,18 @@ use super::admission::Decision;
 use super::connection::serve_connection;
 use super::Shared;
 
+/// `endpoint`'s next incoming connection; `None` once `shutdown` is cancelled or the endpoint
+/// closed.
+pub(super) async fn next_incoming(
+    endpoint: &quinn::Endpoint,
+    shutdown: &CancellationToken,
+) -> Option<quinn::Incoming> {
+    tokio::select! {
+        _ = shutdown.cancelled() => None,
+        incoming = endpoint.accept() => incoming,
+    }
+}
+
 /// Accepts `endpoint`'s connections until `shutdown` or the endpoint closes.
 pub(super) async fn accept_loop(
     endpoint: quinn::Endpoint,
@@ -38,12 +50,8 @@ pub(super) async fn accept_loop(
     shutdown: CancellationToken,
 ) {
     loop {
-        let incoming = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            incoming = endpoint.accept() => match incoming {
-                Some(incoming) => incoming,
-                None => break,
-            },
+        let Some(incoming) = next_incoming(&endpoint, &shutdown).await else {
+            break;
         };
         let remote = incoming.remote_address();
         let handshake = match shared

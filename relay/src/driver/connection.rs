@@ -1,10 +1,11 @@
 //! The per-connection service. [`serve_connection`] registers the connection in
 //! [`Shared::conns`](super::Shared), tells the control plane, then runs its parts at once with
 //! a `biased` select, in priority order: datagrams ([`forward`](super::forward), in a task of
-//! their own so that their wake-ups poll nothing else), the control stream ([`control_stream`](super::control_stream)), snapshot uploads
-//! ([`snapshot`](super::snapshot)), RTT reports ([`report_rtt`]) and, while the connection
-//! hosts its allocation, the host watch ([`watch_host`]). [`DisconnectGuard`]
-//! reports the end exactly once, with the reason [`leave_reason`] reads from quinn.
+//! their own so that their wake-ups poll nothing else), the control stream
+//! ([`control_stream`](super::control_stream)), snapshot uploads
+//! ([`snapshot`](super::snapshot)), RTT reports ([`report_rtt`]) and, while the connection hosts
+//! its allocation, the host watch ([`watch_host`]). [`DisconnectGuard`] reports the end exactly
+//! once, with the reason [`leave_reason`] reads from quinn.
 //!
 //! Runs inside each connection's task on the endpoint's data-plane lane thread; reaches the
 //! control plane only through the `inputs` channel. [`ConnShared::close`] is also called by the

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
 
-use super::accept::speaks_current_version;
+use super::accept::{next_incoming, speaks_current_version};
 use super::bucket::{Clock, Rate};
 use super::RelayError;
 use crate::metrics::Metrics;
@@ -177,12 +177,8 @@ pub(super) async fn probe_loop(
     let clock = Clock::start();
     let slots = Arc::new(Semaphore::new(MAX_PROBES));
     loop {
-        let incoming = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            incoming = endpoint.accept() => match incoming {
-                Some(incoming) => incoming,
-                None => break,
-            },
+        let Some(incoming) = next_incoming(&endpoint, &shutdown).await else {
+            break;
         };
         let remote = incoming.remote_address();
         let slot = match slots.clone().try_acquire_owned() {
