@@ -19,7 +19,6 @@ use baton_client::NatKind;
 use baton_tests::natlab::{
     self, Lab, LabPlayer, LabRelay, Mapping, NatMode, RELAY_IP, RELAY_IP_2, SKIP_MESSAGE,
 };
-use baton_tests::player::payload::HEADER_LEN;
 use baton_tests::player::{now_us, PlayerArgs, Report, Role};
 use baton_tests::WAIT;
 
@@ -283,30 +282,13 @@ async fn hole_punching_in_the_lab_goes_direct_where_the_nats_allow() {
     }
 }
 
-/// The settings of a player in these tests.
+/// The settings of a player in these tests: the lab's, at [`RATE`], relayed only, for at
+/// most a minute. `BATON_LAB_PLAYER_LOG=baton_client=debug` logs every lab player's SDK (its
+/// stderr, whose tail a failed test prints).
 fn player_args(relay: &LabRelay, role: Role) -> PlayerArgs {
     PlayerArgs {
-        relay: relay.addr(),
-        fingerprint: relay.fingerprint().to_owned(),
-        rate: RATE,
-        keepalive_ms: 2000,
         max_secs: 60,
-        game: 1,
-        uid: None,
-        payload: HEADER_LEN,
-        p2p_every: 0,
-        stats_ms: 100,
-        game_snapshots: false,
-        credential: None,
-        role,
-        fallback_relays: Vec::new(),
-        resume_window_ms: 0,
-        idle_timeout_ms: 0,
-        // `BATON_LAB_PLAYER_LOG=baton_client=debug` logs the SDK of every lab player (its
-        // stderr, whose tail a failed test prints).
-        log: std::env::var("BATON_LAB_PLAYER_LOG").ok(),
-        direct: false,
-        netsim: None,
+        ..baton_tests::pathbench::player_args(relay, role, RATE, false)
     }
 }
 
