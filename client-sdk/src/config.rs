@@ -380,8 +380,8 @@ impl ClientConfig {
     }
 
     /// The QUIC transport settings every connection of this configuration uses: a ping every
-    /// [`ClientConfig::keep_alive_interval`], the [`ClientConfig::idle_timeout`], and the stream
-    /// limits the protocol needs. Exposed so that tests and tools can drive QUIC with exactly
+    /// [`ClientConfig::keep_alive_interval`], the [`ClientConfig::idle_timeout`], the stream
+    /// limits the protocol needs, and no path-MTU probing (SPEC 2.1). Exposed so that tests and tools can drive QUIC with exactly
     /// the SDK's settings.
     ///
     /// # Errors
@@ -397,7 +397,10 @@ impl ClientConfig {
             // The relay opens no bidirectional streams towards a client, and one unidirectional
             // stream at a time: the migration snapshot, when this client becomes host.
             .max_concurrent_bidi_streams(0u32.into())
-            .max_concurrent_uni_streams(1u32.into());
+            .max_concurrent_uni_streams(1u32.into())
+            // No path-MTU probes towards the relay: everything Baton sends fits QUIC's 1200-byte
+            // minimum, and each probe is a padded packet the relay must decrypt and parse.
+            .mtu_discovery_config(None);
         Ok(transport)
     }
 }

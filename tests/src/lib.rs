@@ -14,6 +14,7 @@ pub mod redis_server;
 pub mod relay_process;
 pub mod seq_window;
 pub mod tls;
+pub mod udp_tap;
 
 use std::net::SocketAddr;
 use std::time::Duration;

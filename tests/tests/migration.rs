@@ -14,6 +14,7 @@ use baton_client::{
     PeerId, ReconnectToken,
 };
 use baton_relay::hooks;
+use baton_tests::udp_tap::UdpTap;
 use baton_tests::{event_matching, raw_connection, raw_join, raw_read, TestRelay, WAIT};
 use bytes::Bytes;
 use serde_json::Value;
@@ -737,58 +738,11 @@ async fn a_host_whose_game_loop_is_blocked_is_not_migrated() {
     not_migrated(&relay, &host, &peer, Duration::from_millis(100)).await;
 }
 
-/// A UDP forwarder between one client and the relay whose client-to-relay direction can be
-/// cut: the client still hears the relay (its close included) but the relay hears nothing.
-struct UplinkCut {
-    addr: std::net::SocketAddr,
-    cut: Arc<std::sync::atomic::AtomicBool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl UplinkCut {
-    async fn start(relay: std::net::SocketAddr) -> UplinkCut {
-        let front = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let back = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        back.connect(relay).await.unwrap();
-        let addr = front.local_addr().unwrap();
-        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let task = tokio::spawn({
-            let cut = cut.clone();
-            async move {
-                let (mut up, mut down) = (vec![0u8; 2048], vec![0u8; 2048]);
-                let mut client = None;
-                loop {
-                    tokio::select! {
-                        Ok((n, from)) = front.recv_from(&mut up) => {
-                            client = Some(from);
-                            if !cut.load(std::sync::atomic::Ordering::SeqCst) {
-                                let _ = back.send(&up[..n]).await;
-                            }
-                        }
-                        Ok(n) = back.recv(&mut down) => {
-                            if let Some(to) = client {
-                                let _ = front.send_to(&down[..n], to).await;
-                            }
-                        }
-                    }
-                }
-            }
-        });
-        UplinkCut { addr, cut, task }
-    }
-}
-
-impl Drop for UplinkCut {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_cut_off_for_longer_than_the_timeout_is_replaced_and_comes_back_as_a_peer() {
     let lobby = Lobby::default();
     let relay = relay_with_lobby(&lobby, |_| {}).await;
-    let proxy = UplinkCut::start(relay.addr()).await;
+    let proxy = UdpTap::start(relay.addr()).await.unwrap();
     let via_proxy = ClientConfig::new(
         proxy.addr,
         baton_client::Trust::Fingerprint(relay.relay().fingerprint()),
@@ -801,7 +755,7 @@ async fn a_host_cut_off_for_longer_than_the_timeout_is_replaced_and_comes_back_a
     let b = Peer::join(&relay.client(), host.join_code()).await.unwrap();
 
     // The host's uplink dies: the relay hears nothing from it for 1.5 s.
-    proxy.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+    proxy.cut_uplink(true);
     let cut_at = Instant::now();
     let lost = event_matching(&a, WAIT, |e| matches!(e, Event::HostLost { .. })).await;
     assert!(
@@ -832,7 +786,7 @@ async fn a_host_cut_off_for_longer_than_the_timeout_is_replaced_and_comes_back_a
     };
 
     // Only a blip: the old host comes back with its reconnect token, as an ordinary peer.
-    proxy.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    proxy.cut_uplink(false);
     let back = Peer::rejoin(&relay.client(), &token).await.unwrap();
     assert_eq!(back.local_peer(), PeerId::HOST);
     assert_eq!(back.host(), Some(new_host));

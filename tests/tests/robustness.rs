@@ -1,10 +1,11 @@
 //! Bad input from one client never harms another: garbage on the control stream, malformed and
-//! oversize datagrams, and the payload promise at QUIC's minimum MTU.
+//! oversize datagrams, the payload promise at QUIC's minimum MTU, and no path-MTU probing.
 
 use std::time::Duration;
 
 use baton_client::{AllocationOptions, Event, Host, Peer, PeerId};
 use baton_protocol::{CloseCode, DropReason, ErrorCode, LeaveReason, ServerMessage};
+use baton_tests::udp_tap::UdpTap;
 use baton_tests::{
     event_matching, raw_connection, raw_create, raw_join, raw_read, recv, TestRelay, WAIT,
 };
@@ -739,4 +740,71 @@ async fn half_open_handshakes_get_a_retry_and_hold_no_connection_slot() {
     assert_eq!(m.value("baton_handshakes_in_flight"), 2.0);
     assert!(m.value("baton_retries_sent_total") >= (HALF_OPEN) as f64);
     assert_eq!(m.value("baton_connections"), 2.0);
+}
+
+/// Neither side probes the path MTU (SPEC 2.1): every packet between the SDK and the relay,
+/// handshake, control, datagrams and a snapshot upload, stays within QUIC's 1200 bytes. The
+/// same tap shows that a client with quinn's default transport does probe, so the tap sees
+/// probes and the waiting window is long enough.
+#[tokio::test]
+async fn neither_the_relay_nor_the_sdk_probes_the_path_mtu() {
+    let relay = TestRelay::start().await;
+
+    // Control: quinn's defaults probe upwards right after the handshake.
+    let control_tap = UdpTap::start(relay.addr()).await.unwrap();
+    let pem = std::fs::read(relay.relay().cert_path()).unwrap();
+    let crypto = baton_tests::tls::quic_crypto(&pem).unwrap();
+    let endpoint = quinn::Endpoint::client(([127, 0, 0, 1], 0).into()).unwrap();
+    let config = quinn::ClientConfig::new(std::sync::Arc::new(crypto));
+    let started = std::time::Instant::now();
+    let control = endpoint
+        .connect_with(config, control_tap.addr, "localhost")
+        .unwrap()
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while control_tap.largest_up() <= 1200 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a client with quinn's defaults never sent a datagram over 1200 bytes"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let probe_after = started.elapsed();
+    control.close(0u32.into(), b"done");
+
+    // The SDK through its own tap: create, a peer joins, datagrams both ways, a 64 KiB
+    // snapshot upload, then at least four times as long as the control took to probe.
+    let tap = UdpTap::start(relay.addr()).await.unwrap();
+    let via_tap = baton_client::ClientConfig::new(
+        tap.addr,
+        baton_client::Trust::Fingerprint(relay.relay().fingerprint()),
+    );
+    let started = std::time::Instant::now();
+    let host = Host::create(&via_tap, AllocationOptions::default())
+        .await
+        .unwrap();
+    let peer = Peer::join(&relay.client(), host.join_code()).await.unwrap();
+    for round in 0..10u8 {
+        still_fine(&host, &peer, round).await;
+    }
+    let snapshot: Vec<u8> = (0..64 * 1024u32).map(|i| (i % 253) as u8).collect();
+    host.upload_snapshot(snapshot).await.unwrap();
+    let window = (probe_after * 4).max(Duration::from_millis(500));
+    if let Some(rest) = window.checked_sub(started.elapsed()) {
+        tokio::time::sleep(rest).await;
+    }
+    still_fine(&host, &peer, 99).await;
+    assert!(
+        tap.largest_up() <= 1200,
+        "SDK sent {} bytes",
+        tap.largest_up()
+    );
+    assert!(
+        tap.largest_down() <= 1200,
+        "relay sent {} bytes",
+        tap.largest_down()
+    );
+    // The tap saw real traffic: the snapshot upload filled packets to the MTU.
+    assert!(tap.largest_up() >= 1100, "largest {}", tap.largest_up());
 }

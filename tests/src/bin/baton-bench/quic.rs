@@ -349,7 +349,8 @@ pub fn client_config(cert: &std::path::Path) -> anyhow::Result<quinn::ClientConf
         ))
         .max_concurrent_bidi_streams(0u32.into())
         .max_concurrent_uni_streams(1u32.into())
-        .datagram_receive_buffer_size(Some(DATAGRAM_RECV_BUFFER));
+        .datagram_receive_buffer_size(Some(DATAGRAM_RECV_BUFFER))
+        .mtu_discovery_config(None);
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(Arc::new(transport));
     Ok(config)
