@@ -1,6 +1,7 @@
 //! `table`: the README's performance table in one command. Runs `load` at its defaults with
-//! the plain UDP forwarder and coturn in the same run and `--find-max` on all three, then
-//! `idle`, `churn` and `join`, each against a fresh relay, and prints the table as Markdown:
+//! the plain UDP forwarder and coturn in the same run and `--find-max` on all three, `load`
+//! again with all three at half of Baton's loss-free rate (where the latency target is set),
+//! then `idle`, `churn` and `join`, each against a fresh relay, and prints the table as Markdown:
 //! every Baton figure beside the forwarder's and coturn's from the same run, with the ratios.
 //!
 //! coturn's column says why it is empty when `turnserver` is not installed (the load report
@@ -35,6 +36,31 @@ pub async fn run(global: &Global, args: &TableArgs, report: &mut Report) {
     load.find_max = true;
     if let Err(e) = crate::load::run(global, &load, report).await {
         report.errors.push(format!("load did not run: {e:#}"));
+    }
+    let baton_max = report
+        .load
+        .as_ref()
+        .and_then(|l| l.find_max.as_ref())
+        .and_then(|m| m.baton.max_rate_per_flow);
+    match baton_max {
+        Some(rate) => {
+            let mut half = args.load.clone();
+            half.compare_coturn();
+            half.find_max = false;
+            half.rate = rate / 2.0;
+            let mut sub = Report::default();
+            match crate::load::run(global, &half, &mut sub).await {
+                Ok(()) => report.load_at_half_max = sub.load,
+                Err(e) => report.errors.push(format!(
+                    "load at half the loss-free rate did not run: {e:#}"
+                )),
+            }
+            report.errors.append(&mut sub.errors);
+            report.warnings.append(&mut sub.warnings);
+        }
+        None => report
+            .errors
+            .push("no loss-free rate found: no load at half of it".to_owned()),
     }
     if let Err(e) = crate::idle::run(global, &args.idle, report).await {
         report.errors.push(format!("idle did not run: {e:#}"));
@@ -139,6 +165,23 @@ pub fn markdown(report: &Report) -> String {
             loss(Some(baton)),
             loss(ceiling.as_ref()),
             loss(coturn.as_ref())
+        );
+    }
+    if let Some(case) = report
+        .load_at_half_max
+        .as_ref()
+        .and_then(|l| l.cases.first())
+    {
+        let lat =
+            |t: Option<&TrafficReport>| t.map_or_else(|| "–".to_owned(), |t| latency(&t.latency));
+        let _ = writeln!(
+            out,
+            "| latency p50 / p99 / p99.9 at half of Baton's loss-free rate ({:.0}k deliveries/s), loss | {}, {:.3} % | {} | {} | | |",
+            case.baton.delivered_per_s / 1000.0,
+            latency(&case.baton.latency),
+            case.baton.loss_pct,
+            lat(case.ceiling.as_ref()),
+            lat(case.coturn.as_ref())
         );
     }
     if let Some(max) = load.and_then(|l| l.find_max.as_ref()) {

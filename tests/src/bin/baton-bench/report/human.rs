@@ -26,6 +26,13 @@ pub fn print_human(report: &Report) {
     if let Some(load) = &report.load {
         human_load(&mut out, load);
     }
+    if let Some(load) = &report.load_at_half_max {
+        let _ = writeln!(
+            out,
+            "\n-- the same load at half of Baton's loss-free rate --"
+        );
+        human_load(&mut out, load);
+    }
     if let Some(c) = &report.churn {
         human_churn(&mut out, c);
     }

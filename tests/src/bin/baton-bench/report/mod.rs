@@ -48,6 +48,10 @@ pub struct Report {
     /// The load run, with its ceiling comparison and `--find-max`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub load: Option<LoadReport>,
+    /// `table` only: the load run again at half of Baton's loss-free rate from `load`'s
+    /// `--find-max` (the operating point of the latency target), all relays at that rate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load_at_half_max: Option<LoadReport>,
     /// Allocation churn.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub churn: Option<ChurnReport>,
