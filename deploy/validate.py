@@ -64,6 +64,7 @@ RELAY_METRICS: dict[str, frozenset[str]] = {
         "baton_handshakes_in_flight": (),
         "baton_retries_sent_total": (),
         "baton_nat_probes_total": ("result",),
+        "baton_tls_tickets_total": ("result",),
         "baton_allocations": (),
         "baton_allocations_created_total": (),
         "baton_joins_total": (),

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -92,6 +92,11 @@ pub struct ClientConfig {
     pub(crate) resume_window: Option<Duration>,
     pub(crate) direct: DirectPolicy,
     pub(crate) network_simulator: Option<NetworkSimulator>,
+    /// The TLS configuration, built on first use and shared by this configuration's clones,
+    /// so that a reconnect resumes its TLS session (SPEC 2.1): rustls offers a session only
+    /// under the certificate verifier that checked it. Made afresh by [`ClientConfig::new`]
+    /// and [`ClientConfig::alpn`].
+    pub(crate) tls: TlsCache,
 }
 
 impl ClientConfig {
@@ -115,6 +120,7 @@ impl ClientConfig {
             resume_window: None,
             direct: DirectPolicy::default(),
             network_simulator: None,
+            tls: TlsCache::default(),
         }
     }
 
@@ -282,6 +288,8 @@ impl ClientConfig {
     /// ([`Error::ProtocolVersionMismatch`]). Must be 1 to 255 bytes.
     pub fn alpn(mut self, alpn: impl Into<Vec<u8>>) -> Self {
         self.alpn = alpn.into();
+        // The TLS configuration offers the ALPN: this configuration gets its own.
+        self.tls = TlsCache::default();
         self
     }
 
@@ -371,12 +379,15 @@ impl ClientConfig {
     /// The quinn client configuration, and the log its certificate verifier writes to.
     pub(crate) fn quinn_config(&self) -> Result<(quinn::ClientConfig, Arc<tls::VerifyLog>), Error> {
         self.validate()?;
-        let setup = tls::client_config(&self.trust, &self.alpn)?;
-        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(setup.config)
-            .map_err(|e| Error::Config(format!("TLS configuration unusable for QUIC: {e}")))?;
-        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        let (crypto, log) = self.tls.get_or_build(|| {
+            let setup = tls::client_config(&self.trust, &self.alpn)?;
+            let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(setup.config)
+                .map_err(|e| Error::Config(format!("TLS configuration unusable for QUIC: {e}")))?;
+            Ok((Arc::new(crypto), setup.log))
+        })?;
+        let mut config = quinn::ClientConfig::new(crypto);
         config.transport_config(Arc::new(self.transport_config()?));
-        Ok((config, setup.log))
+        Ok((config, log))
     }
 
     /// The QUIC transport settings every connection of this configuration uses: a ping every
@@ -402,6 +413,49 @@ impl ClientConfig {
             // minimum, and each probe is a padded packet the relay must decrypt and parse.
             .mtu_discovery_config(None);
         Ok(transport)
+    }
+}
+
+/// A [`ClientConfig`]'s TLS configuration and its verifier's log, built once and shared by
+/// the configuration's clones and every connection they make (the relay connection's
+/// reconnects, rejoins and migrations), so rustls can resume their TLS sessions.
+///
+/// The log is shared too: when two handshakes of one configuration fail verification at the
+/// same moment, one may report the other's reason (both are certificate errors).
+#[derive(Clone, Default)]
+pub(crate) struct TlsCache(Arc<Mutex<Option<SharedTls>>>);
+
+/// The QUIC crypto configuration and the log its verifier writes to.
+type SharedTls = (
+    Arc<quinn::crypto::rustls::QuicClientConfig>,
+    Arc<tls::VerifyLog>,
+);
+
+impl TlsCache {
+    /// The shared configuration, built by `build` on first use (a failure is returned and
+    /// not kept, so the next call tries again).
+    fn get_or_build(
+        &self,
+        build: impl FnOnce() -> Result<SharedTls, Error>,
+    ) -> Result<SharedTls, Error> {
+        let mut slot = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(shared) = slot.as_ref() {
+            return Ok(shared.clone());
+        }
+        let shared = build()?;
+        *slot = Some(shared.clone());
+        Ok(shared)
+    }
+}
+
+impl fmt::Debug for TlsCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let built = self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some();
+        f.debug_struct("TlsCache").field("built", &built).finish()
     }
 }
 

@@ -99,6 +99,9 @@ pub struct Metrics {
     pub retries_sent: Counter,
     /// `baton_nat_probes_total{result=...}`: NAT probes on the probe port (SPEC section 17.5).
     pub nat_probes: NatProbes,
+    /// `baton_tls_tickets_total{result=...}`: TLS session tickets issued, and presented by
+    /// clients resuming (SPEC section 2.1).
+    pub tls_tickets: TlsTickets,
     /// Live allocations.
     pub allocations: Gauge,
     /// Allocations created since start.
@@ -204,6 +207,25 @@ impl Metrics {
             .get_or_create(&ResultLabel { result: "refused" })
             .clone();
         let nat_probes = NatProbes { answered, refused };
+        let tickets: Family<ResultLabel, Counter> = register(
+            &mut registry,
+            "tls_tickets",
+            "TLS session tickets by result: issued (one per handshake), accepted (a client resumed with one: no certificate signature), rejected (a ticket the relay could not open: expired key, another node's, or forged; a full handshake follows)",
+        );
+        let issued = tickets
+            .get_or_create(&ResultLabel { result: "issued" })
+            .clone();
+        let accepted = tickets
+            .get_or_create(&ResultLabel { result: "accepted" })
+            .clone();
+        let rejected = tickets
+            .get_or_create(&ResultLabel { result: "rejected" })
+            .clone();
+        let tls_tickets = TlsTickets {
+            issued,
+            accepted,
+            rejected,
+        };
         let allocations: Gauge = register(&mut registry, "allocations", "Live allocations");
         let allocations_created: Counter =
             register(&mut registry, "allocations_created", "Allocations created");
@@ -311,6 +333,7 @@ impl Metrics {
             handshakes_in_flight,
             retries_sent,
             nat_probes,
+            tls_tickets,
             allocations,
             allocations_created,
             joins,
@@ -493,6 +516,19 @@ pub struct NatProbes {
     /// The attempt was refused at accept: its source was over its rate, or the relay held
     /// its cap of probe connections.
     pub refused: Counter,
+}
+
+/// `baton_tls_tickets_total{result=...}`: the relay's TLS session tickets. Clones count into
+/// the same series.
+#[derive(Debug, Clone, Default)]
+pub struct TlsTickets {
+    /// Tickets issued (one per completed handshake).
+    pub issued: Counter,
+    /// Tickets a client presented that the relay opened: the handshake resumes.
+    pub accepted: Counter,
+    /// Tickets a client presented that the relay could not open (its key rotated out, another
+    /// relay's, or forged): a full handshake follows.
+    pub rejected: Counter,
 }
 
 /// Admin HTTP server metrics: open connections, and connections refused by reason.

@@ -9,6 +9,7 @@ use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use crate::config::TlsSource;
+use crate::metrics::TlsTickets;
 
 /// File name of the development certificate inside the data directory.
 pub const DEV_CERT_FILE: &str = "dev-cert.pem";
@@ -186,7 +187,10 @@ fn pem_err(path: &Path) -> impl Fn(pem::Error) -> TlsError + '_ {
 /// AES-256-GCM, and its SHA-256 handshake hash runs on the CPU's SHA extensions where SHA-384
 /// does not, which makes handshakes cheaper too. Every QUIC client supports it (RFC 9001
 /// requires it).
-pub fn server_crypto(material: &TlsMaterial) -> Result<rustls::ServerConfig, TlsError> {
+pub fn server_crypto(
+    material: &TlsMaterial,
+    tickets: TlsTickets,
+) -> Result<rustls::ServerConfig, TlsError> {
     use rustls::crypto::ring::cipher_suite;
     let provider = Arc::new(rustls::crypto::CryptoProvider {
         cipher_suites: vec![
@@ -207,7 +211,52 @@ pub fn server_crypto(material: &TlsMaterial) -> Result<rustls::ServerConfig, Tls
         .collect();
     config.max_early_data_size = 0;
     config.ignore_client_order = true;
+    // Resumption (SPEC section 2.1): one stateless ticket per handshake, so a client that
+    // comes back (a rejoin, a migration, a reconnect) skips the certificate signature and its
+    // verification. rustls's ticketer seals the session in the ticket with a random key that
+    // rotates every 6 hours (a ticket lives 12): nothing is stored per client, and another
+    // node's ticket just fails to open (a full handshake follows).
+    config.ticketer = Arc::new(CountedTickets {
+        inner: rustls::crypto::ring::Ticketer::new()?,
+        counts: tickets,
+    });
+    config.send_tls13_tickets = 1;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     Ok(config)
+}
+
+/// rustls's ticketer, counted in `baton_tls_tickets_total`.
+#[derive(Debug)]
+struct CountedTickets {
+    inner: Arc<dyn rustls::server::ProducesTickets>,
+    counts: TlsTickets,
+}
+
+impl rustls::server::ProducesTickets for CountedTickets {
+    fn enabled(&self) -> bool {
+        self.inner.enabled()
+    }
+
+    fn lifetime(&self) -> u32 {
+        self.inner.lifetime()
+    }
+
+    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        let ticket = self.inner.encrypt(plain);
+        if ticket.is_some() {
+            self.counts.issued.inc();
+        }
+        ticket
+    }
+
+    fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
+        let plain = self.inner.decrypt(cipher);
+        match plain {
+            Some(_) => self.counts.accepted.inc(),
+            None => self.counts.rejected.inc(),
+        };
+        plain
+    }
 }
 
 #[cfg(test)]
@@ -226,7 +275,7 @@ mod tests {
         let second = load(&source).unwrap();
         assert!(!second.generated);
         assert_eq!(first.fingerprint(), second.fingerprint());
-        server_crypto(&second).unwrap();
+        server_crypto(&second, TlsTickets::default()).unwrap();
         assert_eq!(fingerprint_hex(&first.fingerprint()).len(), 32 * 3 - 1);
     }
 
@@ -280,7 +329,10 @@ mod tests {
         .unwrap();
         let default_first = rustls::crypto::ring::default_provider().cipher_suites[0].suite();
         assert_eq!(default_first, rustls::CipherSuite::TLS13_AES_256_GCM_SHA384);
-        let chosen = negotiated_suite(server_crypto(&material).unwrap(), &material.chain[0]);
+        let chosen = negotiated_suite(
+            server_crypto(&material, TlsTickets::default()).unwrap(),
+            &material.chain[0],
+        );
         assert_eq!(chosen, rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
     }
 

@@ -12,6 +12,18 @@ use rustls::pki_types::{pem::PemObject, CertificateDer};
 /// # Errors
 /// If the PEM holds no readable certificate or rustls refuses the configuration.
 pub fn quic_crypto(cert_pem: &[u8]) -> anyhow::Result<quinn::crypto::rustls::QuicClientConfig> {
+    quic_crypto_with(cert_pem, true)
+}
+
+/// [`quic_crypto`], resuming TLS sessions (rustls's default in-memory store, shared by every
+/// connection of the configuration) or never (`resume` false: every handshake is full).
+///
+/// # Errors
+/// If the PEM holds no readable certificate or rustls refuses the configuration.
+pub fn quic_crypto_with(
+    cert_pem: &[u8],
+    resume: bool,
+) -> anyhow::Result<quinn::crypto::rustls::QuicClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     for der in CertificateDer::pem_slice_iter(cert_pem) {
         roots
@@ -28,6 +40,9 @@ pub fn quic_crypto(cert_pem: &[u8]) -> anyhow::Result<quinn::crypto::rustls::Qui
         .with_root_certificates(roots)
         .with_no_client_auth();
     crypto.alpn_protocols = vec![baton_protocol::ALPN.to_vec()];
+    if !resume {
+        crypto.resumption = rustls::client::Resumption::disabled();
+    }
     quinn::crypto::rustls::QuicClientConfig::try_from(crypto)
         .map_err(|e| anyhow!("TLS configuration unusable for QUIC: {e}"))
 }

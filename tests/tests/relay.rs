@@ -722,3 +722,46 @@ async fn a_relay_without_direct_paths_refuses_offers() {
         "{reply:?}"
     );
 }
+
+/// TLS session resumption (SPEC 2.1): every handshake gets one ticket; a second connection of
+/// the same client configuration (here a peer joining with the host's configuration; in a game,
+/// a rejoin or a migration) resumes with it, and the relay counts the ticket it opened. A
+/// fresh configuration has no ticket and runs a full handshake.
+#[tokio::test]
+async fn a_configuration_s_next_connection_resumes_its_tls_session() {
+    // No probe port: the SDK's NAT probes (also TLS connections) would add to the counts.
+    let relay = TestRelay::start_with(|c| {
+        c.set_probe_listen(baton_relay::ProbeListen::Off).unwrap();
+    })
+    .await;
+    // (issued, accepted, rejected)
+    let tickets = |m: &baton_tests::relay_process::Metrics| {
+        let t = m.by_label("baton_tls_tickets_total", "result");
+        let n = |r: &str| t.get(r).copied().unwrap_or(0);
+        (n("issued"), n("accepted"), n("rejected"))
+    };
+    let config = relay.client();
+    let host = Host::create(&config, AllocationOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(tickets(&relay.metrics().await), (1, 0, 0));
+
+    let resumed = Peer::join(&config, host.join_code()).await.unwrap();
+    assert_eq!(tickets(&relay.metrics().await), (2, 1, 0));
+
+    let fresh = Peer::join(&relay.client(), host.join_code()).await.unwrap();
+    assert_eq!(tickets(&relay.metrics().await), (3, 1, 0));
+
+    // Both peers are members like any other.
+    resumed.send_to_host(b"resumed").unwrap();
+    fresh.send_to_host(b"fresh").unwrap();
+    let mut got = vec![recv(&host).await, recv(&host).await];
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            (resumed.local_peer(), b"resumed".to_vec().into()),
+            (fresh.local_peer(), b"fresh".to_vec().into())
+        ]
+    );
+}

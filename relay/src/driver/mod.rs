@@ -217,7 +217,8 @@ impl Relay {
     pub async fn bind(config: RelayConfig) -> Result<Relay, RelayError> {
         let material = tls::load(&config.tls)?;
         let fingerprint = material.fingerprint();
-        let crypto = tls::server_crypto(&material)?;
+        let metrics = Arc::new(Metrics::new());
+        let crypto = tls::server_crypto(&material, metrics.tls_tickets.clone())?;
         let quic_crypto = Arc::new(
             quinn::crypto::rustls::QuicServerConfig::try_from(crypto)
                 .map_err(|e| RelayError::Quic(e.to_string()))?,
@@ -276,7 +277,6 @@ impl Relay {
                  allocations and relay traffic through it"
             );
         }
-        let metrics = Arc::new(Metrics::new());
         let (input_tx, input_rx) = mpsc::channel(4096);
         let (admin_tx, admin_rx) = mpsc::channel(64);
         let shutdown = CancellationToken::new();

@@ -35,6 +35,10 @@ pub struct ChurnArgs {
     /// Stop starting cycles after this long, whatever the count [default: 60s].
     #[arg(long, value_parser = crate::parse_duration, default_value = "60s")]
     pub churn_max_time: Duration,
+    /// Every connection runs a full TLS handshake (the clients keep no session tickets). By
+    /// default they resume, as the SDK does within one `ClientConfig`.
+    #[arg(long)]
+    pub churn_full_handshakes: bool,
 }
 
 /// Options of the join-latency benchmark.
@@ -202,7 +206,11 @@ async fn churn(
     concurrency: usize,
     progress: &mut Progress,
 ) -> anyhow::Result<ChurnReport> {
-    let pool = Arc::new(quic::Clients::new(relay, global.endpoints)?);
+    let pool = Arc::new(quic::Clients::with_resumption(
+        relay,
+        global.endpoints,
+        !args.churn_full_handshakes,
+    )?);
     let rss_before = relay.proc_sample().map(|s| s.rss_kib as f64 / 1024.0);
     let next = Arc::new(AtomicUsize::new(0));
     let deadline = Instant::now() + args.churn_max_time;
@@ -278,6 +286,11 @@ async fn churn(
         attempted,
         completed: total.completed,
         concurrency,
+        tls: if args.churn_full_handshakes {
+            "full"
+        } else {
+            "resumed"
+        },
         elapsed_s: elapsed.as_secs_f64(),
         allocations_per_s: total.completed as f64 / elapsed.as_secs_f64().max(1e-9),
         host_connect: total.latency(HOST_CONNECT),

@@ -46,7 +46,17 @@ pub struct Clients {
 impl Clients {
     /// `endpoints` client endpoints on loopback that trust the relay's certificate.
     pub fn new(relay: &Relay, endpoints: usize) -> anyhow::Result<Clients> {
-        let config = client_config(&relay.cert)?;
+        Clients::with_resumption(relay, endpoints, true)
+    }
+
+    /// Like [`Clients::new`]; `resume` false makes every handshake a full one (no TLS session
+    /// resumption), as from clients that keep no tickets.
+    pub fn with_resumption(
+        relay: &Relay,
+        endpoints: usize,
+        resume: bool,
+    ) -> anyhow::Result<Clients> {
+        let config = client_config_with(&relay.cert, resume)?;
         let endpoints = (0..endpoints.max(1))
             .map(|_| {
                 let socket = crate::sockets::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
@@ -337,10 +347,12 @@ pub fn spawn_control_reader(
 }
 
 /// A quinn client configuration trusting the certificates in `cert` (PEM), TLS 1.3 with the
-/// ring provider and Baton's ALPN, and the SDK's transport settings.
-pub fn client_config(cert: &std::path::Path) -> anyhow::Result<quinn::ClientConfig> {
+/// ring provider and Baton's ALPN, and the SDK's transport settings; TLS sessions resumed (as
+/// the SDK does within one configuration) or never (`resume` false).
+fn client_config_with(cert: &std::path::Path, resume: bool) -> anyhow::Result<quinn::ClientConfig> {
     let pem = std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
-    let crypto = baton_tests::tls::quic_crypto(&pem).with_context(|| cert.display().to_string())?;
+    let crypto = baton_tests::tls::quic_crypto_with(&pem, resume)
+        .with_context(|| cert.display().to_string())?;
     let mut transport = quinn::TransportConfig::default();
     transport
         .keep_alive_interval(Some(KEEP_ALIVE))

@@ -20,6 +20,9 @@ pub struct ChurnReport {
     pub completed: usize,
     /// Cycles run at once.
     pub concurrency: usize,
+    /// TLS handshakes: `resumed` (the clients keep and offer session tickets, as the SDK
+    /// does) or `full` (`--churn-full-handshakes`).
+    pub tls: &'static str,
     /// Wall-clock seconds.
     pub elapsed_s: f64,
     /// Completed cycles per second: allocations created (and closed) per second.

@@ -323,8 +323,8 @@ fn human_churn(out: &mut String, c: &ChurnReport) {
     let _ = writeln!(out, "\n== churn: {}", c.relay);
     let _ = writeln!(
         out,
-        "  {} of {} cycles (connect host, create, connect peer, join, peer leaves, host leaves) at concurrency {} in {:.2} s: {:.1} allocations/s",
-        c.completed, c.attempted, c.concurrency, c.elapsed_s, c.allocations_per_s
+        "  {} of {} cycles (connect host, create, connect peer, join, peer leaves, host leaves) at concurrency {}, TLS {}, in {:.2} s: {:.1} allocations/s",
+        c.completed, c.attempted, c.concurrency, c.tls, c.elapsed_s, c.allocations_per_s
     );
     latency_line(out, "host handshake", &c.host_connect);
     latency_line(out, "create", &c.create);
