@@ -420,8 +420,10 @@ impl ClientConfig {
 /// the configuration's clones and every connection they make (the relay connection's
 /// reconnects, rejoins and migrations), so rustls can resume their TLS sessions.
 ///
-/// The log is shared too: when two handshakes of one configuration fail verification at the
-/// same moment, one may report the other's reason (both are certificate errors).
+/// The log is shared too. An attempt takes only a failure recorded since it started, so a
+/// failure no attempt took (a NAT probe's) is never reported later; when two handshakes of
+/// one configuration fail verification at the same moment, one may report the other's reason
+/// (both are certificate errors).
 #[derive(Clone, Default)]
 pub(crate) struct TlsCache(Arc<Mutex<Option<SharedTls>>>);
 

@@ -83,21 +83,28 @@ impl VerifyFailure {
     }
 }
 
-/// The first verification failure of one connection attempt.
+/// The latest verification failure of a TLS configuration's handshakes, with when it was
+/// recorded. The configuration (and so this log) is shared by every connection of one
+/// `ClientConfig`, so an attempt takes only a failure recorded since it started: one that no
+/// attempt took (a NAT probe's, say) cannot be reported by a later attempt that failed for
+/// another reason.
 #[derive(Debug, Default)]
-pub(crate) struct VerifyLog(Mutex<Option<VerifyFailure>>);
+pub(crate) struct VerifyLog(Mutex<Option<(std::time::Instant, VerifyFailure)>>);
 
 impl VerifyLog {
-    fn lock(&self) -> MutexGuard<'_, Option<VerifyFailure>> {
+    fn lock(&self) -> MutexGuard<'_, Option<(std::time::Instant, VerifyFailure)>> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn record(&self, failure: VerifyFailure) {
-        self.lock().get_or_insert(failure);
+        *self.lock() = Some((std::time::Instant::now(), failure));
     }
 
-    pub(crate) fn take(&self) -> Option<VerifyFailure> {
-        self.lock().take()
+    /// The failure recorded at or after `since`, if any (it is removed either way).
+    pub(crate) fn take_since(&self, since: std::time::Instant) -> Option<VerifyFailure> {
+        self.lock()
+            .take()
+            .and_then(|(at, failure)| (at >= since).then_some(failure))
     }
 }
 
@@ -412,6 +419,7 @@ mod tests {
         mut server: rustls::ServerConnection,
     ) -> (Result<(), rustls::Error>, Option<VerifyFailure>) {
         let setup = client_config(trust, baton_protocol::ALPN).unwrap();
+        let started = std::time::Instant::now();
         let name = ServerName::try_from("localhost").unwrap();
         let mut client = rustls::ClientConnection::new(Arc::new(setup.config), name).unwrap();
         let result = (|| {
@@ -431,7 +439,27 @@ mod tests {
             }
             panic!("handshake did not finish");
         })();
-        (result, setup.log.take())
+        (result, setup.log.take_since(started))
+    }
+
+    #[test]
+    fn an_attempt_takes_only_a_failure_recorded_since_it_started() {
+        let log = VerifyLog::default();
+        log.record(VerifyFailure::Untrusted("an earlier handshake's".into()));
+        let started = std::time::Instant::now() + std::time::Duration::from_millis(1);
+        // Recorded before this attempt started: not its failure, and gone.
+        assert_eq!(log.take_since(started), None);
+        assert_eq!(
+            log.take_since(std::time::Instant::now() - std::time::Duration::from_secs(1)),
+            None
+        );
+        let started = std::time::Instant::now();
+        log.record(VerifyFailure::Untrusted("this one's".into()));
+        assert_eq!(
+            log.take_since(started),
+            Some(VerifyFailure::Untrusted("this one's".into()))
+        );
+        assert_eq!(log.take_since(started), None);
     }
 
     #[test]

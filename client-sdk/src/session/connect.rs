@@ -186,6 +186,7 @@ async fn attempt(
     bind: &ClientMessage,
 ) -> Result<Attempt, Error> {
     let (quinn_config, verify_log) = config.quinn_config()?;
+    let started = std::time::Instant::now();
     let relay = config.relay;
     let connecting = endpoint
         .connect_with(quinn_config, relay, &config.server_name)
@@ -201,12 +202,12 @@ async fn attempt(
     let conn = match tokio::time::timeout(config.connect_timeout, connecting).await {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => {
-            let err = handshake_error(&e, relay, verify_log.take());
+            let err = handshake_error(&e, relay, verify_log.take_since(started));
             tracing::debug!(%relay, cause = %e, error = %err, "handshake failed");
             return Err(err);
         }
         Err(_) => {
-            return Err(match verify_log.take() {
+            return Err(match verify_log.take_since(started) {
                 Some(failure) => failure.into_error(),
                 None => Error::RelayUnreachable {
                     addr: relay,
