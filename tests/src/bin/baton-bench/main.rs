@@ -186,14 +186,9 @@ struct DefaultLoad {
 /// Options of `all`: those of every benchmark.
 #[derive(Debug, Clone, clap::Args)]
 struct AllArgs {
+    /// Those of the benchmarks `table` runs.
     #[command(flatten)]
-    load: LoadArgs,
-    #[command(flatten)]
-    churn: ChurnArgs,
-    #[command(flatten)]
-    join: JoinArgs,
-    #[command(flatten)]
-    idle: IdleArgs,
+    each: TableArgs,
     #[command(flatten)]
     fleet: FleetArgs,
 }
@@ -299,7 +294,7 @@ async fn run(cli: Cli) -> anyhow::Result<Report> {
         }
         Some(Command::All(args)) => {
             // One benchmark failing to run does not stop the others; it is reported.
-            let mut load_args = args.load.clone();
+            let mut load_args = args.each.load.clone();
             if global.quick {
                 // Cheap at these sizes; skipped with a note when turnserver is absent.
                 load_args.compare_coturn();
@@ -307,13 +302,13 @@ async fn run(cli: Cli) -> anyhow::Result<Report> {
             if let Err(e) = load::run(&global, &load_args, &mut report).await {
                 report.errors.push(format!("load did not run: {e:#}"));
             }
-            if let Err(e) = churn::run_churn(&global, &args.churn, &mut report).await {
+            if let Err(e) = churn::run_churn(&global, &args.each.churn, &mut report).await {
                 report.errors.push(format!("churn did not run: {e:#}"));
             }
-            if let Err(e) = churn::run_join(&global, &args.join, &mut report).await {
+            if let Err(e) = churn::run_join(&global, &args.each.join, &mut report).await {
                 report.errors.push(format!("join did not run: {e:#}"));
             }
-            if let Err(e) = idle::run(&global, &args.idle, &mut report).await {
+            if let Err(e) = idle::run(&global, &args.each.idle, &mut report).await {
                 report.errors.push(format!("idle did not run: {e:#}"));
             }
             if global.relay.is_some() {

@@ -19,13 +19,13 @@ use crate::Global;
 #[derive(Debug, Clone, clap::Args)]
 pub struct TableArgs {
     #[command(flatten)]
-    load: LoadArgs,
+    pub load: LoadArgs,
     #[command(flatten)]
-    churn: ChurnArgs,
+    pub churn: ChurnArgs,
     #[command(flatten)]
-    join: JoinArgs,
+    pub join: JoinArgs,
     #[command(flatten)]
-    idle: IdleArgs,
+    pub idle: IdleArgs,
 }
 
 /// Runs the benchmarks behind the table into `report`. One failing to run does not stop the
