@@ -20,6 +20,7 @@ use baton_client::{
     AllocationOptions, ClientConfig, DisconnectReason, Error, Event, Host, Peer, PeerId, Session,
     Trust,
 };
+use baton_relay::control::AllocationRecord;
 use baton_relay::directory::{NodeId, RedisDirectory};
 use baton_relay::metrics::Metrics;
 use baton_tests::redis_server::RedisServer;
@@ -1175,13 +1176,22 @@ async fn a_member_that_missed_a_migration_rejoins_after_the_node_is_lost() {
         };
     assert_ne!(successor, first);
     assert!(heir.is_host());
-    // The directory learns of the successor (what a takeover resumes from) within moments.
+    // The directory learns of the successor within moments: its code names it, and the
+    // record stored under the old allocation's id (what a takeover by that id resumes from) is
+    // the successor's. The two are separate writes; a node lost between them leaves the
+    // predecessor's record, which is what a takeover would then resume.
     let dir = directory(&redis).await;
     eventually("the directory knows the successor", async || {
-        matches!(
+        let by_code = matches!(
             dir.lookup_code(code.as_str()).await,
             Ok(Some(r)) if r.allocation == Some(successor.0)
-        )
+        );
+        let by_old_id = match dir.get_record(first.0).await {
+            Ok(Some(raw)) => serde_json::from_slice::<AllocationRecord>(&raw)
+                .is_ok_and(|record| record.allocation == successor.0),
+            _ => false,
+        };
+        by_code && by_old_id
     })
     .await;
 
