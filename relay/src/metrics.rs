@@ -39,6 +39,12 @@ fn reason_counter(family: &Family<ReasonLabel, Counter>, reason: &'static str) -
     family.get_or_create(&ReasonLabel { reason }).clone()
 }
 
+/// The counter of `family` labelled `result`, created at zero if new. (The family's guard is
+/// gone when this returns, before the next insert.)
+fn result_counter(family: &Family<ResultLabel, Counter>, result: &'static str) -> Counter {
+    family.get_or_create(&ResultLabel { result }).clone()
+}
+
 /// Counters indexed by a wire enum's byte value, pre-registered for every defined variant.
 #[derive(Debug)]
 pub struct ByReason {
@@ -199,32 +205,19 @@ impl Metrics {
             "nat_probes",
             "NAT probes on the probe port, by result: answered (the client was told the address the relay saw), refused (over the per-source rate or the concurrent-probe cap, refused at accept)",
         );
-        // One statement each: the family's read guard must be gone before the next insert.
-        let answered = probes
-            .get_or_create(&ResultLabel { result: "answered" })
-            .clone();
-        let refused = probes
-            .get_or_create(&ResultLabel { result: "refused" })
-            .clone();
-        let nat_probes = NatProbes { answered, refused };
+        let nat_probes = NatProbes {
+            answered: result_counter(&probes, "answered"),
+            refused: result_counter(&probes, "refused"),
+        };
         let tickets: Family<ResultLabel, Counter> = register(
             &mut registry,
             "tls_tickets",
             "TLS session tickets by result: issued (one per handshake), accepted (a client resumed with one: no certificate signature), rejected (a ticket the relay could not open: expired key, another node's, or forged; a full handshake follows)",
         );
-        let issued = tickets
-            .get_or_create(&ResultLabel { result: "issued" })
-            .clone();
-        let accepted = tickets
-            .get_or_create(&ResultLabel { result: "accepted" })
-            .clone();
-        let rejected = tickets
-            .get_or_create(&ResultLabel { result: "rejected" })
-            .clone();
         let tls_tickets = TlsTickets {
-            issued,
-            accepted,
-            rejected,
+            issued: result_counter(&tickets, "issued"),
+            accepted: result_counter(&tickets, "accepted"),
+            rejected: result_counter(&tickets, "rejected"),
         };
         let allocations: Gauge = register(&mut registry, "allocations", "Live allocations");
         let allocations_created: Counter =

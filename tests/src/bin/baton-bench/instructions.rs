@@ -43,7 +43,7 @@ use crate::ceiling::{self, Forwarder};
 use crate::quic::{self, ControlEvents};
 use crate::relay::{Needs, Relay};
 use crate::report::{note, Progress, Report};
-use crate::traffic::{self, Pattern, Receiver, RunSpec, Shared, Transport};
+use crate::traffic::{self, Pattern, RunSpec, Shared, Transport};
 use crate::Global;
 
 /// Options of `instructions`.
@@ -725,19 +725,7 @@ async fn baton(
         let shared = Shared::new(topo, 4);
         let events = Arc::new(ControlEvents::default());
         let mut tasks = JoinSet::new();
-        for (g, client) in clients.iter_mut().enumerate() {
-            if let Some(recv) = client.recv.take() {
-                quic::spawn_control_reader(&mut tasks, recv, events.clone());
-            }
-            let conn = client.conn.clone();
-            let mut receiver = Receiver::new(shared.clone(), g as u32);
-            // Ends when the connection closes, or when aborted.
-            tasks.spawn(async move {
-                while let Ok(d) = conn.read_datagram().await {
-                    receiver.on_datagram(&d);
-                }
-            });
-        }
+        let lost = quic::spawn_receivers(&mut tasks, &mut clients, &shared, &events);
         let mut counted = Counted {
             name: "baton",
             profiler,
@@ -755,6 +743,12 @@ async fn baton(
         crate::load::close_all(&clients, w.members);
         pool.wait_idle().await;
         tasks.abort_all();
+        let lost = lost.load(std::sync::atomic::Ordering::Relaxed);
+        if lost > 0 {
+            report.errors.push(format!(
+                "instructions: {lost} client connections to the relay were lost while counting"
+            ));
+        }
         if let Err(e) = relay.check_alive() {
             report.errors.push(format!("instructions: {e:#}"));
         }

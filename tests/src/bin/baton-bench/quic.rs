@@ -20,6 +20,7 @@ use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use tokio::task::JoinSet;
 
 use crate::relay::Relay;
+use crate::traffic::{Receiver, Shared};
 
 /// How long one connection attempt or one request may take before it counts as failed.
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -311,6 +312,40 @@ impl ControlEvents {
     pub fn take_membership(&self) -> u64 {
         self.membership.swap(0, Ordering::Relaxed)
     }
+}
+
+/// Spawns, into `tasks`, each client's two readers: its control stream's (the first time; see
+/// [`spawn_control_reader`]) and its datagrams', which feeds them to `shared` as client `g`
+/// (its index in `clients`). Returns how many connections ended other than by the bench's own
+/// close while their datagrams were read: lost connections, which a benchmark reports.
+pub fn spawn_receivers(
+    tasks: &mut JoinSet<()>,
+    clients: &mut [Client],
+    shared: &Arc<Shared>,
+    events: &Arc<ControlEvents>,
+) -> Arc<AtomicU64> {
+    let lost = Arc::new(AtomicU64::new(0));
+    for (g, client) in clients.iter_mut().enumerate() {
+        if let Some(recv) = client.recv.take() {
+            spawn_control_reader(tasks, recv, events.clone());
+        }
+        let conn = client.conn.clone();
+        let mut receiver = Receiver::new(shared.clone(), g as u32);
+        let lost = lost.clone();
+        tasks.spawn(async move {
+            loop {
+                match conn.read_datagram().await {
+                    Ok(d) => receiver.on_datagram(&d),
+                    Err(quinn::ConnectionError::LocallyClosed) => return,
+                    Err(_) => {
+                        lost.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                }
+            }
+        });
+    }
+    lost
 }
 
 /// Spawns, into `tasks`, the task that drains a client's control stream until it ends.

@@ -239,6 +239,9 @@ pub fn markdown(report: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
+
+    use crate::probe::Cpu;
     use crate::report::{FindMaxReport, LoadReport};
     use crate::traffic::Pattern;
 
@@ -250,6 +253,117 @@ mod tests {
             max_delivered_per_s: max,
             stopped: String::new(),
         }
+    }
+
+    /// A run's report with only what the table reads: rate, loss and latency.
+    fn traffic(
+        target: &'static str,
+        delivered_per_s: f64,
+        loss_pct: f64,
+        p: [f64; 3],
+    ) -> TrafficReport {
+        TrafficReport {
+            target,
+            pattern: Pattern::Game,
+            payload_bytes: 100,
+            rate_per_flow: 82.0,
+            flows: 250,
+            window_s: 10.0,
+            offered_per_s: delivered_per_s,
+            sent: 0,
+            expected: 0,
+            received: 0,
+            delivered_per_s,
+            payload_bytes_per_s: 0.0,
+            loss_pct,
+            latency: Latency {
+                samples: 1,
+                p50_us: p[0],
+                p99_us: p[1],
+                p999_us: p[2],
+                max_us: p[2],
+                mean_us: p[0],
+            },
+            errors: Default::default(),
+            generator: Default::default(),
+            server_metrics: None,
+            reported_drops: BTreeMap::new(),
+            membership_events: 0,
+            kernel_udp: None,
+            cpu: Cpu {
+                wall_s: 10.0,
+                cpus: 2,
+                server_cpu_s: None,
+                server_cores: None,
+                server_threads: None,
+                generator_cpu_s: None,
+                generator_cores: None,
+                machine_busy_cores: None,
+                other_cores: None,
+            },
+            server_cpu_s_per_100k: None,
+            datagrams_per_server_cpu_s: None,
+            server_rss_mib: None,
+            server_peak_rss_mib: None,
+            saturated: String::new(),
+            pass: true,
+        }
+    }
+
+    #[test]
+    fn the_half_max_row_gives_each_target_s_latency_and_baton_s_loss() {
+        let load = |coturn: Option<TrafficReport>| LoadReport {
+            relay: String::new(),
+            allocations: 50,
+            members: 5,
+            clients: 250,
+            setup_s: 0.0,
+            relay_rss_before_mib: None,
+            relay_rss_connected_mib: None,
+            relay_kib_per_client: None,
+            coturn: None,
+            cases: vec![CaseReport {
+                baton: traffic("baton", 36_600.0, 0.0125, [810.0, 4_800.0, 10_140.0]),
+                ceiling: Some(traffic(
+                    "udp-forwarder",
+                    36_600.0,
+                    0.0,
+                    [280.0, 5_070.0, 11_290.0],
+                )),
+                ratio: None,
+                coturn,
+                coturn_ratio: None,
+            }],
+            find_max: None,
+        };
+        let with = Report {
+            load_at_half_max: Some(load(Some(traffic(
+                "coturn",
+                36_600.0,
+                0.0,
+                [310.0, 3_030.0, 7_520.0],
+            )))),
+            ..Report::default()
+        };
+        let table = markdown(&with);
+        assert!(
+            table.contains(
+                "| latency p50 / p99 / p99.9 at half of Baton's loss-free rate (37k deliveries/s), loss | 0.81 / 4.80 / 10.14 ms, 0.013 % | 0.28 / 5.07 / 11.29 ms | 0.31 / 3.03 / 7.52 ms | | |"
+            ),
+            "{table}"
+        );
+        // Without coturn (not installed) its cell says so, and the row is still there.
+        let without = Report {
+            load_at_half_max: Some(load(None)),
+            ..Report::default()
+        };
+        let table = markdown(&without);
+        assert!(
+            table.contains("| 0.81 / 4.80 / 10.14 ms, 0.013 % | 0.28 / 5.07 / 11.29 ms | – | | |"),
+            "{table}"
+        );
+        // No half-max run (no loss-free rate found): no row.
+        assert!(!markdown(&Report::default()).contains("at half of Baton's"));
     }
 
     #[test]

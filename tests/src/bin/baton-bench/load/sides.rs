@@ -19,7 +19,7 @@ use crate::probe::Server;
 use crate::quic::{self, ControlEvents};
 use crate::relay::Relay;
 use crate::report::{note, LoadReport, MaxSearch, Progress, Report, TrafficReport};
-use crate::traffic::{Receiver, Shared, Transport};
+use crate::traffic::{Shared, Transport};
 use crate::{procstat, Global};
 
 /// What the relay half of the load run produces: the section (without cases), the runs and
@@ -59,28 +59,8 @@ pub(super) async fn baton_side(
 
     let shared = Shared::new(topo, 16);
     let events = Arc::new(ControlEvents::default());
-    let lost = Arc::new(AtomicU64::new(0));
     let mut tasks = JoinSet::new();
-    for (g, client) in clients.iter_mut().enumerate() {
-        if let Some(recv) = client.recv.take() {
-            quic::spawn_control_reader(&mut tasks, recv, events.clone());
-        }
-        let conn = client.conn.clone();
-        let mut receiver = Receiver::new(shared.clone(), g as u32);
-        let lost = lost.clone();
-        tasks.spawn(async move {
-            loop {
-                match conn.read_datagram().await {
-                    Ok(d) => receiver.on_datagram(&d),
-                    Err(quinn::ConnectionError::LocallyClosed) => return,
-                    Err(_) => {
-                        lost.fetch_add(1, Ordering::Relaxed);
-                        return;
-                    }
-                }
-            }
-        });
-    }
+    let lost = quic::spawn_receivers(&mut tasks, &mut clients, &shared, &events);
     let target = Target {
         name: "baton",
         shared: shared.clone(),
