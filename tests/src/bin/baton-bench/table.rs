@@ -255,6 +255,23 @@ mod tests {
         }
     }
 
+    /// A load report of 50 allocations × 5 members with no runs, for a test to fill in.
+    fn load_report() -> LoadReport {
+        LoadReport {
+            relay: String::new(),
+            allocations: 50,
+            members: 5,
+            clients: 250,
+            setup_s: 0.0,
+            relay_rss_before_mib: None,
+            relay_rss_connected_mib: None,
+            relay_kib_per_client: None,
+            coturn: None,
+            cases: Vec::new(),
+            find_max: None,
+        }
+    }
+
     /// A run's report with only what the table reads: rate, loss and latency.
     fn traffic(
         target: &'static str,
@@ -313,15 +330,6 @@ mod tests {
     #[test]
     fn the_half_max_row_gives_each_target_s_latency_and_baton_s_loss() {
         let load = |coturn: Option<TrafficReport>| LoadReport {
-            relay: String::new(),
-            allocations: 50,
-            members: 5,
-            clients: 250,
-            setup_s: 0.0,
-            relay_rss_before_mib: None,
-            relay_rss_connected_mib: None,
-            relay_kib_per_client: None,
-            coturn: None,
             cases: vec![CaseReport {
                 baton: traffic("baton", 36_600.0, 0.0125, [810.0, 4_800.0, 10_140.0]),
                 ceiling: Some(traffic(
@@ -334,7 +342,7 @@ mod tests {
                 coturn,
                 coturn_ratio: None,
             }],
-            find_max: None,
+            ..load_report()
         };
         let with = Report {
             load_at_half_max: Some(load(Some(traffic(
@@ -379,16 +387,7 @@ mod tests {
     fn the_loss_free_rate_row_has_every_target_and_a_missing_coturn_says_why() {
         let report = Report {
             load: Some(LoadReport {
-                relay: String::new(),
-                allocations: 50,
-                members: 5,
-                clients: 250,
-                setup_s: 0.0,
-                relay_rss_before_mib: None,
-                relay_rss_connected_mib: None,
-                relay_kib_per_client: None,
                 coturn: Some("skipped: turnserver not found".to_owned()),
-                cases: Vec::new(),
                 find_max: Some(FindMaxReport {
                     pattern: Pattern::Game,
                     payload_bytes: 100,
@@ -398,6 +397,7 @@ mod tests {
                     coturn: None,
                     coturn_ratio: None,
                 }),
+                ..load_report()
             }),
             ..Report::default()
         };
